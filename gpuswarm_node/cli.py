@@ -1,0 +1,222 @@
+"""The command line: parse, build the configuration, run, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import GpuswarmError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Turn a GPU machine into a Docker Swarm worker for JupyterHub, and keep it healthy.")
+
+ConfigOption = typer.Option(None, "--config", "-c", metavar="FILE",
+                            help="Config file (default: $GPUSWARM_CONFIG or /etc/gpuswarm-node/config.toml).")
+SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+
+
+class State:
+    config: Optional[Path] = None
+    debug: bool = False
+
+
+state = State()
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(exc: GpuswarmError) -> None:
+    err.print(f"[bold red]error:[/] {exc.message()}", markup=True, highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+def guarded(fn: Callable[[], int]) -> None:
+    """Run a command body: domain errors become one line and an exit code, never a traceback."""
+    try:
+        code = fn()
+    except GpuswarmError as exc:
+        if state.debug:
+            err.print(traceback.format_exc(), markup=False)
+        fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted.")
+        raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if state.debug:
+            err.print(traceback.format_exc(), markup=False)
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.")
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def load_config(config: Optional[Path], overrides: List[str]):
+    from .config import load
+
+    return load(config or state.config, overrides=overrides)
+
+
+def make_context(config, json_mode: bool):
+    from .system import Context
+    from .ui import ConsoleReporter
+
+    reporter = ConsoleReporter(err, debug=state.debug)
+    if json_mode:
+        reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
+    return Context(config=config, reporter=reporter)
+
+
+@app.callback()
+def main_options(
+    config: Optional[Path] = ConfigOption,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debugging output."),
+) -> None:
+    state.config = config
+    state.debug = debug
+
+
+@app.command()
+def setup(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
+    only: List[str] = typer.Option([], "--only", metavar="STEP", help="Run only this step (repeatable)."),
+    skip: List[str] = typer.Option([], "--skip", metavar="STEP", help="Do not run this step (repeatable)."),
+    json_out: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Converge this machine into a ready Swarm worker (safe to re-run)."""
+
+    def body() -> int:
+        from . import steps
+        from .engine import State as StepState, run_setup
+        from .ui import print_plan, print_summary
+
+        cfg = load_config(config, overrides)
+        selected = steps.select(only, skip)
+        report = run_setup(selected, make_context(cfg, json_out), dry_run=dry_run)
+        if json_out:
+            out.print_json(json.dumps(report.as_json()))
+        elif dry_run:
+            print_plan(out, report)
+        else:
+            print_summary(out, report)
+        if dry_run:
+            return 1 if any(s.state is StepState.FAILED for s in report.steps) else 0
+        return 0 if report.ok else 1
+
+    guarded(body)
+
+
+@app.command()
+def status(
+    json_out: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Check every step without changing anything; exit 1 when the node is not converged."""
+
+    def body() -> int:
+        from . import steps
+        from .engine import run_status
+        from .ui import status_table
+
+        cfg = load_config(config, overrides)
+        report = run_status(steps.ALL_STEPS, make_context(cfg, json_out))
+        if json_out:
+            out.print_json(json.dumps(report.as_json()))
+        else:
+            out.print(status_table(report))
+        return 0 if report.ok else 1
+
+    guarded(body)
+
+
+@app.command("steps")
+def list_steps() -> None:
+    """List the steps in the order setup runs them."""
+    from . import steps
+
+    for step in steps.ALL_STEPS:
+        out.print(f"{step.name:<16} {step.description}")
+
+
+@app.command()
+def gpus(
+    json_out: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Show the GPUs NVML reports and the Swarm slices they yield."""
+
+    def body() -> int:
+        from .probes.gpu import compute_slices, read_inventory
+        from .ui import inventory_table
+
+        cfg = load_config(config, overrides)
+        inventory = read_inventory()
+        slices = compute_slices(inventory.gpus, cfg.gpu.slices_per_gpu)
+        resources = [f"{cfg.gpu.resource}={s}" for s in slices]
+        if json_out:
+            out.print_json(json.dumps({"driver_version": inventory.driver_version,
+                                       "gpus": [asdict(g) for g in inventory.gpus],
+                                       "node_generic_resources": resources}))
+        else:
+            out.print(inventory_table(inventory, slices))
+            out.print(f"{len(slices)} slice(s) advertised as node-generic-resources:")
+            for r in resources:
+                out.print(f"  {r}")
+        return 0
+
+    guarded(body)
+
+
+@app.command()
+def render(
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Print every file setup would write, with its full content, for review."""
+
+    def body() -> int:
+        from . import steps
+        from .engine import safe_check  # noqa: F401 - imported for symmetry with setup
+        from .errors import NvmlUnavailable
+
+        cfg = load_config(config, overrides)
+        ctx = make_context(cfg, json_mode=False)
+        for step in steps.ALL_STEPS:
+            try:
+                files = step.files(ctx)
+            except NvmlUnavailable as exc:
+                err.print(f"# {step.name}: cannot render without GPUs: {exc.cause}")
+                continue
+            for planned in files:
+                out.print(f"# ==> {planned.path} ({step.name})", markup=False)
+                out.print(planned.content, markup=False, end="" if planned.content.endswith("\n") else "\n")
+        return 0
+
+    guarded(body)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(f"gpuswarm-node {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The configuration: a TOML file, overridden by GPUSWARM_<SECTION>_<KEY> environment variables,
+overridden by `--set section.key=value` flags; validated once into frozen dataclasses.
+
+Every key is declared exactly once, in the dataclasses below (type, default and the one-line help
+that the README's reference is checked against). An unknown section or key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Debian 12 and Ubuntu 22.04+ ship 3.11/3.10
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/gpuswarm-node/config.toml")
+ENV_PREFIX = "GPUSWARM_"
+# Environment variables with our prefix that are not configuration keys.
+ENV_RESERVED = {"GPUSWARM_CONFIG"}
+
+NVIDIA_TOOLKIT_SOURCE = (
+    "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.asc] "
+    "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /"
+)
+
+
+def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    user: str = key("", "User added to the docker group; empty means $SUDO_USER.")
+
+
+@dataclass(frozen=True)
+class TmpfsConfig:
+    path: str = key("/mnt/tmpfs", "Mount point of the tmpfs.")
+    fraction: float = key(0.5, "Size of the tmpfs as a fraction of physical RAM (0 < f <= 1).")
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    source: str = key("distro", "Where Docker comes from: the distro's docker.io or Docker's docker-ce repository.",
+                      choices=("distro", "docker-ce"))
+
+
+@dataclass(frozen=True)
+class NvidiaConfig:
+    toolkit_apt_source: str = key(NVIDIA_TOOLKIT_SOURCE,
+                                  "sources.list line for nvidia-container-toolkit (default: NVIDIA's repository).")
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    resource: str = key("gpu", "Swarm generic resource kind the slices are advertised as.")
+    slices_per_gpu: int = key(3, "Slices (Swarm named resources) advertised per physical GPU.")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    address: str = key("", "host:port of the hub's private TLS registry; empty means none.")
+    ca_cert: str = key("", "Path of the PEM CA certificate that signed the registry's certificate.")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str = key("", "Notebook image pulled before joining; empty means none.")
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    manager: str = key("", "SSH host of the swarm manager; empty means a single-node swarm of this node's own.")
+    ssh_user: str = key("root", "SSH user on the manager; it must be allowed to run docker.")
+    ssh_port: int = key(22, "SSH port of the manager.")
+    ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.")
+    known_hosts: str = key("/etc/gpuswarm-node/known_hosts",
+                           "known_hosts file holding the manager's host key; unknown keys are refused.")
+    advertise_addr: str = key("", "Address other nodes reach this node on; empty lets Docker choose.")
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    tmpfs: TmpfsConfig = field(default_factory=TmpfsConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    # Where the values came from, for messages; not a key.
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def node_user(self) -> str:
+        return self.node.user or os.environ.get("SUDO_USER", "")
+
+
+SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
+                             for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+def reference() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, help) for every key, in declaration order: the README's table."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            rows.append((section, f.name, f.default, f.metadata["help"]))
+    return rows
+
+
+def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
+    cls = SECTIONS[section]
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    want = type(f.default)
+    where = f"[{section}] {name} ({origin})"
+    try:
+        if want is bool or isinstance(raw, bool):
+            raise TypeError
+        if want is int:
+            if isinstance(raw, float) or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
+                raise ValueError
+            value: Any = int(raw)
+        elif want is float:
+            value = float(raw)
+        else:
+            if not isinstance(raw, str):
+                raise TypeError
+            value = raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {want.__name__}, got {raw!r}.",
+                          "Fix the value and run again.") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}.",
+                          "Fix the value and run again.")
+    return value
+
+
+def _validate(cfg: Config) -> None:
+    def bad(section: str, name: str, why: str) -> ConfigError:
+        return ConfigError(f"[{section}] {name} {why}.", "Fix the value and run again.")
+
+    if not 0 < cfg.tmpfs.fraction <= 1:
+        raise bad("tmpfs", "fraction", f"must be greater than 0 and at most 1, got {cfg.tmpfs.fraction}")
+    if not cfg.tmpfs.path.startswith("/") or any(c.isspace() for c in cfg.tmpfs.path):
+        raise bad("tmpfs", "path", f"must be an absolute path without spaces, got {cfg.tmpfs.path!r}")
+    if cfg.gpu.slices_per_gpu < 1:
+        raise bad("gpu", "slices_per_gpu", f"must be at least 1, got {cfg.gpu.slices_per_gpu}")
+    kind = cfg.gpu.resource
+    if not kind or not all(c.isalnum() or c in "-_" for c in kind):
+        raise bad("gpu", "resource", f"must be letters, digits, '-' or '_', got {kind!r}")
+    if not 1 <= cfg.swarm.ssh_port <= 65535:
+        raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {cfg.swarm.ssh_port}")
+    if bool(cfg.registry.address) != bool(cfg.registry.ca_cert):
+        raise bad("registry", "ca_cert" if cfg.registry.address else "address",
+                  "must be set together with the other registry key")
+    if cfg.registry.address and ("/" in cfg.registry.address or " " in cfg.registry.address):
+        raise bad("registry", "address", f"must be host or host:port, got {cfg.registry.address!r}")
+    if not cfg.nvidia.toolkit_apt_source.startswith("deb "):
+        raise bad("nvidia", "toolkit_apt_source", "must be a full sources.list line starting with 'deb '")
+
+
+def _merge(values: dict[str, dict[str, Any]], section: str, name: str, raw: Any, origin: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"Unknown section [{section}] in {origin}.",
+                          f"Valid sections: {', '.join(SECTIONS)}.")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in names:
+        raise ConfigError(f"Unknown key [{section}] {name} in {origin}.",
+                          f"Valid keys of [{section}]: {', '.join(names)}.")
+    values.setdefault(section, {})[name] = _coerce(section, name, raw, origin)
+
+
+def _split_env_name(var: str) -> tuple[str, str]:
+    rest = var[len(ENV_PREFIX):].lower()
+    for section in SECTIONS:
+        if rest.startswith(section + "_"):
+            return section, rest[len(section) + 1:]
+    return rest.partition("_")[0], rest.partition("_")[2]
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+         overrides: list[str] = ()) -> Config:
+    """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
+    path may be absent (defaults are used), an explicitly named file must exist."""
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get("GPUSWARM_CONFIG"))
+    path = path or Path(env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH)
+    values: dict[str, dict[str, Any]] = {}
+    source = "defaults"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"Config file {path} does not exist.",
+                              "Pass an existing file with --config or create it.") from None
+        text = None
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} cannot be read: {exc.strerror}.",
+                          "Check the path and its permissions.") from None
+    if text is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file {path} is not valid TOML: {exc}.",
+                              "Fix the syntax and run again.") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"Top-level key {section!r} in {path} is not a [section].",
+                                  f"Put keys inside one of: {', '.join(f'[{s}]' for s in SECTIONS)}.")
+            for name, raw in table.items():
+                _merge(values, section, name, raw, str(path))
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX) and var not in ENV_RESERVED:
+            section, name = _split_env_name(var)
+            _merge(values, section, name, env[var], f"environment variable {var}")
+    for item in overrides:
+        dotted, eq, raw = item.partition("=")
+        section, dot, name = dotted.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value.",
+                              "Write it like --set swarm.manager=hub.example.org.")
+        _merge(values, section, name, raw, f"--set {dotted}")
+    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source)
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,277 @@
+"""The step engine: a step's read-only check plans actions, the runner applies them and re-checks.
+
+"Changed" is never set by hand: a step changed the machine when its check said needs-change,
+its actions ran, and the re-check said ok. Dry-run lives here and only here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import time
+import traceback
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
+
+from .errors import GpuswarmError, StepFailed
+
+if TYPE_CHECKING:
+    from .system import Context
+
+
+class State(str, Enum):
+    OK = "ok"
+    NEEDS_CHANGE = "needs-change"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    SKIPPED = "skipped"
+
+
+# --- actions: what a check plans and the runner carries out -------------------------------------
+
+class Action(Protocol):
+    def describe(self) -> str: ...
+
+    def execute(self, ctx: Context) -> None: ...
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: str
+    before: str | None = None
+    mode: int = 0o644
+
+    def describe(self) -> str:
+        return f"{'update' if self.before is not None else 'create'} {self.path}"
+
+    def diff(self) -> str:
+        old = (self.before or "").splitlines(keepends=True)
+        new = self.content.splitlines(keepends=True)
+        return "".join(difflib.unified_diff(old, new, f"{self.path} (now)", f"{self.path} (wanted)"))
+
+    def execute(self, ctx: Context) -> None:
+        ctx.host.write_text(self.path, self.content, self.mode)
+
+
+@dataclass(frozen=True)
+class RemoveFile:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def execute(self, ctx: Context) -> None:
+        ctx.host.remove(self.path)
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+
+    def describe(self) -> str:
+        return f"create directory {self.path}"
+
+    def execute(self, ctx: Context) -> None:
+        ctx.host.makedirs(self.path)
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    timeout: float | None = None
+    # A long command gets a live spinner with this label.
+    progress: str = ""
+
+    def describe(self) -> str:
+        return "run " + shlex.join(self.argv)
+
+    def execute(self, ctx: Context) -> None:
+        with ctx.reporter.activity(self.progress or self.describe()):
+            ctx.host.run(list(self.argv), env=dict(self.env), timeout=self.timeout)
+
+
+@dataclass(frozen=True)
+class Call:
+    """An action carried out through a library seam (Docker SDK, SSH) rather than a command."""
+
+    description: str
+    fn: Callable[[Context], None] = field(compare=False)
+
+    def describe(self) -> str:
+        return self.description
+
+    def execute(self, ctx: Context) -> None:
+        self.fn(ctx)
+
+
+def run_command(*argv: str, env: Mapping[str, str] | None = None, timeout: float | None = None,
+                progress: str = "") -> RunCommand:
+    return RunCommand(tuple(argv), tuple(sorted((env or {}).items())), timeout, progress)
+
+
+# --- checks and steps -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    state: State
+    detail: str
+    actions: tuple[Action, ...] = ()
+    reboot_required: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.state is State.NEEDS_CHANGE) != bool(self.actions):
+            raise ValueError(f"a {self.state.value} check must {'' if self.state is State.NEEDS_CHANGE else 'not '}"
+                             f"plan actions: {self.detail}")
+
+    @property
+    def diff(self) -> str:
+        return "".join(a.diff() for a in self.actions if isinstance(a, WriteFile))
+
+
+def ok(detail: str) -> Check:
+    return Check(State.OK, detail)
+
+
+def needs_change(detail: str, *actions: Action) -> Check:
+    return Check(State.NEEDS_CHANGE, detail, tuple(actions))
+
+
+def blocked(detail: str, reboot_required: bool = False) -> Check:
+    return Check(State.BLOCKED, detail, reboot_required=reboot_required)
+
+
+def skipped(detail: str) -> Check:
+    return Check(State.SKIPPED, detail)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str
+    content: str
+
+
+class Step(Protocol):
+    name: str
+    description: str
+
+    def check(self, ctx: Context) -> Check: ...
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        """Every file this step would write, with the content it would write."""
+
+
+# --- the runner ---------------------------------------------------------------------------------
+
+@dataclass
+class StepReport:
+    name: str
+    state: State
+    detail: str
+    changed: bool = False
+    actions: list[str] = field(default_factory=list)
+    diff: str = ""
+    reboot_required: bool = False
+    seconds: float = 0.0
+    error: GpuswarmError | None = None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "state": self.state.value, "detail": self.detail}
+
+
+@dataclass
+class RunReport:
+    steps: list[StepReport]
+    mode: str  # "setup", "dry-run" or "status"
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state in (State.OK, State.SKIPPED) for s in self.steps)
+
+    @property
+    def changed(self) -> list[str]:
+        return [s.name for s in self.steps if s.changed]
+
+    @property
+    def failed(self) -> list[StepReport]:
+        return [s for s in self.steps if s.state is State.FAILED]
+
+    def as_json(self) -> dict:
+        return {"ok": self.ok, "changed": self.changed, "steps": [s.as_json() for s in self.steps]}
+
+
+def safe_check(step: Step, ctx: Context) -> Check:
+    """A check that raised is a failed step, reported, never a crash of the whole run."""
+    try:
+        return step.check(ctx)
+    except GpuswarmError as exc:
+        return Check(State.FAILED, exc.message())
+    except Exception as exc:  # a bug in a check must not hide the other steps
+        ctx.reporter.debug_traceback(traceback.format_exc())
+        return Check(State.FAILED, f"internal error while checking: {type(exc).__name__}: {exc}")
+
+
+def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
+    return StepReport(step.name, check.state, check.detail,
+                      actions=[a.describe() for a in check.actions], diff=check.diff,
+                      reboot_required=check.reboot_required,
+                      seconds=time.monotonic() - started, **kw)
+
+
+def converge(step: Step, ctx: Context) -> StepReport:
+    """Check, apply what the check planned, re-check. Only ok after the re-check is success."""
+    started = time.monotonic()
+    before = safe_check(step, ctx)
+    if before.state is not State.NEEDS_CHANGE:
+        return _report(step, before, started)
+    planned = [a.describe() for a in before.actions]
+    try:
+        for action in before.actions:
+            ctx.reporter.action(step.name, action.describe())
+            action.execute(ctx)
+    except GpuswarmError as exc:
+        report = _report(step, Check(State.FAILED, exc.message()), started, error=exc)
+        report.actions = planned
+        return report
+    except Exception as exc:
+        ctx.reporter.debug_traceback(traceback.format_exc())
+        failure = StepFailed(f"internal error while applying: {type(exc).__name__}: {exc}",
+                             "Re-run with --debug and report the traceback.")
+        report = _report(step, Check(State.FAILED, failure.message()), started, error=failure)
+        report.actions = planned
+        return report
+    after = safe_check(step, ctx)
+    if after.state is State.OK or (after.state is State.BLOCKED and after.reboot_required):
+        report = _report(step, after, started, changed=True)
+    else:
+        report = _report(step, Check(State.FAILED, f"still not converged after applying: {after.detail}"),
+                         started)
+    report.actions, report.diff = planned, before.diff
+    return report
+
+
+def run_setup(steps: Sequence[Step], ctx: Context, dry_run: bool = False) -> RunReport:
+    reports: list[StepReport] = []
+    stop_applying = dry_run
+    for step in steps:
+        ctx.reporter.step_started(step.name, step.description)
+        if stop_applying:
+            started = time.monotonic()
+            report = _report(step, safe_check(step, ctx), started)
+        else:
+            report = converge(step, ctx)
+            # Later steps build on earlier ones: after a failure only look, do not touch.
+            stop_applying = report.state is State.FAILED
+        ctx.reporter.step_finished(report)
+        reports.append(report)
+    return RunReport(reports, "dry-run" if dry_run else "setup")
+
+
+def run_status(steps: Sequence[Step], ctx: Context) -> RunReport:
+    reports = []
+    for step in steps:
+        started = time.monotonic()
+        reports.append(_report(step, safe_check(step, ctx), started))
+    return RunReport(reports, "status")

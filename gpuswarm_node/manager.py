@@ -1,0 +1,99 @@
+"""Talking to the swarm manager over SSH (paramiko) to get a worker join token.
+
+The SSH host key is the root of trust: the token says which swarm CA to trust, so a token from an
+impostor would hand this node to the impostor's swarm. Unknown or changed host keys are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from .config import SwarmConfig
+from .errors import ManagerUnreachable
+from .secrets import looks_like_join_token, redact
+
+JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
+
+
+def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
+    import paramiko
+
+    where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
+    key_path = Path(cfg.ssh_key)
+    if not key_path.is_file():
+        raise ManagerUnreachable(f"swarm.ssh_key {key_path} does not exist.",
+                                 "Copy the manager's worker key there (mode 0600) or set swarm.ssh_key.")
+    known_hosts = Path(cfg.known_hosts)
+    if not known_hosts.is_file():
+        raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
+                                 "cannot be verified.",
+                                 "Put the manager's host key there (ssh-keyscan it and check its fingerprint).")
+    client = paramiko.SSHClient()
+    try:
+        client.load_host_keys(str(known_hosts))
+    except (OSError, paramiko.SSHException) as exc:
+        raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
+                                 "Fix the file: one 'host keytype key' line per host.") from None
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=str(key_path),
+                       look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
+                       auth_timeout=timeout)
+        _stdin, stdout, stderr = client.exec_command(JOIN_TOKEN_COMMAND, timeout=timeout)
+        token = stdout.read().decode(errors="replace").strip()
+        err = stderr.read().decode(errors="replace").strip()
+        status = stdout.channel.recv_exit_status()
+    except paramiko.BadHostKeyException:
+        raise ManagerUnreachable(f"the manager {cfg.manager} presented a host key that differs from the one in "
+                                 f"{known_hosts}; refusing to trust it.",
+                                 "If the manager was really re-installed, verify and replace its key there.") from None
+    except paramiko.AuthenticationException:
+        raise ManagerUnreachable(f"the manager refused the SSH key {key_path} for {where}.",
+                                 "Add the key's public half to the manager's authorized_keys.") from None
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise ManagerUnreachable(f"the manager {cfg.manager} is not in {known_hosts}; refusing an unknown "
+                                     "host key.",
+                                     "Add its host key there after checking the fingerprint.") from None
+        raise ManagerUnreachable(f"SSH to {where} failed: {exc}.", "Check the manager's SSH server.") from None
+    except (OSError, socket.timeout) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ManagerUnreachable(f"cannot reach the manager at {where}: {reason}.",
+                                 "Check swarm.manager, swarm.ssh_port and the network.") from None
+    finally:
+        client.close()
+    if status != 0:
+        raise ManagerUnreachable(f"`{JOIN_TOKEN_COMMAND}` failed on the manager (exit {status}): "
+                                 f"{redact(err, token) or 'no output'}.",
+                                 f"Make sure {cfg.ssh_user} can run docker there and the node is a swarm manager.")
+    if not looks_like_join_token(token):
+        raise ManagerUnreachable("the manager answered with something that is not a swarm join token.",
+                                 "Check that the manager runs Docker in swarm mode.")
+    return token
+
+
+def manager_join_address(cfg: SwarmConfig) -> str:
+    return f"{cfg.manager}:2377"
+
+
+def resolve_addresses(host: str) -> set[str]:
+    """Every address a host name stands for (an address stands for itself)."""
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None)} | {host}
+    except OSError:
+        return {host}
+
+
+def ssh_key_problem(path: str) -> str | None:
+    """Why a private key file must not be used, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"swarm.ssh_key {path} does not exist"
+    if st.st_uid != 0:
+        return f"swarm.ssh_key {path} is not owned by root"
+    if st.st_mode & 0o077:
+        return f"swarm.ssh_key {path} is readable by other users (mode {st.st_mode & 0o777:o}); chmod 600 it"
+    return None

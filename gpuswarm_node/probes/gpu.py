@@ -1,0 +1,111 @@
+"""GPU facts from NVML (through pynvml, which loads libnvidia-ml.so.1) and the slices they yield."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import NvmlUnavailable
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    uuid: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_bytes: int
+    pci_bus_id: str = ""
+    mig_enabled: bool = False
+    mig_devices: tuple[MigDevice, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    driver_version: str
+    gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+
+
+def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int) -> list[str]:
+    """Slice IDs in the order Swarm should hand them out.
+
+    A plain GPU gives `<uuid>::1` .. `<uuid>::N`: the `::` cannot occur in a UUID, so the device
+    is always recoverable. A MIG GPU gives its MIG devices' own UUIDs, which are real device IDs.
+    Swarm assigns named resources in list order, so the list takes slice 1 of every GPU before
+    slice 2 of any: users spread across GPUs instead of filling the first one.
+    """
+    per_gpu: list[list[str]] = []
+    for gpu in gpus:
+        if gpu.mig_enabled:
+            per_gpu.append([m.uuid for m in gpu.mig_devices])
+        else:
+            per_gpu.append([f"{gpu.uuid}::{n}" for n in range(1, slices_per_gpu + 1)])
+    depth = max((len(s) for s in per_gpu), default=0)
+    return [s[i] for i in range(depth) for s in per_gpu if i < len(s)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def read_inventory() -> Inventory:
+    """Ask NVML. Raises NvmlUnavailable with the reason when the library or driver is missing."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError_LibraryNotFound:
+        raise NvmlUnavailable("libnvidia-ml.so.1 is not installed, so no NVIDIA driver is.",
+                              "Install the NVIDIA driver.") from None
+    except pynvml.NVMLError_DriverNotLoaded:
+        raise NvmlUnavailable("the NVIDIA kernel driver is not loaded.",
+                              "Reboot after installing the driver, or load it with modprobe nvidia.") from None
+    except pynvml.NVMLError as exc:
+        raise NvmlUnavailable(f"NVML failed to initialise: {exc}.", "Check the NVIDIA driver.") from None
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append(_read_gpu(pynvml, index, handle))
+        return Inventory(driver, tuple(gpus))
+    except pynvml.NVMLError as exc:
+        raise NvmlUnavailable(f"NVML failed while listing GPUs: {exc}.", "Check the NVIDIA driver.") from None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _read_gpu(pynvml, index: int, handle) -> Gpu:
+    try:
+        pci = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
+    except pynvml.NVMLError:
+        pci = ""
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+        mig = current == pynvml.NVML_DEVICE_MIG_ENABLE
+    except pynvml.NVMLError:  # GPUs without MIG support say NOT_SUPPORTED
+        mig = False
+    migs: list[MigDevice] = []
+    if mig:
+        for i in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+            except pynvml.NVMLError_NotFound:
+                continue
+            migs.append(MigDevice(_text(pynvml.nvmlDeviceGetUUID(mh)),
+                                  int(pynvml.nvmlDeviceGetMemoryInfo(mh).total)))
+    return Gpu(index=index, uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+               name=_text(pynvml.nvmlDeviceGetName(handle)),
+               memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+               pci_bus_id=pci, mig_enabled=mig, mig_devices=tuple(migs))
+
+
+InventoryReader = Callable[[], Inventory]

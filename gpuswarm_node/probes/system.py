@@ -1,0 +1,111 @@
+"""Facts about the operating system: a read through the host seam plus a pure parser each."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from ..host import Host
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_point: str
+    fstype: str
+    options: dict[str, str]  # super-block options, e.g. {"size": "1048576k", "mode": "1777"}
+
+
+def _unescape_mount(field: str) -> str:
+    # mountinfo and fstab escape space, tab, newline and backslash as octal.
+    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            .replace("\\134", "\\"))
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    mounts = []
+    for line in text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = pre.split(), post.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        options = {}
+        for opt in tail[2].split(","):
+            name, _, value = opt.partition("=")
+            options[name] = value
+        mounts.append(Mount(_unescape_mount(fields[4]), tail[0], options))
+    return mounts
+
+
+def mounts(host: Host) -> list[Mount]:
+    return parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+
+
+def mount_at(host: Host, path: str) -> Mount | None:
+    """The mount that is visible at `path` (the last one mounted there wins)."""
+    found = [m for m in mounts(host) if m.mount_point == path.rstrip("/") or (path == "/" and m.mount_point == "/")]
+    return found[-1] if found else None
+
+
+def parse_meminfo_total(text: str) -> int:
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            value, unit = line.split()[1:3]
+            return int(value) * (1024 if unit == "kB" else 1)
+    raise ValueError("no MemTotal line in /proc/meminfo")
+
+
+def mem_total_bytes(host: Host) -> int:
+    return parse_meminfo_total(host.read_text("/proc/meminfo") or "")
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, raw = line.partition("=")
+            parts = shlex.split(raw) if raw else [""]
+            values[name] = parts[0] if parts else ""
+    return values
+
+
+def os_release(host: Host) -> dict[str, str]:
+    return parse_os_release(host.read_text("/etc/os-release") or host.read_text("/usr/lib/os-release") or "")
+
+
+def package_installed(host: Host, package: str) -> bool:
+    result = host.query(["dpkg-query", "-W", "-f=${Status}", package])
+    return result.ok and result.stdout.strip() == "install ok installed"
+
+
+def systemd_running(host: Host) -> bool:
+    # sd_booted(3): systemd is PID 1 exactly when this directory exists.
+    return host.exists("/run/systemd/system")
+
+
+def unit_active(host: Host, unit: str) -> bool:
+    return host.query(["systemctl", "is-active", unit]).stdout.strip() == "active"
+
+
+def unit_enabled(host: Host, unit: str) -> bool:
+    return host.query(["systemctl", "is-enabled", unit]).stdout.strip() in ("enabled", "enabled-runtime", "static")
+
+
+def parse_getent_group(text: str) -> tuple[str, list[str]] | None:
+    line = text.strip()
+    if not line:
+        return None
+    name, _pw, _gid, members = (line.split(":") + ["", "", ""])[:4]
+    return name, [m for m in members.split(",") if m]
+
+
+def group_members(host: Host, group: str) -> list[str] | None:
+    """Members of a group, or None when the group does not exist."""
+    result = host.query(["getent", "group", group])
+    return parse_getent_group(result.stdout)[1] if result.ok else None
+
+
+def user_exists(host: Host, user: str) -> bool:
+    return host.query(["getent", "passwd", user]).ok

@@ -1,0 +1,28 @@
+"""Every file the tool writes comes from a Jinja2 template under templates/."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jinja2
+
+
+def templates_dir() -> Path:
+    packaged = Path(__file__).parent / "templates"  # installed wheel
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"  # source tree
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    # Jinja's own tojson sorts keys and HTML-escapes; daemon.json wants neither.
+    env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2)
+    return env
+
+
+def render(template: str, **values) -> str:
+    return _environment().get_template(template).render(**values)

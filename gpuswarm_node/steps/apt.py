@@ -1,0 +1,38 @@
+"""apt actions shared by the steps that install packages."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from ..engine import Call, RunCommand, run_command
+from ..errors import StepFailed
+from ..system import Context
+
+# First boot of a cloud image often has unattended-upgrades holding the dpkg lock for minutes.
+LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+
+def update() -> RunCommand:
+    return run_command("apt-get", *LOCK_WAIT, "update", env=APT_ENV, timeout=900,
+                       progress="apt-get update")
+
+
+def install(*packages: str) -> RunCommand:
+    return run_command("apt-get", *LOCK_WAIT, "install", "--yes", "--no-install-recommends", *packages,
+                       env=APT_ENV, timeout=1800, progress=f"apt-get install {' '.join(packages)}")
+
+
+def download_key(url: str, path: str) -> Call:
+    def fetch(ctx: Context) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - fixed https URL
+                key = response.read().decode()
+        except OSError as exc:
+            raise StepFailed(f"downloading the signing key {url} failed: {exc}.",
+                             "Check this machine's HTTPS access, or use an apt source line that needs no key.") from None
+        if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
+            raise StepFailed(f"{url} did not return an armored PGP key.", "Check the URL.")
+        ctx.host.write_text(path, key, 0o644)
+
+    return Call(f"download {url} to {path}", fetch)

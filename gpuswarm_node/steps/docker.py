@@ -1,0 +1,59 @@
+"""docker: Docker Engine installed (the distro's docker.io, or Docker's docker-ce), enabled, running."""
+
+from __future__ import annotations
+
+from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..probes import system
+from ..render import render
+from ..system import Context
+from . import apt
+
+DISTRO_PACKAGES = ("docker.io",)
+DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
+DOCKER_CE_LIST = "/etc/apt/sources.list.d/docker.list"
+DOCKER_CE_KEY = "/etc/apt/keyrings/docker.asc"
+
+
+def docker_ce_source(ctx: Context) -> str:
+    release = system.os_release(ctx.host)
+    distro = release.get("ID", "debian")
+    codename = release.get("VERSION_CODENAME", "")
+    arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
+    return (f"deb [arch={arch} signed-by={DOCKER_CE_KEY}] https://download.docker.com/linux/{distro} "
+            f"{codename} stable")
+
+
+class DockerStep:
+    name = "docker"
+    description = "Docker Engine installed, enabled and running"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        if ctx.config.docker.source != "docker-ce":
+            return []
+        return [PlannedFile(DOCKER_CE_LIST, render("apt-source.list.j2", purpose="Docker's docker-ce repository",
+                                                   line=docker_ce_source(ctx)))]
+
+    def check(self, ctx: Context) -> Check:
+        if not system.systemd_running(ctx.host):
+            return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
+        installed = [p for p in ("docker.io", "docker-ce") if system.package_installed(ctx.host, p)]
+        actions = []
+        if not installed:
+            wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
+            for planned in self.files(ctx):
+                before = ctx.host.read_text(planned.path)
+                if before != planned.content:
+                    release = system.os_release(ctx.host).get("ID", "debian")
+                    actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
+                    actions.append(WriteFile(planned.path, planned.content, before))
+            actions += [apt.update(), apt.install(*wanted)]
+            reason = f"{' '.join(wanted)} is not installed"
+        else:
+            enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
+            if enabled and active:
+                return ok(f"{installed[0]} installed, docker.service enabled and running")
+            reason = "docker.service is " + " and ".join(
+                w for w, bad in (("not enabled", not enabled), ("not running", not active)) if bad)
+        actions.append(run_command("systemctl", "enable", "--now", "docker", timeout=300,
+                                   progress="starting docker"))
+        return needs_change(reason, *actions)

@@ -1,0 +1,34 @@
+"""docker-group: the node's user may run docker without sudo (the docker group is root-equivalent)."""
+
+from __future__ import annotations
+
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
+from ..probes import system
+from ..system import Context
+
+
+class DockerGroupStep:
+    name = "docker-group"
+    description = "node.user is in the docker group"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        user = ctx.config.node_user
+        if not user:
+            return skipped("no user to add: node.user is empty and the tool was not run through sudo")
+        if user == "root":
+            return skipped("root needs no docker group")
+        if not system.user_exists(ctx.host, user):
+            return blocked(f"user {user!r} does not exist; set node.user to an existing user")
+        members = system.group_members(ctx.host, "docker")
+        if members is not None and user in members:
+            return ok(f"{user} is in the docker group")
+        actions = []
+        if members is None:
+            # The docker package creates the group too; creating it first lets this step come first.
+            actions.append(run_command("groupadd", "--system", "docker"))
+        actions.append(run_command("usermod", "--append", "--groups", "docker", user))
+        reason = "the docker group does not exist yet" if members is None else f"{user} is not in the docker group"
+        return needs_change(reason, *actions)

@@ -1,0 +1,29 @@
+"""image: the notebook image is present locally, so no notebook waits for a 14 GB pull."""
+
+from __future__ import annotations
+
+from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
+from ..system import Context
+
+
+class ImageStep:
+    name = "image"
+    description = "the notebook image pulled"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        name = ctx.config.image.name
+        if not name:
+            return skipped("no image configured (image.name is empty)")
+        reason = ctx.docker.unreachable_reason()
+        if reason:
+            return blocked(reason)
+        if ctx.docker.image_present(name):
+            return ok(f"{name} is present")
+
+        def pull(ctx: Context) -> None:
+            ctx.docker.pull(name, lambda event: ctx.reporter.pull_progress(name, event))
+
+        return needs_change(f"{name} is not present", Call(f"pull {name}", pull))

@@ -1,0 +1,88 @@
+"""What a run works with: the configuration, the machine seams and the reporter."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator, Protocol
+
+from .config import Config, SwarmConfig
+from .errors import NvmlUnavailable
+from .host import Host, LocalHost
+from .probes.docker import DockerApi, SdkDocker
+from .probes.gpu import Inventory, read_inventory
+
+
+class Reporter(Protocol):
+    def step_started(self, name: str, description: str) -> None: ...
+
+    def step_finished(self, report) -> None: ...
+
+    def action(self, step: str, description: str) -> None: ...
+
+    def activity(self, label: str) -> ContextManager[None]: ...
+
+    def pull_progress(self, image: str, event: dict) -> None: ...
+
+    def debug_traceback(self, text: str) -> None: ...
+
+
+class QuietReporter:
+    def step_started(self, name: str, description: str) -> None:
+        pass
+
+    def step_finished(self, report) -> None:
+        pass
+
+    def action(self, step: str, description: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def activity(self, label: str) -> Iterator[None]:
+        yield
+
+    def pull_progress(self, image: str, event: dict) -> None:
+        pass
+
+    def debug_traceback(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class Context:
+    config: Config
+    host: Host = field(default_factory=LocalHost)
+    docker_factory: Callable[[], DockerApi] = SdkDocker
+    inventory_reader: Callable[[], Inventory] = read_inventory
+    token_fetcher: Callable[[SwarmConfig], str] | None = None
+    reporter: Reporter = field(default_factory=QuietReporter)
+    _docker: DockerApi | None = field(default=None, init=False)
+    _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
+
+    @property
+    def docker(self) -> DockerApi:
+        if self._docker is None:
+            self._docker = self.docker_factory()
+        return self._docker
+
+    def inventory(self) -> Inventory:
+        """NVML's answer, asked once per run; raises NvmlUnavailable."""
+        if self._inventory is None:
+            try:
+                self._inventory = self.inventory_reader()
+            except NvmlUnavailable as exc:
+                self._inventory = exc
+        if isinstance(self._inventory, NvmlUnavailable):
+            raise self._inventory
+        return self._inventory
+
+    def forget_inventory(self) -> None:
+        """After installing a driver, NVML must be asked again."""
+        self._inventory = None
+
+    def fetch_worker_token(self) -> str:
+        if self.token_fetcher is not None:
+            return self.token_fetcher(self.config.swarm)
+        from .manager import fetch_worker_token
+
+        return fetch_worker_token(self.config.swarm)

@@ -1,0 +1,125 @@
+"""Rendering for people: rich tables, live progress and the end-of-run summary. JSON goes elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .engine import RunReport, State, StepReport
+from .probes.gpu import Inventory
+
+STYLE = {State.OK: "green", State.NEEDS_CHANGE: "yellow", State.FAILED: "bold red",
+         State.BLOCKED: "red", State.SKIPPED: "dim"}
+
+
+def state_text(state: State) -> str:
+    return f"[{STYLE[state]}]{state.value}[/]"
+
+
+class ConsoleReporter:
+    """Live lines on stderr while a run goes; stdout stays free for the result."""
+
+    def __init__(self, console: Console, debug: bool = False) -> None:
+        self.console = console
+        self.debug = debug
+        self._status = None
+        self._layers: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def step_started(self, name: str, description: str) -> None:
+        pass
+
+    def step_finished(self, report: StepReport) -> None:
+        mark = "changed" if report.changed else report.state.value
+        style = "cyan" if report.changed else STYLE[report.state]
+        self.console.print(f"[{style}]{mark:>12}[/] [bold]{report.name}[/] {escape(report.detail)} "
+                           f"[dim]({report.seconds:.1f} s)[/]")
+
+    def action(self, step: str, description: str) -> None:
+        self.console.print(f"{'':>12} [dim]{step}:[/] {escape(description)}")
+
+    @contextlib.contextmanager
+    def activity(self, label: str) -> Iterator[None]:
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status(escape(label)) as status:
+            self._status = status
+            try:
+                yield
+            finally:
+                self._status = None
+
+    def pull_progress(self, image: str, event: dict) -> None:
+        layers = self._layers.setdefault(image, {})
+        detail = event.get("progressDetail") or {}
+        if event.get("id") and detail.get("total"):
+            layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+        elif event.get("id") and event.get("status") in ("Pull complete", "Already exists"):
+            cur, total = layers.get(event["id"], (0, 0))
+            layers[event["id"]] = (total, total)
+        done = sum(c for c, _ in layers.values())
+        total = sum(t for _, t in layers.values())
+        line = f"pulling {image}: {len(layers)} layer(s), {done / 1e6:.1f} of {total / 1e6:.1f} MB"
+        if self.console.is_terminal:
+            self.console.print(line, end="\r", highlight=False)
+        elif event.get("status") == "Pull complete":
+            self.console.print(f"{'':>12} {line}", highlight=False)
+
+    def debug_traceback(self, text: str) -> None:
+        if self.debug:
+            self.console.print(escape(text), style="dim")
+
+
+def status_table(report: RunReport) -> Table:
+    table = Table(title="gpuswarm-node status", title_justify="left")
+    table.add_column("step")
+    table.add_column("state")
+    table.add_column("detail", overflow="fold")
+    for step in report.steps:
+        table.add_row(step.name, state_text(step.state), escape(step.detail))
+    return table
+
+
+def print_plan(console: Console, report: RunReport) -> None:
+    for step in report.steps:
+        if step.state is State.NEEDS_CHANGE:
+            console.print(f"[yellow]{step.name}[/]: {escape(step.detail)}")
+            for action in step.actions:
+                console.print(f"  - {escape(action)}")
+            if step.diff:
+                console.print(escape(step.diff), highlight=False, markup=False)
+    pending = [s.name for s in report.steps if s.state is State.NEEDS_CHANGE]
+    console.print(f"dry run: {len(pending)} step(s) would change: {', '.join(pending) or 'none'}; "
+                  "nothing was changed.")
+
+
+def print_summary(console: Console, report: RunReport) -> None:
+    table = Table(title="setup summary", title_justify="left")
+    for col in ("step", "result", "time", "detail"):
+        table.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
+    for step in report.steps:
+        result = "[cyan]changed[/]" if step.changed else state_text(step.state)
+        table.add_row(step.name, result, f"{step.seconds:.1f} s", escape(step.detail))
+    console.print(table)
+    console.print(f"changed: {', '.join(report.changed) or 'nothing'}")
+    reboot = [s.name for s in report.steps if s.reboot_required]
+    if reboot:
+        console.print(f"[bold yellow]reboot required[/] ({', '.join(reboot)}), then run setup again.")
+    for step in report.failed:
+        console.print(f"[bold red]{step.name} failed:[/] {escape(step.detail)}")
+    if report.ok:
+        console.print("[green]node converged.[/]")
+
+
+def inventory_table(inventory: Inventory, slices: list[str]) -> Table:
+    table = Table(title=f"NVIDIA driver {inventory.driver_version}", title_justify="left")
+    for col in ("index", "uuid", "name", "memory", "MIG"):
+        table.add_column(col)
+    for gpu in inventory.gpus:
+        mig = f"on, {len(gpu.mig_devices)} device(s)" if gpu.mig_enabled else "off"
+        table.add_row(str(gpu.index), gpu.uuid, gpu.name, f"{gpu.memory_bytes / 2**30:.1f} GiB", mig)
+    return table

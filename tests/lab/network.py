@@ -1,0 +1,183 @@
+"""The lab's network: one bridge in the host namespace, one netns per machine.
+
+Every lab machine lives in its own network namespace ``gsn-*`` with a veth
+into the bridge ``gsnbr0`` (198.18.0.0/24, the host is 198.18.0.254).  Only
+198.18.0.0/15 is used, so nothing here can collide with a real network.
+
+Things learned the hard way:
+- Run daemons with ``nsenter --net=/var/run/netns/NAME``; ``ip netns exec``
+  remounts /sys, after which dockerd fails with "Devices cgroup isn't mounted".
+- br_netfilter is loaded on these hosts (bridge-nf-call-iptables=1), so even
+  traffic *between two lab machines on the bridge* passes the host's FORWARD
+  chain.  A host dockerd sets that chain's policy to DROP, which would cut the
+  lab in two; hence the always-on bridge-to-bridge ACCEPT rule.
+- Deleting a netns does not free it while another mount namespace still holds
+  a copy of its bind mount; the veth would then survive.  ``close`` deletes the
+  host-side veth explicitly, which destroys both ends regardless.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+BRIDGE = "gsnbr0"
+BRIDGE_ADDRESS = "198.18.0.254"
+SUBNET = "198.18.0.0/24"
+PREFIX_LEN = 24
+NETNS_PREFIX = "gsn-"
+VETH_PREFIX = "gv-"  # host side of each veth; the netns side is "eth0"
+RULE_COMMENT = "gpuswarm-node-lab"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+# Remembers ip_forward's value from before enable_outbound_nat, so that
+# cleanup_stale can restore it after a crashed run.
+IP_FORWARD_SAVED = Path("/run/gpuswarm-node-lab.ip_forward")
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _link_exists(name: str) -> bool:
+    return _run("ip", "link", "show", "dev", name, check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+
+    @property
+    def netns_path(self) -> str:
+        return f"/var/run/netns/{self.name}"
+
+    def nsenter_prefix(self) -> list[str]:
+        return ["nsenter", f"--net={self.netns_path}"]
+
+
+def _tagged_rules(table: str) -> list[list[str]]:
+    """Delete-commands for every rule of ours in ``table``."""
+    out = _run("iptables", "-t", table, "-S", check=False).stdout
+    rules = []
+    for line in out.splitlines():
+        argv = shlex.split(line)
+        if argv[:1] == ["-A"] and RULE_COMMENT in argv:
+            rules.append(["iptables", "-t", table, "-D", *argv[1:]])
+    return rules
+
+
+def _remove_tagged_rules() -> None:
+    for table in ("filter", "nat"):
+        for argv in _tagged_rules(table):
+            _run(*argv, check=False)
+
+
+def _restore_ip_forward() -> None:
+    if IP_FORWARD_SAVED.exists():
+        IP_FORWARD.write_text(IP_FORWARD_SAVED.read_text().strip() + "\n")
+        IP_FORWARD_SAVED.unlink()
+
+
+def _delete_host(name: str) -> None:
+    if _link_exists(VETH_PREFIX + name):
+        _run("ip", "link", "del", VETH_PREFIX + name, check=False)
+    if Path(f"/var/run/netns/{name}").exists():
+        _run("ip", "netns", "del", name, check=False)
+
+
+def cleanup_stale() -> None:
+    """Remove whatever an earlier, crashed run left behind."""
+    _remove_tagged_rules()
+    _restore_ip_forward()
+    netns_dir = Path("/var/run/netns")
+    names = sorted(p.name for p in netns_dir.iterdir()) if netns_dir.is_dir() else []
+    for name in names:
+        if name.startswith(NETNS_PREFIX):
+            _delete_host(name)
+    # veths whose netns vanished some other way
+    for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname.startswith(VETH_PREFIX + NETNS_PREFIX):
+            _run("ip", "link", "del", ifname, check=False)
+    if _link_exists(BRIDGE):
+        _run("ip", "link", "del", BRIDGE, check=False)
+
+
+class LabNetwork:
+    """Context manager owning the bridge, the lab netns and our iptables rules."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, LabHost] = {}
+        self._bridge_created = False
+
+    def start(self) -> "LabNetwork":
+        if _link_exists(BRIDGE):
+            raise RuntimeError(f"{BRIDGE} already exists; run network.cleanup_stale() first")
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        self._bridge_created = True
+        _run("ip", "addr", "add", f"{BRIDGE_ADDRESS}/{PREFIX_LEN}", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        self._insert_rule("filter", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+        return self
+
+    def __enter__(self) -> "LabNetwork":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_host(self, name: str, address: str) -> LabHost:
+        if not name.startswith(NETNS_PREFIX) or len(VETH_PREFIX + name) > 15:
+            raise ValueError(f"bad lab host name {name!r} (gsn-*, at most 12 characters)")
+        if name in self.hosts:
+            raise ValueError(f"{name} already added")
+        host = LabHost(name, address)
+        # Registered first so that close() cleans up a half-made host too.
+        self.hosts[name] = host
+        veth = VETH_PREFIX + name
+        _run("ip", "netns", "add", name)
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+        _run("ip", "link", "set", veth, "master", BRIDGE)
+        _run("ip", "link", "set", veth, "up")
+        ns = ["ip", "-n", name]
+        _run(*ns, "link", "set", "lo", "up")
+        _run(*ns, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
+        _run(*ns, "link", "set", "eth0", "up")
+        _run(*ns, "route", "add", "default", "via", BRIDGE_ADDRESS)
+        return host
+
+    def remove_host(self, name: str) -> None:
+        self.hosts.pop(name, None)
+        _delete_host(name)
+
+    def enable_outbound_nat(self) -> None:
+        """Let lab machines reach the outside (apt) through the host."""
+        if not IP_FORWARD_SAVED.exists():
+            IP_FORWARD_SAVED.write_text(IP_FORWARD.read_text())
+        IP_FORWARD.write_text("1\n")
+        self._insert_rule("nat", "POSTROUTING", "-s", SUBNET, "!", "-o", BRIDGE, "-j", "MASQUERADE")
+        self._insert_rule("filter", "FORWARD", "-s", SUBNET, "-j", "ACCEPT")
+        self._insert_rule("filter", "FORWARD", "-d", SUBNET, "-j", "ACCEPT")
+
+    def _insert_rule(self, table: str, chain: str, *spec: str) -> None:
+        tag = ["-m", "comment", "--comment", RULE_COMMENT]
+        _run("iptables", "-t", table, "-I", chain, "1", *spec, *tag)
+
+    def close(self) -> None:
+        """Undo everything; safe to call twice or after a partial start."""
+        for name in list(self.hosts):
+            self.remove_host(name)
+        _remove_tagged_rules()
+        _restore_ip_forward()
+        if self._bridge_created and _link_exists(BRIDGE):
+            _run("ip", "link", "del", BRIDGE, check=False)
+        self._bridge_created = False

@@ -1,0 +1,129 @@
+"""A Debian 12 root filesystem that looks like a fresh cloud machine.
+
+Built once with debootstrap (about 2 minutes, 300 MB) and cached as a tarball
+keyed by everything that shapes it; every fresh machine unpacks its own copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+VARIANT = "minbase"
+# What a cloud image has besides python3; docker, curl, gpg... are the
+# product's job to install. python3-venv is here because Debian splits it out.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "sudo",
+    "ca-certificates",
+    "iproute2",
+    "python3",
+    "python3-venv",
+)
+USER = "worker"
+# Bump when _customize changes what ends up in the tarball.
+RECIPE = 1
+
+SOURCES = """\
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+# --xattrs keeps file capabilities (ping, newuidmap) intact.
+_TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GSN_LAB_CACHE", "/var/cache/gpuswarm-node-lab"))
+
+
+def _key() -> str:
+    spec = [SUITE, MIRROR, VARIANT, sorted(PACKAGES), USER, RECIPE, SOURCES]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+
+
+def cached_rootfs_tarball() -> Path:
+    """The rootfs tarball, built on first use; concurrent callers wait on a lock."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    tarball = cache / f"rootfs-{SUITE}-{_key()}.tar"
+    if tarball.exists():
+        return tarball
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            _build(tarball)
+    return tarball
+
+
+def _build(tarball: Path) -> None:
+    # Build next to the cache so the final rename is atomic and a crash leaves
+    # only a temp dir, never a half-written tarball under the real name.
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
+    try:
+        root = work / "root"
+        subprocess.run(
+            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(PACKAGES),
+             SUITE, str(root), MIRROR],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        _customize(root)
+        partial = work / "rootfs.tar"
+        subprocess.run(["tar", *_TAR_FLAGS, "-C", str(root), "-cf", str(partial), "."],
+                       check=True)
+        partial.rename(tarball)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _customize(root: Path) -> None:
+    def chroot(*argv: str) -> None:
+        subprocess.run(["chroot", str(root), *argv], check=True)
+
+    # The usual cloud login: an unprivileged user with passwordless sudo.
+    chroot("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", USER)
+    sudoers = root / "etc/sudoers.d/90-cloud-user"
+    sudoers.write_text(f"{USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+
+    (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
+    # debootstrap leaves its package lists and .debs behind; a fresh image has
+    # neither, so the product must run apt-get update itself.
+    chroot("apt-get", "clean")
+    for p in (root / "var/lib/apt/lists").glob("*"):
+        if p.is_file():
+            p.unlink()
+    # Empty means "not yet initialised"; unpack_fresh gives each copy its own.
+    (root / "etc/machine-id").write_text("")
+
+
+def unpack_fresh(dest: Path) -> None:
+    """Unpack a fresh copy of the rootfs into dest (created; must be empty)."""
+    tarball = cached_rootfs_tarball()
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty")
+    subprocess.run(["tar", *_TAR_FLAGS, "-C", str(dest), "-xpf", str(tarball)], check=True)
+    # Two workers from one tarball must not share a machine-id (journald,
+    # DHCP client ids and swarm-adjacent tooling key on it).
+    (dest / "etc/machine-id").write_text(os.urandom(16).hex() + "\n")
