@@ -181,6 +181,28 @@ def _merge(values: dict[str, dict[str, Any]], section: str, name: str, raw: Any,
     values.setdefault(section, {})[name] = _coerce(section, name, raw, origin)
 
 
+def _merge_tables(values: dict[str, dict[str, Any]], data: Mapping[str, Any], origin: str) -> None:
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"Top-level key {section!r} in {origin} is not a [section].",
+                              f"Put keys inside one of: {', '.join(f'[{s}]' for s in SECTIONS)}.")
+        for name, raw in table.items():
+            _merge(values, section, name, raw, origin)
+
+
+def from_tables(data: Mapping[str, Any], origin: str = "test data") -> Config:
+    """A validated Config from already-parsed TOML tables."""
+    values: dict[str, dict[str, Any]] = {}
+    _merge_tables(values, data, origin)
+    return _build(values, origin)
+
+
+def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
+    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source)
+    _validate(cfg)
+    return cfg
+
+
 def _split_env_name(var: str) -> tuple[str, str]:
     rest = var[len(ENV_PREFIX):].lower()
     for section in SECTIONS:
@@ -215,12 +237,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file {path} is not valid TOML: {exc}.",
                               "Fix the syntax and run again.") from None
-        for section, table in data.items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"Top-level key {section!r} in {path} is not a [section].",
-                                  f"Put keys inside one of: {', '.join(f'[{s}]' for s in SECTIONS)}.")
-            for name, raw in table.items():
-                _merge(values, section, name, raw, str(path))
+        _merge_tables(values, data, str(path))
     for var in sorted(env):
         if var.startswith(ENV_PREFIX) and var not in ENV_RESERVED:
             section, name = _split_env_name(var)
@@ -232,6 +249,4 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"--set {item!r} is not of the form section.key=value.",
                               "Write it like --set swarm.manager=hub.example.org.")
         _merge(values, section, name, raw, f"--set {dotted}")
-    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source)
-    _validate(cfg)
-    return cfg
+    return _build(values, source)

@@ -1,0 +1,151 @@
+"""State for unit tests: a host, a Docker daemon and an NVML answer that hold what a case says.
+
+These stand in for the seams (gpuswarm_node.host.Host, probes.docker.DockerApi, the inventory
+reader), not for library internals, so the step code under test is the code users run.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
+from gpuswarm_node.host import CommandResult
+from gpuswarm_node.probes.docker import SwarmMembership
+from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
+
+
+def _result(argv: list[str], spec: Mapping[str, Any]) -> CommandResult:
+    return CommandResult(tuple(argv), spec.get("rc", 0), spec.get("stdout", ""), spec.get("stderr", ""))
+
+
+@dataclass
+class FakeHost:
+    """Files, directories and command answers given by the test; changes are recorded as actions.
+
+    `effects` maps a command line to the state it leaves behind: {"commands": {...}, "files": {...},
+    "dirs": [...]}, so that applying then checking can converge without a real machine.
+    """
+
+    files: dict[str, str] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+    commands: dict[str, dict] = field(default_factory=dict)
+    programs: dict[str, str] = field(default_factory=dict)
+    mtimes: dict[str, float] = field(default_factory=dict)
+    effects: dict[str, dict] = field(default_factory=dict)
+    actions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_case(cls, spec: Mapping[str, Any]) -> "FakeHost":
+        return cls(files=dict(spec.get("files", {})), dirs=set(spec.get("dirs", [])),
+                   commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
+                   mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})))
+
+    def query(self, argv: list[str]) -> CommandResult:
+        line = shlex.join(argv)
+        if line not in self.commands:
+            raise AssertionError(f"the case does not say what `{line}` answers")
+        return _result(argv, self.commands[line])
+
+    def run(self, argv: list[str], env: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> CommandResult:
+        line = shlex.join(argv)
+        self.actions.append(f"run {line}")
+        effect = self.effects.get(line, {})
+        if effect.get("rc", 0) != 0:
+            raise CommandFailed(list(argv), effect["rc"], effect.get("stderr", ""))
+        self.commands.update(effect.get("commands", {}))
+        self.files.update(effect.get("files", {}))
+        self.dirs.update(effect.get("dirs", []))
+        self.programs.update(effect.get("which", {}))
+        return CommandResult(tuple(argv), 0, "", "")
+
+    def read_text(self, path: str) -> str | None:
+        return self.files.get(path)
+
+    def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
+        self.actions.append(f"write {path}")
+        self.files[path] = content
+
+    def remove(self, path: str) -> None:
+        self.actions.append(f"remove {path}")
+        self.files.pop(path, None)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        self.actions.append(f"mkdir {path}")
+        self.dirs.add(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or path in self.dirs
+
+    def which(self, program: str) -> str | None:
+        return self.programs.get(program)
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):].split("/")[0] for p in [*self.files, *self.dirs] if p.startswith(prefix)}
+        return sorted(names)
+
+    def mtime(self, path: str) -> float | None:
+        return self.mtimes.get(path, 0.0 if path in self.files else None)
+
+
+@dataclass
+class FakeDocker:
+    reachable: bool = True
+    images: set[str] = field(default_factory=set)
+    membership: SwarmMembership = field(default_factory=lambda: SwarmMembership("inactive"))
+    manager_addr_after_join: str = ""
+    calls: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_case(cls, spec: Mapping[str, Any]) -> "FakeDocker":
+        swarm = spec.get("swarm", {"state": "inactive"})
+        return cls(reachable=spec.get("reachable", True), images=set(spec.get("images", [])),
+                   membership=SwarmMembership(swarm.get("state", "inactive"), swarm.get("node_id", ""),
+                                              swarm.get("is_manager", False),
+                                              tuple(swarm.get("manager_addrs", ())), swarm.get("error", "")),
+                   manager_addr_after_join=spec.get("manager_addr_after_join", ""))
+
+    def unreachable_reason(self) -> str | None:
+        return None if self.reachable else "the Docker daemon does not answer at unix:///var/run/docker.sock"
+
+    def info(self) -> dict:
+        return {}
+
+    def image_present(self, name: str) -> bool:
+        return name in self.images
+
+    def pull(self, name: str, on_progress: Callable[[dict], None]) -> None:
+        self.calls.append(f"pull {name}")
+        on_progress({"id": "layer1", "status": "Downloading", "progressDetail": {"current": 5, "total": 10}})
+        self.images.add(name)
+
+    def swarm(self) -> SwarmMembership:
+        return self.membership
+
+    def join(self, manager_addr: str, token: str, advertise_addr: str) -> None:
+        self.calls.append(f"join {manager_addr}")
+        self.membership = SwarmMembership("active", "node1", False,
+                                          (self.manager_addr_after_join or manager_addr,))
+
+    def init(self, advertise_addr: str) -> None:
+        self.calls.append("init")
+        self.membership = SwarmMembership("active", "node1", True, ("127.0.0.1:2377",))
+
+
+def inventory_from_case(spec: Mapping[str, Any] | None) -> Callable[[], Inventory]:
+    """`{"error": "..."}` for NVML failing, else {"driver": "...", "gpus": [{uuid, name, memory_gib, mig}]}."""
+
+    def read() -> Inventory:
+        if spec is None or "error" in spec:
+            raise NvmlUnavailable((spec or {}).get("error", "libnvidia-ml.so.1 is not installed."), "")
+        gpus = []
+        for i, g in enumerate(spec.get("gpus", [])):
+            migs = tuple(MigDevice(m["uuid"], int(m.get("memory_gib", 5) * 2**30)) for m in g.get("mig", []))
+            gpus.append(Gpu(i, g["uuid"], g.get("name", "NVIDIA Test GPU"), int(g.get("memory_gib", 12) * 2**30),
+                            mig_enabled=bool(migs), mig_devices=migs))
+        return Inventory(spec.get("driver", "550.54.15"), tuple(gpus))
+
+    return read

@@ -1,0 +1,77 @@
+"""Every case under tests/steps/<step>/<case>.json: state in, check result and planned actions out.
+
+A case says what the machine looks like (files, command answers, GPUs, Docker) and what the step's
+check must answer. With "converges", the runner also applies the plan and re-checks: the step must
+end ok with the machine state the case expects. A converged case must plan nothing and say why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuswarm_node import config
+from gpuswarm_node.engine import State, converge
+from gpuswarm_node.steps import ALL_STEPS
+from gpuswarm_node.system import Context
+
+from .fakes import FakeDocker, FakeHost, inventory_from_case
+
+CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
+STEPS = {s.name: s for s in ALL_STEPS}
+
+
+def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker]:
+    for name, value in case.get("env", {}).items():
+        monkeypatch.setenv(name, value)
+    if "SUDO_USER" not in case.get("env", {}):
+        monkeypatch.delenv("SUDO_USER", raising=False)
+    host = FakeHost.from_case(case.get("host", {}))
+    docker = FakeDocker.from_case(case.get("docker", {}))
+    token = case.get("join_token", "SWMTKN-1-abc123-def456")
+    ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
+                  docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
+                  token_fetcher=lambda _cfg: token)
+    return ctx, host, docker
+
+
+@pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
+def test_step_case(path: Path, monkeypatch) -> None:
+    case = json.loads(path.read_text())
+    step = STEPS[path.parent.name]
+    expect = case["expect"]
+    ctx, host, docker = build(case, monkeypatch)
+
+    check = step.check(ctx)
+
+    assert check.state.value == expect["state"], check.detail
+    assert expect["detail"] in check.detail
+    assert [a.describe() for a in check.actions] == expect.get("actions", [])
+    assert host.actions == [] and docker.calls == [], "a check changed the machine"
+    if check.state is State.OK:
+        assert check.detail, "a converged step must say why nothing is to be done"
+    if "diff_contains" in expect:
+        for fragment in expect["diff_contains"]:
+            assert fragment in check.diff
+
+    if "converges" in case:
+        report = converge(step, ctx)
+        want = case["converges"]
+        assert report.state.value == want.get("state", "ok"), report.detail
+        assert report.changed is want.get("changed", True)
+        assert host.actions == want.get("host_actions", host.actions)
+        assert docker.calls == want.get("docker_calls", [])
+        for file, content in want.get("files", {}).items():
+            assert host.files.get(file) == content, file
+        for file, data in want.get("json_files", {}).items():
+            assert json.loads(host.files[file]) == data, file
+        # The second run changes nothing.
+        again = step.check(ctx)
+        assert again.state.value == want.get("state", "ok") and again.actions == ()
+
+
+def test_every_step_has_cases() -> None:
+    covered = {p.parent.name for p in CASES}
+    assert covered == set(STEPS), f"steps without cases: {set(STEPS) - covered}"
