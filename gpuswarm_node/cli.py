@@ -11,6 +11,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import GpuswarmError
@@ -35,7 +36,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(exc: GpuswarmError) -> None:
-    err.print(f"[bold red]error:[/] {exc.message()}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(exc.message())}")
     raise typer.Exit(exc.exit_code)
 
 
@@ -55,7 +56,7 @@ def guarded(fn: Callable[[], int]) -> None:
     except Exception as exc:
         if state.debug:
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.")
+        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. Re-run with --debug for the traceback.")
         raise typer.Exit(1)
     raise typer.Exit(code)
 

@@ -24,7 +24,7 @@ from .errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/gpuswarm-node/config.toml")
 ENV_PREFIX = "GPUSWARM_"
 # Environment variables with our prefix that are not configuration keys.
-ENV_RESERVED = {"GPUSWARM_CONFIG"}
+ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX"}  # GPUSWARM_PREFIX: setup.sh's install dir
 
 NVIDIA_TOOLKIT_SOURCE = (
     "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.asc] "
@@ -186,6 +186,8 @@ def _merge_tables(values: dict[str, dict[str, Any]], data: Mapping[str, Any], or
         if not isinstance(table, dict):
             raise ConfigError(f"Top-level key {section!r} in {origin} is not a [section].",
                               f"Put keys inside one of: {', '.join(f'[{s}]' for s in SECTIONS)}.")
+        if section not in SECTIONS:
+            raise ConfigError(f"Unknown section [{section}] in {origin}.", f"Valid sections: {', '.join(SECTIONS)}.")
         for name, raw in table.items():
             _merge(values, section, name, raw, origin)
 

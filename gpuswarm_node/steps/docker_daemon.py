@@ -20,8 +20,9 @@ from ..system import Context
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
-DOCKER_UNITS = ("/lib/systemd/system/docker.service", "/usr/lib/systemd/system/docker.service",
-                "/etc/systemd/system/docker.service")
+# In systemd's order of precedence: a unit in /etc/systemd/system overrides the packaged one.
+DOCKER_UNITS = ("/etc/systemd/system/docker.service", "/lib/systemd/system/docker.service",
+                "/usr/lib/systemd/system/docker.service")
 NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
 # dockerd may start a little before its start time as computed from whole-second btime.
 START_TIME_SLACK = 2.0

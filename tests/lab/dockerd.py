@@ -19,6 +19,9 @@ Why it is started the way it is:
 - Left to itself dockerd puts docker0 on 172.17.0.0/16 and local networks
   (docker_gwbridge) in 172.x/192.168.x; the lab may only use 198.18.0.0/15,
   hence ``bip`` and ``default-address-pools`` defaults.
+- Each daemon gets its own cgroup parent (``/gsn-lab-<netns>``) instead of
+  the shared ``/docker``, so its empty cgroup dirs can be removed on stop
+  without guessing whether another dockerd on the host still uses them.
 - containerd shims double-fork away from dockerd, so after a crash they are
   found by their mount namespace (which only our processes share), and the
   containers as their descendants.
@@ -48,13 +51,15 @@ DEFAULT_DAEMON_JSON = {
     # SIGTERM; don't wait dockerd's default 15 s for each on shutdown.
     "shutdown-timeout": 3,
 }
+CGROUP_PREFIX = "/gsn-lab-"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 # Variables that would send dockerd's registry traffic out of the lab.
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
+# $1 is the /etc/docker replacement ("-" for none), the rest the command.
 _NS_SCRIPT = """set -e
-mount --bind "$1" /etc/docker
+if [ "$1" != - ]; then mount --bind "$1" /etc/docker; fi
 if mountpoint -q /run/netns; then umount -l /run/netns; fi
 mount -t tmpfs -o mode=0755 gsn-lab-run /run
 shift
@@ -66,13 +71,12 @@ def private_mount_ns_argv(host: LabHost, etc_docker: Path | None, argv: list[str
     """argv running ``argv`` in ``host``'s netns and a private mount namespace.
 
     With ``etc_docker`` that dir replaces /etc/docker; /run is always a fresh
-    tmpfs.  No fork happens on the way, so the Popen pid is ``argv``'s pid.
+    tmpfs.  Everything on the way execs, so the Popen pid is ``argv``'s pid.
     """
-    script = _NS_SCRIPT if etc_docker else _NS_SCRIPT.replace('mount --bind "$1" /etc/docker\n', "")
     return [
         *host.nsenter_prefix(),
         "unshare", "--mount", "--propagation", "private",
-        "sh", "-c", script, "sh", str(etc_docker or "-"), *argv,
+        "sh", "-c", _NS_SCRIPT, "sh", str(etc_docker or "-"), *argv,
     ]
 
 
@@ -107,19 +111,31 @@ def private_mnt_ns(pid: int) -> str | None:
     return ns if ns and ns != _mnt_ns(os.getpid()) else None
 
 
-def processes_in_mount_ns(mnt_ns: str) -> list[int]:
-    """Pids whose mount namespace is ``mnt_ns``, plus all their descendants."""
-    if mnt_ns == _mnt_ns(os.getpid()):
-        raise ValueError("refusing to collect the processes of our own mount namespace")
+def with_descendants(pids: list[int]) -> list[int]:
     children = _children_map()
-    found = [pid for pids in children.values() for pid in pids if _mnt_ns(pid) == mnt_ns]
-    todo, seen = list(found), set(found)
+    todo, seen = list(pids), set(pids)
     while todo:
         for child in children.get(todo.pop(), []):
             if child not in seen:
                 seen.add(child)
                 todo.append(child)
     return sorted(seen)
+
+
+def processes_in_mount_ns(mnt_ns: str) -> list[int]:
+    """Pids whose mount namespace is ``mnt_ns``, plus all their descendants."""
+    if mnt_ns == _mnt_ns(os.getpid()):
+        raise ValueError("refusing to collect the processes of our own mount namespace")
+    pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+    return with_descendants([p for p in pids if _mnt_ns(p) == mnt_ns])
+
+
+def alive(pid: int) -> bool:
+    """True unless ``pid`` is gone or a zombie (which is as good as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
@@ -129,18 +145,8 @@ def kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
-        if not alive:
-            return
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z"
-    except OSError:
-        return True
 
 
 def stop_process(proc: subprocess.Popen, mnt_ns: str | None, timeout: float = STOP_TIMEOUT) -> None:
@@ -154,6 +160,30 @@ def stop_process(proc: subprocess.Popen, mnt_ns: str | None, timeout: float = ST
             proc.wait(10)
     if mnt_ns:
         kill_and_wait(processes_in_mount_ns(mnt_ns))
+
+
+def remove_cgroup_dirs(parent: str) -> None:
+    """rmdir ``/gsn-lab-*`` cgroup ``parent`` (a glob is fine) in every hierarchy.
+
+    Children go first; cgroups that still hold processes stay.
+    """
+    if not parent.startswith(CGROUP_PREFIX):
+        return  # never touch a cgroup tree we did not name
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] not in ("cgroup", "cgroup2"):
+            continue
+        for top in Path(fields[4]).glob(parent.lstrip("/")):
+            subdirs = [p for p in top.rglob("*") if p.is_dir()]
+            for d in sorted(subdirs, key=lambda p: -len(p.parts)) + [top]:
+                _rmdir_quiet(d)
+
+
+def _rmdir_quiet(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -209,11 +239,16 @@ class LabDockerd:
     def _write_config(self, config: dict) -> None:
         self._config_path().write_text(json.dumps(config, indent=2) + "\n")
 
+    @property
+    def cgroup_parent(self) -> str:
+        return f"{CGROUP_PREFIX}{self.host.name}"
+
     def start(self) -> None:
         if self._proc and self._proc.poll() is None:
             raise RuntimeError("dockerd already running")
         # Tests may have rewritten daemon.json; only fill in what keeps us in range.
-        self._write_config({**DEFAULT_DAEMON_JSON, **self._read_config()})
+        defaults = {**DEFAULT_DAEMON_JSON, "cgroup-parent": self.cgroup_parent}
+        self._write_config({**defaults, **self._read_config()})
         argv = [
             "dockerd",
             "--data-root", str(self.data_root),
@@ -267,6 +302,7 @@ class LabDockerd:
         self._proc = None
         self._mnt_ns = None
         self._unmount_leftovers()
+        remove_cgroup_dirs(self._read_config().get("cgroup-parent", self.cgroup_parent))
 
     def _unmount_leftovers(self) -> None:
         # Everything was mounted in the private namespace; this only matters if

@@ -18,6 +18,7 @@ Things learned the hard way:
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -90,14 +91,35 @@ def _delete_host(name: str) -> None:
         _run("ip", "netns", "del", name, check=False)
 
 
+def _kill_netns_processes(netns_file: Path) -> None:
+    """Kill what lives in the netns bound at ``netns_file``, with descendants."""
+    from .dockerd import kill_and_wait, with_descendants  # dockerd imports this module
+
+    target = f"net:[{netns_file.stat().st_ino}]"
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "ns" / "net") == target:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    kill_and_wait([p for p in with_descendants(found) if p != os.getpid()])
+
+
 def cleanup_stale() -> None:
-    """Remove whatever an earlier, crashed run left behind."""
+    """Remove whatever an earlier, crashed run left behind.
+
+    Daemons of that run (dockerd, containerd, shims, containers, sshd,
+    registry) still live in its ``gsn-*`` namespaces and would keep them
+    alive; they are killed first, found by their netns.
+    """
     _remove_tagged_rules()
     _restore_ip_forward()
     netns_dir = Path("/var/run/netns")
     names = sorted(p.name for p in netns_dir.iterdir()) if netns_dir.is_dir() else []
     for name in names:
         if name.startswith(NETNS_PREFIX):
+            _kill_netns_processes(netns_dir / name)
             _delete_host(name)
     # veths whose netns vanished some other way
     for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
@@ -106,6 +128,9 @@ def cleanup_stale() -> None:
             _run("ip", "link", "del", ifname, check=False)
     if _link_exists(BRIDGE):
         _run("ip", "link", "del", BRIDGE, check=False)
+    from .dockerd import CGROUP_PREFIX, remove_cgroup_dirs  # dockerd imports this module
+
+    remove_cgroup_dirs(CGROUP_PREFIX + "*")
 
 
 class LabNetwork:

@@ -122,7 +122,7 @@ def nvml(lib_dir: Path, tmp_path: Path):
     return run
 
 
-def test_build_is_cached_and_has_nvml_soname(lib_dir: Path, tmp_path_factory) -> None:
+def test_build_is_cached_and_has_nvml_soname(lib_dir: Path) -> None:
     lib = lib_dir / "libnvidia-ml.so.1"
     assert fake_nvml.build(lib_dir.parent) == lib_dir
     before = lib.stat().st_mtime_ns

@@ -1,0 +1,39 @@
+"""Shared fixtures: running the real CLI, and GPUs from the lab's fake libnvidia-ml.so.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lab import fake_nvml
+
+REPO = Path(__file__).resolve().parent.parent
+
+A100 = fake_nvml.FakeGpu("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA A100-SXM4-40GB", 40960)
+T4 = fake_nvml.FakeGpu("GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "Tesla T4", 15360)
+
+
+@pytest.fixture(scope="session")
+def nvml_lib_dir(tmp_path_factory) -> Path:
+    return fake_nvml.build(tmp_path_factory.mktemp("fake-nvml"))
+
+
+@pytest.fixture
+def gsn(tmp_path, nvml_lib_dir):
+    """Run the installed-code CLI as a subprocess, as a user would; `gpus=` gives it fake GPUs."""
+
+    def run(*args: str, gpus=None, mode="ok", env=None) -> subprocess.CompletedProcess:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
+        base["COLUMNS"] = "200"
+        if gpus is not None or mode != "ok":
+            config = fake_nvml.write_config(tmp_path / "fake-nvml.conf", gpus or [], mode=mode)
+            base = fake_nvml.env_for(nvml_lib_dir, config, base=base)
+        base.update(env or {})
+        return subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", *args], cwd=REPO, env=base,
+                              capture_output=True, text=True, timeout=120)
+
+    return run

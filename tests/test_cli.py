@@ -1,0 +1,200 @@
+"""The command line as users run it: commands, exit codes, the JSON shape, errors without tracebacks.
+
+These run the real CLI against this machine (which has no GPU, no systemd and no Docker daemon), or
+against GPUs from the fake libnvidia-ml.so.1, and assert on what the machine looks like afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpuswarm_node.steps import STEP_NAMES
+
+from .conftest import A100, T4
+
+NINE = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+        "registry-trust", "image", "swarm-join"]
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def safe_config(tmp_path: Path, extra: str = "") -> Path:
+    """A config whose tmpfs lives in the test's own directory."""
+    return write_config(tmp_path, f'[tmpfs]\npath = "{tmp_path / "scratch"}"\n{extra}')
+
+
+def test_help_lists_every_command(gsn):
+    result = gsn("--help")
+    assert result.returncode == 0
+    for command in ("setup", "status", "steps", "gpus", "render", "version"):
+        assert command in result.stdout
+
+
+def test_steps_lists_the_nine_in_order(gsn):
+    result = gsn("steps")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == NINE
+    assert list(STEP_NAMES) == NINE
+
+
+def test_version(gsn):
+    from gpuswarm_node import __version__
+
+    assert gsn("version").stdout.strip() == f"gpuswarm-node {__version__}"
+
+
+def test_dry_run_prints_a_plan_and_changes_nothing(gsn, tmp_path):
+    fstab_before = Path("/etc/fstab").read_bytes()
+    config = safe_config(tmp_path)
+    result = gsn("setup", "--dry-run", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "would change" in result.stdout and "tmpfs" in result.stdout
+    assert f"+tmpfs {tmp_path / 'scratch'} tmpfs" in result.stdout  # the fstab diff
+    assert Path("/etc/fstab").read_bytes() == fstab_before
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_status_json_shape_and_exit_code(gsn, tmp_path):
+    result = gsn("--config", str(safe_config(tmp_path)), "status", "--json")
+    assert result.returncode == 1  # no Docker here, so not converged
+    report = json.loads(result.stdout)
+    assert set(report) == {"ok", "changed", "steps"}
+    assert report["ok"] is False and report["changed"] == []
+    assert [s["name"] for s in report["steps"]] == NINE
+    for step in report["steps"]:
+        assert set(step) == {"name", "state", "detail"}
+        assert step["state"] in {"ok", "needs-change", "failed", "blocked", "skipped"}
+        assert step["detail"]
+    states = {s["name"]: s["state"] for s in report["steps"]}
+    # One blocked step does not hide the others: each got its own verdict.
+    assert states["tmpfs"] == "needs-change"
+    assert states["nvidia-driver"] == "skipped"
+    assert states["swarm-join"] == "blocked"
+
+
+def test_status_table(gsn, tmp_path):
+    result = gsn("status", "--config", str(safe_config(tmp_path)))
+    assert result.returncode == 1
+    for name in NINE:
+        assert name in result.stdout
+
+
+def test_setup_json_selected_steps(gsn, tmp_path):
+    result = gsn("setup", "--json", "--only", "registry-trust", "--only", "image",
+                 "--config", str(safe_config(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == {"ok": True, "changed": [], "steps": [
+        {"name": "registry-trust", "state": "skipped", "detail": "no registry configured (registry.address is empty)"},
+        {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)"}]}
+
+
+def test_skip_removes_steps(gsn, tmp_path):
+    result = gsn("setup", "--json", "--dry-run", "--skip", "tmpfs", "--skip", "swarm-join",
+                 "--config", str(safe_config(tmp_path)))
+    names = [s["name"] for s in json.loads(result.stdout)["steps"]]
+    assert names == [n for n in NINE if n not in ("tmpfs", "swarm-join")]
+
+
+def test_gpus_reports_inventory_and_interleaved_slices(gsn):
+    result = gsn("gpus", "--json", "--set", "gpu.slices_per_gpu=2", gpus=[A100, T4])
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["driver_version"] == "550.54.15"
+    assert [g["uuid"] for g in data["gpus"]] == [A100.uuid, T4.uuid]
+    assert data["gpus"][0]["memory_bytes"] == 40960 * 2**20
+    assert data["node_generic_resources"] == [
+        f"gpu={A100.uuid}::1", f"gpu={T4.uuid}::1", f"gpu={A100.uuid}::2", f"gpu={T4.uuid}::2"]
+
+
+def test_gpus_without_driver_is_one_clear_line(gsn):
+    result = gsn("gpus", mode="driver-not-loaded")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error:") and "driver is not loaded" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_with_gpus_sees_the_driver(gsn, tmp_path):
+    result = gsn("status", "--json", "--config", str(safe_config(tmp_path)), gpus=[A100])
+    states = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
+    assert states["nvidia-driver"]["state"] == "ok"
+    assert "550.54.15" in states["nvidia-driver"]["detail"]
+
+
+def test_render_prints_every_file_setup_would_write(gsn, tmp_path):
+    config = safe_config(tmp_path, '[swarm]\nmanager = "198.18.0.1"\n')
+    result = gsn("render", "--config", str(config), gpus=[A100])
+    assert result.returncode == 0, result.stderr
+    assert "# ==> /etc/fstab (tmpfs)" in result.stdout
+    assert "# ==> /etc/docker/daemon.json (docker-daemon)" in result.stdout
+    body = result.stdout.split("# ==> /etc/docker/daemon.json (docker-daemon)\n")[1].split("# ==>")[0]
+    daemon = json.loads(body)
+    assert daemon["default-runtime"] == "nvidia"
+    assert daemon["node-generic-resources"] == [f"gpu={A100.uuid}::{n}" for n in (1, 2, 3)]
+    assert not Path(tmp_path / "scratch").exists()
+
+
+# --- bad input: exit 2, one line naming the key, no traceback -------------------------------------
+
+def assert_usage_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_unknown_key_names_it(gsn, tmp_path):
+    config = write_config(tmp_path, '[swarm]\nmanagr = "hub"\n')
+    assert_usage_error(gsn("--config", str(config), "status"), "[swarm] managr", "Valid keys of [swarm]")
+
+
+def test_config_after_the_command_is_honoured(gsn, tmp_path):
+    config = write_config(tmp_path, '[gpu]\nslices_per_gpu = "three"\n')
+    assert_usage_error(gsn("setup", "--config", str(config), "--dry-run"), "[gpu] slices_per_gpu", "int")
+
+
+def test_unknown_section(gsn, tmp_path):
+    assert_usage_error(gsn("status", "--config", str(write_config(tmp_path, "[gpus]\nx = 1\n"))), "[gpus]")
+
+
+def test_invalid_toml(gsn, tmp_path):
+    assert_usage_error(gsn("status", "--config", str(write_config(tmp_path, "[swarm\n"))), "not valid TOML")
+
+
+def test_missing_config_file(gsn, tmp_path):
+    assert_usage_error(gsn("status", "--config", str(tmp_path / "nope.toml")), "does not exist")
+
+
+def test_out_of_range_value(gsn, tmp_path):
+    config = write_config(tmp_path, "[tmpfs]\nfraction = 1.5\n")
+    assert_usage_error(gsn("status", "--config", str(config)), "[tmpfs] fraction")
+
+
+def test_environment_override_is_validated(gsn, tmp_path):
+    result = gsn("status", "--config", str(safe_config(tmp_path)), env={"GPUSWARM_SWARM_SSH_PORT": "70000"})
+    assert_usage_error(result, "[swarm] ssh_port")
+
+
+def test_unknown_environment_key(gsn, tmp_path):
+    result = gsn("status", "--config", str(safe_config(tmp_path)), env={"GPUSWARM_SWARM_MANAGRE": "x"})
+    assert_usage_error(result, "GPUSWARM_SWARM_MANAGRE")
+
+
+def test_bad_set_flag(gsn, tmp_path):
+    assert_usage_error(gsn("setup", "--dry-run", "--set", "manager", "--config", str(safe_config(tmp_path))),
+                       "section.key=value")
+
+
+def test_unknown_step(gsn, tmp_path):
+    assert_usage_error(gsn("setup", "--only", "dockr", "--config", str(safe_config(tmp_path))), "dockr")
+
+
+def test_debug_shows_the_traceback(gsn, tmp_path):
+    result = gsn("--debug", "status", "--config", str(write_config(tmp_path, "[x]\n")))
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
