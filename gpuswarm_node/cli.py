@@ -102,15 +102,24 @@ def setup(
         from .engine import State as StepState, run_setup
         from .ui import print_plan, print_summary
 
+        from .lock import run_lock
+        from .runlog import append as log_run
+
         cfg = load_config(config, overrides)
         selected = steps.select(only, skip)
-        report = run_setup(selected, make_context(cfg, json_out), dry_run=dry_run)
+        ctx = make_context(cfg, json_out)
+        if dry_run:
+            report = run_setup(selected, ctx, dry_run=True)
+        else:
+            with run_lock():
+                report = run_setup(selected, ctx)
+                log_run(report)
         if json_out:
             out.print_json(json.dumps(report.as_json()))
         elif dry_run:
             print_plan(out, report)
         else:
-            print_summary(out, report)
+            print_summary(out, report, getattr(ctx.host, "backups", []))
         if dry_run:
             return 1 if any(s.state is StepState.FAILED for s in report.steps) else 0
         return 0 if report.ok else 1

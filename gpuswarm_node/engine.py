@@ -176,6 +176,7 @@ class StepReport:
     reboot_required: bool = False
     seconds: float = 0.0
     error: GpuswarmError | None = None
+    before: State | None = None  # the first check's verdict, when the step was applied
 
     def as_json(self) -> dict:
         return {"name": self.name, "state": self.state.value, "detail": self.detail}
@@ -227,29 +228,30 @@ def converge(step: Step, ctx: Context) -> StepReport:
     if before.state is not State.NEEDS_CHANGE:
         return _report(step, before, started)
     planned = [a.describe() for a in before.actions]
+
+    def applied(report: StepReport) -> StepReport:
+        report.actions, report.before = planned, before.state
+        return report
+
     try:
         for action in before.actions:
             ctx.reporter.action(step.name, action.describe())
             action.execute(ctx)
     except GpuswarmError as exc:
-        report = _report(step, Check(State.FAILED, exc.message()), started, error=exc)
-        report.actions = planned
-        return report
+        return applied(_report(step, Check(State.FAILED, exc.message()), started, error=exc))
     except Exception as exc:
         ctx.reporter.debug_traceback(traceback.format_exc())
         failure = StepFailed(f"internal error while applying: {type(exc).__name__}: {exc}",
                              "Re-run with --debug and report the traceback.")
-        report = _report(step, Check(State.FAILED, failure.message()), started, error=failure)
-        report.actions = planned
-        return report
+        return applied(_report(step, Check(State.FAILED, failure.message()), started, error=failure))
     after = safe_check(step, ctx)
     if after.state is State.OK or (after.state is State.BLOCKED and after.reboot_required):
         report = _report(step, after, started, changed=True)
     else:
         report = _report(step, Check(State.FAILED, f"still not converged after applying: {after.detail}"),
                          started)
-    report.actions, report.diff = planned, before.diff
-    return report
+    report.diff = before.diff
+    return applied(report)
 
 
 def run_setup(steps: Sequence[Step], ctx: Context, dry_run: bool = False) -> RunReport:

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
@@ -58,8 +59,25 @@ class Host(Protocol):
     def mtime(self, path: str) -> float | None: ...
 
 
+BACKUP_DIR = "/var/backups/gpuswarm-node"
+
+
 class LocalHost:
-    """This machine, as root."""
+    """This machine, as root. Every file replaced or removed is first copied to `backup_dir`."""
+
+    def __init__(self, backup_dir: str = BACKUP_DIR) -> None:
+        self.backup_dir = Path(backup_dir)
+        self.backups: list[tuple[str, str]] = []  # (original path, backup path), in order
+
+    def _backup(self, target: Path) -> None:
+        if not target.is_file():
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        name = f"{str(target).strip('/').replace('/', '__')}.{stamp}.{os.getpid()}.{len(self.backups)}"
+        self.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        backup = self.backup_dir / name
+        shutil.copy2(target, backup)
+        self.backups.append((str(target), str(backup)))
 
     def query(self, argv: list[str]) -> CommandResult:
         try:
@@ -97,6 +115,7 @@ class LocalHost:
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._backup(target)
         try:
             st = target.stat()
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
@@ -122,6 +141,7 @@ class LocalHost:
             os.close(dir_fd)
 
     def remove(self, path: str) -> None:
+        self._backup(Path(path))
         Path(path).unlink(missing_ok=True)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:

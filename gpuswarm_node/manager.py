@@ -22,9 +22,10 @@ def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
 
     where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
     key_path = Path(cfg.ssh_key)
-    if not key_path.is_file():
-        raise ManagerUnreachable(f"swarm.ssh_key {key_path} does not exist.",
-                                 "Copy the manager's worker key there (mode 0600) or set swarm.ssh_key.")
+    problem = ssh_key_problem(cfg.ssh_key)
+    if problem:
+        raise ManagerUnreachable(f"{problem}; refusing to use it.",
+                                 "Install the key owned by root with mode 0600 (chown root:root; chmod 600).")
     known_hosts = Path(cfg.known_hosts)
     if not known_hosts.is_file():
         raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
@@ -75,7 +76,9 @@ def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
 
 
 def manager_join_address(cfg: SwarmConfig) -> str:
-    return f"{cfg.manager}:2377"
+    # An IPv6 literal needs brackets, or Docker cannot tell its colons from the port's.
+    host = f"[{cfg.manager}]" if ":" in cfg.manager else cfg.manager
+    return f"{host}:2377"
 
 
 def resolve_addresses(host: str) -> set[str]:
@@ -95,5 +98,5 @@ def ssh_key_problem(path: str) -> str | None:
     if st.st_uid != 0:
         return f"swarm.ssh_key {path} is not owned by root"
     if st.st_mode & 0o077:
-        return f"swarm.ssh_key {path} is readable by other users (mode {st.st_mode & 0o777:o}); chmod 600 it"
+        return f"swarm.ssh_key {path} is readable by other users (mode {st.st_mode & 0o777:o})"
     return None

@@ -97,7 +97,7 @@ def print_plan(console: Console, report: RunReport) -> None:
                   "nothing was changed.")
 
 
-def print_summary(console: Console, report: RunReport) -> None:
+def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = ()) -> None:
     table = Table(title="setup summary", title_justify="left")
     for col in ("step", "result", "time", "detail"):
         table.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
@@ -109,6 +109,8 @@ def print_summary(console: Console, report: RunReport) -> None:
     reboot = [s.name for s in report.steps if s.reboot_required]
     if reboot:
         console.print(f"[bold yellow]reboot required[/] ({', '.join(reboot)}), then run setup again.")
+    for original, backup in backups:
+        console.print(f"backup of {escape(original)}: {escape(backup)}")
     for step in report.failed:
         console.print(f"[bold red]{step.name} failed:[/] {escape(step.detail)}")
     if report.ok:

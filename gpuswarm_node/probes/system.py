@@ -77,7 +77,8 @@ def os_release(host: Host) -> dict[str, str]:
 
 def package_installed(host: Host, package: str) -> bool:
     result = host.query(["dpkg-query", "-W", "-f=${Status}", package])
-    return result.ok and result.stdout.strip() == "install ok installed"
+    # ${Status} is "want flag status"; a held package is "hold ok installed".
+    return result.ok and result.stdout.split()[1:] == ["ok", "installed"]
 
 
 def systemd_running(host: Host) -> bool:

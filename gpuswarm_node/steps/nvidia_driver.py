@@ -38,8 +38,9 @@ def gpu_presence(ctx: Context) -> tuple[bool, str]:
 
 def driver_packages_installed(ctx: Context) -> list[str]:
     result = ctx.host.query(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", "nvidia-driver*"])
+    # "<package> <want> <flag> <status>"; a held driver is "hold ok installed", still installed.
     return [line.split()[0] for line in result.stdout.splitlines()
-            if line.endswith("install ok installed")]
+            if line.split()[2:] == ["ok", "installed"]]
 
 
 class NvidiaDriverStep:

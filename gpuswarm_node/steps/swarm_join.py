@@ -41,8 +41,8 @@ class SwarmJoinStep:
             return blocked(f"this node is in another swarm (managers: {', '.join(membership.manager_addrs) or 'unknown'}); "
                            "run `docker swarm leave` first")
         if membership.state not in ("inactive",):
-            return blocked(f"swarm state is {membership.state} {membership.error}; run `docker swarm leave --force` "
-                           "and setup again".strip())
+            state = f"{membership.state} {membership.error}".strip()
+            return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
         address = manager_join_address(cfg)
 
         def join(ctx: Context) -> None:

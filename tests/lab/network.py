@@ -14,6 +14,12 @@ Things learned the hard way:
 - Deleting a netns does not free it while another mount namespace still holds
   a copy of its bind mount; the veth would then survive.  ``close`` deletes the
   host-side veth explicitly, which destroys both ends regardless.
+- The host namespace owns 198.18.0.254 on the bridge, so it *can* reach every
+  lab machine directly; only the lab machines' own daemons are isolated.
+- After a crash the lab's daemons keep running inside their (now unnamed)
+  namespaces; ``cleanup_stale`` finds them by netns and kills them by pid.
+- The host's uplink may have a smaller MTU (1400 here) than the veths (1500);
+  outbound NAT relies on path-MTU discovery working through the host.
 """
 
 from __future__ import annotations
