@@ -21,6 +21,8 @@ def read_ca(ctx: Context) -> str | None:
         pem = Path(ctx.config.registry.ca_cert).read_text()
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return None
+    except UnicodeDecodeError:  # binary, e.g. a DER certificate: not PEM
+        return ""
     return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
 
 

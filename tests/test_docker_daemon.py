@@ -1,0 +1,79 @@
+"""docker-daemon where a JSON case cannot say it: a daemon.json that is not valid JSON makes the
+check raise StepFailed (the case runner calls step.check directly), and the runner must then
+report the step failed without writing anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuswarm_node import config
+from gpuswarm_node.engine import State, converge
+from gpuswarm_node.errors import StepFailed
+from gpuswarm_node.steps.docker_daemon import (DAEMON_JSON, DockerDaemonStep, dockerd_exec_start,
+                                               parse_process_start, without_host_flags)
+from gpuswarm_node.system import Context
+
+from .fakes import FakeDocker, FakeHost, inventory_from_case
+
+ONE_GPU = {"driver": "550.54.15", "gpus": [{"uuid": "GPU-00000000-1111-4222-8333-444444444444"}]}
+BROKEN = '{\n  "log-driver": "json-file",\n}\n'
+
+
+def context(daemon_json: str) -> tuple[Context, FakeHost]:
+    host = FakeHost(files={DAEMON_JSON: daemon_json}, dirs={"/run/systemd/system"},
+                    commands={"systemctl is-active docker": {"stdout": "active\n"}})
+    docker = FakeDocker()
+    ctx = Context(config=config.from_tables({}), host=host, docker_factory=lambda: docker,
+                  inventory_reader=inventory_from_case(ONE_GPU))
+    return ctx, host
+
+
+def test_invalid_json_check_raises_naming_file_and_parse_error() -> None:
+    ctx, host = context(BROKEN)
+    with pytest.raises(StepFailed) as raised:
+        DockerDaemonStep().check(ctx)
+    message = raised.value.message()
+    assert DAEMON_JSON in message
+    assert "is not valid JSON" in message
+    assert "Expecting property name enclosed in double quotes at line 3 column 1" in message
+    assert "nothing was written" in message
+    assert host.actions == []
+
+
+def test_invalid_json_converge_fails_and_writes_nothing() -> None:
+    ctx, host = context(BROKEN)
+    report = converge(DockerDaemonStep(), ctx)
+    assert report.state is State.FAILED
+    assert DAEMON_JSON in report.detail and "Expecting property name" in report.detail
+    assert report.changed is False and report.actions == []
+    assert host.actions == []
+    assert host.files[DAEMON_JSON] == BROKEN
+
+
+def test_json_that_is_not_an_object_is_refused() -> None:
+    ctx, host = context('["log-driver", "json-file"]\n')
+    with pytest.raises(StepFailed, match="holds a JSON list, not an object"):
+        DockerDaemonStep().check(ctx)
+    assert converge(DockerDaemonStep(), ctx).state is State.FAILED
+    assert host.actions == []
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["/usr/bin/dockerd", "-H", "fd://", "--containerd=/run/c.sock"], ["/usr/bin/dockerd", "--containerd=/run/c.sock"]),
+    (["/usr/bin/dockerd", "--host", "tcp://0.0.0.0:2376", "--tlsverify"], ["/usr/bin/dockerd", "--tlsverify"]),
+    (["/usr/bin/dockerd", "-H=fd://", "--host=unix:///run/d.sock", "-Hfd://"], ["/usr/bin/dockerd"]),
+    (["/usr/bin/dockerd", "--containerd=/run/c.sock"], ["/usr/bin/dockerd", "--containerd=/run/c.sock"]),
+])
+def test_without_host_flags(argv: list[str], want: list[str]) -> None:
+    assert without_host_flags(argv) == want
+
+
+def test_dockerd_exec_start_skips_the_reset_line() -> None:
+    unit = "[Service]\nExecStart=\nExecStart=/usr/bin/dockerd -H fd:// --data-root '/srv/my docker'\n"
+    assert dockerd_exec_start(unit) == ["/usr/bin/dockerd", "-H", "fd://", "--data-root", "/srv/my docker"]
+    assert dockerd_exec_start("[Service]\nType=notify\n") == []
+
+
+def test_parse_process_start_handles_spaces_and_parens_in_comm() -> None:
+    stat = "4242 (docker (d) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 10 5 0 0 20 0 20 0 12345 1000 50\n"
+    assert parse_process_start(stat, "cpu 1 2 3\nbtime 1700000000\n") == 1700000000 + 123.45
