@@ -37,3 +37,12 @@ def gsn(tmp_path, nvml_lib_dir):
                               capture_output=True, text=True, timeout=120)
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.lab.util import TIMINGS
+
+    if TIMINGS:
+        terminalreporter.section("lab timings")
+        for phase, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{seconds:8.1f} s  {phase}")

@@ -9,13 +9,13 @@ Things learned the hard way (systemd-nspawn 252 on a cgroup-v1 host):
 - nspawn writes under /run/systemd/nspawn; it runs in a private mount
   namespace with a tmpfs /run so the host's /run stays untouched.
 - The container gets its own cgroup namespace rooted at nspawn's cgroups, so
-  nspawn first goes into child cgroups of ours (``gsn-lab-NAME``); otherwise
+  nspawn first goes into child cgroups of ours (``gsn-machine-NAME``); otherwise
   the machine would be rooted at the host's cgroups.
 - nspawn mounts the v1 controllers read-only, and ``docker run`` then fails
   with "read-only file system".  The machine's PID 1 is a tiny sh that
   remounts them read-write and execs systemd, so even a dockerd started at
   boot sees them writable.  Thanks to the cgroup namespace, dockerd's cgroups
-  land under gsn-lab-NAME on the host.
+  land under gsn-machine-NAME on the host.
 - runc fails with "unable to join session keyring" unless nspawn's seccomp
   filter lets @keyring through.
 - nspawn keeps /proc/sys read-only unless told it has a private network;
@@ -30,8 +30,9 @@ Things learned the hard way (systemd-nspawn 252 on a cgroup-v1 host):
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shlex
+import re
 import shutil
 import signal
 import subprocess
@@ -45,8 +46,10 @@ BOOT_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 RUN_TIMEOUT = 300.0
 REBOOT_EXIT = 133
-CGROUP_PREFIX = "gsn-lab-"
+CGROUP_PREFIX = "gsn-machine-"  # dockerd.py owns gsn-lab-*
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+_REACH_APT = re.compile(r"Acquire::(https?|ftp|Check-Valid-Until|Check-Date)|\bProxy\b", re.I)
 
 MACHINE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -103,8 +106,9 @@ class FreshMachine:
         self.console_log = self.root_dir / "console.log"
         self.timings: dict[str, float] = {}
         self.init_pid: int | None = None
+        self.boot_state = ""  # "running" or "degraded" once booted
         self._proc: subprocess.Popen | None = None
-        self._cgroups: list[Path] = []
+        self.cgroups: list[Path] = []  # host dirs of its cgroups, one per hierarchy
 
     # -- lifecycle -------------------------------------------------------
 
@@ -127,7 +131,7 @@ class FreshMachine:
             rootfs.unpack_fresh(self.rootfs)
         with self._timed("prepare"):
             self._prepare()
-        self._cgroups = _make_cgroups(CGROUP_PREFIX + self.name)
+        self.cgroups = _make_cgroups(CGROUP_PREFIX + self.name)
         with self._timed("boot"):
             self._boot()
 
@@ -149,8 +153,8 @@ class FreshMachine:
         try:
             self._stop()
         finally:
-            _remove_cgroups(self._cgroups)
-            self._cgroups = []
+            _remove_cgroups(self.cgroups)
+            self.cgroups = []
             self._remove_root_dir()
             self.timings["close"] = round(time.monotonic() - started, 2)
 
@@ -215,24 +219,23 @@ class FreshMachine:
 
     # -- internals -------------------------------------------------------
 
+    @contextlib.contextmanager
     def _timed(self, phase: str):
-        machine = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t = time.monotonic()
-
-            def __exit__(self, *exc):
-                machine.timings[phase] = round(time.monotonic() - self.t, 2)
-
-        return _Timer()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(time.monotonic() - started, 2)
 
     def _prepare(self) -> None:
         """What a cloud provider's image and cloud-init would have done."""
         root = self.rootfs
         (root / "etc/hostname").write_text(self.name + "\n")
-        hosts = root / "etc/hosts"
-        hosts.write_text(hosts.read_text() + f"127.0.1.1\t{self.name}\n")
+        # debootstrap writes no /etc/hosts; cloud images get this one.
+        (root / "etc/hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
         shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
         # This host reaches the registries through a TLS-inspecting egress,
         # so the machine must trust the same extra CAs for apt and pip.
@@ -243,10 +246,10 @@ class FreshMachine:
             shutil.copyfile(crt, dest)
         if Path("/etc/pip.conf").is_file():
             shutil.copyfile("/etc/pip.conf", root / "etc/pip.conf")
-        # The host's Acquire:: settings (proxies, Check-Valid-Until for a
-        # snapshot mirror) are what make Debian's packages reachable here.
+        # The host's settings for reaching Debian's packages: proxies, and
+        # Check-Valid-Until/Check-Date for the snapshot mirror it is served.
         for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
-            if conf.is_file() and "acquire" in conf.read_text(errors="replace").lower():
+            if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
                 shutil.copyfile(conf, root / "etc/apt/apt.conf.d" / conf.name)
         subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True,
                        env=MACHINE_ENV, capture_output=True)
@@ -265,7 +268,7 @@ class FreshMachine:
                 "sh", "-c", _LAUNCH, "sh", *nspawn]
         env = {
             **MACHINE_ENV,
-            "GSN_CGROUP_PROCS": " ".join(str(d / "cgroup.procs") for d in self._cgroups),
+            "GSN_CGROUP_PROCS": " ".join(str(d / "cgroup.procs") for d in self.cgroups),
             "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network",
             "SYSTEMD_NSPAWN_TMPFS_TMP": "0",
         }
@@ -311,7 +314,7 @@ class FreshMachine:
                 proc.kill()
                 proc.wait(10)
         # Whatever still sits in our cgroups is ours and has outlived its machine.
-        for d in self._cgroups:
+        for d in self.cgroups:
             for pid in _cgroup_pids(d):
                 _kill(pid)
 
@@ -403,7 +406,7 @@ def _cgroup_pids(top: Path) -> list[int]:
 
 
 def cleanup_stale() -> None:
-    """Kill and remove what a crashed run left in gsn-lab-* cgroups."""
+    """Kill and remove what a crashed run left in gsn-machine-* cgroups."""
     for mountpoint, _path in _hierarchies():
         for sub, dirs, _files in os.walk(mountpoint):
             for name in [d for d in dirs if d.startswith(CGROUP_PREFIX)]:
@@ -443,6 +446,3 @@ def _child_named(ppid: int, comm: str) -> int | None:
 def _mount_points() -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
-
-def describe(machine: FreshMachine) -> str:
-    return f"{machine.name} ({machine.host.address}) pid1={machine.init_pid} root={shlex.quote(str(machine.rootfs))}"

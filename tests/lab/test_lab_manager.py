@@ -20,7 +20,7 @@ import pytest
 
 from .dockerd import LabDockerd
 from .manager import ManagerHost, trust_ca
-from .network import LabNetwork, cleanup_stale
+from .util import wait_for
 
 GPU_VALUES = ["GPU-aaaa::1", "GPU-aaaa::2"]
 WAIT = 60.0
@@ -43,38 +43,6 @@ except Exception as e:
 finally:
     client.close()
 """
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="session")
-def lab_tmp():
-    path = Path(tempfile.mkdtemp(prefix="gsn-lab-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def network():
-    cleanup_stale()
-    with LabNetwork() as net:
-        yield net
-
-
-@pytest.fixture(scope="session")
-def manager(network, lab_tmp):
-    with ManagerHost(network, lab_tmp / "mgr") as mgr:
-        print(f"\nlab manager timings (s): {mgr.timings}")
-        yield mgr
 
 
 @pytest.fixture(scope="session")

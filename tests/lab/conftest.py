@@ -1,0 +1,49 @@
+"""The lab's shared parts, built once per test session and torn down after it, also on failure.
+
+The lab needs root. When it cannot be built, its tests fail (they never skip): CI must not pass
+without having run them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .manager import ManagerHost
+from .network import LabNetwork, cleanup_stale
+from .util import timed
+
+@pytest.fixture(scope="session")
+def lab_tmp():
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root: run the suite as root (./run-tests.sh)")
+    path = Path(tempfile.mkdtemp(prefix="gsn-lab-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def network(lab_tmp):
+    cleanup_stale()
+    net = LabNetwork()
+    try:
+        with timed("lab network"):
+            net.start()
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="session")
+def manager(network, lab_tmp):
+    mgr = ManagerHost(network, lab_tmp / "mgr")
+    try:
+        with timed("lab manager (dockerd, swarm, sshd, registry, image)"):
+            mgr.start()
+        yield mgr
+    finally:
+        mgr.close()

@@ -1,0 +1,38 @@
+"""Small helpers shared by the lab's tests."""
+
+from __future__ import annotations
+
+import time
+
+WAIT = 60.0
+
+
+def wait_for(what: str, predicate, timeout: float = WAIT, interval: float = 0.5):
+    """Poll until `predicate()` is truthy and return it; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# Phase timings of the lab, printed at the end of the run by tests/conftest.py.
+TIMINGS: dict[str, float] = {}
+
+
+class timed:
+    """Adds the time spent inside the block to TIMINGS[phase]."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+
+    def __enter__(self) -> "timed":
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.monotonic() - self.started
+        TIMINGS[self.phase] = TIMINGS.get(self.phase, 0.0) + self.seconds
