@@ -108,6 +108,7 @@ class FreshMachine:
         self.init_pid: int | None = None
         self.boot_state = ""  # "running" or "degraded" once booted
         self._proc: subprocess.Popen | None = None
+        self._owns_root_dir = False
         self.cgroups: list[Path] = []  # host dirs of its cgroups, one per hierarchy
 
     # -- lifecycle -------------------------------------------------------
@@ -128,6 +129,9 @@ class FreshMachine:
             rootfs.cached_rootfs_tarball()
         with self._timed("unpack"):
             self.root_dir.mkdir(parents=True, exist_ok=True)
+            if any(self.root_dir.iterdir()):
+                raise FileExistsError(f"{self.root_dir} is not empty")
+            self._owns_root_dir = True
             rootfs.unpack_fresh(self.rootfs)
         with self._timed("prepare"):
             self._prepare()
@@ -153,10 +157,12 @@ class FreshMachine:
         try:
             self._stop()
         finally:
-            _remove_cgroups(self.cgroups)
-            self.cgroups = []
-            self._remove_root_dir()
-            self.timings["close"] = round(time.monotonic() - started, 2)
+            try:
+                _remove_cgroups(self.cgroups)
+                self.cgroups = []
+            finally:
+                self._remove_root_dir()
+                self.timings["close"] = round(time.monotonic() - started, 2)
 
     # -- using it --------------------------------------------------------
 
@@ -319,7 +325,7 @@ class FreshMachine:
                 _kill(pid)
 
     def _remove_root_dir(self) -> None:
-        if not self.root_dir.exists():
+        if not self._owns_root_dir or not self.root_dir.exists():
             return
         mounted = [m for m in _mount_points() if Path(m).is_relative_to(self.root_dir)]
         for m in sorted(mounted, reverse=True):
