@@ -67,14 +67,14 @@ def load_config(config: Optional[Path], overrides: List[str]):
     return load(config or state.config, overrides=overrides)
 
 
-def make_context(config, json_mode: bool):
-    from .system import Context
+def make_context(config, json_mode: bool, **options):
+    from .system import Context, RunOptions
     from .ui import ConsoleReporter
 
     reporter = ConsoleReporter(err, debug=state.debug)
     if json_mode:
         reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
-    return Context(config=config, reporter=reporter)
+    return Context(config=config, reporter=reporter, options=RunOptions(**options))
 
 
 @app.callback()
@@ -94,6 +94,12 @@ def setup(
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
+    force_rejoin: bool = typer.Option(False, "--force-rejoin",
+                                      help="Leave another swarm this node is in, to join the configured one."),
+    allow_restart: bool = typer.Option(False, "--allow-restart",
+                                       help="Restart Docker even though containers are running on this node."),
+    drain: bool = typer.Option(False, "--drain",
+                               help="Drain this node through the manager before restarting Docker."),
 ) -> None:
     """Converge this machine into a ready Swarm worker (safe to re-run)."""
 
@@ -107,7 +113,7 @@ def setup(
 
         cfg = load_config(config, overrides)
         selected = steps.select(only, skip)
-        ctx = make_context(cfg, json_out)
+        ctx = make_context(cfg, json_out, force_rejoin=force_rejoin, allow_restart=allow_restart, drain=drain)
         if dry_run:
             report = run_setup(selected, ctx, dry_run=True)
         else:

@@ -17,58 +17,99 @@ from .secrets import looks_like_join_token, redact
 JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
 
 
-def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
-    import paramiko
+class ManagerSession:
+    """One verified SSH connection to the manager, for running docker commands there."""
 
-    where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
-    key_path = Path(cfg.ssh_key)
-    problem = ssh_key_problem(cfg.ssh_key)
-    if problem:
-        raise ManagerUnreachable(f"{problem}; refusing to use it.",
-                                 "Install the key owned by root with mode 0600 (chown root:root; chmod 600).")
-    known_hosts = Path(cfg.known_hosts)
-    if not known_hosts.is_file():
-        raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
-                                 "cannot be verified.",
-                                 "Put the manager's host key there (ssh-keyscan it and check its fingerprint).")
-    client = paramiko.SSHClient()
-    try:
-        client.load_host_keys(str(known_hosts))
-    except (OSError, paramiko.SSHException) as exc:
-        raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
-                                 "Fix the file: one 'host keytype key' line per host.") from None
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=str(key_path),
-                       look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
-                       auth_timeout=timeout)
-        _stdin, stdout, stderr = client.exec_command(JOIN_TOKEN_COMMAND, timeout=timeout)
-        token = stdout.read().decode(errors="replace").strip()
-        err = stderr.read().decode(errors="replace").strip()
-        status = stdout.channel.recv_exit_status()
-    except paramiko.BadHostKeyException:
-        raise ManagerUnreachable(f"the manager {cfg.manager} presented a host key that differs from the one in "
-                                 f"{known_hosts}; refusing to trust it.",
-                                 "If the manager was really re-installed, verify and replace its key there.") from None
-    except paramiko.AuthenticationException:
-        raise ManagerUnreachable(f"the manager refused the SSH key {key_path} for {where}.",
-                                 "Add the key's public half to the manager's authorized_keys.") from None
-    except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            raise ManagerUnreachable(f"the manager {cfg.manager} is not in {known_hosts}; refusing an unknown "
-                                     "host key.",
-                                     "Add its host key there after checking the fingerprint.") from None
-        raise ManagerUnreachable(f"SSH to {where} failed: {exc}.", "Check the manager's SSH server.") from None
-    except (OSError, socket.timeout) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ManagerUnreachable(f"cannot reach the manager at {where}: {reason}.",
-                                 "Check swarm.manager, swarm.ssh_port and the network.") from None
-    finally:
-        client.close()
-    if status != 0:
-        raise ManagerUnreachable(f"`{JOIN_TOKEN_COMMAND}` failed on the manager (exit {status}): "
-                                 f"{redact(err, token) or 'no output'}.",
-                                 f"Make sure {cfg.ssh_user} can run docker there and the node is a swarm manager.")
+    def __init__(self, cfg: SwarmConfig, timeout: float = 15.0) -> None:
+        self.cfg, self.timeout = cfg, timeout
+        self.where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
+        self.client = None
+
+    def __enter__(self) -> "ManagerSession":
+        import paramiko
+
+        cfg = self.cfg
+        key_path = Path(cfg.ssh_key)
+        problem = ssh_key_problem(cfg.ssh_key)
+        if problem:
+            raise ManagerUnreachable(f"{problem}; refusing to use it.",
+                                     "Install the key owned by root with mode 0600 (chown root:root; chmod 600).")
+        known_hosts = Path(cfg.known_hosts)
+        if not known_hosts.is_file():
+            raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
+                                     "cannot be verified.",
+                                     "Put the manager's host key there (ssh-keyscan it and check its fingerprint).")
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
+                                     "Fix the file: one 'host keytype key' line per host.") from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=str(key_path),
+                           look_for_keys=False, allow_agent=False, timeout=self.timeout,
+                           banner_timeout=self.timeout, auth_timeout=self.timeout)
+        except Exception as exc:
+            client.close()
+            raise self._explain(exc) from None
+        self.client = client
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def _explain(self, exc: Exception) -> ManagerUnreachable:
+        import paramiko
+
+        cfg = self.cfg
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return ManagerUnreachable(f"the manager {cfg.manager} presented a host key that differs from the one in "
+                                      f"{cfg.known_hosts}; refusing to trust it.",
+                                      "If the manager was really re-installed, verify and replace its key there.")
+        if isinstance(exc, paramiko.AuthenticationException):
+            return ManagerUnreachable(f"the manager refused the SSH key {cfg.ssh_key} for {self.where}.",
+                                      "Add the key's public half to the manager's authorized_keys.")
+        if isinstance(exc, paramiko.SSHException):
+            if "not found in known_hosts" in str(exc):
+                return ManagerUnreachable(f"the manager {cfg.manager} is not in {cfg.known_hosts}; refusing an "
+                                          "unknown host key.",
+                                          "Add its host key there after checking the fingerprint.")
+            return ManagerUnreachable(f"SSH to {self.where} failed: {exc}.", "Check the manager's SSH server.")
+        if isinstance(exc, (OSError, socket.timeout)):
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            return ManagerUnreachable(f"cannot reach the manager at {self.where}: {reason}.",
+                                      "Check swarm.manager, swarm.ssh_port and the network.")
+        return ManagerUnreachable(f"SSH to {self.where} failed: {type(exc).__name__}: {exc}.",
+                                  "Check the manager's SSH server.")
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of a command on the manager."""
+        import paramiko
+
+        try:
+            _stdin, stdout, stderr = self.client.exec_command(command, timeout=self.timeout)
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            return stdout.channel.recv_exit_status(), out, err
+        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+            raise self._explain(exc) from None
+
+    def docker(self, command: str) -> str:
+        """stdout of a docker command on the manager; a failure names the command, never a secret."""
+        status, out, err = self.run(command)
+        if status != 0:
+            raise ManagerUnreachable(f"`{command}` failed on the manager (exit {status}): "
+                                     f"{redact(err.strip(), out.strip()) or 'no output'}.",
+                                     f"Make sure {self.cfg.ssh_user} can run docker there and the node is a "
+                                     "swarm manager.")
+        return out
+
+
+def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
+    with ManagerSession(cfg, timeout) as session:
+        token = session.docker(JOIN_TOKEN_COMMAND).strip()
     if not looks_like_join_token(token):
         raise ManagerUnreachable("the manager answered with something that is not a swarm join token.",
                                  "Check that the manager runs Docker in swarm mode.")

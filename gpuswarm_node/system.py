@@ -48,9 +48,19 @@ class QuietReporter:
         pass
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What the operator allows this run to do beyond converging quietly."""
+
+    force_rejoin: bool = False  # leave another swarm to join the configured one
+    allow_restart: bool = False  # restart Docker even though containers are running
+    drain: bool = False  # drain the node through the manager around a Docker restart
+
+
 @dataclass
 class Context:
     config: Config
+    options: RunOptions = field(default_factory=RunOptions)
     host: Host = field(default_factory=LocalHost)
     docker_factory: Callable[[], DockerApi] = SdkDocker
     inventory_reader: Callable[[], Inventory] = read_inventory

@@ -97,6 +97,7 @@ class FakeDocker:
     images: set[str] = field(default_factory=set)
     membership: SwarmMembership = field(default_factory=lambda: SwarmMembership("inactive"))
     manager_addr_after_join: str = ""
+    containers: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
 
     @classmethod
@@ -106,7 +107,8 @@ class FakeDocker:
                    membership=SwarmMembership(swarm.get("state", "inactive"), swarm.get("node_id", ""),
                                               swarm.get("is_manager", False),
                                               tuple(swarm.get("manager_addrs", ())), swarm.get("error", "")),
-                   manager_addr_after_join=spec.get("manager_addr_after_join", ""))
+                   manager_addr_after_join=spec.get("manager_addr_after_join", ""),
+                   containers=list(spec.get("containers", [])))
 
     def unreachable_reason(self) -> str | None:
         return None if self.reachable else "the Docker daemon does not answer at unix:///var/run/docker.sock"
@@ -129,6 +131,13 @@ class FakeDocker:
         self.calls.append(f"join {manager_addr}")
         self.membership = SwarmMembership("active", "node1", False,
                                           (self.manager_addr_after_join or manager_addr,))
+
+    def leave(self) -> None:
+        self.calls.append("leave")
+        self.membership = SwarmMembership("inactive")
+
+    def running_containers(self) -> list[str]:
+        return list(self.containers)
 
     def init(self, advertise_addr: str) -> None:
         self.calls.append("init")

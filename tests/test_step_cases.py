@@ -15,7 +15,7 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.steps import ALL_STEPS
-from gpuswarm_node.system import Context
+from gpuswarm_node.system import Context, RunOptions
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case
 
@@ -32,6 +32,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker]:
     docker = FakeDocker.from_case(case.get("docker", {}))
     token = case.get("join_token", "SWMTKN-1-abc123-def456")
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
+                  options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
                   token_fetcher=lambda _cfg: token)
     return ctx, host, docker

@@ -35,6 +35,10 @@ class DockerApi(Protocol):
 
     def init(self, advertise_addr: str) -> None: ...
 
+    def leave(self) -> None: ...
+
+    def running_containers(self) -> list[str]: ...
+
     def info(self) -> dict: ...
 
 
@@ -122,6 +126,19 @@ class SdkDocker:
         except docker.errors.APIError as exc:
             raise StepFailed(f"initialising a swarm failed: {_short(exc)}.",
                              "Set swarm.advertise_addr to this node's address.") from None
+
+
+    def leave(self) -> None:
+        import docker
+
+        try:
+            self.client.swarm.leave(force=True)
+        except docker.errors.APIError as exc:
+            raise StepFailed(f"leaving the swarm failed: {_short(exc)}.", "Run `docker swarm leave --force`.") from None
+
+    def running_containers(self) -> list[str]:
+        """Names of running containers (swarm tasks show as <service>.<slot>.<task id>)."""
+        return [c.name for c in self.client.containers.list()]
 
 
 def _short(exc: BaseException) -> str:

@@ -35,20 +35,26 @@ class SwarmJoinStep:
             return needs_change("not in a swarm; no swarm.manager configured, so this node starts its own",
                                 Call("initialise a single-node swarm",
                                      lambda ctx: ctx.docker.init(cfg.advertise_addr)))
-        if membership.state == "active":
-            if managed_by(membership.manager_addrs, cfg.manager):
-                return ok(f"worker of the swarm managed at {cfg.manager}")
-            return blocked(f"this node is in another swarm (managers: {', '.join(membership.manager_addrs) or 'unknown'}); "
-                           "run `docker swarm leave` first")
-        if membership.state not in ("inactive",):
-            state = f"{membership.state} {membership.error}".strip()
-            return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
         address = manager_join_address(cfg)
 
         def join(ctx: Context) -> None:
             token = ctx.fetch_worker_token()
             ctx.docker.join(address, token, cfg.advertise_addr)
 
-        return needs_change(f"not in a swarm; join the manager at {address}",
-                            Call(f"fetch a worker join token over SSH from {cfg.ssh_user}@{cfg.manager} and "
-                                 f"join {address}", join))
+        join_action = Call(f"fetch a worker join token over SSH from {cfg.ssh_user}@{cfg.manager} and "
+                           f"join {address}", join)
+        if membership.state == "active":
+            if managed_by(membership.manager_addrs, cfg.manager):
+                return ok(f"worker of the swarm managed at {cfg.manager}")
+            others = ", ".join(membership.manager_addrs) or "unknown"
+            if not ctx.options.force_rejoin:
+                return blocked(f"this node is in another swarm (managers: {others}); leaving it would stop its "
+                               "tasks: run setup --force-rejoin to leave it and join this one")
+            return needs_change(f"in another swarm (managers: {others}); --force-rejoin: leave it and join {address}",
+                                Call("leave the other swarm", lambda ctx: ctx.docker.leave()), join_action)
+        if membership.state == "locked":
+            return blocked("the swarm is locked; unlock it with `docker swarm unlock` and the unlock key")
+        if membership.state != "inactive":
+            state = f"{membership.state} {membership.error}".strip()
+            return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
+        return needs_change(f"not in a swarm; join the manager at {address}", join_action)
