@@ -32,6 +32,26 @@ NVIDIA_TOOLKIT_SOURCE = (
 )
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "4GiB", "1.5 GiB", "512MiB" or "4294967296"; raises ValueError.
+
+    Only binary units: GPU memory is sized in powers of two, and a decimal "GB" next to NVML's
+    MiB figures would silently give one slice fewer than the user counted on.
+    """
+    stripped = text.strip()
+    number = stripped.rstrip("BKMGTib ")
+    unit = stripped[len(number):].strip()
+    if unit not in SIZE_UNITS or not number or any(c not in "0123456789." for c in number):
+        raise ValueError(text)
+    value = float(number) * SIZE_UNITS[unit] if "." in number else int(number) * SIZE_UNITS[unit]
+    if value < 1:
+        raise ValueError(text)
+    return int(value)
+
+
 def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -63,6 +83,13 @@ class NvidiaConfig:
 class GpuConfig:
     resource: str = key("gpu", "Swarm generic resource kind the slices are advertised as.")
     slices_per_gpu: int = key(3, "Slices (Swarm named resources) advertised per physical GPU.")
+    slice_memory: str = key("", "Memory per slice, e.g. \"4GiB\": each GPU gets as many slices as fit; "
+                                "empty means slices_per_gpu.")
+
+    @property
+    def slice_memory_bytes(self) -> int:
+        """0 when slices_per_gpu decides; validated when the configuration was built."""
+        return parse_size(self.slice_memory) if self.slice_memory else 0
 
 
 @dataclass(frozen=True)
@@ -156,8 +183,16 @@ def _validate(cfg: Config) -> None:
         raise bad("tmpfs", "path", f"must be an absolute path without spaces, got {cfg.tmpfs.path!r}")
     if cfg.gpu.slices_per_gpu < 1:
         raise bad("gpu", "slices_per_gpu", f"must be at least 1, got {cfg.gpu.slices_per_gpu}")
+    if cfg.gpu.slice_memory:
+        try:
+            parse_size(cfg.gpu.slice_memory)
+        except ValueError:
+            raise bad("gpu", "slice_memory", "must be a size such as \"4GiB\", \"512MiB\" or a number of bytes "
+                      f"(units KiB, MiB, GiB, TiB), got {cfg.gpu.slice_memory!r}") from None
     kind = cfg.gpu.resource
-    if not kind or not all(c.isalnum() or c in "-_" for c in kind):
+    # ASCII only: the runtime reads DOCKER_RESOURCE_<KIND upper-cased>, and Go's and Python's
+    # upper-casing differ outside ASCII.
+    if not kind or not all((c.isascii() and c.isalnum()) or c in "-_" for c in kind):
         raise bad("gpu", "resource", f"must be letters, digits, '-' or '_', got {kind!r}")
     if not 1 <= cfg.swarm.ssh_port <= 65535:
         raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {cfg.swarm.ssh_port}")

@@ -6,11 +6,15 @@ The SDK is imported on first use, so commands that never talk to Docker do not p
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ..errors import StepFailed
 from ..secrets import redact
+
+
+PENDING_WAIT = 45.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,12 @@ class SdkDocker:
                              "Check the image name, the registry's trust (registry-trust) and the network.") from None
 
     def swarm(self) -> SwarmMembership:
+        # Right after dockerd starts, a member is "pending" while it reconnects to its managers.
+        deadline = time.monotonic() + PENDING_WAIT
         sw = self.client.info().get("Swarm", {})
+        while sw.get("LocalNodeState") == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            sw = self.client.info().get("Swarm", {})
         return SwarmMembership(
             state=sw.get("LocalNodeState", "inactive"),
             node_id=sw.get("NodeID", ""),

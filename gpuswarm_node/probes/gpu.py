@@ -31,20 +31,26 @@ class Inventory:
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
 
 
-def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int) -> list[str]:
+def slices_of(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
+    """One GPU's slice IDs: its MIG devices' UUIDs when MIG is on, else `<uuid>::1` .. `<uuid>::N`.
+
+    N is slices_per_gpu, or with slice_memory (bytes) as many slices as fit in the GPU's memory,
+    rounded down: a slice that does not fit would promise memory the GPU does not have.
+    """
+    if gpu.mig_enabled:
+        return [m.uuid for m in gpu.mig_devices]
+    count = gpu.memory_bytes // slice_memory if slice_memory > 0 else slices_per_gpu
+    return [f"{gpu.uuid}::{n}" for n in range(1, count + 1)]
+
+
+def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
     """Slice IDs in the order Swarm should hand them out.
 
-    A plain GPU gives `<uuid>::1` .. `<uuid>::N`: the `::` cannot occur in a UUID, so the device
-    is always recoverable. A MIG GPU gives its MIG devices' own UUIDs, which are real device IDs.
-    Swarm assigns named resources in list order, so the list takes slice 1 of every GPU before
-    slice 2 of any: users spread across GPUs instead of filling the first one.
+    The `::` cannot occur in a UUID, so a slice's device is always recoverable; MIG UUIDs are
+    real device IDs already. Swarm assigns named resources in list order, so the list takes slice
+    1 of every GPU before slice 2 of any: users spread across GPUs instead of filling the first.
     """
-    per_gpu: list[list[str]] = []
-    for gpu in gpus:
-        if gpu.mig_enabled:
-            per_gpu.append([m.uuid for m in gpu.mig_devices])
-        else:
-            per_gpu.append([f"{gpu.uuid}::{n}" for n in range(1, slices_per_gpu + 1)])
+    per_gpu = [slices_of(gpu, slices_per_gpu, slice_memory) for gpu in gpus]
     depth = max((len(s) for s in per_gpu), default=0)
     return [s[i] for i in range(depth) for s in per_gpu if i < len(s)]
 

@@ -47,7 +47,6 @@ STOP_TIMEOUT = 60.0
 RUN_TIMEOUT = 300.0
 REBOOT_EXIT = 133
 CGROUP_PREFIX = "gsn-machine-"  # dockerd.py owns gsn-lab-*
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 _REACH_APT = re.compile(r"Acquire::(https?|ftp|Check-Valid-Until|Check-Date)|\bProxy\b", re.I)
 
@@ -243,8 +242,8 @@ class FreshMachine:
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
         shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-        # This host reaches the registries through a TLS-inspecting egress,
-        # so the machine must trust the same extra CAs for apt and pip.
+        # HTTPS to the registries only verifies with the extra CAs this host
+        # trusts (its egress intercepts TLS); apt and pip inside need them too.
         local_ca = Path("/usr/local/share/ca-certificates")
         for crt in local_ca.rglob("*.crt") if local_ca.is_dir() else []:
             dest = root / "usr/local/share/ca-certificates" / crt.relative_to(local_ca)
@@ -253,7 +252,7 @@ class FreshMachine:
         if Path("/etc/pip.conf").is_file():
             shutil.copyfile("/etc/pip.conf", root / "etc/pip.conf")
         # The host's settings for reaching Debian's packages: proxies, and
-        # Check-Valid-Until/Check-Date for the snapshot mirror it is served.
+        # Check-Valid-Until/Check-Date, as its mirror serves a dated snapshot.
         for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
             if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
                 shutil.copyfile(conf, root / "etc/apt/apt.conf.d" / conf.name)
@@ -288,20 +287,20 @@ class FreshMachine:
             self._check_alive(deadline)
             self.init_pid = _child_named(self._proc.pid, "systemd")
             time.sleep(0.1)
-        state = ""
-        while state not in ("running", "degraded"):
+        self.boot_state = ""
+        while self.boot_state not in ("running", "degraded"):
             self._check_alive(deadline)
             time.sleep(0.3)
-            state = self.run(["systemctl", "is-system-running"], check=False,
-                             timeout=30).stdout.strip()
-        self.boot_state = state
+            self.boot_state = self.run(["systemctl", "is-system-running"], check=False,
+                                       timeout=30).stdout.strip()
 
     def _check_alive(self, deadline: float) -> None:
         if self._proc.poll() is not None:
             raise RuntimeError(f"{self.name}: nspawn exited {self._proc.returncode}:\n"
                                f"{self._console_tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{self.name} not up after {BOOT_TIMEOUT}s:\n{self._console_tail()}")
+            raise RuntimeError(f"{self.name} not up after {BOOT_TIMEOUT}s (state "
+                               f"{self.boot_state!r}):\n{self._console_tail()}")
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None

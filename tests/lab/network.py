@@ -191,7 +191,10 @@ class LabNetwork:
         _delete_host(name)
 
     def enable_outbound_nat(self) -> None:
-        """Let lab machines reach the outside (apt) through the host."""
+        """Let lab machines reach the outside (apt) through the host. Idempotent."""
+        if getattr(self, "_nat_enabled", False):
+            return
+        self._nat_enabled = True
         if not IP_FORWARD_SAVED.exists():
             IP_FORWARD_SAVED.write_text(IP_FORWARD.read_text())
         IP_FORWARD.write_text("1\n")

@@ -15,27 +15,19 @@ import pytest
 
 from . import machine as lab_machine
 from .machine import FreshMachine
-from .network import LabNetwork, cleanup_stale
 
 pytestmark = pytest.mark.lab
 
-NAME = "gsn-w1"
-ADDRESS = "198.18.0.11"
+NAME = "gsn-w9"
+ADDRESS = "198.18.0.19"
 BUSYBOX = Path("/bin/busybox")
 FSTAB_LINE = "tmpfs /mnt/gsn-scratch tmpfs size=16m,mode=1777 0 0"
 
 
 @pytest.fixture(scope="module")
-def network():
-    cleanup_stale()
-    lab_machine.cleanup_stale()
-    with LabNetwork() as net:
-        net.enable_outbound_nat()  # apt inside needs a way out
-        yield net
-
-
-@pytest.fixture(scope="module")
 def worker(network):
+    lab_machine.cleanup_stale()
+    network.enable_outbound_nat()  # apt inside needs a way out
     tmp = Path(tempfile.mkdtemp(prefix="gsn-lab-"))
     host = network.add_host(NAME, ADDRESS)
     m = FreshMachine(host, tmp / NAME, name=NAME)
