@@ -211,7 +211,12 @@ def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manage
             pending = [t for t in tasks if t["Status"]["State"] == "pending"]
             return (running, pending) if len(running) == len(EXPECTED_SLICES) and len(pending) == 1 else None
 
-        running, pending = wait_for("every slice taken and one service pending", states, timeout=180)
+        def task_states() -> str:
+            return "; ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip()
+                             for s in services for t in s.tasks())
+
+        running, pending = wait_for("every slice taken and one service pending", states, timeout=180,
+                                    explain=task_states)
         assert "insufficient resources" in pending[0]["Status"]["Err"]
         given = []
         for task in running:

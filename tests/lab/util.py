@@ -7,15 +7,17 @@ import time
 WAIT = 60.0
 
 
-def wait_for(what: str, predicate, timeout: float = WAIT, interval: float = 0.5):
-    """Poll until `predicate()` is truthy and return it; fail the test with `what` on timeout."""
+def wait_for(what: str, predicate, timeout: float = WAIT, interval: float = 0.5, explain=None):
+    """Poll until `predicate()` is truthy and return it; fail the test with `what` on timeout,
+    and with what `explain()` says about the state it was stuck in."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            seen = f"; last seen: {explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
         time.sleep(interval)
 
 
