@@ -175,22 +175,26 @@ def gpus(
     """Show the GPUs NVML reports and the Swarm slices they yield."""
 
     def body() -> int:
-        from .probes.gpu import compute_slices, read_inventory
+        from .probes.gpu import read_inventory
+        from .slices import for_config, notes
         from .ui import inventory_table
 
         cfg = load_config(config, overrides)
         inventory = read_inventory()
-        slices = compute_slices(inventory.gpus, cfg.gpu.slices_per_gpu)
+        slices = for_config(inventory.gpus, cfg.gpu)
+        why_not = notes(inventory.gpus, cfg.gpu)
         resources = [f"{cfg.gpu.resource}={s}" for s in slices]
         if json_out:
             out.print_json(json.dumps({"driver_version": inventory.driver_version,
                                        "gpus": [asdict(g) for g in inventory.gpus],
-                                       "node_generic_resources": resources}))
+                                       "node_generic_resources": resources, "notes": why_not}))
         else:
             out.print(inventory_table(inventory, slices))
             out.print(f"{len(slices)} slice(s) advertised as node-generic-resources:")
             for r in resources:
                 out.print(f"  {r}")
+            for note in why_not:
+                out.print(f"note: {note}", markup=False)
         return 0
 
     guarded(body)
@@ -219,6 +223,46 @@ def render(
             for planned in files:
                 out.print(f"# ==> {planned.path} ({step.name})", markup=False)
                 out.print(planned.content, markup=False, end="" if planned.content.endswith("\n") else "\n")
+        return 0
+
+    guarded(body)
+
+
+@app.command("cuda-env")
+def cuda_env(
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Print sh setting CUDA_VISIBLE_DEVICES from this container's DOCKER_RESOURCE_<KIND>; eval it."""
+
+    def body() -> int:
+        import os
+
+        from .slices import cuda_env as shell_lines
+
+        cfg = load_config(config, overrides)
+        try:
+            text = shell_lines(os.environ, cfg.gpu.resource)
+        except ValueError as exc:
+            raise GpuswarmError(f"{exc}.", "The container's slice reservation is unusable; CUDA_VISIBLE_DEVICES "
+                                           "was left unset.") from None
+        sys.stdout.write(text)
+        return 0
+
+    guarded(body)
+
+
+@app.command("hub-config")
+def hub_config(
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Print the jupyterhub_config.py lines for SwarmSpawner that ask for this node's resource kind."""
+
+    def body() -> int:
+        from .hub import hub_config as lines
+
+        sys.stdout.write(lines(load_config(config, overrides)))
         return 0
 
     guarded(body)

@@ -58,6 +58,9 @@ class Host(Protocol):
 
     def mtime(self, path: str) -> float | None: ...
 
+    def verify_fstab(self, entries: str) -> str | None:
+        """What `findmnt --verify` finds wrong with these fstab lines, or None."""
+
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
 
@@ -164,3 +167,14 @@ class LocalHost:
             return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
+
+    def verify_fstab(self, entries: str) -> str | None:
+        with tempfile.NamedTemporaryFile("w", prefix="gpuswarm-fstab.", suffix=".tab") as tab:
+            tab.write(entries)
+            tab.flush()
+            result = self.query(["findmnt", "--verify", "--tab-file", tab.name])
+        if result.returncode == 127:
+            return None  # util-linux without --verify: nothing to ask
+        if not result.ok:
+            return (result.stdout + result.stderr).strip().replace(tab.name, "fstab") or "findmnt --verify failed"
+        return None

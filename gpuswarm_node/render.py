@@ -21,6 +21,8 @@ def _environment() -> jinja2.Environment:
                              autoescape=False)
     # Jinja's own tojson sorts keys and HTML-escapes; daemon.json wants neither.
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2)
+    # Python literals in generated Python (the runtime wrapper, hub config lines).
+    env.filters["pyrepr"] = repr
     return env
 
 

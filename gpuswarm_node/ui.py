@@ -119,9 +119,12 @@ def print_summary(console: Console, report: RunReport, backups: list[tuple[str, 
 
 def inventory_table(inventory: Inventory, slices: list[str]) -> Table:
     table = Table(title=f"NVIDIA driver {inventory.driver_version}", title_justify="left")
-    for col in ("index", "uuid", "name", "memory", "MIG"):
+    for col in ("index", "uuid", "name", "memory", "MIG", "slices"):
         table.add_column(col)
     for gpu in inventory.gpus:
         mig = f"on, {len(gpu.mig_devices)} device(s)" if gpu.mig_enabled else "off"
-        table.add_row(str(gpu.index), gpu.uuid, gpu.name, f"{gpu.memory_bytes / 2**30:.1f} GiB", mig)
+        own = {m.uuid for m in gpu.mig_devices}
+        count = sum(1 for s in slices if s.partition("::")[0] == gpu.uuid or s in own)
+        table.add_row(str(gpu.index), gpu.uuid, escape(gpu.name), f"{gpu.memory_bytes / 2**30:.1f} GiB", mig,
+                      str(count))
     return table

@@ -34,13 +34,15 @@ class FakeHost:
     programs: dict[str, str] = field(default_factory=dict)
     mtimes: dict[str, float] = field(default_factory=dict)
     effects: dict[str, dict] = field(default_factory=dict)
+    fstab_problem: str | None = None
     actions: list[str] = field(default_factory=list)
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeHost":
         return cls(files=dict(spec.get("files", {})), dirs=set(spec.get("dirs", [])),
                    commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
-                   mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})))
+                   mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
+                   fstab_problem=spec.get("fstab_problem"))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -66,7 +68,11 @@ class FakeHost:
 
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
         self.actions.append(f"write {path}")
+        existed = path in self.files
         self.files[path] = content
+        # A new file gets the mode; an existing one keeps its own, as on LocalHost.
+        if mode & 0o111 and not existed:
+            self.programs[path] = path
 
     def remove(self, path: str) -> None:
         self.actions.append(f"remove {path}")
@@ -89,6 +95,10 @@ class FakeHost:
 
     def mtime(self, path: str) -> float | None:
         return self.mtimes.get(path, 0.0 if path in self.files else None)
+
+    def verify_fstab(self, entries: str) -> str | None:
+        self.actions.append(f"verify fstab {entries.strip()}")
+        return self.fstab_problem
 
 
 @dataclass

@@ -1,7 +1,11 @@
-"""docker-daemon: daemon.json advertises the GPU slices and makes the nvidia runtime the default.
+"""docker-daemon: daemon.json advertises the GPU slices and makes the slice-aware runtime the default.
 
-Keys the tool does not own are kept. Docker is restarted only when what it reads changed, or when
-the running dockerd started before daemon.json last changed (someone edited it by hand).
+The runtime is a small wrapper (templates/gpuswarm-runtime.j2) around nvidia-container-runtime
+that gives each container exactly the devices behind its slices, using the slice map written
+beside it. Keys of daemon.json the tool does not own are kept. Docker is restarted only when what
+it reads changed, or when the running dockerd started before daemon.json last changed (someone
+edited it by hand); the wrapper and the slice map are read per container start, so changing them
+needs no restart.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import Host
 from ..probes import system
-from ..probes.gpu import compute_slices
+from ..probes.gpu import Inventory
 from ..render import render
+from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
 from ..system import Context
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -23,7 +28,13 @@ DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
 # In systemd's order of precedence: a unit in /etc/systemd/system overrides the packaged one.
 DOCKER_UNITS = ("/etc/systemd/system/docker.service", "/lib/systemd/system/docker.service",
                 "/usr/lib/systemd/system/docker.service")
+WRAPPER = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime"
+SLICE_MAP = "/etc/gpuswarm-node/slices.json"
 NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
+# Registered under its own name: `docker run --runtime nvidia --gpus ...` still reaches the
+# unwrapped NVIDIA runtime for an administrator's checks.
+RUNTIME_NAME = "gpuswarm"
+SLICE_RUNTIME = {"path": WRAPPER}
 # dockerd may start a little before its start time as computed from whole-second btime.
 START_TIME_SLACK = 2.0
 
@@ -43,15 +54,41 @@ def read_daemon_json(host: Host) -> tuple[str | None, dict]:
     return text, data
 
 
-def merge_settings(existing: dict, kind: str, slices: list[str]) -> dict:
-    """existing daemon.json settings with the tool's keys set; everything else kept as it was."""
+def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[str] = frozenset()) -> dict:
+    """existing daemon.json settings with the tool's keys set; everything else kept as it was.
+
+    Entries of another kind whose value is one of this node's devices or slices are GPU slices
+    advertised under a kind the runtime does not read (left from an earlier gpu.resource): a
+    service reserving them would get no GPU, so they go.
+    """
     merged = dict(existing)
-    merged["runtimes"] = {**existing.get("runtimes", {}), "nvidia": NVIDIA_RUNTIME}
-    merged["default-runtime"] = "nvidia"
+    merged["runtimes"] = {**existing.get("runtimes", {}), "nvidia": NVIDIA_RUNTIME, RUNTIME_NAME: SLICE_RUNTIME}
+    merged["default-runtime"] = RUNTIME_NAME
     # Resources of other kinds belong to the operator; ours are replaced as a whole.
-    others = [r for r in existing.get("node-generic-resources", []) if r.partition("=")[0] != kind]
+    others = [r for r in existing.get("node-generic-resources", [])
+              if r.partition("=")[0] != kind and device_of(r.partition("=")[2]) not in devices]
     merged["node-generic-resources"] = others + [f"{kind}={s}" for s in slices]
     return merged
+
+
+def advertised(settings: dict) -> list[tuple[str, str]]:
+    """(kind, value) of every node-generic-resources entry."""
+    return [(r.partition("=")[0], r.partition("=")[2]) for r in settings.get("node-generic-resources", [])
+            if isinstance(r, str)]
+
+
+def wrapper_text() -> str:
+    return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"])
+
+
+def read_slice_map(host: Host) -> tuple[str | None, dict]:
+    """The slice map's text and content ({} when missing or not a JSON object)."""
+    text = host.read_text(SLICE_MAP)
+    try:
+        data = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        data = {}
+    return text, data if isinstance(data, dict) else {}
 
 
 def dockerd_exec_start(unit_text: str) -> list[str]:
@@ -93,13 +130,14 @@ def dockerd_start_time(host: Host) -> float | None:
 
 class DockerDaemonStep:
     name = "docker-daemon"
-    description = "daemon.json: nvidia default runtime and one generic resource per GPU slice"
+    description = "daemon.json: slice-aware default runtime and one generic resource per GPU slice"
 
-    def _settings(self, ctx: Context) -> tuple[str | None, dict, dict]:
+    def _settings(self, ctx: Context) -> tuple[Inventory, list[str], str | None, dict, dict]:
         inventory = ctx.inventory()
-        slices = compute_slices(inventory.gpus, ctx.config.gpu.slices_per_gpu)
+        slices = for_config(inventory.gpus, ctx.config.gpu)
         text, existing = read_daemon_json(ctx.host)
-        return text, existing, merge_settings(existing, ctx.config.gpu.resource, slices)
+        merged = merge_settings(existing, ctx.config.gpu.resource, slices, known_devices(inventory.gpus))
+        return inventory, slices, text, existing, merged
 
     def _dropin(self, ctx: Context, merged: dict) -> str | None:
         if "hosts" not in merged:
@@ -112,43 +150,101 @@ class DockerDaemonStep:
         return render("docker-dropin.conf.j2", dockerd=stripped[0], args=stripped[1:])
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        _text, _existing, merged = self._settings(ctx)
-        files = [PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
+        _inventory, slices, _text, _existing, merged = self._settings(ctx)
+        files = [PlannedFile(WRAPPER, wrapper_text()),
+                 PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
+                 PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
         dropin = self._dropin(ctx, merged)
         if dropin:
             files.append(PlannedFile(DROPIN, dropin))
         return files
 
+    def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str]) -> tuple[list, list[str]]:
+        """The wrapper and its slice map: read per container start, so no restart follows."""
+        host, kind = ctx.host, ctx.config.gpu.resource
+        actions: list = []
+        reasons: list[str] = []
+        want, have = wrapper_text(), host.read_text(WRAPPER)
+        if have != want:
+            actions.append(WriteFile(WRAPPER, want, have, mode=0o755))
+            reasons.append(f"runtime wrapper {WRAPPER} {'is missing' if have is None else 'differs'}")
+        if have is not None and host.which(WRAPPER) is None:
+            # A rewrite keeps the file's mode, so only chmod makes it executable again.
+            actions.append(run_command("chmod", "0755", WRAPPER))
+            reasons.append(f"runtime wrapper {WRAPPER} is not executable")
+        want_map = slice_map_text(kind, slices)
+        have_map, current = read_slice_map(host)
+        if have_map != want_map:
+            actions.append(WriteFile(SLICE_MAP, want_map, have_map))
+            variable = current.get("variable")
+            mapped = current.get("slices") if isinstance(current.get("slices"), dict) else {}
+            gone = sorted({d for d in mapped.values() if isinstance(d, str)} - devices)
+            if have_map is None:
+                reasons.append(f"slice map {SLICE_MAP} is missing")
+            elif variable != env_variable(kind):
+                reasons.append(f"the runtime reads {variable or 'nothing'} but the slices are advertised as "
+                               f"{kind} (in {env_variable(kind)})")
+            elif gone:
+                reasons.append(f"slice map names {', '.join(gone)}, which NVML no longer reports")
+            else:
+                reasons.append(f"slice map {SLICE_MAP} differs from the advertised slices")
+        return actions, reasons
+
+    def _daemon_reasons(self, existing: dict, kind: str, devices: set[str], text: str | None) -> list[str]:
+        reasons = [f"{DAEMON_JSON} {'is missing' if text is None else 'differs'}"]
+        ours = [v for k, v in advertised(existing) if k == kind]
+        gone = sorted({device_of(v) for v in ours} - devices)
+        if gone:
+            reasons.append(f"it advertises slices of {', '.join(gone)}, which NVML no longer reports "
+                           "(a GPU vanished or changed UUID)")
+        stray = sorted({k for k, v in advertised(existing) if k != kind and device_of(v) in devices})
+        if stray:
+            reasons.append(f"it advertises GPU slices as {', '.join(stray)}, but the runtime reads "
+                           f"{env_variable(kind)} (gpu.resource = {kind})")
+        if existing.get("default-runtime") != RUNTIME_NAME:
+            reasons.append(f"default runtime is {existing.get('default-runtime', 'runc')}, not {RUNTIME_NAME}")
+        return reasons
+
     def check(self, ctx: Context) -> Check:
         try:
-            text, existing, merged = self._settings(ctx)
+            inventory, slices, text, existing, merged = self._settings(ctx)
         except NvmlUnavailable as exc:
             return blocked(f"cannot discover GPUs to advertise: {exc.reason}")
         kind = ctx.config.gpu.resource
-        slices = sum(1 for r in merged["node-generic-resources"] if r.partition("=")[0] == kind)
-        if not ctx.inventory().gpus:
+        if not inventory.gpus:
             return blocked("NVML reports no GPU, so there are no slices to advertise")
-        actions: list = []
-        reasons = []
+        why_not = notes(inventory.gpus, ctx.config.gpu)
+        if not slices:
+            return blocked("no GPU yields a slice: " + "; ".join(why_not))
+        devices = known_devices(inventory.gpus)
+        actions, reasons = self._runtime_actions(ctx, slices, devices)
+        # Only what dockerd reads (daemon.json, its unit) needs the restart below.
+        restart_for: list = []
         if existing != merged:
-            actions.append(WriteFile(DAEMON_JSON, render("daemon.json.j2", settings=merged), text))
-            reasons.append(f"{DAEMON_JSON} {'is missing' if text is None else 'differs'}")
+            restart_for.append(WriteFile(DAEMON_JSON, render("daemon.json.j2", settings=merged), text))
+            reasons += self._daemon_reasons(existing, kind, devices, text)
         want_dropin, have_dropin = self._dropin(ctx, merged), ctx.host.read_text(DROPIN)
         if want_dropin != have_dropin:
-            actions.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
-            actions.append(run_command("systemctl", "daemon-reload"))
+            restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
+            restart_for.append(run_command("systemctl", "daemon-reload"))
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")
         docker_running = system.systemd_running(ctx.host) and system.unit_active(ctx.host, "docker")
         if docker_running:
-            if actions:
-                actions.append(run_command("systemctl", "restart", "docker", timeout=300,
-                                           progress="restarting docker"))
+            if restart_for:
+                restart_for.append(run_command("systemctl", "restart", "docker", timeout=300,
+                                               progress="restarting docker"))
             else:
                 started, changed = dockerd_start_time(ctx.host), ctx.host.mtime(DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
-                    actions.append(run_command("systemctl", "restart", "docker", timeout=300,
-                                               progress="restarting docker"))
+                    restart_for.append(run_command("systemctl", "restart", "docker", timeout=300,
+                                                   progress="restarting docker"))
+        # The wrapper and its map go first: once dockerd reads the new daemon.json, every
+        # container start runs the wrapper.
+        actions += restart_for
         if actions:
-            return needs_change("; ".join(reasons), *actions)
-        return ok(f"{slices} slice(s) advertised as {kind}, default runtime nvidia")
+            return needs_change("; ".join(reasons + why_not), *actions)
+        gpus = len(inventory.gpus) - len(why_not)
+        return ok("; ".join([f"{len(slices)} slice(s) advertised as {kind} on {gpus} GPU(s); default runtime "
+                             f"{RUNTIME_NAME} gives each container the devices of its {env_variable(kind)}"]
+                            + why_not))

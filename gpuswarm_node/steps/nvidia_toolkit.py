@@ -1,11 +1,24 @@
-"""nvidia-toolkit: nvidia-container-toolkit installed from the configured apt source."""
+"""nvidia-toolkit: nvidia-container-toolkit installed from the configured apt source, in a mode
+that honours the devices the slice-aware runtime selects.
+
+Toolkit 1.18.x made `jit-cdi` the default mode (`mode = "auto"`), and that mode ignores the GPUs
+Swarm assigns (nvidia-container-toolkit issue 1599, fixed in 1.19). The fix is one key in
+/etc/nvidia-container-runtime/config.toml, a file the toolkit package owns: the step sets
+`nvidia-container-runtime.mode = "legacy"` and keeps every other byte of the file. The runtime
+reads the file per container, so no restart follows.
+"""
 
 from __future__ import annotations
 
-from ..config import NVIDIA_TOOLKIT_SOURCE
-from ..engine import Check, PlannedFile, WriteFile, needs_change, ok, skipped
+import re
+from dataclasses import dataclass
+
+from ..config import NVIDIA_TOOLKIT_SOURCE, tomllib
+from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
+from ..errors import StepFailed
 from ..probes import system
 from ..render import render
+from ..slices import env_variable
 from ..system import Context
 from . import apt
 from .nvidia_driver import gpu_presence
@@ -14,37 +27,153 @@ SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.asc"
 PACKAGE = "nvidia-container-toolkit"
+RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
+SECTION = "nvidia-container-runtime"
+# Modes that, in 1.18.x, resolve to or are jit-cdi; absent means "auto".
+JIT_CDI_MODES = ("auto", "jit-cdi")
+MODE_AFTER_INSTALL = (f'set {SECTION}.mode = "legacy" in {RUNTIME_CONFIG} if the installed toolkit '
+                      "is 1.18.x in jit-cdi mode")
+
+
+def major_minor(version: str) -> tuple[int, int] | None:
+    """(1, 18) from a Debian version such as "1.18.1-1", "1:1.18.0~rc.3-1"; None if unreadable."""
+    upstream = version.rpartition(":")[2].partition("-")[0]
+    parts = re.split(r"[.~+]", upstream)
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def ignores_swarm(version: str, mode: str) -> bool:
+    return major_minor(version) == (1, 18) and mode in JIT_CDI_MODES
+
+
+def split_at_mode(text: str) -> tuple[str, str]:
+    """The file around the line that sets the runtime's mode: (before, after), the mode line
+    dropped; where there is none, the split falls right after the section header."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    header = next((i for i, line in enumerate(lines)
+                   if line.split("#")[0].strip() == f"[{SECTION}]"), None)
+    if header is None:
+        return "".join(lines) + ("\n" if lines else "") + f"[{SECTION}]\n", ""
+    end = next((i for i in range(header + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    mode = next((i for i in range(header + 1, end) if re.match(r"\s*mode\s*=", lines[i])), None)
+    if mode is None:
+        return "".join(lines[:header + 1]), "".join(lines[header + 1:])
+    return "".join(lines[:mode]), "".join(lines[mode + 1:])
+
+
+def _without_mode(data: dict) -> dict:
+    out = dict(data)
+    section = {k: v for k, v in out.pop(SECTION, {}).items() if k != "mode"}
+    if section:
+        out[SECTION] = section
+    return out
+
+
+@dataclass(frozen=True)
+class ModeVerdict:
+    version: str
+    mode: str
+    problem: str = ""  # why the NVIDIA runtime would not honour the devices the wrapper selects
+    fix: WriteFile | None = None
+    remedy: str = ""  # what a person must do, when there is a problem and no fix
+
+
+def mode_verdict(ctx: Context) -> ModeVerdict:
+    result = ctx.host.query(["dpkg-query", "-W", "-f=${Version}", PACKAGE])
+    version = result.stdout.strip() if result.ok else ""
+    text = ctx.host.read_text(RUNTIME_CONFIG)
+    try:
+        data = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as exc:
+        return ModeVerdict(version, "unknown", f"{RUNTIME_CONFIG} is not valid TOML ({exc})",
+                           remedy="Fix the file (the NVIDIA runtime cannot read it either) and run setup again.")
+    section = data.get(SECTION) if isinstance(data.get(SECTION), dict) else {}
+    mode = str(section.get("mode", "auto"))
+    # The legacy hook takes devices from swarm-resource variables before NVIDIA_VISIBLE_DEVICES;
+    # ours hold slice IDs, which are not device IDs, so every reserving container would fail.
+    swarm_vars = [v.strip() for v in str(data.get("swarm-resource", "")).split(",")]
+    variable = env_variable(ctx.config.gpu.resource)
+    if variable in swarm_vars:
+        return ModeVerdict(version, mode, f"swarm-resource in {RUNTIME_CONFIG} names {variable}, whose "
+                                          "values are slice IDs, not device IDs: the NVIDIA hook would use "
+                                          "them instead of the devices the slice-aware runtime selects",
+                           remedy=f"Remove {variable} from swarm-resource in {RUNTIME_CONFIG} and run setup again.")
+    if not ignores_swarm(version, mode):
+        return ModeVerdict(version, mode)
+    described = "jit-cdi mode" if mode == "jit-cdi" else f"{mode} mode (jit-cdi in 1.18)"
+    problem = f"{PACKAGE} {version} runs in {described}, which ignores the GPUs Swarm assigns (toolkit issue 1599)"
+    before, after = split_at_mode(text or "")
+    content = render("nvidia-container-runtime-config.toml.j2", before=before, after=after, version=version)
+    try:
+        new = tomllib.loads(content)
+    except tomllib.TOMLDecodeError:
+        new = {}
+    if new.get(SECTION, {}).get("mode") != "legacy" or _without_mode(new) != _without_mode(data):
+        return ModeVerdict(version, mode, problem + f"; {RUNTIME_CONFIG} is laid out so that setting the "
+                                                    "mode would change other keys",
+                           remedy=f'Set mode = "legacy" under [{SECTION}] in {RUNTIME_CONFIG} by hand, or install '
+                                  "toolkit 1.19 or later, then run setup again.")
+    return ModeVerdict(version, mode, problem, WriteFile(RUNTIME_CONFIG, content, text))
+
+
+def fix_mode_after_install(ctx: Context) -> None:
+    """Which version apt installs is known only once it has: decide then, in the same run."""
+    verdict = mode_verdict(ctx)
+    if verdict.fix is not None:
+        verdict.fix.execute(ctx)
+    elif verdict.problem:
+        raise StepFailed(f"{verdict.problem}.", verdict.remedy)
 
 
 class NvidiaToolkitStep:
     name = "nvidia-toolkit"
     description = "nvidia-container-toolkit installed, nvidia-container-runtime on PATH"
 
+    def _source_list(self, ctx: Context) -> str:
+        return render("apt-source.list.j2", purpose="NVIDIA container toolkit",
+                      line=ctx.config.nvidia.toolkit_apt_source)
+
     def files(self, ctx: Context) -> list[PlannedFile]:
-        return [PlannedFile(SOURCE_LIST, render("apt-source.list.j2", purpose="NVIDIA container toolkit",
-                                                line=ctx.config.nvidia.toolkit_apt_source))]
+        files = [PlannedFile(SOURCE_LIST, self._source_list(ctx))]
+        if system.package_installed(ctx.host, PACKAGE):
+            fix = mode_verdict(ctx).fix
+            if fix is not None:
+                files.append(PlannedFile(fix.path, fix.content))
+        return files
 
     def check(self, ctx: Context) -> Check:
         present, why = gpu_presence(ctx)
         if not present:
             return skipped(why)
-        source = self.files(ctx)[0]
+        wanted = self._source_list(ctx)
         before = ctx.host.read_text(SOURCE_LIST)
         installed = system.package_installed(ctx.host, PACKAGE)
         runtime = ctx.host.which("nvidia-container-runtime")
-        if before == source.content and installed and runtime:
-            return ok(f"{PACKAGE} installed, runtime at {runtime}")
         actions = []
         reasons = []
-        if before != source.content:
+        if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
             if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
                 actions.append(apt.download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
-            actions += [WriteFile(SOURCE_LIST, source.content, before), apt.update()]
+            actions += [WriteFile(SOURCE_LIST, wanted, before), apt.update()]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
-            if before == source.content:
+            if before == wanted:
                 actions.append(apt.update())
             # Installed but its runtime gone: only a reinstall brings the file back.
             actions.append(apt.install("--reinstall", PACKAGE) if installed else apt.install(PACKAGE))
-        return needs_change("; ".join(reasons), *actions)
+            actions.append(Call(MODE_AFTER_INSTALL, fix_mode_after_install))
+            return needs_change("; ".join(reasons), *actions)
+        verdict = mode_verdict(ctx)
+        if verdict.problem and verdict.fix is None:
+            return blocked(f"{verdict.problem}. {verdict.remedy}")
+        if verdict.fix is not None:
+            reasons.append(verdict.problem)
+            actions.append(verdict.fix)
+        if actions:
+            return needs_change("; ".join(reasons), *actions)
+        return ok(f"{PACKAGE} {verdict.version} installed, runtime at {runtime}, mode {verdict.mode}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..engine import Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..errors import StepFailed
 from ..probes import system
 from ..render import render
 from ..system import Context
@@ -40,6 +41,13 @@ def desired_fstab(current: str, entry: str, path: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _verify(ctx: Context, entry: str) -> None:
+    problem = ctx.host.verify_fstab(entry + "\n")
+    if problem:
+        raise StepFailed(f"the new {FSTAB} entry `{entry}` does not verify: {problem}; {FSTAB} was not changed.",
+                         "Check tmpfs.path and tmpfs.fraction.")
+
+
 class TmpfsStep:
     name = "tmpfs"
     description = "tmpfs of a fraction of RAM mounted and in /etc/fstab"
@@ -63,14 +71,18 @@ class TmpfsStep:
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
 
         actions, reasons = [], []
+        if not ctx.host.exists(path):
+            actions.append(MakeDir(path))
         if (current or "") != wanted:
+            entry = self._entry(ctx)
+            # Checked before it is written: a bad line in fstab can stop the next boot.
+            actions.append(Call(f"verify the new {FSTAB} entry with findmnt --verify",
+                                lambda ctx: _verify(ctx, entry)))
             actions.append(WriteFile(FSTAB, wanted, current))
             reasons.append(f"{FSTAB} lacks the entry" if current is None or path not in current
                            else f"{FSTAB} entry for {path} differs")
             if system.systemd_running(ctx.host):
                 actions.append(run_command("systemctl", "daemon-reload"))
-        if not ctx.host.exists(path):
-            actions.append(MakeDir(path))
         if mounted is None:
             actions.append(run_command("mount", path))
             reasons.append(f"nothing mounted at {path}")
