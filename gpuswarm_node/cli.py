@@ -269,6 +269,29 @@ def hub_config(
 
 
 @app.command()
+def leave(
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for tasks to move elsewhere."),
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
+
+    def body() -> int:
+        from .lifecycle import leave as leave_swarm
+
+        cfg = load_config(config, overrides)
+        report = leave_swarm(make_context(cfg, json_mode=False), timeout=timeout)
+        for note in report.notes:
+            out.print(note)
+        if report.left:
+            out.print(f"node {report.node_id} drained ({report.tasks_moved} task(s) moved) and left the swarm"
+                      + ("; removed from the manager" if report.removed_from_manager else ""))
+        return 0
+
+    guarded(body)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     out.print(f"gpuswarm-node {__version__}")

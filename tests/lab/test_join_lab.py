@@ -65,15 +65,20 @@ def write_config(path: Path, lab_manager, address: str, **swarm) -> Path:
 @pytest.fixture(scope="module")
 def make_worker(network, manager, lab_tmp):
     made = []
+    workers: dict[str, LightWorker] = {}
 
     def make(name: str, address: str, trust: bool = True, **swarm) -> LightWorker:
+        """A light worker, made once per module: later tests get the same one back."""
+        if name in workers:
+            return workers[name]
         state = lab_tmp / name
         if trust:
             trust_ca(state / "etc-docker", manager.registry_address, manager.ca_cert_path)
         host = network.add_host(name, address)
         dockerd = LabDockerd(host, state, {"node-generic-resources": resources(name[-2:])})
         made.append((name, dockerd))
-        return LightWorker(host, dockerd, write_config(state / "node.toml", manager, address, **swarm))
+        workers[name] = LightWorker(host, dockerd, write_config(state / "node.toml", manager, address, **swarm))
+        return workers[name]
 
     yield make
     for name, dockerd in made:
@@ -195,3 +200,36 @@ def test_untrusted_registry_certificate(outsider, manager):
     assert "registry-trust" in result.stdout  # the fix names the step that installs the CA
     assert not any(manager.image in tag for image in outsider.dockerd.client().images.list()
                    for tag in image.tags)
+
+
+
+def test_leave_drains_moves_tasks_and_leaves(make_worker, manager):
+    import docker as docker_sdk
+
+    leaving, staying = make_worker("gsn-d3", "198.18.0.23"), make_worker("gsn-d4", "198.18.0.24")
+    ids = {w: w.dockerd.client().info()["Swarm"]["NodeID"] for w in (leaving, staying)}
+    assert all(ids.values()), "the light workers joined in the concurrent-join test"
+    service = manager.docker.services.create(
+        manager.image, command=["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], name="gsn-leave",
+        mode=docker_sdk.types.ServiceMode("replicated", replicas=2),
+        resources=docker_sdk.types.Resources(generic_resources={"gpu": 1}),
+        constraints=["node.role==worker"])
+    try:
+        def running_on() -> list[str]:
+            return sorted(t["NodeID"] for t in service.tasks(filters={"desired-state": "running"})
+                          if t["Status"]["State"] == "running")
+
+        wait_for("two running tasks", lambda: len(running_on()) == 2, timeout=120)
+        if ids[leaving] not in running_on():
+            pytest.fail(f"no task landed on the leaving node: {running_on()}")
+
+        result = leaving.cli("leave", "--timeout", "120", "--config", str(leaving.config))
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert leaving.swarm_state() == "inactive"
+        assert ids[leaving] not in {n["ID"] for n in manager.nodes()}  # removed, not left "down"
+        assert wait_for("both tasks on the staying node",
+                        lambda: running_on() == [ids[staying]] * 2, timeout=120)
+        assert_no_secrets(manager, result.stdout, result.stderr)
+    finally:
+        service.remove()

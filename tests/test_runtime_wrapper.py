@@ -1,0 +1,360 @@
+"""The slice-aware runtime wrapper, run as Docker runs it: the rendered program, executed through
+its own #! line, with a stand-in nvidia-container-runtime on PATH that records what it was given.
+
+Only the slice map's path differs from what setup installs. Every class of DOCKER_RESOURCE_<KIND>
+input is here: one slice, several slices of one GPU, slices of several GPUs, MIG, none, malformed
+and unknown; then the OCI command lines (the fast path that reads no JSON, the bundle forms), and
+the failure paths, which must stop the container rather than pass it through.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuswarm_node.render import render
+from gpuswarm_node.slices import slice_map_text
+
+G0 = "GPU-00000000-1111-4222-8333-444444444444"
+G1 = "GPU-00000001-1111-4222-8333-444444444444"
+MIG = "MIG-11111111-aaaa-5bbb-8ccc-000000000001"
+ADVERTISED = [f"{G0}::1", f"{G1}::1", MIG, f"{G0}::2", f"{G1}::2", f"{G0}::3", f"{G1}::3"]
+BUNDLE_CONFIG = Path(__file__).parent / "data" / "docker-bundle-config.json"
+STAND_IN = """#!/bin/sh
+# nvidia-container-runtime stand-in: record the arguments and the spec it was handed.
+printf '%s\\n' "$0" "$@" > "$RECORD/argv"
+exit "${STAND_IN_RC:-0}"
+"""
+
+
+class Node:
+    """A wrapper, its slice map, a stand-in NVIDIA runtime and a bundle, all under tmp_path."""
+
+    def __init__(self, tmp_path: Path, kind: str = "gpu", slices: list[str] = ADVERTISED) -> None:
+        self.tmp = tmp_path
+        self.slice_map = tmp_path / "slices.json"
+        self.slice_map.write_text(slice_map_text(kind, slices))
+        self.wrapper = tmp_path / "gpuswarm-runtime"
+        self.wrapper.write_text(render("gpuswarm-runtime.j2", slice_map=str(self.slice_map),
+                                       runtime="nvidia-container-runtime"))
+        self.wrapper.chmod(0o755)
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        runtime = bin_dir / "nvidia-container-runtime"
+        runtime.write_text(STAND_IN)
+        runtime.chmod(0o755)
+        self.path = f"{bin_dir}:/usr/bin:/bin"
+        self.record = tmp_path / "record"
+        self.record.mkdir()
+        self.bundle = tmp_path / "bundle"
+        self.bundle.mkdir()
+        self.config = self.bundle / "config.json"
+
+    def spec(self, env: list[str] | None = None, **changes) -> dict:
+        spec = json.loads(BUNDLE_CONFIG.read_text())
+        if env is not None:
+            spec["process"]["env"] = env
+        spec.update(changes)
+        self.config.write_text(json.dumps(spec, separators=(",", ":")))
+        return spec
+
+    def run(self, *args: str, cwd: Path | None = None, path: str | None = None,
+            extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        env = {"PATH": path or self.path, "RECORD": str(self.record), **(extra_env or {})}
+        return subprocess.run([str(self.wrapper), *args], env=env, cwd=cwd or self.tmp,
+                              capture_output=True, text=True, timeout=30)
+
+    def create(self, **kw) -> subprocess.CompletedProcess:
+        return self.run("--root", "/run/docker/runtime-runc/moby", "--log", str(self.bundle / "log.json"),
+                        "--log-format", "json", "create", "--bundle", str(self.bundle),
+                        "--pid-file", str(self.bundle / "init.pid"), "c0ffee", **kw)
+
+    def forwarded(self) -> list[str] | None:
+        path = self.record / "argv"
+        return path.read_text().splitlines()[1:] if path.exists() else None
+
+    def env_after(self) -> list[str]:
+        return json.loads(self.config.read_text())["process"]["env"]
+
+    def visible(self) -> list[str]:
+        return [e for e in self.env_after() if e.startswith("NVIDIA_VISIBLE_DEVICES")]
+
+
+def resource_env(value: str | None, variable: str = "DOCKER_RESOURCE_GPU") -> list[str]:
+    base = [e for e in json.loads(BUNDLE_CONFIG.read_text())["process"]["env"]
+            if not e.startswith("DOCKER_RESOURCE_")]
+    return base if value is None else base + [f"{variable}={value}"]
+
+
+@pytest.fixture
+def node(tmp_path) -> Node:
+    return Node(tmp_path)
+
+
+# --- the rewrite, for every input class -----------------------------------------------------------
+
+@pytest.mark.parametrize("value, visible", [
+    (f"{G0}::2", G0),                                    # one slice
+    (f"{G0}::1,{G0}::3", G0),                            # several slices of one GPU: the GPU once
+    (f"{G1}::1,{G0}::2", f"{G1},{G0}"),                  # slices of several GPUs, in Swarm's order
+    (f"{G0}::1,{G1}::2,{G0}::3", f"{G0},{G1}"),
+    (MIG, MIG),                                          # a MIG device is its own device
+    (f"{MIG},{G1}::2", f"{MIG},{G1}"),
+], ids=["one", "two-on-one-gpu", "two-gpus", "three-on-two-gpus", "mig", "mig-and-gpu"])
+def test_reserved_slices_become_exactly_their_devices(node, value, visible):
+    before = node.spec(resource_env(value))
+    result = node.create()
+    assert result.returncode == 0, result.stderr
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={visible}"]
+    # The image's NVIDIA_VISIBLE_DEVICES=all is gone; everything else is as it was, in order.
+    old_env = [e for e in before["process"]["env"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}"]
+    after = json.loads(node.config.read_text())
+    for spec in (before, after):
+        del spec["process"]["env"]
+    assert after == before
+
+
+@pytest.mark.parametrize("env", [
+    resource_env(None),                                   # reserved nothing
+    resource_env(""),                                     # an empty reservation
+    [e for e in resource_env(None) if not e.startswith("NVIDIA_")],   # a plain image
+    None,                                                 # no env at all
+], ids=["unset", "empty", "no-nvidia-variables", "no-env"])
+def test_no_reservation_sees_no_gpu(node, env):
+    spec = node.spec()
+    if env is None:
+        del spec["process"]["env"]
+        node.config.write_text(json.dumps(spec))
+    else:
+        node.spec(env)
+    result = node.create()
+    assert result.returncode == 0, result.stderr
+    assert node.visible() == ["NVIDIA_VISIBLE_DEVICES=void"]
+
+
+@pytest.mark.parametrize("value, shown", [
+    (f"{G0}::0", f"{G0}::0"),
+    (f"{G0}::x", f"{G0}::x"),
+    (f"{G0}::1,,{G0}::2", ""),
+    (f"{G0}::1,", ""),
+    (f" {G0}::1", f" {G0}::1"),
+    (f"{G0}::1;reboot", f"{G0}::1;reboot"),
+    ("all", "all"),
+    ("0", "0"),
+    (f"{MIG}::1", f"{MIG}::1"),
+    (f"{G0}::1\nNVIDIA_VISIBLE_DEVICES=all", f"{G0}::1\nNVIDIA_VISIBLE_DEVICES=all"),
+], ids=["zero", "not-a-number", "empty-item", "trailing-comma", "space", "shell", "all", "index", "mig-suffix",
+        "newline"])
+def test_malformed_slice_fails_the_start(node, value, shown):
+    node.spec(resource_env(value))
+    before = node.config.read_bytes()
+    result = node.create()
+    assert result.returncode == 1
+    assert result.stderr == (f"gpuswarm-runtime: slice {shown!r} in DOCKER_RESOURCE_GPU is malformed "
+                             "(expected GPU-<uuid>::<n> or MIG-<uuid>)\n")
+    assert node.forwarded() is None, "the NVIDIA runtime must not run"
+    assert node.config.read_bytes() == before
+
+
+@pytest.mark.parametrize("value, bad", [
+    (f"{G0}::9", f"{G0}::9"),                                          # beyond this GPU's slices
+    ("GPU-ffffffff-1111-4222-8333-444444444444::1", "GPU-ffffffff-1111-4222-8333-444444444444::1"),
+    (f"{G0}::1,MIG-22222222-aaaa-5bbb-8ccc-000000000009", "MIG-22222222-aaaa-5bbb-8ccc-000000000009"),
+    (G0, G0),                                                          # a whole GPU was never advertised
+], ids=["slice-beyond-count", "unknown-gpu", "unknown-mig", "bare-gpu-uuid"])
+def test_unknown_slice_fails_the_start(node, value, bad):
+    node.spec(resource_env(value))
+    result = node.create()
+    assert result.returncode == 1
+    assert result.stderr == f"gpuswarm-runtime: slice {bad!r} in DOCKER_RESOURCE_GPU is not advertised on this node\n"
+    assert node.forwarded() is None
+
+
+def test_a_very_long_hostile_value_is_cut_in_the_message(node):
+    node.spec(resource_env("GPU-" + "a" * 5000 + "::1"))
+    result = node.create()
+    assert result.returncode == 1
+    assert len(result.stderr) < 250 and result.stderr.count("\n") == 1
+
+
+def test_conflicting_duplicates_are_refused_identical_ones_accepted(node):
+    node.spec(resource_env(f"{G0}::1") + [f"DOCKER_RESOURCE_GPU={G1}::1"])
+    result = node.create()
+    assert result.returncode == 1
+    assert "DOCKER_RESOURCE_GPU is set more than once, with different values" in result.stderr
+    node.spec(resource_env(f"{G0}::1") + [f"DOCKER_RESOURCE_GPU={G0}::1"])
+    assert node.create().returncode == 0
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G0}"]
+
+
+def test_every_nvidia_visible_devices_entry_is_replaced(node):
+    node.spec(resource_env(f"{G1}::2") + ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_VISIBLE_DEVICES"])
+    assert node.create().returncode == 0
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G1}"]
+
+
+def test_the_kind_comes_from_the_slice_map(tmp_path):
+    node = Node(tmp_path, kind="nvslice")
+    node.spec(resource_env(f"{G0}::1", "DOCKER_RESOURCE_NVSLICE") + [f"DOCKER_RESOURCE_GPU={G1}::1"])
+    assert node.create().returncode == 0
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G0}"]
+    node.spec(resource_env(f"{G1}::1", "DOCKER_RESOURCE_GPU"))
+    assert node.create().returncode == 0
+    assert node.visible() == ["NVIDIA_VISIBLE_DEVICES=void"]
+
+
+def test_spec_survives_the_round_trip(node):
+    spec = node.spec(resource_env(f"{G0}::1") + ["GREETING=h\u00e9llo \u2603", 'QUOTE="a\\b"'])
+    spec["linux"]["resources"]["memory"]["limit"] = 18446744073709551615
+    spec["annotations"] = {"ratio": 0.1, "deep": [[{"x": None}]], "empty": {}}
+    node.config.write_text(json.dumps(spec))
+    node.config.chmod(0o600)
+    assert node.create().returncode == 0
+    after = json.loads(node.config.read_text())
+    assert after["linux"]["resources"]["memory"]["limit"] == 18446744073709551615
+    assert after["annotations"] == spec["annotations"]
+    assert "GREETING=h\u00e9llo \u2603" in after["process"]["env"] and 'QUOTE="a\\b"' in after["process"]["env"]
+    assert stat.S_IMODE(node.config.stat().st_mode) == 0o600
+    assert sorted(p.name for p in node.bundle.iterdir()) == ["config.json"], "no temporary file is left"
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["--root", "/run/docker/runtime-runc/moby", "--log", "/x/log.json", "--log-format", "json", "start", "c0ffee"],
+    ["--root", "/run/x", "delete", "--force", "c0ffee"],
+    ["state", "c0ffee"],
+    ["kill", "c0ffee", "9"],
+    ["--version"],
+    ["--bundle", "create", "start", "c0ffee"],
+], ids=["start", "delete", "state", "kill", "version", "create-as-bundle-name"])
+def test_other_commands_pass_through_without_reading_json(node, args):
+    node.slice_map.write_text("this is not JSON")  # any read of it would fail the call
+    result = node.run(*args)
+    assert result.returncode == 0, result.stderr
+    assert node.forwarded() == args
+
+
+def test_exit_status_of_the_nvidia_runtime_is_kept(node):
+    result = node.run("start", "c0ffee", extra_env={"STAND_IN_RC": "3"})
+    assert result.returncode == 3
+
+
+@pytest.mark.parametrize("form", ["--bundle DIR", "-b DIR", "--bundle=DIR", "-b=DIR", "cwd"])
+def test_bundle_forms(node, form):
+    node.spec(resource_env(f"{G1}::1"))
+    if form == "cwd":
+        args, cwd = ["create", "c0ffee"], node.bundle
+    else:
+        flag = form.replace("DIR", str(node.bundle))
+        args, cwd = ["--systemd-cgroup", "create", *flag.split(" "), "--console-socket", "/x.sock", "c0ffee"], None
+    result = node.run(*args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert node.forwarded() == args
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G1}"]
+
+
+def test_create_forwards_every_argument(node):
+    node.spec(resource_env(f"{G0}::1"))
+    assert node.create().returncode == 0
+    assert node.forwarded() == ["--root", "/run/docker/runtime-runc/moby", "--log", str(node.bundle / "log.json"),
+                                "--log-format", "json", "create", "--bundle", str(node.bundle),
+                                "--pid-file", str(node.bundle / "init.pid"), "c0ffee"]
+
+
+# --- failing closed -------------------------------------------------------------------------------
+
+def test_refusal_is_also_logged_where_containerd_looks(node):
+    node.spec(resource_env(f"{G0}::7"))
+    result = node.create()
+    record = json.loads((node.bundle / "log.json").read_text().splitlines()[-1])
+    assert record["level"] == "error"
+    assert record["msg"] == result.stderr.strip()
+    assert record["time"].endswith("Z") and record["time"][10] == "T"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda n: n.slice_map.unlink(), "cannot read slice map"),
+    (lambda n: n.slice_map.write_text('{"kind": "gpu"}'), "is damaged; run gpuswarm-node setup"),
+    (lambda n: n.slice_map.write_text("[1, 2"), "is not valid JSON"),
+    (lambda n: n.config.write_text('{"process": {"env": ["A=1"]}'), "container config"),
+    (lambda n: n.config.write_text('{"process": {"env": "A=1"}}'), "is not a list of strings"),
+    (lambda n: n.config.write_text('{"ociVersion": "1.0.2"}'), "has no process to start"),
+    (lambda n: n.config.unlink(), "cannot read container config"),
+    (lambda n: n.config.write_text('{"process": {"env": []}} trailing'), "is not valid JSON"),
+    (lambda n: n.config.write_text('{"process": {"env": [], "x": NaN}}'), "is not valid JSON"),
+], ids=["map-missing", "map-damaged", "map-not-json", "config-truncated", "env-not-list", "no-process",
+        "config-missing", "trailing-data", "nan"])
+def test_anything_unreadable_fails_the_start(node, damage, message):
+    node.spec(resource_env(f"{G0}::1"))
+    damage(node)
+    result = node.create()
+    assert result.returncode == 1
+    assert result.stderr.startswith("gpuswarm-runtime: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert node.forwarded() is None
+
+
+def test_missing_nvidia_runtime_is_named(node):
+    node.spec(resource_env(f"{G0}::1"))
+    result = node.create(path=str(node.tmp / "empty"))
+    assert result.returncode == 1
+    assert result.stderr == "gpuswarm-runtime: cannot run nvidia-container-runtime: No such file or directory\n"
+
+
+def test_installed_wrapper_runs_isolated_python_without_site():
+    text = render("gpuswarm-runtime.j2", slice_map="/etc/gpuswarm-node/slices.json",
+                  runtime="nvidia-container-runtime")
+    assert text.startswith("#!/usr/bin/python3 -IS\n")
+    assert "SLICE_MAP = '/etc/gpuswarm-node/slices.json'" in text
+    compile(text, "gpuswarm-runtime", "exec")
+
+
+# --- the JSON codec: C accelerator, and the json module when that is unusable ------------------------
+
+def load_wrapper(tmp_path: Path):
+    path = tmp_path / "gpuswarm_runtime.py"
+    path.write_text(render("gpuswarm-runtime.j2", slice_map=str(tmp_path / "slices.json"),
+                           runtime="nvidia-container-runtime"))
+    spec = importlib.util.spec_from_file_location("gpuswarm_runtime_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fast_codec_matches_the_json_module(tmp_path):
+    module = load_wrapper(tmp_path)
+    loads, dumps = module.codec()
+    text = BUNDLE_CONFIG.read_text()
+    assert loads.__name__ == "loads", "the C accelerator is used on this Python"
+    assert loads(text) == json.loads(text)
+    assert dumps(json.loads(text)) == json.dumps(json.loads(text), separators=(",", ":"))
+    for bad in ("", "{", '{"a": 1} {}', "[NaN]", '{"a": Infinity}'):
+        with pytest.raises(ValueError):
+            loads(bad)
+
+
+def test_codec_falls_back_to_the_json_module(tmp_path, monkeypatch):
+    module = load_wrapper(tmp_path)
+    monkeypatch.setitem(sys.modules, "_json", None)
+    loads, dumps = module.codec()
+    assert loads.__name__ == "<lambda>", "the json module is used"
+    text = BUNDLE_CONFIG.read_text()
+    assert loads(text) == json.loads(text)
+    assert dumps({"a": [1, "\u00e9"]}) == '{"a":[1,"\\u00e9"]}'
+    with pytest.raises(ValueError):
+        loads("[NaN]")
+
+
+def test_no_path_of_this_machine_in_the_template():
+    text = (Path(__file__).resolve().parent.parent / "templates" / "gpuswarm-runtime.j2").read_text()
+    assert str(Path.home()) not in text and "/work/" not in text
+    assert os.sep == "/"
