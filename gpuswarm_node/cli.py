@@ -67,14 +67,19 @@ def load_config(config: Optional[Path], overrides: List[str]):
     return load(config or state.config, overrides=overrides)
 
 
-def make_context(config, json_mode: bool, **options):
+def make_context(config, json_mode: bool, changes: bool = False, **options):
+    """`changes`: this run may change the machine, so it keeps a journal for `reset`."""
+    from .host import LocalHost
+    from .journal import Journal
     from .system import Context, RunOptions
     from .ui import ConsoleReporter
 
     reporter = ConsoleReporter(err, debug=state.debug)
     if json_mode:
         reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
-    return Context(config=config, reporter=reporter, options=RunOptions(**options))
+    journal = Journal() if changes else None
+    return Context(config=config, host=LocalHost(journal=journal), reporter=reporter, journal=journal,
+                   options=RunOptions(**options))
 
 
 @app.callback()
@@ -113,7 +118,8 @@ def setup(
 
         cfg = load_config(config, overrides)
         selected = steps.select(only, skip)
-        ctx = make_context(cfg, json_out, force_rejoin=force_rejoin, allow_restart=allow_restart, drain=drain)
+        ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
+                           allow_restart=allow_restart, drain=drain)
         if dry_run:
             report = run_setup(selected, ctx, dry_run=True)
         else:
@@ -280,13 +286,50 @@ def leave(
         from .lifecycle import leave as leave_swarm
 
         cfg = load_config(config, overrides)
-        report = leave_swarm(make_context(cfg, json_mode=False), timeout=timeout)
+        report = leave_swarm(make_context(cfg, json_mode=False, changes=True), timeout=timeout)
         for note in report.notes:
             out.print(note)
         if report.left:
             out.print(f"node {report.node_id} drained ({report.tasks_moved} task(s) moved) and left the swarm"
                       + ("; removed from the manager" if report.removed_from_manager else ""))
         return 0
+
+    guarded(body)
+
+
+@app.command()
+def reset(
+    yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Best-effort revert of everything setup changed, from the tool's own record of changes."""
+
+    def body() -> int:
+        from . import reset as resetting
+        from .journal import Journal
+        from .lock import run_lock
+
+        journal = Journal()
+        undo = resetting.plan(journal.entries())
+        if not undo:
+            out.print(f"nothing to revert: no changes recorded in {journal.path}")
+            return 0
+        if not yes:
+            for item in undo:
+                out.print(f"  - {escape(item.describe())}")
+            out.print("run `gpuswarm-node reset --yes` to do this.")
+            return 0
+        cfg = load_config(config, overrides)
+        with run_lock():
+            report = resetting.execute(make_context(cfg, json_mode=False), journal)
+        for item in report.done:
+            out.print(f"reverted: {escape(item)}")
+        for item in report.kept:
+            out.print(f"kept: {escape(item)}")
+        for item in report.failed:
+            out.print(f"[red]not reverted:[/] {escape(item)}")
+        return 1 if report.failed else 0
 
     guarded(body)
 

@@ -237,6 +237,9 @@ def converge(step: Step, ctx: Context) -> StepReport:
         for action in before.actions:
             ctx.reporter.action(step.name, action.describe())
             action.execute(ctx)
+            if ctx.journal is not None and isinstance(action, (RunCommand, Call)):
+                ctx.journal.record(kind="run" if isinstance(action, RunCommand) else "call", step=step.name,
+                                   argv=list(getattr(action, "argv", ())), action=action.describe())
     except GpuswarmError as exc:
         return applied(_report(step, Check(State.FAILED, exc.message()), started, error=exc))
     except Exception as exc:

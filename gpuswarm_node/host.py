@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping, Protocol
 
 from .errors import CommandFailed, StepFailed
+from .journal import Journal
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,25 @@ BACKUP_DIR = "/var/backups/gpuswarm-node"
 class LocalHost:
     """This machine, as root. Every file replaced or removed is first copied to `backup_dir`."""
 
-    def __init__(self, backup_dir: str = BACKUP_DIR) -> None:
+    def __init__(self, backup_dir: str = BACKUP_DIR, journal: Journal | None = None) -> None:
         self.backup_dir = Path(backup_dir)
         self.backups: list[tuple[str, str]] = []  # (original path, backup path), in order
+        self.journal = journal
 
-    def _backup(self, target: Path) -> None:
+    def _record(self, **entry) -> None:
+        if self.journal is not None:
+            self.journal.record(**entry)
+
+    def _backup(self, target: Path) -> str | None:
         if not target.is_file():
-            return
+            return None
         stamp = time.strftime("%Y%m%dT%H%M%S")
         name = f"{str(target).strip('/').replace('/', '__')}.{stamp}.{os.getpid()}.{len(self.backups)}"
         self.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         backup = self.backup_dir / name
         shutil.copy2(target, backup)
         self.backups.append((str(target), str(backup)))
+        return str(backup)
 
     def query(self, argv: list[str]) -> CommandResult:
         try:
@@ -118,7 +125,7 @@ class LocalHost:
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._backup(target)
+        backup = self._backup(target)
         try:
             st = target.stat()
             mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
@@ -142,13 +149,18 @@ class LocalHost:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        self._record(kind="write", path=str(target), backup=backup)
 
     def remove(self, path: str) -> None:
-        self._backup(Path(path))
+        backup = self._backup(Path(path))
         Path(path).unlink(missing_ok=True)
+        self._record(kind="remove", path=path, backup=backup)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
+        created = not os.path.isdir(path)
         Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+        if created:
+            self._record(kind="mkdir", path=path)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

@@ -9,6 +9,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 from .config import Config, SwarmConfig
 from .errors import NvmlUnavailable
 from .host import Host, LocalHost
+from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
 from .probes.gpu import Inventory, read_inventory
 
@@ -66,6 +67,7 @@ class Context:
     inventory_reader: Callable[[], Inventory] = read_inventory
     token_fetcher: Callable[[SwarmConfig], str] | None = None
     reporter: Reporter = field(default_factory=QuietReporter)
+    journal: Journal | None = None  # set when the run may change the machine
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
 

@@ -43,6 +43,8 @@ class DockerApi(Protocol):
 
     def running_containers(self) -> list[str]: ...
 
+    def remove_image(self, name: str) -> None: ...
+
     def info(self) -> dict: ...
 
 
@@ -144,6 +146,9 @@ class SdkDocker:
             self.client.swarm.leave(force=True)
         except docker.errors.APIError as exc:
             raise StepFailed(f"leaving the swarm failed: {_short(exc)}.", "Run `docker swarm leave --force`.") from None
+
+    def remove_image(self, name: str) -> None:
+        self.client.images.remove(name)
 
     def running_containers(self) -> list[str]:
         """Names of running containers (swarm tasks show as <service>.<slot>.<task id>)."""

@@ -22,6 +22,11 @@ esac
 _gsn_var=DOCKER_RESOURCE_$(printf '%s' "$_gsn_kind" | tr "$_gsn_lower" "$_gsn_upper")
 # printenv, not ${...}: a kind with '-' makes a name the shell cannot expand.
 _gsn_value=$(printenv "$_gsn_var" || true)
+_gsn_malformed() {
+    # One line whatever the value holds: anything unexpected shows as '?'.
+    printf "gpuswarm-cuda-env: slice '%s' in %s is malformed (expected GPU-<uuid>::<n> or MIG-<uuid>)\n" \
+        "$(printf '%.80s' "$_gsn_slice" | tr -c "$_gsn_ok:" '?')" "$_gsn_var" >&2
+}
 _gsn_devices=
 _gsn_rest=$_gsn_value
 while [ -n "$_gsn_value" ]; do
@@ -33,15 +38,11 @@ while [ -n "$_gsn_value" ]; do
     esac
     case $_gsn_device$_gsn_n in
         '' | *[!$_gsn_ok]* | *::*)
-            printf "gpuswarm-cuda-env: slice '%.80s' in %s is malformed (expected GPU-<uuid>::<n> or MIG-<uuid>)\n" \
-                "$_gsn_slice" "$_gsn_var" >&2
-            exit 1 ;;
+            _gsn_malformed; exit 1 ;;
     esac
     case $_gsn_n in
         *[!0123456789]*)
-            printf "gpuswarm-cuda-env: slice '%.80s' in %s is malformed (expected GPU-<uuid>::<n> or MIG-<uuid>)\n" \
-                "$_gsn_slice" "$_gsn_var" >&2
-            exit 1 ;;
+            _gsn_malformed; exit 1 ;;
     esac
     case ,$_gsn_devices, in
         *",$_gsn_device,"*) ;;
@@ -54,3 +55,4 @@ export CUDA_VISIBLE_DEVICES="$_gsn_devices"
 echo "gpuswarm-cuda-env: CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' (from $_gsn_var)" >&2
 unset _gsn_upper _gsn_lower _gsn_ok _gsn_kind _gsn_var _gsn_value _gsn_devices _gsn_rest _gsn_slice \
     _gsn_device _gsn_n
+unset -f _gsn_malformed

@@ -328,3 +328,20 @@ def test_reboot_keeps_a_converged_node(worker, fresh_setup, manager):
                             lambda: (lambda r: r if r[0] == 0 else None)(worker.status()), timeout=120)
     assert worker.sh(f"findmnt -no FSTYPE {TMPFS}").stdout.strip() == "tmpfs"
     assert wait_for("the worker Ready again", lambda: ready_node(manager))
+
+
+# --- 7. reset reverts what setup changed --------------------------------------------------------
+
+def test_reset_reverts_from_the_journal(worker, fresh_setup, manager):
+    result = worker.gsn("reset", "--yes", "--config", CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "packages left installed" in result.stdout
+    assert json.loads(worker.machine.read_file("/etc/docker/daemon.json")) == PRESEEDED_DAEMON_JSON
+    assert TMPFS not in worker.machine.read_file("/etc/fstab")
+    assert worker.sh(f"findmnt {TMPFS}", check=False).returncode != 0
+    assert "docker" not in worker.sh(f"id -nG {USER}").stdout.split()
+    assert worker.sh("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
+    assert worker.sh(f"docker image inspect {manager.image}", check=False).returncode != 0
+    assert worker.sh(f"test -e /etc/docker/certs.d/{manager.registry_address}/ca.crt", check=False).returncode != 0
+    again = worker.gsn("reset", "--yes", "--config", CONFIG)
+    assert again.returncode == 0 and "nothing to revert" in again.stdout

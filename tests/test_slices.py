@@ -1,0 +1,195 @@
+"""Slices: how many each GPU yields (slices_per_gpu, slice_memory, MIG), their order, the slice map,
+and the device behind a slice ID as cuda-env and the hub config see it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpuswarm_node import config, hub, slices
+from gpuswarm_node.errors import ConfigError
+from gpuswarm_node.probes.gpu import Gpu, MigDevice, compute_slices
+
+GiB = 2**30
+MiB = 2**20
+
+
+def gpu(index: int, memory: int, mig: tuple[str, ...] = (), name: str = "NVIDIA Test GPU") -> Gpu:
+    return Gpu(index, f"GPU-{index:08d}-1111-4222-8333-444444444444", name, memory,
+               mig_enabled=bool(mig), mig_devices=tuple(MigDevice(u, 10 * GiB) for u in mig))
+
+
+def cfg(**gpu_keys) -> config.GpuConfig:
+    return config.from_tables({"gpu": gpu_keys}).gpu
+
+
+def uuid(index: int) -> str:
+    return f"GPU-{index:08d}-1111-4222-8333-444444444444"
+
+
+# --- slices_per_gpu and interleaving ---------------------------------------------------------------
+
+def test_interleaves_slice_one_of_every_gpu_before_slice_two():
+    got = compute_slices([gpu(0, 12 * GiB), gpu(1, 12 * GiB), gpu(2, 12 * GiB)], 2)
+    assert got == [f"{uuid(0)}::1", f"{uuid(1)}::1", f"{uuid(2)}::1",
+                   f"{uuid(0)}::2", f"{uuid(1)}::2", f"{uuid(2)}::2"]
+
+
+def test_slices_per_gpu_ignores_memory():
+    got = compute_slices([gpu(0, 12 * GiB), gpu(1, 80 * GiB)], 3)
+    assert [s for s in got if s.startswith(uuid(1))] == [f"{uuid(1)}::{n}" for n in (1, 2, 3)]
+    assert len(got) == 6
+
+
+def test_no_gpus_no_slices():
+    assert compute_slices([], 3) == []
+
+
+# --- slice_memory ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("memory, slice_memory, count", [
+    (12 * GiB, "4GiB", 3),
+    (12 * GiB - 1, "4GiB", 2),           # rounded down: a slice must fit whole
+    (15360 * MiB, "4GiB", 3),            # a T4 as NVML reports it: 15 GiB
+    (81559 * MiB, "4GiB", 19),           # an H100 80GB as NVML reports it: a little under 80 GiB
+    (40960 * MiB, "10GiB", 4),
+    (40960 * MiB, "10240MiB", 4),
+    (40960 * MiB, "1.5GiB", 26),
+    (24 * GiB, str(6 * GiB), 4),         # plain bytes
+    (2 * GiB, "4GiB", 0),                # smaller than one slice
+    (4 * GiB, "4GiB", 1),
+])
+def test_slice_memory_gives_as_many_slices_as_fit(memory, slice_memory, count):
+    got = slices.for_config([gpu(0, memory)], cfg(slice_memory=slice_memory))
+    assert got == [f"{uuid(0)}::{n}" for n in range(1, count + 1)]
+
+
+def test_slice_memory_mixed_inventory_interleaves_fair_counts():
+    gpus = [gpu(0, 24 * GiB), gpu(1, 8 * GiB), gpu(2, 12 * GiB), gpu(3, 3 * GiB)]
+    got = slices.for_config(gpus, cfg(slice_memory="4GiB", slices_per_gpu=1))
+    assert got == [f"{uuid(0)}::1", f"{uuid(1)}::1", f"{uuid(2)}::1",
+                   f"{uuid(0)}::2", f"{uuid(1)}::2", f"{uuid(2)}::2",
+                   f"{uuid(0)}::3", f"{uuid(2)}::3",
+                   f"{uuid(0)}::4", f"{uuid(0)}::5", f"{uuid(0)}::6"]
+    assert slices.notes(gpus, cfg(slice_memory="4GiB")) == [
+        "GPU 3 (NVIDIA Test GPU, 3.0 GiB) is smaller than gpu.slice_memory = 4GiB: no slices"]
+
+
+# --- MIG ------------------------------------------------------------------------------------------
+
+def test_mig_gpu_gives_its_mig_devices_whatever_the_slice_settings():
+    migs = ("MIG-aaaaaaaa-0000-5000-8000-000000000001", "MIG-aaaaaaaa-0000-5000-8000-000000000002")
+    gpus = [gpu(0, 80 * GiB, migs), gpu(1, 12 * GiB)]
+    for settings in ({"slices_per_gpu": 3}, {"slice_memory": "40GiB"}, {"slice_memory": "1GiB"}):
+        got = slices.for_config(gpus, cfg(**settings))
+        assert [s for s in got if s.startswith("MIG-")] == list(migs)
+    assert slices.for_config(gpus, cfg(slices_per_gpu=3)) == [
+        migs[0], f"{uuid(1)}::1", migs[1], f"{uuid(1)}::2", f"{uuid(1)}::3"]
+
+
+def test_mig_gpu_without_mig_devices_is_noted():
+    bare = Gpu(0, uuid(0), "NVIDIA A100", 80 * GiB, mig_enabled=True)
+    assert slices.for_config([bare], cfg()) == []
+    assert slices.notes([bare], cfg()) == ["GPU 0 (NVIDIA A100) is in MIG mode without MIG devices: no slices"]
+
+
+# --- the slice map and devices ----------------------------------------------------------------------
+
+def test_slice_map_maps_every_slice_to_its_device():
+    mig = "MIG-aaaaaaaa-0000-5000-8000-000000000001"
+    data = json.loads(slices.slice_map_text("nvslice", [f"{uuid(0)}::1", mig, f"{uuid(0)}::2"]))
+    assert data["kind"] == "nvslice" and data["variable"] == "DOCKER_RESOURCE_NVSLICE"
+    assert data["slices"] == {f"{uuid(0)}::1": uuid(0), mig: mig, f"{uuid(0)}::2": uuid(0)}
+
+
+@pytest.mark.parametrize("kind, variable", [("gpu", "DOCKER_RESOURCE_GPU"), ("nvidia-gpu", "DOCKER_RESOURCE_NVIDIA-GPU"),
+                                            ("Gpu_2", "DOCKER_RESOURCE_GPU_2")])
+def test_env_variable_is_swarmkits(kind, variable):
+    assert slices.env_variable(kind) == variable
+
+
+def test_known_devices_include_mig_devices():
+    mig = "MIG-aaaaaaaa-0000-5000-8000-000000000001"
+    assert slices.known_devices([gpu(0, GiB, (mig,)), gpu(1, GiB)]) == {uuid(0), uuid(1), mig}
+
+
+# --- CUDA_VISIBLE_DEVICES ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, want", [
+    (f"{uuid(0)}::2", uuid(0)),
+    (f"{uuid(0)}::1,{uuid(0)}::3", uuid(0)),
+    (f"{uuid(1)}::1,{uuid(0)}::2,{uuid(1)}::2", f"{uuid(1)},{uuid(0)}"),
+    ("MIG-aaaaaaaa-0000-5000-8000-000000000001", "MIG-aaaaaaaa-0000-5000-8000-000000000001"),
+    ("MIG-GPU-aaaaaaaa-0000-5000-8000-000000000001/1/0", "MIG-GPU-aaaaaaaa-0000-5000-8000-000000000001/1/0"),
+    (uuid(3), uuid(3)),
+    ("", ""),
+])
+def test_cuda_visible_devices(value, want):
+    assert slices.cuda_visible_devices(value, "DOCKER_RESOURCE_GPU") == want
+
+
+def test_cuda_env_prints_sh_for_eval():
+    assert slices.cuda_env({"DOCKER_RESOURCE_GPU": f"{uuid(0)}::1"}, "gpu") == \
+        f"export CUDA_VISIBLE_DEVICES={uuid(0)}\n"
+    assert slices.cuda_env({}, "gpu") == "export CUDA_VISIBLE_DEVICES=''\n"
+    assert slices.cuda_env({"DOCKER_RESOURCE_NVSLICE": "MIG-x1"}, "nvslice") == "export CUDA_VISIBLE_DEVICES=MIG-x1\n"
+
+
+@pytest.mark.parametrize("value", ["GPU-a::0", "GPU-a::x", "GPU-a::1,", ",GPU-a::1", "GPU-a::1;ls", " GPU-a::1",
+                                   "all", "0", "MIG-a::1", "GPU-", "GPU-a::01", "GPU-a:b::1", "GPU-\u00e9::1"])
+def test_cuda_visible_devices_refuses_malformed(value):
+    with pytest.raises(ValueError, match="is malformed"):
+        slices.cuda_visible_devices(value, "DOCKER_RESOURCE_GPU")
+
+
+# --- configuration ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, size", [("4GiB", 4 * GiB), ("4 GiB", 4 * GiB), ("512MiB", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
+                                        ("2TiB", 2 * 2**40), ("64KiB", 65536), ("4294967296", 4 * GiB), ("100B", 100)])
+def test_parse_size(text, size):
+    assert config.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["4GB", "4gib", "4 G", "GiB", "-1GiB", "0", "0.1B", "1e9", "four", "1..5GiB", "4GiB!"])
+def test_bad_slice_memory_names_the_key(text):
+    with pytest.raises(ConfigError) as info:
+        config.from_tables({"gpu": {"slice_memory": text}})
+    assert info.value.message().startswith("[gpu] slice_memory must be a size")
+    assert repr(text) in info.value.message() and info.value.exit_code == 2
+
+
+def test_slice_memory_must_be_a_string():
+    with pytest.raises(ConfigError, match=r"\[gpu\] slice_memory"):
+        config.from_tables({"gpu": {"slice_memory": 4}})
+
+
+def test_resource_kind_is_ascii():
+    with pytest.raises(ConfigError, match=r"\[gpu\] resource"):
+        config.from_tables({"gpu": {"resource": "gp\u00fc"}})
+
+
+# --- the hub side -----------------------------------------------------------------------------------
+
+def test_hub_config_asks_for_this_nodes_kind():
+    text = hub.hub_config(config.from_tables({"gpu": {"resource": "nvslice"},
+                                              "image": {"name": "hub.example.org:5000/nb:latest"}}))
+    namespace = {"c": _Config()}
+    exec(text, namespace)  # noqa: S102 - the lines are Python a hub runs; check they are
+    spawner = namespace["c"].SwarmSpawner
+    assert spawner.extra_resources_spec == {"generic_resources": {"nvslice": 1}}
+    assert spawner.image == "hub.example.org:5000/nb:latest"
+    assert namespace["c"].JupyterHub.spawner_class == "dockerspawner.SwarmSpawner"
+
+
+def test_hub_config_without_image_sets_none():
+    assert "c.SwarmSpawner.image" not in hub.hub_config(config.from_tables({}))
+
+
+class _Config:
+    """Enough of traitlets' config object for `c.Section.key = value`."""
+
+    def __getattr__(self, name):
+        section = type(name, (), {})()
+        setattr(self, name, section)
+        return section
