@@ -6,9 +6,10 @@
 #
 # Swarm puts the slices in DOCKER_RESOURCE_<KIND> (KIND: $GPUSWARM_GPU_RESOURCE, default gpu),
 # e.g. "GPU-<uuid>::2,MIG-<uuid>". The device of GPU-<uuid>::<n> is GPU-<uuid>; a GPU or MIG
-# UUID is its own device. No slices means no GPU: CUDA_VISIBLE_DEVICES is set empty, as the slice-aware
-# runtime would do. A malformed slice stops the start (exit, since this file is sourced): a
-# notebook silently using a GPU it did not reserve is worse than one that does not start.
+# UUID is its own device. No slices means no GPU: CUDA_VISIBLE_DEVICES is set empty, as the
+# slice-aware runtime would do. A malformed slice stops the start (exit, since this file is
+# sourced): a notebook silently using a GPU it did not reserve is worse than one that does not
+# start.
 
 _gsn_upper=ABCDEFGHIJKLMNOPQRSTUVWXYZ
 _gsn_lower=abcdefghijklmnopqrstuvwxyz
@@ -25,7 +26,7 @@ _gsn_value=$(printenv "$_gsn_var" || true)
 _gsn_malformed() {
     # One line whatever the value holds: anything unexpected shows as '?'.
     printf "gpuswarm-cuda-env: slice '%s' in %s is malformed (expected GPU-<uuid>::<n> or MIG-<uuid>)\n" \
-        "$(printf '%.80s' "$_gsn_slice" | tr -c "$_gsn_ok:" '?')" "$_gsn_var" >&2
+        "$(printf '%.80s' "$_gsn_slice" | tr -c "0123456789${_gsn_lower}${_gsn_upper}/:-" '?')" "$_gsn_var" >&2
 }
 _gsn_devices=
 _gsn_rest=$_gsn_value
