@@ -94,8 +94,8 @@ def main() -> None:
     added_create = median["create-wrapped"] - median["create-direct"]
     added_start = median["start-wrapped"] - median["start-direct"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.platform()}")
-    print(f"wrapper python: {subprocess.run(['/usr/bin/python3', '--version'], capture_output=True, text=True).stdout.strip()}"
-          f" (/usr/bin/python3, as its #! line says)")
+    python = subprocess.run(["/usr/bin/python3", "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"wrapper python: {python} (/usr/bin/python3, as its #! line says)")
     print(f"{runs} timed calls each; config.json {len(original)} bytes; {len(SLICES)} slices in the map")
     print()
     for key, values in results.items():

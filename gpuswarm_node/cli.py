@@ -144,6 +144,8 @@ def status(
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
+    prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE",
+                                              help="Also write node-exporter textfile metrics to FILE."),
 ) -> None:
     """Check every step without changing anything; exit 1 when the node is not converged."""
 
@@ -154,6 +156,10 @@ def status(
 
         cfg = load_config(config, overrides)
         report = run_status(steps.ALL_STEPS, make_context(cfg, json_out))
+        if prometheus is not None:
+            from .metrics import write as write_metrics
+
+            write_metrics(report, str(prometheus))
         if json_out:
             out.print_json(json.dumps(report.as_json()))
         else:

@@ -66,6 +66,34 @@ class Host(Protocol):
 BACKUP_DIR = "/var/backups/gpuswarm-node"
 
 
+def atomic_write(target: Path, content: str, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: a crash at any point
+    leaves the old file or the new one. An existing file keeps its mode and owner."""
+    try:
+        st = target.stat()
+        mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        owner = None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        if owner is not None:
+            os.chown(tmp, *owner)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class LocalHost:
     """This machine, as root. Every file replaced or removed is first copied to `backup_dir`."""
 
@@ -126,29 +154,7 @@ class LocalHost:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         backup = self._backup(target)
-        try:
-            st = target.stat()
-            mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
-        except FileNotFoundError:
-            owner = None
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, mode)
-            if owner is not None:
-                os.chown(tmp, *owner)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(target, content, mode)
         self._record(kind="write", path=str(target), backup=backup)
 
     def remove(self, path: str) -> None:

@@ -203,3 +203,16 @@ def test_debug_shows_the_traceback(gsn, tmp_path):
     result = gsn("--debug", "status", "--config", str(write_config(tmp_path, "[x]\n")))
     assert result.returncode == 2
     assert "Traceback" in result.stderr
+
+
+def test_status_writes_prometheus_textfile(gsn, tmp_path):
+    metrics = tmp_path / "textfile" / "gpuswarm_node.prom"
+    result = gsn("status", "--json", "--prometheus", str(metrics), "--config", str(safe_config(tmp_path)),
+                 gpus=[A100])
+    states = {s["name"]: s["state"] for s in json.loads(result.stdout)["steps"]}
+    lines = metrics.read_text().splitlines()
+    for name, step_state in states.items():
+        healthy = 1 if step_state in ("ok", "skipped") else 0
+        assert f'gpuswarm_node_step_ok{{step="{name}",state="{step_state}"}} {healthy}' in lines
+    assert "gpuswarm_node_converged 0" in lines
+    assert not list(metrics.parent.glob(".*.tmp"))

@@ -145,8 +145,10 @@ def test_cuda_visible_devices_refuses_malformed(value):
 
 # --- configuration ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, size", [("4GiB", 4 * GiB), ("4 GiB", 4 * GiB), ("512MiB", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
-                                        ("2TiB", 2 * 2**40), ("64KiB", 65536), ("4294967296", 4 * GiB), ("100B", 100)])
+@pytest.mark.parametrize("text, size", [
+    ("4GiB", 4 * GiB), ("4 GiB", 4 * GiB), ("512MiB", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
+    ("2TiB", 2 * 2**40), ("64KiB", 65536), ("4294967296", 4 * GiB), ("100B", 100),
+])
 def test_parse_size(text, size):
     assert config.parse_size(text) == size
 

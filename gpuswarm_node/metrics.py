@@ -1,0 +1,35 @@
+"""node-exporter textfile metrics from a status run, for fleets watched by Prometheus."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .engine import RunReport, State
+from .host import atomic_write
+
+
+def render(report: RunReport, now: float | None = None) -> str:
+    lines = [
+        "# HELP gpuswarm_node_step_ok 1 when the step's check is ok (or skipped with a reason), else 0.",
+        "# TYPE gpuswarm_node_step_ok gauge",
+    ]
+    for step in report.steps:
+        healthy = int(step.state in (State.OK, State.SKIPPED))
+        lines.append(f'gpuswarm_node_step_ok{{step="{step.name}",state="{step.state.value}"}} {healthy}')
+    lines += [
+        "# HELP gpuswarm_node_converged 1 when every step is ok or skipped.",
+        "# TYPE gpuswarm_node_converged gauge",
+        f"gpuswarm_node_converged {int(report.ok)}",
+        "# HELP gpuswarm_node_status_timestamp_seconds When this status was taken.",
+        "# TYPE gpuswarm_node_status_timestamp_seconds gauge",
+        f"gpuswarm_node_status_timestamp_seconds {now if now is not None else time.time():.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: RunReport, path: str) -> None:
+    # node-exporter may read at any moment: it must never see half a file.
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, render(report))
