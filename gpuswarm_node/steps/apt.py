@@ -13,6 +13,18 @@ LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
+DPKG_UPDATES = "/var/lib/dpkg/updates"
+
+
+def repair_interrupted(ctx: Context) -> list[RunCommand]:
+    """`dpkg --configure -a` when a dpkg run was cut off (files left in its updates journal):
+    until then every apt-get install refuses to run."""
+    if not ctx.host.listdir(DPKG_UPDATES):
+        return []
+    return [run_command("dpkg", "--configure", "-a", env=APT_ENV, timeout=1800,
+                        progress="finishing an interrupted dpkg run")]
+
+
 def update() -> RunCommand:
     return run_command("apt-get", *LOCK_WAIT, "update", env=APT_ENV, timeout=900,
                        progress="apt-get update")

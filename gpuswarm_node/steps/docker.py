@@ -46,7 +46,7 @@ class DockerStep:
                     release = system.os_release(ctx.host).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
                     actions.append(WriteFile(planned.path, planned.content, before))
-            actions += [apt.update(), apt.install(*wanted)]
+            actions += [*apt.repair_interrupted(ctx), apt.update(), apt.install(*wanted)]
             reason = f"{' '.join(wanted)} is not installed"
         else:
             enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
