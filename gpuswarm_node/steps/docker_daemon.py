@@ -201,7 +201,7 @@ class DockerDaemonStep:
         if stray:
             reasons.append(f"it advertises GPU slices as {', '.join(stray)}, but the runtime reads "
                            f"{env_variable(kind)} (gpu.resource = {kind})")
-        if existing.get("default-runtime") != RUNTIME_NAME:
+        if existing and existing.get("default-runtime") != RUNTIME_NAME:
             reasons.append(f"default runtime is {existing.get('default-runtime', 'runc')}, not {RUNTIME_NAME}")
         return reasons
 

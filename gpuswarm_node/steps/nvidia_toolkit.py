@@ -4,7 +4,7 @@ that honours the devices the slice-aware runtime selects.
 Toolkit 1.18.x made `jit-cdi` the default mode (`mode = "auto"`), and that mode ignores the GPUs
 Swarm assigns (nvidia-container-toolkit issue 1599, fixed in 1.19). The fix is one key in
 /etc/nvidia-container-runtime/config.toml, a file the toolkit package owns: the step sets
-`nvidia-container-runtime.mode = "legacy"` and keeps every other byte of the file. The runtime
+`nvidia-container-runtime.mode = "legacy"` and keeps every other line of the file. The runtime
 reads the file per container, so no restart follows.
 """
 

@@ -9,87 +9,15 @@ scheduling through the swarm, a second run, break-and-repair, hostile input, a r
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
-import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from . import fake_nvml, toolkit_deb
-from . import machine as lab_machine
-from .machine import FreshMachine
-from .util import TIMINGS, timed, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-NAME, ADDRESS = "gsn-w1", "198.18.0.11"
-USER = "worker"
-HOME = f"/home/{USER}"
-CONFIG = f"{HOME}/node.toml"
-TMPFS = "/mnt/tmpfs"
-
-GPUS = [
-    fake_nvml.FakeGpu("GPU-0a0a0a0a-1111-2222-3333-444444444444", "NVIDIA A100-SXM4-40GB", 40960),
-    fake_nvml.FakeGpu("GPU-0b0b0b0b-5555-6666-7777-888888888888", "NVIDIA A100-SXM4-40GB", 40960),
-]
-SLICES_PER_GPU = 3
-# Interleaved: slice 1 of each GPU before slice 2 of any.
-EXPECTED_SLICES = [f"{g.uuid}::{n}" for n in range(1, SLICES_PER_GPU + 1) for g in GPUS]
-
-# Docker on the worker would pick 172.17/16 and friends; the lab keeps every address in
-# 198.18.0.0/15. The operator's own keys must survive setup (asserted below).
-PRESEEDED_DAEMON_JSON = {
-    "bip": "198.18.130.1/24",
-    "default-address-pools": [{"base": "198.18.160.0/19", "size": 24}],
-    "log-level": "warn",
-}
-
-
-def project_tree(dest: Path) -> Path:
-    """The project's files as a user would copy them: what git tracks, plus new unignored files."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, files):
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(src.read_bytes())
-            (dest / name).chmod(src.stat().st_mode & 0o777)
-    return dest
-
-
-class Worker:
-    """The fresh machine plus a record of everything the product printed on it."""
-
-    def __init__(self, machine: FreshMachine) -> None:
-        self.machine = machine
-        self.outputs: list[str] = []
-
-    def sh(self, script: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        return self.machine.run(script, check=check, timeout=timeout)
-
-    def as_user(self, command: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        """`sudo COMMAND` typed by the machine's user, as on a new cloud instance."""
-        script = f"cd {HOME}/gpuswarm-node && {command}"
-        result = self.machine.run(["runuser", "-u", USER, "--", "bash", "-lc", script], check=False,
-                                  timeout=timeout)
-        self.outputs += [result.stdout, result.stderr]
-        return result
-
-    def gsn(self, *args: str) -> subprocess.CompletedProcess:
-        return self.as_user("sudo gpuswarm-node " + shlex.join(args))
-
-    def status(self) -> tuple[int, dict[str, str]]:
-        result = self.gsn("status", "--json", "--config", CONFIG)
-        report = json.loads(result.stdout)
-        return result.returncode, {s["name"]: s["state"] for s in report["steps"]}
-
-    def docker_pid(self) -> str:
-        return self.sh("systemctl show --property=MainPID --value docker").stdout.strip()
-
-    def node_id(self) -> str:
-        return self.sh("docker info --format '{{.Swarm.NodeID}}'").stdout.strip()
+from . import toolkit_deb
+from .util import timed, wait_for
+from .worker import (ADDRESS, CONFIG, EXPECTED_SLICES, HOME, PRESEEDED_DAEMON_JSON, TMPFS, USER,
+                     provisioned_worker)
 
 
 @pytest.fixture(scope="module")
@@ -99,49 +27,8 @@ def toolkit_repo(lab_tmp) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
-    lab_machine.cleanup_stale()
-    network.enable_outbound_nat()  # apt and pip inside need the package registries
-    host = network.add_host(NAME, ADDRESS)
-    machine = FreshMachine(host, lab_tmp / NAME, name=NAME)
-    try:
-        with timed("fresh machine: unpack and boot"):
-            machine.start()
-        # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
-        fake_nvml.install_into(machine.rootfs, GPUS, lib_dir=nvml_lib_dir)
-        machine.copy_in(project_tree(lab_tmp / "project"), f"{HOME}/gpuswarm-node", owner=USER)
-        machine.copy_in(toolkit_repo, "/srv/toolkit-repo")
-        machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
-        machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
-        machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
-        machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
-                    input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
-        config = f"""\
-[nvidia]
-toolkit_apt_source = "deb [trusted=yes] file:/srv/toolkit-repo ./"
-
-[gpu]
-slices_per_gpu = {SLICES_PER_GPU}
-
-[registry]
-address = "{manager.registry_address}"
-ca_cert = "/etc/gpuswarm-node/registry-ca.crt"
-
-[image]
-name = "{manager.image}"
-
-[swarm]
-manager = "{manager.address}"
-advertise_addr = "{ADDRESS}"
-"""
-        machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=config)
-        yield Worker(machine)
-    finally:
-        for node in manager.nodes():
-            if node["Status"].get("Addr") == ADDRESS:
-                manager.docker.nodes.get(node["ID"]).remove(force=True)
-        machine.close()
-        network.remove_host(NAME)
-        TIMINGS.update({f"fresh machine {k}": v for k, v in machine.timings.items() if k in ("close",)})
+    with provisioned_worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")

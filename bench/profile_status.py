@@ -1,0 +1,62 @@
+"""Runs inside the lab worker under the product's own Python (copied there by bench/run.py): one
+`gpuswarm-node status` with its parts timed, to show where its wall time goes.
+
+    /opt/gpuswarm-node/venv/bin/python profile_status.py OUT.json gpuswarm-node status --config FILE
+
+Nothing of the product is edited: two of its seams are wrapped at run time. `subprocess.run` (every
+command the checks start goes through it) records argv and duration, and `engine.safe_check` (the
+status runner calls it once per step) records each step's check time. Writes one JSON object to
+OUT.json: the seconds spent importing the CLI, in the command's body, per step, per subprocess.
+The product's own output goes to stdout and stderr as usual.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+started = time.perf_counter()
+out_path, sys.argv = sys.argv[1], sys.argv[2:]
+calls: list[dict] = []
+steps: list[dict] = []
+_run = subprocess.run
+
+
+def timed_run(*args, **kwargs):
+    argv = args[0] if args else kwargs.get("args")
+    t = time.perf_counter()
+    try:
+        return _run(*args, **kwargs)
+    finally:
+        calls.append({"argv": list(argv) if isinstance(argv, (list, tuple)) else str(argv),
+                      "seconds": time.perf_counter() - t})
+
+
+subprocess.run = timed_run
+
+from gpuswarm_node import cli, engine  # noqa: E402
+
+imported = time.perf_counter()
+_safe_check = engine.safe_check
+
+
+def timed_check(step, ctx):
+    t, first_call = time.perf_counter(), len(calls)
+    try:
+        return _safe_check(step, ctx)
+    finally:
+        steps.append({"name": step.name, "seconds": time.perf_counter() - t,
+                      "subprocesses": len(calls) - first_call})
+
+
+engine.safe_check = timed_check
+code = 0
+try:
+    cli.main()
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else 0
+finished = time.perf_counter()
+with open(out_path, "w") as f:
+    json.dump({"exit_code": code, "import_cli_seconds": imported - started,
+               "body_seconds": finished - imported, "steps": steps, "subprocesses": calls}, f)
+sys.exit(code)

@@ -1,0 +1,579 @@
+"""Benchmark: gpuswarm-node on a real lab worker, and an Ansible check-mode playbook beside it.
+
+    sudo python3 bench/run.py [--runs N]
+
+Builds the lab once (tests/lab: a bridge and netns, a swarm manager with sshd and a TLS registry,
+and one fresh Debian 12 worker under systemd-nspawn with two fake A100s), runs
+`sudo ./setup.sh --config node.toml` on the fresh worker, then measures inside the worker, with
+perf_counter around a subprocess (bench/timer.py), so nsenter never counts:
+
+  - `gpuswarm-node status` on the converged node;
+  - `gpuswarm-node setup --json` on the converged node, asserting that nothing changed and that
+    Docker's MainPID stayed the same;
+  - `ansible-playbook -c local -i localhost, --check bench/ansible/check.yml`, the same checks in
+    Ansible (ansible-core and community.docker from PyPI, in a venv on the worker), asserting that
+    it passed (exit 0, failed=0, changed=0);
+  - for reference: status through sudo as the node's user, `gpuswarm-node version` (the CLI's
+    floor) and `python -c pass` (the interpreter's floor).
+
+The commands run round-robin, one warm-up round first (not counted), so that drift in the
+machine's speed hits all of them alike. Then it shows where status's time goes (`python -X
+importtime`, and each step's check and subprocess, bench/profile_status.py). It prints a table
+and writes bench/results.md. Not a test: it checks the runs are valid, compares the figures
+with the goals, and exits 1 only when a run was invalid (a goal missed is reported, exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results.md"
+
+# Paths inside the lab worker.
+GSN = "/usr/local/bin/gpuswarm-node"
+GSN_PYTHON = "/opt/gpuswarm-node/venv/bin/python"
+WORK = "/root/bench"
+ANSIBLE_DIR = "/opt/bench-ansible"
+ANSIBLE_VENV = f"{ANSIBLE_DIR}/venv"
+ANSIBLE_COLLECTIONS = f"{ANSIBLE_DIR}/collections"
+RUN_LOG = "/var/log/gpuswarm-node/runs.jsonl"
+
+GOAL_STATUS_S = 0.5
+GOAL_SETUP_S = 1.0
+GOAL_RATIO = 10.0
+
+LAB_TOOLS = ("dockerd", "sshd", "docker-registry", "busybox", "debootstrap", "systemd-nspawn",
+             "dpkg-scanpackages", "gcc", "ip", "iptables", "openssl")
+
+
+# --- before the lab -----------------------------------------------------------------------------
+
+def ensure_docker_sdk() -> None:
+    """The lab drives dockerd through the Docker SDK; use the test venv's Python if this one lacks it."""
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        venv_python = REPO / ".venv" / "bin" / "python"
+        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+        sys.exit("bench/run.py: the lab needs the Docker SDK for Python: run ./run-tests.sh once "
+                 "(it makes .venv), or pip install docker")
+
+
+def lab_processes() -> list[str]:
+    """Other processes that may be running the lab (its names are fixed: two runs collide)."""
+    found = []
+    mine = {os.getpid(), os.getppid()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if any(a.endswith("bench/run.py") for a in argv[:3]):
+            found.append(" ".join(argv))
+            continue
+        at = next((i for i, a in enumerate(argv[:3]) if a == "pytest" or a.endswith("/pytest")), None)
+        if at is None:
+            continue
+        paths = [a for a in argv[at + 1:] if not a.startswith("-")]
+        ignores_lab = any(a.startswith("--ignore=tests/lab") for a in argv)
+        touches_lab = any("tests/lab" in a for a in paths) or (not ignores_lab and (
+            not paths or any(p.rstrip("/") in ("tests", ".") for p in paths)))
+        if touches_lab:
+            found.append(" ".join(argv))
+    return found
+
+
+def wait_for_quiet_lab(timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = lab_processes()
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            sys.exit("bench/run.py: another lab run is still going; not starting:\n  " + "\n  ".join(busy))
+        print(f"waiting for another lab run to finish: {busy[0][:120]}", flush=True)
+        time.sleep(20)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def parse_render(text: str) -> dict[str, str]:
+    """`gpuswarm-node render`'s output as {path: content}."""
+    files: dict[str, str] = {}
+    current = None
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"# ==> (\S+) \(([\w-]+)\)\n?$", line)
+        if m:
+            current = m.group(1)
+            files[current] = ""
+        elif current is not None:
+            files[current] += line
+    return files
+
+
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)",
+                   re.M)
+
+
+def recap(output: str) -> dict[str, int] | None:
+    m = RECAP.search(output)
+    if not m:
+        return None
+    return dict(zip(("ok", "changed", "unreachable", "failed", "skipped"), map(int, m.groups()[1:])))
+
+
+class Invalid(AssertionError):
+    """A measured run did not do what it must (status not ok, setup changed something, ...)."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise Invalid(message)
+
+
+# --- on the worker ------------------------------------------------------------------------------
+
+def fresh_setup(worker, config: str) -> dict:
+    say("fresh setup: sudo ./setup.sh --config node.toml (installs Docker, the toolkit, joins the swarm)")
+    started = time.monotonic()
+    result = worker.as_user(f"sudo ./setup.sh --config {config}")
+    wall = time.monotonic() - started
+    require(result.returncode == 0, "fresh setup failed:\n" + result.stdout[-3000:] + result.stderr[-3000:])
+    entries = [json.loads(line) for line in worker.machine.read_file(RUN_LOG).splitlines() if line.strip()]
+    run_id = entries[-1]["run"]
+    steps = [e for e in entries if e["run"] == run_id]
+    say(f"fresh setup took {wall:.1f} s")
+    return {"wall_seconds": wall, "steps": steps}
+
+
+def install_ansible(worker) -> dict:
+    """ansible-core, the Docker SDK and requests in a venv; community.docker from the `ansible`
+    package on PyPI (the collection is not on PyPI by itself), only that collection unpacked."""
+    say("installing ansible-core, the Docker SDK and community.docker on the worker (pip, from PyPI)")
+    started = time.monotonic()
+    pip = f"{ANSIBLE_VENV}/bin/python -m pip --disable-pip-version-check --quiet"
+    worker.sh("export DEBIAN_FRONTEND=noninteractive; apt-get -qq update && "
+              # package_facts reads dpkg's database through python3-apt, as on any Debian target.
+              "apt-get install -y -qq --no-install-recommends python3-apt >/dev/null", timeout=900)
+    worker.sh(f"python3 -m venv --system-site-packages {ANSIBLE_VENV} && {pip} install ansible-core docker requests "
+              f"&& {pip} download --no-deps --only-binary=:all: -d {ANSIBLE_DIR}/dl ansible", timeout=1200)
+    extract = f"""
+import glob, json, zipfile
+wheel = glob.glob("{ANSIBLE_DIR}/dl/ansible-*.whl")[0]
+prefix = "ansible_collections/community/docker/"
+with zipfile.ZipFile(wheel) as z:
+    z.extractall("{ANSIBLE_COLLECTIONS}", [n for n in z.namelist() if n.startswith(prefix)])
+import ansible.release, docker
+manifest = json.load(open("{ANSIBLE_COLLECTIONS}/" + prefix + "MANIFEST.json"))
+print(json.dumps({{"ansible-core": ansible.release.__version__, "ansible (package)": wheel.split("/")[-1].split("-")[1],
+                  "community.docker": manifest["collection_info"]["version"], "docker SDK": docker.__version__}}))
+"""
+    versions = json.loads(worker.machine.run([f"{ANSIBLE_VENV}/bin/python", "-c", extract]).stdout)
+    say(f"ansible ready in {time.monotonic() - started:.0f} s: {versions}")
+    return versions
+
+
+def ansible_vars(worker, manager, config: str, tmpfs_path: str, user: str) -> dict:
+    """What the playbook checks against: the node's config and the files gpuswarm-node renders."""
+    render = worker.machine.run([GSN, "render", "--config", config], env={"SUDO_USER": user})
+    files = parse_render(render.stdout)
+    daemon_json = json.loads(files["/etc/docker/daemon.json"])
+    ca_path = f"/etc/docker/certs.d/{manager.registry_address}/ca.crt"
+    ca = files[ca_path]
+    entry = next(line for line in files["/etc/fstab"].splitlines() if line.split()[1:2] == [tmpfs_path])
+    size_mib = int(re.search(r"size=(\d+)m", entry).group(1))
+    # On a converged node what is there is what gpuswarm-node renders: a sanity check of the parse.
+    require(json.loads(worker.machine.read_file("/etc/docker/daemon.json")) == daemon_json,
+            "daemon.json on the node differs from gpuswarm-node render")
+    require(worker.machine.read_file(ca_path) == ca, f"{ca_path} differs from gpuswarm-node render")
+    return {
+        "tmpfs_path": tmpfs_path, "tmpfs_size_bytes": size_mib * 2**20, "node_user": user,
+        "packages": ["docker.io", "nvidia-container-toolkit"], "daemon_json": daemon_json,
+        "registry_ca_path": ca_path, "registry_ca_sha256": hashlib.sha256(ca.encode()).hexdigest(),
+        "image_name": manager.image, "swarm_manager": manager.address,
+    }
+
+
+def ansible_env() -> dict[str, str]:
+    from tests.lab.machine import MACHINE_ENV
+
+    return {**MACHINE_ENV,
+            "ANSIBLE_COLLECTIONS_PATH": ANSIBLE_COLLECTIONS,
+            # Ansible at its fastest: pipelining (no module file copied per task), no colour.
+            "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_RETRY_FILES_ENABLED": "False"}
+
+
+def ansible_argv(home: str, *extra: str) -> list[str]:
+    return [f"{ANSIBLE_VENV}/bin/ansible-playbook", "-c", "local", "-i", "localhost,", "--check",
+            "-e", f"@{WORK}/vars.json", *extra, f"{home}/gpuswarm-node/bench/ansible/check.yml"]
+
+
+def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, list[dict]]:
+    from tests.lab.machine import MACHINE_ENV
+
+    as_sudo = {**MACHINE_ENV, "SUDO_USER": user}  # what sudo sets: the node's user is $SUDO_USER
+    pid_probe = ["systemctl", "show", "--property=MainPID", "--value", "docker"]
+    commands = [
+        {"name": "status", "argv": [GSN, "status", "--config", config], "env": as_sudo, "cwd": "/root"},
+        {"name": "setup", "argv": [GSN, "setup", "--json", "--config", config], "env": as_sudo, "cwd": "/root",
+         "probe": pid_probe},
+        {"name": "ansible", "argv": ansible_argv(home), "env": ansible_env(), "cwd": f"{home}/gpuswarm-node"},
+        {"name": "status-sudo", "argv": ["runuser", "-u", user, "--", "sudo", "gpuswarm-node", "status",
+                                         "--config", config], "env": MACHINE_ENV, "cwd": "/"},
+        {"name": "version", "argv": [GSN, "version"], "env": as_sudo, "cwd": "/root"},
+        {"name": "python", "argv": [GSN_PYTHON, "-c", "pass"], "env": as_sudo, "cwd": "/root"},
+    ]
+    spec = {"runs": runs, "warmup": 1, "commands": commands}
+    pid_before = worker.sh(" ".join(pid_probe)).stdout.strip()
+    say(f"measuring: {runs} rounds (+1 warm-up) of {', '.join(c['name'] for c in commands)}, round-robin")
+    result = worker.machine.run(["python3", f"{WORK}/timer.py"], input=json.dumps(spec),
+                                timeout=120 + runs * 120)
+    data = json.loads(result.stdout)
+    validate(data, pid_before)
+    return data
+
+
+def validate(data: dict[str, list[dict]], pid_before: str) -> None:
+    for run in data["status"] + data["status-sudo"]:
+        require(run["rc"] == 0, f"status exited {run['rc']} on the converged node:\n{run['stdout']}{run['stderr']}")
+    for run in data["setup"]:
+        require(run["rc"] == 0, f"setup exited {run['rc']}:\n{run['stdout']}{run['stderr']}")
+        report = json.loads(run["stdout"])
+        require(report["ok"] and report["changed"] == [], f"setup on the converged node changed {report['changed']}")
+        require(run["probe"] == pid_before, f"docker's MainPID went from {pid_before} to {run['probe']}")
+    for run in data["ansible"]:
+        summary = recap(run["stdout"])
+        require(run["rc"] == 0 and summary is not None and summary["failed"] == 0 and summary["unreachable"] == 0,
+                f"the playbook did not pass (exit {run['rc']}, {summary}):\n{run['stdout'][-3000:]}{run['stderr'][-2000:]}")
+        require(summary["changed"] == 0, f"the playbook reported changes in check mode: {summary}")
+        require(summary["skipped"] == 0, f"the playbook skipped tasks: {summary}")
+    for run in data["version"] + data["python"]:
+        require(run["rc"] == 0, f"exited {run['rc']}: {run['stderr']}")
+
+
+def negative_control(worker, home: str) -> dict:
+    """The playbook must fail when a check fails: point it at an image the node does not have."""
+    result = worker.machine.run(ansible_argv(home, "-e", "image_name=gsn-bench/absent:none"),
+                                env=ansible_env(), check=False, timeout=300)
+    return {"rc": result.returncode, "recap": recap(result.stdout)}
+
+
+def importtime(worker, config: str, user: str) -> dict:
+    """`python -X importtime -m gpuswarm_node.cli status`, three times; the fastest total kept."""
+    best = None
+    for _ in range(3):
+        result = worker.machine.run(
+            ["sh", "-c", f'cd /root && exec {GSN_PYTHON} -X importtime -m gpuswarm_node.cli status --config "$1"',
+             "sh", config], env={"SUDO_USER": user}, check=False)
+        require(result.returncode == 0, f"status under -X importtime exited {result.returncode}")
+        rows = []
+        for line in result.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+            if m:
+                rows.append({"self_us": int(m.group(1)), "cumulative_us": int(m.group(2)),
+                             "depth": len(m.group(3)) // 2, "module": m.group(4)})
+        total = sum(r["self_us"] for r in rows)
+        if best is None or total < best["total_us"]:
+            best = {"rows": rows, "total_us": total}
+    by_package: dict[str, int] = {}
+    for r in best["rows"]:
+        by_package[r["module"].split(".")[0]] = by_package.get(r["module"].split(".")[0], 0) + r["self_us"]
+    best["by_package"] = sorted(by_package.items(), key=lambda kv: -kv[1])
+    best["top"] = sorted(best["rows"], key=lambda r: -r["cumulative_us"])[:10]
+    best["modules"] = len(best["rows"])
+    return best
+
+
+def profile_status(worker, config: str, user: str) -> dict:
+    """One status with its steps and subprocesses timed (bench/profile_status.py); median of 5 by total."""
+    runs = []
+    for _ in range(5):
+        started = time.monotonic()
+        result = worker.machine.run(
+            ["sh", "-c", f'cd /root && exec {GSN_PYTHON} {WORK}/profile_status.py {WORK}/profile.json '
+                         f'gpuswarm-node status --config "$1"', "sh", config],
+            env={"SUDO_USER": user}, check=False)
+        require(result.returncode == 0, f"profiled status exited {result.returncode}: {result.stderr[-2000:]}")
+        runs.append(json.loads(worker.machine.read_file(f"{WORK}/profile.json")))
+        runs[-1]["host_seconds"] = time.monotonic() - started
+    runs.sort(key=lambda r: r["import_cli_seconds"] + r["body_seconds"])
+    return runs[len(runs) // 2]
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def machine_facts(worker) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal:"))
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{os.cpu_count()}-core VM, {mem / 2**20:.0f} GiB RAM",
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "host python": platform.python_version(),
+        "worker": worker.sh(". /etc/os-release && echo $PRETTY_NAME").stdout.strip()
+        + " under systemd-nspawn on the same host",
+        "worker python (gpuswarm-node's venv)": worker.machine.run([GSN_PYTHON, "-V"]).stdout.strip(),
+        "gpuswarm-node": worker.machine.run([GSN, "version"]).stdout.strip(),
+    }
+
+
+LABELS = {
+    "status": "`gpuswarm-node status` (converged)",
+    "setup": "`gpuswarm-node setup --json` (converged)",
+    "ansible": "Ansible playbook, `--check`",
+    "status-sudo": "status as the user: `sudo gpuswarm-node status`",
+    "version": "`gpuswarm-node version` (CLI floor)",
+    "python": "`python -c pass` (interpreter floor)",
+}
+
+
+def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof, load) -> tuple[str, dict]:
+    s = {name: stats([r["seconds"] for r in runs]) for name, runs in data.items()}
+    ratio = s["ansible"]["median"] / s["status"]["median"]
+    goals = [
+        ("status median < 0.5 s", f"{ms(s['status']['median'])}", s["status"]["median"] < GOAL_STATUS_S),
+        ("setup (converged) median < 1 s", f"{ms(s['setup']['median'])}", s["setup"]["median"] < GOAL_SETUP_S),
+        ("setup (converged): zero changes, zero Docker restarts",
+         f"changed=[] and MainPID unchanged in all {s['setup']['n']} runs", True),
+        ("status >= 10x faster than the Ansible playbook", f"{ratio:.1f}x", ratio >= GOAL_RATIO),
+    ]
+    lines = []
+    w = lines.append
+    w("# gpuswarm-node benchmark results")
+    w("")
+    w("Made by `sudo python3 bench/run.py"
+      + (f" --runs {args.runs}" if args.runs != 10 else "") + "` (see bench/README.md). Times are taken inside the "
+      "lab worker, with perf_counter around a subprocess; each command ran "
+      f"{args.runs} times, round-robin with the others, after one warm-up round that is not counted.")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for k, v in facts.items():
+        w(f"| {k} | {v} |")
+    for k, v in versions.items():
+        w(f"| {k} | {v} |")
+    w(f"| load average (1 min) before / after measuring | {load[0]} / {load[1]} |")
+    w(f"| lab build (network, manager, fresh worker booted) | {lab_seconds:.0f} s |")
+    w("")
+    w("## Goals")
+    w("")
+    w("| goal | measured | |")
+    w("|---|---|---|")
+    for goal, measured, met in goals:
+        w(f"| {goal} | {measured} | {'met' if met else '**missed**'} |")
+    w("")
+    w("## Converged node")
+    w("")
+    w("| command | median | min – max | runs |")
+    w("|---|---:|---:|---:|")
+    for name in LABELS:
+        x = s[name]
+        w(f"| {LABELS[name]} | {ms(x['median'])} | {ms(x['min'])} – {ms(x['max'])} | {x['n']} |")
+    w("")
+    w(f"**Ansible / status ratio: {ratio:.1f}x** (median over median; "
+      f"{s['ansible']['min'] / s['status']['max']:.1f}x slowest status against fastest playbook).")
+    w("")
+    w(f"The playbook (bench/ansible/check.yml) passed every run: exit 0, "
+      f"`{' '.join(f'{k}={v}' for k, v in recap(data['ansible'][-1]['stdout']).items())}`. "
+      f"Negative control: pointed at an image the node lacks, it exited {neg['rc']} with {neg['recap']}.")
+    w("")
+    w("## Fresh node: `sudo ./setup.sh --config node.toml`")
+    w("")
+    steps_total = sum(e["seconds"] for e in fresh["steps"])
+    w(f"Wall time {fresh['wall_seconds']:.1f} s, of which the steps {steps_total:.1f} s; the rest "
+      f"({fresh['wall_seconds'] - steps_total:.1f} s) is setup.sh making the tool's venv (pip from PyPI) and "
+      "Python starting. Per step, from the run log (/var/log/gpuswarm-node/runs.jsonl):")
+    w("")
+    w("| step | before | after | changed | seconds |")
+    w("|---|---|---|---|---:|")
+    for e in fresh["steps"]:
+        w(f"| {e['step']} | {e['before']} | {e['after']} | {'yes' if e['changed'] else 'no'} | {e['seconds']:.2f} |")
+    w("")
+    w("## Where status's time goes")
+    w("")
+    subs = prof["subprocesses"]
+    w(f"One status run with its seams timed (bench/profile_status.py; median of 5): "
+      f"importing the CLI {ms(prof['import_cli_seconds'])}, the command's body {ms(prof['body_seconds'])}, of which "
+      f"{len(subs)} subprocesses {ms(sum(c['seconds'] for c in subs))}. Add the interpreter's own start "
+      f"(`python -c pass`, {ms(s['python']['median'])}) for the whole.")
+    w("")
+    w("| step check | seconds | subprocesses |")
+    w("|---|---:|---:|")
+    for st in prof["steps"]:
+        w(f"| {st['name']} | {ms(st['seconds'])} | {st['subprocesses']} |")
+    w("")
+    w("| subprocess | seconds |")
+    w("|---|---:|")
+    for c in sorted(subs, key=lambda c: -c["seconds"]):
+        argv = " ".join(c["argv"]) if isinstance(c["argv"], list) else c["argv"]
+        w(f"| `{argv}` | {ms(c['seconds'])} |")
+    w("")
+    w(f"`python -X importtime -m gpuswarm_node.cli status` (fastest of 3): {imports['modules']} modules, "
+      f"{ms(imports['total_us'] / 1e6)} importing in all. Top 10 by cumulative time (depth 0 is imported "
+      "directly by the command):")
+    w("")
+    w("| module | depth | cumulative | self |")
+    w("|---|---:|---:|---:|")
+    for r in imports["top"]:
+        w(f"| `{r['module']}` | {r['depth']} | {r['cumulative_us'] / 1000:.1f} ms | {r['self_us'] / 1000:.1f} ms |")
+    w("")
+    w("Import time by top-level package (self times added up), top 10:")
+    w("")
+    w("| package | ms |")
+    w("|---|---:|")
+    for pkg, us in imports["by_package"][:10]:
+        w(f"| `{pkg}` | {us / 1000:.1f} |")
+    w("")
+    w("## How the playbook compares")
+    w("")
+    w("bench/ansible/check.yml does, with ansible-core and community.docker modules, the checks that "
+      "`gpuswarm-node status` does for: the tmpfs mount and its size (findmnt), the user in the docker group "
+      "(getent), docker.io and nvidia-container-toolkit installed (package_facts), daemon.json equal to what "
+      "`gpuswarm-node render` gives (slurp), the registry CA in certs.d (stat, sha256), the image present "
+      "(docker_image_info), an active worker of the manager's swarm (docker_host_info). It runs with "
+      "`gather_facts: false` and pipelining on, Ansible's fastest settings. status checks more than that "
+      "(fstab, docker.service enabled and running, NVML, the toolkit's apt source and mode, the runtime "
+      "wrapper and slice map, dockerd's start time), so the ratio errs in Ansible's favour.")
+    w("")
+    return "\n".join(lines), {"ratio": ratio, "stats": s, "goals": goals}
+
+
+def print_table(summary: dict) -> None:
+    s = summary["stats"]
+    print()
+    print(f"{'command':<52} {'median':>9} {'min':>9} {'max':>9} {'runs':>5}")
+    for name, label in LABELS.items():
+        x = s[name]
+        print(f"{label.replace('`', ''):<52} {ms(x['median']):>9} {ms(x['min']):>9} {ms(x['max']):>9} {x['n']:>5}")
+    print(f"\nAnsible / status ratio (medians): {summary['ratio']:.1f}x")
+    for goal, measured, met in summary["goals"]:
+        print(f"  {'met   ' if met else 'MISSED'}  {goal}: {measured}")
+    print(f"\nwritten: {RESULTS.relative_to(REPO)}")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="measured runs of each command (default 10)")
+    parser.add_argument("--wait", type=float, default=1800,
+                        help="seconds to wait for another lab run to finish (default 1800)")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if os.geteuid() != 0:
+        print("bench/run.py: the lab needs root (network namespaces, dockerd, nspawn): run it with sudo",
+              file=sys.stderr)
+        return 2
+    missing = [t for t in LAB_TOOLS if not shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    if missing:
+        print(f"bench/run.py: missing lab tools: {', '.join(missing)}; ./run-tests.sh installs them", file=sys.stderr)
+        return 2
+    ensure_docker_sdk()
+    wait_for_quiet_lab(args.wait)
+    # A plain kill must still tear the lab down: SIGTERM unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    sys.path.insert(0, str(REPO))
+    from tests.lab import fake_nvml, toolkit_deb
+    from tests.lab import machine as lab_machine
+    from tests.lab.manager import ManagerHost
+    from tests.lab.network import LabNetwork, cleanup_stale
+    from tests.lab.worker import CONFIG, HOME, TMPFS, USER, provisioned_worker
+
+    with tempfile.TemporaryDirectory(prefix="gsn-bench-", ignore_cleanup_errors=True) as tmp, \
+            contextlib.ExitStack() as lab:
+        tmp = Path(tmp)
+        started = time.monotonic()
+        say("building the lab: network, manager (dockerd, swarm, sshd, TLS registry), fresh worker")
+        cleanup_stale()
+        lab_machine.cleanup_stale()
+        network = lab.enter_context(LabNetwork())
+        manager = lab.enter_context(ManagerHost(network, tmp / "mgr"))
+        toolkit_repo = toolkit_deb.build_repo(tmp / "toolkit-repo")
+        nvml_lib_dir = fake_nvml.build(tmp / "fake-nvml")
+        worker = lab.enter_context(provisioned_worker(network, manager, tmp, toolkit_repo, nvml_lib_dir))
+        lab_seconds = time.monotonic() - started
+        say(f"lab up in {lab_seconds:.0f} s")
+
+        hold = os.environ.get("GSN_BENCH_HOLD")  # debugging: keep the lab up on failure while this file exists
+        try:
+            fresh = fresh_setup(worker, CONFIG)
+            for name in ("timer.py", "profile_status.py"):
+                worker.machine.copy_in(BENCH / name, f"{WORK}/{name}")
+            status = worker.machine.run([GSN, "status", "--json", "--config", CONFIG], env={"SUDO_USER": USER},
+                                        check=False)
+            require(status.returncode == 0, f"the node is not converged after the fresh setup:\n{status.stdout}")
+
+            versions = install_ansible(worker)
+            variables = ansible_vars(worker, manager, CONFIG, TMPFS, USER)
+            worker.machine.run(["sh", "-c", f"cat > {WORK}/vars.json"], input=json.dumps(variables, indent=2))
+
+            load_before = Path("/proc/loadavg").read_text().split()[0]
+            data = measure(worker, args.runs, CONFIG, USER, HOME)
+            load_after = Path("/proc/loadavg").read_text().split()[0]
+            neg = negative_control(worker, HOME)
+            require(neg["rc"] != 0 and (neg["recap"] or {}).get("failed") == 1,
+                    f"the playbook did not fail for a missing image: {neg}")
+            say("where status's time goes: -X importtime, and its steps and subprocesses timed")
+            imports = importtime(worker, CONFIG, USER)
+            prof = profile_status(worker, CONFIG, USER)
+            facts = machine_facts(worker)
+        except BaseException:
+            if hold:
+                Path(hold).touch()
+                say(f"holding the lab (worker init pid {worker.machine.init_pid}) until {hold} is removed")
+                while Path(hold).exists():
+                    time.sleep(2)
+            raise
+        say("tearing the lab down")
+
+    report, summary = build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof,
+                                   (load_before, load_after))
+    RESULTS.write_text(report)
+    print_table(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Invalid as exc:
+        print(f"bench/run.py: invalid run: {exc}", file=sys.stderr)
+        sys.exit(1)
