@@ -7,6 +7,7 @@ tests give a different `Host` with the state they want to see.
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
 import shutil
@@ -74,6 +75,10 @@ def atomic_write(target: Path, content: str, mode: int = 0o644) -> None:
         mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
     except FileNotFoundError:
         owner = None
+    # A writer killed between its temp file and the rename left the temp file behind; only one
+    # setup runs at a time (lock.py), so any such file is stale.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:

@@ -73,8 +73,6 @@ def test_killed_writer_leaves_old_or_new_never_partial(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert target.read_text() in (old, new), f"partial file after kill at attempt {attempt}"
-        for leftover in tmp_path.glob(".fstab.*.tmp"):
-            leftover.unlink()  # a killed writer may leave its temp file; the target is what matters
 
 
 def test_second_holder_of_the_lock_is_refused_with_the_pid(tmp_path):
@@ -99,3 +97,13 @@ def test_setup_refuses_while_another_runs(gsn, tmp_path):
         os.close(fd)
     assert result.returncode == 1
     assert "another gpuswarm-node setup is running (pid 4242)" in result.stderr
+
+
+def test_a_killed_writers_temp_file_is_cleaned_by_the_next_write(tmp_path):
+    target = tmp_path / "daemon.json"
+    stale = tmp_path / ".daemon.json.abc123.tmp"
+    stale.write_text("half")
+    other = tmp_path / ".fstab.abc123.tmp"
+    other.write_text("not ours to clean now")
+    LocalHost(backup_dir=str(tmp_path / "bk")).write_text(str(target), "{}\n")
+    assert not stale.exists() and other.exists()
