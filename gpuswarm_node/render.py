@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 from pathlib import Path
 
 import jinja2
@@ -23,6 +24,8 @@ def _environment() -> jinja2.Environment:
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2)
     # Python literals in generated Python (the runtime wrapper, hub config lines).
     env.filters["pyrepr"] = repr
+    # Words in generated sh (the runtime wrapper's front).
+    env.filters["shquote"] = shlex.quote
     return env
 
 

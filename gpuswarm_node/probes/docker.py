@@ -5,9 +5,13 @@ The SDK is imported on first use, so commands that never talk to Docker do not p
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 from typing import Callable, Protocol
 
 from ..errors import StepFailed
@@ -48,11 +52,66 @@ class DockerApi(Protocol):
     def info(self) -> dict: ...
 
 
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def unix_socket_path(host: str) -> str | None:
+    return host[len("unix://"):] if host.startswith("unix://") else None
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+class EngineSocket:
+    """Read-only GETs of the Engine API over its unix socket, with the standard library."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path, self.timeout = path, timeout
+
+    def get(self, url: str, missing_ok: bool = False):
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            conn.request("GET", url, headers={"Host": "docker"})
+            response = conn.getresponse()
+            body = response.read()
+        except OSError as exc:
+            raise StepFailed(f"the Docker daemon does not answer at unix://{self.path} ({exc}).",
+                             "Make sure docker is installed and running (setup --only docker).") from None
+        finally:
+            conn.close()
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status != 200:
+            raise StepFailed(f"the Docker daemon answered {response.status} to GET {url}: "
+                             f"{body.decode(errors='replace').strip()}.", "Check the Docker daemon's log.")
+        return json.loads(body) if body.strip().startswith((b"{", b"[")) else body.decode()
+
+    def unreachable_reason(self) -> str | None:
+        try:
+            self.get("/_ping")
+        except StepFailed:
+            return f"the Docker daemon does not answer at unix://{self.path}"
+        return None
+
+
 class SdkDocker:
-    """The local daemon (DOCKER_HOST or the default socket) through the Docker SDK."""
+    """The local daemon (DOCKER_HOST or the default socket): changes through the Docker SDK."""
 
     def __init__(self) -> None:
         self._client = None
+        # Reads (ping, info, image lookups) go straight to a local socket: importing the SDK
+        # (which pulls in paramiko for ssh:// hosts) costs more than all of status's checks.
+        path = unix_socket_path(docker_host())
+        self._engine = EngineSocket(path) if path else None
 
     @property
     def client(self):
@@ -67,19 +126,22 @@ class SdkDocker:
         return self._client
 
     def unreachable_reason(self) -> str | None:
+        if self._engine is not None:
+            return self._engine.unreachable_reason()
         import docker
 
         try:
             self.client.ping()
         except (docker.errors.DockerException, StepFailed, OSError):
-            where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-            return f"the Docker daemon does not answer at {where}"
+            return f"the Docker daemon does not answer at {docker_host()}"
         return None
 
     def info(self) -> dict:
-        return self.client.info()
+        return self._engine.get("/info") if self._engine is not None else self.client.info()
 
     def image_present(self, name: str) -> bool:
+        if self._engine is not None:
+            return self._engine.get(f"/images/{quote(name, safe='/:@')}/json", missing_ok=True) is not None
         import docker
 
         try:
@@ -106,10 +168,10 @@ class SdkDocker:
     def swarm(self) -> SwarmMembership:
         # Right after dockerd starts, a member is "pending" while it reconnects to its managers.
         deadline = time.monotonic() + PENDING_WAIT
-        sw = self.client.info().get("Swarm", {})
+        sw = self.info().get("Swarm", {})
         while sw.get("LocalNodeState") == "pending" and time.monotonic() < deadline:
             time.sleep(0.5)
-            sw = self.client.info().get("Swarm", {})
+            sw = self.info().get("Swarm", {})
         return SwarmMembership(
             state=sw.get("LocalNodeState", "inactive"),
             node_id=sw.get("NodeID", ""),

@@ -1,11 +1,12 @@
 """docker-daemon: daemon.json advertises the GPU slices and makes the slice-aware runtime the default.
 
-The runtime is a small wrapper (templates/gpuswarm-runtime.j2) around nvidia-container-runtime
-that gives each container exactly the devices behind its slices, using the slice map written
-beside it. Keys of daemon.json the tool does not own are kept. Docker is restarted only when what
-it reads changed, or when the running dockerd started before daemon.json last changed (someone
-edited it by hand); the wrapper and the slice map are read per container start, so changing them
-needs no restart.
+The runtime is a small wrapper around nvidia-container-runtime that gives each container exactly
+the devices behind its slices, using the slice map: an sh front (templates/gpuswarm-runtime.sh.j2)
+that Docker runs for every runtime call, and the Python program it starts only for `create`
+(templates/gpuswarm-runtime.j2). Keys of daemon.json the tool does not own are kept. Docker is
+restarted only when what it reads changed, or when the running dockerd started before daemon.json
+last changed (someone edited it by hand); the wrapper and the slice map are read per container
+start, so changing them needs no restart.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
 DOCKER_UNITS = ("/etc/systemd/system/docker.service", "/lib/systemd/system/docker.service",
                 "/usr/lib/systemd/system/docker.service")
 WRAPPER = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime"
+WRAPPER_PROGRAM = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py"
+# The distribution's Python, not the tool's venv: the wrapper must keep working whatever happens
+# to /opt/gpuswarm-node, and needs nothing beyond the standard library.
+WRAPPER_PYTHON = "/usr/bin/python3"
 SLICE_MAP = "/etc/gpuswarm-node/slices.json"
 NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
 # Registered under its own name: `docker run --runtime nvidia --gpus ...` still reaches the
@@ -78,6 +83,13 @@ def advertised(settings: dict) -> list[tuple[str, str]]:
 
 
 def wrapper_text() -> str:
+    """The sh front Docker runs (daemon.json names it)."""
+    return render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON, program=WRAPPER_PROGRAM,
+                  runtime=NVIDIA_RUNTIME["path"])
+
+
+def wrapper_program_text() -> str:
+    """The Python program the front starts for `create`."""
     return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"])
 
 
@@ -151,7 +163,8 @@ class DockerDaemonStep:
 
     def files(self, ctx: Context) -> list[PlannedFile]:
         _inventory, slices, _text, _existing, merged = self._settings(ctx)
-        files = [PlannedFile(WRAPPER, wrapper_text()),
+        files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text()),
+                 PlannedFile(WRAPPER, wrapper_text()),
                  PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
                  PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
         dropin = self._dropin(ctx, merged)
@@ -164,6 +177,16 @@ class DockerDaemonStep:
         host, kind = ctx.host, ctx.config.gpu.resource
         actions: list = []
         reasons: list[str] = []
+        # The program goes before the front that starts it: upgrading from the one-file wrapper,
+        # a front written first would fail every `create` until the program is there.
+        # 0644, not executable: only the front runs it, through python3. Nothing in it is secret
+        # (it is the template's text), and a root-only file would make a non-root `status`
+        # fail to compare it; the front and the slice map are world-readable too.
+        want_program, have_program = wrapper_program_text(), host.read_text(WRAPPER_PROGRAM)
+        if have_program != want_program:
+            actions.append(WriteFile(WRAPPER_PROGRAM, want_program, have_program, mode=0o644))
+            reasons.append(f"runtime wrapper program {WRAPPER_PROGRAM} "
+                           f"{'is missing' if have_program is None else 'differs'}")
         want, have = wrapper_text(), host.read_text(WRAPPER)
         if have != want:
             actions.append(WriteFile(WRAPPER, want, have, mode=0o755))

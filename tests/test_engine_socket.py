@@ -1,0 +1,78 @@
+"""The stdlib reader of the Engine API over a unix socket, against a real HTTP server on a socket."""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from gpuswarm_node.probes.docker import SdkDocker
+
+IMAGE = "198.18.0.1:5000/gsn/notebook:test"
+
+
+class FakeEngine(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+        FakeEngine.seen.append(self.path)
+        if self.path == "/_ping":
+            self._reply(200, b"OK", "text/plain")
+        elif self.path == "/info":
+            self._reply(200, json.dumps({"Swarm": {"LocalNodeState": "active", "NodeID": "n1",
+                                                   "ControlAvailable": False,
+                                                   "RemoteManagers": [{"Addr": "198.18.0.1:2377"}]}}).encode())
+        elif self.path == f"/images/{IMAGE}/json":
+            self._reply(200, b'{"Id": "sha256:abc"}')
+        else:
+            self._reply(404, b'{"message": "No such image"}')
+
+    def _reply(self, code: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    path = tmp_path / "docker.sock"
+    server = UnixHTTPServer(str(path), FakeEngine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    FakeEngine.seen = []
+    yield path
+    server.shutdown()
+    server.server_close()
+
+
+def test_reads_go_over_the_socket_without_the_sdk(engine):
+    docker = SdkDocker()
+    assert docker.unreachable_reason() is None
+    membership = docker.swarm()
+    assert (membership.state, membership.node_id, membership.manager_addrs) == ("active", "n1", ("198.18.0.1:2377",))
+    assert docker.image_present(IMAGE) is True
+    assert docker.image_present("absent:1") is False
+    assert FakeEngine.seen == ["/_ping", "/info", f"/images/{IMAGE}/json", "/images/absent:1/json"]
+    assert docker._client is None  # the SDK was never loaded for reads
+
+
+def test_a_daemon_that_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
+    assert SdkDocker().unreachable_reason() == f"the Docker daemon does not answer at unix://{tmp_path / 'nobody.sock'}"
