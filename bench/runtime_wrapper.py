@@ -1,15 +1,17 @@
 """Benchmark: what the slice-aware runtime wrapper adds to each container start.
 
-    python3 bench/runtime_wrapper.py [--runs N]
+    python3 bench/runtime_wrapper.py [--runs N] [--rounds R]
 
-Docker calls its runtime at least twice to start a container: `create` (the wrapper reads the
-slice map and rewrites the bundle's config.json) and `start` (the fast path: straight exec). Both
-are timed here against calling the NVIDIA runtime directly. The wrapper is the product's own
-template, rendered as setup renders it except for the slice map's path; the NVIDIA runtime is a
-stand-in that exits 0 at once (a link to `true`), so the difference is the wrapper alone. The
-bundle is a realistic Docker spec (tests/data/docker-bundle-config.json), restored before every
-`create` so each call does the full rewrite. Calls alternate between the two, so drift in the
-machine's speed hits both alike.
+Docker calls its runtime at least twice to start a container: `create` (the wrapper's sh front
+starts the Python program, which reads the slice map and rewrites the bundle's config.json) and
+`start` (the front execs the NVIDIA runtime; no Python). Both are timed against calling the NVIDIA
+runtime directly, and against the previous layout, where Docker ran the Python program itself
+for every call. The front and the program are the product's own templates, rendered as setup
+renders them except for their paths; the NVIDIA runtime is a stand-in that exits 0 at once (a
+link to `true`), so the difference is the wrapper alone. The bundle is a realistic Docker spec
+(tests/data/docker-bundle-config.json), restored before every `create` so each call does the
+full rewrite. Calls alternate between the layouts, so drift in the machine's speed hits all
+alike; the rounds are repeated so that a noisy machine shows as a range instead of one figure.
 
 Not a test: it prints figures for the README and asserts nothing.
 """
@@ -32,10 +34,13 @@ sys.path.insert(0, str(REPO))
 
 from gpuswarm_node.render import render  # noqa: E402
 from gpuswarm_node.slices import slice_map_text  # noqa: E402
+from gpuswarm_node.steps.docker_daemon import NVIDIA_RUNTIME, WRAPPER_PYTHON  # noqa: E402
 
 BUNDLE_CONFIG = REPO / "tests" / "data" / "docker-bundle-config.json"
 # Eight GPUs with three slices each: a larger map than most nodes have.
 SLICES = [f"GPU-0000000{g}-1111-4222-8333-444444444444::{n}" for n in (1, 2, 3) for g in range(8)]
+LAYOUTS = ("direct", "front", "python-only")
+WARMUP = 20
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -44,23 +49,32 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def summary(values: list[float]) -> str:
-    return f"median {statistics.median(values):6.2f} ms   (min {min(values):6.2f}, max {max(values):6.2f})"
+def span(values: list[float]) -> str:
+    """Median of the round medians, and their range."""
+    return f"{statistics.median(values):6.2f}  ({min(values):5.2f}-{max(values):5.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind (default 300)")
-    runs = parser.parse_args().runs
+    parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind per round (default 300)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each with its own median (default 3)")
+    options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gpuswarm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         slice_map = tmp / "slices.json"
         slice_map.write_text(slice_map_text("gpu", SLICES))
-        wrapper = tmp / "gpuswarm-runtime"
-        wrapper.write_text(render("gpuswarm-runtime.j2", slice_map=str(slice_map),
-                                  runtime="nvidia-container-runtime"))
-        wrapper.chmod(0o755)
+        program_text = render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"])
+        program = tmp / "gpuswarm-runtime.py"
+        program.write_text(program_text)
+        front = tmp / "gpuswarm-runtime"
+        front.write_text(render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON, program=str(program),
+                                runtime=NVIDIA_RUNTIME["path"]))
+        front.chmod(0o755)
+        # The previous layout: the same program, run by Docker through its own #! line.
+        python_only = tmp / "gpuswarm-runtime-python-only"
+        python_only.write_text(f"#!{WRAPPER_PYTHON} -IS\n" + program_text)
+        python_only.chmod(0o755)
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
         stand_in = bin_dir / "nvidia-container-runtime"
@@ -70,40 +84,60 @@ def main() -> None:
         config = bundle / "config.json"
         original = BUNDLE_CONFIG.read_text().replace("::2\"", f"::2,{SLICES[9]}\"")
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+        runtime = {"direct": stand_in, "front": front, "python-only": python_only}
 
         create = ["--root", "/run/docker/runtime-runc/moby", "--log", str(bundle / "log.json"),
                   "--log-format", "json", "create", "--bundle", str(bundle),
                   "--pid-file", str(bundle / "init.pid"), "c0ffee"]
         start = ["--root", "/run/docker/runtime-runc/moby", "--log", str(bundle / "log.json"),
                  "--log-format", "json", "start", "c0ffee"]
-        results: dict[str, list[float]] = {k: [] for k in ("create-direct", "create-wrapped",
-                                                           "start-direct", "start-wrapped")}
-        for i in range(runs + 20):  # the first 20 warm the caches and are not counted
-            config.write_text(original)
-            direct_create = timed([str(stand_in), *create], env)
-            config.write_text(original)
-            wrapped_create = timed([str(wrapper), *create], env)
-            assert "NVIDIA_VISIBLE_DEVICES=GPU-00000000-1111-4222-8333-444444444444," in config.read_text()
-            direct_start = timed([str(stand_in), *start], env)
-            wrapped_start = timed([str(wrapper), *start], env)
-            if i >= 20:
-                for key, value in zip(results, (direct_create, wrapped_create, direct_start, wrapped_start)):
-                    results[key].append(value)
+        # Each interpreter's bare start, to tell what the wrapper adds from what starting costs.
+        bare = {"sh -c :": ["/bin/sh", "-c", ":"], "python3 -IS -c pass": [WRAPPER_PYTHON, "-IS", "-c", "pass"]}
 
-    median = {k: statistics.median(v) for k, v in results.items()}
-    added_create = median["create-wrapped"] - median["create-direct"]
-    added_start = median["start-wrapped"] - median["start-direct"]
+        rounds: list[dict[str, float]] = []
+        for _round in range(options.rounds):
+            results: dict[str, list[float]] = {}
+            for i in range(options.runs + WARMUP):  # the first calls warm the caches, not counted
+                timings: dict[str, float] = {}
+                for layout in LAYOUTS:
+                    config.write_text(original)
+                    timings[f"create {layout}"] = timed([str(runtime[layout]), *create], env)
+                    if layout != "direct":
+                        assert "NVIDIA_VISIBLE_DEVICES=GPU-00000000-1111-4222-8333-444444444444," \
+                            in config.read_text(), layout
+                for layout in LAYOUTS:
+                    timings[f"start {layout}"] = timed([str(runtime[layout]), *start], env)
+                for name, argv in bare.items():
+                    timings[name] = timed(argv, env)
+                if i >= WARMUP:
+                    for key, value in timings.items():
+                        results.setdefault(key, []).append(value)
+            rounds.append({key: statistics.median(values) for key, values in results.items()})
+
+    def per_round(fn) -> list[float]:
+        return [fn(r) for r in rounds]
+
+    def added(layout: str, call: str) -> list[float]:
+        return per_round(lambda r: r[f"{call} {layout}"] - r[f"{call} direct"])
+
+    python = subprocess.run([WRAPPER_PYTHON, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.platform()}")
-    python = subprocess.run(["/usr/bin/python3", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"wrapper python: {python} (/usr/bin/python3, as its #! line says)")
-    print(f"{runs} timed calls each; config.json {len(original)} bytes; {len(SLICES)} slices in the map")
+    print(f"wrapper python: {python} ({WRAPPER_PYTHON}, as the front runs it); sh: {os.path.realpath('/bin/sh')}")
+    print(f"{options.rounds} rounds of {options.runs} timed calls each; config.json {len(original)} bytes; "
+          f"{len(SLICES)} slices in the map")
     print()
-    for key, values in results.items():
-        print(f"{key:<15} {summary(values)}")
+    heads = "".join(f"  round {n + 1:<2}" for n in range(options.rounds))
+    print(f"{'median per round, ms':<26}{heads}   median  (range)")
+    for key in rounds[0]:
+        cells = "".join(f"  {r[key]:8.2f}" for r in rounds)
+        print(f"{key:<26}{cells}   {span(per_round(lambda r: r[key]))}")
     print()
-    print(f"added by the wrapper, create (reads and rewrites the spec): {added_create:6.2f} ms (median)")
-    print(f"added by the wrapper, start (fast path, no JSON):          {added_start:6.2f} ms (median)")
-    print(f"added per container start (create + start):                {added_create + added_start:6.2f} ms")
+    print(f"{'added to the direct call, ms':<44}median  (range over rounds)")
+    for layout in ("front", "python-only"):
+        both = per_round(lambda r: sum(r[f"{c} {layout}"] - r[f"{c} direct"] for c in ("create", "start")))
+        print(f"{layout + ': create':<44}{span(added(layout, 'create'))}")
+        print(f"{layout + ': start':<44}{span(added(layout, 'start'))}")
+        print(f"{layout + ': per container (create + start)':<44}{span(both)}")
 
 
 if __name__ == "__main__":

@@ -137,8 +137,8 @@ def test_render_prints_every_file_setup_would_write(gsn, tmp_path):
     assert daemon["default-runtime"] == "gpuswarm"
     assert daemon["runtimes"]["gpuswarm"] == {"path": "/usr/local/lib/gpuswarm-node/gpuswarm-runtime"}
     assert daemon["node-generic-resources"] == [f"gpu={A100.uuid}::{n}" for n in (1, 2, 3)]
-    assert "# ==> /usr/local/lib/gpuswarm-node/gpuswarm-runtime (docker-daemon)\n#!/usr/bin/python3 -IS\n" \
-        in result.stdout
+    assert "# ==> /usr/local/lib/gpuswarm-node/gpuswarm-runtime (docker-daemon)\n#!/bin/sh\n" in result.stdout
+    assert "# ==> /usr/local/lib/gpuswarm-node/gpuswarm-runtime.py (docker-daemon)\n" in result.stdout
     body = result.stdout.split("# ==> /etc/gpuswarm-node/slices.json (docker-daemon)\n")[1].split("# ==>")[0]
     assert json.loads(body)["slices"] == {f"{A100.uuid}::{n}": A100.uuid for n in (1, 2, 3)}
     assert not Path(tmp_path / "scratch").exists()

@@ -1,10 +1,12 @@
-"""The slice-aware runtime wrapper, run as Docker runs it: the rendered program, executed through
-its own #! line, with a stand-in nvidia-container-runtime on PATH that records what it was given.
+"""The slice-aware runtime wrapper, run as Docker runs it: the rendered sh front, executed through
+its own #! line, which starts the rendered Python program beside it with /usr/bin/python3 for a
+`create`; a stand-in nvidia-container-runtime on PATH records what it was given.
 
-Only the slice map's path differs from what setup installs. Every class of DOCKER_RESOURCE_<KIND>
-input is here: one slice, several slices of one GPU, slices of several GPUs, MIG, none, malformed
-and unknown; then the OCI command lines (the fast path that reads no JSON, the bundle forms), and
-the failure paths, which must stop the container rather than pass it through.
+Only the paths of the program and the slice map differ from what setup installs. Every class of
+DOCKER_RESOURCE_<KIND> input is here: one slice, several slices of one GPU, slices of several
+GPUs, MIG, none, malformed and unknown; then the OCI command lines (calls that never start Python,
+the bundle forms), and the failure paths, which must stop the container rather than pass it
+through.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 
 from gpuswarm_node.render import render
 from gpuswarm_node.slices import slice_map_text
+from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_program_text,
+                                               wrapper_text)
 
 G0 = "GPU-00000000-1111-4222-8333-444444444444"
 G1 = "GPU-00000001-1111-4222-8333-444444444444"
@@ -27,22 +31,35 @@ MIG = "MIG-11111111-aaaa-5bbb-8ccc-000000000001"
 ADVERTISED = [f"{G0}::1", f"{G1}::1", MIG, f"{G0}::2", f"{G1}::2", f"{G0}::3", f"{G1}::3"]
 BUNDLE_CONFIG = Path(__file__).parent / "data" / "docker-bundle-config.json"
 STAND_IN = """#!/bin/sh
-# nvidia-container-runtime stand-in: record the arguments and the spec it was handed.
-printf '%s\\n' "$0" "$@" > "$RECORD/argv"
+# nvidia-container-runtime stand-in: record the arguments, NUL-terminated so that any argument
+# (empty, with a newline) comes back exactly.
+printf '%s\\0' "$0" "$@" > "$RECORD/argv"
 exit "${STAND_IN_RC:-0}"
+"""
+# Put where the front runs the program: it records that Python ran, then fails the call.
+PYTHON_TRIPWIRE = """import json, os, sys
+with open(os.path.join(os.environ["RECORD"], "python"), "w") as fh:
+    json.dump({"argv": sys.argv[1:], "executable": sys.executable, "isolated": sys.flags.isolated,
+               "no_site": sys.flags.no_site}, fh)
+sys.exit(99)
 """
 
 
 class Node:
-    """A wrapper, its slice map, a stand-in NVIDIA runtime and a bundle, all under tmp_path."""
+    """The wrapper's front and program as setup lays them out (0755 and 0644), its slice map, a
+    stand-in NVIDIA runtime and a bundle, all under tmp_path."""
 
     def __init__(self, tmp_path: Path, kind: str = "gpu", slices: list[str] = ADVERTISED) -> None:
         self.tmp = tmp_path
         self.slice_map = tmp_path / "slices.json"
         self.slice_map.write_text(slice_map_text(kind, slices))
+        self.program = tmp_path / "gpuswarm-runtime.py"
+        self.program.write_text(render("gpuswarm-runtime.j2", slice_map=str(self.slice_map),
+                                       runtime=NVIDIA_RUNTIME["path"]))
+        self.program.chmod(0o644)
         self.wrapper = tmp_path / "gpuswarm-runtime"
-        self.wrapper.write_text(render("gpuswarm-runtime.j2", slice_map=str(self.slice_map),
-                                       runtime="nvidia-container-runtime"))
+        self.wrapper.write_text(render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON,
+                                       program=str(self.program), runtime=NVIDIA_RUNTIME["path"]))
         self.wrapper.chmod(0o755)
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
@@ -77,7 +94,12 @@ class Node:
 
     def forwarded(self) -> list[str] | None:
         path = self.record / "argv"
-        return path.read_text().splitlines()[1:] if path.exists() else None
+        return path.read_text().split("\0")[1:-1] if path.exists() else None
+
+    def python_call(self) -> dict | None:
+        """What the tripwire program recorded, if Python was started."""
+        path = self.record / "python"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def env_after(self) -> list[str]:
         return json.loads(self.config.read_text())["process"]["env"]
@@ -227,24 +249,74 @@ def test_spec_survives_the_round_trip(node):
 
 # --- the command line -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [
+NOT_CREATE = [
     ["--root", "/run/docker/runtime-runc/moby", "--log", "/x/log.json", "--log-format", "json", "start", "c0ffee"],
     ["--root", "/run/x", "delete", "--force", "c0ffee"],
     ["state", "c0ffee"],
     ["kill", "c0ffee", "9"],
     ["--version"],
-    ["--bundle", "create", "start", "c0ffee"],
-], ids=["start", "delete", "state", "kill", "version", "create-as-bundle-name"])
-def test_other_commands_pass_through_without_reading_json(node, args):
-    node.slice_map.write_text("this is not JSON")  # any read of it would fail the call
+    [],
+    ["state", "", "a b", "*", "$HOME", "x\ny", "--bundle=create", "-b", "--", "'", "\\", "created", " create"],
+]
+NOT_CREATE_IDS = ["start", "delete", "state", "kill", "version", "no-arguments", "odd-arguments"]
+
+
+@pytest.mark.parametrize("args", NOT_CREATE, ids=NOT_CREATE_IDS)
+@pytest.mark.parametrize("program", ["tripwire", "absent"])
+def test_other_commands_never_start_python(node, args, program):
+    if program == "absent":
+        node.program.unlink()
+    else:
+        node.program.write_text(PYTHON_TRIPWIRE)
+    result = node.run(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert node.python_call() is None
+    assert node.forwarded() == args
+
+
+def test_create_starts_python_isolated_with_the_same_arguments(node):
+    # The counterpart of the test above: the tripwire does catch a Python start.
+    node.program.write_text(PYTHON_TRIPWIRE)
+    args = ["--root", "/run/x", "create", "--bundle", str(node.bundle), "", "a b", "x\ny", "c0ffee"]
+    result = node.run(*args)
+    assert result.returncode == 99
+    assert node.python_call() == {"argv": args, "executable": WRAPPER_PYTHON, "isolated": 1, "no_site": 1}
+    assert node.forwarded() is None
+
+
+def test_an_argument_named_create_that_is_not_the_command_passes_through(node):
+    # The front sends it to Python; Python sees no create and must not read any JSON.
+    node.slice_map.write_text("this is not JSON")
+    args = ["--bundle", "create", "start", "c0ffee"]
     result = node.run(*args)
     assert result.returncode == 0, result.stderr
     assert node.forwarded() == args
 
 
+def test_the_front_needs_nothing_on_path_but_the_runtime(node):
+    node.spec(resource_env(f"{G0}::1"))
+    bin_only = str(node.tmp / "bin")
+    assert node.create(path=bin_only).returncode == 0
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G0}"]
+    result = node.run("start", "c0ffee", path=bin_only)
+    assert result.returncode == 0, result.stderr
+    assert node.forwarded() == ["start", "c0ffee"]
+
+
+def test_paths_that_need_quoting(tmp_path):
+    (tmp_path / "a b'c$d").mkdir()
+    node = Node(tmp_path / "a b'c$d")
+    node.spec(resource_env(f"{G1}::1"))
+    assert node.create().returncode == 0
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G1}"]
+
+
 def test_exit_status_of_the_nvidia_runtime_is_kept(node):
     result = node.run("start", "c0ffee", extra_env={"STAND_IN_RC": "3"})
     assert result.returncode == 3
+    node.spec(resource_env(f"{G0}::1"))
+    assert node.create(extra_env={"STAND_IN_RC": "4"}).returncode == 4
 
 
 @pytest.mark.parametrize("form", ["--bundle DIR", "-b DIR", "--bundle=DIR", "-b=DIR", "cwd"])
@@ -302,19 +374,56 @@ def test_anything_unreadable_fails_the_start(node, damage, message):
     assert node.forwarded() is None
 
 
+def test_refusal_comes_through_the_front_as_python_gave_it(node):
+    node.spec(resource_env(f"{G0}::9"))
+    through_front = node.create()
+    direct = subprocess.run([WRAPPER_PYTHON, "-IS", str(node.program), "create", "--bundle", str(node.bundle)],
+                            env={"PATH": node.path}, capture_output=True, text=True, timeout=30)
+    assert through_front.returncode == direct.returncode == 1
+    assert through_front.stderr == direct.stderr == (
+        f"gpuswarm-runtime: slice '{G0}::9' in DOCKER_RESOURCE_GPU is not advertised on this node\n")
+    assert through_front.stdout == direct.stdout == ""
+
+
+def test_missing_program_fails_create(node):
+    node.spec(resource_env(f"{G0}::1"))
+    before = node.config.read_bytes()
+    node.program.unlink()
+    result = node.create()
+    assert result.returncode != 0
+    assert str(node.program) in result.stderr
+    assert node.forwarded() is None
+    assert node.config.read_bytes() == before
+
+
 def test_missing_nvidia_runtime_is_named(node):
     node.spec(resource_env(f"{G0}::1"))
     result = node.create(path=str(node.tmp / "empty"))
     assert result.returncode == 1
     assert result.stderr == "gpuswarm-runtime: cannot run nvidia-container-runtime: No such file or directory\n"
+    result = node.run("start", "c0ffee", path=str(node.tmp / "empty"))
+    assert result.returncode == 127
+    assert "nvidia-container-runtime: not found" in result.stderr
 
 
-def test_installed_wrapper_runs_isolated_python_without_site():
-    text = render("gpuswarm-runtime.j2", slice_map="/etc/gpuswarm-node/slices.json",
-                  runtime="nvidia-container-runtime")
-    assert text.startswith("#!/usr/bin/python3 -IS\n")
-    assert "SLICE_MAP = '/etc/gpuswarm-node/slices.json'" in text
-    compile(text, "gpuswarm-runtime", "exec")
+def test_installed_front_is_minimal_and_program_compiles(tmp_path):
+    front = wrapper_text()
+    assert front.startswith("#!/bin/sh\n")
+    # All of it, to keep it minimal: syntax and builtins only, no subshell, no external program.
+    assert [line.strip() for line in front.splitlines() if not line.lstrip().startswith("#")] == [
+        'for arg in "$@"; do',
+        "case $arg in",
+        'create) exec /usr/bin/python3 -IS /usr/local/lib/gpuswarm-node/gpuswarm-runtime.py "$@" ;;',
+        "esac",
+        "done",
+        'exec nvidia-container-runtime "$@"',
+    ]
+    (tmp_path / "front").write_text(front)
+    result = subprocess.run(["sh", "-n", str(tmp_path / "front")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    program = wrapper_program_text()
+    assert "SLICE_MAP = '/etc/gpuswarm-node/slices.json'" in program
+    compile(program, "gpuswarm-runtime.py", "exec")
 
 
 # --- the JSON codec: C accelerator, and the json module when that is unusable ------------------------

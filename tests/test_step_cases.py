@@ -15,16 +15,17 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.steps import ALL_STEPS
-from gpuswarm_node.steps.docker_daemon import wrapper_text
+from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
 from gpuswarm_node.system import Context, RunOptions
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case
 
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
-# A case names the rendered runtime wrapper instead of spelling out a whole program; its
-# behaviour has tests of its own (test_runtime_wrapper.py).
-PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text}
+# A case names the rendered runtime wrapper (its sh front and its Python program) instead of
+# spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
+PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
+                "<rendered gpuswarm-runtime.py>": wrapper_program_text}
 
 
 def expand(files: dict[str, str]) -> dict[str, str]:
