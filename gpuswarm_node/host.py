@@ -63,6 +63,10 @@ class Host(Protocol):
     def verify_fstab(self, entries: str) -> str | None:
         """What `findmnt --verify` finds wrong with these fstab lines, or None."""
 
+    def validate_docker_config(self, content: str) -> str | None:
+        """What `dockerd --validate` finds wrong with this daemon.json, or None (also when the
+        installed dockerd cannot validate)."""
+
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
 
@@ -190,6 +194,18 @@ class LocalHost:
             return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
+
+    def validate_docker_config(self, content: str) -> str | None:
+        # `dockerd --validate` came with Engine 23; Debian 12's docker.io is 20.10.
+        if "--validate" not in self.query(["dockerd", "--help"]).stdout:
+            return None
+        with tempfile.NamedTemporaryFile("w", prefix="daemon.", suffix=".json") as candidate:
+            candidate.write(content)
+            candidate.flush()
+            result = self.query(["dockerd", "--validate", "--config-file", candidate.name])
+        if result.ok:
+            return None
+        return (result.stderr or result.stdout).strip().replace(candidate.name, "daemon.json") or "invalid"
 
     def verify_fstab(self, entries: str) -> str | None:
         with tempfile.NamedTemporaryFile("w", prefix="gpuswarm-fstab.", suffix=".tab") as tab:

@@ -35,6 +35,7 @@ class FakeHost:
     mtimes: dict[str, float] = field(default_factory=dict)
     effects: dict[str, dict] = field(default_factory=dict)
     fstab_problem: str | None = None
+    docker_config_problem: str | None = None
     actions: list[str] = field(default_factory=list)
 
     @classmethod
@@ -42,7 +43,8 @@ class FakeHost:
         return cls(files=dict(spec.get("files", {})), dirs=set(spec.get("dirs", [])),
                    commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
                    mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
-                   fstab_problem=spec.get("fstab_problem"))
+                   fstab_problem=spec.get("fstab_problem"),
+                   docker_config_problem=spec.get("docker_config_problem"))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -95,6 +97,10 @@ class FakeHost:
 
     def mtime(self, path: str) -> float | None:
         return self.mtimes.get(path, 0.0 if path in self.files else None)
+
+    def validate_docker_config(self, content: str) -> str | None:
+        self.actions.append("validate daemon.json")
+        return self.docker_config_problem
 
     def verify_fstab(self, entries: str) -> str | None:
         self.actions.append(f"verify fstab {entries.strip()}")

@@ -214,6 +214,8 @@ class SdkDocker:
 
     def running_containers(self) -> list[str]:
         """Names of running containers (swarm tasks show as <service>.<slot>.<task id>)."""
+        if self._engine is not None:
+            return [c["Names"][0].lstrip("/") for c in self._engine.get("/containers/json")]
         return [c.name for c in self.client.containers.list()]
 
 

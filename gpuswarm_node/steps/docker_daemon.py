@@ -20,6 +20,7 @@ from ..errors import NvmlUnavailable, StepFailed
 from ..host import Host
 from ..probes import system
 from ..probes.gpu import Inventory
+from .. import restart
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
 from ..system import Context
@@ -243,25 +244,37 @@ class DockerDaemonStep:
         actions, reasons = self._runtime_actions(ctx, slices, devices)
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
-        if existing != merged:
-            restart_for.append(WriteFile(DAEMON_JSON, render("daemon.json.j2", settings=merged), text))
-            reasons += self._daemon_reasons(existing, kind, devices, text)
         want_dropin, have_dropin = self._dropin(ctx, merged), ctx.host.read_text(DROPIN)
+        exec_start = dockerd_exec_start(next((t for t in map(ctx.host.read_text, DOCKER_UNITS) if t), ""))
+        if want_dropin:
+            exec_start = without_host_flags(exec_start)
+        conflicts = restart.conflicting_keys(merged, exec_start)
+        if conflicts:
+            return blocked(f"{DAEMON_JSON} sets {', '.join(conflicts)}, which docker.service also sets as a "
+                           "flag: dockerd refuses to start like that; remove one of the two")
+        if existing != merged:
+            content = render("daemon.json.j2", settings=merged)
+            restart_for += [restart.validate_action(content), WriteFile(DAEMON_JSON, content, text)]
+            reasons += self._daemon_reasons(existing, kind, devices, text)
         if want_dropin != have_dropin:
             restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
             restart_for.append(run_command("systemctl", "daemon-reload"))
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")
         docker_running = system.systemd_running(ctx.host) and system.unit_active(ctx.host, "docker")
         if docker_running:
-            if restart_for:
-                restart_for.append(run_command("systemctl", "restart", "docker", timeout=300,
-                                               progress="restarting docker"))
-            else:
+            restart_needed = bool(restart_for)
+            if not restart_needed:
                 started, changed = dockerd_start_time(ctx.host), ctx.host.mtime(DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
-                    restart_for.append(run_command("systemctl", "restart", "docker", timeout=300,
-                                                   progress="restarting docker"))
+                    restart_needed = True
+            if restart_needed:
+                refusal = restart.restart_refusal(ctx, merged)
+                if refusal:
+                    return blocked("; ".join(reasons + [refusal]))
+                restart_for.append(restart.restart_action(DAEMON_JSON, text))
+                if ctx.options.drain and ctx.config.swarm.manager and ctx.docker.swarm().state == "active":
+                    restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
         # container start runs the wrapper.
         actions += restart_for

@@ -1,0 +1,130 @@
+"""Restarting Docker on a live node: validate first, restart only when allowed, roll back when the
+new configuration does not come up healthy.
+
+A restart stops every container on the node (live-restore cannot be used in swarm mode), so it is
+refused while containers run unless the operator allows it, or asks to drain the node first.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+from .engine import Action, Call
+from .errors import StepFailed
+from .host import Host
+from .system import Context
+
+HEALTHY_WITHIN = 60.0
+
+# dockerd flags whose daemon.json key has another name.
+FLAG_KEYS = {"-H": "hosts", "--host": "hosts", "-D": "debug", "-l": "log-level", "-G": "group",
+             "-p": "pidfile", "-g": "data-root", "--graph": "data-root", "--add-runtime": "runtimes",
+             "--label": "labels", "--dns": "dns", "--registry-mirror": "registry-mirrors",
+             "--insecure-registry": "insecure-registries", "--log-opt": "log-opts",
+             "--storage-opt": "storage-opts", "--exec-opt": "exec-opts",
+             "--default-ulimit": "default-ulimits", "--node-generic-resource": "node-generic-resources"}
+
+
+def flag_keys(argv: list[str]) -> set[str]:
+    """daemon.json keys that dockerd's command line already sets."""
+    keys = set()
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            continue
+        name = arg.split("=", 1)[0]
+        keys.add(FLAG_KEYS.get(name, name.lstrip("-")))
+    return keys
+
+
+def conflicting_keys(settings: dict, exec_start: list[str]) -> list[str]:
+    """Keys set both as a flag and in daemon.json: dockerd refuses to start with those."""
+    return sorted(flag_keys(exec_start) & set(settings))
+
+
+def validate(ctx: Context, content: str) -> None:
+    problem = ctx.host.validate_docker_config(content)
+    if problem:
+        raise StepFailed(f"dockerd rejects the new daemon.json: {problem}; nothing was written.",
+                         "Fix the keys it names in /etc/docker/daemon.json, then run setup again.")
+
+
+def validate_action(content: str) -> Action:
+    return Call("validate the new daemon.json with dockerd --validate (where the engine has it)",
+                lambda ctx: validate(ctx, content))
+
+
+def healthy(ctx: Context, within: float = HEALTHY_WITHIN) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        active = ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active"
+        if active and ctx.docker.unreachable_reason() is None:
+            return True
+        time.sleep(1)
+    return False
+
+
+def restart_with_rollback(ctx: Context, path: str, previous: str | None,
+                          within: float = HEALTHY_WITHIN) -> None:
+    try:
+        ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
+    except StepFailed:
+        pass  # judged by health below, which also covers a restart that "succeeded" and then died
+    if healthy(ctx, within):
+        return
+    log = ctx.host.query(["journalctl", "-u", "docker", "-n", "5", "--no-pager", "-o", "cat"]).stdout.strip()
+    cause = log.splitlines()[-1] if log else "no log"
+    if previous is None:
+        ctx.host.remove(path)
+    else:
+        ctx.host.write_text(path, previous)
+    try:
+        ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
+    except StepFailed:
+        pass
+    back = "Docker is running again on the previous file" if healthy(ctx, within) else \
+        "Docker did not come back on the previous file either"
+    raise StepFailed(f"Docker did not come up healthy with the new {path} ({cause}); the previous file was "
+                     f"restored and {back}.", "Check `journalctl -u docker`, fix daemon.json, run setup again.")
+
+
+def restart_action(path: str, previous: str | None) -> Action:
+    return Call("restart docker, and restore the previous daemon.json if it does not come up healthy",
+                lambda ctx: restart_with_rollback(ctx, path, previous))
+
+
+def set_availability(ctx: Context, availability: str, wait_for_tasks: bool) -> None:
+    from .lifecycle import running_tasks
+    from .manager import ManagerSession
+
+    node = ctx.docker.swarm().node_id
+    with ManagerSession(ctx.config.swarm) as session:
+        session.docker(f"docker node update --availability {availability} {shlex.quote(node)}")
+        deadline = time.monotonic() + 600
+        while wait_for_tasks and running_tasks(session, node):
+            if time.monotonic() > deadline:
+                raise StepFailed("tasks still run on this node 600 s after draining it.",
+                                 "Look at `docker node ps` on the manager.")
+            time.sleep(2)
+
+
+def drain_action() -> Action:
+    return Call("drain this node through the manager and wait for its tasks to move",
+                lambda ctx: set_availability(ctx, "drain", wait_for_tasks=True))
+
+
+def activate_action() -> Action:
+    return Call("make this node active again through the manager",
+                lambda ctx: set_availability(ctx, "active", wait_for_tasks=False))
+
+
+def restart_refusal(ctx: Context, settings: dict) -> str | None:
+    """Why Docker must not be restarted now, or None."""
+    running = ctx.docker.running_containers() if ctx.docker.unreachable_reason() is None else []
+    if not running or ctx.options.allow_restart or ctx.options.drain:
+        return None
+    shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
+    return (f"applying this restarts Docker, which would stop {len(running)} running container(s): {shown}; "
+            "run setup --drain to move swarm tasks off first, or --allow-restart to restart anyway")
+
+
