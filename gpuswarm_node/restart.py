@@ -57,9 +57,11 @@ def validate_action(content: str) -> Action:
 def healthy(ctx: Context, within: float = HEALTHY_WITHIN) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        active = ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active"
-        if active and ctx.docker.unreachable_reason() is None:
+        state = ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip()
+        if state == "active" and ctx.docker.unreachable_reason() is None:
             return True
+        if state in ("failed", "inactive"):
+            return False  # systemd gave up (or never started it): waiting changes nothing
         time.sleep(1)
     return False
 

@@ -47,3 +47,11 @@ def manager(network, lab_tmp):
         yield mgr
     finally:
         mgr.close()
+
+
+@pytest.fixture(scope="session")
+def toolkit_repo(lab_tmp) -> Path:
+    """The stand-in nvidia-container-toolkit package in a flat apt repository."""
+    from .toolkit_deb import build_repo
+
+    return build_repo(lab_tmp / "toolkit-repo")

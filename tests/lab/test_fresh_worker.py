@@ -9,6 +9,7 @@ scheduling through the swarm, a second run, break-and-repair, hostile input, a r
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import docker
@@ -18,11 +19,6 @@ from . import toolkit_deb
 from .util import timed, wait_for
 from .worker import (ADDRESS, CONFIG, EXPECTED_SLICES, HOME, PRESEEDED_DAEMON_JSON, TMPFS, USER,
                      provisioned_worker)
-
-
-@pytest.fixture(scope="module")
-def toolkit_repo(lab_tmp) -> Path:
-    return toolkit_deb.build_repo(lab_tmp / "toolkit-repo")
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +77,43 @@ def test_fresh_machine_becomes_a_ready_worker(worker, fresh_setup, manager):
 
 # --- 2. scheduling through the real swarm ------------------------------------------------------
 
+def runtime_calls(worker) -> dict[str, dict]:
+    """What the stand-in nvidia-container-runtime was asked on `create`, by container id."""
+    calls = toolkit_deb.read_calls(worker.machine.read_file("/var/log/fake-nvidia-runtime/calls.jsonl"))
+    return {c["id"]: c for c in calls if c.get("command") == "create"}
+
+
+def gpu_service(manager, name: str, node_id: str):
+    return manager.docker.services.create(
+        manager.image, command=["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+        name=name, constraints=[f"node.id=={node_id}"],
+        resources=docker.types.Resources(generic_resources={"gpu": 1}),
+        restart_policy=docker.types.RestartPolicy(condition="none"))
+
+
+def running_tasks(services) -> list[dict]:
+    return [t for s in services for t in s.tasks() if t["Status"]["State"] == "running"]
+
+
 def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manager):
     node_id = worker.node_id()
+    gpu_of = {s: s.split("::")[0] for s in EXPECTED_SLICES}
     services = []
     try:
-        for i in range(len(EXPECTED_SLICES) + 1):
-            services.append(manager.docker.services.create(
-                manager.image, command=["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
-                name=f"gsn-nb-{i}", constraints=[f"node.id=={node_id}"],
-                resources=docker.types.Resources(generic_resources={"gpu": 1}),
-                restart_policy=docker.types.RestartPolicy(condition="none")))
+        # One after another, the first two land on different GPUs: the slice list interleaves them.
+        for i in range(2):
+            services.append(gpu_service(manager, f"gsn-nb-{i}", node_id))
+            wait_for(f"service {i} running", lambda: len(running_tasks(services)) == i + 1, timeout=120)
+        first_two = []
+        for service in services:
+            [task] = service.tasks()
+            env = json.loads(worker.sh("docker inspect --format '{{json .Config.Env}}' "
+                                       f"{task['Status']['ContainerStatus']['ContainerID']}").stdout)
+            first_two += [e.split("=", 1)[1] for e in env if e.startswith("DOCKER_RESOURCE_GPU=")]
+        assert len({gpu_of[s] for s in first_two}) == 2, first_two
+
+        for i in range(2, len(EXPECTED_SLICES) + 1):
+            services.append(gpu_service(manager, f"gsn-nb-{i}", node_id))
 
         def states():
             tasks = [t for s in services for t in s.tasks()]
@@ -105,21 +128,33 @@ def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manage
         running, pending = wait_for("every slice taken and one service pending", states, timeout=180,
                                     explain=task_states)
         assert "insufficient resources" in pending[0]["Status"]["Err"]
+        calls = runtime_calls(worker)
         given = []
         for task in running:
             cid = task["Status"]["ContainerStatus"]["ContainerID"]
             env = json.loads(worker.sh(f"docker inspect --format '{{{{json .Config.Env}}}}' {cid}").stdout)
-            given += [e.split("=", 1)[1] for e in env if e.startswith("DOCKER_RESOURCE_GPU=")]
+            [slice_id] = [e.split("=", 1)[1] for e in env if e.startswith("DOCKER_RESOURCE_GPU=")]
+            given.append(slice_id)
+            # The slice-aware runtime handed nvidia-container-runtime the real device of that slice.
+            assert calls[cid]["nvidia_visible_devices"] == gpu_of[slice_id]
         assert sorted(given) == sorted(EXPECTED_SLICES)  # one distinct slice each, all of them used
-
-        # Every container went through the default runtime chain to nvidia-container-runtime.
-        calls = toolkit_deb.read_calls(worker.machine.read_file("/var/log/fake-nvidia-runtime/calls.jsonl"))
-        created = {c["id"] for c in calls if c.get("command") == "create"}
-        assert {t["Status"]["ContainerStatus"]["ContainerID"] for t in running} <= created
     finally:
         for service in services:
             service.remove()
         wait_for("the tasks to stop", lambda: worker.sh("docker ps -q").stdout.strip() == "", timeout=120)
+
+
+def test_a_container_without_a_reservation_sees_no_gpu(worker, fresh_setup, manager):
+    cid = worker.sh(f"docker run -d -e NVIDIA_VISIBLE_DEVICES=all {manager.image} true").stdout.strip()
+    worker.sh(f"docker wait {cid} && docker rm {cid}")
+    assert runtime_calls(worker)[cid]["nvidia_visible_devices"] == "void"
+
+
+def test_a_forged_slice_fails_the_container_start(worker, fresh_setup, manager):
+    forged = f"{EXPECTED_SLICES[0].split('::')[0]}::99"
+    result = worker.sh(f"docker run --rm -e DOCKER_RESOURCE_GPU={forged} {manager.image} true", check=False)
+    assert result.returncode != 0
+    assert "is not advertised on this node" in result.stderr
 
 
 # --- 3. the second run changes nothing --------------------------------------------------------
@@ -171,6 +206,73 @@ def test_break_one_step_and_repair(worker, fresh_setup, manager, step):
 def test_break_everything_at_once_and_repair(worker, fresh_setup, manager):
     break_and_repair(worker, manager, list(BREAKS))
     assert ready_node(manager)
+
+
+# --- 4b. restarts on a live node -------------------------------------------------------------
+
+BUSY = "trap 'exit 0' TERM; sleep 3600 & wait"
+
+
+def test_running_containers_block_a_restart_unless_allowed(worker, fresh_setup, manager):
+    worker.sh(f"docker run -d --name busy-notebook {manager.image} sh -c {shlex.quote(BUSY)}")
+    try:
+        worker.sh(BREAKS["docker-daemon"])
+        pid = worker.docker_pid()
+        refused = worker.gsn("setup", "--config", CONFIG)
+        assert refused.returncode == 1
+        assert "would stop 1 running container(s): busy-notebook" in refused.stdout
+        assert worker.docker_pid() == pid
+        assert worker.sh("docker inspect --format '{{.State.Running}}' busy-notebook").stdout.strip() == "true"
+
+        allowed = worker.gsn("setup", "--allow-restart", "--json", "--config", CONFIG)
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        assert json.loads(allowed.stdout)["changed"] == ["docker-daemon"]
+        assert worker.docker_pid() != pid
+    finally:
+        worker.sh("docker rm --force busy-notebook", check=False)
+    assert worker.status()[0] == 0
+
+
+def test_drain_moves_tasks_off_around_a_restart(worker, fresh_setup, manager):
+    node_id = worker.node_id()
+    service = gpu_service(manager, "gsn-drain", node_id)
+    try:
+        wait_for("the task running", lambda: running_tasks([service]), timeout=120)
+        first = running_tasks([service])[0]["ID"]
+        worker.sh(BREAKS["docker-daemon"])
+        result = worker.gsn("setup", "--drain", "--json", "--config", CONFIG)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["changed"] == ["docker-daemon"]
+        node = manager.docker.nodes.get(node_id).attrs
+        assert node["Spec"]["Availability"] == "active"  # made active again after the restart
+        # The drained task was shut down by the manager (not killed by the restart), and a new one
+        # runs on the node again.
+        old = next(t for t in service.tasks() if t["ID"] == first)
+        assert old["DesiredState"] == "shutdown"
+        wait_for("a new task running", lambda: [t for t in running_tasks([service]) if t["ID"] != first],
+                 timeout=120)
+    finally:
+        service.remove()
+        wait_for("the tasks to stop", lambda: worker.sh("docker ps -q").stdout.strip() == "", timeout=120)
+    assert worker.status()[0] == 0
+
+
+def test_an_unhealthy_restart_restores_the_previous_daemon_json(worker, fresh_setup):
+    broken = "/etc/systemd/system/docker.service.d/zz-broken.conf"
+    worker.sh(BREAKS["docker-daemon"])
+    previous = worker.machine.read_file("/etc/docker/daemon.json")
+    worker.machine.run(["sh", "-c", f"mkdir -p $(dirname {broken}) && cat > {broken} && systemctl daemon-reload"],
+                       input="[Service]\nExecStartPre=/bin/false\n")
+    try:
+        result = worker.gsn("setup", "--config", CONFIG)
+        assert result.returncode == 1
+        assert "did not come up healthy" in result.stdout and "the previous file was restored" in result.stdout
+        assert worker.machine.read_file("/etc/docker/daemon.json") == previous
+    finally:
+        worker.sh(f"rm -f {broken} && systemctl daemon-reload && systemctl restart docker")
+    repaired = worker.gsn("setup", "--config", CONFIG)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert worker.status()[0] == 0
 
 
 # --- 5. hostile input on the machine ----------------------------------------------------------

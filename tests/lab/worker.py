@@ -60,7 +60,7 @@ def project_tree(dest: Path) -> Path:
     return dest
 
 
-def node_toml(manager: ManagerHost) -> str:
+def node_toml(manager: ManagerHost, address: str = ADDRESS) -> str:
     return f"""\
 [nvidia]
 toolkit_apt_source = "deb [trusted=yes] file:/srv/toolkit-repo ./"
@@ -77,7 +77,7 @@ name = "{manager.image}"
 
 [swarm]
 manager = "{manager.address}"
-advertise_addr = "{ADDRESS}"
+advertise_addr = "{address}"
 """
 
 
@@ -116,35 +116,35 @@ class Worker:
 
 @contextlib.contextmanager
 def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path, toolkit_repo: Path,
-                       nvml_lib_dir: Path) -> Iterator[Worker]:
+                       nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS) -> Iterator[Worker]:
     """Boot and provision the fresh worker; on exit remove it from the swarm, power it off, and
     remove its netns, also when provisioning failed half-way."""
     lab_machine.cleanup_stale()
     network.enable_outbound_nat()  # apt and pip inside need the package registries
-    host = network.add_host(NAME, ADDRESS)
-    machine = FreshMachine(host, work_dir / NAME, name=NAME)
+    host = network.add_host(name, address)
+    machine = FreshMachine(host, work_dir / name, name=name)
     try:
         with timed("fresh machine: unpack and boot"):
             machine.start()
         # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
         fake_nvml.install_into(machine.rootfs, GPUS, lib_dir=nvml_lib_dir)
-        machine.copy_in(project_tree(work_dir / "project"), f"{HOME}/gpuswarm-node", owner=USER)
+        machine.copy_in(project_tree(work_dir / f"project-{name}"), f"{HOME}/gpuswarm-node", owner=USER)
         machine.copy_in(toolkit_repo, "/srv/toolkit-repo")
         machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
         machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
         machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
         machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
                     input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
-        machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager))
+        machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address))
         yield Worker(machine)
     finally:
         try:
             for node in manager.nodes():
-                if node["Status"].get("Addr") == ADDRESS:
+                if node["Status"].get("Addr") == address:
                     manager.docker.nodes.get(node["ID"]).remove(force=True)
         finally:
             try:
                 machine.close()
             finally:
-                network.remove_host(NAME)
+                network.remove_host(name)
                 TIMINGS.update({f"fresh machine {k}": v for k, v in machine.timings.items() if k in ("close",)})
