@@ -1,24 +1,28 @@
 """Runs inside the lab worker under the product's own Python (copied there by bench/run.py): one
 `gpuswarm-node status` with its parts timed, to show where its wall time goes.
 
-    /opt/gpuswarm-node/venv/bin/python profile_status.py OUT.json gpuswarm-node status --config FILE
+    /opt/gpuswarm-node/venv/bin/python profile_status.py OUT.jsonl gpuswarm-node status --config FILE
 
 Nothing of the product is edited: two of its seams are wrapped at run time. `subprocess.run` (every
-command the checks start goes through it) records argv and duration, and `engine.safe_check` (the
-status runner calls it once per step) records each step's check time. Writes one JSON object to
-OUT.json: the seconds spent importing the CLI, in the command's body, per step, per subprocess.
-The product's own output goes to stdout and stderr as usual.
+command the checks start goes through it) records argv, duration and the step it ran for, and
+`engine.safe_check` (the status runner calls it once per step, possibly from several threads at
+once) records when each step's check started and ended. Writes one JSON object to
+OUT.jsonl: the seconds spent importing the CLI, in the command's body, per step, per subprocess,
+appended to OUT.json as one line per run. The product's own output goes to stdout and stderr as usual.
 """
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 
 started = time.perf_counter()
 out_path, sys.argv = sys.argv[1], sys.argv[2:]
 calls: list[dict] = []
 steps: list[dict] = []
+current = threading.local()  # the step whose check this thread is running
 _run = subprocess.run
 
 
@@ -29,7 +33,7 @@ def timed_run(*args, **kwargs):
         return _run(*args, **kwargs)
     finally:
         calls.append({"argv": list(argv) if isinstance(argv, (list, tuple)) else str(argv),
-                      "seconds": time.perf_counter() - t})
+                      "step": getattr(current, "step", None), "seconds": time.perf_counter() - t})
 
 
 subprocess.run = timed_run
@@ -41,12 +45,13 @@ _safe_check = engine.safe_check
 
 
 def timed_check(step, ctx):
-    t, first_call = time.perf_counter(), len(calls)
+    t = time.perf_counter()
+    current.step = step.name
     try:
         return _safe_check(step, ctx)
     finally:
-        steps.append({"name": step.name, "seconds": time.perf_counter() - t,
-                      "subprocesses": len(calls) - first_call})
+        current.step = None
+        steps.append({"name": step.name, "start": t - imported, "end": time.perf_counter() - imported})
 
 
 engine.safe_check = timed_check
@@ -56,7 +61,11 @@ try:
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else 0
 finished = time.perf_counter()
-with open(out_path, "w") as f:
-    json.dump({"exit_code": code, "import_cli_seconds": imported - started,
-               "body_seconds": finished - imported, "steps": steps, "subprocesses": calls}, f)
+with open(out_path, "a") as f:
+    f.write(json.dumps({"exit_code": code, "import_cli_seconds": imported - started,
+                        "body_seconds": finished - imported, "steps": steps, "subprocesses": calls}) + "\n")
+if os.environ.get("PROFILE_HARD_EXIT"):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 sys.exit(code)

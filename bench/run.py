@@ -308,34 +308,60 @@ def importtime(worker, config: str, user: str) -> dict:
         total = sum(r["self_us"] for r in rows)
         if best is None or total < best["total_us"]:
             best = {"rows": rows, "total_us": total}
-    by_package: dict[str, int] = {}
-    for r in best["rows"]:
-        by_package[r["module"].split(".")[0]] = by_package.get(r["module"].split(".")[0], 0) + r["self_us"]
-    best["by_package"] = sorted(by_package.items(), key=lambda kv: -kv[1])
-    best["top"] = sorted(best["rows"], key=lambda r: -r["cumulative_us"])[:10]
+    rows = best["rows"]
+    # -X importtime prints a module after everything it imported: its importer is the next row
+    # one level up.
+    for i, r in enumerate(rows):
+        r["parent"] = next((q["module"] for q in rows[i + 1:] if q["depth"] == r["depth"] - 1), "")
+    by_package: dict[str, dict] = {}
+    for r in rows:
+        pkg = by_package.setdefault(r["module"].split(".")[0], {"self_us": 0, "via": "", "depth": 99})
+        pkg["self_us"] += r["self_us"]
+        if r["depth"] < pkg["depth"]:
+            pkg["depth"], pkg["via"] = r["depth"], r["parent"]
+    best["by_package"] = sorted(by_package.items(), key=lambda kv: -kv[1]["self_us"])
+    best["top"] = sorted(rows, key=lambda r: -r["cumulative_us"])[:10]
+    best["direct"] = sorted((r for r in rows if r["depth"] == 0), key=lambda r: -r["cumulative_us"])[:8]
     best["modules"] = len(best["rows"])
     return best
 
 
-def profile_status(worker, config: str, user: str) -> dict:
-    """One status with its steps and subprocesses timed (bench/profile_status.py); median of 5 by total."""
-    runs = []
-    for _ in range(5):
-        started = time.monotonic()
-        result = worker.machine.run(
-            ["sh", "-c", f'cd /root && exec {GSN_PYTHON} {WORK}/profile_status.py {WORK}/profile.json '
-                         f'gpuswarm-node status --config "$1"', "sh", config],
-            env={"SUDO_USER": user}, check=False)
-        require(result.returncode == 0, f"profiled status exited {result.returncode}: {result.stderr[-2000:]}")
-        runs.append(json.loads(worker.machine.read_file(f"{WORK}/profile.json")))
-        runs[-1]["host_seconds"] = time.monotonic() - started
-    runs.sort(key=lambda r: r["import_cli_seconds"] + r["body_seconds"])
-    return runs[len(runs) // 2]
+def profile_status(worker, config: str, user: str, runs: int = 5) -> dict:
+    """Status with its steps and subprocesses timed (bench/profile_status.py), run through
+    bench/timer.py so that the whole process is timed too, the run of median process time kept;
+    round-robin with the same ending in os._exit(), which shows what the interpreter's teardown costs."""
+    from tests.lab.machine import MACHINE_ENV
+
+    env = {**MACHINE_ENV, "SUDO_USER": user}
+    commands = []
+    for name, extra in (("profiled", {}), ("hard-exit", {"PROFILE_HARD_EXIT": "1"})):
+        worker.sh(f"rm -f {WORK}/{name}.jsonl")
+        commands.append({"name": name, "argv": [GSN_PYTHON, f"{WORK}/profile_status.py", f"{WORK}/{name}.jsonl",
+                                                "gpuswarm-node", "status", "--config", config],
+                         "env": {**env, **extra}, "cwd": "/root"})
+    timed = json.loads(worker.machine.run(["python3", f"{WORK}/timer.py"], timeout=300, input=json.dumps(
+        {"runs": runs, "warmup": 1, "commands": commands})).stdout)
+    result = {}
+    for name in ("profiled", "hard-exit"):
+        inner = [json.loads(line) for line in worker.machine.read_file(f"{WORK}/{name}.jsonl").splitlines()][1:]
+        for outer, run in zip(timed[name], inner):  # inner[0] was the warm-up
+            require(outer["rc"] == 0 and run["exit_code"] == 0, f"profiled status failed: {outer['stderr'][-2000:]}")
+            run["process_seconds"] = outer["seconds"]
+        inner.sort(key=lambda r: r["process_seconds"])
+        result[name] = inner[len(inner) // 2]
+        # Outside the import and the body: the interpreter starting, and exiting.
+        result[name]["outside_median"] = statistics.median(
+            r["process_seconds"] - r["import_cli_seconds"] - r["body_seconds"] for r in inner)
+    profile = result["profiled"]
+    profile["hard_exit_process_seconds"] = result["hard-exit"]["process_seconds"]
+    profile["hard_exit_outside_median"] = result["hard-exit"]["outside_median"]
+    profile["runs"] = runs
+    return profile
 
 
 # --- the report ---------------------------------------------------------------------------------
 
-def machine_facts(worker) -> dict:
+def machine_facts(worker, revision: str) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
     mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
@@ -349,8 +375,18 @@ def machine_facts(worker) -> dict:
         "worker": worker.sh(". /etc/os-release && echo $PRETTY_NAME").stdout.strip()
         + " under systemd-nspawn on the same host",
         "worker python (gpuswarm-node's venv)": worker.machine.run([GSN_PYTHON, "-V"]).stdout.strip(),
-        "gpuswarm-node": worker.machine.run([GSN, "version"]).stdout.strip(),
+        "gpuswarm-node": worker.machine.run([GSN, "version"]).stdout.strip() + ", " + revision,
     }
+
+
+def source_revision() -> str:
+    """The commit the measured tree was at, and whether its product code had uncommitted changes."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "gpuswarm_node", "templates", "pyproject.toml", "setup.sh")
+    return f"source at {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 LABELS = {
@@ -428,21 +464,40 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w("## Where status's time goes")
     w("")
     subs = prof["subprocesses"]
-    w(f"One status run with its seams timed (bench/profile_status.py; median of 5): "
-      f"importing the CLI {ms(prof['import_cli_seconds'])}, the command's body {ms(prof['body_seconds'])}, of which "
-      f"{len(subs)} subprocesses {ms(sum(c['seconds'] for c in subs))}. Add the interpreter's own start "
-      f"(`python -c pass`, {ms(s['python']['median'])}) for the whole.")
+    w(f"One status run with its seams timed (bench/profile_status.py; the run of median process time out of "
+      f"{prof['runs']}): {ms(prof['process_seconds'])} for the process. Of that, importing the CLI (typer, rich) "
+      f"took {ms(prof['import_cli_seconds'])}; the command's body {ms(prof['body_seconds'])}, which includes the "
+      f"imports it makes on the way and {len(subs)} subprocesses ({ms(sum(c['seconds'] for c in subs))} added up); "
+      f"the rest, {ms(prof['process_seconds'] - prof['import_cli_seconds'] - prof['body_seconds'])}, is the "
+      f"interpreter starting (`python -c pass`: {ms(s['python']['median'])}) and exiting. Exiting is the "
+      f"interpreter's teardown of the modules loaded: the same runs ending in `os._exit()` once the output is "
+      f"flushed (round-robin with the others, {prof['runs']} runs) spend {ms(prof['hard_exit_outside_median'])} "
+      f"outside the import and the body against {ms(prof['outside_median'])} (medians): the teardown costs about "
+      f"{ms(prof['outside_median'] - prof['hard_exit_outside_median'])}.")
     w("")
-    w("| step check | seconds | subprocesses |")
-    w("|---|---:|---:|")
-    for st in prof["steps"]:
-        w(f"| {st['name']} | {ms(st['seconds'])} | {st['subprocesses']} |")
-    w("")
-    w("| subprocess | seconds |")
+    if prof["steps"]:
+        first = min(st["start"] for st in prof["steps"])
+        span = max(st["end"] for st in prof["steps"]) - first
+        total = sum(st["end"] - st["start"] for st in prof["steps"])
+        w(f"The step checks took {ms(span)} from the first start to the last end ({ms(total)} added up: "
+          f"{'they ran concurrently' if total > span * 1.05 else 'one after the other'}), starting "
+          f"{ms(first)} into the body; the rest of the body ({ms(prof['body_seconds'] - span)}) is loading the "
+          "config, NVML, the imports on the way and printing the table.")
+        w("")
+        w("| step check | starts at | seconds | subprocesses |")
+        w("|---|---:|---:|---:|")
+        for st in sorted(prof["steps"], key=lambda st: st["start"]):
+            n = sum(1 for c in subs if c["step"] == st["name"])
+            w(f"| {st['name']} | {ms(st['start'])} | {ms(st['end'] - st['start'])} | {n} |")
+        w("")
+    else:
+        w("(No step check was seen: the status runner no longer calls engine.safe_check.)")
+        w("")
+    w("| subprocess (for step) | seconds |")
     w("|---|---:|")
     for c in sorted(subs, key=lambda c: -c["seconds"]):
         argv = " ".join(c["argv"]) if isinstance(c["argv"], list) else c["argv"]
-        w(f"| `{argv}` | {ms(c['seconds'])} |")
+        w(f"| `{argv}` ({c['step'] or 'outside the checks'}) | {ms(c['seconds'])} |")
     w("")
     w(f"`python -X importtime -m gpuswarm_node.cli status` (fastest of 3): {imports['modules']} modules, "
       f"{ms(imports['total_us'] / 1e6)} importing in all. Top 10 by cumulative time (depth 0 is imported "
@@ -453,12 +508,20 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     for r in imports["top"]:
         w(f"| `{r['module']}` | {r['depth']} | {r['cumulative_us'] / 1000:.1f} ms | {r['self_us'] / 1000:.1f} ms |")
     w("")
-    w("Import time by top-level package (self times added up), top 10:")
+    w("The command's own imports (depth 0), by cumulative time:")
     w("")
-    w("| package | ms |")
+    w("| module | cumulative |")
     w("|---|---:|")
-    for pkg, us in imports["by_package"][:10]:
-        w(f"| `{pkg}` | {us / 1000:.1f} |")
+    for r in imports["direct"]:
+        w(f"| `{r['module']}` | {r['cumulative_us'] / 1000:.1f} ms |")
+    w("")
+    w("Import time by top-level package (self times added up), top 10, with the module that first pulls it in:")
+    w("")
+    w("| package | ms | imported by |")
+    w("|---|---:|---|")
+    for pkg, x in imports["by_package"][:10]:
+        via = f"`{x['via']}`" if x["via"] else "(the command)"
+        w(f"| `{pkg}` | {x['self_us'] / 1000:.1f} | {via} |")
     w("")
     w("## How the playbook compares")
     w("")
@@ -522,6 +585,7 @@ def main() -> int:
         tmp = Path(tmp)
         started = time.monotonic()
         say("building the lab: network, manager (dockerd, swarm, sshd, TLS registry), fresh worker")
+        revision = source_revision()  # the worker gets the working tree as it is now
         cleanup_stale()
         lab_machine.cleanup_stale()
         network = lab.enter_context(LabNetwork())
@@ -553,8 +617,8 @@ def main() -> int:
                     f"the playbook did not fail for a missing image: {neg}")
             say("where status's time goes: -X importtime, and its steps and subprocesses timed")
             imports = importtime(worker, CONFIG, USER)
-            prof = profile_status(worker, CONFIG, USER)
-            facts = machine_facts(worker)
+            prof = profile_status(worker, CONFIG, USER, args.runs)
+            facts = machine_facts(worker, revision)
         except BaseException:
             if hold:
                 Path(hold).touch()
