@@ -111,8 +111,9 @@ def print_summary(console: Console, report: RunReport, backups: list[tuple[str, 
         console.print(f"[bold yellow]reboot required[/] ({', '.join(reboot)}), then run setup again.")
     for original, backup in backups:
         console.print(f"backup of {escape(original)}: {escape(backup)}")
-    for step in report.failed:
-        console.print(f"[bold red]{step.name} failed:[/] {escape(step.detail)}")
+    for step in report.steps:
+        if step.state in (State.FAILED, State.BLOCKED):
+            console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
     if report.ok:
         console.print("[green]node converged.[/]")
 

@@ -218,9 +218,11 @@ def test_running_containers_block_a_restart_unless_allowed(worker, fresh_setup, 
     try:
         worker.sh(BREAKS["docker-daemon"])
         pid = worker.docker_pid()
-        refused = worker.gsn("setup", "--config", CONFIG)
+        refused = worker.gsn("setup", "--json", "--config", CONFIG)
         assert refused.returncode == 1
-        assert "would stop 1 running container(s): busy-notebook" in refused.stdout
+        states = {s["name"]: s for s in json.loads(refused.stdout)["steps"]}
+        assert states["docker-daemon"]["state"] == "blocked"
+        assert "would stop 1 running container(s): busy-notebook" in states["docker-daemon"]["detail"]
         assert worker.docker_pid() == pid
         assert worker.sh("docker inspect --format '{{.State.Running}}' busy-notebook").stdout.strip() == "true"
 
@@ -264,9 +266,10 @@ def test_an_unhealthy_restart_restores_the_previous_daemon_json(worker, fresh_se
     worker.machine.run(["sh", "-c", f"mkdir -p $(dirname {broken}) && cat > {broken} && systemctl daemon-reload"],
                        input="[Service]\nExecStartPre=/bin/false\n")
     try:
-        result = worker.gsn("setup", "--config", CONFIG)
+        result = worker.gsn("setup", "--json", "--config", CONFIG)
         assert result.returncode == 1
-        assert "did not come up healthy" in result.stdout and "the previous file was restored" in result.stdout
+        detail = {s["name"]: s["detail"] for s in json.loads(result.stdout)["steps"]}["docker-daemon"]
+        assert "did not come up healthy" in detail and "the previous file was restored" in detail
         assert worker.machine.read_file("/etc/docker/daemon.json") == previous
     finally:
         worker.sh(f"rm -f {broken} && systemctl daemon-reload && systemctl restart docker")
@@ -282,9 +285,10 @@ def test_daemon_json_that_is_not_json_is_left_alone(worker, fresh_setup):
     bad = good.replace("{", "{ oops", 1)
     worker.machine.run(["sh", "-c", "cat > /etc/docker/daemon.json"], input=bad)
     try:
-        result = worker.gsn("setup", "--config", CONFIG)
+        result = worker.gsn("setup", "--json", "--config", CONFIG)
         assert result.returncode == 1
-        assert "/etc/docker/daemon.json is not valid JSON" in result.stdout
+        detail = {s["name"]: s["detail"] for s in json.loads(result.stdout)["steps"]}["docker-daemon"]
+        assert "/etc/docker/daemon.json is not valid JSON" in detail
         assert worker.machine.read_file("/etc/docker/daemon.json") == bad
         assert worker.sh("systemctl is-active docker").stdout.strip() == "active"
     finally:
