@@ -66,12 +66,19 @@ def healthy(ctx: Context, within: float = HEALTHY_WITHIN) -> bool:
     return False
 
 
-def restart_with_rollback(ctx: Context, path: str, previous: str | None,
-                          within: float = HEALTHY_WITHIN) -> None:
+def restart_docker(ctx: Context) -> None:
+    # docker.service allows 3 starts a minute; a deliberate restart must not be refused because
+    # earlier ones (a repair, a rollback) used them up.
+    ctx.host.query(["systemctl", "reset-failed", "docker"])
     try:
         ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
     except StepFailed:
-        pass  # judged by health below, which also covers a restart that "succeeded" and then died
+        pass  # judged by health afterwards, which also covers a restart that "succeeded" and then died
+
+
+def restart_with_rollback(ctx: Context, path: str, previous: str | None,
+                          within: float = HEALTHY_WITHIN) -> None:
+    restart_docker(ctx)
     if healthy(ctx, within):
         return
     log = ctx.host.query(["journalctl", "-u", "docker", "-n", "5", "--no-pager", "-o", "cat"]).stdout.strip()
@@ -80,10 +87,7 @@ def restart_with_rollback(ctx: Context, path: str, previous: str | None,
         ctx.host.remove(path)
     else:
         ctx.host.write_text(path, previous)
-    try:
-        ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
-    except StepFailed:
-        pass
+    restart_docker(ctx)
     back = "Docker is running again on the previous file" if healthy(ctx, within) else \
         "Docker did not come back on the previous file either"
     raise StepFailed(f"Docker did not come up healthy with the new {path} ({cause}); the previous file was "

@@ -22,6 +22,7 @@ def context(host: FakeHost) -> Context:
 def test_unhealthy_restart_restores_the_previous_file_and_says_why():
     host = FakeHost(files={PATH: '{"log-opts": {"max-size": "bogus"}}'},
                     commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
+                              "systemctl reset-failed docker": {},
                               "journalctl -u docker -n 5 --no-pager -o cat": {
                                   "stdout": "failed to start daemon: invalid log opt\n"}})
     with pytest.raises(StepFailed) as info:
@@ -34,13 +35,15 @@ def test_unhealthy_restart_restores_the_previous_file_and_says_why():
 
 
 def test_healthy_restart_keeps_the_new_file():
-    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"stdout": "active\n"}})
+    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"stdout": "active\n"},
+                                                  "systemctl reset-failed docker": {}})
     restart_with_rollback(context(host), PATH, '{"old": 1}', within=0.2)
     assert host.files[PATH] == "{}" and host.actions == ["run systemctl restart docker"]
 
 
 def test_a_file_that_did_not_exist_is_removed_on_rollback():
     host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
+                                                  "systemctl reset-failed docker": {},
                                                   "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": ""}})
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), PATH, None, within=0.2)
