@@ -111,6 +111,8 @@ class SwarmConfig:
     ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.")
     known_hosts: str = key("/etc/gpuswarm-node/known_hosts",
                            "known_hosts file holding the manager's host key; unknown keys are refused.")
+    host_key_fingerprint: str = key("", "Pinned SHA256 fingerprint of the manager's host key (as ssh-keygen -lf "
+                                        "prints it), instead of known_hosts.")
     advertise_addr: str = key("", "Address other nodes reach this node on; empty lets Docker choose.")
 
 
@@ -201,6 +203,8 @@ def _validate(cfg: Config) -> None:
                   "must be set together with the other registry key")
     if cfg.registry.address and ("/" in cfg.registry.address or " " in cfg.registry.address):
         raise bad("registry", "address", f"must be host or host:port, got {cfg.registry.address!r}")
+    if cfg.swarm.host_key_fingerprint and not cfg.swarm.host_key_fingerprint.startswith("SHA256:"):
+        raise bad("swarm", "host_key_fingerprint", "must be a SHA256:... fingerprint as ssh-keygen -lf prints it")
     if not cfg.nvidia.toolkit_apt_source.startswith("deb "):
         raise bad("nvidia", "toolkit_apt_source", "must be a full sources.list line starting with 'deb '")
 

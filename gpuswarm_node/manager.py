@@ -6,6 +6,9 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import socket
 from pathlib import Path
@@ -15,6 +18,30 @@ from .errors import ManagerUnreachable
 from .secrets import looks_like_join_token, redact
 
 JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
+
+
+def fingerprint(key) -> str:
+    """OpenSSH's SHA256 fingerprint of a host key, as `ssh-keygen -lf` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class FingerprintMismatch(Exception):
+    def __init__(self, seen: str) -> None:
+        super().__init__(f"host key fingerprint {seen} is not the pinned one")
+        self.seen = seen
+
+
+class PinnedFingerprint:
+    """paramiko MissingHostKeyPolicy: accept a key absent from known_hosts only if it is the pinned one."""
+
+    def __init__(self, pinned: str) -> None:
+        self.pinned = pinned
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        seen = fingerprint(key)
+        if not hmac.compare_digest(seen, self.pinned):
+            raise FingerprintMismatch(seen)
 
 
 class ManagerSession:
@@ -35,17 +62,21 @@ class ManagerSession:
             raise ManagerUnreachable(f"{problem}; refusing to use it.",
                                      "Install the key owned by root with mode 0600 (chown root:root; chmod 600).")
         known_hosts = Path(cfg.known_hosts)
-        if not known_hosts.is_file():
+        pinned = cfg.host_key_fingerprint
+        if not known_hosts.is_file() and not pinned:
             raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
                                      "cannot be verified.",
-                                     "Put the manager's host key there (ssh-keyscan it and check its fingerprint).")
+                                     "Put the manager's host key there (ssh-keyscan it and check its fingerprint), "
+                                     "or pin it with swarm.host_key_fingerprint.")
         client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(str(known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
-                                     "Fix the file: one 'host keytype key' line per host.") from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if known_hosts.is_file():
+            try:
+                client.load_host_keys(str(known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
+                                         "Fix the file: one 'host keytype key' line per host.") from None
+        # Never auto-add: a key is accepted from known_hosts, or when it has the pinned fingerprint.
+        client.set_missing_host_key_policy(PinnedFingerprint(pinned) if pinned else paramiko.RejectPolicy())
         try:
             client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=str(key_path),
                            look_for_keys=False, allow_agent=False, timeout=self.timeout,
@@ -71,6 +102,11 @@ class ManagerSession:
         if isinstance(exc, paramiko.AuthenticationException):
             return ManagerUnreachable(f"the manager refused the SSH key {cfg.ssh_key} for {self.where}.",
                                       "Add the key's public half to the manager's authorized_keys.")
+        if isinstance(exc, FingerprintMismatch):
+            return ManagerUnreachable(f"the manager {cfg.manager} presented a host key with fingerprint "
+                                      f"{exc.seen}, not the pinned {cfg.host_key_fingerprint}; refusing to trust it.",
+                                      "If the manager was really re-installed, check and update "
+                                      "swarm.host_key_fingerprint.")
         if isinstance(exc, paramiko.SSHException):
             if "not found in known_hosts" in str(exc):
                 return ManagerUnreachable(f"the manager {cfg.manager} is not in {cfg.known_hosts}; refusing an "

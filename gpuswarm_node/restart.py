@@ -126,8 +126,13 @@ def activate_action() -> Action:
 
 def restart_refusal(ctx: Context, settings: dict) -> str | None:
     """Why Docker must not be restarted now, or None."""
-    running = ctx.docker.running_containers() if ctx.docker.unreachable_reason() is None else []
+    if ctx.docker.unreachable_reason() is not None:
+        return None
+    running = ctx.docker.running_containers()
     if not running or ctx.options.allow_restart or ctx.options.drain:
+        return None
+    # live-restore keeps containers running across a restart, but Docker refuses it in swarm mode.
+    if settings.get("live-restore") is True and ctx.docker.swarm().state == "inactive":
         return None
     shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
     return (f"applying this restarts Docker, which would stop {len(running)} running container(s): {shown}; "

@@ -7,6 +7,7 @@ from ..probes import system
 from ..render import render
 from ..system import Context
 from . import apt
+from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
 
 DISTRO_PACKAGES = ("docker.io",)
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
@@ -46,8 +47,15 @@ class DockerStep:
                     release = system.os_release(ctx.host).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
                     actions.append(WriteFile(planned.path, planned.content, before))
-            actions += [*apt.repair_interrupted(ctx), apt.update(), apt.install(*wanted)]
             reason = f"{' '.join(wanted)} is not installed"
+            # On a fresh GPU machine the toolkit comes in the same apt transaction: one
+            # `apt-get update`, one install, instead of one of each per step.
+            toolkit = NvidiaToolkitStep().joint_install(ctx)
+            if toolkit is not None:
+                actions += toolkit
+                wanted = (*wanted, TOOLKIT_PACKAGE)
+                reason += f"; {TOOLKIT_PACKAGE} comes in the same apt transaction"
+            actions += [*apt.repair_interrupted(ctx), apt.update(), apt.install(*wanted)]
         else:
             enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
             if enabled and active:

@@ -145,6 +145,22 @@ class NvidiaToolkitStep:
                 files.append(PlannedFile(fix.path, fix.content))
         return files
 
+    def _source_actions(self, ctx: Context, before: str | None) -> list:
+        wanted = self._source_list(ctx)
+        if before == wanted:
+            return []
+        actions = []
+        if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
+            actions.append(apt.download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
+        return actions + [WriteFile(SOURCE_LIST, wanted, before)]
+
+    def joint_install(self, ctx: Context) -> list | None:
+        """For the docker step, when it installs Docker on a GPU machine that lacks the toolkit:
+        the toolkit's source actions, so that both packages go in one apt transaction."""
+        if not gpu_presence(ctx)[0] or system.package_installed(ctx.host, PACKAGE):
+            return None
+        return self._source_actions(ctx, ctx.host.read_text(SOURCE_LIST))
+
     def check(self, ctx: Context) -> Check:
         present, why = gpu_presence(ctx)
         if not present:
@@ -157,9 +173,7 @@ class NvidiaToolkitStep:
         reasons = []
         if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
-            if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
-                actions.append(apt.download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
-            actions += [WriteFile(SOURCE_LIST, wanted, before), apt.update()]
+            actions += [*self._source_actions(ctx, before), apt.update()]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
             if before == wanted:

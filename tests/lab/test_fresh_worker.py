@@ -74,6 +74,15 @@ def test_fresh_machine_becomes_a_ready_worker(worker, fresh_setup, manager):
     assert default == daemon["default-runtime"] and default in json.loads(runtimes)
     assert worker.sh("systemctl is-enabled docker").stdout.strip() == "enabled"
 
+    # One apt transaction for the whole fresh machine: one update, one install (Docker and the
+    # NVIDIA toolkit together), read from the tool's own journal of what it ran.
+    journal = [json.loads(line) for line in worker.machine.read_file(
+        "/var/lib/gpuswarm-node/changes.jsonl").splitlines()]
+    apt_runs = [e["argv"] for e in journal if e.get("kind") == "run" and e["argv"][:1] == ["apt-get"]]
+    assert len([a for a in apt_runs if "update" in a]) == 1
+    [install] = [a for a in apt_runs if "install" in a]
+    assert {"docker.io", "nvidia-container-toolkit"} <= set(install)
+
 
 # --- 2. scheduling through the real swarm ------------------------------------------------------
 

@@ -233,3 +233,24 @@ def test_leave_drains_moves_tasks_and_leaves(make_worker, manager):
         assert_no_secrets(manager, result.stdout, result.stderr)
     finally:
         service.remove()
+
+
+def test_a_pinned_fingerprint_is_trusted_without_known_hosts(make_worker, manager, lab_tmp):
+    pinned = make_worker("gsn-d6", "198.18.0.26")
+    config = write_config(lab_tmp / "pinned.toml", manager, "198.18.0.26",
+                          known_hosts=str(lab_tmp / "no-such-known-hosts"),
+                          host_key_fingerprint=manager.host_key_fingerprint)
+    result = pinned.cli("setup", "--only", "swarm-join", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pinned.swarm_state() == "active"
+    assert_no_secrets(manager, result.stdout, result.stderr)
+
+
+def test_a_wrong_pinned_fingerprint_is_refused(outsider, manager, lab_tmp):
+    wrong = "SHA256:" + "A" * 43
+    config = write_config(lab_tmp / "wrong-pin.toml", manager, "198.18.0.25",
+                          known_hosts=str(lab_tmp / "no-such-known-hosts"), host_key_fingerprint=wrong)
+    result = run_join(outsider, config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"not the pinned {wrong}" in result.stdout and manager.host_key_fingerprint in result.stdout
+    assert outsider.swarm_state() == "inactive"
