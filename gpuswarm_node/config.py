@@ -80,6 +80,11 @@ class NvidiaConfig:
 
 
 @dataclass(frozen=True)
+class AptConfig:
+    lock_timeout: int = key(600, "Seconds apt waits for a dpkg lock held by another program before failing.")
+
+
+@dataclass(frozen=True)
 class GpuConfig:
     resource: str = key("gpu", "Swarm generic resource kind the slices are advertised as.")
     slices_per_gpu: int = key(3, "Slices (Swarm named resources) advertised per physical GPU.")
@@ -122,6 +127,7 @@ class Config:
     tmpfs: TmpfsConfig = field(default_factory=TmpfsConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
+    apt: AptConfig = field(default_factory=AptConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -196,6 +202,8 @@ def _validate(cfg: Config) -> None:
     # upper-casing differ outside ASCII.
     if not kind or not all((c.isascii() and c.isalnum()) or c in "-_" for c in kind):
         raise bad("gpu", "resource", f"must be letters, digits, '-' or '_', got {kind!r}")
+    if cfg.apt.lock_timeout < 0:
+        raise bad("apt", "lock_timeout", f"must be 0 or more seconds, got {cfg.apt.lock_timeout}")
     if not 1 <= cfg.swarm.ssh_port <= 65535:
         raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {cfg.swarm.ssh_port}")
     if bool(cfg.registry.address) != bool(cfg.registry.ca_cert):

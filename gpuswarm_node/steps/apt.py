@@ -8,8 +8,6 @@ from ..engine import Call, RunCommand, run_command
 from ..errors import StepFailed
 from ..system import Context
 
-# First boot of a cloud image often has unattended-upgrades holding the dpkg lock for minutes.
-LOCK_WAIT = ("-o", "DPkg::Lock::Timeout=600")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -25,14 +23,21 @@ def repair_interrupted(ctx: Context) -> list[RunCommand]:
                         progress="finishing an interrupted dpkg run")]
 
 
-def update() -> RunCommand:
-    return run_command("apt-get", *LOCK_WAIT, "update", env=APT_ENV, timeout=900,
-                       progress="apt-get update")
+def lock_wait(ctx: Context) -> tuple[str, str]:
+    # First boot of a cloud image often has unattended-upgrades holding the dpkg lock for
+    # minutes: wait for it, within apt.lock_timeout, then fail with apt's own message.
+    return ("-o", f"DPkg::Lock::Timeout={ctx.config.apt.lock_timeout}")
 
 
-def install(*packages: str) -> RunCommand:
-    return run_command("apt-get", *LOCK_WAIT, "install", "--yes", "--no-install-recommends", *packages,
-                       env=APT_ENV, timeout=1800, progress=f"apt-get install {' '.join(packages)}")
+def update(ctx: Context) -> RunCommand:
+    return run_command("apt-get", *lock_wait(ctx), "update", env=APT_ENV,
+                       timeout=ctx.config.apt.lock_timeout + 900, progress="apt-get update")
+
+
+def install(ctx: Context, *packages: str) -> RunCommand:
+    return run_command("apt-get", *lock_wait(ctx), "install", "--yes", "--no-install-recommends", *packages,
+                       env=APT_ENV, timeout=ctx.config.apt.lock_timeout + 1800,
+                       progress=f"apt-get install {' '.join(p for p in packages if not p.startswith('-'))}")
 
 
 def download_key(url: str, path: str) -> Call:

@@ -55,7 +55,7 @@ class DockerStep:
                 actions += toolkit
                 wanted = (*wanted, TOOLKIT_PACKAGE)
                 reason += f"; {TOOLKIT_PACKAGE} comes in the same apt transaction"
-            actions += [*apt.repair_interrupted(ctx), apt.update(), apt.install(*wanted)]
+            actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
         else:
             enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
             if enabled and active:

@@ -64,11 +64,11 @@ class NvidiaDriverStep:
             distro = system.os_release(ctx.host).get("ID", "")
             if distro == "ubuntu":
                 # --gpgpu picks the -server driver branch with precompiled, signed modules.
-                actions = (apt.update(), apt.install("ubuntu-drivers-common"),
+                actions = (apt.update(ctx), apt.install(ctx, "ubuntu-drivers-common"),
                            _ubuntu_drivers_install())
             elif distro == "debian":
                 # Debian ships the driver in non-free/contrib, which must be enabled in sources.
-                actions = (apt.update(), apt.install("nvidia-driver", "firmware-misc-nonfree"))
+                actions = (apt.update(ctx), apt.install(ctx, "nvidia-driver", "firmware-misc-nonfree"))
             else:
                 return blocked(f"no driver installer for distribution {distro or 'unknown'}; install the "
                                "NVIDIA driver by hand")

@@ -173,13 +173,13 @@ class NvidiaToolkitStep:
         reasons = []
         if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
-            actions += [*self._source_actions(ctx, before), apt.update()]
+            actions += [*self._source_actions(ctx, before), apt.update(ctx)]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
             if before == wanted:
-                actions.append(apt.update())
+                actions.append(apt.update(ctx))
             # Installed but its runtime gone: only a reinstall brings the file back.
-            actions.append(apt.install("--reinstall", PACKAGE) if installed else apt.install(PACKAGE))
+            actions.append(apt.install(ctx, "--reinstall", PACKAGE) if installed else apt.install(ctx, PACKAGE))
             actions.append(Call(MODE_AFTER_INSTALL, fix_mode_after_install))
             return needs_change("; ".join(reasons), *actions)
         verdict = mode_verdict(ctx)

@@ -312,6 +312,31 @@ def test_malformed_config_is_a_usage_error(worker, fresh_setup):
     assert "[swarm] ssh_port" in result.stderr and "Traceback" not in result.stderr
 
 
+HOLD_DPKG_LOCK = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
+                  "fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(600)")
+
+
+def test_a_held_dpkg_lock_is_waited_for_then_fails_clearly(worker, fresh_setup):
+    worker.sh("apt-get remove --yes nvidia-container-toolkit", timeout=300)
+    worker.sh(f"systemd-run --unit gsn-holds-dpkg python3 -c {shlex.quote(HOLD_DPKG_LOCK)}")
+    try:
+        try_lock = ("import fcntl; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
+                    "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+        wait_for("the lock held", lambda: worker.sh(f"python3 -c {shlex.quote(try_lock)}", check=False).returncode,
+                 timeout=30)
+        with timed("setup against a held dpkg lock (apt.lock_timeout = 5 s)") as t:
+            result = worker.gsn("setup", "--json", "--set", "apt.lock_timeout=5", "--config", CONFIG)
+        assert result.returncode == 1
+        detail = {s["name"]: s["detail"] for s in json.loads(result.stdout)["steps"]}["nvidia-toolkit"]
+        assert "Could not get lock /var/lib/dpkg/lock-frontend" in detail
+        assert t.seconds >= 5  # it waited, within the bound
+    finally:
+        worker.sh("systemctl stop gsn-holds-dpkg", check=False)
+    repaired = worker.gsn("setup", "--json", "--config", CONFIG)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "nvidia-toolkit" in json.loads(repaired.stdout)["changed"]
+
+
 def test_no_secret_in_any_output(worker, fresh_setup, manager):
     token = manager.worker_join_token()
     key = manager.client_key_path.read_text().strip().splitlines()[1]
