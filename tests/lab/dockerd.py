@@ -41,6 +41,7 @@ from pathlib import Path
 import docker
 
 from .network import LabHost
+from .util import processes
 
 # Only 198.18.0.0/15.  198.18.0.0/24 is the lab bridge, 198.19.0.0/16 the swarm
 # overlay pool; each daemon sits in its own netns, so daemons may share these.
@@ -93,15 +94,8 @@ def _mnt_ns(pid: int) -> str | None:
 
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    for pid, ppid, _name in processes():
+        children.setdefault(ppid, []).append(pid)
     return children
 
 

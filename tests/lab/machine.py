@@ -41,6 +41,7 @@ from pathlib import Path
 
 from . import rootfs
 from .network import LabHost
+from .util import processes
 
 BOOT_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -433,19 +434,7 @@ def _kill(pid: int) -> None:
 
 
 def _child_named(ppid: int, comm: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # comm is in parentheses and may hold spaces; ppid follows the state.
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid_field = int(stat[stat.rindex(")") + 2:].split()[1])
-        if ppid_field == ppid and name == comm:
-            return int(entry.name)
-    return None
+    return next((pid for pid, parent, name in processes() if parent == ppid and name == comm), None)
 
 
 def _mount_points() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 WAIT = 60.0
 
@@ -38,3 +39,19 @@ class timed:
     def __exit__(self, *exc) -> None:
         self.seconds = time.monotonic() - self.started
         TIMINGS[self.phase] = TIMINGS.get(self.phase, 0.0) + self.seconds
+
+
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command name) of every process, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        # The name is in parentheses and may hold spaces; the parent pid follows the state.
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        found.append((int(entry.name), int(stat[stat.rindex(")") + 2:].split()[1]), name))
+    return found
