@@ -221,7 +221,6 @@ def render(
 
     def body() -> int:
         from . import steps
-        from .engine import safe_check  # noqa: F401 - imported for symmetry with setup
         from .errors import NvmlUnavailable
 
         cfg = load_config(config, overrides)
@@ -230,7 +229,7 @@ def render(
             try:
                 files = step.files(ctx)
             except NvmlUnavailable as exc:
-                err.print(f"# {step.name}: cannot render without GPUs: {exc.cause}")
+                err.print(f"# {step.name}: cannot render without GPUs: {exc.reason}")
                 continue
             for planned in files:
                 out.print(f"# ==> {planned.path} ({step.name})", markup=False)

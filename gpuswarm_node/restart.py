@@ -12,7 +12,6 @@ import time
 
 from .engine import Action, Call
 from .errors import StepFailed
-from .host import Host
 from .system import Context
 
 HEALTHY_WITHIN = 60.0

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .util import timed, wait_for
+from .util import timed
 from .worker import CONFIG, EXPECTED_SLICES, HOME, TMPFS, USER, provisioned_worker
 
 NAME, ADDRESS = "gsn-w2", "198.18.0.12"

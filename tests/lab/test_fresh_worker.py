@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import docker
 import pytest

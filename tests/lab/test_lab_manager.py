@@ -8,11 +8,8 @@ product will do it from a worker machine.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import docker
