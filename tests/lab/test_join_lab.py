@@ -254,3 +254,19 @@ def test_a_wrong_pinned_fingerprint_is_refused(outsider, manager, lab_tmp):
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"not the pinned {wrong}" in result.stdout and manager.host_key_fingerprint in result.stdout
     assert outsider.swarm_state() == "inactive"
+
+
+def test_a_node_of_another_swarm_is_refused_unless_forced(make_worker, manager, lab_tmp):
+    other = make_worker("gsn-d7", "198.18.0.27")
+    other.dockerd.client().swarm.init(advertise_addr="198.18.0.27", default_addr_pool=["198.19.128.0/17"])
+    refused = other.cli("setup", "--json", "--only", "swarm-join", "--config", str(other.config))
+    assert refused.returncode == 1
+    [step] = json.loads(refused.stdout)["steps"]
+    assert step["state"] == "blocked" and "in another swarm" in step["detail"] and "--force-rejoin" in step["detail"]
+    assert other.dockerd.client().info()["Swarm"]["ControlAvailable"] is True  # its own swarm, untouched
+
+    forced = other.cli("setup", "--json", "--only", "swarm-join", "--force-rejoin", "--config", str(other.config))
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert json.loads(forced.stdout)["changed"] == ["swarm-join"]
+    assert wait_for("the node Ready in the manager's swarm", lambda: node_of(manager, "198.18.0.27"))
+    assert_no_secrets(manager, refused.stdout, forced.stdout, forced.stderr)
