@@ -88,10 +88,6 @@ class Context:
             raise self._inventory
         return self._inventory
 
-    def forget_inventory(self) -> None:
-        """After installing a driver, NVML must be asked again."""
-        self._inventory = None
-
     def fetch_worker_token(self) -> str:
         if self.token_fetcher is not None:
             return self.token_fetcher(self.config.swarm)

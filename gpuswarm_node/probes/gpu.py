@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import NvmlUnavailable
 
@@ -112,6 +111,3 @@ def _read_gpu(pynvml, index: int, handle) -> Gpu:
                name=_text(pynvml.nvmlDeviceGetName(handle)),
                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
                pci_bus_id=pci, mig_enabled=mig, mig_devices=tuple(migs))
-
-
-InventoryReader = Callable[[], Inventory]

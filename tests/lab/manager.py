@@ -34,6 +34,7 @@ from pathlib import Path
 from .dockerd import LabDockerd, lab_env, private_mnt_ns, private_mount_ns_argv, stop_process, tail
 from .network import LabNetwork
 from .tlsca import TestCA
+from .util import Started
 
 NAME = "gsn-mgr"
 ADDRESS = "198.18.0.1"
@@ -98,7 +99,7 @@ def busybox_image_tar() -> bytes:
     return buf.getvalue()
 
 
-class ManagerHost:
+class ManagerHost(Started):
     """Swarm manager + sshd + TLS registry on gsn-mgr.  Use as a context manager."""
 
     def __init__(self, network: LabNetwork, state_dir: Path | None = None) -> None:
@@ -122,16 +123,6 @@ class ManagerHost:
         self._registry: subprocess.Popen | None = None
 
     # -- lifecycle -------------------------------------------------------
-
-    def __enter__(self) -> "ManagerHost":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _phase(self, name: str, started: float) -> None:
         self.timings[name] = round(time.monotonic() - started, 3)

@@ -30,6 +30,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .util import Started
+
 BRIDGE = "gsnbr0"
 BRIDGE_ADDRESS = "198.18.0.254"
 SUBNET = "198.18.0.0/24"
@@ -139,7 +141,7 @@ def cleanup_stale() -> None:
     remove_cgroup_dirs(CGROUP_PREFIX + "*")
 
 
-class LabNetwork:
+class LabNetwork(Started):
     """Context manager owning the bridge, the lab netns and our iptables rules."""
 
     def __init__(self) -> None:
@@ -155,16 +157,6 @@ class LabNetwork:
         _run("ip", "link", "set", BRIDGE, "up")
         self._insert_rule("filter", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
         return self
-
-    def __enter__(self) -> "LabNetwork":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def add_host(self, name: str, address: str) -> LabHost:
         if not name.startswith(NETNS_PREFIX) or len(VETH_PREFIX + name) > 15:

@@ -55,3 +55,24 @@ def processes() -> list[tuple[int, int, str]]:
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         found.append((int(entry.name), int(stat[stat.rindex(")") + 2:].split()[1]), name))
     return found
+
+
+class Started:
+    """A lab part used as `with Part(...) as part:`: started on entry, closed on exit, and closed
+    again (safely) when starting failed half-way."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
