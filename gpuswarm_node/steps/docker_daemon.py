@@ -111,6 +111,11 @@ def dockerd_exec_start(unit_text: str) -> list[str]:
     return []
 
 
+def unit_exec_start(host: Host) -> list[str]:
+    """dockerd's command line in the docker unit systemd uses (/etc overrides /lib)."""
+    return dockerd_exec_start(next((t for t in map(host.read_text, DOCKER_UNITS) if t), ""))
+
+
 def without_host_flags(argv: list[str]) -> list[str]:
     out, skip = [], False
     for arg in argv:
@@ -155,8 +160,7 @@ class DockerDaemonStep:
     def _dropin(self, ctx: Context, merged: dict) -> str | None:
         if "hosts" not in merged:
             return None
-        unit = next((t for t in map(ctx.host.read_text, DOCKER_UNITS) if t), "")
-        argv = dockerd_exec_start(unit)
+        argv = unit_exec_start(ctx.host)
         if not argv or without_host_flags(argv) == argv:
             return None
         stripped = without_host_flags(argv)
@@ -245,7 +249,7 @@ class DockerDaemonStep:
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
         want_dropin, have_dropin = self._dropin(ctx, merged), ctx.host.read_text(DROPIN)
-        exec_start = dockerd_exec_start(next((t for t in map(ctx.host.read_text, DOCKER_UNITS) if t), ""))
+        exec_start = unit_exec_start(ctx.host)
         if want_dropin:
             exec_start = without_host_flags(exec_start)
         conflicts = restart.conflicting_keys(merged, exec_start)

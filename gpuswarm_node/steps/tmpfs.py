@@ -52,20 +52,22 @@ class TmpfsStep:
     name = "tmpfs"
     description = "tmpfs of a fraction of RAM mounted and in /etc/fstab"
 
-    def _entry(self, ctx: Context) -> str:
+    def _entry(self, ctx: Context, mib: int) -> str:
         # nofail: a broken entry must never drop the machine into emergency mode at boot.
-        options = f"size={size_mib(ctx)}m,mode=1777,nofail"
+        options = f"size={mib}m,mode=1777,nofail"
         return render("fstab-tmpfs.j2", path=ctx.config.tmpfs.path, options=options).rstrip("\n")
 
     def files(self, ctx: Context) -> list[PlannedFile]:
         current = ctx.host.read_text(FSTAB) or ""
-        return [PlannedFile(FSTAB, desired_fstab(current, self._entry(ctx), ctx.config.tmpfs.path))]
+        entry = self._entry(ctx, size_mib(ctx))
+        return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path))]
 
     def check(self, ctx: Context) -> Check:
         path = ctx.config.tmpfs.path
         want_mib = size_mib(ctx)
+        entry = self._entry(ctx, want_mib)
         current = ctx.host.read_text(FSTAB)
-        wanted = self.files(ctx)[0].content
+        wanted = desired_fstab(current or "", entry, path)
         mounted = system.mount_at(ctx.host, path)
         if mounted and mounted.fstype != "tmpfs":
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
@@ -74,7 +76,6 @@ class TmpfsStep:
         if not ctx.host.exists(path):
             actions.append(MakeDir(path))
         if (current or "") != wanted:
-            entry = self._entry(ctx)
             # Checked before it is written: a bad line in fstab can stop the next boot.
             actions.append(Call(f"verify the new {FSTAB} entry with findmnt --verify",
                                 lambda ctx: _verify(ctx, entry)))
