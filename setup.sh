@@ -3,6 +3,9 @@
 # `gpuswarm-node setup` with this script's arguments. Safe to re-run: the tool is reinstalled only
 # when this source tree changed, and setup itself changes only what is not yet right.
 set -eu
+# Before anything is created: under umask 000 (some cloud-init setups) the venv, and everything
+# pip and the tool put in place, would be writable by every local user.
+umask 022
 
 PREFIX=${GPUSWARM_PREFIX:-/opt/gpuswarm-node}
 BIN_LINK=/usr/local/bin/gpuswarm-node
@@ -25,6 +28,19 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-venv >&2
+fi
+
+# An install made under umask 000 (before this script set its own) left the tool writable by
+# every local user: root only, before anything runs from it. Only what this script created is
+# touched (PREFIX may be shared); symlinks carry no permissions of their own.
+if [ -d "$PREFIX/venv" ] && [ -n "$(find "$PREFIX" -maxdepth 0 \( -perm /022 -o ! -user 0 \) -print;
+                                   find "$PREFIX/venv" ! -type l \( -perm /022 -o ! -user 0 -o ! -group 0 \) -print -quit)" ]; then
+    say "making $PREFIX/venv owned and writable by root only"
+    chown -h root:root "$PREFIX"
+    chmod go-w "$PREFIX"
+    chown -R -h root:root "$PREFIX/venv"
+    chmod -R go-w "$PREFIX/venv"
+    [ ! -f "$PREFIX/source.sha256" ] || { chown -h root:root "$PREFIX/source.sha256"; chmod 0644 "$PREFIX/source.sha256"; }
 fi
 
 # A hash of the installable source decides whether the installed copy is current.

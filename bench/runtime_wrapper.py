@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from gpuswarm_node.render import render  # noqa: E402
 from gpuswarm_node.slices import slice_map_text  # noqa: E402
 from gpuswarm_node.steps.docker_daemon import NVIDIA_RUNTIME, WRAPPER_PYTHON  # noqa: E402
+from tests.fake_engine import CONTAINER_ID, FakeEngine  # noqa: E402
 
 BUNDLE_CONFIG = REPO / "tests" / "data" / "docker-bundle-config.json"
 # Eight GPUs with three slices each: a larger map than most nodes have.
@@ -64,7 +65,11 @@ def main() -> None:
         tmp = Path(tmp_name)
         slice_map = tmp / "slices.json"
         slice_map.write_text(slice_map_text("gpu", SLICES))
-        program_text = render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"])
+        # The container reserved slices, so the wrapper asks the Engine API which image it runs:
+        # a stand-in answers on a unix socket (dockerd answers these two calls about as fast).
+        engine = FakeEngine(tmp / "docker.sock")
+        program_text = render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"],
+                              docker_socket=str(engine.path), toolkit_configs=(str(tmp / "toolkit.toml"),))
         program = tmp / "gpuswarm-runtime.py"
         program.write_text(program_text)
         front = tmp / "gpuswarm-runtime"
@@ -79,7 +84,7 @@ def main() -> None:
         bin_dir.mkdir()
         stand_in = bin_dir / "nvidia-container-runtime"
         stand_in.symlink_to(shutil.which("true"))
-        bundle = tmp / "bundle"
+        bundle = tmp / CONTAINER_ID
         bundle.mkdir()
         config = bundle / "config.json"
         original = BUNDLE_CONFIG.read_text().replace("::2\"", f"::2,{SLICES[9]}\"")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from dataclasses import asdict
@@ -114,7 +115,7 @@ def setup(
         from .ui import print_plan, print_summary
 
         from .lock import run_lock
-        from .runlog import append as log_run
+        from .runlog import append as log_run, prepare as prepare_run_log
 
         cfg = load_config(config, overrides)
         selected = steps.select(only, skip)
@@ -124,6 +125,7 @@ def setup(
             report = run_setup(selected, ctx, dry_run=True)
         else:
             with run_lock():
+                prepare_run_log()
                 report = run_setup(selected, ctx)
                 log_run(report)
         if json_out:
@@ -346,6 +348,9 @@ def version() -> None:
 
 
 def main() -> None:
+    # Before anything is created: under umask 000 (some cloud-init setups) every file and directory
+    # would otherwise start group- and world-writable. The tool sets explicit modes too.
+    os.umask(0o022)
     app()
 
 

@@ -8,8 +8,11 @@ that the README's reference is checked against). An unknown section or key is an
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,6 +53,99 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return int(value)
+
+
+# Characters no value may hold, whatever its key: every string lands in a file (fstab, sources.list,
+# certs.d, daemon.json) or a command line, where a line break starts a new entry (a second, trusted
+# apt source). Cc: C0 and C1 controls and DEL; Zl/Zp: U+2028/U+2029, line ends to some parsers;
+# Cf: invisible format characters (bidi overrides) that make a value read otherwise than it is;
+# Cs: lone surrogates, which stand for undecodable bytes in the environment.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+# Debian adduser's default NAME_REGEX, with upper case, which useradd accepts: never an option
+# (leading '-') nor a number (usermod and getent would take it for a uid).
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\$?")
+USER_NAME_MAX = 32
+
+# One DNS label: letters, digits and inner '-' (RFC 1123); '_' only where the key allows it.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LABEL_UNDERSCORE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+# Docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = (r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                 r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*"
+    r"(?::\w[\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?",
+    re.ASCII)
+
+# A one-line sources.list entry: deb [options] URI suite [component...].
+APT_SOURCE_LINE = re.compile(r"deb +(?:\[[^\[\]]*\] +)?[A-Za-z][A-Za-z0-9+.-]*:\S+ +\S+(?: +\S+)* *")
+
+
+def forbidden_char(text: str) -> tuple[int, str] | None:
+    """(position, character) of the first character no value may hold, or None."""
+    for i, c in enumerate(text):
+        if unicodedata.category(c) in FORBIDDEN_CATEGORIES:
+            return i, c
+    return None
+
+
+def valid_user_name(name: str) -> bool:
+    return len(name) <= USER_NAME_MAX and USER_NAME.fullmatch(name) is not None
+
+
+def host_name_problem(host: str, underscore: bool = False) -> str | None:
+    """Why `host` is not a DNS name or an IPv4 address, or None."""
+    if not host:
+        return "the host is empty"
+    if len(host) > 253:
+        return "the host name is longer than 253 characters"
+    labels = host.split(".")
+    if labels[-1].isdigit():
+        # All-numeric last label: only an IPv4 address reads like that (and 010.0.0.1 is ambiguous).
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not a valid IPv4 address"
+        return None
+    label = _LABEL_UNDERSCORE if underscore else _LABEL
+    for part in labels:
+        if not part:
+            return f"{host!r} has an empty label (a leading, trailing or doubled '.')"
+        if not label.fullmatch(part):
+            allowed = "letters, digits, '-' and '_'" if underscore else "letters, digits and '-'"
+            return f"label {part!r} must be 1-63 {allowed}, not starting or ending with '-'"
+    return None
+
+
+def registry_address_problem(address: str) -> str | None:
+    """Why `address` is not host[:port] as image names spell a registry, or None."""
+    if address.startswith("["):
+        inside, bracket, rest = address[1:].partition("]")
+        if not bracket:
+            return "the '[' of an IPv6 address is not closed"
+        try:
+            ip = ipaddress.IPv6Address(inside)
+        except ValueError:
+            return f"{inside!r} between brackets is not an IPv6 address"
+        if ip.scope_id:
+            return "an IPv6 zone (%...) is not part of an image name"
+        if rest and not rest.startswith(":"):
+            return "only ':port' may follow the IPv6 address"
+        port = rest[1:] if rest else None
+    else:
+        if address.count(":") > 1:
+            return "an IPv6 address must be in brackets, e.g. [2001:db8::1]:5000"
+        host, colon, port = address.partition(":")
+        port = port if colon else None
+        problem = host_name_problem(host)
+        if problem:
+            return problem
+    if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+        return f"the port {port!r} is not a number from 1 to 65535"
+    return None
 
 
 def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
@@ -174,6 +270,11 @@ def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be a {want.__name__}, got {raw!r}.",
                           "Fix the value and run again.") from None
+    found = forbidden_char(raw) if isinstance(raw, str) else None
+    if found:
+        raise ConfigError(f"{where} holds the control character {found[1]!r} at position {found[0]}, which would "
+                          "split or disguise the line it is written to.",
+                          "Write the value on one line of printable characters and run again.")
     choices = f.metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}.",
@@ -182,13 +283,12 @@ def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    def bad(section: str, name: str, why: str) -> ConfigError:
-        return ConfigError(f"[{section}] {name} {why}.", "Fix the value and run again.")
+    def bad(section: str, name: str, why: str, fix: str = "Fix the value and run again.") -> ConfigError:
+        return ConfigError(f"[{section}] {name} {why}.", fix)
 
     if not 0 < cfg.tmpfs.fraction <= 1:
         raise bad("tmpfs", "fraction", f"must be greater than 0 and at most 1, got {cfg.tmpfs.fraction}")
-    if not cfg.tmpfs.path.startswith("/") or any(c.isspace() for c in cfg.tmpfs.path):
-        raise bad("tmpfs", "path", f"must be an absolute path without spaces, got {cfg.tmpfs.path!r}")
+    _validate_paths(cfg, bad)
     if cfg.gpu.slices_per_gpu < 1:
         raise bad("gpu", "slices_per_gpu", f"must be at least 1, got {cfg.gpu.slices_per_gpu}")
     if cfg.gpu.slice_memory:
@@ -204,17 +304,74 @@ def _validate(cfg: Config) -> None:
         raise bad("gpu", "resource", f"must be letters, digits, '-' or '_', got {kind!r}")
     if cfg.apt.lock_timeout < 0:
         raise bad("apt", "lock_timeout", f"must be 0 or more seconds, got {cfg.apt.lock_timeout}")
-    if not 1 <= cfg.swarm.ssh_port <= 65535:
-        raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {cfg.swarm.ssh_port}")
+    if cfg.node.user and not valid_user_name(cfg.node.user):
+        # usermod and getent take "-..." for an option and a number for a uid.
+        raise bad("node", "user", f"must be a user name (a letter or '_', then letters, digits, '_' or '-', at most "
+                  f"{USER_NAME_MAX} characters), got {cfg.node.user!r}", "Name an existing user and run again.")
     if bool(cfg.registry.address) != bool(cfg.registry.ca_cert):
         raise bad("registry", "ca_cert" if cfg.registry.address else "address",
                   "must be set together with the other registry key")
-    if cfg.registry.address and ("/" in cfg.registry.address or " " in cfg.registry.address):
-        raise bad("registry", "address", f"must be host or host:port, got {cfg.registry.address!r}")
-    if cfg.swarm.host_key_fingerprint and not cfg.swarm.host_key_fingerprint.startswith("SHA256:"):
+    if cfg.registry.address:
+        # The CA lands at /etc/docker/certs.d/<address>/ca.crt: anything but a host name and port
+        # could put it elsewhere ("..").
+        problem = registry_address_problem(cfg.registry.address)
+        if problem:
+            raise bad("registry", "address", f"must be host[:port] (a DNS name, an IPv4 address or a bracketed IPv6 "
+                      f"address, port 1-65535), got {cfg.registry.address!r}: {problem}",
+                      "Write it as image names spell the registry, e.g. hub.example.org:5000, and run again.")
+    if cfg.image.name and not IMAGE_REFERENCE.fullmatch(cfg.image.name):
+        raise bad("image", "name", f"must be a Docker image reference such as hub.example.org:5000/notebook:tag "
+                  f"(lower-case repository, no spaces, not starting with '-'), got {cfg.image.name!r}")
+    _validate_swarm(cfg.swarm, bad)
+    source = cfg.nvidia.toolkit_apt_source
+    if not APT_SOURCE_LINE.fullmatch(source):
+        raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "
+                  f"[components]', got {source!r}")
+
+
+def _validate_paths(cfg: Config, bad) -> None:
+    path = cfg.tmpfs.path
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise bad("tmpfs", "path", f"must be an absolute path without spaces, got {path!r}")
+    # fstab and mountinfo name the mount point by its plain path: "/mnt/x/../y" would never be seen
+    # mounted (and be mounted again on each run), and "/" would hide the whole system.
+    if path.rstrip("/") == "" or any(part in (".", "..") for part in path.split("/")):
+        raise bad("tmpfs", "path", f"must be a directory below / without '.' or '..' components, got {path!r}")
+    # A relative path would be read from whatever directory root ran the tool in.
+    for section, name, value in (("registry", "ca_cert", cfg.registry.ca_cert),
+                                 ("swarm", "ssh_key", cfg.swarm.ssh_key),
+                                 ("swarm", "known_hosts", cfg.swarm.known_hosts)):
+        if value and not value.startswith("/"):
+            raise bad(section, name, f"must be an absolute path, got {value!r}")
+
+
+def _validate_swarm(swarm: SwarmConfig, bad) -> None:
+    if not 1 <= swarm.ssh_port <= 65535:
+        raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {swarm.ssh_port}")
+    if swarm.manager:
+        if swarm.manager.startswith("["):
+            raise bad("swarm", "manager", f"must be an IPv6 address without brackets, got {swarm.manager!r}")
+        try:
+            ipaddress.ip_address(swarm.manager)
+        except ValueError:
+            # A trailing dot is an absolute DNS name, which SSH resolves like any other.
+            problem = host_name_problem(swarm.manager.removesuffix("."), underscore=True)
+            if problem:
+                raise bad("swarm", "manager", f"must be a host name or an IP address, got {swarm.manager!r}: "
+                          f"{problem}") from None
+        if not swarm.ssh_key:
+            raise bad("swarm", "ssh_key", "must name the private key for SSH to swarm.manager")
+        if not swarm.known_hosts and not swarm.host_key_fingerprint:
+            raise bad("swarm", "known_hosts", "must name the file with the manager's host key, or "
+                      "swarm.host_key_fingerprint must pin it")
+    for name in ("ssh_user", "advertise_addr"):
+        value = getattr(swarm, name)
+        if value.startswith("-") or any(c.isspace() for c in value):
+            raise bad("swarm", name, f"must not start with '-' or hold spaces, got {value!r}")
+    if not swarm.ssh_user:
+        raise bad("swarm", "ssh_user", "must name the SSH user on the manager")
+    if swarm.host_key_fingerprint and not swarm.host_key_fingerprint.startswith("SHA256:"):
         raise bad("swarm", "host_key_fingerprint", "must be a SHA256:... fingerprint as ssh-keygen -lf prints it")
-    if not cfg.nvidia.toolkit_apt_source.startswith("deb "):
-        raise bad("nvidia", "toolkit_apt_source", "must be a full sources.list line starting with 'deb '")
 
 
 def _merge(values: dict[str, dict[str, Any]], section: str, name: str, raw: Any, origin: str) -> None:

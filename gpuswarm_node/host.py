@@ -7,19 +7,23 @@ tests give a different `Host` with the state they want to see.
 
 from __future__ import annotations
 
-import glob
+import errno
 import os
+import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol
 
 from .errors import CommandFailed, StepFailed
-from .journal import Journal
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class Host(Protocol):
         """The file's text, or None when it does not exist."""
 
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
-        """Replace the file atomically: readers see the old file or the new one, never a part."""
+        """Replace the file atomically: readers see the old file or the new one, never a part. The
+        file is root's, with `mode`, whatever the file it replaces was (a symlink is replaced)."""
 
     def remove(self, path: str) -> None: ...
 
@@ -60,6 +65,9 @@ class Host(Protocol):
 
     def mtime(self, path: str) -> float | None: ...
 
+    def file_status(self, path: str) -> FileStatus | None:
+        """The path's own owner and mode, a symlink not followed; None when it does not exist."""
+
     def verify_fstab(self, entries: str) -> str | None:
         """What `findmnt --verify` finds wrong with these fstab lines, or None."""
 
@@ -69,29 +77,238 @@ class Host(Protocol):
 
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
+ROOT = (0, 0)
+# Temp files without a pid in their name come from versions before it was there; a writer holds
+# its temp file for well under a second, so one this old has no writer left.
+LEGACY_TEMP_STALE_AFTER = 3600.0
 
 
-def atomic_write(target: Path, content: str, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: a crash at any point
-    leaves the old file or the new one. An existing file keeps its mode and owner."""
+class FileStatus(NamedTuple):
+    """A path's own owner and mode (os.lstat: a symlink is reported, never followed)."""
+
+    uid: int
+    gid: int
+    mode: int  # permission bits only, e.g. 0o644
+    is_symlink: bool
+    is_dir: bool = False
+
+
+def file_status(path: str | Path) -> FileStatus | None:
     try:
-        st = target.stat()
-        mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return FileStatus(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), stat.S_ISLNK(st.st_mode),
+                      stat.S_ISDIR(st.st_mode))
+
+
+def unsafe(status: FileStatus | None, owner: int = 0) -> str | None:
+    """Why a file or directory that root writes, reads or runs could be changed by someone else
+    (it is a symlink, has another owner, or is writable by group or others), or None. A missing
+    path is not unsafe."""
+    if status is None:
+        return None
+    if status.is_symlink:
+        return "is a symlink"
+    if status.uid != owner:
+        return f"is owned by uid {status.uid}, not {'root' if owner == 0 else f'uid {owner}'}"
+    if status.mode & 0o002:
+        return f"is writable by others (mode {status.mode:04o})"
+    if status.mode & 0o020:
+        return f"is writable by group {status.gid} (mode {status.mode:04o})"
+    return None
+
+
+def dir_repair_commands(path: str, status: FileStatus) -> list[tuple[str, ...]]:
+    """The commands that make an existing directory (not a symlink) root's and writable by root
+    only, keeping its other bits (a 0700 directory stays 0700)."""
+    commands: list[tuple[str, ...]] = []
+    if status.uid != 0:
+        commands.append(("chown", "root:root", path))
+    if status.mode & 0o022:
+        commands.append(("chmod", "go-w", path))
+    return commands
+
+
+def ensure_dir(path: str | Path, mode: int = 0o755) -> list[Path]:
+    """Create the directory and its missing parents (those 0755, the directory itself `mode`),
+    whatever the umask: mkdir's mode is masked by it, so each is chmod-ed after. Returns the
+    directories created; existing ones are left as they are."""
+    path = Path(path)
+    missing: list[Path] = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    created: list[Path] = []
+    for i, directory in enumerate(reversed(missing)):
+        want = mode if i == len(missing) - 1 else 0o755
+        try:
+            os.mkdir(directory, 0o700)  # never wider than wanted, even for a moment
+        except FileExistsError:
+            continue
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, want)
+        finally:
+            os.close(fd)
+        created.append(directory)
+    return created
+
+
+def checked_dir(path: str | Path, mode: int, what: str) -> Path:
+    """A directory the tool keeps its own records in: created with `mode` when missing; an existing
+    one that is a symlink, not the running user's (root's), or writable by group or others is
+    refused, since whoever can change it could change or redirect what root writes there."""
+    path = Path(path)
+    ensure_dir(path, mode)
+    problem = unsafe(file_status(path), owner=os.geteuid())
+    if problem is None and not os.path.isdir(path):
+        problem = "is not a directory"
+    if problem:
+        raise StepFailed(f"{what} {path} {problem}, so another user could change or redirect what the "
+                         "tool writes there; nothing was written to it.",
+                         f"Make it a directory owned by root with mode {mode:04o} "
+                         f"(chown root:root {path}; chmod {mode:04o} {path}) and run again.")
+    return path
+
+
+def _open_record(path: Path, flags: int, mode: int, what: str) -> int | None:
+    """Open one of the tool's own record files (journal, run log) without following a symlink;
+    one that is not a regular file of the running user with a single link is refused. None when
+    it does not exist and `flags` do not create it."""
+    problem = None
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
     except FileNotFoundError:
-        owner = None
-    # A writer killed between its temp file and the rename left the temp file behind; only one
-    # setup runs at a time (lock.py), so any such file is stale.
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        if flags & os.O_CREAT:
+            raise
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        problem = "is a symlink"
+    else:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_uid != os.geteuid():
+            problem = f"is owned by uid {st.st_uid}, not {'root' if os.geteuid() == 0 else f'uid {os.geteuid()}'}"
+        elif st.st_nlink != 1:
+            problem = f"has {st.st_nlink} hard links"
+        if problem:
+            os.close(fd)
+    if problem:
+        raise StepFailed(f"{what} {path} {problem}, so the tool will not use it.",
+                         f"Move it aside (mv {path} {path}.suspect) and run again.")
+    return fd
+
+
+def append_record(path: Path, text: str, mode: int, what: str, sync: bool = False) -> None:
+    """Append whole lines with one O_APPEND write (concurrent readers never see half a record) to a
+    file that gets `mode` whatever the umask."""
+    fd = _open_record(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, what)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(content)
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_record(path: Path, what: str) -> str | None:
+    fd = _open_record(path, os.O_RDONLY, 0, what)
+    if fd is None:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temp files of writers of `target` that died between creating and renaming them. A
+    temp file names its writer's pid, so one whose writer still runs (a concurrent `status
+    --prometheus`, another thread) is never touched."""
+    ours = re.compile(rf"\.{re.escape(target.name)}\.([1-9][0-9]*)\.[a-z0-9_]+\.tmp")
+    legacy = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        temp = target.parent / name
+        if match := ours.fullmatch(name):
+            stale = not _writer_alive(int(match.group(1)))
+        elif legacy.fullmatch(name):
+            try:
+                stale = time.time() - os.lstat(temp).st_mtime > LEGACY_TEMP_STALE_AFTER
+            except FileNotFoundError:
+                continue
+        else:
+            continue
+        if stale:
+            temp.unlink(missing_ok=True)
+
+
+def _times_if_unchanged(target: Path, data: bytes) -> tuple[int, int] | None:
+    """(atime, mtime) in ns of the file at `target` when it already holds exactly `data`: a rewrite
+    that changes only owner or mode keeps them, so it does not count as a change (dockerd is
+    restarted when daemon.json changed after it started). Read as `read_text` reads it, through a
+    symlink, but never blocking on a FIFO or reading anything but a regular file of that size."""
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):  # never open a device or FIFO
+            return None
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return None
+        chunks, left = [], len(data) + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return (st.st_atime_ns, st.st_mtime_ns) if b"".join(chunks) == data else None
+    finally:
+        os.close(fd)
+
+
+def atomic_write(target: Path, content: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: a crash at any point
+    leaves the old file or the new one.
+
+    The file gets `mode` and `owner` (default: root's when running as root, else the writer's),
+    whatever the umask and whatever the file it replaces had. A target that is a symlink is
+    replaced by the file, never written through. Content that did not change keeps its
+    modification time."""
+    target = Path(target)
+    if owner is None and os.geteuid() == 0:
+        owner = ROOT
+    data = content.encode()
+    _remove_stale_temps(target)
+    keep_times = _times_if_unchanged(target, data)
+    # mkstemp: O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 until the fchmod below.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
+            os.fchmod(fh.fileno(), mode)  # after fchown, which clears set-id bits
+            if keep_times is not None:
+                os.utime(fh.fileno(), ns=keep_times)
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        if owner is not None:
-            os.chown(tmp, *owner)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,14 +332,50 @@ class LocalHost:
         if self.journal is not None:
             self.journal.record(**entry)
 
+    def _journal_ready(self) -> None:
+        # Before the change, not after: a change the journal cannot record is not made.
+        if self.journal is not None:
+            self.journal.ready()
+
     def _backup(self, target: Path) -> str | None:
-        if not target.is_file():
+        """Copy the regular file at `target` (never a symlink's target) into the backup directory,
+        keeping its mode and times for `reset`. None when there is nothing to copy."""
+        try:
+            src = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        name = f"{str(target).strip('/').replace('/', '__')}.{stamp}.{os.getpid()}.{len(self.backups)}"
-        self.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        backup = self.backup_dir / name
-        shutil.copy2(target, backup)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink: replaced, not copied through
+                return None
+            raise
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            backup_dir = checked_dir(self.backup_dir, 0o700, "backup directory")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            name = f"{str(target).strip('/').replace('/', '__')}.{stamp}.{os.getpid()}.{len(self.backups)}"
+            for attempt in range(100):
+                backup = backup_dir / (name if attempt == 0 else f"{name}.{attempt}")
+                try:
+                    dst = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o600)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise StepFailed(f"no free backup name for {target} in {backup_dir}.",
+                                 "Move old backups elsewhere and run again.")
+            try:
+                while chunk := os.read(src, 1 << 20):
+                    os.write(dst, chunk)
+                os.fchmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
         self.backups.append((str(target), str(backup)))
         return str(backup)
 
@@ -161,21 +414,27 @@ class LocalHost:
 
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._journal_ready()
+        ensure_dir(target.parent)
+        replaced_link = os.readlink(target) if os.path.islink(target) else None
         backup = self._backup(target)
         atomic_write(target, content, mode)
-        self._record(kind="write", path=str(target), backup=backup)
+        entry = {"symlink": replaced_link} if replaced_link is not None else {}
+        self._record(kind="write", path=str(target), backup=backup, **entry)
 
     def remove(self, path: str) -> None:
+        self._journal_ready()
         backup = self._backup(Path(path))
         Path(path).unlink(missing_ok=True)
         self._record(kind="remove", path=path, backup=backup)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
-        created = not os.path.isdir(path)
-        Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
-        if created:
+        self._journal_ready()
+        if Path(path) in ensure_dir(path, mode):
             self._record(kind="mkdir", path=path)
+
+    def file_status(self, path: str) -> FileStatus | None:
+        return file_status(path)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from .host import append_record, checked_dir, read_record
+
 JOURNAL = "/var/lib/gpuswarm-node/changes.jsonl"
 
 
@@ -14,20 +16,23 @@ class Journal:
     def __init__(self, path: str = JOURNAL) -> None:
         self.path = Path(path)
 
+    def ready(self) -> None:
+        """Refuse, before any change, a journal directory someone else could change (reset
+        restores files as root from what the journal names)."""
+        checked_dir(self.path.parent, 0o700, "journal directory")
+
     def record(self, **entry) -> None:
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)  # a record that is lost would make reset miss a change
-        finally:
-            os.close(fd)
+        self.ready()
+        # fsync: a record that is lost would make reset miss a change.
+        append_record(self.path, line, 0o600, "journal", sync=True)
 
     def entries(self) -> list[dict]:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
+        if not self.path.parent.exists():
+            return []
+        self.ready()
+        text = read_record(self.path, "journal")
+        if text is None:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 

@@ -7,11 +7,12 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import os
 import socket
-from pathlib import Path
+import stat
 
 from .config import SwarmConfig
 from .errors import ManagerUnreachable
@@ -56,34 +57,39 @@ class ManagerSession:
         import paramiko
 
         cfg = self.cfg
-        key_path = Path(cfg.ssh_key)
-        problem = ssh_key_problem(cfg.ssh_key)
-        if problem:
-            raise ManagerUnreachable(f"{problem}; refusing to use it.",
-                                     "Install the key owned by root with mode 0600 (chown root:root; chmod 600).")
-        known_hosts = Path(cfg.known_hosts)
         pinned = cfg.host_key_fingerprint
-        if not known_hosts.is_file() and not pinned:
-            raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} does not exist, so the manager's host key "
-                                     "cannot be verified.",
-                                     "Put the manager's host key there (ssh-keyscan it and check its fingerprint), "
-                                     "or pin it with swarm.host_key_fingerprint.")
-        client = paramiko.SSHClient()
-        if known_hosts.is_file():
-            try:
-                client.load_host_keys(str(known_hosts))
-            except (OSError, paramiko.SSHException) as exc:
-                raise ManagerUnreachable(f"swarm.known_hosts {known_hosts} cannot be read: {exc}.",
-                                         "Fix the file: one 'host keytype key' line per host.") from None
-        # Never auto-add: a key is accepted from known_hosts, or when it has the pinned fingerprint.
-        client.set_missing_host_key_policy(PinnedFingerprint(pinned) if pinned else paramiko.RejectPolicy())
+        # Both files are opened and checked before anything is sent, and paramiko reads the checked
+        # open files (through /proc/self/fd), so neither can be swapped between check and use.
+        key_fd = open_trust_file(cfg.ssh_key, "swarm.ssh_key", secret=True)
+        known_fd = None
         try:
-            client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=str(key_path),
-                           look_for_keys=False, allow_agent=False, timeout=self.timeout,
-                           banner_timeout=self.timeout, auth_timeout=self.timeout)
-        except Exception as exc:
-            client.close()
-            raise self._explain(exc) from None
+            if cfg.known_hosts and os.path.lexists(cfg.known_hosts):
+                known_fd = open_trust_file(cfg.known_hosts, "swarm.known_hosts", secret=False)
+            elif not pinned:
+                raise ManagerUnreachable(f"swarm.known_hosts {cfg.known_hosts} does not exist, so the manager's host "
+                                         "key cannot be verified.",
+                                         "Put the manager's host key there (ssh-keyscan it and check its "
+                                         "fingerprint), or pin it with swarm.host_key_fingerprint.")
+            client = paramiko.SSHClient()
+            if known_fd is not None:
+                try:
+                    client.load_host_keys(_fd_path(known_fd))
+                except (OSError, paramiko.SSHException) as exc:
+                    raise ManagerUnreachable(f"swarm.known_hosts {cfg.known_hosts} cannot be read: {exc}.",
+                                             "Fix the file: one 'host keytype key' line per host.") from None
+            # Never auto-add: a key is accepted from known_hosts, or when it has the pinned fingerprint.
+            client.set_missing_host_key_policy(PinnedFingerprint(pinned) if pinned else paramiko.RejectPolicy())
+            try:
+                client.connect(cfg.manager, port=cfg.ssh_port, username=cfg.ssh_user, key_filename=_fd_path(key_fd),
+                               look_for_keys=False, allow_agent=False, timeout=self.timeout,
+                               banner_timeout=self.timeout, auth_timeout=self.timeout)
+            except Exception as exc:
+                client.close()
+                raise self._explain(exc) from None
+        finally:
+            os.close(key_fd)
+            if known_fd is not None:
+                os.close(known_fd)
         self.client = client
         return self
 
@@ -166,14 +172,66 @@ def resolve_addresses(host: str) -> set[str]:
         return {host}
 
 
+# What each trusted file may be, and how to make it so. The key is a secret: root alone may read
+# it. known_hosts is public but decides whom the token goes to: root alone may change it.
+TRUST_FILES = {
+    "swarm.ssh_key": ("use it", "Install the key file itself (not a link), owned by root with mode 0600 "
+                                "(chown root:root; chmod 600)."),
+    "swarm.known_hosts": ("trust the host keys in it", "Install the file itself (not a link), owned by root and "
+                                                       "writable only by root (chown root:root; chmod 644)."),
+}
+
+
+def _fd_path(fd: int) -> str:
+    """A path that opens the very file behind `fd`, for libraries that take a file name."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _trust_problem(path: str, secret: bool) -> tuple[int | None, str | None]:
+    """(an open fd, None) when the file is safe to trust, else (None, why not)."""
+    # O_NOFOLLOW: a symbolic link is refused, not followed; whoever can change the link or what it
+    # points to (a directory anywhere on the way) would choose the key or the host keys we trust.
+    # O_NONBLOCK: a FIFO must not hang the open; fstat then refuses it as not a regular file.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None, "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            return None, "is a symbolic link"
+        return None, f"cannot be opened: {exc.strerror}"
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != 0:
+        problem = "is not owned by root"
+    elif secret and mode & 0o077:
+        access = "readable by" if mode & 0o044 else "accessible to"
+        problem = f"is {access} other users (mode {mode:o})"
+    elif not secret and mode & 0o022:
+        problem = f"is writable by other users (mode {mode:o})"
+    if problem:
+        os.close(fd)
+        return None, problem
+    return fd, None
+
+
+def open_trust_file(path: str, key: str, secret: bool) -> int:
+    """A read-only fd of the file `key` names, checked with fstat; ManagerUnreachable when it is
+    missing, a link, not owned by root, or open to others (to read, for a secret; else to write)."""
+    fd, problem = _trust_problem(path, secret)
+    if problem:
+        refused, fix = TRUST_FILES[key]
+        raise ManagerUnreachable(f"{key} {path} {problem}; refusing to {refused}.", fix)
+    return fd
+
+
 def ssh_key_problem(path: str) -> str | None:
     """Why a private key file must not be used, or None."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return f"swarm.ssh_key {path} does not exist"
-    if st.st_uid != 0:
-        return f"swarm.ssh_key {path} is not owned by root"
-    if st.st_mode & 0o077:
-        return f"swarm.ssh_key {path} is readable by other users (mode {st.st_mode & 0o777:o})"
-    return None
+    fd, problem = _trust_problem(path, secret=True)
+    if fd is not None:
+        os.close(fd)
+    return f"swarm.ssh_key {path} {problem}" if problem else None

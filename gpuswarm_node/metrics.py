@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .engine import RunReport, State
-from .host import atomic_write
+from .host import atomic_write, ensure_dir
 
 
 def render(report: RunReport, now: float | None = None) -> str:
@@ -29,7 +29,8 @@ def render(report: RunReport, now: float | None = None) -> str:
 
 
 def write(report: RunReport, path: str) -> None:
-    # node-exporter may read at any moment: it must never see half a file.
+    # node-exporter may read at any moment: it must never see half a file. Concurrent status runs
+    # may write it at once: each renames its own temp file (host.atomic_write).
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, render(report))
+    ensure_dir(target.parent)
+    atomic_write(target, render(report), 0o644)

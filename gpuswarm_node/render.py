@@ -15,6 +15,13 @@ def templates_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"  # source tree
 
 
+def _pyrepr(value) -> str:
+    # repr() of an undefined value is the word Undefined: strict mode must fail here too.
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return repr(value)
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -23,7 +30,7 @@ def _environment() -> jinja2.Environment:
     # Jinja's own tojson sorts keys and HTML-escapes; daemon.json wants neither.
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2)
     # Python literals in generated Python (the runtime wrapper, hub config lines).
-    env.filters["pyrepr"] = repr
+    env.filters["pyrepr"] = _pyrepr
     # Words in generated sh (the runtime wrapper's front).
     env.filters["shquote"] = shlex.quote
     return env

@@ -82,8 +82,10 @@ def plan(entries: list[dict]) -> list[Undo]:
 def _undo_command(argv: list[str]) -> list[Undo]:
     if argv[:1] == ["mount"]:
         return [Undo("umount", argv[-1])]
-    if argv[:3] == ["usermod", "--append", "--groups"] and len(argv) == 5:
-        return [Undo("run", argv=("gpasswd", "--delete", argv[4], argv[3]))]
+    if argv[:3] == ["usermod", "--append", "--groups"] and len(argv) in (5, 6) and argv[4:-1] in ([], ["--"]):
+        # Journals of older versions lack the "--" before the user name.
+        group, user = argv[3], argv[-1]
+        return [Undo("run", argv=("gpasswd", "--delete", user, "--", group))]
     if argv[:1] == ["apt-get"] and "install" in argv:
         packages = [a for a in argv[argv.index("install") + 1:] if not a.startswith("-")]
         return [Undo("note", f"packages left installed: {' '.join(packages)} (remove with apt-get purge)")]

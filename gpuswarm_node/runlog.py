@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 from .engine import RunReport
+from .host import append_record, checked_dir
 
 RUN_LOG = "/var/log/gpuswarm-node/runs.jsonl"
+
+
+def prepare(path: str = RUN_LOG) -> None:
+    """Refuse before a run changes anything, not after, when the log's directory is unsafe."""
+    checked_dir(Path(path).parent, 0o755, "run log directory")
 
 
 def append(report: RunReport, path: str = RUN_LOG) -> None:
@@ -25,10 +30,6 @@ def append(report: RunReport, path: str = RUN_LOG) -> None:
             "error": step.detail if step.state.value == "failed" else None,
         }))
     log = Path(path)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    checked_dir(log.parent, 0o755, "run log directory")
     # One write of whole lines with O_APPEND: concurrent readers never see half a record.
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, ("\n".join(lines) + "\n").encode())
-    finally:
-        os.close(fd)
+    append_record(log, "\n".join(lines) + "\n", 0o640, "run log")

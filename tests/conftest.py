@@ -46,3 +46,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("lab timings")
         for phase, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{seconds:8.1f} s  {phase}")
+
+
+@pytest.fixture
+def as_root() -> None:
+    """For tests that change file owners: they need root, and fail (never skip) without it."""
+    if os.geteuid() != 0:
+        pytest.fail("this test changes file owners: run the suite as root (./run-tests.sh)")

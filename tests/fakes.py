@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
-from gpuswarm_node.host import CommandResult
+from gpuswarm_node.host import CommandResult, FileStatus
 from gpuswarm_node.probes.docker import SwarmMembership
 from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
 
@@ -25,7 +25,9 @@ class FakeHost:
     """Files, directories and command answers given by the test; changes are recorded as actions.
 
     `effects` maps a command line to the state it leaves behind: {"commands": {...}, "files": {...},
-    "dirs": [...]}, so that applying then checking can converge without a real machine.
+    "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
+    machine. `stats` gives a path's owner and mode where they are not the default (root's; 0644,
+    0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false}.
     """
 
     files: dict[str, str] = field(default_factory=dict)
@@ -36,6 +38,7 @@ class FakeHost:
     effects: dict[str, dict] = field(default_factory=dict)
     fstab_problem: str | None = None
     docker_config_problem: str | None = None
+    stats: dict[str, FileStatus] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
 
     @classmethod
@@ -44,7 +47,8 @@ class FakeHost:
                    commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
                    mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
                    fstab_problem=spec.get("fstab_problem"),
-                   docker_config_problem=spec.get("docker_config_problem"))
+                   docker_config_problem=spec.get("docker_config_problem"),
+                   stats=stats_from_case(spec.get("stats", {})))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -63,6 +67,7 @@ class FakeHost:
         self.files.update(effect.get("files", {}))
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))
+        self.stats.update(stats_from_case(effect.get("stats", {})))
         return CommandResult(tuple(argv), 0, "", "")
 
     def read_text(self, path: str) -> str | None:
@@ -70,15 +75,18 @@ class FakeHost:
 
     def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
         self.actions.append(f"write {path}")
-        existed = path in self.files
         self.files[path] = content
-        # A new file gets the mode; an existing one keeps its own, as on LocalHost.
-        if mode & 0o111 and not existed:
+        # As on LocalHost: the file is root's with this mode, whatever was there (a symlink too).
+        self.stats[path] = FileStatus(0, 0, mode, False)
+        if mode & 0o111:
             self.programs[path] = path
+        else:
+            self.programs.pop(path, None)
 
     def remove(self, path: str) -> None:
         self.actions.append(f"remove {path}")
         self.files.pop(path, None)
+        self.stats.pop(path, None)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.actions.append(f"mkdir {path}")
@@ -98,6 +106,16 @@ class FakeHost:
     def mtime(self, path: str) -> float | None:
         return self.mtimes.get(path, 0.0 if path in self.files else None)
 
+    def file_status(self, path: str) -> FileStatus | None:
+        if path in self.stats:
+            return self.stats[path]
+        if path in self.files:
+            return FileStatus(0, 0, 0o755 if path in self.programs else 0o644, False)
+        prefix = path.rstrip("/") + "/"
+        if path in self.dirs or any(p.startswith(prefix) for p in [*self.files, *self.dirs]):
+            return FileStatus(0, 0, 0o755, False, is_dir=True)
+        return None
+
     def validate_docker_config(self, content: str) -> str | None:
         self.actions.append("validate daemon.json")
         return self.docker_config_problem
@@ -105,6 +123,12 @@ class FakeHost:
     def verify_fstab(self, entries: str) -> str | None:
         self.actions.append(f"verify fstab {entries.strip()}")
         return self.fstab_problem
+
+
+def stats_from_case(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, FileStatus]:
+    return {path: FileStatus(int(st.get("uid", 0)), int(st.get("gid", 0)), int(str(st.get("mode", "0644")), 8),
+                             bool(st.get("symlink", False)), bool(st.get("dir", False)))
+            for path, st in spec.items()}
 
 
 @dataclass

@@ -31,7 +31,10 @@ WELL_FORMED = [
 ]
 MALFORMED = [f"{G0}::0", f"{G0}::x", f"{G0}::01", f"{G0}::1,", f",{G0}::1", f"{G0}::1,,{G0}::2", f" {G0}::1",
              f"{G0}::1;reboot", f"{G0}::1 && reboot", "$(reboot)", "`reboot`", "all", "0", f"{MIG}::1", "GPU-",
-             f"{G0}::1::2", "GPU-a:b::1", "GPU-\u00e9::1", f"{G0}::1\n{G1}::1", "'", '"']
+             f"{G0}::1::2", "GPU-a:b::1", "GPU-\u00e9::1", f"{G0}::1\n{G1}::1", "'", '"',
+             # $(...) strips trailing newlines: the hook must not, or these would pass there alone.
+             f"{G0}::1\n", f"{G0}::1\n\n", f"{MIG}\n", "\n", f"{G0}::1\r\n", f"{G0}::1\r", f"{G0}::\u0661",
+             f"{G0}::\u00b2"]
 
 
 def source(value: str | None, shell: str = "sh", kind: str | None = None, strict: bool = False):

@@ -16,11 +16,17 @@ from gpuswarm_node.host import LocalHost
 from gpuswarm_node.lock import AlreadyRunning, run_lock
 
 
-def test_write_keeps_mode_and_owner_and_backs_up(tmp_path):
+# Changes file owners: the suite runs as root (run-tests.sh); elsewhere this fails, never skips.
+needs_root = pytest.mark.usefixtures("as_root")
+
+
+@needs_root
+def test_write_makes_the_file_roots_with_the_given_mode_and_backs_up(tmp_path):
+    # A file a local user owns or may write (tampered) is not trusted to keep its owner and mode.
     target = tmp_path / "etc" / "daemon.json"
     target.parent.mkdir()
     target.write_text("old\n")
-    os.chmod(target, 0o640)
+    os.chmod(target, 0o666)
     os.chown(target, 65534, 65534)
     host = LocalHost(backup_dir=str(tmp_path / "backups"))
 
@@ -28,10 +34,21 @@ def test_write_keeps_mode_and_owner_and_backs_up(tmp_path):
 
     assert target.read_text() == "new\n"
     st = target.stat()
-    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 65534, 65534)
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o644, 0, 0)
     [(original, backup)] = host.backups
     assert original == str(target) and Path(backup).read_text() == "old\n"
+    # The backup keeps the old mode (for reset) in a directory only root can enter.
+    assert Path(backup).stat().st_mode & 0o777 == 0o666 and Path(backup).stat().st_uid == 0
+    assert (tmp_path / "backups").stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in target.parent.iterdir()) == ["daemon.json"]  # no temp file left
+
+
+def test_write_gives_the_mode_asked_for_over_the_old_one(tmp_path):
+    target = tmp_path / "gpuswarm-runtime"
+    target.write_text("old\n")
+    os.chmod(target, 0o600)
+    LocalHost(backup_dir=str(tmp_path / "backups")).write_text(str(target), "new\n", 0o755)
+    assert target.stat().st_mode & 0o7777 == 0o755
 
 
 def test_new_file_gets_the_given_mode_and_no_backup(tmp_path):
@@ -99,11 +116,74 @@ def test_setup_refuses_while_another_runs(gsn, tmp_path):
     assert "another gpuswarm-node setup is running (pid 4242)" in result.stderr
 
 
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no such process (pids are not reused this fast)
+
+
 def test_a_killed_writers_temp_file_is_cleaned_by_the_next_write(tmp_path):
     target = tmp_path / "daemon.json"
-    stale = tmp_path / ".daemon.json.abc123.tmp"
+    stale = tmp_path / f".daemon.json.{dead_pid()}.abc123.tmp"
     stale.write_text("half")
-    other = tmp_path / ".fstab.abc123.tmp"
+    other = tmp_path / f".fstab.{dead_pid()}.abc123.tmp"
     other.write_text("not ours to clean now")
     LocalHost(backup_dir=str(tmp_path / "bk")).write_text(str(target), "{}\n")
     assert not stale.exists() and other.exists()
+
+
+def test_a_live_writers_temp_file_is_left_alone(tmp_path):
+    # Two `status --prometheus` runs write one file at once: neither may delete the other's temp.
+    target = tmp_path / "gpuswarm_node.prom"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = tmp_path / f".gpuswarm_node.prom.{sleeper.pid}.k2j4h5g6.tmp"
+        theirs.write_text("being written")
+        mine = tmp_path / f".gpuswarm_node.prom.{os.getpid()}.zz99yy88.tmp"  # another thread's
+        mine.write_text("being written")
+        LocalHost(backup_dir=str(tmp_path / "bk")).write_text(str(target), "x 1\n")
+        assert theirs.exists() and mine.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_temp_files_of_older_versions_are_cleaned_only_when_old(tmp_path):
+    # Before the pid was in the name: no writer is known, so only the age tells.
+    target = tmp_path / "daemon.json"
+    old = tmp_path / ".daemon.json.abc12345.tmp"
+    old.write_text("half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = tmp_path / ".daemon.json.xyz98765.tmp"
+    recent.write_text("maybe being written")
+    LocalHost(backup_dir=str(tmp_path / "bk")).write_text(str(target), "{}\n")
+    assert not old.exists() and recent.exists()
+
+
+CONCURRENT_WRITER = """
+import sys
+from gpuswarm_node.host import atomic_write
+from pathlib import Path
+target, me, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for i in range(rounds):
+    atomic_write(target, (me * 20_000 + "\\n") * 5)
+"""
+
+
+def test_concurrent_writers_of_one_file_never_fail_and_never_show_a_part(tmp_path):
+    target = tmp_path / "textfile" / "gpuswarm_node.prom"
+    target.parent.mkdir()
+    writers = "abcdefgh"
+    complete = {(w * 20_000 + "\n") * 5 for w in writers}
+    target.write_text(next(iter(complete)))
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(target), w, "150"],
+                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+             for w in writers]
+    seen = 0
+    while any(p.poll() is None for p in procs):
+        assert target.read_text() in complete, "a reader saw a partial file"
+        seen += 1
+    errors = [p.stderr.read() for p in procs if p.wait() != 0]
+    assert errors == [], errors[0][-2000:]
+    assert target.read_text() in complete and seen > 0
+    assert not list(target.parent.glob(".*.tmp"))

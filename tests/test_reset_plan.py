@@ -33,7 +33,7 @@ def test_fresh_setup_is_undone_in_safe_order():
         Undo("remove", "/etc/docker/certs.d/hub:5000/ca.crt"),
         Undo("note", "docker left enabled and running"),
         Undo("note", "packages left installed: docker.io (remove with apt-get purge)"),
-        Undo("run", argv=("gpasswd", "--delete", "alice", "docker")),
+        Undo("run", argv=("gpasswd", "--delete", "alice", "--", "docker")),
         Undo("note", "group docker left in place (the docker package uses it)"),
         Undo("restore", "/etc/fstab", "/var/backups/gpuswarm-node/etc__fstab.1"),
         Undo("rmdir", "/mnt/tmpfs"),

@@ -25,6 +25,8 @@ from gpuswarm_node.slices import slice_map_text
 from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_program_text,
                                                wrapper_text)
 
+from .fake_engine import CONTAINER_ID, FakeEngine
+
 G0 = "GPU-00000000-1111-4222-8333-444444444444"
 G1 = "GPU-00000001-1111-4222-8333-444444444444"
 MIG = "MIG-11111111-aaaa-5bbb-8ccc-000000000001"
@@ -45,17 +47,29 @@ sys.exit(99)
 """
 
 
+def render_program(slice_map: Path, docker_socket: Path, toolkit_configs: tuple[str, ...] = ()) -> str:
+    return render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"],
+                  docker_socket=str(docker_socket), toolkit_configs=toolkit_configs)
+
+
 class Node:
     """The wrapper's front and program as setup lays them out (0755 and 0644), its slice map, a
-    stand-in NVIDIA runtime and a bundle, all under tmp_path."""
+    stand-in NVIDIA runtime, a stand-in Docker Engine API and a bundle named by its container id,
+    all under tmp_path. The NVIDIA toolkit's settings are read from tmp_path/toolkit/*.toml."""
 
     def __init__(self, tmp_path: Path, kind: str = "gpu", slices: list[str] = ADVERTISED) -> None:
         self.tmp = tmp_path
         self.slice_map = tmp_path / "slices.json"
         self.slice_map.write_text(slice_map_text(kind, slices))
+        self.slice_map.chmod(0o644)
+        self.engine = FakeEngine(tmp_path / "docker.sock")
+        toolkit = tmp_path / "toolkit"
+        toolkit.mkdir()
+        self.driver_toolkit_config = toolkit / "driver-config.toml"
+        self.toolkit_config = toolkit / "config.toml"
         self.program = tmp_path / "gpuswarm-runtime.py"
-        self.program.write_text(render("gpuswarm-runtime.j2", slice_map=str(self.slice_map),
-                                       runtime=NVIDIA_RUNTIME["path"]))
+        self.program.write_text(render_program(self.slice_map, self.engine.path,
+                                               (str(self.driver_toolkit_config), str(self.toolkit_config))))
         self.program.chmod(0o644)
         self.wrapper = tmp_path / "gpuswarm-runtime"
         self.wrapper.write_text(render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON,
@@ -69,7 +83,7 @@ class Node:
         self.path = f"{bin_dir}:/usr/bin:/bin"
         self.record = tmp_path / "record"
         self.record.mkdir()
-        self.bundle = tmp_path / "bundle"
+        self.bundle = tmp_path / CONTAINER_ID
         self.bundle.mkdir()
         self.config = self.bundle / "config.json"
 
@@ -115,8 +129,10 @@ def resource_env(value: str | None, variable: str = "DOCKER_RESOURCE_GPU") -> li
 
 
 @pytest.fixture
-def node(tmp_path) -> Node:
-    return Node(tmp_path)
+def node(tmp_path):
+    node = Node(tmp_path)
+    yield node
+    node.engine.close()
 
 
 # --- the rewrite, for every input class -----------------------------------------------------------
@@ -430,8 +446,7 @@ def test_installed_front_is_minimal_and_program_compiles(tmp_path):
 
 def load_wrapper(tmp_path: Path):
     path = tmp_path / "gpuswarm_runtime.py"
-    path.write_text(render("gpuswarm-runtime.j2", slice_map=str(tmp_path / "slices.json"),
-                           runtime="nvidia-container-runtime"))
+    path.write_text(render_program(tmp_path / "slices.json", tmp_path / "docker.sock"))
     spec = importlib.util.spec_from_file_location("gpuswarm_runtime_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -104,9 +104,14 @@ def parse_getent_group(text: str) -> tuple[str, list[str]] | None:
 
 def group_members(host: Host, group: str) -> list[str] | None:
     """Members of a group, or None when the group does not exist."""
-    result = host.query(["getent", "group", group])
-    return parse_getent_group(result.stdout)[1] if result.ok else None
+    # "--": a name is never read as an option; and getent looks a number up as a gid, so the
+    # answer counts only when it is the group asked for.
+    result = host.query(["getent", "group", "--", group])
+    parsed = parse_getent_group(result.stdout) if result.ok else None
+    return parsed[1] if parsed and parsed[0] == group else None
 
 
 def user_exists(host: Host, user: str) -> bool:
-    return host.query(["getent", "passwd", user]).ok
+    # getent answers a number with the user of that uid: only an entry of this name counts.
+    result = host.query(["getent", "passwd", "--", user])
+    return result.ok and result.stdout.partition(":")[0] == user

@@ -12,15 +12,17 @@ start, so changing them needs no restart.
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 
 from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
-from ..host import Host
+from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from ..probes import system
 from ..probes.gpu import Inventory
 from .. import restart
+from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
 from ..system import Context
@@ -36,6 +38,7 @@ WRAPPER_PROGRAM = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py"
 # to /opt/gpuswarm-node, and needs nothing beyond the standard library.
 WRAPPER_PYTHON = "/usr/bin/python3"
 SLICE_MAP = "/etc/gpuswarm-node/slices.json"
+DOCKER_SOCKET = "/var/run/docker.sock"
 NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
 # Registered under its own name: `docker run --runtime nvidia --gpus ...` still reaches the
 # unwrapped NVIDIA runtime for an administrator's checks.
@@ -89,9 +92,20 @@ def wrapper_text() -> str:
                   runtime=NVIDIA_RUNTIME["path"])
 
 
-def wrapper_program_text() -> str:
+def engine_socket(settings: dict) -> str:
+    """The unix socket dockerd serves its API on: the first unix:// entry of daemon.json's
+    "hosts", else Docker's default. The wrapper asks it which image a container runs."""
+    hosts = settings.get("hosts")
+    for host in hosts if isinstance(hosts, list) else []:
+        if isinstance(host, str) and host.startswith("unix://") and host[len("unix://"):].startswith("/"):
+            return host[len("unix://"):]
+    return DOCKER_SOCKET
+
+
+def wrapper_program_text(docker_socket: str = DOCKER_SOCKET) -> str:
     """The Python program the front starts for `create`."""
-    return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"])
+    return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"],
+                  docker_socket=docker_socket, toolkit_configs=TOOLKIT_CONFIGS)
 
 
 def read_slice_map(host: Host) -> tuple[str | None, dict]:
@@ -102,6 +116,10 @@ def read_slice_map(host: Host) -> tuple[str | None, dict]:
     except json.JSONDecodeError:
         data = {}
     return text, data if isinstance(data, dict) else {}
+
+
+def _is_symlink(status: FileStatus | None) -> bool:
+    return status is not None and status.is_symlink
 
 
 def dockerd_exec_start(unit_text: str) -> list[str]:
@@ -168,7 +186,7 @@ class DockerDaemonStep:
 
     def files(self, ctx: Context) -> list[PlannedFile]:
         _inventory, slices, _text, _existing, merged = self._settings(ctx)
-        files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text()),
+        files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text(engine_socket(merged))),
                  PlannedFile(WRAPPER, wrapper_text()),
                  PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
                  PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
@@ -177,7 +195,8 @@ class DockerDaemonStep:
             files.append(PlannedFile(DROPIN, dropin))
         return files
 
-    def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str]) -> tuple[list, list[str]]:
+    def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str],
+                         socket: str) -> tuple[list, list[str]]:
         """The wrapper and its slice map: read per container start, so no restart follows."""
         host, kind = ctx.host, ctx.config.gpu.resource
         actions: list = []
@@ -187,7 +206,7 @@ class DockerDaemonStep:
         # 0644, not executable: only the front runs it, through python3. Nothing in it is secret
         # (it is the template's text), and a root-only file would make a non-root `status`
         # fail to compare it; the front and the slice map are world-readable too.
-        want_program, have_program = wrapper_program_text(), host.read_text(WRAPPER_PROGRAM)
+        want_program, have_program = wrapper_program_text(socket), host.read_text(WRAPPER_PROGRAM)
         if have_program != want_program:
             actions.append(WriteFile(WRAPPER_PROGRAM, want_program, have_program, mode=0o644))
             reasons.append(f"runtime wrapper program {WRAPPER_PROGRAM} "
@@ -196,8 +215,8 @@ class DockerDaemonStep:
         if have != want:
             actions.append(WriteFile(WRAPPER, want, have, mode=0o755))
             reasons.append(f"runtime wrapper {WRAPPER} {'is missing' if have is None else 'differs'}")
-        if have is not None and host.which(WRAPPER) is None:
-            # A rewrite keeps the file's mode, so only chmod makes it executable again.
+        if have is not None and host.which(WRAPPER) is None and not _is_symlink(host.file_status(WRAPPER)):
+            # chmod would follow a symlink: one is replaced instead (_ownership_actions).
             actions.append(run_command("chmod", "0755", WRAPPER))
             reasons.append(f"runtime wrapper {WRAPPER} is not executable")
         want_map = slice_map_text(kind, slices)
@@ -217,6 +236,47 @@ class DockerDaemonStep:
             else:
                 reasons.append(f"slice map {SLICE_MAP} differs from the advertised slices")
         return actions, reasons
+
+    def _ownership_actions(self, ctx: Context, dropin: str | None,
+                           planned: list) -> tuple[list, list, list[str], str | None]:
+        """What root trusts here, checked for who could change it: the wrapper Docker runs as
+        root, its program and slice map, daemon.json, the drop-in, and the directories they are
+        in. A file whose content is right but which is a symlink, not root's, or writable by group
+        or others is written again with the same content (root's, with its mode; unchanged content
+        keeps its modification time, so dockerd is not restarted for it). A file `planned` already
+        writes or removes is fixed by that. A directory gets chown/chmod (the first value; file
+        rewrites are the second); one that is a symlink is refused (the fourth value), as it
+        cannot be repaired in place."""
+        host = ctx.host
+        written = {a.path for a in planned if isinstance(a, (WriteFile, RemoveFile))}
+        files = [("runtime wrapper program ", WRAPPER_PROGRAM, 0o644), ("runtime wrapper ", WRAPPER, 0o755),
+                 ("slice map ", SLICE_MAP, 0o644), ("", DAEMON_JSON, 0o644)]
+        directories = [posixpath.dirname(WRAPPER), posixpath.dirname(SLICE_MAP)]
+        if dropin:
+            files.append(("drop-in ", DROPIN, 0o644))
+            directories.append(posixpath.dirname(DROPIN))
+        dir_fixes: list = []
+        file_fixes: list = []
+        reasons: list[str] = []
+        for directory in directories:
+            status = host.file_status(directory)
+            if _is_symlink(status):
+                return [], [], [], (f"directory {directory} is a symlink, so whoever controls its target "
+                                    "could replace what Docker runs as root; make it a directory owned by root")
+            problem = unsafe(status)
+            if problem:
+                dir_fixes += [run_command(*argv) for argv in dir_repair_commands(directory, status)]
+                reasons.append(f"directory {directory} {problem}")
+        for label, path, mode in files:
+            problem = unsafe(host.file_status(path))
+            if problem is None or path in written:
+                continue
+            text = host.read_text(path)
+            if text is None:  # a dangling symlink: the content checks planned the file already
+                continue
+            file_fixes.append(WriteFile(path, text, text, mode=mode))
+            reasons.append(f"{label}{path} {problem}")
+        return dir_fixes, file_fixes, reasons, None
 
     def _daemon_reasons(self, existing: dict, kind: str, devices: set[str], text: str | None) -> list[str]:
         reasons = [f"{DAEMON_JSON} {'is missing' if text is None else 'differs'}"]
@@ -245,7 +305,7 @@ class DockerDaemonStep:
         if not slices:
             return blocked("no GPU yields a slice: " + "; ".join(why_not))
         devices = known_devices(inventory.gpus)
-        actions, reasons = self._runtime_actions(ctx, slices, devices)
+        actions, reasons = self._runtime_actions(ctx, slices, devices, engine_socket(merged))
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
         want_dropin, have_dropin = self._dropin(ctx, merged), ctx.host.read_text(DROPIN)
@@ -264,6 +324,13 @@ class DockerDaemonStep:
             restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
             restart_for.append(run_command("systemctl", "daemon-reload"))
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")
+        dir_fixes, file_fixes, owner_reasons, refusal = self._ownership_actions(ctx, want_dropin or have_dropin,
+                                                                                actions + restart_for)
+        if refusal:
+            return blocked(refusal)
+        # Directories first: nothing is written into one that someone else can still change.
+        actions = [*dir_fixes, *actions, *file_fixes]
+        reasons += owner_reasons
         docker_running = system.systemd_running(ctx.host) and system.unit_active(ctx.host, "docker")
         if docker_running:
             restart_needed = bool(restart_for)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config import valid_user_name
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
 from ..probes import system
 from ..system import Context
@@ -20,6 +21,10 @@ class DockerGroupStep:
             return skipped("no user to add: node.user is empty and the tool was not run through sudo")
         if user == "root":
             return skipped("root needs no docker group")
+        if not valid_user_name(user):
+            # node.user is validated with the configuration; $SUDO_USER is not.
+            return blocked(f"SUDO_USER {user!r} is not a user name (a letter or '_', then letters, digits, '_' or "
+                           "'-'); set node.user to the user to add")
         if not system.user_exists(ctx.host, user):
             return blocked(f"user {user!r} does not exist; set node.user to an existing user")
         members = system.group_members(ctx.host, "docker")
@@ -28,7 +33,8 @@ class DockerGroupStep:
         actions = []
         if members is None:
             # The docker package creates the group too; creating it first lets this step come first.
-            actions.append(run_command("groupadd", "--system", "docker"))
-        actions.append(run_command("usermod", "--append", "--groups", "docker", user))
+            actions.append(run_command("groupadd", "--system", "--", "docker"))
+        # "--": the user name is an operand, never an option.
+        actions.append(run_command("usermod", "--append", "--groups", "docker", "--", user))
         reason = "the docker group does not exist yet" if members is None else f"{user} is not in the docker group"
         return needs_change(reason, *actions)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from ..config import NVIDIA_TOOLKIT_SOURCE, tomllib
 from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
+from .. import nvidia_hook
 from ..probes import system
 from ..render import render
-from ..slices import env_variable
 from ..system import Context
 from . import apt
 from .nvidia_driver import gpu_presence
@@ -27,7 +27,7 @@ SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.asc"
 PACKAGE = "nvidia-container-toolkit"
-RUNTIME_CONFIG = "/etc/nvidia-container-runtime/config.toml"
+RUNTIME_CONFIG = nvidia_hook.RUNTIME_CONFIG
 SECTION = "nvidia-container-runtime"
 # Modes that, in 1.18.x, resolve to or are jit-cdi; absent means "auto".
 JIT_CDI_MODES = ("auto", "jit-cdi")
@@ -93,15 +93,6 @@ def mode_verdict(ctx: Context) -> ModeVerdict:
                            remedy="Fix the file (the NVIDIA runtime cannot read it either) and run setup again.")
     section = data.get(SECTION) if isinstance(data.get(SECTION), dict) else {}
     mode = str(section.get("mode", "auto"))
-    # The legacy hook takes devices from swarm-resource variables before NVIDIA_VISIBLE_DEVICES;
-    # ours hold slice IDs, which are not device IDs, so every reserving container would fail.
-    swarm_vars = [v.strip() for v in str(data.get("swarm-resource", "")).split(",")]
-    variable = env_variable(ctx.config.gpu.resource)
-    if variable in swarm_vars:
-        return ModeVerdict(version, mode, f"swarm-resource in {RUNTIME_CONFIG} names {variable}, whose "
-                                          "values are slice IDs, not device IDs: the NVIDIA hook would use "
-                                          "them instead of the devices the slice-aware runtime selects",
-                           remedy=f"Remove {variable} from swarm-resource in {RUNTIME_CONFIG} and run setup again.")
     if not ignores_swarm(version, mode):
         return ModeVerdict(version, mode)
     described = "jit-cdi mode" if mode == "jit-cdi" else f"{mode} mode (jit-cdi in 1.18)"
@@ -118,6 +109,27 @@ def mode_verdict(ctx: Context) -> ModeVerdict:
                            remedy=f'Set mode = "legacy" under [{SECTION}] in {RUNTIME_CONFIG} by hand, or install '
                                   "toolkit 1.19 or later, then run setup again.")
     return ModeVerdict(version, mode, problem, WriteFile(RUNTIME_CONFIG, content, text))
+
+
+def device_selection(ctx: Context) -> tuple[list[nvidia_hook.Problem], list[str]]:
+    """What, in every config.toml the NVIDIA hook may read, lets a container choose its own GPUs
+    or keeps every container from its own (problems), and what is safe only because the runtime
+    wrapper refuses it (notes)."""
+    found: list[nvidia_hook.Problem] = []
+    notes: list[str] = []
+    for path in nvidia_hook.TOOLKIT_CONFIGS:
+        text = ctx.host.read_text(path)
+        if text is None:
+            continue
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            found.append(nvidia_hook.Problem(path, "", f"is not valid TOML ({exc}): the NVIDIA hook cannot read it",
+                                             "Fix the file, then run setup again."))
+            continue
+        found += nvidia_hook.problems(path, data)
+        notes += nvidia_hook.notes(data)
+    return found, notes
 
 
 def fix_mode_after_install(ctx: Context) -> None:
@@ -182,6 +194,9 @@ class NvidiaToolkitStep:
             actions.append(apt.install(ctx, "--reinstall", PACKAGE) if installed else apt.install(ctx, PACKAGE))
             actions.append(Call(MODE_AFTER_INSTALL, fix_mode_after_install))
             return needs_change("; ".join(reasons), *actions)
+        problems, notes = device_selection(ctx)
+        if problems:
+            return blocked(" ".join(p.sentence() for p in problems))
         verdict = mode_verdict(ctx)
         if verdict.problem and verdict.fix is None:
             return blocked(f"{verdict.problem}. {verdict.remedy}")
@@ -190,4 +205,5 @@ class NvidiaToolkitStep:
             actions.append(verdict.fix)
         if actions:
             return needs_change("; ".join(reasons), *actions)
-        return ok(f"{PACKAGE} {verdict.version} installed, runtime at {runtime}, mode {verdict.mode}")
+        return ok("; ".join([f"{PACKAGE} {verdict.version} installed, runtime at {runtime}, mode {verdict.mode}"]
+                            + notes))

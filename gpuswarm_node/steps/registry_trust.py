@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
+from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..host import dir_repair_commands, unsafe
 from ..render import render
 from ..system import Context
 
@@ -47,7 +49,34 @@ class RegistryTrustStep:
             return blocked(f"registry.ca_cert {source} holds no PEM certificate; give the hub's CA certificate")
         planned = self.files(ctx)[0]
         current = ctx.host.read_text(planned.path)
-        if current == planned.content:
-            return ok(f"{planned.path} matches {source}")
-        return needs_change(f"{planned.path} {'differs from' if current is not None else 'is missing; source'} {source}",
-                            WriteFile(planned.path, planned.content, current))
+        actions, reasons = self._directory_repairs(ctx, planned.path)
+        if isinstance(actions, str):
+            return blocked(actions)
+        if current != planned.content:
+            actions.append(WriteFile(planned.path, planned.content, current, mode=0o644))
+            reasons.append(f"{planned.path} {'differs from' if current is not None else 'is missing; source'} {source}")
+        elif problem := unsafe(ctx.host.file_status(planned.path)):
+            # Docker trusts whatever CA is here for the registry: only root may change it. The same
+            # content written again is root's, mode 0644.
+            actions.append(WriteFile(planned.path, current, current, mode=0o644))
+            reasons.append(f"{planned.path} {problem}")
+        if actions:
+            return needs_change("; ".join(reasons), *actions)
+        return ok(f"{planned.path} matches {source}")
+
+    def _directory_repairs(self, ctx: Context, path: str) -> tuple[list | str, list[str]]:
+        """chown/chmod for the directories holding the CA (certs.d and its registry's directory)
+        that are not root's or are writable by group or others; a symlink among them is refused
+        (the first value is then the reason)."""
+        actions: list = []
+        reasons: list[str] = []
+        for directory in (CERTS_D, posixpath.dirname(path)):
+            status = ctx.host.file_status(directory)
+            if status is not None and status.is_symlink:
+                return (f"directory {directory} is a symlink, so whoever controls its target could change "
+                        "which CA Docker trusts for the registry; make it a directory owned by root"), []
+            problem = unsafe(status)
+            if problem:
+                actions += [run_command(*argv) for argv in dir_repair_commands(directory, status)]
+                reasons.append(f"directory {directory} {problem}")
+        return actions, reasons

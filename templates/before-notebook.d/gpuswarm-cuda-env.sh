@@ -21,8 +21,13 @@ case $_gsn_kind in
         exit 1 ;;
 esac
 _gsn_var=DOCKER_RESOURCE_$(printf '%s' "$_gsn_kind" | tr "$_gsn_lower" "$_gsn_upper")
-# printenv, not ${...}: a kind with '-' makes a name the shell cannot expand.
-_gsn_value=$(printenv "$_gsn_var" || true)
+# printenv, not ${...}: a kind with '-' makes a name the shell cannot expand. $(...) strips
+# trailing newlines, which would make "GPU-<uuid>::1<newline>" pass here and fail everywhere else:
+# the x after printenv's own newline keeps the value whole, then both come off. Unset: empty.
+_gsn_nl='
+'
+_gsn_value=$(printenv "$_gsn_var" && echo x || :)
+_gsn_value=${_gsn_value%"${_gsn_nl}x"}
 _gsn_malformed() {
     # One line whatever the value holds: anything unexpected shows as '?'.
     printf "gpuswarm-cuda-env: slice '%s' in %s is malformed (expected GPU-<uuid>::<n> or MIG-<uuid>)\n" \
@@ -54,6 +59,6 @@ while [ -n "$_gsn_value" ]; do
 done
 export CUDA_VISIBLE_DEVICES="$_gsn_devices"
 echo "gpuswarm-cuda-env: CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' (from $_gsn_var)" >&2
-unset _gsn_upper _gsn_lower _gsn_ok _gsn_kind _gsn_var _gsn_value _gsn_devices _gsn_rest _gsn_slice \
+unset _gsn_upper _gsn_lower _gsn_ok _gsn_nl _gsn_kind _gsn_var _gsn_value _gsn_devices _gsn_rest _gsn_slice \
     _gsn_device _gsn_n
 unset -f _gsn_malformed

@@ -28,8 +28,10 @@ def worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
 
 @pytest.fixture(scope="module")
 def fresh_setup(worker):
-    with timed("fresh setup: sudo ./setup.sh --config node.toml") as t:
-        result = worker.as_user(f"sudo ./setup.sh --config {CONFIG}")
+    # Under umask 000, as some hosts and cloud-init setups run it: nothing created may become
+    # writable by other users (asserted below).
+    with timed("fresh setup: sudo ./setup.sh --config node.toml (umask 000)") as t:
+        result = worker.as_user(f"sudo sh -c 'umask 000 && exec ./setup.sh --config {CONFIG}'")
     print(f"\nfresh setup took {t.seconds:.1f} s")
     return result
 
@@ -81,6 +83,27 @@ def test_fresh_machine_becomes_a_ready_worker(worker, fresh_setup, manager):
     assert len([a for a in apt_runs if "update" in a]) == 1
     [install] = [a for a in apt_runs if "install" in a]
     assert {"docker.io", "nvidia-container-toolkit"} <= set(install)
+
+
+# Everything setup.sh and the tool create, and the directories they write into.
+OWNED_TREES = ["/opt/gpuswarm-node", "/usr/local/lib/gpuswarm-node", "/etc/gpuswarm-node", "/var/lib/gpuswarm-node",
+               "/var/log/gpuswarm-node", "/var/backups/gpuswarm-node", "/etc/docker"]
+
+
+def test_nothing_created_under_umask_000_is_writable_by_others(worker, fresh_setup):
+    assert fresh_setup.returncode == 0, fresh_setup.stdout[-4000:] + fresh_setup.stderr[-4000:]
+    loose = worker.sh(f"find {' '.join(OWNED_TREES)} ! -type l -perm /022 -printf '%m %u %p\\n'").stdout
+    assert loose == "", loose
+    foreign = worker.sh(f"find {' '.join(OWNED_TREES)} ! -user root -printf '%u %p\\n'").stdout
+    assert foreign == "", foreign
+    modes = dict(line.split(" ", 1)[::-1] for line in worker.sh(
+        "stat -c '%a %n' /usr/local/lib/gpuswarm-node /usr/local/lib/gpuswarm-node/gpuswarm-runtime "
+        "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py /etc/gpuswarm-node/slices.json /etc/docker/daemon.json "
+        "/var/backups/gpuswarm-node").stdout.splitlines())
+    assert modes == {"/usr/local/lib/gpuswarm-node": "755", "/usr/local/lib/gpuswarm-node/gpuswarm-runtime": "755",
+                     "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py": "644",
+                     "/etc/gpuswarm-node/slices.json": "644", "/etc/docker/daemon.json": "644",
+                     "/var/backups/gpuswarm-node": "700"}
 
 
 # --- 2. scheduling through the real swarm ------------------------------------------------------
@@ -143,8 +166,10 @@ def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manage
             env = json.loads(worker.sh(f"docker inspect --format '{{{{json .Config.Env}}}}' {cid}").stdout)
             [slice_id] = [e.split("=", 1)[1] for e in env if e.startswith("DOCKER_RESOURCE_GPU=")]
             given.append(slice_id)
-            # The slice-aware runtime handed nvidia-container-runtime the real device of that slice.
+            # The slice-aware runtime handed nvidia-container-runtime the real device of that slice,
+            # and that is what the NVIDIA hook acts on.
             assert calls[cid]["nvidia_visible_devices"] == gpu_of[slice_id]
+            assert calls[cid]["hook_devices"] == [gpu_of[slice_id]]
         assert sorted(given) == sorted(EXPECTED_SLICES)  # one distinct slice each, all of them used
     finally:
         for service in services:
@@ -156,6 +181,7 @@ def test_a_container_without_a_reservation_sees_no_gpu(worker, fresh_setup, mana
     cid = worker.sh(f"docker run -d -e NVIDIA_VISIBLE_DEVICES=all {manager.image} true").stdout.strip()
     worker.sh(f"docker wait {cid} && docker rm {cid}")
     assert runtime_calls(worker)[cid]["nvidia_visible_devices"] == "void"
+    assert runtime_calls(worker)[cid]["hook_devices"] == []
 
 
 def test_a_forged_slice_fails_the_container_start(worker, fresh_setup, manager):
@@ -163,6 +189,92 @@ def test_a_forged_slice_fails_the_container_start(worker, fresh_setup, manager):
     result = worker.sh(f"docker run --rm -e DOCKER_RESOURCE_GPU={forged} {manager.image} true", check=False)
     assert result.returncode != 0
     assert "is not advertised on this node" in result.stderr
+
+
+# --- 2b. no container gets a GPU it did not reserve -------------------------------------------
+
+TOOLKIT_CONFIG = "/etc/nvidia-container-runtime/config.toml"
+DRIVER_TOOLKIT_CONFIG = "/run/nvidia/driver" + TOOLKIT_CONFIG
+BUSY_CMD = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+def write_file(worker, path: str, text: str) -> None:
+    worker.machine.run(["sh", "-c", f"mkdir -p $(dirname {path}) && cat > {path}"], input=text)
+
+
+def tasks_of(service) -> str:
+    return "; ".join(f"{t['Status']['State']}: {t['Status'].get('Err', '')}" for t in service.tasks())
+
+
+def refused_everywhere(worker, manager, service, message: str) -> None:
+    """The service's task never runs: the worker refuses every attempt, naming the cause."""
+    failed = wait_for(f"a task of {service.name} refused", lambda: [
+        t for t in service.tasks() if t["Status"]["State"] in ("failed", "rejected")], timeout=120,
+        explain=lambda: tasks_of(service))
+    assert any(message in t["Status"].get("Err", "") for t in failed), tasks_of(service)
+    assert not running_tasks([service])
+
+
+def toolkit_status(worker) -> dict:
+    report = json.loads(worker.gsn("status", "--json", "--config", CONFIG).stdout)
+    return {s["name"]: s for s in report["steps"]}["nvidia-toolkit"]
+
+
+def test_swarm_resource_under_any_name_refuses_gpu_starts(worker, fresh_setup, manager):
+    node_id = worker.node_id()
+    for path, variable in ((TOOLKIT_CONFIG, "DOCKER_RESOURCE_FOO"), (DRIVER_TOOLKIT_CONFIG, "MY_GPUS")):
+        write_file(worker, path, f'swarm-resource = "{variable}"\n')
+        service = manager.docker.services.create(
+            manager.image, command=BUSY_CMD, name="gsn-swarm-resource", constraints=[f"node.id=={node_id}"],
+            env=[f"{variable}=all"], resources=docker.types.Resources(generic_resources={"gpu": 1}),
+            restart_policy=docker.types.RestartPolicy(condition="none"))
+        try:
+            refused_everywhere(worker, manager, service, "sets swarm-resource")
+            step = toolkit_status(worker)
+            assert step["state"] == "blocked"
+            assert f"{path} sets swarm-resource = '{variable}'" in step["detail"]
+        finally:
+            service.remove()
+            worker.sh(f"rm -f {path}")
+        # Not one create reached the NVIDIA runtime with that variable: the hook never chose.
+        assert not [c for c in runtime_calls(worker).values() if variable in c["env"]]
+    assert toolkit_status(worker)["state"] == "ok"
+
+
+def test_a_device_list_as_volume_mounts_is_refused(worker, fresh_setup, manager):
+    write_file(worker, TOOLKIT_CONFIG, "accept-nvidia-visible-devices-as-volume-mounts = true\n")
+    try:
+        assert "refused by the slice-aware runtime" in toolkit_status(worker)["detail"]
+        result = worker.sh(f"docker run --rm -v /dev/null:/var/run/nvidia-container-devices/all {manager.image} true",
+                           check=False)
+        assert result.returncode != 0
+        assert "would be read as a GPU request by the NVIDIA hook" in result.stderr
+    finally:
+        worker.sh(f"rm -f {TOOLKIT_CONFIG}")
+
+
+def test_an_image_cannot_reserve_a_gpu(worker, fresh_setup, manager):
+    image = f"{manager.registry_address}/gsn-hostile:1"
+    forged = ",".join(EXPECTED_SLICES[:2])
+    worker.machine.run(["sh", "-c", f"docker build --quiet -t {image} -"],
+                       input=f"FROM {manager.image}\nENV DOCKER_RESOURCE_GPU={forged}\n")
+    worker.sh(f"docker push --quiet {image}", timeout=120)
+    before = set(runtime_calls(worker))
+    # As `docker run` with no reservation: the image's ENV would name two GPUs.
+    result = worker.sh(f"docker run --rm {image} true", check=False)
+    assert result.returncode != 0
+    assert "sets DOCKER_RESOURCE_GPU in its ENV; only Swarm may set it" in result.stderr
+    # As a service without generic resources, and as one that reserves a slice of its own.
+    for name, resources in (("gsn-hostile-none", None),
+                            ("gsn-hostile-one", docker.types.Resources(generic_resources={"gpu": 1}))):
+        service = manager.docker.services.create(
+            image, command=BUSY_CMD, name=name, constraints=[f"node.id=={worker.node_id()}"], resources=resources,
+            restart_policy=docker.types.RestartPolicy(condition="none"))
+        try:
+            refused_everywhere(worker, manager, service, "in its ENV")
+        finally:
+            service.remove()
+    assert set(runtime_calls(worker)) == before, "no container of the image reached the NVIDIA runtime"
 
 
 # --- 3. the second run changes nothing --------------------------------------------------------

@@ -269,3 +269,36 @@ def test_read_calls_skips_blank_lines() -> None:
         {"command": "create", "id": "a"},
         {"command": "delete", "id": "a"},
     ]
+
+
+@pytest.mark.parametrize("files, env, mounts, devices, reads", [
+    ({}, [f"NVIDIA_VISIBLE_DEVICES={GPU}"], [], [GPU], "/etc"),
+    ({}, ["NVIDIA_VISIBLE_DEVICES=void"], [], [], "/etc"),
+    ({}, ["CUDA_VERSION=12.1"], [], ["all"], "/etc"),  # a legacy CUDA image without the variable
+    ({"/etc": 'swarm-resource = "DOCKER_RESOURCE_FOO"\n'},
+     ["NVIDIA_VISIBLE_DEVICES=void", "DOCKER_RESOURCE_FOO=all"], [], ["all"], "/etc"),
+    ({"/etc": "accept-nvidia-visible-devices-as-volume-mounts = true\n"},
+     ["NVIDIA_VISIBLE_DEVICES=void"], ["/var/run/nvidia-container-devices/all"], ["all"], "/etc"),
+    ({"/etc": "accept-nvidia-visible-devices-envvar-when-unprivileged = false\n"},
+     [f"NVIDIA_VISIBLE_DEVICES={GPU}"], [], [], "/etc"),
+    # Up to 1.17 the hook prefers the driver container's copy of the settings.
+    ({"/etc": "", "/run/nvidia/driver/etc": 'swarm-resource = "X"\n'},
+     ["NVIDIA_VISIBLE_DEVICES=void", f"X={GPU}"], [], [GPU], "/run/nvidia/driver/etc"),
+], ids=["visible", "void", "legacy-image", "swarm-resource", "volume-mounts", "envvar-unprivileged-off",
+        "driver-config"])
+def test_runtime_records_what_the_hook_would_give(runtime, lab, tmp_path, files, env, mounts, devices, reads):
+    root = tmp_path / "root"
+    for where, text in files.items():
+        config = root / where.lstrip("/") / "nvidia-container-runtime" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(text)
+    bundle = make_bundle(tmp_path / "bundle", env)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["mounts"] = [{"destination": m, "source": "/dev/null", "type": "bind"} for m in mounts]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    proc = subprocess.run([str(runtime), "create", "--bundle", str(bundle), "c0ffee"],
+                          env={**lab.env, toolkit_deb.CONFIG_ROOT_ENV: str(root)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [call] = lab.calls()
+    assert call["hook_devices"] == devices
+    assert call["hook_config"] == f"{reads}/nvidia-container-runtime/config.toml"

@@ -24,21 +24,39 @@ RUNTIME_PATH = "/usr/bin/nvidia-container-runtime"
 CALL_LOG = "/var/log/fake-nvidia-runtime/calls.jsonl"
 CALL_LOG_ENV = "FAKE_NVIDIA_RUNTIME_LOG"
 
-RUNTIME_SCRIPT = f'''#!/usr/bin/python3
-"""Stand-in nvidia-container-runtime (gpuswarm-node test lab).
+MODEL = Path(__file__).resolve().parent.parent / "nvidia_hook_model.py"
+CONFIG_ROOT_ENV = "FAKE_NVIDIA_CONFIG_ROOT"  # tests outside a machine: where /etc and /run are
+
+
+def runtime_script(version: str) -> str:
+    """The stand-in's program: records each call; on create also what the NVIDIA hook of this
+    package version would give the container (tests/nvidia_hook_model.py, included whole), from
+    the final config.json and the config.toml that hook version reads."""
+    model = MODEL.read_text().replace("from __future__ import annotations\n", "")
+    return f'''#!/usr/bin/python3
+"""Stand-in nvidia-container-runtime (gpuswarm-node test lab), package version {version}.
 
 Appends one JSON line per call to {CALL_LOG}
 (or ${CALL_LOG_ENV}), then execs runc with the same arguments.
 """
+from __future__ import annotations
+
 import json
 import os
 import sys
 import time
+import tomllib
 
+VERSION = {version!r}
 LOG = os.environ.get("{CALL_LOG_ENV}") or "{CALL_LOG}"
+ROOT = os.environ.get("{CONFIG_ROOT_ENV}", "")
 # runc's global and "create" flags that take a separate value.
 GLOBAL_VALUE_FLAGS = {{"--root", "--log", "--log-format", "--criu", "--rootless"}}
 CREATE_VALUE_FLAGS = {{"--bundle", "-b", "--console-socket", "--pid-file", "--preserve-fds"}}
+
+# --- the NVIDIA hook's device selection (tests/nvidia_hook_model.py) ---
+{{model}}
+# --- the stand-in ---
 
 
 def split_command(args):
@@ -64,6 +82,15 @@ def parse_create(args):
     return os.path.abspath(bundle), container_id
 
 
+def hook_config():
+    path = config_path(VERSION, lambda p: os.path.exists(ROOT + p))
+    try:
+        with open(ROOT + path, "rb") as f:
+            return path, tomllib.load(f)
+    except FileNotFoundError:
+        return path, {{}}
+
+
 def describe(argv):
     call = {{"time": time.time(), "pid": os.getpid(), "argv": argv}}
     call["command"], rest = split_command(argv[1:])
@@ -75,12 +102,18 @@ def describe(argv):
             env = dict(item.split("=", 1) for item in spec["process"].get("env", []) if "=" in item)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             call["spec_error"] = repr(exc)
-            env = {{}}
+            spec, env = None, {{}}
         call["env"] = env
         call["nvidia_visible_devices"] = env.get("NVIDIA_VISIBLE_DEVICES")
         call["docker_resources"] = {{
             k: v for k, v in env.items() if k.startswith("DOCKER_RESOURCE_")
         }}
+        if spec is not None:
+            try:
+                call["hook_config"], config = hook_config()
+                call["hook_devices"] = visible_devices(spec, config)
+            except Exception as exc:
+                call["hook_error"] = repr(exc)
     return call
 
 
@@ -107,7 +140,7 @@ def main():
 
 
 main()
-'''
+'''.replace("{model}", model)
 
 
 def _control(version: str) -> str:
@@ -136,7 +169,7 @@ def build_deb(out_dir: Path, version: str = "1.17.8-1") -> Path:
         (tree / "DEBIAN").mkdir(parents=True)
         runtime.parent.mkdir(parents=True)
         (tree / "DEBIAN" / "control").write_text(_control(version))
-        runtime.write_text(RUNTIME_SCRIPT)
+        runtime.write_text(runtime_script(version))
         # Modes go into the package as they are here, whatever the umask.
         for path in [tree, *tree.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)

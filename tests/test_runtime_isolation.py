@@ -1,0 +1,266 @@
+"""No container gets a GPU it did not reserve: every way the NVIDIA hook can pick devices, tried
+against the real wrapper (front and program, as in test_runtime_wrapper.py), its output fed to a
+model of the hook's device selection (tests/nvidia_hook_model.py).
+
+The classes: variables named by the toolkit's swarm-resource, device lists as volume mounts, CDI
+annotations and device nodes, spec keys that only Go reads as OCI fields (letter case, repeats),
+a reservation carried by the image's ENV instead of Swarm, and a slice map that is not root's or
+maps to something other than one GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import pytest
+
+from . import nvidia_hook_model as hook
+from .fake_engine import CONTAINER_ID, IMAGE_ENV, IMAGE_ID
+from .test_runtime_wrapper import G0, G1, MIG, Node, resource_env
+
+
+@pytest.fixture
+def node(tmp_path):
+    node = Node(tmp_path)
+    yield node
+    node.engine.close()
+
+
+def refused(result, *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("gpuswarm-runtime: ") and result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert result.stderr.isascii()
+
+
+def hook_devices(node: Node, config: dict | None = None) -> list[str]:
+    return hook.visible_devices(json.loads(node.config.read_text()), config or {})
+
+
+# --- 1. swarm-resource: any variable, any kind, in any file the hook reads -------------------------
+
+@pytest.mark.parametrize("line", [
+    'swarm-resource = "DOCKER_RESOURCE_GPU"',
+    'swarm-resource = "DOCKER_RESOURCE_FOO"',
+    'swarm-resource = "X,DOCKER_RESOURCE_GPU"',
+    '  "swarm-resource"="MY_GPUS"   # hand-tuned',
+    "'swarm-resource' = 'A'",
+    'swarm-resource = """\nDOCKER_RESOURCE_GPU"""',
+    '"swarm\\u002dresource" = "DOCKER_RESOURCE_GPU"',
+])
+@pytest.mark.parametrize("file", ["toolkit_config", "driver_toolkit_config"])
+def test_swarm_resource_refuses_every_start(node, line, file):
+    getattr(node, file).write_text(f"disable-require = false\n{line}\n\n[nvidia-container-cli]\nldconfig = \"x\"\n")
+    for env in (resource_env(f"{G0}::1") + ["DOCKER_RESOURCE_FOO=all", "MY_GPUS=all", "A=all"], resource_env(None)):
+        node.spec(env)
+        refused(node.create(), "sets swarm-resource", str(getattr(node, file)))
+        assert node.forwarded() is None
+
+
+@pytest.mark.parametrize("line", ['swarm-resource = ""', "#swarm-resource = \"DOCKER_RESOURCE_GPU\"",
+                                  "swarm-resource = ''  # off"])
+def test_swarm_resource_unset_or_commented_is_fine(node, line):
+    node.toolkit_config.write_text(f"{line}\naccept-nvidia-visible-devices-as-volume-mounts = false\n")
+    node.spec(resource_env(f"{G1}::1"))
+    assert node.create().returncode == 0
+    assert hook_devices(node) == [G1]
+
+
+def test_swarm_resource_from_the_runtime_environment_is_read(node):
+    # The toolkit honours NVIDIA_CTK_CONFIG_FILE_PATH and XDG_CONFIG_HOME (GetConfigFilePath).
+    other = node.tmp / "xdg" / "nvidia-container-runtime"
+    other.mkdir(parents=True)
+    (other / "config.toml").write_text('swarm-resource = "DOCKER_RESOURCE_GPU"\n')
+    node.spec(resource_env(f"{G0}::1"))
+    refused(node.create(extra_env={"XDG_CONFIG_HOME": str(node.tmp / "xdg")}), "sets swarm-resource")
+    refused(node.create(extra_env={"NVIDIA_CTK_CONFIG_FILE_PATH": str(other / "config.toml")}), "sets swarm-resource")
+
+
+# --- 1. device lists as volume mounts ------------------------------------------------------------
+
+@pytest.mark.parametrize("destination", [
+    "/var/run/nvidia-container-devices/all",
+    "/var/run/nvidia-container-devices/GPU-00000001-1111-4222-8333-444444444444",
+    "//var/run/nvidia-container-devices/all",
+    "/var/run/./nvidia-container-devices/all/",
+    "/var/run/x/../nvidia-container-devices/0",
+    "/var/run/nvidia-container-devices",
+    "/var/run/nvidia-container-devicesall",
+    "/run/nvidia-container-devices/all",
+    "var/run/nvidia-container-devices/all",
+])
+def test_device_list_as_volume_mounts_is_refused(node, destination):
+    spec = node.spec(resource_env(None))
+    spec["mounts"].append({"destination": destination, "type": "bind", "source": "/dev/null",
+                           "options": ["rbind", "ro"]})
+    node.config.write_text(json.dumps(spec))
+    # Without the wrapper, the hook (with the setting on) would give this container a GPU or all.
+    assert hook.visible_devices(spec, {"accept-nvidia-visible-devices-as-volume-mounts": True}) or \
+        destination.endswith(("devices", "devices/"))
+    refused(node.create(), "volume mounts")
+    assert node.forwarded() is None
+
+
+def test_cdi_annotations_and_nvidia_device_nodes_are_refused(node):
+    spec = node.spec(resource_env(None))
+    spec["annotations"] = {"cdi.k8s.io/gpus": "nvidia.com/gpu=all"}
+    node.config.write_text(json.dumps(spec))
+    refused(node.create(), "CDI device request")
+    spec["annotations"] = {"org.example/ok": "1"}
+    spec["linux"]["devices"] = [{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]
+    node.config.write_text(json.dumps(spec))
+    refused(node.create(), "device node '/dev/nvidia0'")
+    spec["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+    node.config.write_text(json.dumps(spec))
+    assert node.create().returncode == 0
+
+
+# --- 1. keys only Go reads as OCI fields -------------------------------------------------------------
+
+def spec_text(node: Node, env: list[str], transform) -> str:
+    spec = node.spec(env)
+    return transform(json.dumps(spec))
+
+
+@pytest.mark.parametrize("transform, what", [
+    (lambda t: t.replace('"process":', '"Process":', 1), "'Process'"),
+    (lambda t: t.replace('"env":', '"Env":', 1), "'Env'"),
+    (lambda t: t.replace('"env":', '"ENV":', 1), "'ENV'"),
+    (lambda t: t.replace('"process":', '"proce\\u017fs":', 1), "'proce\\u017fs'"),   # long s folds to s in Go
+    (lambda t: t.replace('"mounts":', '"Mounts":', 1), "'Mounts'"),
+    (lambda t: t.replace('"destination":', '"Destination":', 1), "'Destination'"),
+    (lambda t: t.replace('"linux":', '"LINUX":', 1), "'LINUX'"),
+    (lambda t: t[:-1] + ',"Process":{"env":["NVIDIA_VISIBLE_DEVICES=all"]}}', "twice"),
+    (lambda t: t[:-1] + ',"process":{"env":["NVIDIA_VISIBLE_DEVICES=all"],"args":["sh"]}}', "twice"),
+    (lambda t: t.replace('"env":', '"env":["NVIDIA_VISIBLE_DEVICES=all"],"eNv":', 1), "twice"),
+], ids=["Process", "Env", "ENV", "long-s", "Mounts", "Destination", "LINUX", "Process-after", "process-twice",
+        "env-twice"])
+def test_keys_that_differ_only_by_case_are_refused(node, transform, what):
+    text = spec_text(node, resource_env(None), transform)
+    node.config.write_text(text)
+    # What the hook alone would have done with it: a GPU for a container that reserved none.
+    assert hook.visible_devices(json.loads(text), {}) == ["all"]
+    refused(node.create(), what)
+    assert node.forwarded() is None
+
+
+# --- 3. the image is not Swarm ----------------------------------------------------------------------
+
+def test_a_reservation_from_the_image_env_is_refused(node):
+    node.engine.images[IMAGE_ID] = IMAGE_ENV + [f"DOCKER_RESOURCE_GPU={G0}::1,{G1}::1"]
+    # What Docker hands the runtime: the image's ENV merged into the container's.
+    node.spec(resource_env(f"{G0}::1,{G1}::1"))
+    refused(node.create(), "sets DOCKER_RESOURCE_GPU in its ENV", IMAGE_ID[7:19])
+    assert node.forwarded() is None
+    # Also when Swarm's value overrides the image's: the image itself is refused.
+    node.spec(resource_env(f"{G1}::2"))
+    refused(node.create(), "in its ENV")
+    # The image's other variables are its own business.
+    node.engine.images[IMAGE_ID] = IMAGE_ENV + ["DOCKER_RESOURCE_GPUS=x", "DOCKER_RESOURCE_GP=y"]
+    assert node.create().returncode == 0
+    assert hook_devices(node) == [G1]
+
+
+def test_the_engine_is_asked_only_for_a_reservation_and_without_the_container_lock(node):
+    node.spec(resource_env(None))
+    assert node.create().returncode == 0
+    assert node.engine.requests == []
+    node.spec(resource_env(f"{G0}::2"))
+    assert node.create().returncode == 0
+    assert node.engine.requests == [
+        f"/containers/json?all=1&filters=%7B%22id%22%3A%5B%22{CONTAINER_ID}%22%5D%7D", f"/images/{IMAGE_ID}/json"]
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda n: n.engine.close() or os.unlink(n.engine.path), "cannot ask Docker"),
+    (lambda n: n.engine.containers.clear(), "does not report container"),
+    (lambda n: n.engine.containers.update({CONTAINER_ID: "sha256:../../x"}), "does not report container"),
+    (lambda n: n.engine.images.clear(), "Docker answered"),
+], ids=["engine-down", "unknown-container", "odd-image-id", "image-gone"])
+def test_a_reservation_whose_origin_cannot_be_checked_is_refused(node, break_it, message):
+    node.spec(resource_env(f"{G0}::2"))
+    break_it(node)
+    refused(node.create(), message)
+    assert node.forwarded() is None
+
+
+def test_a_bundle_that_is_not_a_docker_container_cannot_carry_a_reservation(tmp_path):
+    node = Node(tmp_path)
+    try:
+        other = tmp_path / "not-docker"
+        node.bundle.rename(other)
+        node.bundle = other
+        node.config = other / "config.json"
+        node.spec(resource_env(f"{G0}::2"))
+        refused(node.create(), "is not a Docker container's")
+        node.spec(resource_env(None))
+        assert node.create().returncode == 0
+    finally:
+        node.engine.close()
+
+
+# --- 4. the slice map is root's and maps to single devices -------------------------------------------
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda n: os.chown(n.slice_map, 65534, 0), "not root's alone (owner uid 65534"),
+    (lambda n: n.slice_map.chmod(0o664), "mode 0664"),
+    (lambda n: n.slice_map.chmod(0o646), "mode 0646"),
+    (lambda n: (n.slice_map.rename(n.tmp / "real.json"), n.slice_map.symlink_to(n.tmp / "real.json")),
+     "is a symbolic link"),
+    (lambda n: n.slice_map.write_text(json.dumps(
+        {"variable": "DOCKER_RESOURCE_GPU", "slices": {f"{G0}::1": "all"}})), "not a GPU or MIG UUID"),
+    (lambda n: n.slice_map.write_text(json.dumps(
+        {"variable": "DOCKER_RESOURCE_GPU", "slices": {f"{G0}::1": f"{G0},{G1}"}})), "not a GPU or MIG UUID"),
+    (lambda n: n.slice_map.write_text(json.dumps(
+        {"variable": "DOCKER_RESOURCE_GPU", "slices": {f"{G0}::1": f"{G0}::1"}})), "not a GPU or MIG UUID"),
+    (lambda n: n.slice_map.write_text(json.dumps(
+        {"variable": "DOCKER_RESOURCE_GPU", "slices": {f"{G0}::1": 0}})), "not a GPU or MIG UUID"),
+    (lambda n: n.slice_map.write_text(json.dumps(
+        {"variable": "PATH", "slices": {}})), "is damaged"),
+], ids=["not-root", "group-writable", "other-writable", "symlink", "all", "list", "slice-as-device", "index",
+        "variable"])
+def test_an_untrusted_slice_map_refuses_every_start(node, damage, message):
+    node.spec(resource_env(f"{G0}::1"))
+    damage(node)
+    refused(node.create(), message)
+    assert node.forwarded() is None
+
+
+# --- the whole chain: whatever the spec, the hook acts on reserved devices only ----------------------
+
+HOSTILE_ENV = [[], ["NVIDIA_VISIBLE_DEVICES=all"], ["NVIDIA_VISIBLE_DEVICES=0,1"], ["CUDA_VERSION=12.1"],
+               ["DOCKER_RESOURCE_FOO=all"], ["NVIDIA_VISIBLE_DEVICES"]]
+RESERVATIONS = [None, f"{G0}::1", f"{G1}::2,{G0}::3", MIG]
+MOUNTS = [None, "/var/run/nvidia-container-devices/all", "/tmp/x"]
+CONFIGS = [{}, {"accept-nvidia-visible-devices-as-volume-mounts": True},
+           {"swarm-resource": "DOCKER_RESOURCE_FOO"}, {"accept-nvidia-visible-devices-envvar-when-unprivileged": False}]
+
+
+def toml_of(config: dict) -> str:
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items())
+
+
+def test_every_combination_gives_reserved_devices_or_no_start(node):
+    starts = 0
+    for extra, reserved, mount, config in itertools.product(HOSTILE_ENV, RESERVATIONS, MOUNTS, CONFIGS):
+        node.toolkit_config.write_text(toml_of(config))
+        env = [e for e in resource_env(reserved) if not e.startswith("NVIDIA_VISIBLE_DEVICES")] + extra
+        spec = node.spec(env)
+        if mount:
+            spec["mounts"].append({"destination": mount, "type": "bind", "source": "/dev/null", "options": ["rbind"]})
+            node.config.write_text(json.dumps(spec))
+        result = node.create()
+        allowed = {s.partition("::")[0] for s in (reserved or "").split(",") if s}
+        if result.returncode != 0:
+            assert node.forwarded() is None
+            continue
+        starts += 1
+        got = hook_devices(node, config)
+        assert set(got) <= allowed, (extra, reserved, mount, config, got)
+        if config == {} and not mount:
+            assert set(got) == allowed
+        (node.record / "argv").unlink()
+    assert starts > 50  # the guard is not simply refusing everything
