@@ -172,31 +172,40 @@ def checked_dir(path: str | Path, mode: int, what: str) -> Path:
     return path
 
 
-def _open_record(path: Path, flags: int, mode: int, what: str) -> int | None:
-    """Open one of the tool's own record files (journal, run log) without following a symlink;
-    one that is not a regular file of the running user with a single link is refused. None when
-    it does not exist and `flags` do not create it."""
-    problem = None
+def open_owned(path: Path, flags: int, mode: int) -> tuple[int | None, str | None]:
+    """Open one of the tool's own files (journal, run log, run lock) without following a symlink:
+    (fd, None), or (None, why it is refused) when it is a symlink, not a regular file of the
+    running user (root), or has a second hard link (a write would change another file).
+    FileNotFoundError propagates."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return None, "is a symlink"
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not {'root' if os.geteuid() == 0 else f'uid {os.geteuid()}'}"
+    elif st.st_nlink != 1:
+        problem = f"has {st.st_nlink} hard links"
+    if problem:
+        os.close(fd)
+        return None, problem
+    return fd, None
+
+
+def _open_record(path: Path, flags: int, mode: int, what: str) -> int | None:
+    """A record file opened by `open_owned`; None when it does not exist and `flags` do not
+    create it."""
+    try:
+        fd, problem = open_owned(path, flags, mode)
     except FileNotFoundError:
         if flags & os.O_CREAT:
             raise
         return None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        problem = "is a symlink"
-    else:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            problem = "is not a regular file"
-        elif st.st_uid != os.geteuid():
-            problem = f"is owned by uid {st.st_uid}, not {'root' if os.geteuid() == 0 else f'uid {os.geteuid()}'}"
-        elif st.st_nlink != 1:
-            problem = f"has {st.st_nlink} hard links"
-        if problem:
-            os.close(fd)
     if problem:
         raise StepFailed(f"{what} {path} {problem}, so the tool will not use it.",
                          f"Move it aside (mv {path} {path}.suspect) and run again.")

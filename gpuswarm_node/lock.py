@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 from pathlib import Path
 from typing import Iterator
 
 from .errors import GpuswarmError
-from .host import ensure_dir
+from .host import ensure_dir, open_owned
 
 LOCK_PATH = "/run/gpuswarm-node.lock"
 
@@ -22,25 +20,9 @@ class AlreadyRunning(GpuswarmError):
 
 def _open_lock(lock: Path) -> int:
     """The lock file, never through a symlink, and only when it is the running user's (root's)
-    regular file with one link: another user's could be held open by them to stop every setup.
-    Mode 0600, so nobody else can open it to hold the lock."""
-    problem = None
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        problem = "is a symlink"
-    else:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            problem = "is not a regular file"
-        elif st.st_uid != os.geteuid():
-            problem = f"is owned by uid {st.st_uid}, not {'root' if os.geteuid() == 0 else f'uid {os.geteuid()}'}"
-        elif st.st_nlink != 1:  # truncated and written below: never another file's contents
-            problem = f"has {st.st_nlink} hard links"
-        if problem:
-            os.close(fd)
+    regular file with one link (it is truncated and written below): another user's could be held
+    open by them to stop every setup. Mode 0600, so nobody else can open it to hold the lock."""
+    fd, problem = open_owned(lock, os.O_RDWR | os.O_CREAT, 0o600)
     if problem:
         raise GpuswarmError(f"the run lock {lock} {problem}, so another user could hold or redirect it.",
                             f"Remove it (rm {lock}) and run again.")
