@@ -1,84 +1,232 @@
-"""nvidia-driver: NVML initialises and reports a driver version; otherwise the distro's driver."""
+"""nvidia-driver: NVML initialises and reports a driver version; otherwise the distribution's driver.
+
+Whether a driver is installed is read from the packages that provide its kernel module and NVML,
+under any distribution's names (Ubuntu's GPGPU install has no nvidia-driver-* package at all:
+nvidia-headless-no-dkms-*-server with precompiled linux-modules-nvidia-*), and what is loaded
+from the kernel. Installed but not loaded is `blocked` with reboot_required when a reboot will load
+it, and `blocked` with the cause when one already did not, never a second install.
+"""
 
 from __future__ import annotations
 
-from ..engine import Check, PlannedFile, blocked, needs_change, ok, skipped
-from ..errors import NvmlUnavailable
-from ..host import Host
-from ..probes import system
+from .. import apt_sources
+from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..errors import NvmlUnavailable, StepFailed
+from ..probes import driver, system
+from ..probes.driver import PciGpu
 from ..system import Context
 from . import apt
 
-PCI_DEVICES = "/sys/bus/pci/devices"
-NVIDIA_VENDOR = "0x10de"
-
-
-def nvidia_pci_devices(host: Host) -> list[str]:
-    """PCI addresses of NVIDIA display/3D controllers (class 0x03xxxx), whatever the driver state."""
-    found = []
-    for dev in host.listdir(PCI_DEVICES):
-        vendor = (host.read_text(f"{PCI_DEVICES}/{dev}/vendor") or "").strip()
-        klass = (host.read_text(f"{PCI_DEVICES}/{dev}/class") or "").strip()
-        if vendor == NVIDIA_VENDOR and klass.startswith("0x03"):
-            found.append(dev)
-    return found
+STEP = "nvidia-driver"
+DEBIAN_FIRMWARE = "firmware-misc-nonfree"
 
 
 def gpu_presence(ctx: Context) -> tuple[bool, str]:
     """Whether this machine has an NVIDIA GPU, and how we know."""
+    present, why, _gpus = _presence(ctx)
+    return present, why
+
+
+def _presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
     try:
         inv = ctx.inventory()
-        return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}"
+        return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
     except NvmlUnavailable as exc:
-        pci = nvidia_pci_devices(ctx.host)
-        if pci:
-            return True, f"{len(pci)} NVIDIA device(s) on the PCI bus, but {exc.reason}"
-        return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})"
+        gpus = driver.nvidia_gpus(ctx.host)
+        if gpus:
+            return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
+        return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
 
 
-def driver_packages_installed(ctx: Context) -> list[str]:
-    result = ctx.host.query(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", "nvidia-driver*"])
-    # "<package> <want> <flag> <status>"; a held driver is "hold ok installed", still installed.
-    return [line.split()[0] for line in result.stdout.splitlines()
-            if line.split()[2:] == ["ok", "installed"]]
+def _module(module: driver.LoadedModule) -> str:
+    return f"NVIDIA kernel module {module.version}" if module.version else "NVIDIA kernel module"
+
+
+def _names(pkgs: driver.DriverPackages) -> str:
+    return f"{pkgs.modules[0].name} (kernel module) and {pkgs.nvml[0].name} (NVML)"
+
+
+def secure_boot_problem(ctx: Context, distro: str) -> Check | None:
+    """Secure Boot loads only signed modules, and DKMS builds this one here: a key DKMS signs with
+    must be enrolled in the machine's MOK list first. None when nothing stands in the way."""
+    if not driver.secure_boot(ctx.host):
+        return None
+    state, key = driver.dkms_key_state(ctx.host)
+    if state == driver.ENROLLED:
+        return None
+    if state == driver.PENDING:
+        return blocked(f"Secure Boot is on and the DKMS signing key {key} is queued for enrolment; reboot, "
+                       "confirm the key in MokManager at the console, then run setup again", reboot_required=True)
+    debian_key, ubuntu_key = driver.DKMS_SIGNING_KEYS
+    if distro == "ubuntu":
+        enrol = f"`mokutil --import {ubuntu_key}`"
+        other = ("use the precompiled, signed modules (linux-modules-nvidia-*, which `ubuntu-drivers install "
+                 "--gpgpu` picks)")
+    else:
+        enrol = f"`dkms generate_mok` if {debian_key} is missing, then `mokutil --import {debian_key}`"
+        other = "use a driver with signed precompiled modules"
+    unknown = "mokutil is not installed, so no enrolled key can be seen; " if state == driver.UNKNOWN else ""
+    return blocked(f"{unknown}Secure Boot is on and the NVIDIA kernel module is built here by DKMS, signed by no "
+                   f"key the firmware trusts, so the kernel would refuse to load it: enrol DKMS's signing key ({enrol}, "
+                   f"reboot, confirm the key in MokManager at the console), or {other}, or turn Secure Boot off "
+                   "in the firmware settings; then run setup again")
+
+
+def _record(ctx: Context, action) -> None:
+    if ctx.journal is not None:  # reset lists the packages it leaves installed
+        ctx.journal.record(kind="run", step=STEP, argv=list(action.argv), action=action.describe())
+
+
+def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
+    """Debian: which driver branch the GPUs need is known once nvidia-detect is installed, in the
+    same run."""
+    ids = ", ".join(dict.fromkeys(g.pci_id for g in gpus))
+
+    def install(ctx: Context) -> None:
+        package, problem = driver.choose_driver(driver.detect(ctx.host, gpus))
+        if problem:
+            raise StepFailed(f"{problem}.", "Install a driver that supports every GPU by hand, then run setup again.")
+        action = apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)
+        action.execute(ctx)
+        _record(ctx, action)
+
+    return Call(f"install the driver package nvidia-detect recommends for {ids}, with "
+                f"{' '.join([*headers, DEBIAN_FIRMWARE])}", install)
 
 
 class NvidiaDriverStep:
-    name = "nvidia-driver"
+    name = STEP
     description = "NVIDIA driver loaded: NVML reports a driver version"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        return []
+        # Only Debian's apt sources, when the driver's components are missing from them.
+        return [PlannedFile(a.path, a.content) for a in self.check(ctx).actions if isinstance(a, WriteFile)]
 
     def check(self, ctx: Context) -> Check:
         try:
             inv = ctx.inventory()
         except NvmlUnavailable as exc:
-            present, why = gpu_presence(ctx)
-            if not present:
-                return skipped(why)
-            installed = driver_packages_installed(ctx)
-            if installed:
-                return blocked(f"driver package {installed[0]} is installed but {exc.reason}; reboot the machine, "
-                               "then run setup again", reboot_required=True)
-            distro = system.os_release(ctx.host).get("ID", "")
-            if distro == "ubuntu":
-                # --gpgpu picks the -server driver branch with precompiled, signed modules.
-                actions = (apt.update(ctx), apt.install(ctx, "ubuntu-drivers-common"),
-                           _ubuntu_drivers_install())
-            elif distro == "debian":
-                # Debian ships the driver in non-free/contrib, which must be enabled in sources.
-                actions = (apt.update(ctx), apt.install(ctx, "nvidia-driver", "firmware-misc-nonfree"))
-            else:
-                return blocked(f"no driver installer for distribution {distro or 'unknown'}; install the "
-                               "NVIDIA driver by hand")
-            return needs_change(f"{why}; no driver installed", *actions)
+            return self._without_nvml(ctx, exc)
         if not inv.gpus:
             return blocked(f"driver {inv.driver_version} is loaded but NVML reports no GPU")
         return ok(f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)")
 
+    def _without_nvml(self, ctx: Context, exc: NvmlUnavailable) -> Check:
+        present, why, gpus = _presence(ctx)
+        if not present:
+            return skipped(why)
+        host = ctx.host
+        release = driver.kernel_release(host)
+        pkgs = driver.driver_packages(host, release)
+        distro = system.os_release(host).get("ID", "")
+        if pkgs.unfinished:
+            names = ", ".join(f"{p.name} ({p.state})" for p in pkgs.unfinished)
+            return needs_change(f"{why}; the last install of {names} did not finish",
+                                run_command("dpkg", "--configure", "-a", env=apt.APT_ENV, timeout=1800,
+                                            progress="finishing an interrupted dpkg run"))
+        module = driver.loaded_module(host)
+        if pkgs.complete:
+            return self._installed(ctx, exc, pkgs, distro, module)
+        if not pkgs.modules and (module.loaded or host.exists(driver.RUNFILE_UNINSTALLER)):
+            # A driver outside the package manager: NVIDIA's .run installer, or a driver container.
+            # A distribution driver installed over it would fight it.
+            what = (f"an {_module(module)} is loaded" if module.loaded
+                    else f"NVIDIA's .run installer left a driver here ({driver.RUNFILE_UNINSTALLER})")
+            return blocked(f"{why}; {what} that no package provides, so no distribution driver is installed over "
+                           "it: repair that driver (or remove it with nvidia-uninstall), then run setup again")
+        if pkgs.modules:
+            nvml = driver.nvml_package_for(pkgs.modules[0].name)
+            if nvml:
+                return needs_change(f"{why}; {pkgs.modules[0].name} provides the kernel module but no package "
+                                    "provides NVML", apt.update(ctx), apt.install(ctx, nvml))
+            return blocked(f"{pkgs.modules[0].name} provides the kernel module but no package provides NVML "
+                           "(libnvidia-ml.so.1); install the NVML library of the same driver, then run setup again")
+        return self._install(ctx, why, gpus, pkgs, distro, release)
 
-def _ubuntu_drivers_install():
-    from ..engine import run_command
+    def _installed(self, ctx: Context, exc: NvmlUnavailable, pkgs: driver.DriverPackages, distro: str,
+                   module: driver.LoadedModule) -> Check:
+        host, release = ctx.host, pkgs.kernel_release
+        if module.loaded:
+            lib = pkgs.nvml[0]
+            if module.version and lib.upstream_version and module.version != lib.upstream_version:
+                return blocked(f"the loaded kernel module is {module.version} but {lib.name} {lib.upstream_version} "
+                               f"is installed (upgraded since boot), so {exc.reason}; reboot the machine, then run "
+                               "setup again", reboot_required=True)
+            return blocked(f"the {_module(module)} is loaded and {_names(pkgs)} installed, "
+                           f"but {exc.reason}")
+        if pkgs.dkms:
+            problem = secure_boot_problem(ctx, distro)
+            if problem is not None:
+                return problem
+            if pkgs.headers is None and release:
+                headers = driver.headers_packages(release, distro)
+                return needs_change(f"{_names(pkgs)} installed, but not the headers of the running kernel "
+                                    f"{release}, so DKMS could not build the module",
+                                    apt.update(ctx), apt.install(ctx, *headers))
+        if driver.installed_since_boot(host, pkgs.newest()) is False:
+            hints = []
+            if host.exists("/sys/module/nouveau"):
+                hints.append("nouveau is loaded and holds the GPU (blacklist it and rebuild the initramfs)")
+            if pkgs.dkms:
+                hints.append("`dkms status` shows whether the module was built for this kernel")
+            return blocked(f"{_names(pkgs)} were installed before this boot, yet {exc.reason}: "
+                           f"`modprobe nvidia` says why{''.join('; ' + h for h in hints)}")
+        return blocked(f"the driver is installed, {_names(pkgs)}, but {exc.reason}; reboot the machine, then run "
+                       "setup again", reboot_required=True)
 
-    return run_command("ubuntu-drivers", "install", "--gpgpu", timeout=1800, progress="ubuntu-drivers install")
+    def _install(self, ctx: Context, why: str, gpus: list[PciGpu], pkgs: driver.DriverPackages, distro: str,
+                 release: str) -> Check:
+        if distro == "ubuntu":
+            partial = pkgs.drivers or pkgs.nvml
+            if partial:
+                # ubuntu-drivers takes an installed nvidia-headless-no-dkms-* as done and installs nothing.
+                return blocked(f"{partial[0].name} is installed but no package provides the NVIDIA kernel module "
+                               f"for kernel {release or 'this kernel'}: install the precompiled "
+                               "linux-modules-nvidia-<branch>-<kernel flavour> of the same branch, or "
+                               f"nvidia-dkms-<branch> with linux-headers-{release or '$(uname -r)'}, then run setup "
+                               "again")
+            # --gpgpu picks the -server branch with precompiled, signed modules where the kernel has them.
+            return needs_change(f"{why}; no driver installed", apt.update(ctx),
+                                apt.install(ctx, "ubuntu-drivers-common"),
+                                run_command("ubuntu-drivers", "install", "--gpgpu", timeout=1800,
+                                            progress="ubuntu-drivers install"))
+        if distro == "debian":
+            return self._debian_install(ctx, why, gpus, release)
+        return blocked(f"no driver installer for distribution {distro or 'unknown'}; install the NVIDIA driver by "
+                       "hand")
+
+    def _debian_install(self, ctx: Context, why: str, gpus: list[PciGpu], release: str) -> Check:
+        host = ctx.host
+        # Debian builds the module with DKMS: with Secure Boot on, the kernel refuses it unsigned.
+        problem = secure_boot_problem(ctx, "debian")
+        if problem is not None:
+            return problem
+        writes, lists_main = [], False
+        for path, edit, has_main in (
+                (apt_sources.DEBIAN_SOURCES, apt_sources.add_components_deb822, apt_sources.lists_main_deb822),
+                (apt_sources.SOURCES_LIST, apt_sources.add_components_one_line, apt_sources.lists_main_one_line)):
+            text = host.read_text(path)
+            if text is None:
+                continue
+            lists_main = lists_main or has_main(text)
+            wanted = edit(text)
+            if wanted != text:
+                writes.append(WriteFile(path, wanted, text))
+        if not lists_main:
+            return blocked(f"neither {apt_sources.DEBIAN_SOURCES} nor {apt_sources.SOURCES_LIST} lists the Debian "
+                           "archive's main component; enable contrib non-free non-free-firmware for your mirror, "
+                           "then run setup again")
+        headers = driver.headers_packages(release, "debian")
+        reasons = [f"{why}; no driver installed"]
+        if writes:
+            reasons.append(f"the driver's components (contrib non-free non-free-firmware) are not enabled in "
+                           f"{' and '.join(w.path for w in writes)}")
+        if host.which("nvidia-detect"):
+            package, problem_text = driver.choose_driver(driver.detect(host, gpus))
+            if problem_text:
+                return blocked(f"{why}; {problem_text}")
+            reasons.append(f"nvidia-detect recommends {package}")
+            install = [apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)]
+        else:
+            install = [apt.install(ctx, "nvidia-detect"), install_detected(gpus, headers)]
+        return needs_change("; ".join(reasons), *writes, apt.update(ctx), *install)
