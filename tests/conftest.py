@@ -17,6 +17,25 @@ A100 = fake_nvml.FakeGpu("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA A10
 T4 = fake_nvml.FakeGpu("GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "Tesla T4", 15360)
 
 
+# Where the tool keeps its lock, journal, run log and backups: a CLI run by the tests writes there
+# only in its own mount namespace, into an overlay whose upper layer is under `state`, so the
+# machine running the suite keeps its real /run, /var/lib, /var/log and /var/backups untouched.
+PRIVATE_STATE = """set -e
+for d in /run /var/lib /var/log /var/backups; do
+    mkdir -p "$STATE$d/upper" "$STATE$d/work"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$STATE$d/upper,workdir=$STATE$d/work" "$d"
+done
+exec "$@"
+"""
+
+
+def private_state(state: Path) -> list[str]:
+    """argv prefix that runs a command with the host's state directories overlaid (see above)."""
+    state.mkdir(parents=True, exist_ok=True)
+    return ["unshare", "--mount", "--propagation", "private", "env", f"STATE={state}",
+            "sh", "-c", PRIVATE_STATE, "private-state"]
+
+
 @pytest.fixture(scope="session")
 def nvml_lib_dir(tmp_path_factory) -> Path:
     return fake_nvml.build(tmp_path_factory.mktemp("fake-nvml"))
@@ -33,8 +52,8 @@ def gsn(tmp_path, nvml_lib_dir):
             config = fake_nvml.write_config(tmp_path / "fake-nvml.conf", gpus or [], mode=mode)
             base = fake_nvml.env_for(nvml_lib_dir, config, base=base)
         base.update(env or {})
-        return subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", *args], cwd=REPO, env=base,
-                              capture_output=True, text=True, timeout=120)
+        argv = [*private_state(tmp_path / "host-state"), sys.executable, "-m", "gpuswarm_node.cli", *args]
+        return subprocess.run(argv, cwd=REPO, env=base, capture_output=True, text=True, timeout=120)
 
     return run
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -14,6 +13,8 @@ import pytest
 
 from gpuswarm_node.host import LocalHost
 from gpuswarm_node.lock import AlreadyRunning, run_lock
+
+from .conftest import REPO, private_state
 
 
 # Changes file owners: the suite runs as root (run-tests.sh); elsewhere this fails, never skips.
@@ -103,16 +104,14 @@ def test_second_holder_of_the_lock_is_refused_with_the_pid(tmp_path):
         pass
 
 
-def test_setup_refuses_while_another_runs(gsn, tmp_path):
-    fd = os.open("/run/gpuswarm-node.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"4242\n", 0)
-        result = gsn("setup", "--only", "image")
-    finally:
-        os.close(fd)
-    assert result.returncode == 1
+def test_setup_refuses_while_another_runs(tmp_path):
+    # The lock is taken in the CLI's own view of /run (tests never touch the machine's real one):
+    # the shell holds it on fd 9 with flock(1) and the CLI, started from it, finds it held.
+    hold = ('exec 9>>/run/gpuswarm-node.lock && flock 9 && printf "4242\\n" > /run/gpuswarm-node.lock && '
+            'exec "$0" -m gpuswarm_node.cli setup --only image')
+    result = subprocess.run([*private_state(tmp_path / "state"), "sh", "-c", hold, sys.executable],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
     assert "another gpuswarm-node setup is running (pid 4242)" in result.stderr
 
 

@@ -18,12 +18,14 @@ import pytest
 
 from .dockerd import LabDockerd
 from .manager import trust_ca
+from ..conftest import private_state
 from .util import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The CLI gets a private /run and /var/log so that light workers, which share this machine's
-# filesystem, keep separate locks and run logs, as separate machines would.
+# The CLI gets a private /run and /var/log, and its own layer over /var/lib and /var/backups, so
+# that light workers, which share this machine's filesystem, keep separate locks, run logs,
+# journals and backups, as separate machines would, and this machine's own stay untouched.
 ISOLATE = 'mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && exec "$@"'
 
 
@@ -38,7 +40,7 @@ class LightWorker:
     def popen(self, *args: str) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_", "DOCKER_"))}
         env["DOCKER_HOST"] = self.dockerd.url
-        argv = [*self.host.nsenter_prefix(), "unshare", "--mount", "--propagation", "private",
+        argv = [*self.host.nsenter_prefix(), *private_state(self.config.parent / "host-state"),
                 "sh", "-c", ISOLATE, "isolate", sys.executable, "-m", "gpuswarm_node.cli", *args]
         return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
