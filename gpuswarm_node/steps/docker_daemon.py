@@ -20,7 +20,7 @@ from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from ..probes import system
-from ..probes.gpu import Inventory
+from ..probes.gpu import Inventory, slices_of
 from .. import restart
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
@@ -351,7 +351,8 @@ class DockerDaemonStep:
         actions += restart_for
         if actions:
             return needs_change("; ".join(reasons + why_not), *actions)
-        gpus = len(inventory.gpus) - len(why_not)
+        gpus = sum(1 for gpu in inventory.gpus if slices_of(gpu, ctx.config.gpu.slices_per_gpu,
+                                                            ctx.config.gpu.slice_memory_bytes))
         return ok("; ".join([f"{len(slices)} slice(s) advertised as {kind} on {gpus} GPU(s); default runtime "
                              f"{RUNTIME_NAME} gives each container the devices of its {env_variable(kind)}"]
                             + why_not))
