@@ -103,16 +103,55 @@ def test_second_holder_of_the_lock_is_refused_with_the_pid(tmp_path):
         pass
 
 
-def test_setup_refuses_while_another_runs(gsn, tmp_path):
-    fd = os.open("/run/gpuswarm-node.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def hold_the_run_lock(content: bytes) -> int:
+    """Hold the real run lock as another gpuswarm-node would, with `content` in it; close to release."""
+    fd = os.open("/run/gpuswarm-node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, content, 0)
+    return fd
+
+
+def test_the_lock_names_its_holders_command(tmp_path):
+    path = str(tmp_path / "gpuswarm-node.lock")
+    with run_lock(path, command="leave"):
+        assert Path(path).read_text() == f"{os.getpid()} leave\n"
+        with pytest.raises(AlreadyRunning) as info:
+            with run_lock(path, command="setup"):
+                pass
+    assert f"another gpuswarm-node leave is running (pid {os.getpid()})" in info.value.message()
+
+
+def test_setup_refuses_while_a_leave_runs(gsn, tmp_path):
+    fd = hold_the_run_lock(b"4242 leave\n")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"4242\n", 0)
         result = gsn("setup", "--only", "image")
     finally:
         os.close(fd)
     assert result.returncode == 1
+    assert "another gpuswarm-node leave is running (pid 4242)" in result.stderr
+
+
+def test_a_lock_written_by_an_older_version_names_the_pid(gsn, tmp_path):
+    fd = hold_the_run_lock(b"4242\n")
+    try:
+        result = gsn("setup", "--only", "image")
+    finally:
+        os.close(fd)
+    assert result.returncode == 1
+    assert "another gpuswarm-node command is running (pid 4242)" in result.stderr
+
+
+def test_leave_refuses_while_setup_runs(gsn, tmp_path):
+    # Before: leave took no lock, and drained and left the swarm under a setup that was joining it.
+    config = tmp_path / "node.toml"
+    config.write_text('[swarm]\nmanager = "198.18.0.1"\n')
+    fd = hold_the_run_lock(b"4242 setup\n")
+    try:
+        result = gsn("leave", "--config", str(config), "--timeout", "1")
+    finally:
+        os.close(fd)
+    assert result.returncode == 1, result.stdout + result.stderr
     assert "another gpuswarm-node setup is running (pid 4242)" in result.stderr
 
 

@@ -344,7 +344,7 @@ class DockerDaemonStep:
                 if refusal:
                     return blocked("; ".join(reasons + [refusal]))
                 restart_for.append(restart.restart_action(DAEMON_JSON, text))
-                if ctx.options.drain and ctx.config.swarm.manager and ctx.docker.swarm().state == "active":
+                if ctx.options.drain and restart.can_drain(ctx) is None:
                     restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
         # container start runs the wrapper.
