@@ -47,3 +47,15 @@ def test_every_spelling_of_the_mount_point_in_fstab_becomes_one_entry():
         "UUID=a / ext4 defaults 0 1\n" + entry + "\n"
         "# tmpfs /mnt/tmpfs tmpfs size=2g 0 0\n"
         "tmpfs /mnt/tmpfs2 tmpfs size=4g 0 0\n")
+
+
+def test_render_never_shows_an_unlimited_tmpfs_line():
+    from gpuswarm_node import config
+    from gpuswarm_node.steps.tmpfs import TmpfsStep
+    from gpuswarm_node.system import Context
+
+    host = FakeHost(files={"/proc/meminfo": "MemTotal:       16777216 kB\n", "/etc/fstab": ""})
+    ctx = Context(config=config.from_tables({"tmpfs": {"fraction": 1e-7}}), host=host)
+    assert TmpfsStep().files(ctx) == []
+    ctx = Context(config=config.from_tables({"tmpfs": {"fraction": 0.5}}), host=host)
+    assert "size=8192m" in TmpfsStep().files(ctx)[0].content

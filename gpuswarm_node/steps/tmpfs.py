@@ -96,8 +96,11 @@ class TmpfsStep:
         return render("fstab-tmpfs.j2", path=ctx.config.tmpfs.path, options=options).rstrip("\n")
 
     def files(self, ctx: Context) -> list[PlannedFile]:
+        mib = size_mib(ctx)
+        if mib < MIN_MIB:
+            return []  # the step is blocked: setup writes nothing (a size=0m line would be unlimited)
         current = ctx.host.read_text(FSTAB) or ""
-        entry = self._entry(ctx, size_mib(ctx))
+        entry = self._entry(ctx, mib)
         return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path))]
 
     def check(self, ctx: Context) -> Check:
