@@ -124,7 +124,7 @@ def setup(
         if dry_run:
             report = run_setup(selected, ctx, dry_run=True)
         else:
-            with run_lock():
+            with run_lock(command="setup"):
                 prepare_run_log()
                 report = run_setup(selected, ctx)
                 log_run(report)
@@ -291,9 +291,12 @@ def leave(
 
     def body() -> int:
         from .lifecycle import leave as leave_swarm
+        from .lock import run_lock
 
         cfg = load_config(config, overrides)
-        report = leave_swarm(make_context(cfg, json_mode=False, changes=True), timeout=timeout)
+        # The same lock as setup: a leave must not race a setup that is joining or restarting Docker.
+        with run_lock(command="leave"):
+            report = leave_swarm(make_context(cfg, json_mode=False, changes=True), timeout=timeout)
         for note in report.notes:
             out.print(note)
         if report.left:
@@ -309,6 +312,10 @@ def reset(
     yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
+    allow_restart: bool = typer.Option(False, "--allow-restart",
+                                       help="Restart Docker even though containers are running on this node."),
+    drain: bool = typer.Option(False, "--drain",
+                               help="Drain this node through the manager before restarting Docker."),
 ) -> None:
     """Best-effort revert of everything setup changed, from the tool's own record of changes."""
 
@@ -323,17 +330,27 @@ def reset(
             out.print(f"nothing to revert: no changes recorded in {journal.path}")
             return 0
         if not yes:
+            if drain:
+                out.print("  - drain this node through the manager and wait for its tasks to move")
             for item in undo:
                 out.print(f"  - {escape(item.describe())}")
-            out.print("run `gpuswarm-node reset --yes` to do this.")
+            flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain)) if on)
+            out.print(f"run `gpuswarm-node reset --yes{flags}` to do this.")
             return 0
         cfg = load_config(config, overrides)
-        with run_lock():
-            report = resetting.execute(make_context(cfg, json_mode=False), journal)
+        ctx = make_context(cfg, json_mode=False, allow_restart=allow_restart, drain=drain)
+        with run_lock(command="reset"):
+            # Setup's restart rules, decided before anything is undone.
+            refusal = resetting.refusal(ctx, resetting.plan(journal.entries()))
+            if refusal:
+                raise GpuswarmError(f"reset refused: {refusal}.", "Nothing was reverted.")
+            report = resetting.execute(ctx, journal)
         for item in report.done:
             out.print(f"reverted: {escape(item)}")
         for item in report.kept:
             out.print(f"kept: {escape(item)}")
+        for item in report.notes:
+            out.print(f"note: {escape(item)}")
         for item in report.failed:
             out.print(f"[red]not reverted:[/] {escape(item)}")
         return 1 if report.failed else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import posixpath
 import re
 import sys
 import unicodedata
@@ -53,6 +54,50 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return int(value)
+
+
+# Bounds on slices. Swarm advertises every slice as one named generic resource in the node's
+# description, which the managers keep in their Raft store and walk on every placement; the tool
+# writes each into daemon.json and the slice map too. 64 users of one GPU each get 1/64 of its
+# compute, well past the point where sharing it is useful (MIG splits a GPU 7 ways at most), and an
+# 8-GPU node stays at a few hundred entries. 256 MiB is less than the CUDA context each program
+# creates before anything else takes on current GPUs, so a smaller slice could run nothing; a
+# value that small is a forgotten unit ("1" is one byte, and would make billions of slices).
+MAX_SLICES_PER_GPU = 64
+MIN_SLICE_MEMORY = 256 * 2**20
+MIN_SLICE_MEMORY_TEXT = "256MiB"
+
+# apt.lock_timeout: first boot's cloud-init and unattended-upgrades hold apt's locks for minutes,
+# not hours; a longer wait hides a lock nobody will release (a hung dpkg) behind a setup that
+# seems to hang.
+MAX_APT_LOCK_TIMEOUT = 3600
+
+# tmpfs.path may not be one of these, nor below SYSTEM_TREES: a tmpfs there hides the system's own
+# files (mounted over /etc, it hides the configuration of every program until it is unmounted).
+# Any other existing directory that holds files is refused when setup looks at it (steps/tmpfs.py).
+SYSTEM_DIRS = frozenset({
+    "/", "/efi", "/home", "/lost+found", "/media", "/mnt", "/opt", "/root", "/snap", "/srv", "/tmp", "/var",
+    "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt", "/var/run",
+    "/var/spool", "/var/tmp",
+})
+# The system's and the package manager's own trees (/bin, /lib* and /sbin are /usr's on merged-/usr
+# systems); the tool's own records (the journal reset works from, the backups) are hidden too.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+                "/sys", "/usr", "/var/backups", "/var/lib/containerd", "/var/lib/docker", "/var/lib/dpkg",
+                "/var/lib/gpuswarm-node")
+
+
+def normal_path(path: str) -> str:
+    """An absolute path as mountinfo names it: '//' and '.' collapsed, '..' applied to the text,
+    no trailing '/' ("/mnt//tmpfs/" is "/mnt/tmpfs")."""
+    norm = posixpath.normpath(path)
+    # POSIX leaves a leading "//" to the implementation, so normpath keeps it; Linux does not.
+    return "/" + norm.lstrip("/") if norm.startswith("/") else norm
+
+
+def system_dir(path: str) -> bool:
+    """Whether a normalised absolute path is a system directory or lies in a system tree."""
+    return path in SYSTEM_DIRS or any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES)
 
 
 # Characters no value may hold, whatever its key: every string lands in a file (fstab, sources.list,
@@ -159,8 +204,9 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class TmpfsConfig:
-    path: str = key("/mnt/tmpfs", "Mount point of the tmpfs.")
-    fraction: float = key(0.5, "Size of the tmpfs as a fraction of physical RAM (0 < f <= 1).")
+    path: str = key("/mnt/tmpfs", "Mount point of the tmpfs, an absolute path (/mnt//tmpfs/ is read as /mnt/tmpfs); "
+                                  "not / or a system directory (/etc, /usr, /var, ...), nor a directory holding files.")
+    fraction: float = key(0.5, "Size of the tmpfs as a fraction of physical RAM (0 < f <= 1); at least 1 MiB.")
 
 
 @dataclass(frozen=True)
@@ -177,15 +223,17 @@ class NvidiaConfig:
 
 @dataclass(frozen=True)
 class AptConfig:
-    lock_timeout: int = key(600, "Seconds apt waits for a dpkg lock held by another program before failing.")
+    lock_timeout: int = key(600, "Seconds apt waits for a dpkg lock held by another program before failing "
+                                 f"(0 to {MAX_APT_LOCK_TIMEOUT}).")
 
 
 @dataclass(frozen=True)
 class GpuConfig:
     resource: str = key("gpu", "Swarm generic resource kind the slices are advertised as.")
-    slices_per_gpu: int = key(3, "Slices (Swarm named resources) advertised per physical GPU.")
-    slice_memory: str = key("", "Memory per slice, e.g. \"4GiB\": each GPU gets as many slices as fit; "
-                                "empty means slices_per_gpu.")
+    slices_per_gpu: int = key(3, f"Slices (Swarm named resources) advertised per physical GPU (1 to "
+                                 f"{MAX_SLICES_PER_GPU}).")
+    slice_memory: str = key("", f"Memory per slice, at least {MIN_SLICE_MEMORY_TEXT}, e.g. \"4GiB\": each GPU gets "
+                                f"as many slices as fit, at most {MAX_SLICES_PER_GPU}; empty means slices_per_gpu.")
 
     @property
     def slice_memory_bytes(self) -> int:
@@ -289,21 +337,27 @@ def _validate(cfg: Config) -> None:
     if not 0 < cfg.tmpfs.fraction <= 1:
         raise bad("tmpfs", "fraction", f"must be greater than 0 and at most 1, got {cfg.tmpfs.fraction}")
     _validate_paths(cfg, bad)
-    if cfg.gpu.slices_per_gpu < 1:
-        raise bad("gpu", "slices_per_gpu", f"must be at least 1, got {cfg.gpu.slices_per_gpu}")
+    if not 1 <= cfg.gpu.slices_per_gpu <= MAX_SLICES_PER_GPU:
+        raise bad("gpu", "slices_per_gpu", f"must be from 1 to {MAX_SLICES_PER_GPU} (each slice is a resource "
+                  f"in the node's Swarm description), got {cfg.gpu.slices_per_gpu}")
     if cfg.gpu.slice_memory:
         try:
-            parse_size(cfg.gpu.slice_memory)
+            size = parse_size(cfg.gpu.slice_memory)
         except ValueError:
             raise bad("gpu", "slice_memory", "must be a size such as \"4GiB\", \"512MiB\" or a number of bytes "
                       f"(units KiB, MiB, GiB, TiB), got {cfg.gpu.slice_memory!r}") from None
+        if size < MIN_SLICE_MEMORY:
+            raise bad("gpu", "slice_memory", f"must be at least {MIN_SLICE_MEMORY_TEXT} (less cannot hold a CUDA "
+                      f"context), got {cfg.gpu.slice_memory!r} = {size} bytes",
+                      "Write the size with its unit, e.g. \"4GiB\", and run again.")
     kind = cfg.gpu.resource
     # ASCII only: the runtime reads DOCKER_RESOURCE_<KIND upper-cased>, and Go's and Python's
     # upper-casing differ outside ASCII.
     if not kind or not all((c.isascii() and c.isalnum()) or c in "-_" for c in kind):
         raise bad("gpu", "resource", f"must be letters, digits, '-' or '_', got {kind!r}")
-    if cfg.apt.lock_timeout < 0:
-        raise bad("apt", "lock_timeout", f"must be 0 or more seconds, got {cfg.apt.lock_timeout}")
+    if not 0 <= cfg.apt.lock_timeout <= MAX_APT_LOCK_TIMEOUT:
+        raise bad("apt", "lock_timeout", f"must be from 0 to {MAX_APT_LOCK_TIMEOUT} seconds, got {cfg.apt.lock_timeout}",
+                  "Find out what holds the apt lock for longer, or set a value within the range, and run again.")
     if cfg.node.user and not valid_user_name(cfg.node.user):
         # usermod and getent take "-..." for an option and a number for a uid.
         raise bad("node", "user", f"must be a user name (a letter or '_', then letters, digits, '_' or '-', at most "
@@ -333,10 +387,16 @@ def _validate_paths(cfg: Config, bad) -> None:
     path = cfg.tmpfs.path
     if not path.startswith("/") or any(c.isspace() for c in path):
         raise bad("tmpfs", "path", f"must be an absolute path without spaces, got {path!r}")
-    # fstab and mountinfo name the mount point by its plain path: "/mnt/x/../y" would never be seen
-    # mounted (and be mounted again on each run), and "/" would hide the whole system.
-    if path.rstrip("/") == "" or any(part in (".", "..") for part in path.split("/")):
-        raise bad("tmpfs", "path", f"must be a directory below / without '.' or '..' components, got {path!r}")
+    # fstab and mountinfo name the mount point by its normal form (_build stores that): "/mnt//x/"
+    # written as given would never be seen mounted, and be mounted again on every run.
+    norm = normal_path(path)
+    if system_dir(norm):
+        named = repr(path) if norm == path else f"{path!r}, which is {norm}"
+        raise bad("tmpfs", "path", f"must not be / or a system directory (a tmpfs mounted there hides what the system "
+                  f"keeps in it), got {named}", "Choose a directory of its own, such as /mnt/tmpfs, and run again.")
+    # The kernel applies ".." after following a symlink, the text before it: the two can differ.
+    if ".." in path.split("/"):
+        raise bad("tmpfs", "path", f"must not hold '..' components, got {path!r}")
     # A relative path would be read from whatever directory root ran the tool in.
     for section, name, value in (("registry", "ca_cert", cfg.registry.ca_cert),
                                  ("swarm", "ssh_key", cfg.swarm.ssh_key),
@@ -406,7 +466,8 @@ def from_tables(data: Mapping[str, Any], origin: str = "test data") -> Config:
 def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
     cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source)
     _validate(cfg)
-    return cfg
+    # One spelling of the mount point everywhere: fstab, mountinfo and messages.
+    return dataclasses.replace(cfg, tmpfs=dataclasses.replace(cfg.tmpfs, path=normal_path(cfg.tmpfs.path)))
 
 
 def _split_env_name(var: str) -> tuple[str, str]:

@@ -1,10 +1,12 @@
-"""One setup at a time: a second run refuses instead of racing the first over apt and daemon.json."""
+"""One run at a time: setup, leave and reset take the same lock, so a second refuses instead of
+racing the first over apt, daemon.json and the swarm membership."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -30,20 +32,29 @@ def _open_lock(lock: Path) -> int:
     return fd
 
 
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it: "<command> is running (pid N)"."""
+    words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    pid = words[0] if words and words[0].isdigit() else "unknown"
+    # Versions before the command was written there name only the pid.
+    command = words[1] if len(words) > 1 and re.fullmatch(r"[a-z-]{1,16}", words[1]) else "command"
+    return f"{command} is running (pid {pid})"
+
+
 @contextlib.contextmanager
-def run_lock(path: str = LOCK_PATH) -> Iterator[None]:
-    lock = Path(path)
+def run_lock(path: str | None = None, command: str = "setup") -> Iterator[None]:
+    """Held while `command` (setup, leave, reset) runs; `path` None means LOCK_PATH."""
+    lock = Path(path or LOCK_PATH)
     ensure_dir(lock.parent)
     fd = _open_lock(lock)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise AlreadyRunning(f"another gpuswarm-node setup is running (pid {holder}).",
+            raise AlreadyRunning(f"another gpuswarm-node {_holder(fd)}.",
                                  "Wait for it to finish, then run again.") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock, also when the process dies

@@ -2,18 +2,25 @@
 
 `plan` is pure: journal entries in, undo actions out, so the policy is testable as data. Packages
 are left installed (other software may depend on them) and said so; everything else is undone.
+
+A reset that restarts Docker (it restores daemon.json) obeys setup's rules: refused while
+containers run, unless the operator allows the restart or has the node drained first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import restart
 from .errors import GpuswarmError
 from .journal import Journal
 from .system import Context
+
+DAEMON_JSON = "/etc/docker/daemon.json"
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,13 @@ class ResetReport:
     done: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # left in place on purpose
     failed: list[str] = field(default_factory=list)  # tried and could not revert
+    notes: list[str] = field(default_factory=list)
 
 
 def plan(entries: list[dict]) -> list[Undo]:
     undo: list[Undo] = []
     seen_paths: set[str] = set()
-    restart = False
+    restarts = False
     for entry in reversed(entries):
         kind = entry.get("kind")
         if kind in ("write", "remove"):
@@ -62,7 +70,7 @@ def plan(entries: list[dict]) -> list[Undo]:
                 undo.append(Undo("restore", path, first["backup"]))
             elif first["kind"] == "write":
                 undo.append(Undo("remove", path))
-            restart = restart or path.startswith(("/etc/docker/daemon.json", "/etc/systemd/system/docker"))
+            restarts = restarts or path.startswith((DAEMON_JSON, "/etc/systemd/system/docker"))
         elif kind == "mkdir":
             undo.append(Undo("rmdir", entry["path"]))
         elif kind == "run":
@@ -74,9 +82,44 @@ def plan(entries: list[dict]) -> list[Undo]:
     # Unmount before the mount point goes; leave the swarm before docker restarts with old settings.
     order = {"leave-swarm": 0, "remove-image": 1, "umount": 2}
     undo.sort(key=lambda u: order.get(u.kind, 3))
-    if restart:
+    if restarts:
         undo.append(Undo("restart-docker"))
     return undo
+
+
+def restarts_docker(ctx: Context, undo: list[Undo]) -> bool:
+    """Whether doing `undo` restarts Docker: only a running docker is restarted (see _apply)."""
+    return (any(u.kind == "restart-docker" for u in undo)
+            and ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active")
+
+
+def _live_restore(text: str | None) -> bool:
+    try:
+        settings = json.loads(text) if text else {}
+    except ValueError:
+        return False
+    return isinstance(settings, dict) and settings.get("live-restore") is True
+
+
+def _kept_settings(ctx: Context, undo: list[Undo]) -> dict:
+    """What restart_refusal needs to know of daemon.json: live-restore keeps containers running
+    across the restart only when the daemon that stops and the one that starts both have it."""
+    after = ctx.host.read_text(DAEMON_JSON)
+    for u in undo:
+        if u.target == DAEMON_JSON and u.kind == "remove":
+            after = None
+        elif u.target == DAEMON_JSON and u.kind == "restore":
+            after = Path(u.source).read_text() if os.path.isfile(u.source) else None
+    both = _live_restore(ctx.host.read_text(DAEMON_JSON)) and _live_restore(after)
+    return {"live-restore": True} if both else {}
+
+
+def refusal(ctx: Context, undo: list[Undo]) -> str | None:
+    """Why this reset must not run now, or None: setup's restart rules (restart.restart_refusal)."""
+    if not restarts_docker(ctx, undo):
+        return None
+    return restart.restart_refusal(ctx, _kept_settings(ctx, undo), command="reset --yes",
+                                   change="reset restores Docker's settings and")
 
 
 def _undo_command(argv: list[str]) -> list[Undo]:
@@ -105,17 +148,37 @@ def _undo_call(step: str, action: str) -> list[Undo]:
 
 
 def execute(ctx: Context, journal: Journal) -> ResetReport:
+    """Undo what the journal records. With --drain, a reset that restarts Docker first drains the
+    node through the manager (as setup does) and waits for its tasks to move; a failed drain stops
+    the reset before anything is undone."""
     report = ResetReport()
-    for undo in plan(journal.entries()):
-        if undo.kind == "note":
-            report.kept.append(undo.target)
+    undo = plan(journal.entries())
+    drained = False
+    if ctx.options.drain and restarts_docker(ctx, undo):
+        why_not = restart.can_drain(ctx)
+        if why_not:
+            report.notes.append(f"not drained: {why_not}")
+        else:
+            restart.set_availability(ctx, "drain", wait_for_tasks=True)
+            report.notes.append("drained this node through the manager; its tasks moved before Docker restarted")
+            drained = True
+    for item in undo:
+        if item.kind == "note":
+            report.kept.append(item.target)
             continue
         try:
-            _apply(ctx, undo)
-            report.done.append(undo.describe())
+            _apply(ctx, item)
+            report.done.append(item.describe())
         except (GpuswarmError, OSError) as exc:
             reason = exc.message() if isinstance(exc, GpuswarmError) else str(exc)
-            report.failed.append(f"{undo.describe()}: {reason}")
+            report.failed.append(f"{item.describe()}: {reason}")
+    if drained and ctx.docker.unreachable_reason() is None and ctx.docker.swarm().state == "active":
+        # Still a member (the journal recorded no join to undo): back in service, as after setup.
+        try:
+            restart.set_availability(ctx, "active", wait_for_tasks=False)
+            report.notes.append("made this node active again through the manager")
+        except GpuswarmError as exc:
+            report.failed.append(f"make this node active again through the manager: {exc.message()}")
     journal.archive()
     return report
 

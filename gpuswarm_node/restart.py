@@ -113,6 +113,15 @@ def set_availability(ctx: Context, availability: str, wait_for_tasks: bool) -> N
             time.sleep(2)
 
 
+def can_drain(ctx: Context) -> str | None:
+    """Why --drain cannot drain this node through the manager, or None."""
+    if not ctx.config.swarm.manager:
+        return "swarm.manager is not set"
+    if ctx.docker.unreachable_reason() is not None or ctx.docker.swarm().state != "active":
+        return "this node is not in a swarm"
+    return None
+
+
 def drain_action() -> Action:
     return Call("drain this node through the manager and wait for its tasks to move",
                 lambda ctx: set_availability(ctx, "drain", wait_for_tasks=True))
@@ -123,18 +132,24 @@ def activate_action() -> Action:
                 lambda ctx: set_availability(ctx, "active", wait_for_tasks=False))
 
 
-def restart_refusal(ctx: Context, settings: dict) -> str | None:
-    """Why Docker must not be restarted now, or None."""
+def restart_refusal(ctx: Context, settings: dict, command: str = "setup",
+                    change: str = "applying this") -> str | None:
+    """Why Docker must not be restarted now, or None. `command` is what the operator runs again
+    with --drain or --allow-restart; `change` what restarts Docker. --drain permits the restart
+    only where the node can be drained: otherwise the containers would stop all the same."""
     if ctx.docker.unreachable_reason() is not None:
         return None
     running = ctx.docker.running_containers()
-    if not running or ctx.options.allow_restart or ctx.options.drain:
+    if not running or ctx.options.allow_restart:
+        return None
+    cannot_drain = can_drain(ctx) if ctx.options.drain else None
+    if ctx.options.drain and cannot_drain is None:
         return None
     # live-restore keeps containers running across a restart, but Docker refuses it in swarm mode.
     if settings.get("live-restore") is True and ctx.docker.swarm().state == "inactive":
         return None
     shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
-    return (f"applying this restarts Docker, which would stop {len(running)} running container(s): {shown}; "
-            "run setup --drain to move swarm tasks off first, or --allow-restart to restart anyway")
-
-
+    stop = f"{change} restarts Docker, which would stop {len(running)} running container(s): {shown}"
+    if cannot_drain:
+        return f"{stop}; --drain cannot move them ({cannot_drain}): run {command} --allow-restart to restart anyway"
+    return f"{stop}; run {command} --drain to move swarm tasks off first, or --allow-restart to restart anyway"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import shlex
 from typing import Mapping, Sequence
 
-from .config import GpuConfig
-from .probes.gpu import Gpu, compute_slices, slices_of
+from .config import MAX_SLICES_PER_GPU, GpuConfig
+from .probes.gpu import Gpu, compute_slices, fitting_slices, slices_of
 from .render import render
 
 ENV_PREFIX = "DOCKER_RESOURCE_"
@@ -48,10 +48,16 @@ def well_formed(slice_id: str) -> bool:
 
 
 def notes(gpus: Sequence[Gpu], cfg: GpuConfig) -> list[str]:
-    """Why a GPU advertises nothing, one sentence fragment per such GPU."""
+    """Why a GPU advertises nothing, or fewer slices than gpu.slice_memory fits: one sentence
+    fragment per such GPU."""
     out = []
     for gpu in gpus:
         if slices_of(gpu, cfg.slices_per_gpu, cfg.slice_memory_bytes):
+            fits = fitting_slices(gpu, cfg.slices_per_gpu, cfg.slice_memory_bytes)
+            if not gpu.mig_enabled and fits > MAX_SLICES_PER_GPU:
+                out.append(f"GPU {gpu.index} ({gpu.name}, {gpu.memory_bytes / 2**30:.1f} GiB) holds {fits} slices of "
+                           f"gpu.slice_memory = {cfg.slice_memory}: it advertises the maximum of {MAX_SLICES_PER_GPU}, "
+                           f"each with {gpu.memory_bytes / MAX_SLICES_PER_GPU / 2**30:.1f} GiB")
             continue
         if gpu.mig_enabled:
             out.append(f"GPU {gpu.index} ({gpu.name}) is in MIG mode without MIG devices: no slices")

@@ -202,7 +202,7 @@ def test_ssh_user_and_advertise_addr_accepted(name, value):
 
 @pytest.mark.parametrize("section, name, value", [
     ("tmpfs", "path", "mnt/tmpfs"), ("tmpfs", "path", "/"), ("tmpfs", "path", "//"),
-    ("tmpfs", "path", "/mnt/../etc"), ("tmpfs", "path", "/mnt/./tmpfs"), ("tmpfs", "path", "/mnt/tmp fs"),
+    ("tmpfs", "path", "/mnt/../etc"), ("tmpfs", "path", "/mnt/x/../tmpfs"), ("tmpfs", "path", "/mnt/tmp fs"),
     ("registry", "ca_cert", "registry-ca.crt"), ("registry", "ca_cert", "./ca.crt"),
     ("swarm", "ssh_key", "id_ed25519"), ("swarm", "ssh_key", "~/.ssh/id_ed25519"), ("swarm", "ssh_key", ""),
     ("swarm", "known_hosts", "known_hosts"), ("swarm", "known_hosts", ""),
@@ -228,6 +228,84 @@ def test_without_a_manager_ssh_paths_may_be_empty():
     assert cfg.swarm.manager == ""
 
 
-@pytest.mark.parametrize("path", ["/mnt/tmpfs", "/scratch/", "/srv/gpu-scratch"])
+@pytest.mark.parametrize("path", ["/mnt/tmpfs", "/scratch", "/srv/gpu-scratch", "/var/lib/scratch", "/home/tmpfs",
+                                  "/mnt/tmpfs-gpu", "/library", "/etcetera", "/users", "/mnt/tmpfs/gpu"])
 def test_tmpfs_paths_accepted(path):
     assert config.from_tables({"tmpfs": {"path": path}}).tmpfs.path == path
+
+
+# --- tmpfs.path: one spelling, and never over the system ----------------------------------------------
+
+@pytest.mark.parametrize("path, normal", [
+    ("/mnt//tmpfs/", "/mnt/tmpfs"), ("/scratch/", "/scratch"), ("//mnt/tmpfs", "/mnt/tmpfs"),
+    ("///mnt///tmpfs///", "/mnt/tmpfs"), ("/mnt/./tmpfs/.", "/mnt/tmpfs"),
+])
+def test_tmpfs_path_is_stored_normalised(path, normal):
+    # fstab and mountinfo name the mount point in this form: any other spelling was never seen
+    # mounted, so every run planned another fstab line and another mount over the last one.
+    assert config.from_tables({"tmpfs": {"path": path}}).tmpfs.path == normal
+
+
+def test_tmpfs_path_is_normalised_from_every_origin(tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text('[tmpfs]\npath = "/mnt//from-file/"\n')
+    assert config.load(file, env={}).tmpfs.path == "/mnt/from-file"
+    assert config.load(file, env={"GPUSWARM_TMPFS_PATH": "/mnt/env//"}).tmpfs.path == "/mnt/env"
+    assert config.load(file, env={}, overrides=["tmpfs.path=/mnt/./flag/"]).tmpfs.path == "/mnt/flag"
+
+
+@pytest.mark.parametrize("path", [
+    "/", "//", "/etc", "/etc/", "/usr", "/var", "/home", "/boot", "/root", "/bin", "/sbin", "/lib", "/lib64",
+    "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/libexec", "/opt", "/srv", "/proc", "/sys", "/dev", "/run",
+    "/tmp", "/mnt", "/mnt/", "/media", "/var/lib", "/var/log", "/var/tmp", "/var/lib/docker",
+    "/var/lib/docker/volumes", "/var/lib/containerd", "/var/lib/gpuswarm-node", "/var/backups/gpuswarm-node",
+    "/etc/gpuswarm-node", "/etc/docker", "/boot/efi", "/dev/shm", "/proc/1", "/sys/fs", "/run/user",
+    "/usr/local", "/usr/share", "/usr/local/scratch", "/lib/modules", "/var/lib/dpkg",
+])
+def test_tmpfs_path_is_never_a_system_directory(path):
+    # Before: setup planned `mount /etc` over a tmpfs fstab line.
+    error = refused("tmpfs", "path", path)
+    assert "system directory" in error.message()
+
+
+@pytest.mark.parametrize("path, normal", [("/mnt/../usr", "/usr"), ("/mnt/tmpfs/../../etc", "/etc"),
+                                          ("/usr/./", "/usr"), ("//etc//", "/etc")])
+def test_tmpfs_path_is_judged_by_the_directory_it_names(path, normal):
+    error = refused("tmpfs", "path", path)
+    assert f"{path!r}, which is {normal}" in error.message()
+
+
+# --- bounds on numbers that size something ------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [65, 1000, 100000000])
+def test_slices_per_gpu_has_a_maximum(value):
+    # Before: 100000000 built a list of that many slice IDs per GPU, and ran out of memory.
+    error = refused("gpu", "slices_per_gpu", value)
+    assert f"from 1 to {config.MAX_SLICES_PER_GPU}" in error.message() and str(value) in error.message()
+
+
+def test_slices_per_gpu_up_to_the_maximum_is_accepted():
+    assert config.from_tables({"gpu": {"slices_per_gpu": 64}}).gpu.slices_per_gpu == 64
+
+
+@pytest.mark.parametrize("value", ["1", "255MiB", "268435455", "1KiB", "0.2GiB", "100B"])
+def test_slice_memory_has_a_minimum(value):
+    # Before: "1" (one byte) gave one slice per byte of GPU memory: billions of IDs.
+    error = refused("gpu", "slice_memory", value)
+    assert "at least 256MiB" in error.message() and repr(value) in error.message()
+
+
+@pytest.mark.parametrize("value", ["256MiB", "268435456", "0.25GiB", "4GiB"])
+def test_slice_memory_from_the_minimum_is_accepted(value):
+    assert config.from_tables({"gpu": {"slice_memory": value}}).gpu.slice_memory_bytes >= config.MIN_SLICE_MEMORY
+
+
+@pytest.mark.parametrize("value", [3601, 86400, 10**9])
+def test_apt_lock_timeout_has_an_upper_bound(value):
+    error = refused("apt", "lock_timeout", value)
+    assert "from 0 to 3600 seconds" in error.message()
+
+
+@pytest.mark.parametrize("value", [0, 600, 3600])
+def test_apt_lock_timeout_within_bounds(value):
+    assert config.from_tables({"apt": {"lock_timeout": value}}).apt.lock_timeout == value

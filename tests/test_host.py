@@ -104,14 +104,45 @@ def test_second_holder_of_the_lock_is_refused_with_the_pid(tmp_path):
         pass
 
 
-def test_setup_refuses_while_another_runs(tmp_path):
-    # The lock is taken in the CLI's own view of /run (tests never touch the machine's real one):
-    # the shell holds it on fd 9 with flock(1) and the CLI, started from it, finds it held.
-    hold = ('exec 9>>/run/gpuswarm-node.lock && flock 9 && printf "4242\\n" > /run/gpuswarm-node.lock && '
-            'exec "$0" -m gpuswarm_node.cli setup --only image')
-    result = subprocess.run([*private_state(tmp_path / "state"), "sh", "-c", hold, sys.executable],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+def cli_while_locked(tmp_path, content: str, *args: str) -> subprocess.CompletedProcess:
+    """Run the CLI while another gpuswarm-node holds the run lock with `content` in it. The lock is
+    taken in the CLI's own view of /run (tests never touch the machine's real one): a shell holds
+    it on fd 9 with flock(1) and starts the CLI."""
+    hold = ('exec 9>>/run/gpuswarm-node.lock && flock 9 && printf "$1" > /run/gpuswarm-node.lock && '
+            'shift && exec "$@"')
+    return subprocess.run([*private_state(tmp_path / "state"), "sh", "-c", hold, "hold", content,
+                           sys.executable, "-m", "gpuswarm_node.cli", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_the_lock_names_its_holders_command(tmp_path):
+    path = str(tmp_path / "gpuswarm-node.lock")
+    with run_lock(path, command="leave"):
+        assert Path(path).read_text() == f"{os.getpid()} leave\n"
+        with pytest.raises(AlreadyRunning) as info:
+            with run_lock(path, command="setup"):
+                pass
+    assert f"another gpuswarm-node leave is running (pid {os.getpid()})" in info.value.message()
+
+
+def test_setup_refuses_while_a_leave_runs(tmp_path):
+    result = cli_while_locked(tmp_path, "4242 leave\n", "setup", "--only", "image")
     assert result.returncode == 1, result.stderr
+    assert "another gpuswarm-node leave is running (pid 4242)" in result.stderr
+
+
+def test_a_lock_written_by_an_older_version_names_the_pid(tmp_path):
+    result = cli_while_locked(tmp_path, "4242\n", "setup", "--only", "image")
+    assert result.returncode == 1, result.stderr
+    assert "another gpuswarm-node command is running (pid 4242)" in result.stderr
+
+
+def test_leave_refuses_while_setup_runs(tmp_path):
+    # Before: leave took no lock, and drained and left the swarm under a setup that was joining it.
+    config = tmp_path / "node.toml"
+    config.write_text('[swarm]\nmanager = "198.18.0.1"\n')
+    result = cli_while_locked(tmp_path, "4242 setup\n", "leave", "--config", str(config), "--timeout", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
     assert "another gpuswarm-node setup is running (pid 4242)" in result.stderr
 
 

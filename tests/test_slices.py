@@ -76,6 +76,24 @@ def test_slice_memory_mixed_inventory_interleaves_fair_counts():
         "GPU 3 (NVIDIA Test GPU, 3.0 GiB) is smaller than gpu.slice_memory = 4GiB: no slices"]
 
 
+# --- the maximum per GPU ----------------------------------------------------------------------------
+
+def test_a_gpu_that_holds_more_slices_than_the_maximum_advertises_the_maximum():
+    h200 = gpu(0, 143771 * MiB, name="NVIDIA H200")  # as NVML reports it: 140.4 GiB
+    got = slices.for_config([h200, gpu(1, 16 * GiB)], cfg(slice_memory="1GiB"))
+    assert [s for s in got if s.startswith(uuid(0))] == [f"{uuid(0)}::{n}" for n in range(1, 65)]
+    assert len([s for s in got if s.startswith(uuid(1))]) == 16
+    assert slices.notes([h200, gpu(1, 16 * GiB)], cfg(slice_memory="1GiB")) == [
+        "GPU 0 (NVIDIA H200, 140.4 GiB) holds 140 slices of gpu.slice_memory = 1GiB: it advertises the maximum "
+        "of 64, each with 2.2 GiB"]
+
+
+def test_the_maximum_holds_whatever_the_caller_passes():
+    # Configuration refuses these values; the slice list is bounded even without it.
+    assert len(compute_slices([gpu(0, 1 * MiB)], 3, slice_memory=1)) == config.MAX_SLICES_PER_GPU
+    assert len(compute_slices([gpu(0, 1 * MiB), gpu(1, 1 * MiB)], 10**5)) == 2 * config.MAX_SLICES_PER_GPU
+
+
 # --- MIG ------------------------------------------------------------------------------------------
 
 def test_mig_gpu_gives_its_mig_devices_whatever_the_slice_settings():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import MAX_SLICES_PER_GPU
 from ..errors import NvmlUnavailable
 
 
@@ -34,12 +35,23 @@ def slices_of(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> list[str]
     """One GPU's slice IDs: its MIG devices' UUIDs when MIG is on, else `<uuid>::1` .. `<uuid>::N`.
 
     N is slices_per_gpu, or with slice_memory (bytes) as many slices as fit in the GPU's memory,
-    rounded down: a slice that does not fit would promise memory the GPU does not have.
+    rounded down: a slice that does not fit would promise memory the GPU does not have. Never more
+    than MAX_SLICES_PER_GPU (config.py says why): a GPU that holds more slices of slice_memory gives
+    that many, each with more memory than asked for.
     """
     if gpu.mig_enabled:
         return [m.uuid for m in gpu.mig_devices]
-    count = gpu.memory_bytes // slice_memory if slice_memory > 0 else slices_per_gpu
-    return [f"{gpu.uuid}::{n}" for n in range(1, count + 1)]
+    return [f"{gpu.uuid}::{n}" for n in range(1, slice_count(gpu, slices_per_gpu, slice_memory) + 1)]
+
+
+def slice_count(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
+    """How many `<uuid>::<n>` slices a GPU outside MIG mode yields."""
+    return min(fitting_slices(gpu, slices_per_gpu, slice_memory), MAX_SLICES_PER_GPU)
+
+
+def fitting_slices(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
+    """The count the settings ask for, before the maximum."""
+    return gpu.memory_bytes // slice_memory if slice_memory > 0 else slices_per_gpu
 
 
 def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int, slice_memory: int = 0) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
+from ..config import normal_path
 from ..host import Host
 
 
@@ -15,10 +17,18 @@ class Mount:
     options: dict[str, str]  # super-block options, e.g. {"size": "1048576k", "mode": "1777"}
 
 
-def _unescape_mount(field: str) -> str:
-    # mountinfo and fstab escape space, tab, newline and backslash as octal.
-    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
+_OCTAL = re.compile(r"\\([0-3][0-7]{2})")
+
+
+def unescape_mount(field: str) -> str:
+    """A mount point as fstab or mountinfo spells it, decoded: both write space, tab, newline and
+    backslash as octal escapes (\\040 ...), and libmount reads any \\ooo that way."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def same_mount_point(a: str, b: str) -> bool:
+    """Whether two decoded mount points name one directory ("/mnt//x/" and "/mnt/x" do)."""
+    return normal_path(a) == normal_path(b)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -34,7 +44,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         for opt in tail[2].split(","):
             name, _, value = opt.partition("=")
             options[name] = value
-        mounts.append(Mount(_unescape_mount(fields[4]), tail[0], options))
+        mounts.append(Mount(unescape_mount(fields[4]), tail[0], options))
     return mounts
 
 
@@ -44,7 +54,7 @@ def mounts(host: Host) -> list[Mount]:
 
 def mount_at(host: Host, path: str) -> Mount | None:
     """The mount that is visible at `path` (the last one mounted there wins)."""
-    found = [m for m in mounts(host) if m.mount_point == path.rstrip("/") or (path == "/" and m.mount_point == "/")]
+    found = [m for m in mounts(host) if same_mount_point(m.mount_point, path)]
     return found[-1] if found else None
 
 

@@ -20,7 +20,7 @@ from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from ..probes import system
-from ..probes.gpu import Inventory
+from ..probes.gpu import Inventory, slices_of
 from .. import restart
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
@@ -344,14 +344,15 @@ class DockerDaemonStep:
                 if refusal:
                     return blocked("; ".join(reasons + [refusal]))
                 restart_for.append(restart.restart_action(DAEMON_JSON, text))
-                if ctx.options.drain and ctx.config.swarm.manager and ctx.docker.swarm().state == "active":
+                if ctx.options.drain and restart.can_drain(ctx) is None:
                     restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
         # container start runs the wrapper.
         actions += restart_for
         if actions:
             return needs_change("; ".join(reasons + why_not), *actions)
-        gpus = len(inventory.gpus) - len(why_not)
+        gpus = sum(1 for gpu in inventory.gpus if slices_of(gpu, ctx.config.gpu.slices_per_gpu,
+                                                            ctx.config.gpu.slice_memory_bytes))
         return ok("; ".join([f"{len(slices)} slice(s) advertised as {kind} on {gpus} GPU(s); default runtime "
                              f"{RUNTIME_NAME} gives each container the devices of its {env_variable(kind)}"]
                             + why_not))

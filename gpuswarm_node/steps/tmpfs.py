@@ -9,28 +9,37 @@ from ..render import render
 from ..system import Context
 
 FSTAB = "/etc/fstab"
+# A size=0 tmpfs has no limit at all (tmpfs(5)): never render less than this.
+MIN_MIB = 1
 
 
 def human(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB"
 
 
+def size_bytes(ctx: Context) -> int:
+    return int(system.mem_total_bytes(ctx.host) * ctx.config.tmpfs.fraction)
+
+
 def size_mib(ctx: Context) -> int:
-    return int(system.mem_total_bytes(ctx.host) * ctx.config.tmpfs.fraction) // 2**20
+    return size_bytes(ctx) // 2**20
 
 
 def fstab_mount_point(line: str) -> str | None:
+    """The mount point of an fstab line, decoded; None for a comment or a line without one."""
     fields = line.split()
     if not fields or fields[0].startswith("#") or len(fields) < 2:
         return None
-    return fields[1].replace("\\040", " ").rstrip("/") or "/"
+    return system.unescape_mount(fields[1])
 
 
 def desired_fstab(current: str, entry: str, path: str) -> str:
-    """The current fstab with every entry for `path` replaced by exactly one `entry`."""
+    """The current fstab with every entry for `path`, however it is spelled, replaced by exactly
+    one `entry`."""
     out, placed = [], False
     for line in current.splitlines():
-        if fstab_mount_point(line) == path.rstrip("/"):
+        point = fstab_mount_point(line)
+        if point is not None and system.same_mount_point(point, path):
             if not placed:
                 out.append(entry)
                 placed = True
@@ -41,11 +50,40 @@ def desired_fstab(current: str, entry: str, path: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def has_entry(fstab: str, path: str) -> bool:
+    return any(point is not None and system.same_mount_point(point, path)
+               for point in map(fstab_mount_point, fstab.splitlines()))
+
+
 def _verify(ctx: Context, entry: str) -> None:
     problem = ctx.host.verify_fstab(entry + "\n")
     if problem:
         raise StepFailed(f"the new {FSTAB} entry `{entry}` does not verify: {problem}; {FSTAB} was not changed.",
                          "Check tmpfs.path and tmpfs.fraction.")
+
+
+def mount_point_problem(ctx: Context, path: str, mounted: bool) -> str | None:
+    """Why a tmpfs must not be mounted at `path`, or None. mount(8) follows symlinks, so a link on
+    the way could put the tmpfs anywhere (over /etc), and mountinfo would name another path, never
+    this one: mounted again on every run. A directory that holds files would have them hidden."""
+    parts = path.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        prefix = "/" + "/".join(parts[:depth])
+        status = ctx.host.file_status(prefix)
+        if status is None:
+            return None  # the rest is created by the step, as plain directories
+        if status.is_symlink:
+            return (f"{prefix} is a symlink, and mount would follow it to another directory; set tmpfs.path to the "
+                    "directory it points to")
+        if not status.is_dir:
+            return f"{prefix} is not a directory; set tmpfs.path to a directory of its own"
+    if not mounted:
+        held = ctx.host.listdir(path)
+        if held:
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            return (f"{path} is a directory that holds files ({shown}), and a tmpfs mounted over it would hide them; "
+                    "set tmpfs.path to an empty or new directory, or move the files away")
+    return None
 
 
 class TmpfsStep:
@@ -58,19 +96,29 @@ class TmpfsStep:
         return render("fstab-tmpfs.j2", path=ctx.config.tmpfs.path, options=options).rstrip("\n")
 
     def files(self, ctx: Context) -> list[PlannedFile]:
+        mib = size_mib(ctx)
+        if mib < MIN_MIB:
+            return []  # the step is blocked: setup writes nothing (a size=0m line would be unlimited)
         current = ctx.host.read_text(FSTAB) or ""
-        entry = self._entry(ctx, size_mib(ctx))
+        entry = self._entry(ctx, mib)
         return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path))]
 
     def check(self, ctx: Context) -> Check:
         path = ctx.config.tmpfs.path
         want_mib = size_mib(ctx)
+        if want_mib < MIN_MIB:
+            return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(system.mem_total_bytes(ctx.host))} "
+                           f"RAM is {size_bytes(ctx)} bytes, under the {MIN_MIB} MiB minimum (a size=0m tmpfs would "
+                           "have no limit at all); raise tmpfs.fraction")
         entry = self._entry(ctx, want_mib)
         current = ctx.host.read_text(FSTAB)
         wanted = desired_fstab(current or "", entry, path)
         mounted = system.mount_at(ctx.host, path)
         if mounted and mounted.fstype != "tmpfs":
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
+        problem = mount_point_problem(ctx, path, mounted is not None)
+        if problem:
+            return blocked(problem)
 
         actions, reasons = [], []
         if not ctx.host.exists(path):
@@ -80,8 +128,8 @@ class TmpfsStep:
             actions.append(Call(f"verify the new {FSTAB} entry with findmnt --verify",
                                 lambda ctx: _verify(ctx, entry)))
             actions.append(WriteFile(FSTAB, wanted, current))
-            reasons.append(f"{FSTAB} lacks the entry" if current is None or path not in current
-                           else f"{FSTAB} entry for {path} differs")
+            reasons.append(f"{FSTAB} entry for {path} differs" if has_entry(current or "", path)
+                           else f"{FSTAB} lacks the entry")
             if system.systemd_running(ctx.host):
                 actions.append(run_command("systemctl", "daemon-reload"))
         if mounted is None:

@@ -1,0 +1,181 @@
+"""reset obeys setup's restart rules: restoring daemon.json restarts Docker, which is refused while
+containers run unless --allow-restart, or --drain (drained through the manager first)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpuswarm_node import config, reset, restart
+from gpuswarm_node.errors import StepFailed
+from gpuswarm_node.journal import Journal
+from gpuswarm_node.system import Context, RunOptions
+
+from .fakes import FakeDocker, FakeHost
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+# Setup wrote daemon.json where there was none, and joined a swarm.
+ENTRIES = [
+    {"kind": "write", "path": DAEMON_JSON, "backup": None},
+    {"kind": "call", "step": "swarm-join", "action": "fetch a worker join token over SSH and join hub:2377"},
+]
+RUNNING = ["jupyter-alice.1.x1", "jupyter-bob.1.x2"]
+MANAGER = {"swarm": {"manager": "198.18.0.1"}}
+
+
+def context(containers=RUNNING, docker_state="active", swarm="active", options=None, tables=None,
+            files=None) -> tuple[Context, FakeHost, FakeDocker]:
+    host = FakeHost(files={DAEMON_JSON: "{}", **(files or {})},
+                    commands={"systemctl is-active docker": {"stdout": f"{docker_state}\n"}})
+    docker = FakeDocker.from_case({"containers": list(containers), "swarm": {"state": swarm, "node_id": "n1"}})
+    ctx = Context(config=config.from_tables(tables or {}), host=host, options=RunOptions(**(options or {})),
+                  docker_factory=lambda: docker)
+    return ctx, host, docker
+
+
+def test_a_reset_that_restarts_docker_is_refused_while_containers_run_naming_them():
+    # Before: reset restored daemon.json and restarted Docker under running notebooks.
+    ctx, host, _ = context()
+    why = reset.refusal(ctx, reset.plan(ENTRIES))
+    assert why == ("reset restores Docker's settings and restarts Docker, which would stop 2 running container(s): "
+                   "jupyter-alice.1.x1, jupyter-bob.1.x2; run reset --yes --drain to move swarm tasks off first, "
+                   "or --allow-restart to restart anyway")
+    assert host.actions == []
+
+
+@pytest.mark.parametrize("options, tables", [({"allow_restart": True}, {}), ({"drain": True}, MANAGER)])
+def test_allow_restart_or_a_possible_drain_lets_it_run(options, tables):
+    ctx, _, _ = context(options=options, tables=tables)
+    assert reset.refusal(ctx, reset.plan(ENTRIES)) is None
+
+
+def test_drain_without_a_manager_cannot_move_them_so_it_is_refused():
+    ctx, _, _ = context(options={"drain": True})
+    why = reset.refusal(ctx, reset.plan(ENTRIES))
+    assert why is not None and why.endswith(
+        "--drain cannot move them (swarm.manager is not set): run reset --yes --allow-restart to restart anyway")
+
+
+@pytest.mark.parametrize("kwargs, entries", [
+    ({"containers": []}, ENTRIES),                       # nothing would stop
+    ({"docker_state": "inactive"}, ENTRIES),             # reset restarts only a running docker
+    ({}, [{"kind": "mkdir", "path": "/mnt/tmpfs"}]),     # nothing Docker reads is restored
+])
+def test_no_refusal_where_nothing_running_would_stop(kwargs, entries):
+    ctx, _, _ = context(**kwargs)
+    assert reset.refusal(ctx, reset.plan(entries)) is None
+
+
+def test_live_restore_counts_only_when_both_daemons_have_it(tmp_path):
+    backup = tmp_path / "daemon.json.1"
+    backup.write_text(json.dumps({"live-restore": True}))
+    entries = [{"kind": "write", "path": DAEMON_JSON, "backup": str(backup)}]
+    current = {DAEMON_JSON: json.dumps({"live-restore": True, "default-runtime": "gpuswarm"})}
+    ctx, _, _ = context(swarm="inactive", files=current)
+    assert reset.refusal(ctx, reset.plan(entries)) is None
+    # The file reset restores lacks it: the new daemon would stop what the old one left running.
+    backup.write_text("{}")
+    ctx, _, _ = context(swarm="inactive", files=current)
+    assert reset.refusal(ctx, reset.plan(entries)) is not None
+
+
+def journal_with(tmp_path, entries) -> Journal:
+    journal = Journal(str(tmp_path / "journal" / "changes.jsonl"))
+    for entry in entries:
+        journal.record(**entry)
+    return journal
+
+
+def test_drain_goes_through_the_manager_before_anything_is_undone(tmp_path, monkeypatch):
+    ctx, host, docker = context(options={"drain": True}, tables=MANAGER)
+    calls: list[str] = []
+    monkeypatch.setattr(restart, "set_availability",
+                        lambda ctx, availability, wait_for_tasks: calls.append(f"{availability} {wait_for_tasks}"
+                                                                               f" after {len(host.actions)}"))
+    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES))
+    assert calls == ["drain True after 0"]  # it left the swarm: not made active again
+    assert docker.calls == ["leave"]
+    assert host.actions == [f"remove {DAEMON_JSON}", "run systemctl daemon-reload", "run systemctl restart docker"]
+    assert report.notes == ["drained this node through the manager; its tasks moved before Docker restarted"]
+    assert report.failed == []
+
+
+def test_a_node_still_in_the_swarm_is_made_active_again(tmp_path, monkeypatch):
+    ctx, host, _ = context(options={"drain": True}, tables=MANAGER)
+    calls: list[str] = []
+    monkeypatch.setattr(restart, "set_availability",
+                        lambda ctx, availability, wait_for_tasks: calls.append(availability))
+    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES[:1]))
+    assert calls == ["drain", "active"]
+    assert report.notes[-1] == "made this node active again through the manager"
+
+
+def test_a_failed_drain_stops_the_reset_before_anything_is_undone(tmp_path, monkeypatch):
+    ctx, host, _ = context(options={"drain": True}, tables=MANAGER)
+
+    def drain_fails(ctx, availability, wait_for_tasks):
+        raise StepFailed("tasks still run on this node 600 s after draining it.")
+
+    monkeypatch.setattr(restart, "set_availability", drain_fails)
+    journal = journal_with(tmp_path, ENTRIES)
+    with pytest.raises(StepFailed):
+        reset.execute(ctx, journal)
+    assert host.actions == [] and journal.path.exists()  # nothing undone, the record kept
+
+
+def test_drain_is_skipped_with_a_note_where_no_restart_happens(tmp_path, monkeypatch):
+    ctx, _, _ = context(options={"drain": True}, tables=MANAGER, docker_state="inactive")
+    monkeypatch.setattr(restart, "set_availability", lambda *a, **k: pytest.fail("drained for nothing"))
+    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES[:1]))
+    assert report.notes == []
+
+
+def test_reset_takes_the_restart_flags(gsn):
+    result = gsn("reset", "--help")
+    assert result.returncode == 0
+    assert "--allow-restart" in result.stdout and "--drain" in result.stdout
+
+
+def run_reset(tmp_path, monkeypatch, ctx, *flags: str):
+    """`gpuswarm-node reset` in-process, on a journal, lock and machine of the test's own."""
+    from typer.testing import CliRunner
+
+    from gpuswarm_node import cli, journal as journal_module, lock
+
+    journal = journal_with(tmp_path, ENTRIES)
+    monkeypatch.setattr(journal_module, "Journal", lambda: journal)
+    monkeypatch.setattr(lock, "LOCK_PATH", str(tmp_path / "gpuswarm-node.lock"))
+    options: dict = {}
+    monkeypatch.setattr(cli, "make_context", lambda cfg, json_mode, **kw: (options.update(kw), ctx)[1])
+    config_file = tmp_path / "node.toml"
+    config_file.write_text("")
+    result = CliRunner().invoke(cli.app, ["reset", "--config", str(config_file), *flags])
+    return result, journal, options
+
+
+def test_the_reset_command_refuses_before_anything_is_undone(tmp_path, monkeypatch):
+    ctx, host, docker = context()
+    result, journal, _ = run_reset(tmp_path, monkeypatch, ctx, "--yes")
+    assert result.exit_code == 1
+    assert "reset refused: reset restores Docker's settings and restarts Docker" in result.output
+    assert "jupyter-alice.1.x1" in result.output and "Nothing was reverted." in result.output
+    assert host.actions == [] and docker.calls == [] and journal.path.exists()
+
+
+def test_the_reset_command_passes_its_flags_on(tmp_path, monkeypatch):
+    ctx, host, docker = context(options={"allow_restart": True})
+    result, journal, options = run_reset(tmp_path, monkeypatch, ctx, "--yes", "--allow-restart")
+    assert result.exit_code == 0, result.output
+    assert options == {"allow_restart": True, "drain": False}
+    assert "run systemctl restart docker" in host.actions and docker.calls == ["leave"]
+    assert not journal.path.exists()  # archived: a second reset finds nothing
+
+
+def test_the_reset_plan_shows_the_drain(tmp_path, monkeypatch):
+    ctx, host, _ = context()
+    result, _, _ = run_reset(tmp_path, monkeypatch, ctx, "--drain")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == "  - drain this node through the manager and wait for its tasks to move"
+    assert result.output.splitlines()[-1] == "run `gpuswarm-node reset --yes --drain` to do this."
+    assert host.actions == []
