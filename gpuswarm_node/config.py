@@ -177,7 +177,8 @@ class NvidiaConfig:
 
 @dataclass(frozen=True)
 class AptConfig:
-    lock_timeout: int = key(600, "Seconds apt waits for a dpkg lock held by another program before failing.")
+    lock_timeout: int = key(600, "Seconds each apt or dpkg command waits for the locks it needs (package lists, "
+                                 "downloads, dpkg) while another program holds them, before failing.")
 
 
 @dataclass(frozen=True)
