@@ -1,7 +1,9 @@
 #!/bin/sh
 # Install gpuswarm-node into its own virtual environment, put it on PATH, and run
-# `gpuswarm-node setup` with this script's arguments. Safe to re-run: the tool is reinstalled only
-# when this source tree changed, and setup itself changes only what is not yet right.
+# `gpuswarm-node setup` with this script's arguments (`./setup.sh --install-only`: install, do not
+# run setup). Safe to re-run and to kill at any moment: the tool is rebuilt only when this source
+# tree changed, beside the environment in use, which is switched only once the new one works; and
+# setup itself changes only what is not yet right.
 set -eu
 # Before anything is created: under umask 000 (some cloud-init setups) the venv, and everything
 # pip and the tool put in place, would be writable by every local user.
@@ -10,8 +12,21 @@ umask 022
 PREFIX=${GPUSWARM_PREFIX:-/opt/gpuswarm-node}
 BIN_LINK=/usr/local/bin/gpuswarm-node
 SRC=$(cd "$(dirname "$0")" && pwd)
+APT_LOCK_TIMEOUT=${GPUSWARM_APT_LOCK_TIMEOUT:-600}
 
 say() { printf 'setup.sh: %s\n' "$*" >&2; }
+
+install_only=
+if [ "${1:-}" = "--install-only" ]; then
+    if [ "$#" -ne 1 ]; then
+        say "--install-only takes no other arguments"
+        exit 2
+    fi
+    install_only=1
+fi
+case $APT_LOCK_TIMEOUT in
+    '' | *[!0-9]*) say "GPUSWARM_APT_LOCK_TIMEOUT must be a whole number of seconds, not '$APT_LOCK_TIMEOUT'"; exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     say "must run as root: sudo ./setup.sh $*"
@@ -22,36 +37,146 @@ if ! command -v python3 >/dev/null 2>&1; then
     exit 2
 fi
 
+# apt-get waiting, like the tool, for the locks another apt holds (cloud-init or unattended-upgrades
+# on a first boot), up to GPUSWARM_APT_LOCK_TIMEOUT (the tool's apt.lock_timeout) seconds in all:
+# apt waits for dpkg's locks itself (DPkg::Lock::Timeout gets the time left) but fails at once
+# (exit 100) on the package lists' and the download directory's, so it is run again until they are
+# free. apt's own message names who holds the lock.
+apt_get() {
+    apt_deadline=$(( $(date +%s) + APT_LOCK_TIMEOUT ))
+    apt_said=
+    while :; do
+        apt_left=$(( apt_deadline - $(date +%s) ))
+        [ "$apt_left" -gt 0 ] || apt_left=0
+        apt_rc=0
+        apt_out=$(LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$apt_left" "$@" 2>&1) \
+            || apt_rc=$?
+        if [ "$apt_rc" -eq 0 ]; then
+            [ -z "$apt_out" ] || printf '%s\n' "$apt_out" >&2
+            return 0
+        fi
+        apt_held=$(printf '%s\n' "$apt_out" | sed -n 's/^E: \(Could not get lock .*\)/\1/p' | head -n 1)
+        if [ -z "$apt_held" ] || [ "$(date +%s)" -ge "$apt_deadline" ]; then
+            printf '%s\n' "$apt_out" >&2
+            [ -z "$apt_held" ] || say "gave up waiting after $APT_LOCK_TIMEOUT s (GPUSWARM_APT_LOCK_TIMEOUT)"
+            return "$apt_rc"
+        fi
+        if [ "$apt_held" != "$apt_said" ]; then
+            say "waiting (up to $APT_LOCK_TIMEOUT s) for another apt: $apt_held"
+            apt_said=$apt_held
+        fi
+        sleep 1
+    done
+}
+
 # Debian and Ubuntu ship venv separately from python3.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     say "installing python3-venv"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-venv >&2
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends python3-venv
 fi
+
+# The tool's environment: $PREFIX/venv is a symlink to the one in use, venv-<source hash>-<pid of the
+# setup.sh that built it>. A new one is built beside it (a venv cannot be moved once built: its
+# scripts name its path), checked, and the link switched by a rename, so at every moment the link
+# names a complete environment or nothing; what a killed run left behind is removed by the next.
+# A venv directory instead of the link is an install from before this layout.
+current_venv() {
+    if [ -L "$PREFIX/venv" ]; then
+        target=$(readlink "$PREFIX/venv")
+        case $target in
+            */* | venv-) ;;
+            venv-*)
+                if [ -d "$PREFIX/$target" ] && [ ! -L "$PREFIX/$target" ]; then
+                    printf '%s\n' "$PREFIX/$target"
+                fi ;;
+        esac
+    elif [ -d "$PREFIX/venv" ]; then
+        printf '%s\n' "$PREFIX/venv"
+    fi
+    return 0
+}
+
+# Replace the symlink $2 by one to $1 with a rename: never absent, never half-written.
+switch_link() {
+    ln -sfn "$1" "$2.new.$$"
+    mv -T "$2.new.$$" "$2"
+}
+
+# What killed runs of this script left: environments not in use and temporary names, each named
+# after the pid of the run that made it; kept while that run (or the tool it became) still runs.
+remove_leftovers() {
+    in_use=$(current_venv)
+    for path in "$PREFIX"/venv-* "$PREFIX"/venv.new.* "$PREFIX"/source.sha256.new.* "$BIN_LINK".new.*; do
+        [ -e "$path" ] || [ -L "$path" ] || continue
+        [ "$path" != "$in_use" ] || continue
+        printf '%s\n' "${path##*/}" | grep -Eq \
+            '^(venv-([0-9a-f]{12}|old)-|venv\.new\.|source\.sha256\.new\.|gpuswarm-node\.new\.)[0-9]+$' || continue
+        pid=${path##*[.-]}
+        if [ "$pid" != "$$" ] && kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
+        rm -rf "$path"
+    done
+}
 
 # An install made under umask 000 (before this script set its own) left the tool writable by
 # every local user: root only, before anything runs from it. Only what this script created is
-# touched (PREFIX may be shared); symlinks carry no permissions of their own.
-if [ -d "$PREFIX/venv" ] && [ -n "$(find "$PREFIX" -maxdepth 0 \( -perm /022 -o ! -user 0 \) -print;
-                                   find "$PREFIX/venv" ! -type l \( -perm /022 -o ! -user 0 -o ! -group 0 \) -print -quit)" ]; then
-    say "making $PREFIX/venv owned and writable by root only"
+# touched (PREFIX may be shared); symlinks carry no permissions of their own. What others could
+# write may have been changed, so it is rebuilt from this source too.
+venv_dir=$(current_venv)
+rebuild=
+if [ -d "$PREFIX" ] && [ -n "$(find "$PREFIX" -maxdepth 0 \( -perm /022 -o ! -user 0 \) -print
+                              [ -z "$venv_dir" ] ||
+                              find "$venv_dir" ! -type l \( -perm /022 -o ! -user 0 -o ! -group 0 \) -print -quit)" ]
+then
+    say "making $PREFIX${venv_dir:+ and $venv_dir} owned and writable by root only"
     chown -h root:root "$PREFIX"
     chmod go-w "$PREFIX"
-    chown -R -h root:root "$PREFIX/venv"
-    chmod -R go-w "$PREFIX/venv"
-    [ ! -f "$PREFIX/source.sha256" ] || { chown -h root:root "$PREFIX/source.sha256"; chmod 0644 "$PREFIX/source.sha256"; }
+    if [ -n "$venv_dir" ]; then
+        chown -R -h root:root "$venv_dir"
+        chmod -R go-w "$venv_dir"
+    fi
+    [ ! -L "$PREFIX/venv" ] || chown -h root:root "$PREFIX/venv"
+    if [ -f "$PREFIX/source.sha256" ]; then
+        chown -h root:root "$PREFIX/source.sha256"
+        chmod 0644 "$PREFIX/source.sha256"
+    fi
+    rebuild=1
 fi
 
-# A hash of the installable source decides whether the installed copy is current.
+# A hash of the installable source decides whether the installed copy is current. It is written
+# only once the environment built from that source is the one in use.
 src_hash=$(cd "$SRC" && find pyproject.toml gpuswarm_node templates -type f ! -name '*.pyc' \
            | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1)
-if [ ! -x "$PREFIX/venv/bin/gpuswarm-node" ] || [ "$(cat "$PREFIX/source.sha256" 2>/dev/null)" != "$src_hash" ]; then
-    say "installing gpuswarm-node into $PREFIX/venv"
-    [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
-    "$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC" >&2
-    printf '%s\n' "$src_hash" > "$PREFIX/source.sha256"
+if [ -n "$rebuild" ] || [ ! -L "$PREFIX/venv" ] || [ -z "$venv_dir" ] \
+   || [ ! -x "$venv_dir/bin/gpuswarm-node" ] || [ "$(cat "$PREFIX/source.sha256" 2>/dev/null)" != "$src_hash" ]; then
+    mkdir -p "$PREFIX"
+    remove_leftovers
+    build=venv-$(printf '%.12s' "$src_hash")-$$
+    say "installing gpuswarm-node into $PREFIX/$build"
+    # Checked before it is used: the entry point runs and imports the CLI with its dependencies.
+    if ! { python3 -m venv "$PREFIX/$build" >&2 &&
+           "$PREFIX/$build/bin/python" -m pip install --quiet --disable-pip-version-check "$SRC" >&2 &&
+           "$PREFIX/$build/bin/gpuswarm-node" version >/dev/null; }; then
+        rm -rf "$PREFIX/$build"
+        say "installing gpuswarm-node failed (see above); the installed tool, if any, is unchanged"
+        exit 1
+    fi
+    if [ -d "$PREFIX/venv" ] && [ ! -L "$PREFIX/venv" ]; then
+        mv -T "$PREFIX/venv" "$PREFIX/venv-old-$$"  # a rename cannot put a link over a directory
+    fi
+    switch_link "$build" "$PREFIX/venv"
+    printf '%s\n' "$src_hash" > "$PREFIX/source.sha256.new.$$"
+    mv -f "$PREFIX/source.sha256.new.$$" "$PREFIX/source.sha256"
+    remove_leftovers
 fi
-ln -sfn "$PREFIX/venv/bin/gpuswarm-node" "$BIN_LINK"
+# Through the venv link, so the command stays valid across every switch.
+[ "$(readlink "$BIN_LINK" 2>/dev/null || true)" = "$PREFIX/venv/bin/gpuswarm-node" ] \
+    || switch_link "$PREFIX/venv/bin/gpuswarm-node" "$BIN_LINK"
 
+if [ -n "$install_only" ]; then
+    say "gpuswarm-node is installed: $BIN_LINK"
+    exit 0
+fi
 exec "$BIN_LINK" setup "$@"

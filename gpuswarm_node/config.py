@@ -223,8 +223,9 @@ class NvidiaConfig:
 
 @dataclass(frozen=True)
 class AptConfig:
-    lock_timeout: int = key(600, "Seconds apt waits for a dpkg lock held by another program before failing "
-                                 f"(0 to {MAX_APT_LOCK_TIMEOUT}).")
+    lock_timeout: int = key(600, "Seconds each apt or dpkg command waits for the locks it needs (package lists, "
+                                 f"downloads, dpkg) while another program holds them, before failing (0 to "
+                                 f"{MAX_APT_LOCK_TIMEOUT}).")
 
 
 @dataclass(frozen=True)

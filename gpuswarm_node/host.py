@@ -8,11 +8,13 @@ tests give a different `Host` with the state they want to see.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -75,6 +77,10 @@ class Host(Protocol):
         """What `dockerd --validate` finds wrong with this daemon.json, or None (also when the
         installed dockerd cannot validate)."""
 
+    def lock_holder(self, path: str) -> LockHolder | None:
+        """Who holds a POSIX (fcntl) lock on the file now, as apt and dpkg lock theirs; None when
+        nobody does or the file does not exist. Asking takes no lock."""
+
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
 ROOT = (0, 0)
@@ -100,6 +106,49 @@ def file_status(path: str | Path) -> FileStatus | None:
         return None
     return FileStatus(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), stat.S_ISLNK(st.st_mode),
                       stat.S_ISDIR(st.st_mode))
+
+
+class LockHolder(NamedTuple):
+    pid: int  # 0 when the kernel cannot say (a holder in another pid namespace, an OFD lock)
+    command: str = ""  # its /proc/<pid>/comm, "" when gone or unknown
+
+    def __str__(self) -> str:
+        if self.pid <= 0:
+            return "another process"
+        return f"process {self.pid}" + (f" ({self.command})" if self.command else "")
+
+
+# struct flock as F_GETLK reads and writes it: l_type, l_whence, l_start, l_len, l_pid (native
+# alignment; off_t is 64 bits, Python being built with large-file support). Padded, since the
+# kernel's struct may be longer than this format (trailing alignment).
+_FLOCK = "hhqqi"
+
+
+def lock_holder(path: str | Path) -> LockHolder | None:
+    """Who holds a POSIX (fcntl) lock on `path`, asked with F_GETLK: apt and dpkg lock with
+    F_SETLK, whose holder this sees, and F_GETLK takes no lock, so asking can never make the
+    holder's next lock attempt fail (probing by taking the lock for a moment could). None when
+    nobody holds one, the file does not exist or cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0) + bytes(16)
+        l_type, _, _, _, pid = struct.unpack_from(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if l_type == fcntl.F_UNLCK:
+        return None
+    command = ""
+    if pid > 0:
+        try:
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass
+    return LockHolder(max(pid, 0), command)
 
 
 def unsafe(status: FileStatus | None, owner: int = 0) -> str | None:
@@ -474,6 +523,9 @@ class LocalHost:
         if result.ok:
             return None
         return (result.stderr or result.stdout).strip().replace(candidate.name, "daemon.json") or "invalid"
+
+    def lock_holder(self, path: str) -> LockHolder | None:
+        return lock_holder(path)
 
     def verify_fstab(self, entries: str) -> str | None:
         with tempfile.NamedTemporaryFile("w", prefix="gpuswarm-fstab.", suffix=".tab") as tab:

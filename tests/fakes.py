@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
-from gpuswarm_node.host import CommandResult, FileStatus
+from gpuswarm_node.host import CommandResult, FileStatus, LockHolder
 from gpuswarm_node.probes.docker import SwarmMembership
 from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
 
@@ -28,6 +28,9 @@ class FakeHost:
     "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
     machine. `stats` gives a path's owner and mode where they are not the default (root's; 0644,
     0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false}.
+    An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
+    runs, in order, before it succeeds. `locks` are the fcntl locks other processes hold:
+    {path: {"pid": 812, "command": "apt-get", "probes": 2}}, held for that many looks (default: always).
     """
 
     files: dict[str, str] = field(default_factory=dict)
@@ -39,6 +42,7 @@ class FakeHost:
     fstab_problem: str | None = None
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
+    locks: dict[str, dict] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
 
     @classmethod
@@ -48,7 +52,8 @@ class FakeHost:
                    mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
                    fstab_problem=spec.get("fstab_problem"),
                    docker_config_problem=spec.get("docker_config_problem"),
-                   stats=stats_from_case(spec.get("stats", {})))
+                   stats=stats_from_case(spec.get("stats", {})),
+                   locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()})
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -61,6 +66,9 @@ class FakeHost:
         line = shlex.join(argv)
         self.actions.append(f"run {line}")
         effect = self.effects.get(line, {})
+        if effect.get("fails_first"):
+            failure = effect["fails_first"].pop(0)
+            raise CommandFailed(list(argv), failure["rc"], failure.get("stdout", "") + failure.get("stderr", ""))
         if effect.get("rc", 0) != 0:
             raise CommandFailed(list(argv), effect["rc"], effect.get("stderr", ""))
         self.commands.update(effect.get("commands", {}))
@@ -116,6 +124,15 @@ class FakeHost:
             return FileStatus(0, 0, 0o755, False, is_dir=True)
         return None
 
+    def lock_holder(self, path: str) -> LockHolder | None:
+        lock = self.locks.get(path)
+        if lock is None or lock.get("probes", 1) <= 0:
+            return None
+        if "probes" in lock:
+            lock["probes"] -= 1
+        self.actions.append(f"look at {path}: held by {lock['pid']}")
+        return LockHolder(int(lock["pid"]), lock.get("command", ""))
+
     def validate_docker_config(self, content: str) -> str | None:
         self.actions.append("validate daemon.json")
         return self.docker_config_problem
@@ -123,6 +140,21 @@ class FakeHost:
     def verify_fstab(self, entries: str) -> str | None:
         self.actions.append(f"verify fstab {entries.strip()}")
         return self.fstab_problem
+
+
+class FakeClock:
+    """Stands in for the `time` module where a step waits: sleeping moves the clock on at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def stats_from_case(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, FileStatus]:

@@ -129,32 +129,41 @@ def test_setup_sh_sets_umask_022_before_anything_else():
 
 
 @needs_root
-def test_setup_sh_makes_a_venv_left_by_an_install_under_umask_000_roots(tmp_path):
+@pytest.mark.parametrize("layout", ["link", "directory"])
+def test_setup_sh_makes_a_venv_left_by_an_install_under_umask_000_roots(tmp_path, layout):
+    # "link": venv -> venv-<hash>-<pid>, as setup.sh installs now; "directory": from before the link.
     text = (REPO / "setup.sh").read_text()
+    function = re.search(r"^current_venv\(\) \{.*?^\}$", text, re.S | re.M).group(0)
     block = re.search(r"^# An install made under umask 000.*?^fi$", text, re.S | re.M).group(0)
     prefix = tmp_path / "opt" / "gpuswarm-node"
-    (prefix / "venv" / "bin").mkdir(parents=True)
-    (prefix / "venv" / "bin" / "gpuswarm-node").write_text("#!/bin/sh\n")
+    venv = prefix / ("venv-0123456789ab-42" if layout == "link" else "venv")
+    (venv / "bin").mkdir(parents=True)
+    if layout == "link":
+        (prefix / "venv").symlink_to(venv.name)
+    (venv / "bin" / "gpuswarm-node").write_text("#!/bin/sh\n")
     (prefix / "source.sha256").write_text("abc\n")
-    os.symlink("/usr/bin/python3", prefix / "venv" / "bin" / "python")
-    for path in (prefix, prefix / "venv", prefix / "venv" / "bin"):
+    os.symlink("/usr/bin/python3", venv / "bin" / "python")
+    for path in (prefix, venv, venv / "bin"):
         os.chmod(path, 0o777)
-    os.chmod(prefix / "venv" / "bin" / "gpuswarm-node", 0o777)
+    os.chmod(venv / "bin" / "gpuswarm-node", 0o777)
     os.chmod(prefix / "source.sha256", 0o666)
-    os.chown(prefix / "venv" / "bin" / "gpuswarm-node", 65534, 65534)
+    os.chown(venv / "bin" / "gpuswarm-node", 65534, 65534)
     neighbour = tmp_path / "opt" / "other-software"
     neighbour.mkdir()
     os.chmod(neighbour, 0o777)
-    script = f'set -eu\nPREFIX={prefix}\nsay() {{ printf "%s\\n" "$*"; }}\n{block}\n'
+    script = (f'set -eu\nPREFIX={prefix}\nsay() {{ printf "%s\\n" "$*"; }}\n{function}\n{block}\n'
+              'echo "rebuild=$rebuild"\n')
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "making" in result.stdout
-    for path in (prefix, prefix / "venv", prefix / "venv" / "bin"):
+    assert f"making {prefix} and {venv} owned" in result.stdout
+    # What others could write may have been changed: it is rebuilt from the source, not trusted.
+    assert "rebuild=1" in result.stdout
+    for path in (prefix, venv, venv / "bin"):
         assert mode(path) == 0o755 and path.stat().st_uid == 0
-    assert mode(prefix / "venv" / "bin" / "gpuswarm-node") == 0o755
-    assert os.lstat(prefix / "venv" / "bin" / "gpuswarm-node").st_uid == 0
+    assert mode(venv / "bin" / "gpuswarm-node") == 0o755
+    assert os.lstat(venv / "bin" / "gpuswarm-node").st_uid == 0
     assert mode(prefix / "source.sha256") == 0o644
-    assert os.readlink(prefix / "venv" / "bin" / "python") == "/usr/bin/python3"
+    assert os.readlink(venv / "bin" / "python") == "/usr/bin/python3"
     assert mode(neighbour) == 0o777  # PREFIX's neighbours are not the script's
 
 

@@ -14,11 +14,11 @@ import pytest
 
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
-from gpuswarm_node.steps import ALL_STEPS
+from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
 from gpuswarm_node.system import Context, RunOptions
 
-from .fakes import FakeDocker, FakeHost, inventory_from_case
+from .fakes import FakeClock, FakeDocker, FakeHost, inventory_from_case
 
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
@@ -37,6 +37,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker]:
         monkeypatch.setenv(name, value)
     if "SUDO_USER" not in case.get("env", {}):
         monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setattr(apt, "time", FakeClock())  # waiting for a lock takes no time here
     host_spec = dict(case.get("host", {}))
     host_spec["files"] = expand(host_spec.get("files", {}))
     host = FakeHost.from_case(host_spec)
@@ -72,6 +73,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
         report = converge(step, ctx)
         want = case["converges"]
         assert report.state.value == want.get("state", "ok"), report.detail
+        assert want.get("detail", "") in report.detail
         assert report.changed is want.get("changed", True)
         assert host.actions == want.get("host_actions", host.actions)
         assert docker.calls == want.get("docker_calls", [])

@@ -22,7 +22,8 @@ NAME, ADDRESS = "gsn-w2", "198.18.0.12"
 # Long actions are also killed some seconds after they started, to cut a dpkg run in half.
 SLOW_ACTION = re.compile(r"apt-get .*install|dpkg --configure")
 SLOW_KILL_AFTER = 6.0
-CRASH = "pkill -KILL -f 'gpuswarm-node/venv/bin/python' ; pkill -KILL -x apt-get ; pkill -KILL -x dpkg ; true"
+# The tool runs from /opt/gpuswarm-node/venv-<hash>-<pid>/bin/python (venv is a symlink to it).
+CRASH = "pkill -KILL -f 'gpuswarm-node/venv' ; pkill -KILL -x apt-get ; pkill -KILL -x dpkg ; true"
 
 
 @pytest.fixture(scope="module")

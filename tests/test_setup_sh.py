@@ -1,0 +1,265 @@
+"""setup.sh's own work before the tool runs: its install, killed at random moments and run again
+(the tool's environment is complete or absent at every moment, and the next run converges), and
+its own apt-get, which waits for the locks another apt holds.
+
+Honest about what runs: the real setup.sh (`--install-only`, which stops before `gpuswarm-node setup`)
+as root in a temporary GPUSWARM_PREFIX; the real `python3 -m venv` and pip, installing this source
+tree and its dependencies from the package index pip is configured with on this machine (as on a
+real node); /usr/local/bin is a temporary directory bind-mounted in a private mount namespace, so
+the link setup.sh makes lands there and nowhere else. A kill is SIGKILL to the whole process group:
+setup.sh, venv, pip and pip's build backend. The kill test takes 30-60 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_apt_locks import FAKE_APT, hold, lock_file  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parent.parent
+SETUP_SH = REPO / "setup.sh"
+BUILD = re.compile(r"venv-([0-9a-f]{12})-([0-9]+)")
+
+pytestmark = pytest.mark.usefixtures("as_root")
+
+
+def source_hash() -> str:
+    """What setup.sh hashes: pyproject.toml, gpuswarm_node and templates, in C-locale path order."""
+    paths = ["pyproject.toml"] + sorted(
+        str(p.relative_to(REPO)) for top in ("gpuswarm_node", "templates")
+        for p in (REPO / top).rglob("*") if p.is_file() and p.suffix != ".pyc")
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update((REPO / path).read_bytes())
+    return digest.hexdigest()
+
+
+class Installs:
+    """Runs of `setup.sh --install-only` into one prefix, with /usr/local/bin replaced by `bin`."""
+
+    def __init__(self, root: Path) -> None:
+        self.prefix = root / "opt" / "gpuswarm-node"
+        self.bin = root / "usr-local-bin"
+        self.bin.mkdir(parents=True)
+        self.link = self.bin / "gpuswarm-node"
+
+    def start(self) -> subprocess.Popen:
+        script = (f"mount --bind {shlex.quote(str(self.bin))} /usr/local/bin && "
+                  f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")
+        env = {**os.environ, "GPUSWARM_PREFIX": str(self.prefix)}
+        return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+
+    def kill(self, proc: subprocess.Popen) -> str:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # setup.sh, venv, pip and pip's build backend
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate(timeout=60)
+        return output
+
+    def builds(self) -> list[str]:
+        return sorted(p.name for p in self.prefix.glob("venv-*")) if self.prefix.exists() else []
+
+    def session_runs(self, proc: subprocess.Popen, word: str) -> bool:
+        """Whether a process of this run's process group has `word` in its command line."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) != proc.pid:
+                    continue
+                if word in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def assert_complete_or_absent(self, when: str) -> None:
+        """The invariant at any moment: the venv link names a complete environment, or there is
+        none (or only the half-built venv directory of an install from before the link)."""
+        venv = self.prefix / "venv"
+        hash_file = self.prefix / "source.sha256"
+        if venv.is_symlink():
+            target = os.readlink(venv)
+            assert BUILD.fullmatch(target), (when, target)
+            result = subprocess.run([str(venv / "bin" / "gpuswarm-node"), "version"], capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 0 and result.stdout.startswith("gpuswarm-node "), (when, result)
+        else:
+            assert not hash_file.exists() or hash_file.read_text().strip() != source_hash(), \
+                f"{when}: the source hash says installed, but no environment is in use"
+        if hash_file.exists() and hash_file.read_text().strip() == source_hash():
+            assert venv.is_symlink() and os.readlink(venv)[5:17] == source_hash()[:12], when
+        if os.path.lexists(self.link):
+            assert os.readlink(self.link) == str(venv / "bin" / "gpuswarm-node"), when
+
+
+def wait_until(what: str, condition, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """True once `condition()` holds; False when the run ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_path):
+    seed = int(os.environ.get("GSN_KILL_SEED", time.time_ns() % 100000))
+    rng = random.Random(seed)
+    installs = Installs(tmp_path)
+    # Where every run failed before: a venv cut short while it was created (python, no pip).
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(installs.prefix / "venv")], check=True)
+
+    kills = [
+        # while `python3 -m venv` builds the new environment (it takes seconds: ensurepip)
+        ("venv creation", lambda proc: installs.builds() != [], lambda: rng.uniform(0.0, 1.5)),
+        # while pip builds and installs the tool and its dependencies
+        ("pip", lambda proc: installs.session_runs(proc, "-m pip install"), lambda: rng.uniform(0.0, 4.0)),
+        # anywhere, the end included
+        ("anywhere", lambda proc: True, lambda: rng.uniform(0.0, 15.0)),
+    ]
+    log = []
+    for name, reached, delay in kills:
+        proc = installs.start()
+        if wait_until(f"{name} started", lambda: reached(proc), proc):
+            pause = delay()
+            time.sleep(pause)
+            ended = proc.poll()
+            output = installs.kill(proc)
+            log.append(f"killed during {name} after {pause:.2f} s (builds: {installs.builds()})"
+                       if ended is None else f"{name}: the run ended first, rc {ended}")
+        else:
+            output = proc.communicate(timeout=60)[0]
+            log.append(f"{name}: the run ended first, rc {proc.returncode}")
+        installs.assert_complete_or_absent(f"seed {seed}, {log[-1]}: {output[-2000:]}")
+
+    print(f"\nseed {seed} (GSN_KILL_SEED): " + "; ".join(log))
+    proc = installs.start()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, f"seed {seed}, {log}: {output}"
+    installs.assert_complete_or_absent("after the run to the end")
+    target = os.readlink(installs.prefix / "venv")
+    assert target[5:17] == source_hash()[:12]
+    assert sorted(p.name for p in installs.prefix.iterdir()) == sorted(["venv", target, "source.sha256"]), \
+        f"leftovers of killed runs: {log}"
+    assert (installs.prefix / "source.sha256").read_text() == source_hash() + "\n"
+    assert os.readlink(installs.link) == str(installs.prefix / "venv" / "bin" / "gpuswarm-node")
+    assert subprocess.run([str(installs.link), "version"], capture_output=True, text=True).returncode == 0
+    for path in [installs.prefix, *(installs.prefix / target).rglob("*")]:
+        assert path.is_symlink() or not path.lstat().st_mode & 0o022, path  # umask 022 kept
+
+    started = time.monotonic()
+    proc = installs.start()
+    again = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "installing" not in again, again  # current: nothing rebuilt
+    assert os.readlink(installs.prefix / "venv") == target
+    assert time.monotonic() - started < 10
+
+
+def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
+    installs = Installs(tmp_path)
+    installs.prefix.mkdir(parents=True)
+    old = installs.prefix / "venv-0123456789ab-1"
+    (old / "bin").mkdir(parents=True)
+    (old / "bin" / "gpuswarm-node").write_text("#!/bin/sh\necho gpuswarm-node old\n")
+    (old / "bin" / "gpuswarm-node").chmod(0o755)
+    (installs.prefix / "venv").symlink_to(old.name)
+    (installs.prefix / "source.sha256").write_text("0123456789ab\n")
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    # A python3 whose venv module fails (no disk, no ensurepip): the build fails half-way.
+    real = shutil.which("python3")
+    (fake_bin / "python3").write_text(f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exec {shlex.quote(real)} "$@"\n'
+                                      'mkdir -p "$3/bin" && echo "venv: no space left on device" >&2 && exit 1\n')
+    (fake_bin / "python3").chmod(0o755)
+    env_path = f"{fake_bin}:{os.environ['PATH']}"
+    script = (f"mount --bind {shlex.quote(str(installs.bin))} /usr/local/bin && "
+              f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env={**os.environ, "PATH": env_path, "GPUSWARM_PREFIX": str(installs.prefix)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "no space left on device" in result.stderr and "is unchanged" in result.stderr
+    assert os.readlink(installs.prefix / "venv") == old.name
+    assert (installs.prefix / "source.sha256").read_text() == "0123456789ab\n"
+    assert installs.builds() == [old.name]  # the half-built one is gone
+
+
+# --- setup.sh's own apt-get (python3-venv, before the tool exists) ---------------------------------
+
+def apt_get_function() -> str:
+    text = SETUP_SH.read_text()
+    return re.search(r"^apt_get\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+
+
+def setup_sh_apt_get(tmp_path: Path, lock_file: Path, timeout: int, *args: str) -> subprocess.CompletedProcess:
+    """setup.sh's apt_get function, run with an apt-get on PATH that locks `lock_file` as apt does."""
+    function = apt_get_function()
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir(exist_ok=True)
+    (tmp_path / "fake-apt.py").write_text(FAKE_APT)
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake-apt.py"} {lock_file} '
+                    f'{tmp_path / "ran.jsonl"} "$@"\n')
+    fake.chmod(0o755)
+    script = (f'set -eu\nAPT_LOCK_TIMEOUT={timeout}\nsay() {{ printf "setup.sh: %s\\n" "$*" >&2; }}\n'
+              f'{function}\napt_get "$@"\n')
+    return subprocess.run(["sh", "-c", script, "sh", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+
+
+def test_setup_sh_apt_get_waits_for_the_lists_lock_then_runs(lock_file, hold, tmp_path):
+    child = hold(1.5)
+    started = time.monotonic()
+    result = setup_sh_apt_get(tmp_path, lock_file, 30, "update", "-qq")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 1.0
+    assert (f"setup.sh: waiting (up to 30 s) for another apt: Could not get lock {lock_file}. "
+            "It is held by process") in result.stderr
+    assert result.stderr.count("waiting") == 1  # said once, not once a second
+    [argv] = (tmp_path / "ran.jsonl").read_text().splitlines()
+    assert json.loads(argv)[-2:] == ["update", "-qq"] and json.loads(argv)[1] in (
+        "DPkg::Lock::Timeout=29", "DPkg::Lock::Timeout=28")
+    child.wait()
+
+
+def test_setup_sh_apt_get_gives_up_at_its_timeout_with_apts_message(lock_file, hold, tmp_path):
+    hold(60)
+    started = time.monotonic()
+    result = setup_sh_apt_get(tmp_path, lock_file, 1, "update", "-qq")
+    assert result.returncode == 100
+    assert 1 <= time.monotonic() - started < 10
+    assert f"E: Could not get lock {lock_file}" in result.stderr
+    assert "gave up waiting after 1 s (GPUSWARM_APT_LOCK_TIMEOUT)" in result.stderr
+    assert not (tmp_path / "ran.jsonl").exists()
+
+
+def test_setup_sh_apt_get_does_not_retry_other_failures(tmp_path):
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "E: Unable to locate package python3-venv" >&2\nexit 100\n')
+    fake.chmod(0o755)
+    started = time.monotonic()
+    script = f"set -eu\nAPT_LOCK_TIMEOUT=30\n{apt_get_function()}\napt_get install python3-venv"
+    result = subprocess.run(["sh", "-c", script],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert result.returncode == 100 and "Unable to locate package" in result.stderr
+    assert time.monotonic() - started < 5
