@@ -106,10 +106,12 @@ def _next_word(text: str, i: int, cunescape: bool, relax: bool) -> tuple[str | N
         c = text[i]
         if c == "\\":
             i += 1
-            if i >= n:
-                if relax or not quote:
-                    word.append("\\")  # a trailing backslash is kept (EXTRACT_CUNESCAPE_RELAX)
+            if i >= n:  # a trailing backslash
+                if cunescape and not quote:
+                    word.append("\\")  # kept, as systemd's retry with EXTRACT_CUNESCAPE_RELAX does
                     break
+                if relax:
+                    break  # dropped (EXTRACT_RELAX alone)
                 raise UnitSyntaxError(f"unbalanced quoting in {text!r}")
             escape = _cunescape_one(text, i) if cunescape else (text[i], 1)
             if escape is None:  # unknown escape: systemd warns and keeps it verbatim
