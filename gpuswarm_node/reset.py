@@ -93,33 +93,11 @@ def restarts_docker(ctx: Context, undo: list[Undo]) -> bool:
             and ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active")
 
 
-def _live_restore(text: str | None) -> bool:
-    try:
-        settings = json.loads(text) if text else {}
-    except ValueError:
-        return False
-    return isinstance(settings, dict) and settings.get("live-restore") is True
-
-
-def _kept_settings(ctx: Context, undo: list[Undo]) -> dict:
-    """What restart_refusal needs to know of daemon.json: live-restore keeps containers running
-    across the restart only when the daemon that stops and the one that starts both have it."""
-    after = ctx.host.read_text(DAEMON_JSON)
-    for u in undo:
-        if u.target == DAEMON_JSON and u.kind == "remove":
-            after = None
-        elif u.target == DAEMON_JSON and u.kind == "restore":
-            after = Path(u.source).read_text() if os.path.isfile(u.source) else None
-    both = _live_restore(ctx.host.read_text(DAEMON_JSON)) and _live_restore(after)
-    return {"live-restore": True} if both else {}
-
-
 def refusal(ctx: Context, undo: list[Undo]) -> str | None:
     """Why this reset must not run now, or None: setup's restart rules (restart.restart_refusal)."""
     if not restarts_docker(ctx, undo):
         return None
-    return restart.restart_refusal(ctx, _kept_settings(ctx, undo), command="reset --yes",
-                                   change="reset restores Docker's settings and")
+    return restart.restart_refusal(ctx, command="reset --yes", change="reset restores Docker's settings and")
 
 
 def _undo_command(argv: list[str]) -> list[Undo]:

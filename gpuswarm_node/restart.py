@@ -1,12 +1,15 @@
 """Restarting Docker on a live node: validate first, restart only when allowed, roll back when the
 new configuration does not come up healthy.
 
-A restart stops every container on the node (live-restore cannot be used in swarm mode), so it is
-refused while containers run unless the operator allows it, or asks to drain the node first.
+A restart stops every container on the node (live-restore cannot be used in swarm mode, so the
+tool never leaves it on), so it is refused while containers run unless the operator allows it, or
+asks to drain the node first. What would keep dockerd from starting (a setting given both as a
+flag and in daemon.json, a flag swarm mode refuses) is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import time
 
@@ -23,22 +26,53 @@ FLAG_KEYS = {"-H": "hosts", "--host": "hosts", "-D": "debug", "-l": "log-level",
              "--insecure-registry": "insecure-registries", "--log-opt": "log-opts",
              "--storage-opt": "storage-opts", "--exec-opt": "exec-opts",
              "--default-ulimit": "default-ulimits", "--node-generic-resource": "node-generic-resources"}
+# Keys dockerd merges from both places instead of refusing (skipDuplicates in moby's daemon/config).
+MERGED_KEYS = frozenset({"runtimes"})
+# Flags swarm mode refuses (IsSwarmCompatible in moby's daemon/config; cluster-store and
+# cluster-advertise are gone since Docker 23, whose dockerd then does not start at all).
+SWARM_INCOMPATIBLE_FLAGS = {"live-restore": "Docker refuses swarm mode with live-restore on",
+                            "cluster-store": "swarm mode refuses a cluster store (and Docker 23 and later do not "
+                                             "start with one)",
+                            "cluster-advertise": "swarm mode refuses it (and Docker 23 and later do not start "
+                                                 "with it)"}
+
+
+def flag_key(arg: str) -> str | None:
+    """The daemon.json key a dockerd argument sets, or None when it is not a flag."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+    return FLAG_KEYS.get(name, name.lstrip("-"))
 
 
 def flag_keys(argv: list[str]) -> set[str]:
-    """daemon.json keys that dockerd's command line already sets."""
-    keys = set()
-    for arg in argv[1:]:
-        if not arg.startswith("-"):
-            continue
-        name = arg.split("=", 1)[0]
-        keys.add(FLAG_KEYS.get(name, name.lstrip("-")))
-    return keys
+    """daemon.json keys that dockerd's command line (argv[0] first) already sets."""
+    return {key for key in map(flag_key, argv[1:]) if key}
 
 
 def conflicting_keys(settings: dict, exec_start: list[str]) -> list[str]:
     """Keys set both as a flag and in daemon.json: dockerd refuses to start with those."""
-    return sorted(flag_keys(exec_start) & set(settings))
+    return sorted((flag_keys(exec_start) & set(settings)) - MERGED_KEYS)
+
+
+def conflicting_args(settings: dict, args: list) -> list[tuple[str, object]]:
+    """(key, argument) for every argument (with `.text`) that sets a key daemon.json sets too."""
+    out = []
+    for arg in args:
+        key = flag_key(arg.text)
+        if key in settings and key not in MERGED_KEYS:
+            out.append((key, arg))
+    return out
+
+
+def swarm_incompatible_args(args: list) -> list[tuple[str, object]]:
+    """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode."""
+    out = []
+    for arg in args:
+        key = flag_key(arg.text)
+        if key in SWARM_INCOMPATIBLE_FLAGS and not (key == "live-restore" and arg.text.endswith("=false")):
+            out.append((SWARM_INCOMPATIBLE_FLAGS[key], arg))
+    return out
 
 
 def validate(ctx: Context, content: str) -> None:
@@ -75,27 +109,48 @@ def restart_docker(ctx: Context) -> None:
         pass  # judged by health afterwards, which also covers a restart that "succeeded" and then died
 
 
-def restart_with_rollback(ctx: Context, path: str, previous: str | None,
+def restart_with_rollback(ctx: Context, previous: dict[str, str | None], reload: bool = False,
                           within: float = HEALTHY_WITHIN) -> None:
+    """Restart Docker; when it does not come up healthy, put back every file in `previous` (its
+    content before this run, None: it did not exist), reload systemd when a unit file was among
+    them (`reload`), and restart again."""
     restart_docker(ctx)
     if healthy(ctx, within):
         return
     log = ctx.host.query(["journalctl", "-u", "docker", "-n", "5", "--no-pager", "-o", "cat"]).stdout.strip()
     cause = log.splitlines()[-1] if log else "no log"
-    if previous is None:
-        ctx.host.remove(path)
-    else:
-        ctx.host.write_text(path, previous)
+    for path, text in previous.items():
+        if text is None:
+            ctx.host.remove(path)
+        else:
+            ctx.host.write_text(path, text)
+    if reload:
+        ctx.host.run(["systemctl", "daemon-reload"])
     restart_docker(ctx)
-    back = "Docker is running again on the previous file" if healthy(ctx, within) else \
-        "Docker did not come back on the previous file either"
-    raise StepFailed(f"Docker did not come up healthy with the new {path} ({cause}); the previous file was "
-                     f"restored and {back}.", "Check `journalctl -u docker`, fix daemon.json, run setup again.")
+    if not previous:  # nothing of ours changed (dockerd had not read a hand-edited daemon.json)
+        back = "a second restart brought it back" if healthy(ctx, within) else "a second restart did not either"
+        raise StepFailed(f"Docker did not come up healthy after a restart ({cause}); {back}.",
+                         "Check `journalctl -u docker`, fix daemon.json, run setup again.")
+    noun = "file" if len(previous) == 1 else "files"
+    back = f"Docker is running again on the previous {noun}" if healthy(ctx, within) else \
+        f"Docker did not come back on the previous {noun} either"
+    raise StepFailed(f"Docker did not come up healthy with the new {' and '.join(previous)} ({cause}); the "
+                     f"previous {noun} {'was' if len(previous) == 1 else 'were'} restored"
+                     f"{' (and systemd reloaded)' if reload else ''} and {back}.",
+                     "Check `journalctl -u docker`, fix daemon.json, run setup again.")
 
 
-def restart_action(path: str, previous: str | None) -> Action:
-    return Call("restart docker, and restore the previous daemon.json if it does not come up healthy",
-                lambda ctx: restart_with_rollback(ctx, path, previous))
+def _label(path: str) -> str:
+    return "/".join(path.split("/")[-2:]) if ".service.d/" in path else posixpath.basename(path)
+
+
+def restart_action(previous: dict[str, str | None], reload: bool = False) -> Action:
+    if not previous:
+        return Call("restart docker, and report it if it does not come up healthy",
+                    lambda ctx: restart_with_rollback(ctx, previous, reload))
+    what = " and ".join(map(_label, previous)) + (" (and reload systemd)" if reload else "")
+    return Call(f"restart docker, and restore the previous {what} if it does not come up healthy",
+                lambda ctx: restart_with_rollback(ctx, previous, reload))
 
 
 def set_availability(ctx: Context, availability: str, wait_for_tasks: bool) -> None:
@@ -132,11 +187,11 @@ def activate_action() -> Action:
                 lambda ctx: set_availability(ctx, "active", wait_for_tasks=False))
 
 
-def restart_refusal(ctx: Context, settings: dict, command: str = "setup",
-                    change: str = "applying this") -> str | None:
+def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this") -> str | None:
     """Why Docker must not be restarted now, or None. `command` is what the operator runs again
     with --drain or --allow-restart; `change` what restarts Docker. --drain permits the restart
-    only where the node can be drained: otherwise the containers would stop all the same."""
+    only where the node can be drained: otherwise the containers would stop all the same.
+    (live-restore cannot keep them: setup removes it, since Swarm refuses it.)"""
     if ctx.docker.unreachable_reason() is not None:
         return None
     running = ctx.docker.running_containers()
@@ -144,9 +199,6 @@ def restart_refusal(ctx: Context, settings: dict, command: str = "setup",
         return None
     cannot_drain = can_drain(ctx) if ctx.options.drain else None
     if ctx.options.drain and cannot_drain is None:
-        return None
-    # live-restore keeps containers running across a restart, but Docker refuses it in swarm mode.
-    if settings.get("live-restore") is True and ctx.docker.swarm().state == "inactive":
         return None
     shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
     stop = f"{change} restarts Docker, which would stop {len(running)} running container(s): {shown}"

@@ -1,19 +1,23 @@
 """docker-daemon where a JSON case cannot say it: a daemon.json that is not valid JSON makes the
 check raise StepFailed (the case runner calls step.check directly), and the runner must then
-report the step failed without writing anything."""
+report the step failed without writing anything; values of the wrong type, one test per key; a
+restart that fails after a new drop-in."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.errors import StepFailed
-from gpuswarm_node.steps.docker_daemon import (DAEMON_JSON, DockerDaemonStep, dockerd_exec_start,
-                                               parse_process_start, without_host_flags)
+from gpuswarm_node.steps.docker_daemon import DAEMON_JSON, DockerDaemonStep, parse_process_start, without_host_flags
 from gpuswarm_node.system import Context
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case
+from .test_step_cases import build
 
 ONE_GPU = {"driver": "550.54.15", "gpus": [{"uuid": "GPU-00000000-1111-4222-8333-444444444444"}]}
 BROKEN = '{\n  "log-driver": "json-file",\n}\n'
@@ -68,12 +72,44 @@ def test_without_host_flags(argv: list[str], want: list[str]) -> None:
     assert without_host_flags(argv) == want
 
 
-def test_dockerd_exec_start_skips_the_reset_line() -> None:
-    unit = "[Service]\nExecStart=\nExecStart=/usr/bin/dockerd -H fd:// --data-root '/srv/my docker'\n"
-    assert dockerd_exec_start(unit) == ["/usr/bin/dockerd", "-H", "fd://", "--data-root", "/srv/my docker"]
-    assert dockerd_exec_start("[Service]\nType=notify\n") == []
-
-
 def test_parse_process_start_handles_spaces_and_parens_in_comm() -> None:
     stat = "4242 (docker (d) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 10 5 0 0 20 0 20 0 12345 1000 50\n"
     assert parse_process_start(stat, "cpu 1 2 3\nbtime 1700000000\n") == 1700000000 + 123.45
+
+
+@pytest.mark.parametrize("daemon_json, named", [
+    ('{"node-generic-resources": "gpu=GPU-a::1"}', "'node-generic-resources' is a string; it must be an array"),
+    ('{"node-generic-resources": [["gpu=GPU-a::1"]]}', "'node-generic-resources' is an array; it must be an array of"),
+    ('{"runtimes": ["nvidia"]}', "'runtimes' is an array; it must be an object of runtimes by name"),
+    ('{"runtimes": {"runsc": "/usr/local/bin/runsc"}}', "'runtimes' is an object; it must be an object of runtimes"),
+    ('{"hosts": "unix:///var/run/docker.sock"}', "'hosts' is a string; it must be an array of strings"),
+    ('{"default-runtime": 1}', "'default-runtime' is a number; it must be a string"),
+    ('{"default-runtime": null}', "'default-runtime' is null; it must be a string"),
+    ('{"live-restore": "true"}', "'live-restore' is a string; it must be true or false"),
+])
+def test_a_value_of_the_wrong_type_is_blocked_naming_the_key(daemon_json: str, named: str) -> None:
+    ctx, host = context(daemon_json)
+    check = DockerDaemonStep().check(ctx)
+    assert check.state is State.BLOCKED and named in check.detail and DAEMON_JSON in check.detail
+    report = converge(DockerDaemonStep(), ctx)
+    assert report.state is State.BLOCKED and host.actions == []
+    with pytest.raises(StepFailed, match="it must be"):  # `render` says the same instead of crashing
+        DockerDaemonStep().files(ctx)
+
+
+def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
+    """The drop-in a restart came up unhealthy with is removed and systemd reloaded before Docker is
+    started again: otherwise Docker would come back with the command it just failed with."""
+    case = json.loads((Path(__file__).parent / "steps" / "docker-daemon" / "hosts-needs-dropin.json").read_text())
+    case["host"]["effects"]["systemctl restart docker"] = {
+        "commands": {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}}}
+    case["host"]["commands"]["journalctl -u docker -n 5 --no-pager -o cat"] = {
+        "stdout": "unable to configure the Docker daemon with file /etc/docker/daemon.json\n"}
+    ctx, host, _docker = build(case, monkeypatch)
+    report = converge(DockerDaemonStep(), ctx)
+    dropin = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
+    assert report.state is State.FAILED
+    assert "the previous file was restored (and systemd reloaded)" in report.detail
+    assert dropin not in host.files
+    assert host.actions[-4:] == ["run systemctl restart docker", f"remove {dropin}", "run systemctl daemon-reload",
+                                 "run systemctl restart docker"]

@@ -67,19 +67,6 @@ def test_no_refusal_where_nothing_running_would_stop(kwargs, entries):
     assert reset.refusal(ctx, reset.plan(entries)) is None
 
 
-def test_live_restore_counts_only_when_both_daemons_have_it(tmp_path):
-    backup = tmp_path / "daemon.json.1"
-    backup.write_text(json.dumps({"live-restore": True}))
-    entries = [{"kind": "write", "path": DAEMON_JSON, "backup": str(backup)}]
-    current = {DAEMON_JSON: json.dumps({"live-restore": True, "default-runtime": "gpuswarm"})}
-    ctx, _, _ = context(swarm="inactive", files=current)
-    assert reset.refusal(ctx, reset.plan(entries)) is None
-    # The file reset restores lacks it: the new daemon would stop what the old one left running.
-    backup.write_text("{}")
-    ctx, _, _ = context(swarm="inactive", files=current)
-    assert reset.refusal(ctx, reset.plan(entries)) is not None
-
-
 def journal_with(tmp_path, entries) -> Journal:
     journal = Journal(str(tmp_path / "journal" / "changes.jsonl"))
     for entry in entries:

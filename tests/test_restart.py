@@ -6,12 +6,16 @@ import pytest
 
 from gpuswarm_node import config
 from gpuswarm_node.errors import StepFailed
-from gpuswarm_node.restart import conflicting_keys, restart_with_rollback
+from gpuswarm_node.probes.dockerd import Arg
+from gpuswarm_node.restart import conflicting_keys, restart_action, restart_with_rollback, swarm_incompatible_args
 from gpuswarm_node.system import Context
 
 from .fakes import FakeDocker, FakeHost
 
 PATH = "/etc/docker/daemon.json"
+DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
+FAILING = {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}, "systemctl reset-failed docker": {},
+           "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": "unable to configure the Docker daemon\n"}}
 
 
 def context(host: FakeHost) -> Context:
@@ -26,7 +30,7 @@ def test_unhealthy_restart_restores_the_previous_file_and_says_why():
                               "journalctl -u docker -n 5 --no-pager -o cat": {
                                   "stdout": "failed to start daemon: invalid log opt\n"}})
     with pytest.raises(StepFailed) as info:
-        restart_with_rollback(context(host), PATH, '{"log-level": "warn"}', within=0.2)
+        restart_with_rollback(context(host), {PATH: '{"log-level": "warn"}'}, within=0.2)
     assert host.files[PATH] == '{"log-level": "warn"}'
     assert host.actions == ["run systemctl restart docker", f"write {PATH}", "run systemctl restart docker"]
     message = info.value.message()
@@ -37,7 +41,7 @@ def test_unhealthy_restart_restores_the_previous_file_and_says_why():
 def test_healthy_restart_keeps_the_new_file():
     host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"stdout": "active\n"},
                                                   "systemctl reset-failed docker": {}})
-    restart_with_rollback(context(host), PATH, '{"old": 1}', within=0.2)
+    restart_with_rollback(context(host), {PATH: '{"old": 1}'}, within=0.2)
     assert host.files[PATH] == "{}" and host.actions == ["run systemctl restart docker"]
 
 
@@ -46,8 +50,36 @@ def test_a_file_that_did_not_exist_is_removed_on_rollback():
                                                   "systemctl reset-failed docker": {},
                                                   "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": ""}})
     with pytest.raises(StepFailed):
-        restart_with_rollback(context(host), PATH, None, within=0.2)
+        restart_with_rollback(context(host), {PATH: None}, within=0.2)
     assert PATH not in host.files
+
+
+def test_rollback_removes_a_new_drop_in_and_reloads_systemd():
+    """The restart after a new drop-in fails: the drop-in goes too, and systemd forgets it before
+    Docker is started again, so Docker comes back with the command it had."""
+    host = FakeHost(files={PATH: '{"hosts": ["tcp://0.0.0.0:2376"]}', DROPIN: "[Service]\nExecStart=\n..."},
+                    commands=dict(FAILING))
+    with pytest.raises(StepFailed) as info:
+        restart_with_rollback(context(host), {PATH: "{}", DROPIN: None}, reload=True, within=0.2)
+    assert host.files[PATH] == "{}" and DROPIN not in host.files
+    assert host.actions == ["run systemctl restart docker", f"write {PATH}", f"remove {DROPIN}",
+                            "run systemctl daemon-reload", "run systemctl restart docker"]
+    assert "the previous files were restored (and systemd reloaded)" in info.value.message()
+
+
+def test_rollback_puts_back_the_previous_drop_in():
+    host = FakeHost(files={DROPIN: "new"}, commands=dict(FAILING))
+    with pytest.raises(StepFailed):
+        restart_with_rollback(context(host), {DROPIN: "old"}, reload=True, within=0.2)
+    assert host.files[DROPIN] == "old"
+    assert host.actions == ["run systemctl restart docker", f"write {DROPIN}", "run systemctl daemon-reload",
+                            "run systemctl restart docker"]
+
+
+def test_the_restart_action_says_what_it_would_restore():
+    assert restart_action({PATH: None, DROPIN: None}, reload=True).describe() == (
+        "restart docker, and restore the previous daemon.json and docker.service.d/gpuswarm-node.conf "
+        "(and reload systemd) if it does not come up healthy")
 
 
 @pytest.mark.parametrize("settings, argv, conflicts", [
@@ -55,6 +87,19 @@ def test_a_file_that_did_not_exist_is_removed_on_rollback():
     ({"containerd": "/run/c.sock"}, ["/usr/bin/dockerd", "--containerd=/run/c.sock"], ["containerd"]),
     ({"data-root": "/srv/docker"}, ["/usr/bin/dockerd", "-g", "/var/lib/docker"], ["data-root"]),
     ({"log-level": "warn"}, ["/usr/bin/dockerd", "-H", "fd://"], []),
+    ({"hosts": ["unix:///run/d.sock"]}, ["/usr/bin/dockerd", "-Hfd://"], ["hosts"]),
+    ({"default-runtime": "gpuswarm"}, ["/usr/bin/dockerd", "--default-runtime", "runc"], ["default-runtime"]),
+    # dockerd merges runtimes from both places (skipDuplicates in moby's daemon/config).
+    ({"runtimes": {"nvidia": {}}}, ["/usr/bin/dockerd", "--add-runtime=nvidia=/usr/bin/nvidia-container-runtime"], []),
 ])
 def test_keys_set_both_as_flag_and_in_the_file(settings, argv, conflicts):
     assert conflicting_keys(settings, argv) == conflicts
+
+
+@pytest.mark.parametrize("arg, refused", [
+    ("--live-restore", True), ("--live-restore=true", True), ("--live-restore=false", False),
+    ("--cluster-store=consul://10.0.0.1:8500", True), ("--cluster-advertise=eth0:2376", True),
+    ("--iptables=false", False),
+])
+def test_flags_that_keep_a_node_out_of_swarm_mode(arg, refused):
+    assert bool(swarm_incompatible_args([Arg(arg, "/lib/systemd/system/docker.service")])) is refused

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import json
 import posixpath
-import shlex
+import re
 
 from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from ..probes import system
+from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory, slices_of
 from .. import restart
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
 from ..system import Context
+from ..unitfile import Command
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
-# In systemd's order of precedence: a unit in /etc/systemd/system overrides the packaged one.
-DOCKER_UNITS = ("/etc/systemd/system/docker.service", "/lib/systemd/system/docker.service",
-                "/usr/lib/systemd/system/docker.service")
 WRAPPER = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime"
 WRAPPER_PROGRAM = "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py"
 # The distribution's Python, not the tool's venv: the wrapper must keep working whatever happens
@@ -44,6 +43,8 @@ NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
 # unwrapped NVIDIA runtime for an administrator's checks.
 RUNTIME_NAME = "gpuswarm"
 SLICE_RUNTIME = {"path": WRAPPER}
+# daemon.json keys the tool sets whatever was there.
+TOOL_KEYS = ("runtimes", "default-runtime", "node-generic-resources")
 # dockerd may start a little before its start time as computed from whole-second btime.
 START_TIME_SLACK = 2.0
 
@@ -63,12 +64,73 @@ def read_daemon_json(host: Host) -> tuple[str | None, dict]:
     return text, data
 
 
+def _json_type(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+# The keys the tool reads or writes, and the JSON dockerd (and the tool) needs in each.
+KEY_TYPES = {
+    "runtimes": (lambda v: isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()),
+                 'an object of runtimes by name, e.g. {"nvidia": {"path": "nvidia-container-runtime"}}'),
+    "node-generic-resources": (lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v),
+                               'an array of "kind=value" strings'),
+    "hosts": (lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v),
+              'an array of strings such as "unix:///var/run/docker.sock"'),
+    "default-runtime": (lambda v: isinstance(v, str), "a string"),
+    "live-restore": (lambda v: isinstance(v, bool), "true or false"),
+    "cluster-store": (lambda v: isinstance(v, str), "a string"),
+    "cluster-advertise": (lambda v: isinstance(v, str), "a string"),
+}
+# Keys that keep a node out of swarm mode (IsSwarmCompatible in moby's daemon/config).
+SWARM_INCOMPATIBLE_KEYS = ("cluster-store", "cluster-advertise")
+
+
+def daemon_json_problems(existing: dict, kind: str, devices: set[str] = frozenset()) -> list[str]:
+    """What in daemon.json stops the tool from merging its keys, or dockerd from starting as a
+    swarm worker with them; each names the key. Checked before anything is written."""
+    problems = []
+    for key, (valid, want) in KEY_TYPES.items():
+        if key in existing and not valid(existing[key]):
+            problems.append(f"{DAEMON_JSON}: {key!r} is {_json_type(existing[key])}; it must be {want}")
+    if problems:
+        return problems
+    for key in SWARM_INCOMPATIBLE_KEYS:
+        if existing.get(key):
+            problems.append(f"{DAEMON_JSON} sets {key!r}, which swarm mode refuses (Docker 23 and later do not "
+                            f"start with it at all): it belongs to the legacy overlay networking with an external "
+                            f"key-value store; remove it")
+    if "runc" in existing.get("runtimes", {}):
+        problems.append(f"{DAEMON_JSON} defines the runtime 'runc' in 'runtimes', a name dockerd reserves "
+                        "(it refuses to start); remove it")
+    values: dict[str, list[str]] = {}
+    for entry in existing.get("node-generic-resources", []):
+        other, _, value = entry.partition("=")
+        if other == kind or device_of(value) in devices:
+            continue  # replaced by the tool's own entries
+        if entry.count("=") != 1 or not other.strip():
+            problems.append(f"{DAEMON_JSON}: 'node-generic-resources' entry {entry!r} is not \"kind=value\" "
+                            "(dockerd refuses to start); fix or remove it")
+        else:
+            values.setdefault(other.strip(), []).append(value.strip())
+    for other, entries in values.items():
+        numbers = [v for v in entries if re.fullmatch(r"[+-]?[0-9]+", v)]
+        if numbers and len(entries) > 1:
+            problems.append(f"{DAEMON_JSON}: 'node-generic-resources' gives kind {other!r} both a count and named "
+                            f"values ({', '.join(entries)}), which dockerd refuses; keep one form")
+        elif numbers and int(numbers[0]) < 0:
+            problems.append(f"{DAEMON_JSON}: 'node-generic-resources' gives kind {other!r} a negative count")
+    return problems
+
+
 def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[str] = frozenset()) -> dict:
     """existing daemon.json settings with the tool's keys set; everything else kept as it was.
 
     Entries of another kind whose value is one of this node's devices or slices are GPU slices
     advertised under a kind the runtime does not read (left from an earlier gpu.resource): a
-    service reserving them would get no GPU, so they go.
+    service reserving them would get no GPU, so they go. live-restore goes too: swarm mode
+    refuses it, and the tool always makes the node a swarm member. The caller has checked the
+    types (daemon_json_problems).
     """
     merged = dict(existing)
     merged["runtimes"] = {**existing.get("runtimes", {}), "nvidia": NVIDIA_RUNTIME, RUNTIME_NAME: SLICE_RUNTIME}
@@ -77,6 +139,8 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
     others = [r for r in existing.get("node-generic-resources", [])
               if r.partition("=")[0] != kind and device_of(r.partition("=")[2]) not in devices]
     merged["node-generic-resources"] = others + [f"{kind}={s}" for s in slices]
+    if merged.get("live-restore") is True:
+        del merged["live-restore"]
     return merged
 
 
@@ -122,18 +186,6 @@ def _is_symlink(status: FileStatus | None) -> bool:
     return status is not None and status.is_symlink
 
 
-def dockerd_exec_start(unit_text: str) -> list[str]:
-    for line in unit_text.splitlines():
-        if line.strip().startswith("ExecStart=") and line.strip() != "ExecStart=":
-            return shlex.split(line.strip()[len("ExecStart="):])
-    return []
-
-
-def unit_exec_start(host: Host) -> list[str]:
-    """dockerd's command line in the docker unit systemd uses (/etc overrides /lib)."""
-    return dockerd_exec_start(next((t for t in map(host.read_text, DOCKER_UNITS) if t), ""))
-
-
 def without_host_flags(argv: list[str]) -> list[str]:
     out, skip = [], False
     for arg in argv:
@@ -144,6 +196,38 @@ def without_host_flags(argv: list[str]) -> list[str]:
         elif not arg.startswith(("-H=", "--host=")) and not (arg.startswith("-H") and len(arg) > 2):
             out.append(arg)
     return out
+
+
+def flag_refusal(settings: dict, args: list[Arg]) -> str | None:
+    """Why dockerd would not start as a swarm worker with these arguments and daemon.json
+    settings, naming each flag and the file it is in; None when it would."""
+    # dockerd takes no positional arguments: a word after a flag without "=" is its value.
+    following = {id(arg): nxt.text for arg, nxt in zip(args, args[1:])}
+
+    def shown(arg: Arg) -> str:
+        value = following.get(id(arg), "")
+        with_value = "=" not in arg.text and value and not value.startswith("-")
+        return f"`{arg.text} {value}`" if with_value else f"`{arg.text}`"
+
+    problems = []
+    for why, arg in restart.swarm_incompatible_args(args):
+        problems.append(f"docker.service starts dockerd with {shown(arg)} ({arg.where}): {why}; {_remove(arg)}")
+    by_key: dict[str, list[Arg]] = {}
+    for key, arg in restart.conflicting_args(settings, args):
+        by_key.setdefault(key, []).append(arg)
+    for key, flags in by_key.items():
+        setter = f"gpuswarm-node sets {key} in {DAEMON_JSON}" if key in TOOL_KEYS else f"{DAEMON_JSON} sets {key}"
+        where = " and ".join(f"{shown(arg)} in {arg.where}" for arg in flags)
+        fixes = sorted({_remove(arg) for arg in flags})
+        problems.append(f"{setter}, which docker.service also sets as a flag ({where}): dockerd refuses to start "
+                        "like that; " + ("; ".join(fixes) if key in TOOL_KEYS else "remove one of the two"))
+    return "; ".join(problems) or None
+
+
+def _remove(arg: Arg) -> str:
+    if not arg.in_unit:
+        return f"remove it from {arg.variable} in {arg.file}"
+    return f"remove it from {arg.file}, then run `systemctl daemon-reload`"
 
 
 def parse_process_start(stat_text: str, proc_stat_text: str, clock_ticks: int = 100) -> float:
@@ -168,29 +252,41 @@ class DockerDaemonStep:
     name = "docker-daemon"
     description = "daemon.json: slice-aware default runtime and one generic resource per GPU slice"
 
-    def _settings(self, ctx: Context) -> tuple[Inventory, list[str], str | None, dict, dict]:
+    def _settings(self, ctx: Context) -> tuple[Inventory, list[str], str | None, dict, dict, list[str]]:
+        """The inventory, its slices, daemon.json as it is (text, settings), as the tool wants it,
+        and what in it stops the merge (then the wanted settings are the existing ones)."""
         inventory = ctx.inventory()
         slices = for_config(inventory.gpus, ctx.config.gpu)
         text, existing = read_daemon_json(ctx.host)
-        merged = merge_settings(existing, ctx.config.gpu.resource, slices, known_devices(inventory.gpus))
-        return inventory, slices, text, existing, merged
+        devices = known_devices(inventory.gpus)
+        problems = daemon_json_problems(existing, ctx.config.gpu.resource, devices)
+        merged = existing if problems else merge_settings(existing, ctx.config.gpu.resource, slices, devices)
+        return inventory, slices, text, existing, merged, problems
 
-    def _dropin(self, ctx: Context, merged: dict) -> str | None:
+    def _dropin(self, unit: DockerUnit, merged: dict) -> str | None:
+        """The drop-in that starts dockerd without -H when daemon.json sets "hosts": the command
+        the unit has without this drop-in, its -H words removed, quoted by systemd's rules. An -H
+        that a variable brings in stays (and is reported as a conflict)."""
         if "hosts" not in merged:
             return None
-        argv = unit_exec_start(ctx.host)
-        if not argv or without_host_flags(argv) == argv:
+        command, _origin = unit.replaced(DROPIN, None).exec_start()
+        if command is None:
             return None
-        stripped = without_host_flags(argv)
-        return render("docker-dropin.conf.j2", dockerd=stripped[0], args=stripped[1:])
+        stripped = without_host_flags(list(command.argv))
+        if stripped == list(command.argv):
+            return None
+        ours = Command(command.prefix, command.path, tuple(stripped))
+        return render("docker-dropin.conf.j2", exec_start=ours.render())
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        _inventory, slices, _text, _existing, merged = self._settings(ctx)
+        _inventory, slices, _text, _existing, merged, problems = self._settings(ctx)
+        if problems:
+            raise StepFailed("; ".join(problems) + ".", "Fix /etc/docker/daemon.json, then run setup again.")
         files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text(engine_socket(merged))),
                  PlannedFile(WRAPPER, wrapper_text()),
                  PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
                  PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
-        dropin = self._dropin(ctx, merged)
+        dropin = self._dropin(docker_unit(ctx.host), merged)
         if dropin:
             files.append(PlannedFile(DROPIN, dropin))
         return files
@@ -278,7 +374,8 @@ class DockerDaemonStep:
             reasons.append(f"{label}{path} {problem}")
         return dir_fixes, file_fixes, reasons, None
 
-    def _daemon_reasons(self, existing: dict, kind: str, devices: set[str], text: str | None) -> list[str]:
+    def _daemon_reasons(self, existing: dict, merged: dict, kind: str, devices: set[str],
+                        text: str | None) -> list[str]:
         reasons = [f"{DAEMON_JSON} {'is missing' if text is None else 'differs'}"]
         ours = [v for k, v in advertised(existing) if k == kind]
         gone = sorted({device_of(v) for v in ours} - devices)
@@ -291,13 +388,24 @@ class DockerDaemonStep:
                            f"{env_variable(kind)} (gpu.resource = {kind})")
         if existing and existing.get("default-runtime") != RUNTIME_NAME:
             reasons.append(f"default runtime is {existing.get('default-runtime', 'runc')}, not {RUNTIME_NAME}")
+        for name in ("nvidia", RUNTIME_NAME):
+            have = existing.get("runtimes", {}).get(name)
+            if have is not None and have != merged["runtimes"][name]:
+                reasons.append(f"runtime {name} is {json.dumps(have)}; gpuswarm-node owns that name and sets it to "
+                               f"{json.dumps(merged['runtimes'][name])}")
+        if existing.get("live-restore") is True:
+            reasons.append("live-restore is on, which swarm mode refuses (dockerd: \"--live-restore daemon "
+                           "configuration is incompatible with swarm mode\"): it is removed from daemon.json, so "
+                           "containers stop when Docker restarts")
         return reasons
 
     def check(self, ctx: Context) -> Check:
         try:
-            inventory, slices, text, existing, merged = self._settings(ctx)
+            inventory, slices, text, existing, merged, problems = self._settings(ctx)
         except NvmlUnavailable as exc:
             return blocked(f"cannot discover GPUs to advertise: {exc.reason}")
+        if problems:
+            return blocked("; ".join(problems))
         kind = ctx.config.gpu.resource
         if not inventory.gpus:
             return blocked("NVML reports no GPU, so there are no slices to advertise")
@@ -308,21 +416,27 @@ class DockerDaemonStep:
         actions, reasons = self._runtime_actions(ctx, slices, devices, engine_socket(merged))
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
-        want_dropin, have_dropin = self._dropin(ctx, merged), ctx.host.read_text(DROPIN)
-        exec_start = unit_exec_start(ctx.host)
-        if want_dropin:
-            exec_start = without_host_flags(exec_start)
-        conflicts = restart.conflicting_keys(merged, exec_start)
-        if conflicts:
-            return blocked(f"{DAEMON_JSON} sets {', '.join(conflicts)}, which docker.service also sets as a "
-                           "flag: dockerd refuses to start like that; remove one of the two")
+        previous: dict[str, str | None] = {}
+        unit = docker_unit(ctx.host)
+        want_dropin, have_dropin = self._dropin(unit, merged), ctx.host.read_text(DROPIN)
+        if want_dropin != have_dropin and not unit.matches_loaded():
+            return blocked(f"docker.service's files ({', '.join(p for p, _ in unit.files)}) give another command "
+                           f"than the one systemd has loaded ({unit.loaded.argv}); run `systemctl daemon-reload` "
+                           "(or undo the edit), then setup again")
+        # dockerd as it will start once this is applied: refused here, before anything changes.
+        args, _origin = (unit.replaced(DROPIN, want_dropin) if want_dropin != have_dropin else unit).dockerd_args()
+        refusal = flag_refusal(merged, args)
+        if refusal:
+            return blocked(refusal)
         if existing != merged:
             content = render("daemon.json.j2", settings=merged)
             restart_for += [restart.validate_action(content), WriteFile(DAEMON_JSON, content, text)]
-            reasons += self._daemon_reasons(existing, kind, devices, text)
+            previous[DAEMON_JSON] = text
+            reasons += self._daemon_reasons(existing, merged, kind, devices, text)
         if want_dropin != have_dropin:
             restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
             restart_for.append(run_command("systemctl", "daemon-reload"))
+            previous[DROPIN] = have_dropin
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")
         dir_fixes, file_fixes, owner_reasons, refusal = self._ownership_actions(ctx, want_dropin or have_dropin,
                                                                                 actions + restart_for)
@@ -340,10 +454,10 @@ class DockerDaemonStep:
                     reasons.append("dockerd started before daemon.json last changed")
                     restart_needed = True
             if restart_needed:
-                refusal = restart.restart_refusal(ctx, merged)
+                refusal = restart.restart_refusal(ctx)
                 if refusal:
                     return blocked("; ".join(reasons + [refusal]))
-                restart_for.append(restart.restart_action(DAEMON_JSON, text))
+                restart_for.append(restart.restart_action(previous, reload=DROPIN in previous))
                 if ctx.options.drain and restart.can_drain(ctx) is None:
                     restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
