@@ -1,5 +1,5 @@
-"""Kill the tool at every step boundary and in the middle of every step on a fresh machine, then
-run it again: it must always converge to the same final state, with no duplicate fstab lines,
+"""Kill the tool at every step boundary and in the middle of every step on a fresh machine, and
+setup.sh while it builds the tool's own environment (python3 -m venv, pip), then run it again: it must always converge to the same final state, with no duplicate fstab lines,
 group entries, drop-ins or daemon.json entries, and no half-configured dpkg.
 
 "Kill" is a crash: SIGKILL to the tool and to the apt-get and dpkg it started, so a package
@@ -22,8 +22,14 @@ NAME, ADDRESS = "gsn-w2", "198.18.0.12"
 # Long actions are also killed some seconds after they started, to cut a dpkg run in half.
 SLOW_ACTION = re.compile(r"apt-get .*install|dpkg --configure")
 SLOW_KILL_AFTER = 6.0
-# The tool runs from /opt/gpuswarm-node/venv-<hash>-<pid>/bin/python (venv is a symlink to it).
-CRASH = "pkill -KILL -f 'gpuswarm-node/venv' ; pkill -KILL -x apt-get ; pkill -KILL -x dpkg ; true"
+# The tool runs from /opt/gpuswarm-node/venv-<hash>-<pid>/bin/python (venv is a symlink to it);
+# setup.sh builds that environment with `python3 -m venv` and pip, whose command lines name it
+# too. setup.sh itself is killed as well ("/bin/sh ./setup.sh ...", its #! line).
+CRASH = ("pkill -KILL -f '^/bin/sh ./setup.sh' ; pkill -KILL -f 'gpuswarm-node/venv' ; pkill -KILL -x apt-get ; "
+         "pkill -KILL -x dpkg ; true")
+# setup.sh building the tool's environment: killed at once, and later, while venv and pip work.
+BUILDING = re.compile(r"^setup\.sh: installing gpuswarm-node into ")
+BUILD_KILLS_AFTER = (0.0, 1.0, 3.0, 6.0)
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +40,34 @@ def worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
 
 
 def event_key(line: str) -> str | None:
-    """A step boundary ("changed tmpfs ..." / "ok docker ...") or an action line, without timings."""
+    """A step boundary ("changed tmpfs ..." / "ok docker ...") or an action line, without timings;
+    setup.sh's start of its environment build."""
     text = re.sub(r"\(\d+\.\d+ s\)", "", line).strip()
+    if BUILDING.match(text):
+        return "setup.sh builds the tool's environment"
     if not text or text.startswith(("setup.sh:", "WARNING")):
         return None
     return re.sub(r"\s+", " ", text)
+
+
+def kill_points(key: str) -> list[tuple[str, float]]:
+    """Where to crash at this event: (point, seconds after the event)."""
+    if key.startswith("setup.sh "):
+        return [(f"{key} @{delay:g}s", delay) for delay in BUILD_KILLS_AFTER]
+    if SLOW_ACTION.search(key):
+        return [(key, 0.0), (key + " @later", SLOW_KILL_AFTER)]
+    return [(key, 0.0)]
+
+
+def tool_state(worker) -> str:
+    """The installed tool after a crash: absent, or a link to a complete environment that runs."""
+    link = worker.sh("readlink /opt/gpuswarm-node/venv || true").stdout.strip()
+    if not link:
+        assert worker.sh("test -e /opt/gpuswarm-node/venv", check=False).returncode != 0
+        return "absent"
+    assert re.fullmatch(r"(/opt/gpuswarm-node/)?venv-[0-9a-f]{12}-[0-9]+", link), link
+    assert worker.sh("/usr/local/bin/gpuswarm-node version", check=False).returncode == 0, link
+    return "complete"
 
 
 def run_until_new_event(worker, killed_at: set[str]) -> tuple[str | None, subprocess.Popen]:
@@ -53,12 +82,11 @@ def run_until_new_event(worker, killed_at: set[str]) -> tuple[str | None, subpro
         key = event_key(line)
         if key is None:
             continue
-        for point in ([key, key + " @later"] if SLOW_ACTION.search(key) else [key]):
+        for point, delay in kill_points(key):
             if point in killed_at:
                 continue
             killed_at.add(point)
-            if point.endswith("@later"):
-                time.sleep(SLOW_KILL_AFTER)
+            time.sleep(delay)
             machine.run(CRASH, check=False)
             proc.wait(60)
             return point, proc
@@ -75,11 +103,20 @@ def test_crash_anywhere_then_rerun_converges_without_duplicates(worker, manager)
             if point is None:
                 break
             crashes.append(point)
+            if point.startswith("setup.sh "):
+                tool_state(worker)  # never a half-built environment behind the link
         else:
             pytest.fail(f"setup never ran to its end after {len(crashes)} crashes")
     print(f"\ncrashed setup at {len(crashes)} points, then it converged")
     assert proc.returncode == 0
     assert len(crashes) >= 9 + 9  # at least every step boundary and one action in each changing step
+    assert len([c for c in crashes if c.startswith("setup.sh ")]) == len(BUILD_KILLS_AFTER)
+    assert tool_state(worker) == "complete"
+    # Nothing of the killed builds is left: one environment, its link and the source hash.
+    entries = sorted(worker.sh("ls -A /opt/gpuswarm-node").stdout.split())
+    assert len(entries) == 3 and entries[0] == "source.sha256" and entries[1] == "venv", entries
+    assert re.fullmatch(r"venv-[0-9a-f]{12}-[0-9]+", entries[2]), entries
+    assert worker.sh("ls /usr/local/bin | grep -c '^gpuswarm-node' || true").stdout.strip() == "1"
 
     code, states = worker.status()
     assert code == 0, states
