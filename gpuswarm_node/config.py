@@ -255,7 +255,9 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class SwarmConfig:
-    manager: str = key("", "SSH host of the swarm manager; empty means a single-node swarm of this node's own.")
+    manager: str = key("", "SSH host of the swarm manager (the join goes to the address the manager advertises, "
+                           "here only when that one does not answer); empty means a single-node swarm of this "
+                           "node's own.")
     ssh_user: str = key("root", "SSH user on the manager; it must be allowed to run docker.")
     ssh_port: int = key(22, "SSH port of the manager.")
     ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.")

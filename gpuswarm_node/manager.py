@@ -10,9 +10,11 @@ import base64
 import errno
 import hashlib
 import hmac
+import json
 import os
 import socket
 import stat
+from dataclasses import dataclass, field, replace
 
 from .config import SwarmConfig
 from .errors import ManagerUnreachable
@@ -149,19 +151,107 @@ class ManagerSession:
         return out
 
 
-def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
-    with ManagerSession(cfg, timeout) as session:
-        token = session.docker(JOIN_TOKEN_COMMAND).strip()
+def worker_token(session: ManagerSession) -> str:
+    """A worker join token from the manager, checked for its form; never printed."""
+    token = session.docker(JOIN_TOKEN_COMMAND).strip()
     if not looks_like_join_token(token):
         raise ManagerUnreachable("the manager answered with something that is not a swarm join token.",
                                  "Check that the manager runs Docker in swarm mode.")
     return token
 
 
-def manager_join_address(cfg: SwarmConfig) -> str:
+def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
+    with ManagerSession(cfg, timeout) as session:
+        return worker_token(session)
+
+
+# What the manager says about its swarm: only the fields needed, as one JSON object. `.Swarm.Cluster`
+# is set only on a manager (moby daemon/cluster/swarm.go, Cluster.Info), hence the guard: a bare
+# `{{.Swarm.Cluster.ID}}` fails with a template error on any other host.
+SWARM_INFO_COMMAND = ("docker info --format '{\"NodeID\":{{json .Swarm.NodeID}},"
+                      "\"NodeAddr\":{{json .Swarm.NodeAddr}},"
+                      "\"LocalNodeState\":{{json .Swarm.LocalNodeState}},"
+                      "\"ControlAvailable\":{{json .Swarm.ControlAvailable}},"
+                      "\"ClusterID\":{{if .Swarm.Cluster}}{{json .Swarm.Cluster.ID}}{{else}}\"\"{{end}},"
+                      "\"RemoteManagers\":{{json .Swarm.RemoteManagers}}}'")
+NODE_IDS_COMMAND = "docker node ls --quiet"
+SWARM_PORT = 2377
+
+
+@dataclass(frozen=True)
+class ManagerSwarm:
+    """The swarm of the manager at swarm.manager, as that manager reports it over SSH."""
+
+    cluster_id: str
+    join_addr: str  # host:port the manager advertises for joining (what its workers will dial)
+    token: str = field(default="", repr=False)  # a worker join token, only when asked for
+    node_known: bool | None = None  # whether the asked-for node id is one of the swarm's nodes
+
+    @property
+    def join_port(self) -> int:
+        return split_host_port(self.join_addr)[1]
+
+
+def read_manager_swarm(cfg: SwarmConfig, token: bool = False, node_id: str = "",
+                       timeout: float = 15.0) -> ManagerSwarm:
+    """The manager's cluster id and join address, and (when asked) a worker join token and whether
+    it knows `node_id`: all over one verified SSH session."""
+    with ManagerSession(cfg, timeout) as session:
+        answer = parse_swarm_info(session.docker(SWARM_INFO_COMMAND), cfg.manager)
+        if node_id:
+            answer = replace(answer, node_known=node_id in session.docker(NODE_IDS_COMMAND).split())
+        if token:
+            answer = replace(answer, token=worker_token(session))
+    return answer
+
+
+def parse_swarm_info(text: str, manager: str) -> ManagerSwarm:
+    """ManagerSwarm from SWARM_INFO_COMMAND's output; ManagerUnreachable when it is no manager."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise ManagerUnreachable(f"the manager at {manager} answered `docker info` with something that is not "
+                                 "the expected JSON.", "Check the Docker CLI on the manager.")
+    if not info.get("ControlAvailable") or not info.get("ClusterID"):
+        state = info.get("LocalNodeState") or "unknown"
+        raise ManagerUnreachable(f"{manager} is not a swarm manager (its swarm state is {state}).",
+                                 "Point swarm.manager at a manager of the swarm (`docker node ls` works there).")
+    # The manager's own entry in its manager list carries the address and port it advertises;
+    # NodeAddr is the same address without the port (moby daemon/cluster/cluster.go).
+    own = [m.get("Addr", "") for m in info.get("RemoteManagers") or () if m.get("NodeID") == info.get("NodeID")]
+    if own and own[0]:
+        join_addr = own[0]
+    else:
+        join_addr = join_host_port(info.get("NodeAddr") or manager, SWARM_PORT)
+    return ManagerSwarm(cluster_id=info["ClusterID"], join_addr=join_addr)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """("2001:db8::1", 2377) from "[2001:db8::1]:2377"; a bare host gets the swarm port."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:  # a host name, an IPv4 address or a bare IPv6 address
+        host, port = address, ""
+    return host, int(port) if port.isdigit() else SWARM_PORT
+
+
+def join_host_port(host: str, port: int) -> str:
     # An IPv6 literal needs brackets, or Docker cannot tell its colons from the port's.
-    host = f"[{cfg.manager}]" if ":" in cfg.manager else cfg.manager
-    return f"{host}:2377"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_problem(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to host:port cannot be made from here, or None when it can."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 def resolve_addresses(host: str) -> set[str]:

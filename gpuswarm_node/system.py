@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
-from .config import Config, SwarmConfig
+from .config import Config
 from .errors import NvmlUnavailable
 from .host import Host, LocalHost
 from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
 from .probes.gpu import Inventory, read_inventory
+
+if TYPE_CHECKING:
+    from .manager import ManagerSwarm
 
 
 class Reporter(Protocol):
@@ -65,11 +68,17 @@ class Context:
     host: Host = field(default_factory=LocalHost)
     docker_factory: Callable[[], DockerApi] = SdkDocker
     inventory_reader: Callable[[], Inventory] = read_inventory
-    token_fetcher: Callable[[SwarmConfig], str] | None = None
+    # What the manager says (ManagerSwarm), over SSH unless a test stands in: (config, token, node_id).
+    manager_reader: Callable[..., "ManagerSwarm"] | None = None
+    # Why host:port cannot be reached over TCP from here, or None (a short connect test).
+    port_prober: Callable[[str, int], str | None] | None = None
     reporter: Reporter = field(default_factory=QuietReporter)
     journal: Journal | None = None  # set when the run may change the machine
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
+    # The manager's answer, asked once a run (token dropped), and the node id it was asked about.
+    _manager: "tuple[ManagerSwarm | None, str]" = field(default=(None, ""), init=False)
+    swarm_joined_at: str = field(default="", init=False)  # set by swarm-join: where it joined and why
 
     @property
     def docker(self) -> DockerApi:
@@ -88,9 +97,27 @@ class Context:
             raise self._inventory
         return self._inventory
 
-    def fetch_worker_token(self) -> str:
-        if self.token_fetcher is not None:
-            return self.token_fetcher(self.config.swarm)
-        from .manager import fetch_worker_token
+    def manager_swarm(self, token: bool = False, node_id: str = "") -> "ManagerSwarm":
+        """The manager's swarm (cluster id, join address), read once per run over SSH. With `token`,
+        a fresh read that also carries a worker join token (never cached); with `node_id`, also
+        whether the manager's swarm has that node."""
+        from dataclasses import replace
 
-        return fetch_worker_token(self.config.swarm)
+        cached, asked = self._manager
+        if token or cached is None or (node_id and node_id != asked):
+            if self.manager_reader is not None:
+                answer = self.manager_reader(self.config.swarm, token, node_id)
+            else:
+                from .manager import read_manager_swarm
+
+                answer = read_manager_swarm(self.config.swarm, token=token, node_id=node_id)
+            self._manager = (replace(answer, token=""), node_id)
+            return answer
+        return cached
+
+    def port_problem(self, host: str, port: int) -> str | None:
+        if self.port_prober is not None:
+            return self.port_prober(host, port)
+        from .manager import port_problem
+
+        return port_problem(host, port)

@@ -6,6 +6,7 @@ reader), not for library internals, so the step code under test is the code user
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -165,10 +166,15 @@ def stats_from_case(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, FileStat
 
 @dataclass
 class FakeDocker:
+    """`cluster_id`: the swarm this node is in as it can tell (its certificate's O=; "" when it
+    cannot); a join moves it to `cluster_after_join`, the swarm whose token it joined with."""
+
     reachable: bool = True
     images: set[str] = field(default_factory=set)
     membership: SwarmMembership = field(default_factory=lambda: SwarmMembership("inactive"))
     manager_addr_after_join: str = ""
+    cluster_id: str = ""
+    cluster_after_join: str = ""
     containers: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
 
@@ -180,6 +186,7 @@ class FakeDocker:
                                               swarm.get("is_manager", False),
                                               tuple(swarm.get("manager_addrs", ())), swarm.get("error", "")),
                    manager_addr_after_join=spec.get("manager_addr_after_join", ""),
+                   cluster_id=swarm.get("cluster_id", ""),
                    containers=list(spec.get("containers", [])))
 
     def unreachable_reason(self) -> str | None:
@@ -199,14 +206,22 @@ class FakeDocker:
     def swarm(self) -> SwarmMembership:
         return self.membership
 
+    def node_cluster_id(self) -> str:
+        return self.cluster_id
+
     def join(self, manager_addr: str, token: str, advertise_addr: str) -> None:
+        if self.membership.state != "inactive":
+            raise AssertionError(f"join while the node is {self.membership.state}: Docker refuses it")
         self.calls.append(f"join {manager_addr}")
+        # Once joined, a node's manager list holds what its managers advertise, not the join address.
         self.membership = SwarmMembership("active", "node1", False,
                                           (self.manager_addr_after_join or manager_addr,))
+        self.cluster_id = self.cluster_after_join
 
     def leave(self) -> None:
         self.calls.append("leave")
         self.membership = SwarmMembership("inactive")
+        self.cluster_id = ""
 
     def running_containers(self) -> list[str]:
         return list(self.containers)
@@ -214,6 +229,57 @@ class FakeDocker:
     def init(self, advertise_addr: str) -> None:
         self.calls.append("init")
         self.membership = SwarmMembership("active", "node1", True, ("127.0.0.1:2377",))
+        self.cluster_id = "ownclusterid"
+
+
+@dataclass
+class FakeManager:
+    """The manager at swarm.manager as SSH would find it, read through the same parser as the real
+    answer. Case keys: "info" (what SWARM_INFO_COMMAND prints there), "nodes" (its node ids),
+    "unreachable" (SSH fails: the reason), "token_error" (the join-token command fails), "token"."""
+
+    spec: Mapping[str, Any] | None
+    reads: list[str] = field(default_factory=list)  # one entry per SSH session: "info", "+nodes", "+token"
+
+    def read(self, cfg, token: bool, node_id: str):
+        from dataclasses import replace
+
+        from gpuswarm_node.errors import ManagerUnreachable
+        from gpuswarm_node.manager import parse_swarm_info
+
+        if self.spec is None:
+            raise AssertionError("the case does not say what the manager answers")
+        self.reads.append("info" + ("+nodes" if node_id else "") + ("+token" if token else ""))
+        if "unreachable" in self.spec:
+            raise ManagerUnreachable(f"cannot reach the manager at {cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}: "
+                                     f"{self.spec['unreachable']}.", "Check swarm.manager, swarm.ssh_port and the network.")
+        answer = parse_swarm_info(json.dumps(self.spec["info"]), cfg.manager)
+        if node_id:
+            answer = replace(answer, node_known=node_id in self.spec.get("nodes", []))
+        if token:
+            if "token_error" in self.spec:
+                raise ManagerUnreachable(self.spec["token_error"], "")
+            answer = replace(answer, token=self.spec.get("token", "SWMTKN-1-abc123-def456"))
+        return answer
+
+    @property
+    def cluster_id(self) -> str:
+        return ((self.spec or {}).get("info") or {}).get("ClusterID", "")
+
+
+@dataclass
+class FakePorts:
+    """TCP connect tests: "host:port" -> why it fails; every other address answers."""
+
+    closed: Mapping[str, str] = field(default_factory=dict)
+    probed: list[str] = field(default_factory=list)
+
+    def problem(self, host: str, port: int) -> str | None:
+        from gpuswarm_node.manager import join_host_port
+
+        address = join_host_port(host, port)
+        self.probed.append(address)
+        return self.closed.get(address)
 
 
 def inventory_from_case(spec: Mapping[str, Any] | None) -> Callable[[], Inventory]:

@@ -105,7 +105,7 @@ def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
         "commands": {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}}}
     case["host"]["commands"]["journalctl -u docker -n 5 --no-pager -o cat"] = {
         "stdout": "unable to configure the Docker daemon with file /etc/docker/daemon.json\n"}
-    ctx, host, _docker = build(case, monkeypatch)
+    ctx, host, *_fakes = build(case, monkeypatch)
     report = converge(DockerDaemonStep(), ctx)
     dropin = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
     assert report.state is State.FAILED

@@ -14,17 +14,20 @@ from gpuswarm_node.probes.docker import SdkDocker
 IMAGE = "198.18.0.1:5000/gsn/notebook:test"
 
 
+WORKER_INFO = {"Swarm": {"LocalNodeState": "active", "NodeID": "n1", "ControlAvailable": False,
+                         "RemoteManagers": [{"Addr": "198.18.0.1:2377"}]}}
+
+
 class FakeEngine(BaseHTTPRequestHandler):
     seen: list[str] = []
+    info: dict = WORKER_INFO
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server interface
         FakeEngine.seen.append(self.path)
         if self.path == "/_ping":
             self._reply(200, b"OK", "text/plain")
         elif self.path == "/info":
-            self._reply(200, json.dumps({"Swarm": {"LocalNodeState": "active", "NodeID": "n1",
-                                                   "ControlAvailable": False,
-                                                   "RemoteManagers": [{"Addr": "198.18.0.1:2377"}]}}).encode())
+            self._reply(200, json.dumps(FakeEngine.info).encode())
         elif self.path == f"/images/{IMAGE}/json":
             self._reply(200, b'{"Id": "sha256:abc"}')
         else:
@@ -57,6 +60,7 @@ def engine(tmp_path, monkeypatch):
     thread.start()
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
     FakeEngine.seen = []
+    FakeEngine.info = WORKER_INFO
     yield path
     server.shutdown()
     server.server_close()

@@ -18,7 +18,7 @@ from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
 from gpuswarm_node.system import Context, RunOptions
 
-from .fakes import FakeClock, FakeDocker, FakeHost, inventory_from_case
+from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
 
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
@@ -32,7 +32,7 @@ def expand(files: dict[str, str]) -> dict[str, str]:
     return {path: PLACEHOLDERS[text]() if text in PLACEHOLDERS else text for path, text in files.items()}
 
 
-def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker]:
+def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeManager, FakePorts]:
     for name, value in case.get("env", {}).items():
         monkeypatch.setenv(name, value)
     if "SUDO_USER" not in case.get("env", {}):
@@ -42,12 +42,14 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker]:
     host_spec["files"] = expand(host_spec.get("files", {}))
     host = FakeHost.from_case(host_spec)
     docker = FakeDocker.from_case(case.get("docker", {}))
-    token = case.get("join_token", "SWMTKN-1-abc123-def456")
+    manager = FakeManager(case.get("manager"))
+    docker.cluster_after_join = manager.cluster_id
+    ports = FakePorts(case.get("closed_ports", {}))
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
-                  token_fetcher=lambda _cfg: token)
-    return ctx, host, docker
+                  manager_reader=manager.read, port_prober=ports.problem)
+    return ctx, host, docker, manager, ports
 
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
@@ -55,7 +57,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
     case = json.loads(path.read_text())
     step = STEPS[path.parent.name]
     expect = case["expect"]
-    ctx, host, docker = build(case, monkeypatch)
+    ctx, host, docker, manager, ports = build(case, monkeypatch)
 
     check = step.check(ctx)
 
@@ -63,6 +65,9 @@ def test_step_case(path: Path, monkeypatch) -> None:
     assert expect["detail"] in check.detail
     assert [a.describe() for a in check.actions] == expect.get("actions", [])
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
+    assert not any("token" in read for read in manager.reads), "a check fetched a join token"
+    if "manager_reads" in expect:
+        assert manager.reads == expect["manager_reads"]
     if check.state is State.OK:
         assert check.detail, "a converged step must say why nothing is to be done"
     if "diff_contains" in expect:
@@ -77,6 +82,10 @@ def test_step_case(path: Path, monkeypatch) -> None:
         assert report.changed is want.get("changed", True)
         assert host.actions == want.get("host_actions", host.actions)
         assert docker.calls == want.get("docker_calls", [])
+        assert manager.reads == want.get("manager_reads", manager.reads)
+        assert ports.probed == want.get("ports_probed", ports.probed)
+        if "detail" in want:
+            assert want["detail"] in report.detail
         for file, content in expand(want.get("files", {})).items():
             assert host.files.get(file) == content, file
         for file, data in want.get("json_files", {}).items():

@@ -39,6 +39,8 @@ class DockerApi(Protocol):
 
     def swarm(self) -> SwarmMembership: ...
 
+    def node_cluster_id(self) -> str: ...
+
     def join(self, manager_addr: str, token: str, advertise_addr: str) -> None: ...
 
     def init(self, advertise_addr: str) -> None: ...
@@ -180,6 +182,25 @@ class SdkDocker:
             error=sw.get("Error", ""),
         )
 
+    def node_cluster_id(self) -> str:
+        """The id of the swarm (cluster) this node is in, or "" when it cannot be told.
+
+        `docker info` has it (Swarm.Cluster.ID) on managers only (moby daemon/cluster/swarm.go).
+        A worker learns it from its swarm node certificate, whose subject Organization is the
+        cluster id: the swarm CA signs every node's certificate with org = its cluster id (swarmkit
+        ca/server.go, signNodeCert), and a manager takes the cluster id from that same field
+        (swarmkit manager/manager.go). The file is <DockerRootDir>/swarm/certificates/swarm-node.crt
+        (moby daemon/cluster/cluster.go, swarmkit ca/config.go), on this machine only when the
+        daemon is local (a unix socket)."""
+        info = self.info()
+        cluster = (info.get("Swarm") or {}).get("Cluster") or {}
+        if cluster.get("ID"):
+            return cluster["ID"]
+        if self._engine is None:
+            return ""
+        root = info.get("DockerRootDir") or "/var/lib/docker"
+        return certificate_organization(os.path.join(root, "swarm", "certificates", "swarm-node.crt"))
+
     def join(self, manager_addr: str, token: str, advertise_addr: str) -> None:
         import docker
 
@@ -217,6 +238,24 @@ class SdkDocker:
         if self._engine is not None:
             return [c["Names"][0].lstrip("/") for c in self._engine.get("/containers/json")]
         return [c.name for c in self.client.containers.list()]
+
+
+def certificate_organization(path: str) -> str:
+    """The subject Organization (O=) of the PEM certificate at `path`, or "" when there is none."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError:
+        return ""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        subject = x509.load_pem_x509_certificate(pem).subject
+    except ValueError:
+        return ""
+    orgs = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(orgs[0].value) if orgs else ""
 
 
 def _short(exc: BaseException) -> str:

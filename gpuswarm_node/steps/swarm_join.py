@@ -1,16 +1,72 @@
 """swarm-join: the node is an active worker of the manager's swarm (or, with no manager, a swarm of
-its own). The join token comes over SSH with a verified host key and is never printed."""
+its own). The join token comes over SSH with a verified host key and is never printed.
+
+A swarm is its cluster id, not an address. swarm.manager is where SSH reaches the manager; the
+manager may advertise another address (a private one behind an elastic IP or a DNS name), and a
+node's list of managers holds only advertised addresses. So a node whose managers include an
+address of swarm.manager is in its swarm; any other node is compared by cluster id, the
+manager's read over SSH and the node's from its swarm certificate (ctx.docker.node_cluster_id).
+"""
 
 from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok
-from ..manager import manager_join_address, resolve_addresses
+from ..errors import ManagerUnreachable, StepFailed
+from ..manager import ManagerSwarm, join_host_port, resolve_addresses, split_host_port
+from ..probes.docker import SwarmMembership
 from ..system import Context
 
 
 def managed_by(addrs: tuple[str, ...], manager: str) -> bool:
     known = resolve_addresses(manager)
-    return any(addr.rpartition(":")[0].strip("[]") in known for addr in addrs)
+    return any(split_host_port(addr)[0] in known for addr in addrs)
+
+
+def choose_join_address(ctx: Context, swarm: ManagerSwarm) -> tuple[str, str]:
+    """(address, why): the address the manager advertises for joining, or swarm.manager at the same
+    port when that one does not answer a TCP connect from here. StepFailed when neither does."""
+    cfg = ctx.config.swarm
+    advertised = swarm.join_addr
+    host, port = split_host_port(advertised)
+    problem = ctx.port_problem(host, port)
+    if problem is None:
+        return advertised, "the address the manager advertises"
+    fallback = join_host_port(cfg.manager, port)
+    fallback_problem = problem if fallback == advertised else ctx.port_problem(cfg.manager, port)
+    if fallback_problem is None:
+        # Once joined, a node dials its managers only at the addresses they advertise (swarmkit's
+        # agent drops the join address from its list), so this join holds only while the current
+        # connection does.
+        return fallback, (f"swarm.manager, because the address the manager advertises, {advertised}, does not "
+                          f"answer from here ({problem}); the node reconnects to its managers only at their "
+                          f"advertised addresses, so make {advertised} reachable from this node")
+    if fallback == advertised:
+        cause = f"the manager's swarm port does not answer at {advertised} ({problem})"
+    else:
+        cause = (f"the manager's swarm port answers neither at {advertised}, the address it advertises ({problem}), "
+                 f"nor at {fallback}, swarm.manager ({fallback_problem})")
+    raise StepFailed(f"{cause}; this node was left as it was.",
+                     f"Let this node reach TCP port {port} of the manager (firewall, security group), then run "
+                     "setup again.")
+
+
+def join_action(ctx: Context, leave: str = "") -> Call:
+    """Fetch the token, cluster id and join address in one SSH session, pick the address, and only
+    then (with `leave`) leave the current swarm: a manager that cannot be reached or a swarm port
+    that does not answer leaves the node where it was."""
+    cfg = ctx.config.swarm
+
+    def join(ctx: Context) -> None:
+        swarm = ctx.manager_swarm(token=True)
+        address, why = choose_join_address(ctx, swarm)
+        if leave:
+            ctx.docker.leave()
+        ctx.docker.join(address, swarm.token, cfg.advertise_addr)
+        ctx.swarm_joined_at = f"joined at {address}, {why}"
+
+    fetch = f"fetch a worker join token and the swarm's cluster id over SSH from {cfg.ssh_user}@{cfg.manager}"
+    where = f"join at the address the manager advertises (at {cfg.manager} when that one does not answer)"
+    return Call(f"{fetch}, then leave {leave} and {where}" if leave else f"{fetch} and {where}", join)
 
 
 class SwarmJoinStep:
@@ -35,26 +91,40 @@ class SwarmJoinStep:
             return needs_change("not in a swarm; no swarm.manager configured, so this node starts its own",
                                 Call("initialise a single-node swarm",
                                      lambda ctx: ctx.docker.init(cfg.advertise_addr)))
-        address = manager_join_address(cfg)
-
-        def join(ctx: Context) -> None:
-            token = ctx.fetch_worker_token()
-            ctx.docker.join(address, token, cfg.advertise_addr)
-
-        join_action = Call(f"fetch a worker join token over SSH from {cfg.ssh_user}@{cfg.manager} and "
-                           f"join {address}", join)
         if membership.state == "active":
-            if managed_by(membership.manager_addrs, cfg.manager):
-                return ok(f"worker of the swarm managed at {cfg.manager}")
-            others = ", ".join(membership.manager_addrs) or "unknown"
-            if not ctx.options.force_rejoin:
-                return blocked(f"this node is in another swarm (managers: {others}); leaving it would stop its "
-                               "tasks: run setup --force-rejoin to leave it and join this one")
-            return needs_change(f"in another swarm (managers: {others}); --force-rejoin: leave it and join {address}",
-                                Call("leave the other swarm", lambda ctx: ctx.docker.leave()), join_action)
+            return self.check_member(ctx, membership)
         if membership.state == "locked":
             return blocked("the swarm is locked; unlock it with `docker swarm unlock` and the unlock key")
         if membership.state != "inactive":
             state = f"{membership.state} {membership.error}".strip()
             return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
-        return needs_change(f"not in a swarm; join the manager at {address}", join_action)
+        return needs_change(f"not in a swarm; join the swarm managed at {cfg.manager}", join_action(ctx))
+
+    def check_member(self, ctx: Context, membership: SwarmMembership) -> Check:
+        cfg = ctx.config.swarm
+        role = "manager" if membership.is_manager else "worker"
+        managers = ", ".join(membership.manager_addrs) or "unknown"
+        joined = f"; {ctx.swarm_joined_at}" if ctx.swarm_joined_at else ""
+        if managed_by(membership.manager_addrs, cfg.manager):
+            # One of the swarm's own managers is at swarm.manager: no need to ask anyone.
+            return ok(f"{role} of the swarm managed at {cfg.manager}{joined}")
+        local = ctx.docker.node_cluster_id()
+        try:
+            # Without the node's cluster id (a daemon that is not local), the manager's node list decides.
+            swarm = ctx.manager_swarm(node_id="" if local else membership.node_id)
+        except ManagerUnreachable as exc:
+            return blocked(f"this node is in a swarm (cluster {local or 'unknown'}) whose managers ({managers}) are "
+                           f"not at {cfg.manager}, and the manager cannot be asked which swarm it runs: "
+                           f"{exc.message()}")
+        same = local == swarm.cluster_id if local else bool(swarm.node_known)
+        if same:
+            return ok(f"{role} of swarm {swarm.cluster_id} managed at {cfg.manager} (its managers advertise "
+                      f"{managers}){joined}")
+        theirs = f"cluster {local}, managers: {managers}" if local else f"managers: {managers}"
+        if not ctx.options.force_rejoin:
+            return blocked(f"this node is in another swarm ({theirs}), not swarm {swarm.cluster_id} of "
+                           f"{cfg.manager}; leaving it would stop its tasks: run setup --force-rejoin to leave it "
+                           "and join this one")
+        return needs_change(f"in another swarm ({theirs}); --force-rejoin: leave it and join swarm "
+                            f"{swarm.cluster_id} of {cfg.manager}",
+                            join_action(ctx, leave="the other swarm"))
