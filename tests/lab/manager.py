@@ -38,6 +38,9 @@ from .util import Started
 
 NAME = "gsn-mgr"
 ADDRESS = "198.18.0.1"
+# A second address of the manager, the one workers are told to reach it by (as an elastic IP or a
+# DNS name would be); it advertises ADDRESS for the swarm. sshd listens on both.
+PUBLIC_ADDRESS = "198.18.0.101"
 SSH_PORT = 22
 REGISTRY_PORT = 5000
 IMAGE_REPO = "gsn/notebook"
@@ -130,6 +133,8 @@ class ManagerHost(Started):
     def start(self) -> "ManagerHost":
         t = time.monotonic()
         self.host = self.network.add_host(NAME, ADDRESS)
+        subprocess.run(["ip", "-n", NAME, "addr", "add", f"{PUBLIC_ADDRESS}/32", "dev", "eth0"], check=True)
+        self.public_address = PUBLIC_ADDRESS
         self._phase("network", t)
 
         t = time.monotonic()
@@ -218,6 +223,7 @@ class ManagerHost(Started):
             f"""\
 Port {SSH_PORT}
 ListenAddress {ADDRESS}
+ListenAddress {PUBLIC_ADDRESS}
 HostKey {host_key}
 PidFile {ssh}/sshd.pid
 AuthorizedKeysFile {authorized}

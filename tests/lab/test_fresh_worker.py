@@ -451,6 +451,29 @@ def test_a_held_dpkg_lock_is_waited_for_then_fails_clearly(worker, fresh_setup):
     assert "nvidia-toolkit" in json.loads(repaired.stdout)["changed"]
 
 
+HOLD_LISTS_LOCK = ("import fcntl, sys, time; f = open('/var/lib/apt/lists/lock', 'w'); "
+                   "fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(float(sys.argv[1]))")
+
+
+def test_apt_lists_held_on_a_busy_first_boot_are_waited_for(worker, fresh_setup):
+    # cloud-init or unattended-upgrades refreshing the package lists: apt-get update alone would
+    # fail at once (rc 100), since apt waits for dpkg's locks only.
+    worker.sh("apt-get remove --yes nvidia-container-toolkit", timeout=300)
+    worker.sh(f"systemd-run --unit gsn-holds-lists python3 -c {shlex.quote(HOLD_LISTS_LOCK)} 12")
+    try:
+        try_lock = ("import fcntl; f = open('/var/lib/apt/lists/lock', 'w'); "
+                    "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+        wait_for("the lists lock held", lambda: worker.sh(f"python3 -c {shlex.quote(try_lock)}",
+                                                          check=False).returncode, timeout=30)
+        with timed("setup while another apt holds the package lists for 12 s") as t:
+            result = worker.as_user(f"sudo ./setup.sh --json --config {CONFIG}")
+    finally:
+        worker.sh("systemctl stop gsn-holds-lists", check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "nvidia-toolkit" in json.loads(result.stdout)["changed"]
+    assert t.seconds >= 5  # it waited for the lock instead of failing
+
+
 def test_no_secret_in_any_output(worker, fresh_setup, manager):
     token = manager.worker_join_token()
     key = manager.client_key_path.read_text().strip().splitlines()[1]
@@ -487,3 +510,95 @@ def test_reset_reverts_from_the_journal(worker, fresh_setup, manager):
     assert worker.sh(f"test -e /etc/docker/certs.d/{manager.registry_address}/ca.crt", check=False).returncode != 0
     again = worker.gsn("reset", "--yes", "--config", CONFIG)
     assert again.returncode == 0 and "nothing to revert" in again.stdout
+
+
+# --- 8. what real hosts bring: Docker's own rules, decided before anything changes --------------
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+DROPIN_DIR = "/etc/systemd/system/docker.service.d"
+
+
+def daemon_json(worker) -> dict:
+    return json.loads(worker.machine.read_file(DAEMON_JSON))
+
+
+def step_of(result, name: str) -> dict:
+    return {s["name"]: s for s in json.loads(result.stdout)["steps"]}[name]
+
+
+def test_live_restore_is_removed_before_the_join(worker, fresh_setup, manager):
+    # After reset the node is out of the swarm, as a hardened host would be before its first setup.
+    assert worker.sh("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
+    write_file(worker, DAEMON_JSON, json.dumps({**PRESEEDED_DAEMON_JSON, "live-restore": True}, indent=2))
+    worker.sh("systemctl restart docker")
+    assert worker.sh("docker info --format '{{.LiveRestoreEnabled}}'").stdout.strip() == "true"
+    result = worker.as_user(f"sudo ./setup.sh --json --config {CONFIG}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "live-restore" in step_of(result, "docker-daemon")["detail"]
+    assert "live-restore" not in daemon_json(worker)
+    assert worker.sh("docker info --format '{{.LiveRestoreEnabled}}'").stdout.strip() == "false"
+    assert worker.sh("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "active"
+    assert wait_for("the worker Ready again", lambda: ready_node(manager))
+
+
+def refused_before_any_change(worker, *fragments: str) -> None:
+    pid, before = worker.docker_pid(), worker.machine.read_file(DAEMON_JSON)
+    result = worker.gsn("setup", "--json", "--config", CONFIG)
+    assert result.returncode == 1, result.stdout + result.stderr
+    step = step_of(result, "docker-daemon")
+    assert step["state"] == "blocked"
+    for fragment in fragments:
+        assert fragment in step["detail"], step["detail"]
+    assert worker.docker_pid() == pid and worker.machine.read_file(DAEMON_JSON) == before
+    assert worker.sh(f"test -e {DROPIN_DIR}/gpuswarm-node.conf", check=False).returncode != 0
+
+
+def test_an_operator_drop_in_that_sets_the_default_runtime_is_refused(worker, fresh_setup):
+    dropin = f"{DROPIN_DIR}/50-operator.conf"
+    write_file(worker, dropin, "[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// "
+                               "--containerd=/run/containerd/containerd.sock --default-runtime=runc\n")
+    worker.sh("systemctl daemon-reload")
+    try:
+        refused_before_any_change(worker, "50-operator.conf", "--default-runtime=runc")
+    finally:
+        worker.sh(f"rm -f {dropin} && systemctl daemon-reload")
+    assert worker.status()[0] == 0
+
+
+def test_docker_opts_that_set_the_default_runtime_are_refused(worker, fresh_setup):
+    original = worker.sh("cat /etc/default/docker 2>/dev/null || true").stdout
+    write_file(worker, "/etc/default/docker", original + 'DOCKER_OPTS="--add-runtime=nvidia=/usr/bin/'
+                                                           'nvidia-container-runtime --default-runtime=nvidia"\n')
+    try:
+        refused_before_any_change(worker, "/etc/default/docker", "--default-runtime=nvidia")
+    finally:
+        write_file(worker, "/etc/default/docker", original)
+    assert worker.status()[0] == 0
+
+
+def test_the_tools_drop_in_keeps_every_argument_as_systemd_reads_it(worker, fresh_setup):
+    label = f"{DROPIN_DIR}/10-label.conf"
+    write_file(worker, label, "[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// \\\n"
+                              "    --containerd=/run/containerd/containerd.sock \\\n"
+                              '    --label "team=ml research" $DOCKER_OPTS\n')
+    worker.sh("systemctl daemon-reload")
+    settings = daemon_json(worker)
+    write_file(worker, DAEMON_JSON, json.dumps(
+        {**settings, "hosts": ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375"]}, indent=2))
+    try:
+        result = worker.gsn("setup", "--json", "--config", CONFIG)
+        assert result.returncode == 0, result.stdout + result.stderr
+        pid = worker.docker_pid()
+        argv = worker.machine.read_file(f"/proc/{pid}/cmdline").split("\0")
+        assert "-H" not in argv and argv[argv.index("--label") + 1] == "team=ml research", argv
+        assert "team=ml research" in json.loads(worker.sh("docker info --format '{{json .Labels}}'").stdout)
+        again = worker.gsn("setup", "--json", "--config", CONFIG)
+        assert again.returncode == 0 and json.loads(again.stdout)["changed"] == []
+        assert worker.docker_pid() == pid
+    finally:
+        worker.sh(f"rm -f {label} && systemctl daemon-reload")
+        write_file(worker, DAEMON_JSON, json.dumps(settings, indent=2))
+        repaired = worker.gsn("setup", "--json", "--config", CONFIG)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert worker.sh(f"test -e {DROPIN_DIR}/gpuswarm-node.conf", check=False).returncode != 0
+    assert worker.status()[0] == 0

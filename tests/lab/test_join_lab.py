@@ -272,3 +272,24 @@ def test_a_node_of_another_swarm_is_refused_unless_forced(make_worker, manager, 
     assert json.loads(forced.stdout)["changed"] == ["swarm-join"]
     assert wait_for("the node Ready in the manager's swarm", lambda: node_of(manager, "198.18.0.27"))
     assert_no_secrets(manager, refused.stdout, forced.stdout, forced.stderr)
+
+
+def test_a_manager_reached_at_another_address_is_joined_where_it_advertises(make_worker, manager):
+    # SSH to the address workers are given; the swarm is joined at the one the manager advertises,
+    # and membership is decided by the cluster, not by the address the node joined through.
+    worker = make_worker("gsn-d8", "198.18.0.28", manager=manager.public_address, known_hosts="",
+                         host_key_fingerprint=manager.host_key_fingerprint)
+    result = worker.cli("setup", "--json", "--only", "swarm-join", "--config", str(worker.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    detail = {s["name"]: s["detail"] for s in json.loads(result.stdout)["steps"]}["swarm-join"]
+    assert f"{manager.address}:2377" in detail and "advertises" in detail, detail
+    assert wait_for("the worker Ready on the manager", lambda: node_of(manager, worker.host.address))
+    again = worker.cli("setup", "--json", "--only", "swarm-join", "--config", str(worker.config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["changed"] == [] and json.loads(again.stdout)["ok"] is True
+    # --force-rejoin leaves a node of this very cluster where it is.
+    node_id = worker.dockerd.client().info()["Swarm"]["NodeID"]
+    forced = worker.cli("setup", "--json", "--only", "swarm-join", "--force-rejoin", "--config", str(worker.config))
+    assert forced.returncode == 0 and json.loads(forced.stdout)["changed"] == []
+    assert worker.dockerd.client().info()["Swarm"]["NodeID"] == node_id
+    assert_no_secrets(manager, result.stdout, result.stderr, again.stdout, forced.stdout, forced.stderr)
