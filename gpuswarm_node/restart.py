@@ -99,12 +99,21 @@ def healthy(ctx: Context, within: float = HEALTHY_WITHIN) -> bool:
     return False
 
 
-def restart_docker(ctx: Context) -> None:
+def restart_docker(ctx: Context, units_changed: bool = False) -> None:
+    """Restart docker.service; with `units_changed` (its drop-in was written or removed) also
+    docker.socket, in the same transaction. A dockerd started without `-H fd://` (the tool's
+    drop-in, when daemon.json sets "hosts") makes its own /var/run/docker.sock and removes it when
+    it stops, leaving docker.socket listening on a socket no path leads to: a dockerd given that
+    socket again (`-H fd://`, the drop-in gone) would answer no one."""
     # docker.service allows 3 starts a minute; a deliberate restart must not be refused because
     # earlier ones (a repair, a rollback) used them up.
     ctx.host.query(["systemctl", "reset-failed", "docker"])
+    units = ["docker"]
+    if units_changed and ctx.host.query(["systemctl", "show", "--property=LoadState", "--value",
+                                         "docker.socket"]).stdout.strip() == "loaded":
+        units = ["docker.socket", "docker"]
     try:
-        ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
+        ctx.host.run(["systemctl", "restart", *units], timeout=300)
     except StepFailed:
         pass  # judged by health afterwards, which also covers a restart that "succeeded" and then died
 
@@ -114,7 +123,7 @@ def restart_with_rollback(ctx: Context, previous: dict[str, str | None], reload:
     """Restart Docker; when it does not come up healthy, put back every file in `previous` (its
     content before this run, None: it did not exist), reload systemd when a unit file was among
     them (`reload`), and restart again."""
-    restart_docker(ctx)
+    restart_docker(ctx, units_changed=reload)
     if healthy(ctx, within):
         return
     log = ctx.host.query(["journalctl", "-u", "docker", "-n", "5", "--no-pager", "-o", "cat"]).stdout.strip()
@@ -126,7 +135,7 @@ def restart_with_rollback(ctx: Context, previous: dict[str, str | None], reload:
             ctx.host.write_text(path, text)
     if reload:
         ctx.host.run(["systemctl", "daemon-reload"])
-    restart_docker(ctx)
+    restart_docker(ctx, units_changed=reload)
     if not previous:  # nothing of ours changed (dockerd had not read a hand-edited daemon.json)
         back = "a second restart brought it back" if healthy(ctx, within) else "a second restart did not either"
         raise StepFailed(f"Docker did not come up healthy after a restart ({cause}); {back}.",

@@ -101,7 +101,7 @@ def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
     """The drop-in a restart came up unhealthy with is removed and systemd reloaded before Docker is
     started again: otherwise Docker would come back with the command it just failed with."""
     case = json.loads((Path(__file__).parent / "steps" / "docker-daemon" / "hosts-needs-dropin.json").read_text())
-    case["host"]["effects"]["systemctl restart docker"] = {
+    case["host"]["effects"]["systemctl restart docker.socket docker"] = {
         "commands": {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}}}
     case["host"]["commands"]["journalctl -u docker -n 5 --no-pager -o cat"] = {
         "stdout": "unable to configure the Docker daemon with file /etc/docker/daemon.json\n"}
@@ -111,5 +111,5 @@ def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
     assert report.state is State.FAILED
     assert "the previous file was restored (and systemd reloaded)" in report.detail
     assert dropin not in host.files
-    assert host.actions[-4:] == ["run systemctl restart docker", f"remove {dropin}", "run systemctl daemon-reload",
-                                 "run systemctl restart docker"]
+    assert host.actions[-4:] == ["run systemctl restart docker.socket docker", f"remove {dropin}",
+                                 "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]

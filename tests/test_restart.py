@@ -14,7 +14,9 @@ from .fakes import FakeDocker, FakeHost
 
 PATH = "/etc/docker/daemon.json"
 DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
-FAILING = {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}, "systemctl reset-failed docker": {},
+FAILING = {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
+           "systemctl show --property=LoadState --value docker.socket": {"stdout": "loaded\n"},
+           "systemctl reset-failed docker": {},
            "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": "unable to configure the Docker daemon\n"}}
 
 
@@ -62,8 +64,9 @@ def test_rollback_removes_a_new_drop_in_and_reloads_systemd():
     with pytest.raises(StepFailed) as info:
         restart_with_rollback(context(host), {PATH: "{}", DROPIN: None}, reload=True, within=0.2)
     assert host.files[PATH] == "{}" and DROPIN not in host.files
-    assert host.actions == ["run systemctl restart docker", f"write {PATH}", f"remove {DROPIN}",
-                            "run systemctl daemon-reload", "run systemctl restart docker"]
+    # docker.socket too: see restart_docker.
+    assert host.actions == ["run systemctl restart docker.socket docker", f"write {PATH}", f"remove {DROPIN}",
+                            "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
     assert "the previous files were restored (and systemd reloaded)" in info.value.message()
 
 
@@ -72,8 +75,8 @@ def test_rollback_puts_back_the_previous_drop_in():
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), {DROPIN: "old"}, reload=True, within=0.2)
     assert host.files[DROPIN] == "old"
-    assert host.actions == ["run systemctl restart docker", f"write {DROPIN}", "run systemctl daemon-reload",
-                            "run systemctl restart docker"]
+    assert host.actions == ["run systemctl restart docker.socket docker", f"write {DROPIN}",
+                            "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
 
 
 def test_the_restart_action_says_what_it_would_restore():

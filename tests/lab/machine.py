@@ -1,4 +1,5 @@
-"""A fresh Debian 12 machine booted with systemd, for tests that need a real one.
+"""A fresh Debian machine (12, or 13 for the second distribution) booted with systemd, for tests
+that need a real one.
 
 ``FreshMachine`` unpacks a fresh copy of the cached rootfs, boots it with
 systemd-nspawn inside a lab netns (see network.py), and runs commands in it
@@ -98,9 +99,10 @@ class FreshMachine:
     close() removes the whole directory.
     """
 
-    def __init__(self, host: LabHost, root_dir: Path, name: str = "gsn-w1") -> None:
+    def __init__(self, host: LabHost, root_dir: Path, name: str = "gsn-w1", suite: str = rootfs.SUITE) -> None:
         self.host = host
         self.name = name
+        self.suite = suite  # the Debian release (rootfs.py)
         self.root_dir = Path(root_dir)
         self.rootfs = self.root_dir / "rootfs"
         self.console_log = self.root_dir / "console.log"
@@ -126,13 +128,13 @@ class FreshMachine:
 
     def start(self) -> None:
         with self._timed("rootfs"):
-            rootfs.cached_rootfs_tarball()
+            rootfs.cached_rootfs_tarball(self.suite)
         with self._timed("unpack"):
             self.root_dir.mkdir(parents=True, exist_ok=True)
             if any(self.root_dir.iterdir()):
                 raise FileExistsError(f"{self.root_dir} is not empty")
             self._owns_root_dir = True
-            rootfs.unpack_fresh(self.rootfs)
+            rootfs.unpack_fresh(self.rootfs, self.suite)
         with self._timed("prepare"):
             self._prepare()
         self.cgroups = _make_cgroups(CGROUP_PREFIX + self.name)

@@ -1,7 +1,8 @@
-"""A Debian 12 root filesystem that looks like a fresh cloud machine.
+"""A Debian root filesystem that looks like a fresh cloud machine: Debian 12 (bookworm), or
+Debian 13 (trixie), the lab's second distribution.
 
-Built once with debootstrap (about 2 minutes, 300 MB) and cached as a tarball
-keyed by everything that shapes it; every fresh machine unpacks its own copy.
+Built once per release with debootstrap (about 2 minutes, 300 MB) and cached as a tarball keyed
+by everything that shapes it; every fresh machine unpacks its own copy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default machine
 MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
 # What a cloud image has besides python3; docker, curl, gpg... are the
@@ -30,23 +31,36 @@ PACKAGES = (
     "python3",
     "python3-venv",
 )
+# Per release, what its cloud image has beyond PACKAGES. trixie's minbase lacks libkmod, and its
+# systemd-modules-load then fails at boot under nspawn ("degraded"); a cloud image has kmod.
+EXTRA_PACKAGES = {"bookworm": (), "trixie": ("kmod",)}
 USER = "worker"
 # Bump when _customize changes what ends up in the tarball.
 RECIPE = 1
 
-SOURCES = """\
+SOURCES_TEMPLATE = """\
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
+Suites: {suite} {suite}-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
+Suites: {suite}-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
+SOURCES = SOURCES_TEMPLATE.format(suite=SUITE)
+
+
+def packages(suite: str) -> tuple[str, ...]:
+    return PACKAGES + EXTRA_PACKAGES[suite]
+
+
+def sources(suite: str) -> str:
+    return SOURCES_TEMPLATE.format(suite=suite)
+
 
 # --xattrs keeps file capabilities (ping, newuidmap) intact.
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*"]
@@ -56,37 +70,37 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GSN_LAB_CACHE", "/var/cache/gpuswarm-node-lab"))
 
 
-def _key() -> str:
-    spec = [SUITE, MIRROR, VARIANT, sorted(PACKAGES), USER, RECIPE, SOURCES]
+def _key(suite: str) -> str:
+    spec = [suite, MIRROR, VARIANT, sorted(packages(suite)), USER, RECIPE, sources(suite)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
-def cached_rootfs_tarball() -> Path:
-    """The rootfs tarball, built on first use; concurrent callers wait on a lock."""
+def cached_rootfs_tarball(suite: str = SUITE) -> Path:
+    """The rootfs tarball of a release, built on first use; concurrent callers wait on a lock."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / f"rootfs-{SUITE}-{_key()}.tar"
+    tarball = cache / f"rootfs-{suite}-{_key(suite)}.tar"
     if tarball.exists():
         return tarball
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
-            _build(tarball)
+            _build(tarball, suite)
     return tarball
 
 
-def _build(tarball: Path) -> None:
+def _build(tarball: Path, suite: str) -> None:
     # Build next to the cache so the final rename is atomic and a crash leaves
     # only a temp dir, never a half-written tarball under the real name.
     work = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
     try:
         root = work / "root"
         subprocess.run(
-            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(PACKAGES),
-             SUITE, str(root), MIRROR],
+            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages(suite)),
+             suite, str(root), MIRROR],
             check=True, stdout=subprocess.DEVNULL,
         )
-        _customize(root)
+        _customize(root, suite)
         partial = work / "rootfs.tar"
         subprocess.run(["tar", *_TAR_FLAGS, "-C", str(root), "-cf", str(partial), "."],
                        check=True)
@@ -95,7 +109,7 @@ def _build(tarball: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _customize(root: Path) -> None:
+def _customize(root: Path, suite: str) -> None:
     def chroot(*argv: str) -> None:
         subprocess.run(["chroot", str(root), *argv], check=True)
 
@@ -106,7 +120,7 @@ def _customize(root: Path) -> None:
     sudoers.chmod(0o440)
 
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
-    (root / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(sources(suite))
     # debootstrap leaves its package lists and .debs behind; a fresh image has
     # neither, so the product must run apt-get update itself.
     chroot("apt-get", "clean")
@@ -117,9 +131,9 @@ def _customize(root: Path) -> None:
     (root / "etc/machine-id").write_text("")
 
 
-def unpack_fresh(dest: Path) -> None:
-    """Unpack a fresh copy of the rootfs into dest (created; must be empty)."""
-    tarball = cached_rootfs_tarball()
+def unpack_fresh(dest: Path, suite: str = SUITE) -> None:
+    """Unpack a fresh copy of the release's rootfs into dest (created; must be empty)."""
+    tarball = cached_rootfs_tarball(suite)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")

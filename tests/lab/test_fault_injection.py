@@ -22,11 +22,27 @@ NAME, ADDRESS = "gsn-w2", "198.18.0.12"
 # Long actions are also killed some seconds after they started, to cut a dpkg run in half.
 SLOW_ACTION = re.compile(r"apt-get .*install|dpkg --configure")
 SLOW_KILL_AFTER = 6.0
-# The tool runs from /opt/gpuswarm-node/venv-<hash>-<pid>/bin/python (venv is a symlink to it);
-# setup.sh builds that environment with `python3 -m venv` and pip, whose command lines name it
-# too. setup.sh itself is killed as well ("/bin/sh ./setup.sh ...", its #! line).
-CRASH = ("pkill -KILL -f '^/bin/sh ./setup.sh' ; pkill -KILL -f 'gpuswarm-node/venv' ; pkill -KILL -x apt-get ; "
-         "pkill -KILL -x dpkg ; true")
+# What a crash kills, by SIGKILL: the tool (it runs from /opt/gpuswarm-node/venv-<hash>-<pid>/,
+# and setup.sh builds that environment with `python3 -m venv` and pip, whose command lines name
+# it too), setup.sh itself with the sudo and shell it runs under, and the apt-get and dpkg they
+# started. In Python, from /proc: a fresh Debian has no procps (pkill) until docker.io brings it.
+CRASH_PY = """
+import os, signal
+me = {os.getpid(), os.getppid()}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\\0")
+    except OSError:
+        continue
+    line = " ".join(argv)
+    if int(pid) not in me and ("setup.sh --config" in line or "gpuswarm-node/venv" in line
+                               or os.path.basename(argv[0]) in ("apt-get", "dpkg")):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+"""
+CRASH = ["python3", "-c", CRASH_PY]
 # setup.sh building the tool's environment: killed at once, and later, while venv and pip work.
 BUILDING = re.compile(r"^setup\.sh: installing gpuswarm-node into ")
 BUILD_KILLS_AFTER = (0.0, 1.0, 3.0, 6.0)

@@ -532,9 +532,10 @@ def test_live_restore_is_removed_before_the_join(worker, fresh_setup, manager):
     write_file(worker, DAEMON_JSON, json.dumps({**PRESEEDED_DAEMON_JSON, "live-restore": True}, indent=2))
     worker.sh("systemctl restart docker")
     assert worker.sh("docker info --format '{{.LiveRestoreEnabled}}'").stdout.strip() == "true"
+    plan = worker.gsn("setup", "--dry-run", "--json", "--config", CONFIG)
+    assert "live-restore" in step_of(plan, "docker-daemon")["detail"]  # the plan says it goes
     result = worker.as_user(f"sudo ./setup.sh --json --config {CONFIG}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "live-restore" in step_of(result, "docker-daemon")["detail"]
     assert "live-restore" not in daemon_json(worker)
     assert worker.sh("docker info --format '{{.LiveRestoreEnabled}}'").stdout.strip() == "false"
     assert worker.sh("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "active"
@@ -598,6 +599,8 @@ def test_the_tools_drop_in_keeps_every_argument_as_systemd_reads_it(worker, fres
     finally:
         worker.sh(f"rm -f {label} && systemctl daemon-reload")
         write_file(worker, DAEMON_JSON, json.dumps(settings, indent=2))
+        # Back to `-H fd://`: dockerd must get a socket docker.socket re-created, since the one it
+        # made itself while "hosts" was set went with it (restart.restart_docker).
         repaired = worker.gsn("setup", "--json", "--config", CONFIG)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert worker.sh(f"test -e {DROPIN_DIR}/gpuswarm-node.conf", check=False).returncode != 0

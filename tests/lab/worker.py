@@ -116,13 +116,14 @@ class Worker:
 
 @contextlib.contextmanager
 def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path, toolkit_repo: Path,
-                       nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS) -> Iterator[Worker]:
+                       nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS,
+                       suite: str = lab_machine.rootfs.SUITE) -> Iterator[Worker]:
     """Boot and provision the fresh worker; on exit remove it from the swarm, power it off, and
     remove its netns, also when provisioning failed half-way."""
     lab_machine.cleanup_stale()
     network.enable_outbound_nat()  # apt and pip inside need the package registries
     host = network.add_host(name, address)
-    machine = FreshMachine(host, work_dir / name, name=name)
+    machine = FreshMachine(host, work_dir / name, name=name, suite=suite)
     try:
         with timed("fresh machine: unpack and boot"):
             machine.start()
