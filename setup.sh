@@ -56,7 +56,8 @@ apt_get() {
             return 0
         fi
         apt_held=$(printf '%s\n' "$apt_out" | sed -n 's/^E: \(Could not get lock .*\)/\1/p' | head -n 1)
-        if [ -z "$apt_held" ] || [ "$(date +%s)" -ge "$apt_deadline" ]; then
+        # -gt: date counts whole seconds, so the wait is at least the timeout, at most 1 s more.
+        if [ -z "$apt_held" ] || [ "$(date +%s)" -gt "$apt_deadline" ]; then
             printf '%s\n' "$apt_out" >&2
             [ -z "$apt_held" ] || say "gave up waiting after $APT_LOCK_TIMEOUT s (GPUSWARM_APT_LOCK_TIMEOUT)"
             return "$apt_rc"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
 from ..probes import system
 from ..render import render
 from ..system import Context
@@ -22,6 +22,20 @@ def docker_ce_source(ctx: Context) -> str:
     arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
     return (f"deb [arch={arch} signed-by={DOCKER_CE_KEY}] https://download.docker.com/linux/{distro} "
             f"{codename} stable")
+
+
+CLIENT_LABEL = "install docker-cli too where the distribution ships Docker's client apart from docker.io"
+
+
+def install_split_client(ctx: Context) -> None:
+    """Debian 13 ships Docker's client as docker-cli, only recommended by docker.io (apt installs
+    no recommends here): without it the node has no `docker` command. Asked of apt once the
+    package lists are current; Debian 12 and Ubuntu have no such package."""
+    if ctx.host.which("docker"):
+        return
+    shown = ctx.host.query(["apt-cache", "show", "--no-all-versions", "docker-cli"])
+    if shown.ok and shown.stdout.strip():
+        apt.install(ctx, "docker-cli").execute(ctx)
 
 
 class DockerStep:
@@ -56,6 +70,8 @@ class DockerStep:
                 wanted = (*wanted, TOOLKIT_PACKAGE)
                 reason += f"; {TOOLKIT_PACKAGE} comes in the same apt transaction"
             actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
+            if ctx.config.docker.source != "docker-ce":
+                actions.append(Call(CLIENT_LABEL, install_split_client))
         else:
             enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
             if enabled and active:
