@@ -10,15 +10,46 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from enum import Enum
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+try:  # typer 0.2x carries its own click; earlier ones use the click package
+    from typer._click import exceptions as click_errors
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as click_errors
+    from click.globals import get_current_context
+
 from . import __version__
 from .errors import GpuswarmError
 
+PROG = "gpuswarm-node"
+# The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
+# checks them against gpuswarm_node.steps.STEP_NAMES).
+STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+              "registry-trust", "image", "swarm-join")
+
+CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
+              "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
+USAGE_EXIT = "2 bad usage or configuration."
+
+
+def epilog(example: str, exit_codes: str, environment: str = CONFIG_ENV) -> str:
+    """The end of a command's help: an example, its exit codes, the environment it reads. One
+    paragraph each (typer's rich help keeps paragraphs apart and joins the lines within one)."""
+    return "\n\n".join(escape(line) for line in (f"Example: {example}", f"Exit codes: {exit_codes}",
+                                                  f"Environment: {environment}"))
+
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Turn a GPU machine into a Docker Swarm worker for JupyterHub, and keep it healthy.")
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Turn a GPU machine into a Docker Swarm worker for JupyterHub, and keep it healthy.",
+                  epilog=epilog(f"sudo {PROG} setup --config node.toml",
+                                f"0 success; 1 a step failed or the node is not converged; {USAGE_EXIT} "
+                                f"Each command's -h says more."))
 
 ConfigOption = typer.Option(None, "--config", "-c", metavar="FILE",
                             help="Config file (default: $GPUSWARM_CONFIG or /etc/gpuswarm-node/config.toml).")
@@ -62,10 +93,14 @@ def guarded(fn: Callable[[], int]) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
 def load_config(config: Optional[Path], overrides: List[str]):
     from .config import load
 
-    return load(config or state.config, overrides=overrides)
+    return load(config or state.config, overrides=overrides, warn=warn)
 
 
 def make_context(config, json_mode: bool, changes: bool = False, **options):
@@ -83,20 +118,36 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
                    options=RunOptions(**options))
 
 
+def print_version(value: bool) -> None:
+    if value:
+        out.print(f"{PROG} {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     config: Optional[Path] = ConfigOption,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debugging output."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version,
+                                 help="Print the version and exit."),
 ) -> None:
     state.config = config
     state.debug = debug
 
 
-@app.command()
+STEP_LIST = ", ".join(STEP_NAMES)
+
+
+@app.command(epilog=epilog(f"sudo {PROG} setup --config node.toml --dry-run",
+                           f"0 converged (with --dry-run: the plan was made); 1 a step failed or is blocked; "
+                           f"{USAGE_EXIT}",
+                           f"{CONFIG_ENV} SUDO_USER (the user node.user defaults to)."))
 def setup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
-    only: List[str] = typer.Option([], "--only", metavar="STEP", help="Run only this step (repeatable)."),
-    skip: List[str] = typer.Option([], "--skip", metavar="STEP", help="Do not run this step (repeatable)."),
+    only: List[str] = typer.Option([], "--only", metavar="STEP",
+                                   help=f"Run only this step (repeatable): {STEP_LIST}."),
+    skip: List[str] = typer.Option([], "--skip", metavar="STEP",
+                                   help=f"Do not run this step (repeatable): {STEP_LIST}."),
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
@@ -141,7 +192,8 @@ def setup(
     guarded(body)
 
 
-@app.command()
+@app.command(epilog=epilog(f"{PROG} status --json --prometheus /var/lib/node_exporter/textfile/gpuswarm_node.prom",
+                           f"0 converged; 1 not converged (a step needs a change, is blocked or failed); {USAGE_EXIT}"))
 def status(
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
@@ -171,7 +223,7 @@ def status(
     guarded(body)
 
 
-@app.command("steps")
+@app.command("steps", epilog=epilog(f"{PROG} steps", f"0; {USAGE_EXIT}", "none."))
 def list_steps() -> None:
     """List the steps in the order setup runs them."""
     from . import steps
@@ -180,7 +232,10 @@ def list_steps() -> None:
         out.print(f"{step.name:<16} {step.description}")
 
 
-@app.command()
+@app.command(epilog=epilog(f"{PROG} gpus --json --set gpu.slice_memory=4GiB",
+                           "0 the inventory was printed, also when the machine has no NVIDIA GPU (then an empty "
+                           "list); 1 NVIDIA GPUs are on the PCI bus but NVML cannot read them (no driver, or not "
+                           f"loaded); {USAGE_EXIT}"))
 def gpus(
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
@@ -189,12 +244,33 @@ def gpus(
     """Show the GPUs NVML reports and the Swarm slices they yield."""
 
     def body() -> int:
+        from .errors import NvmlUnavailable
         from .probes.gpu import read_inventory
         from .slices import for_config, notes
         from .ui import inventory_table
 
         cfg = load_config(config, overrides)
-        inventory = read_inventory()
+        try:
+            inventory = read_inventory()
+        except NvmlUnavailable as exc:
+            # As the nvidia-driver step decides: NVML cannot answer, so the PCI bus says whether
+            # there is a GPU at all. None is a fact to report; GPUs without a working driver are not.
+            from .host import LocalHost
+            from .probes.driver import nvidia_gpus
+
+            present = nvidia_gpus(LocalHost())
+            if present:
+                raise GpuswarmError(f"{len(present)} NVIDIA GPU(s) on the PCI bus "
+                                    f"({', '.join(g.address for g in present)}), but {exc.cause}",
+                                    f"{exc.fix} `sudo {PROG} setup --only nvidia-driver` installs the "
+                                    "distribution's driver.") from None
+            line = f"no NVIDIA GPU on this machine: none on the PCI bus ({exc.reason})"
+            if json_out:
+                out.print_json(json.dumps({"driver_version": None, "gpus": [], "node_generic_resources": [],
+                                           "notes": [line]}))
+            else:
+                out.print(line, markup=False)
+            return 0
         slices = for_config(inventory.gpus, cfg.gpu)
         why_not = notes(inventory.gpus, cfg.gpu)
         resources = [f"{cfg.gpu.resource}={s}" for s in slices]
@@ -214,7 +290,8 @@ def gpus(
     guarded(body)
 
 
-@app.command()
+@app.command(epilog=epilog(f"{PROG} render --config node.toml | less", f"0 printed; 1 a file could not be "
+                           f"made; {USAGE_EXIT}"))
 def render(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
@@ -241,7 +318,9 @@ def render(
     guarded(body)
 
 
-@app.command("cuda-env")
+@app.command("cuda-env", epilog=epilog(f'eval "$({PROG} cuda-env)"',
+                                      f"0 printed; 1 the container's slice reservation is unusable; {USAGE_EXIT}",
+                                      f"DOCKER_RESOURCE_<KIND> (set by Swarm in the container); {CONFIG_ENV}"))
 def cuda_env(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
@@ -265,7 +344,7 @@ def cuda_env(
     guarded(body)
 
 
-@app.command("hub-config")
+@app.command("hub-config", epilog=epilog(f"{PROG} hub-config >> jupyterhub_config.py", f"0 printed; {USAGE_EXIT}"))
 def hub_config(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
@@ -281,7 +360,8 @@ def hub_config(
     guarded(body)
 
 
-@app.command()
+@app.command(epilog=epilog(f"sudo {PROG} leave --timeout 300",
+                           f"0 left the swarm, or was in none; 1 it could not drain or leave; {USAGE_EXIT}"))
 def leave(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for tasks to move elsewhere."),
     config: Optional[Path] = ConfigOption,
@@ -307,7 +387,9 @@ def leave(
     guarded(body)
 
 
-@app.command()
+@app.command(epilog=epilog(f"sudo {PROG} reset, then sudo {PROG} reset --yes",
+                           f"0 reverted, or the plan was printed; 1 refused, or something was not reverted; "
+                           f"{USAGE_EXIT}", f"{CONFIG_ENV} Read only with --yes."))
 def reset(
     yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
     config: Optional[Path] = ConfigOption,
@@ -358,17 +440,115 @@ def reset(
     guarded(body)
 
 
-@app.command()
+@app.command(epilog=epilog(f"{PROG} version", f"0; {USAGE_EXIT}", "none."))
 def version() -> None:
     """Print the version."""
-    out.print(f"gpuswarm-node {__version__}")
+    out.print(f"{PROG} {__version__}")
+
+
+class Shell(str, Enum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+COMPLETE_VAR = "_GPUSWARM_NODE_COMPLETE"
+
+
+@app.command(epilog=epilog(f"{PROG} completion bash > /etc/bash_completion.d/{PROG}", f"0 printed; {USAGE_EXIT}",
+                           "none."))
+def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) -> None:
+    """Print the shell completion script for bash, zsh or fish (source it, or save it where the shell loads completions)."""
+    from typer.completion import completion_init, shell_complete
+
+    completion_init()  # typer's bash, zsh and fish scripts, which its own completion handler answers
+    root = get_current_context().find_root().command
+    raise typer.Exit(shell_complete(root, {}, PROG, COMPLETE_VAR, f"source_{shell.value}"))
+
+
+@app.command("config", epilog=epilog(f"GPUSWARM_GPU_SLICES_PER_GPU=2 {PROG} config --config node.toml",
+                                     f"0 printed; {USAGE_EXIT}"))
+def show_config(
+    json_out: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+    overrides: List[str] = SetOption,
+) -> None:
+    """Print every configuration key: its meaning, its value and where that came from (file, environment, flag, default)."""
+
+    def body() -> int:
+        from .config import DEFAULT_CONFIG_PATH, env_name, reference
+
+        cfg = load_config(config, overrides)
+        path = config or state.config or os.environ.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH
+        rows = []
+        for section, name, default, help_text in reference():
+            dotted = f"{section}.{name}"
+            rows.append({"key": dotted, "value": getattr(getattr(cfg, section), name), "default": default,
+                         "origin": cfg.origins.get(dotted, "default"), "environment": env_name(section, name),
+                         "help": help_text})
+        if json_out:
+            out.print_json(json.dumps({"file": str(path), "file_read": cfg.source != "defaults", "keys": rows}))
+            return 0
+        lines = [f"# {PROG} configuration: each key's meaning, its value, and where the value came from.",
+                 "# Flags (--set) win over the environment (GPUSWARM_<SECTION>_<KEY>), the environment over the",
+                 "# file, the file over the defaults.",
+                 f"# File: {path}" + ("" if cfg.source != "defaults" else " (not present: nothing read from it)")]
+        current = None
+        for row in rows:
+            section = row["key"].split(".")[0]
+            if section != current:
+                lines += ["", f"[{section}]"]
+                current = section
+            lines.append(f"# {row['help']}")
+            where = row["origin"]
+            if where != "default":
+                where += f"; default {json.dumps(row['default'])}"
+            lines.append(f"{row['key'].split('.')[1]} = {json.dumps(row['value'])}  # {where}")
+        out.print("\n".join(lines), markup=False)
+        return 0
+
+    guarded(body)
+
+
+def usage_error_line(exc) -> str:
+    """A click usage error as one line in the tool's own style, with where to look for help."""
+    message = exc.format_message().strip().replace("\n", " ")
+    if not message.endswith((".", "?")):
+        message += "."
+    if isinstance(exc, click_errors.UsageError):
+        ctx = getattr(exc, "ctx", None)  # some parser errors come without one
+        message += f" See '{ctx.command_path if ctx is not None else PROG} --help'."
+    return message
 
 
 def main() -> None:
     # Before anything is created: under umask 000 (some cloud-init setups) every file and directory
     # would otherwise start group- and world-writable. The tool sets explicit modes too.
     os.umask(0o022)
-    app()
+    command = typer.main.get_command(app)
+    if os.environ.get(COMPLETE_VAR):
+        # The shell asks for completions (the script `completion` printed sets this variable).
+        from typer.completion import completion_init
+
+        completion_init()
+    try:
+        # Not standalone: click's own errors come back here and are printed like the tool's.
+        code = command.main(prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False)
+    except click_errors.ClickException as exc:
+        no_args = getattr(click_errors, "NoArgsIsHelpError", None)
+        if no_args is not None and isinstance(exc, no_args):
+            # A bare `gpuswarm-node` shows the help, as docker and kubeadm do. typer's rich help
+            # printed itself when the error was made; click's plain help is the error's text.
+            text = exc.format_message()
+            if text.strip():
+                out.print(text, markup=False, highlight=False)
+            sys.exit(0)
+        err.print(f"[bold red]error:[/] {escape(usage_error_line(exc))}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted.")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 overridden by `--set section.key=value` flags; validated once into frozen dataclasses.
 
 Every key is declared exactly once, in the dataclasses below (type, default and the one-line help
-that the README's reference is checked against). An unknown section or key is an error.
+that the README's reference is checked against). An unknown section or key in the file or a --set
+is an error; a GPUSWARM_* environment variable that names no key is ignored with a warning (other
+programs' settings and a shell's leftovers should not stop every command).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import posixpath
@@ -16,7 +19,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -204,6 +207,8 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class TmpfsConfig:
+    enabled: bool = key(True, "Whether setup keeps a tmpfs at all; false skips the tmpfs step (an entry it added "
+                              "before stays until `reset`).")
     path: str = key("/mnt/tmpfs", "Mount point of the tmpfs, an absolute path (/mnt//tmpfs/ is read as /mnt/tmpfs); "
                                   "not / or a system directory (/etc, /usr, /var, ...), nor a directory holding files.")
     fraction: float = key(0.5, "Size of the tmpfs as a fraction of physical RAM (0 < f <= 1); at least 1 MiB.")
@@ -281,6 +286,9 @@ class Config:
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     # Where the values came from, for messages; not a key.
     source: str = field(default="defaults", compare=False)
+    # "section.key" -> where its value came from ("file PATH", "environment VAR", "flag --set"),
+    # for the keys that did not keep their default; not a key.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def node_user(self) -> str:
@@ -288,7 +296,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type]
-                             for f in dataclasses.fields(Config) if f.name != "source"}
+                             for f in dataclasses.fields(Config) if f.name not in ("source", "origins")}
 
 
 def reference() -> list[tuple[str, str, Any, str]]:
@@ -300,18 +308,40 @@ def reference() -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+# How messages name each type: "must be an integer", never "must be a int".
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+# What the environment and --set may write for a boolean (TOML has true and false of its own).
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def env_name(section: str, name: str) -> str:
+    return f"{ENV_PREFIX}{section}_{name}".upper()
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    """" Did you mean X?" for the closest choice, or ""."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
 def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
     cls = SECTIONS[section]
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     want = type(f.default)
     where = f"[{section}] {name} ({origin})"
     try:
-        if want is bool or isinstance(raw, bool):
+        if want is bool:
+            if isinstance(raw, str) and raw.strip().lower() in BOOL_WORDS:
+                raw = BOOL_WORDS[raw.strip().lower()]
+            if not isinstance(raw, bool):
+                raise TypeError
+            value: Any = raw
+        elif isinstance(raw, bool):
             raise TypeError
-        if want is int:
+        elif want is int:
             if isinstance(raw, float) or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
                 raise ValueError
-            value: Any = int(raw)
+            value = int(raw)
         elif want is float:
             value = float(raw)
         else:
@@ -319,7 +349,7 @@ def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
                 raise TypeError
             value = raw
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a {want.__name__}, got {raw!r}.",
+        raise ConfigError(f"{where} must be {TYPE_NAMES[want]}, got {raw!r}.",
                           "Fix the value and run again.") from None
     found = forbidden_char(raw) if isinstance(raw, str) else None
     if found:
@@ -437,13 +467,21 @@ def _validate_swarm(swarm: SwarmConfig, bad) -> None:
         raise bad("swarm", "host_key_fingerprint", "must be a SHA256:... fingerprint as ssh-keygen -lf prints it")
 
 
+def key_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+
+
+def _unknown_section(section: str, origin: str) -> ConfigError:
+    return ConfigError(f"Unknown section [{section}] in {origin}.{_suggest(section, list(SECTIONS))}",
+                       f"Valid sections: {', '.join(SECTIONS)}.")
+
+
 def _merge(values: dict[str, dict[str, Any]], section: str, name: str, raw: Any, origin: str) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"Unknown section [{section}] in {origin}.",
-                          f"Valid sections: {', '.join(SECTIONS)}.")
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        raise _unknown_section(section, origin)
+    names = key_names(section)
     if name not in names:
-        raise ConfigError(f"Unknown key [{section}] {name} in {origin}.",
+        raise ConfigError(f"Unknown key [{section}] {name} in {origin}.{_suggest(name, names)}",
                           f"Valid keys of [{section}]: {', '.join(names)}.")
     values.setdefault(section, {})[name] = _coerce(section, name, raw, origin)
 
@@ -454,7 +492,7 @@ def _merge_tables(values: dict[str, dict[str, Any]], data: Mapping[str, Any], or
             raise ConfigError(f"Top-level key {section!r} in {origin} is not a [section].",
                               f"Put keys inside one of: {', '.join(f'[{s}]' for s in SECTIONS)}.")
         if section not in SECTIONS:
-            raise ConfigError(f"Unknown section [{section}] in {origin}.", f"Valid sections: {', '.join(SECTIONS)}.")
+            raise _unknown_section(section, origin)
         for name, raw in table.items():
             _merge(values, section, name, raw, origin)
 
@@ -466,11 +504,31 @@ def from_tables(data: Mapping[str, Any], origin: str = "test data") -> Config:
     return _build(values, origin)
 
 
-def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
-    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source)
+def _build(values: dict[str, dict[str, Any]], source: str, origins: Mapping[str, str] | None = None) -> Config:
+    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}, source=source,
+                 origins=dict(origins or {}))
     _validate(cfg)
     # One spelling of the mount point everywhere: fstab, mountinfo and messages.
     return dataclasses.replace(cfg, tmpfs=dataclasses.replace(cfg.tmpfs, path=normal_path(cfg.tmpfs.path)))
+
+
+def _env_key(var: str) -> tuple[str, str] | None:
+    """(section, key) a GPUSWARM_* variable names, or None when it names no key."""
+    section, name = _split_env_name(var)
+    return (section, name) if section in SECTIONS and name in key_names(section) else None
+
+
+def _unknown_env_warning(var: str) -> str:
+    # Compared without the prefix they all share, which would make every name look close.
+    known = [env_name(section, name)[len(ENV_PREFIX):] for section in SECTIONS for name in key_names(section)]
+    close = difflib.get_close_matches(var[len(ENV_PREFIX):].upper(), known, n=1)
+    hint = f" Did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+    return (f"ignoring environment variable {var}: it is not a configuration key.{hint}"
+            f" (`gpuswarm-node config` lists the keys.)")
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _split_env_name(var: str) -> tuple[str, str]:
@@ -482,9 +540,10 @@ def _split_env_name(var: str) -> tuple[str, str]:
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
-         overrides: list[str] = ()) -> Config:
+         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr) -> Config:
     """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
-    path may be absent (defaults are used), an explicitly named file must exist."""
+    path may be absent (defaults are used), an explicitly named file must exist. `warn` gets one
+    line per GPUSWARM_* environment variable that names no key (ignored)."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("GPUSWARM_CONFIG"))
     path = path or Path(env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -508,10 +567,16 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"Config file {path} is not valid TOML: {exc}.",
                               "Fix the syntax and run again.") from None
         _merge_tables(values, data, str(path))
+    origins = {f"{section}.{name}": f"file {path}" for section, table in values.items() for name in table}
     for var in sorted(env):
         if var.startswith(ENV_PREFIX) and var not in ENV_RESERVED:
-            section, name = _split_env_name(var)
+            found = _env_key(var)
+            if found is None:
+                warn(_unknown_env_warning(var))
+                continue
+            section, name = found
             _merge(values, section, name, env[var], f"environment variable {var}")
+            origins[f"{section}.{name}"] = f"environment {var}"
     for item in overrides:
         dotted, eq, raw = item.partition("=")
         section, dot, name = dotted.partition(".")
@@ -519,4 +584,5 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"--set {item!r} is not of the form section.key=value.",
                               "Write it like --set swarm.manager=hub.example.org.")
         _merge(values, section, name, raw, f"--set {dotted}")
-    return _build(values, source)
+        origins[f"{section}.{name}"] = f"flag --set {dotted}"
+    return _build(values, source, origins)

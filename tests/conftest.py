@@ -25,15 +25,28 @@ for d in /run /var/lib /var/log /var/backups; do
     mkdir -p "$STATE$d/upper" "$STATE$d/work"
     mount -t overlay overlay -o "lowerdir=$d,upperdir=$STATE$d/upper,workdir=$STATE$d/work" "$d"
 done
+if [ -n "$FAKE_PCI" ]; then mount --bind "$FAKE_PCI" /sys/bus/pci/devices; fi
 exec "$@"
 """
 
 
-def private_state(state: Path) -> list[str]:
-    """argv prefix that runs a command with the host's state directories overlaid (see above)."""
+def private_state(state: Path, pci: Path | None = None) -> list[str]:
+    """argv prefix that runs a command with the host's state directories overlaid (see above), and
+    with `pci` (a directory of fake devices, see fake_pci) seen as /sys/bus/pci/devices."""
     state.mkdir(parents=True, exist_ok=True)
-    return ["unshare", "--mount", "--propagation", "private", "env", f"STATE={state}",
+    return ["unshare", "--mount", "--propagation", "private", "env", f"STATE={state}", f"FAKE_PCI={pci or ''}",
             "sh", "-c", PRIVATE_STATE, "private-state"]
+
+
+def fake_pci(directory: Path, devices: list[tuple[str, str, str, str]]) -> Path:
+    """A /sys/bus/pci/devices of (address, vendor, class, device), e.g. an NVIDIA T4:
+    ("0000:00:1e.0", "0x10de", "0x030200", "0x1eb8")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for address, vendor, klass, device in devices:
+        (directory / address).mkdir(exist_ok=True)
+        for name, value in (("vendor", vendor), ("class", klass), ("device", device)):
+            (directory / address / name).write_text(value + "\n")
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -43,16 +56,18 @@ def nvml_lib_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def gsn(tmp_path, nvml_lib_dir):
-    """Run the installed-code CLI as a subprocess, as a user would; `gpus=` gives it fake GPUs."""
+    """Run the installed-code CLI as a subprocess, as a user would; `gpus=` gives it fake GPUs (NVML),
+    `pci=` fake PCI devices (see fake_pci)."""
 
-    def run(*args: str, gpus=None, mode="ok", env=None) -> subprocess.CompletedProcess:
+    def run(*args: str, gpus=None, mode="ok", env=None, pci=None) -> subprocess.CompletedProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
         base["COLUMNS"] = "200"
         if gpus is not None or mode != "ok":
             config = fake_nvml.write_config(tmp_path / "fake-nvml.conf", gpus or [], mode=mode)
             base = fake_nvml.env_for(nvml_lib_dir, config, base=base)
         base.update(env or {})
-        argv = [*private_state(tmp_path / "host-state"), sys.executable, "-m", "gpuswarm_node.cli", *args]
+        pci_dir = fake_pci(tmp_path / "fake-pci", pci) if pci is not None else None
+        argv = [*private_state(tmp_path / "host-state", pci_dir), sys.executable, "-m", "gpuswarm_node.cli", *args]
         return subprocess.run(argv, cwd=REPO, env=base, capture_output=True, text=True, timeout=120)
 
     return run

@@ -112,11 +112,32 @@ def test_gpus_reports_inventory_and_interleaved_slices(gsn):
         f"gpu={A100.uuid}::1", f"gpu={T4.uuid}::1", f"gpu={A100.uuid}::2", f"gpu={T4.uuid}::2"]
 
 
+T4_ON_THE_BUS = ("0000:00:1e.0", "0x10de", "0x030200", "0x1eb8")
+
+
 def test_gpus_without_driver_is_one_clear_line(gsn):
-    result = gsn("gpus", mode="driver-not-loaded")
+    result = gsn("gpus", mode="driver-not-loaded", pci=[T4_ON_THE_BUS])
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error:") and "driver is not loaded" in result.stderr
+    assert "1 NVIDIA GPU(s) on the PCI bus (0000:00:1e.0)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_gpus_on_a_machine_without_nvidia_gpu_says_so(gsn):
+    # Another vendor's display controller and an NVIDIA device that is no GPU (an audio function).
+    bus = [("0000:00:02.0", "0x1234", "0x030000", "0x1111"), ("0000:00:1e.1", "0x10de", "0x040300", "0x10fa")]
+    for args in (("gpus",), ("gpus", "--json")):
+        for mode in ("ok", "driver-not-loaded"):  # no libnvidia-ml at all, or one without a driver
+            result = gsn(*args, pci=bus, mode=mode)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr and "error" not in result.stderr
+            if "--json" in args:
+                data = json.loads(result.stdout)
+                assert data["gpus"] == [] and data["node_generic_resources"] == [] and data["driver_version"] is None
+                assert data["notes"][0].startswith("no NVIDIA GPU on this machine")
+            else:
+                assert result.stdout.startswith("no NVIDIA GPU on this machine")
 
 
 def test_status_with_gpus_sees_the_driver(gsn, tmp_path):
@@ -160,7 +181,8 @@ def test_unknown_key_names_it(gsn, tmp_path):
 
 def test_config_after_the_command_is_honoured(gsn, tmp_path):
     config = write_config(tmp_path, '[gpu]\nslices_per_gpu = "three"\n')
-    assert_usage_error(gsn("setup", "--config", str(config), "--dry-run"), "[gpu] slices_per_gpu", "int")
+    assert_usage_error(gsn("setup", "--config", str(config), "--dry-run"), "[gpu] slices_per_gpu",
+                       "must be an integer, got 'three'")
 
 
 def test_unknown_section(gsn, tmp_path):
@@ -185,9 +207,15 @@ def test_environment_override_is_validated(gsn, tmp_path):
     assert_usage_error(result, "[swarm] ssh_port")
 
 
-def test_unknown_environment_key(gsn, tmp_path):
-    result = gsn("status", "--config", str(safe_config(tmp_path)), env={"GPUSWARM_SWARM_MANAGRE": "x"})
-    assert_usage_error(result, "GPUSWARM_SWARM_MANAGRE")
+def test_unknown_environment_key_is_ignored_with_a_warning(gsn, tmp_path):
+    result = gsn("status", "--json", "--config", str(safe_config(tmp_path)),
+                 env={"GPUSWARM_SWARM_MANAGRE": "x", "GPUSWARM_DEBUG": "1"})
+    assert result.returncode == 1  # not converged here, but the command ran
+    assert [s["name"] for s in json.loads(result.stdout)["steps"]] == NINE
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert "GPUSWARM_DEBUG" in warnings[0] and "not a configuration key" in warnings[0]
+    assert "GPUSWARM_SWARM_MANAGRE" in warnings[1] and "Did you mean GPUSWARM_SWARM_MANAGER?" in warnings[1]
 
 
 def test_bad_set_flag(gsn, tmp_path):

@@ -69,3 +69,41 @@ def test_invalid_values_name_the_key(tables, fragment):
     assert fragment in info.value.message()
     assert info.value.exit_code == 2
     assert re.match(r"^[^\n]+$", info.value.message())
+
+
+def test_origins_name_file_environment_and_flag(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[swarm]\nmanager = "from-file"\nssh_user = "file-user"\n')
+    cfg = config.load(path, env={"GPUSWARM_SWARM_SSH_USER": "env-user", "GPUSWARM_GPU_RESOURCE": "gpu"},
+                      overrides=["swarm.manager=from-flag"])
+    assert cfg.origins == {"swarm.manager": "flag --set swarm.manager", "swarm.ssh_user":
+                           "environment GPUSWARM_SWARM_SSH_USER", "gpu.resource": "environment GPUSWARM_GPU_RESOURCE"}
+    assert "swarm.ssh_port" not in cfg.origins  # a default
+
+
+def test_unknown_environment_variables_are_warned_about_not_fatal():
+    warned = []
+    cfg = config.load(Path("/dev/null"), env={"GPUSWARM_DEBUG": "1", "GPUSWARM_GPU_SLICES_PER_GPUS": "2",
+                                              "GPUSWARM_GPU_SLICES_PER_GPU": "4"}, warn=warned.append)
+    assert cfg.gpu.slices_per_gpu == 4
+    assert len(warned) == 2
+    assert warned[0].startswith("ignoring environment variable GPUSWARM_DEBUG: it is not a configuration key.")
+    assert "Did you mean GPUSWARM_GPU_SLICES_PER_GPU?" in warned[1]
+
+
+@pytest.mark.parametrize("raw, value", [("true", True), ("No", False), ("on", True), ("0", False)])
+def test_booleans_from_text(raw, value):
+    assert config.load(Path("/dev/null"), env={}, overrides=[f"tmpfs.enabled={raw}"]).tmpfs.enabled is value
+
+
+@pytest.mark.parametrize("tables, words", [
+    ({"tmpfs": {"enabled": 1}}, "[tmpfs] enabled (test data) must be true or false, got 1."),
+    ({"swarm": {"ssh_port": "x"}}, "[swarm] ssh_port (test data) must be an integer, got 'x'."),
+    ({"image": {"name": 5}}, "[image] name (test data) must be a string, got 5."),
+    ({"gpu": {"slices_per_gpus": 2}}, "Unknown key [gpu] slices_per_gpus in test data. Did you mean slices_per_gpu?"),
+    ({"swarn": {"manager": "x"}}, "Unknown section [swarn] in test data. Did you mean swarm?"),
+])
+def test_messages_in_plain_english(tables, words):
+    with pytest.raises(ConfigError) as info:
+        config.from_tables(tables)
+    assert words in info.value.message()

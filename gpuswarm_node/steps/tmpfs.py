@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
 from ..probes import system
 from ..render import render
@@ -96,6 +96,8 @@ class TmpfsStep:
         return render("fstab-tmpfs.j2", path=ctx.config.tmpfs.path, options=options).rstrip("\n")
 
     def files(self, ctx: Context) -> list[PlannedFile]:
+        if not ctx.config.tmpfs.enabled:
+            return []
         mib = size_mib(ctx)
         if mib < MIN_MIB:
             return []  # the step is blocked: setup writes nothing (a size=0m line would be unlimited)
@@ -105,6 +107,10 @@ class TmpfsStep:
 
     def check(self, ctx: Context) -> Check:
         path = ctx.config.tmpfs.path
+        if not ctx.config.tmpfs.enabled:
+            # Turning it off changes nothing on the machine: what an earlier run set up is reset's to undo.
+            return skipped(f"tmpfs.enabled is false, so no tmpfs is kept (an {FSTAB} entry or mount an earlier "
+                           "run made stays until `gpuswarm-node reset`)")
         want_mib = size_mib(ctx)
         if want_mib < MIN_MIB:
             return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(system.mem_total_bytes(ctx.host))} "
