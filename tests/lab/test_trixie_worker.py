@@ -72,6 +72,7 @@ def test_a_gpu_service_gets_exactly_its_slice(worker, fresh_setup, manager):
         assert runtime_calls(worker)[cid]["hook_devices"] == [slice_id.split("::")[0]]
     finally:
         service.remove()
+        wait_for("the task to stop", lambda: worker.sh("docker ps -q").stdout.strip() == "", timeout=120)
 
 
 def test_dockerd_validate_refuses_a_daemon_json_before_any_restart(worker, fresh_setup):
