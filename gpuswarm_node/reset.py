@@ -9,7 +9,6 @@ containers run, unless the operator allows the restart or has the node drained f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field

@@ -4,7 +4,6 @@ command, one style for every error, configuration that forgives what it should."
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
@@ -56,7 +55,7 @@ def test_each_command_help_has_example_exit_codes_and_environment(gsn, command):
     result = gsn(command, "-h")
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    assert f"Example: " in text and "gpuswarm-node" in text.split("Example: ")[1]
+    assert "Example: " in text and "gpuswarm-node" in text.split("Example: ")[1]
     assert "Exit codes: 0" in text
     assert "Environment: " in text
     if command not in ("steps", "version", "completion"):

@@ -3,7 +3,6 @@ containers run unless --allow-restart, or --drain (drained through the manager f
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
