@@ -413,7 +413,7 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w = lines.append
     w("# gpuswarm-node benchmark results")
     w("")
-    w("Made by `sudo python3 bench/run.py"
+    w("Made by `sudo bench/run.sh"
       + (f" --runs {args.runs}" if args.runs != 10 else "") + "` (see bench/README.md). Times are taken inside the "
       "lab worker, with perf_counter around a subprocess; each command ran "
       f"{args.runs} times, round-robin with the others, after one warm-up round that is not counted.")

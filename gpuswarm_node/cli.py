@@ -209,6 +209,10 @@ def status(
         from .ui import status_table
 
         cfg = load_config(config, overrides)
+        if prometheus is not None:
+            from .metrics import check_path
+
+            check_path(str(prometheus))  # a usage error before any check runs
         report = run_status(steps.ALL_STEPS, make_context(cfg, json_out))
         if prometheus is not None:
             from .metrics import write as write_metrics

@@ -184,6 +184,8 @@ def registry_address_problem(address: str) -> str | None:
             return "only ':port' may follow the IPv6 address"
         port = rest[1:] if rest else None
     else:
+        if "://" in address or address.startswith(("http:", "https:")):
+            return "it is host[:port] as image names spell it, without a scheme such as https://"
         if address.count(":") > 1:
             return "an IPv6 address must be in brackets, e.g. [2001:db8::1]:5000"
         host, colon, port = address.partition(":")
@@ -396,8 +398,9 @@ def _validate(cfg: Config) -> None:
         raise bad("node", "user", f"must be a user name (a letter or '_', then letters, digits, '_' or '-', at most "
                   f"{USER_NAME_MAX} characters), got {cfg.node.user!r}", "Name an existing user and run again.")
     if bool(cfg.registry.address) != bool(cfg.registry.ca_cert):
-        raise bad("registry", "ca_cert" if cfg.registry.address else "address",
-                  "must be set together with the other registry key")
+        missing, given = ("ca_cert", "address") if cfg.registry.address else ("address", "ca_cert")
+        raise bad("registry", missing, f"must be set when registry.{given} is (the registry's address and its CA "
+                  "go together)", f"Set registry.{missing} too, or leave both empty, and run again.")
     if cfg.registry.address:
         # The CA lands at /etc/docker/certs.d/<address>/ca.crt: anything but a host name and port
         # could put it elsewhere ("..").
@@ -444,6 +447,13 @@ def _validate_swarm(swarm: SwarmConfig, bad) -> None:
     if swarm.manager:
         if swarm.manager.startswith("["):
             raise bad("swarm", "manager", f"must be an IPv6 address without brackets, got {swarm.manager!r}")
+        if "://" in swarm.manager or "@" in swarm.manager:
+            raise bad("swarm", "manager", f"must be a host name or an IP address alone, got {swarm.manager!r}",
+                      "Put the SSH user in swarm.ssh_user and write the host without a scheme, then run again.")
+        host, colon, port = swarm.manager.rpartition(":")
+        if colon and port.isdigit() and ":" not in host:
+            raise bad("swarm", "manager", f"must be a host name or an IP address without a port, got "
+                      f"{swarm.manager!r}", f"Write swarm.manager = {host!r} and swarm.ssh_port = {port}, then run again.")
         try:
             ipaddress.ip_address(swarm.manager)
         except ValueError:
@@ -550,7 +560,10 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
     values: dict[str, dict[str, Any]] = {}
     source = "defaults"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}): TOML files are UTF-8.",
+                          "Save it as UTF-8 and run again.") from None
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"Config file {path} does not exist.",

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from .engine import RunReport, State
-from .host import atomic_write, ensure_dir
+from .errors import ConfigError
+from .host import atomic_write
 
 
 def render(report: RunReport, now: float | None = None) -> str:
@@ -28,9 +29,25 @@ def render(report: RunReport, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_path(path: str) -> None:
+    """Refuse, before any check runs, a --prometheus FILE that node-exporter would never read or
+    that cannot be written: status changes nothing else, so it creates no directory either.
+    Raises ConfigError (exit 2)."""
+    fix = "Give the path of a .prom file in an existing directory, e.g. /var/lib/node_exporter/textfile/gpuswarm_node.prom."
+    target = Path(path)
+    if not path or not target.name or path.endswith("/"):
+        raise ConfigError(f"--prometheus {path!r} names no file.", fix)
+    if target.suffix != ".prom":
+        raise ConfigError(f"--prometheus {path} does not end in .prom, and node-exporter's textfile collector "
+                          "reads only *.prom files.", fix)
+    if target.is_dir():
+        raise ConfigError(f"--prometheus {path} is a directory.", fix)
+    if not target.parent.is_dir():
+        raise ConfigError(f"--prometheus {path}: the directory {target.parent} does not exist.", fix)
+
+
 def write(report: RunReport, path: str) -> None:
     # node-exporter may read at any moment: it must never see half a file. Concurrent status runs
     # may write it at once: each renames its own temp file (host.atomic_write).
-    target = Path(path)
-    ensure_dir(target.parent)
-    atomic_write(target, render(report), 0o644)
+    check_path(path)
+    atomic_write(Path(path), render(report), 0o644)

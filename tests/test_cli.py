@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from gpuswarm_node.steps import STEP_NAMES
 
 from .conftest import A100, T4
@@ -235,6 +237,7 @@ def test_debug_shows_the_traceback(gsn, tmp_path):
 
 def test_status_writes_prometheus_textfile(gsn, tmp_path):
     metrics = tmp_path / "textfile" / "gpuswarm_node.prom"
+    metrics.parent.mkdir()
     result = gsn("status", "--json", "--prometheus", str(metrics), "--config", str(safe_config(tmp_path)),
                  gpus=[A100])
     states = {s["name"]: s["state"] for s in json.loads(result.stdout)["steps"]}
@@ -244,3 +247,19 @@ def test_status_writes_prometheus_textfile(gsn, tmp_path):
         assert f'gpuswarm_node_step_ok{{step="{name}",state="{step_state}"}} {healthy}' in lines
     assert "gpuswarm_node_converged 0" in lines
     assert not list(metrics.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("where, problem", [
+    ("", "names no file"),
+    ("{tmp}", "does not end in .prom"),
+    ("{tmp}/textfile.prom", "is a directory"),
+    ("{tmp}/missing/gpuswarm_node.prom", "does not exist"),
+    ("{tmp}/gpuswarm_node.txt", "reads only *.prom files"),
+], ids=["empty", "directory-no-suffix", "directory", "no-parent", "suffix"])
+def test_a_prometheus_file_node_exporter_never_reads_is_a_usage_error(gsn, tmp_path, where, problem):
+    (tmp_path / "textfile.prom").mkdir()
+    path = where.format(tmp=tmp_path)
+    result = gsn("status", "--prometheus", path, "--config", str(safe_config(tmp_path)))
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()  # status creates nothing

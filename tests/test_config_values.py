@@ -309,3 +309,28 @@ def test_apt_lock_timeout_has_an_upper_bound(value):
 @pytest.mark.parametrize("value", [0, 600, 3600])
 def test_apt_lock_timeout_within_bounds(value):
     assert config.from_tables({"apt": {"lock_timeout": value}}).apt.lock_timeout == value
+
+
+# --- what a hurried operator types, and a message that names the right fix ----------------------------
+
+@pytest.mark.parametrize("tables, key, fix", [
+    ({"registry": {"address": "https://hub.example.org:5000", "ca_cert": "/etc/ca.crt"}}, "[registry] address",
+     "without a scheme such as https://"),
+    ({"swarm": {"manager": "hub.example.org:2222"}}, "[swarm] manager", "swarm.ssh_port = 2222"),
+    ({"swarm": {"manager": "ubuntu@hub.example.org"}}, "[swarm] manager", "swarm.ssh_user"),
+    ({"swarm": {"manager": "ssh://hub.example.org"}}, "[swarm] manager", "without a scheme"),
+    ({"registry": {"ca_cert": "/etc/ca.crt"}}, "[registry] address", "registry.address too"),
+    ({"registry": {"address": "hub.example.org:5000"}}, "[registry] ca_cert", "registry.ca_cert too"),
+], ids=["registry-scheme", "manager-port", "manager-user", "manager-scheme", "ca-without-address",
+        "address-without-ca"])
+def test_a_hurried_value_gets_the_right_fix(tables, key, fix):
+    with pytest.raises(ConfigError) as info:
+        config.from_tables(tables)
+    assert key in info.value.message() and fix in info.value.message()
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_bytes(b"\xff\xfe[gpu]\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        config.load(path, env={})

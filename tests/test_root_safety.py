@@ -80,12 +80,12 @@ def test_under_umask_000_the_run_log_lock_and_metrics_get_their_own_modes(tmp_pa
         runlog.append(report(), str(tmp_path / "log" / "gpuswarm-node" / "runs.jsonl"))
         with run_lock(str(tmp_path / "run" / "gpuswarm-node.lock")):
             pass
-        metrics.write(report(), str(tmp_path / "textfile" / "sub" / "gpuswarm_node.prom"))
+        (tmp_path / "textfile").mkdir()
+        metrics.write(report(), str(tmp_path / "textfile" / "gpuswarm_node.prom"))
     assert mode(tmp_path / "log") == mode(tmp_path / "log" / "gpuswarm-node") == 0o755
     assert mode(tmp_path / "log" / "gpuswarm-node" / "runs.jsonl") == 0o640
     assert mode(tmp_path / "run") == 0o755 and mode(tmp_path / "run" / "gpuswarm-node.lock") == 0o600
-    assert mode(tmp_path / "textfile") == mode(tmp_path / "textfile" / "sub") == 0o755
-    assert mode(tmp_path / "textfile" / "sub" / "gpuswarm_node.prom") == 0o644
+    assert mode(tmp_path / "textfile" / "gpuswarm_node.prom") == 0o644
 
 
 def test_a_strict_umask_does_not_narrow_the_modes_either(tmp_path):
@@ -108,6 +108,7 @@ def test_the_cli_sets_umask_022_before_anything_runs(tmp_path):
 
 def test_status_under_umask_000_writes_metrics_with_fixed_modes(gsn, tmp_path):
     metrics_file = tmp_path / "textfile" / "gpuswarm_node.prom"
+    metrics_file.parent.mkdir()
     (tmp_path / "node.toml").write_text(f'[tmpfs]\npath = "{tmp_path / "scratch"}"\n')
     env = {"GPUSWARM_CONFIG": str(tmp_path / "node.toml")}
     old = os.umask(0o000)  # inherited by the CLI's process
@@ -115,7 +116,7 @@ def test_status_under_umask_000_writes_metrics_with_fixed_modes(gsn, tmp_path):
         gsn("status", "--json", "--prometheus", str(metrics_file), env=env)
     finally:
         os.umask(old)
-    assert mode(metrics_file.parent) == 0o755 and mode(metrics_file) == 0o644
+    assert mode(metrics_file) == 0o644
 
 
 def setup_sh_lines() -> list[str]:
