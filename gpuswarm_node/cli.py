@@ -139,7 +139,8 @@ STEP_LIST = ", ".join(STEP_NAMES)
 
 
 @app.command(epilog=epilog(f"sudo {PROG} setup --config node.toml --dry-run",
-                           f"0 converged (with --dry-run: the plan was made); 1 a step failed or is blocked; "
+                           f"0 converged (with --dry-run: applying the plan can converge the node); 1 a step failed or "
+                           f"is blocked (with --dry-run: the plan names the steps that stop it); "
                            f"{USAGE_EXIT}",
                            f"{CONFIG_ENV} SUDO_USER (the user node.user defaults to)."))
 def setup(
@@ -162,7 +163,7 @@ def setup(
 
     def body() -> int:
         from . import steps
-        from .engine import State as StepState, run_setup
+        from .engine import run_setup
         from .ui import print_plan, print_summary
 
         from .lock import run_lock
@@ -186,7 +187,8 @@ def setup(
         else:
             print_summary(out, report, getattr(ctx.host, "backups", []))
         if dry_run:
-            return 1 if any(s.state is StepState.FAILED for s in report.steps) else 0
+            # The plan is honest: it passes only when applying it can reach a converged node.
+            return 0 if report.plan_ok else 1
         return 0 if report.ok else 1
 
     guarded(body)
@@ -294,29 +296,49 @@ def gpus(
     guarded(body)
 
 
-@app.command(epilog=epilog(f"{PROG} render --config node.toml | less", f"0 printed; 1 a file could not be "
-                           f"made; {USAGE_EXIT}"))
+@app.command(epilog=epilog(f"{PROG} gpus --json > gpus.json (on a GPU node), then {PROG} render --config node.toml "
+                           "--inventory gpus.json | less",
+                           f"0 every file was printed; 1 a file could not be rendered (without GPUs and without "
+                           f"--inventory: the files that need them), the others are printed; {USAGE_EXIT}"))
 def render(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
+    inventory: Optional[Path] = typer.Option(None, "--inventory", metavar="FILE",
+                                             help="Render for the GPUs in FILE (what `gpus --json` prints on a GPU "
+                                                  "node) instead of this machine's."),
 ) -> None:
     """Print every file setup would write, with its full content, for review."""
 
     def body() -> int:
         from . import steps
-        from .errors import NvmlUnavailable
+        from .errors import ConfigError, NvmlUnavailable
 
         cfg = load_config(config, overrides)
         ctx = make_context(cfg, json_mode=False)
+        if inventory is not None:
+            from .probes.gpu import inventory_from_json
+
+            try:
+                given = inventory_from_json(json.loads(inventory.read_text()))
+            except (OSError, ValueError) as exc:  # json's errors are ValueErrors too
+                raise ConfigError(f"--inventory {inventory}: {exc}.",
+                                  f"Give the output of `{PROG} gpus --json`.") from None
+            ctx.inventory_reader = lambda: given
+        missing = []
         for step in steps.ALL_STEPS:
             try:
                 files = step.files(ctx)
             except NvmlUnavailable as exc:
-                err.print(f"# {step.name}: cannot render without GPUs: {exc.reason}")
+                missing.append(f"{step.name} ({exc.reason})")
                 continue
             for planned in files:
                 out.print(f"# ==> {planned.path} ({step.name})", markup=False)
                 out.print(planned.content, markup=False, end="" if planned.content.endswith("\n") else "\n")
+        if missing:
+            err.print(f"[bold red]error:[/] could not render the files of {escape('; '.join(missing))}. "
+                      f"Run it on a node with working GPUs, or give --inventory FILE (what `{PROG} gpus --json` "
+                      "prints there).")
+            return 1
         return 0
 
     guarded(body)

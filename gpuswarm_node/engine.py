@@ -171,7 +171,9 @@ class StepReport:
     state: State
     detail: str
     changed: bool = False
+    # What ran (setup) or would run (dry-run, status), in order; diffs[i] is actions[i]'s file diff or "".
     actions: list[str] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)
     diff: str = ""
     reboot_required: bool = False
     seconds: float = 0.0
@@ -179,7 +181,9 @@ class StepReport:
     before: State | None = None  # the first check's verdict, when the step was applied
 
     def as_json(self) -> dict:
-        return {"name": self.name, "state": self.state.value, "detail": self.detail}
+        diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
+        return {"name": self.name, "state": self.state.value, "detail": self.detail,
+                "actions": [{"description": d, **({"diff": x} if x else {})} for d, x in zip(self.actions, diffs)]}
 
 
 @dataclass
@@ -199,8 +203,27 @@ class RunReport:
     def failed(self) -> list[StepReport]:
         return [s for s in self.steps if s.state is State.FAILED]
 
+    @property
+    def stoppers(self) -> list[StepReport]:
+        """The steps that keep the node from converging: blocked or failed."""
+        return [s for s in self.steps if s.state in (State.BLOCKED, State.FAILED)]
+
+    @property
+    def plan_ok(self) -> bool:
+        """A dry run's verdict: applying the plan can reach a converged node (nothing blocked or failed)."""
+        return not self.stoppers
+
+    @property
+    def reboot_required(self) -> bool:
+        return any(s.reboot_required for s in self.steps)
+
     def as_json(self) -> dict:
-        return {"ok": self.ok, "changed": self.changed, "steps": [s.as_json() for s in self.steps]}
+        report: dict = {"ok": self.plan_ok if self.mode == "dry-run" else self.ok}
+        if self.mode != "status":
+            report["dry_run"] = self.mode == "dry-run"
+        report.update(changed=self.changed, reboot_required=self.reboot_required,
+                      steps=[s.as_json() for s in self.steps])
+        return report
 
 
 def safe_check(step: Step, ctx: Context) -> Check:
@@ -214,9 +237,14 @@ def safe_check(step: Step, ctx: Context) -> Check:
         return Check(State.FAILED, f"internal error while checking: {type(exc).__name__}: {exc}")
 
 
+def _diff_of(action: Action) -> str:
+    return action.diff() if isinstance(action, WriteFile) else ""
+
+
 def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
     return StepReport(step.name, check.state, check.detail,
-                      actions=[a.describe() for a in check.actions], diff=check.diff,
+                      actions=[a.describe() for a in check.actions],
+                      diffs=[_diff_of(a) for a in check.actions], diff=check.diff,
                       reboot_required=check.reboot_required,
                       seconds=time.monotonic() - started, **kw)
 
@@ -227,14 +255,16 @@ def converge(step: Step, ctx: Context) -> StepReport:
     before = safe_check(step, ctx)
     if before.state is not State.NEEDS_CHANGE:
         return _report(step, before, started)
-    planned = [a.describe() for a in before.actions]
+    ran: list[Action] = []  # what was carried out, the failing action included
 
     def applied(report: StepReport) -> StepReport:
-        report.actions, report.before = planned, before.state
+        report.actions, report.diffs = [a.describe() for a in ran], [_diff_of(a) for a in ran]
+        report.before = before.state
         return report
 
     try:
         for action in before.actions:
+            ran.append(action)
             ctx.reporter.action(step.name, action.describe())
             action.execute(ctx)
             if ctx.journal is not None and isinstance(action, (RunCommand, Call)):

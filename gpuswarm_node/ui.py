@@ -92,9 +92,16 @@ def print_plan(console: Console, report: RunReport) -> None:
                 console.print(f"  - {escape(action)}")
             if step.diff:
                 console.print(escape(step.diff), highlight=False, markup=False)
+    for step in report.stoppers:
+        console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
     pending = [s.name for s in report.steps if s.state is State.NEEDS_CHANGE]
-    console.print(f"dry run: {len(pending)} step(s) would change: {', '.join(pending) or 'none'}; "
-                  "nothing was changed.")
+    line = f"dry run: {len(pending)} step(s) would change: {', '.join(pending) or 'none'}; "
+    stoppers = [f"{s.name} ({s.state.value})" for s in report.stoppers]
+    if stoppers:
+        line += f"stopped by {len(stoppers)} step(s): {', '.join(stoppers)}, so setup would not converge; "
+    elif report.reboot_required:
+        line += "a reboot would be required; "
+    console.print(escape(line + "nothing was changed."))
 
 
 def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = ()) -> None:

@@ -53,11 +53,45 @@ def test_version(gsn):
 def test_dry_run_prints_a_plan_and_changes_nothing(gsn, tmp_path):
     fstab_before = Path("/etc/fstab").read_bytes()
     config = safe_config(tmp_path)
-    result = gsn("setup", "--dry-run", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    result = gsn("setup", "--dry-run", "--only", "tmpfs", "--config", str(config))
+    assert result.returncode == 0, result.stderr  # applying the plan converges the node
     assert "would change" in result.stdout and "tmpfs" in result.stdout
     assert f"+tmpfs {tmp_path / 'scratch'} tmpfs" in result.stdout  # the fstab diff
+    assert "stopped by" not in result.stdout
     assert Path("/etc/fstab").read_bytes() == fstab_before
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_dry_run_with_blocked_steps_exits_1_and_names_them(gsn, tmp_path):
+    # No Docker here: the swarm-join step is blocked, so the plan cannot reach a converged node.
+    result = gsn("setup", "--dry-run", "--config", str(safe_config(tmp_path)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "stopped by" in summary and "swarm-join (blocked)" in summary and "so setup would not converge" in summary
+    assert summary.endswith("nothing was changed.")
+    assert "swarm-join blocked:" in result.stdout  # with the step's reason
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
+    result = gsn("setup", "--dry-run", "--json", "--config", str(safe_config(tmp_path)))
+    assert result.returncode == 1
+    plan = json.loads(result.stdout)
+    assert list(plan) == ["ok", "dry_run", "changed", "reboot_required", "steps"]
+    assert plan["ok"] is False and plan["dry_run"] is True and plan["changed"] == []
+    assert plan["reboot_required"] is False
+    steps = {s["name"]: s for s in plan["steps"]}
+    assert list(steps) == NINE
+    for step in plan["steps"]:
+        assert set(step) == {"name", "state", "detail", "actions"}
+        assert bool(step["actions"]) == (step["state"] == "needs-change")
+    actions = {a["description"]: a for a in steps["tmpfs"]["actions"]}
+    assert f"+tmpfs {tmp_path / 'scratch'} tmpfs" in actions["update /etc/fstab"]["diff"]
+    assert set(actions[f"create directory {tmp_path / 'scratch'}"]) == {"description"}  # only files carry a diff
+    assert steps["swarm-join"]["state"] == "blocked"
+    only = json.loads(gsn("setup", "--dry-run", "--json", "--only", "tmpfs", "--config",
+                          str(safe_config(tmp_path))).stdout)
+    assert only["ok"] is True and only["dry_run"] is True
     assert not (tmp_path / "scratch").exists()
 
 
@@ -65,11 +99,12 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
     result = gsn("--config", str(safe_config(tmp_path)), "status", "--json")
     assert result.returncode == 1  # no Docker here, so not converged
     report = json.loads(result.stdout)
-    assert set(report) == {"ok", "changed", "steps"}
+    assert set(report) == {"ok", "changed", "reboot_required", "steps"}
     assert report["ok"] is False and report["changed"] == []
     assert [s["name"] for s in report["steps"]] == NINE
     for step in report["steps"]:
-        assert set(step) == {"name", "state", "detail"}
+        assert set(step) == {"name", "state", "detail", "actions"}
+        assert bool(step["actions"]) == (step["state"] == "needs-change")  # what setup would run
         assert step["state"] in {"ok", "needs-change", "failed", "blocked", "skipped"}
         assert step["detail"]
     states = {s["name"]: s["state"] for s in report["steps"]}
@@ -91,9 +126,10 @@ def test_setup_json_selected_steps(gsn, tmp_path):
                  "--config", str(safe_config(tmp_path)))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report == {"ok": True, "changed": [], "steps": [
-        {"name": "registry-trust", "state": "skipped", "detail": "no registry configured (registry.address is empty)"},
-        {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)"}]}
+    assert report == {"ok": True, "dry_run": False, "changed": [], "reboot_required": False, "steps": [
+        {"name": "registry-trust", "state": "skipped", "detail": "no registry configured (registry.address is empty)",
+         "actions": []},
+        {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)", "actions": []}]}
 
 
 def test_skip_removes_steps(gsn, tmp_path):
@@ -165,6 +201,41 @@ def test_render_prints_every_file_setup_would_write(gsn, tmp_path):
     body = result.stdout.split("# ==> /etc/gpuswarm-node/slices.json (docker-daemon)\n")[1].split("# ==>")[0]
     assert json.loads(body)["slices"] == {f"{A100.uuid}::{n}": A100.uuid for n in (1, 2, 3)}
     assert not Path(tmp_path / "scratch").exists()
+
+
+def test_render_without_gpus_exits_1_naming_what_it_could_not_render(gsn, tmp_path):
+    config = safe_config(tmp_path, '[swarm]\nmanager = "198.18.0.1"\n')
+    result = gsn("render", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "# ==> /etc/fstab (tmpfs)" in result.stdout  # what needs no GPU is still printed
+    assert "/etc/docker/daemon.json" not in result.stdout
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert "could not render the files of docker-daemon (" in line and "--inventory" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_render_with_an_inventory_needs_no_gpus(gsn, tmp_path):
+    inventory = tmp_path / "gpus.json"
+    inventory.write_text(gsn("gpus", "--json", gpus=[A100, T4]).stdout)  # as printed on a GPU node
+    config = safe_config(tmp_path, '[swarm]\nmanager = "198.18.0.1"\n')
+    result = gsn("render", "--config", str(config), "--inventory", str(inventory))  # no GPUs here
+    assert result.returncode == 0, result.stderr
+    with_gpus = gsn("render", "--config", str(config), gpus=[A100, T4])
+    assert result.stdout == with_gpus.stdout  # the same files as on the node itself
+    body = result.stdout.split("# ==> /etc/docker/daemon.json (docker-daemon)\n")[1].split("# ==>")[0]
+    assert json.loads(body)["node-generic-resources"][:2] == [f"gpu={A100.uuid}::1", f"gpu={T4.uuid}::1"]
+    body = result.stdout.split("# ==> /etc/gpuswarm-node/slices.json (docker-daemon)\n")[1].split("# ==>")[0]
+    assert json.loads(body)["slices"][f"{T4.uuid}::1"] == T4.uuid
+    assert "# ==> /usr/local/lib/gpuswarm-node/gpuswarm-runtime (docker-daemon)\n#!/bin/sh\n" in result.stdout
+
+
+def test_render_with_a_bad_inventory_is_a_usage_error(gsn, tmp_path):
+    bad = tmp_path / "gpus.json"
+    for text, words in (("not json", "--inventory"), ('{"gpus": [{"name": "x"}]}', "gpus[0]"),
+                        ("[]", '"gpus" list')):
+        bad.write_text(text)
+        assert_usage_error(gsn("render", "--config", str(safe_config(tmp_path)), "--inventory", str(bad)), words)
+    assert_usage_error(gsn("render", "--inventory", str(tmp_path / "nope.json")), "nope.json")
 
 
 # --- bad input: exit 2, one line naming the key, no traceback -------------------------------------

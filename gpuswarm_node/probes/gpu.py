@@ -123,3 +123,21 @@ def _read_gpu(pynvml, index: int, handle) -> Gpu:
                name=_text(pynvml.nvmlDeviceGetName(handle)),
                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
                pci_bus_id=pci, mig_enabled=mig, mig_devices=tuple(migs))
+
+
+def inventory_from_json(data: object) -> Inventory:
+    """The inventory `gpus --json` printed, read back (for `render --inventory`). Raises ValueError
+    naming what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
+        raise ValueError('expected an object with a "gpus" list, as `gpuswarm-node gpus --json` prints')
+    gpus = []
+    for n, item in enumerate(data["gpus"]):
+        try:
+            migs = tuple(MigDevice(str(m["uuid"]), int(m["memory_bytes"])) for m in item.get("mig_devices") or ())
+            gpus.append(Gpu(index=int(item.get("index", n)), uuid=str(item["uuid"]), name=str(item.get("name", "")),
+                            memory_bytes=int(item["memory_bytes"]), pci_bus_id=str(item.get("pci_bus_id", "")),
+                            mig_enabled=bool(item.get("mig_enabled", False)), mig_devices=migs))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"gpus[{n}] is not a GPU as `gpus --json` prints one ({type(exc).__name__}: {exc})") \
+                from None
+    return Inventory(str(data.get("driver_version") or ""), tuple(gpus))
