@@ -424,6 +424,10 @@ def reset(
                                        help="Restart Docker even though containers are running on this node."),
     drain: bool = typer.Option(False, "--drain",
                                help="Drain this node through the manager before restarting Docker."),
+    purge: bool = typer.Option(False, "--purge",
+                               help="Then uninstall the tool itself: its environment and PATH link, runtime "
+                                    "wrapper, journal, run log and lock. Backups, the operator's files and the "
+                                    "packages are kept."),
 ) -> None:
     """Best-effort revert of everything setup changed, from the tool's own record of changes."""
 
@@ -432,38 +436,78 @@ def reset(
         from .journal import Journal
         from .lock import run_lock
 
+        if purge:
+            # Imported now: the purge may remove the environment this process runs from.
+            from . import purge as purging
+            tree = purging.paths()
+
         journal = Journal()
         undo = resetting.plan(journal.entries())
         if not undo:
             out.print(f"nothing to revert: no changes recorded in {journal.path}")
-            return 0
+            if not purge:
+                return 0
         if not yes:
-            if drain:
+            if drain and undo:
                 out.print("  - drain this node through the manager and wait for its tasks to move")
             for item in undo:
                 out.print(f"  - {escape(item.describe())}")
-            flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain)) if on)
+            if purge:
+                print_purge_plan(purging.plan(tree))
+            flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
+                                                          ("--purge", purge)) if on)
             out.print(f"run `gpuswarm-node reset --yes{flags}` to do this.")
             return 0
-        cfg = load_config(config, overrides)
-        ctx = make_context(cfg, json_mode=False, allow_restart=allow_restart, drain=drain)
-        with run_lock(command="reset"):
-            # Setup's restart rules, decided before anything is undone.
-            refusal = resetting.refusal(ctx, resetting.plan(journal.entries()))
-            if refusal:
-                raise GpuswarmError(f"reset refused: {refusal}.", "Nothing was reverted.")
-            report = resetting.execute(ctx, journal)
-        for item in report.done:
-            out.print(f"reverted: {escape(item)}")
-        for item in report.kept:
-            out.print(f"kept: {escape(item)}")
-        for item in report.notes:
-            out.print(f"note: {escape(item)}")
-        for item in report.failed:
-            out.print(f"[red]not reverted:[/] {escape(item)}")
-        return 1 if report.failed else 0
+        if undo:
+            cfg = load_config(config, overrides)
+            ctx = make_context(cfg, json_mode=False, allow_restart=allow_restart, drain=drain)
+        failed = False
+        with run_lock(str(tree.lock) if purge else None, command="reset"):
+            if undo:
+                # Setup's restart rules, decided before anything is undone.
+                refusal = resetting.refusal(ctx, resetting.plan(journal.entries()))
+                if refusal:
+                    raise GpuswarmError(f"reset refused: {refusal}.", "Nothing was reverted.")
+                report = resetting.execute(ctx, journal)
+                for item in report.done:
+                    out.print(f"reverted: {escape(item)}")
+                for item in report.kept:
+                    out.print(f"kept: {escape(item)}")
+                for item in report.notes:
+                    out.print(f"note: {escape(item)}")
+                for item in report.failed:
+                    out.print(f"[red]not reverted:[/] {escape(item)}")
+                failed = bool(report.failed)
+            if purge and failed:
+                out.print("[red]not purged:[/] something was not reverted (above), and the journal and the "
+                          "runtime wrapper may still be needed; fix it, then run `gpuswarm-node reset --yes --purge`")
+            elif purge:
+                plan = purging.plan(tree)
+                for item in plan.kept:
+                    out.print(f"kept: {escape(item)}")
+                # Nothing may be imported from here on: the environment may be gone.
+                done = purging.execute(tree)
+                for item in done.done:
+                    out.print(f"purged: {escape(item)}")
+                for item in done.failed:
+                    out.print(f"[red]not purged:[/] {escape(item)}")
+                # The lock is this run's own: it is there every time.
+                if not done.failed and all(d.startswith(f"removed {tree.lock} ") for d in done.done):
+                    out.print("nothing else to purge: the tool's own files were gone already")
+                failed = bool(done.failed)
+        return 1 if failed else 0
 
     guarded(body)
+
+
+def print_purge_plan(plan) -> None:
+    out.print("then, with --purge, uninstall the tool itself:")
+    for item in plan.remove:
+        out.print(f"  - {escape(item.describe())}")
+    if not plan.remove:
+        out.print("  - nothing to remove: the tool's own files are gone already")
+    for item in plan.kept:
+        out.print(f"  - keep {escape(item)}")
 
 
 @app.command(epilog=epilog(f"{PROG} version", f"0; {USAGE_EXIT}", "none."))
