@@ -605,3 +605,32 @@ def test_the_tools_drop_in_keeps_every_argument_as_systemd_reads_it(worker, fres
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert worker.sh(f"test -e {DROPIN_DIR}/gpuswarm-node.conf", check=False).returncode != 0
     assert worker.status()[0] == 0
+
+
+# --- 9. uninstall: the last thing this machine does --------------------------------------------
+
+def test_reset_purge_uninstalls_the_tool_and_keeps_what_is_not_its_own(worker, fresh_setup):
+    kept = "/etc/gpuswarm-node/id_ed25519 /etc/gpuswarm-node/known_hosts /etc/gpuswarm-node/registry-ca.crt"
+    sums = worker.sh(f"sha256sum {kept}").stdout
+    plan = worker.gsn("reset", "--purge", "--config", CONFIG)
+    assert plan.returncode == 0 and "reset --yes --purge" in plan.stdout, plan.stdout + plan.stderr
+    result = worker.gsn("reset", "--yes", "--purge", "--config", CONFIG)
+    # It removes the very environment it runs from: no traceback as that goes.
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "/var/backups/gpuswarm-node" in result.stdout and "packages" in result.stdout
+    for path in ("/opt/gpuswarm-node", "/usr/local/bin/gpuswarm-node", "/usr/local/lib/gpuswarm-node",
+                 "/etc/gpuswarm-node/slices.json", "/var/lib/gpuswarm-node", "/var/log/gpuswarm-node",
+                 "/run/gpuswarm-node.lock"):
+        assert worker.sh(f"test -e {path} || test -L {path}", check=False).returncode != 0, path
+    assert worker.sh("command -v gpuswarm-node", check=False).returncode != 0
+    assert worker.sh(f"sha256sum {kept}").stdout == sums
+    assert worker.sh("ls -A /var/backups/gpuswarm-node").stdout.strip()
+    assert worker.sh("dpkg-query -W -f='${Status}' docker.io nvidia-container-toolkit").stdout.count(
+        "install ok installed") == 2
+    assert "gpuswarm" not in worker.machine.read_file(DAEMON_JSON)
+    assert worker.sh("docker info --format '{{.ServerVersion}}'").stdout.strip()
+    # setup.sh brings it back.
+    again = worker.as_user("sudo ./setup.sh --install-only")
+    assert again.returncode == 0, again.stderr
+    assert worker.sh("gpuswarm-node version").returncode == 0
