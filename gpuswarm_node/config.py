@@ -556,6 +556,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
     line per GPUSWARM_* environment variable that names no key (ignored)."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("GPUSWARM_CONFIG"))
+    named_by = "--config" if path is not None else "GPUSWARM_CONFIG"
     path = path or Path(env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH)
     values: dict[str, dict[str, Any]] = {}
     source = "defaults"
@@ -566,8 +567,8 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
                           "Save it as UTF-8 and run again.") from None
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"Config file {path} does not exist.",
-                              "Pass an existing file with --config or create it.") from None
+            raise ConfigError(f"Config file {path} (named by {named_by}) does not exist.",
+                              f"Name an existing file with {named_by}, or create it.") from None
         text = None
     except OSError as exc:
         raise ConfigError(f"Config file {path} cannot be read: {exc.strerror}.",

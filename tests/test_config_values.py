@@ -334,3 +334,18 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path.write_bytes(b"\xff\xfe[gpu]\n")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         config.load(path, env={})
+
+
+def test_a_missing_file_names_where_it_was_named(tmp_path):
+    with pytest.raises(ConfigError, match="named by GPUSWARM_CONFIG"):
+        config.load(None, env={"GPUSWARM_CONFIG": str(tmp_path / "nope.toml")})
+    with pytest.raises(ConfigError, match="named by --config"):
+        config.load(tmp_path / "nope.toml", env={})
+
+
+def test_a_step_both_selected_and_skipped_is_a_usage_error():
+    from gpuswarm_node import steps
+
+    with pytest.raises(ConfigError, match="--only and --skip both name tmpfs"):
+        steps.select(["tmpfs", "image"], ["tmpfs"])
+    assert [s.name for s in steps.select(["tmpfs"], ["image"])] == ["tmpfs"]

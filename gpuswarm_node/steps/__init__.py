@@ -26,4 +26,8 @@ def select(only: list[str] = (), skip: list[str] = ()) -> list[Step]:
     for name in [*only, *skip]:
         if name not in STEP_NAMES:
             raise ConfigError(f"Unknown step {name!r}.", f"Valid steps: {', '.join(STEP_NAMES)}.")
+    both = [name for name in only if name in skip]
+    if both:
+        raise ConfigError(f"--only and --skip both name {', '.join(both)}, so nothing would run.",
+                          "Name each step in one of them.")
     return [s for s in ALL_STEPS if (not only or s.name in only) and s.name not in skip]
