@@ -160,11 +160,6 @@ def worker_token(session: ManagerSession) -> str:
     return token
 
 
-def fetch_worker_token(cfg: SwarmConfig, timeout: float = 15.0) -> str:
-    with ManagerSession(cfg, timeout) as session:
-        return worker_token(session)
-
-
 # What the manager says about its swarm: only the fields needed, as one JSON object. `.Swarm.Cluster`
 # is set only on a manager (moby daemon/cluster/swarm.go, Cluster.Info), hence the guard: a bare
 # `{{.Swarm.Cluster.ID}}` fails with a template error on any other host.
@@ -186,10 +181,6 @@ class ManagerSwarm:
     join_addr: str  # host:port the manager advertises for joining (what its workers will dial)
     token: str = field(default="", repr=False)  # a worker join token, only when asked for
     node_known: bool | None = None  # whether the asked-for node id is one of the swarm's nodes
-
-    @property
-    def join_port(self) -> int:
-        return split_host_port(self.join_addr)[1]
 
 
 def read_manager_swarm(cfg: SwarmConfig, token: bool = False, node_id: str = "",
@@ -317,11 +308,3 @@ def open_trust_file(path: str, key: str, secret: bool) -> int:
         refused, fix = TRUST_FILES[key]
         raise ManagerUnreachable(f"{key} {path} {problem}; refusing to {refused}.", fix)
     return fd
-
-
-def ssh_key_problem(path: str) -> str | None:
-    """Why a private key file must not be used, or None."""
-    fd, problem = _trust_problem(path, secret=True)
-    if fd is not None:
-        os.close(fd)
-    return f"swarm.ssh_key {path} {problem}" if problem else None

@@ -45,16 +45,6 @@ def flag_key(arg: str) -> str | None:
     return FLAG_KEYS.get(name, name.lstrip("-"))
 
 
-def flag_keys(argv: list[str]) -> set[str]:
-    """daemon.json keys that dockerd's command line (argv[0] first) already sets."""
-    return {key for key in map(flag_key, argv[1:]) if key}
-
-
-def conflicting_keys(settings: dict, exec_start: list[str]) -> list[str]:
-    """Keys set both as a flag and in daemon.json: dockerd refuses to start with those."""
-    return sorted((flag_keys(exec_start) & set(settings)) - MERGED_KEYS)
-
-
 def conflicting_args(settings: dict, args: list) -> list[tuple[str, object]]:
     """(key, argument) for every argument (with `.text`) that sets a key daemon.json sets too."""
     out = []

@@ -8,7 +8,7 @@ import pytest
 
 from gpuswarm_node.config import SwarmConfig
 from gpuswarm_node.errors import ManagerUnreachable
-from gpuswarm_node.manager import fetch_worker_token
+from gpuswarm_node.manager import read_manager_swarm
 
 
 def key_file(tmp_path, mode: int, uid: int = 0):
@@ -28,7 +28,7 @@ def test_loose_key_is_refused(tmp_path, mode, uid, fragment):
     key = key_file(tmp_path, mode, uid)
     cfg = SwarmConfig(manager="198.18.0.1", ssh_key=str(key), known_hosts=str(tmp_path / "known_hosts"))
     with pytest.raises(ManagerUnreachable) as info:
-        fetch_worker_token(cfg)
+        read_manager_swarm(cfg, timeout=1)
     assert fragment in info.value.message()
     assert "chmod 600" in info.value.message()
     assert "not-a-real-key" not in info.value.message()
@@ -37,7 +37,7 @@ def test_loose_key_is_refused(tmp_path, mode, uid, fragment):
 def test_missing_key_is_named(tmp_path):
     cfg = SwarmConfig(manager="198.18.0.1", ssh_key=str(tmp_path / "absent"))
     with pytest.raises(ManagerUnreachable) as info:
-        fetch_worker_token(cfg)
+        read_manager_swarm(cfg, timeout=1)
     assert f"{tmp_path / 'absent'} does not exist" in info.value.message()
 
 
@@ -45,5 +45,5 @@ def test_missing_known_hosts_refuses_before_connecting(tmp_path):
     key = key_file(tmp_path, 0o600)
     cfg = SwarmConfig(manager="198.18.0.1", ssh_key=str(key), known_hosts=str(tmp_path / "absent"))
     with pytest.raises(ManagerUnreachable) as info:
-        fetch_worker_token(cfg)
+        read_manager_swarm(cfg, timeout=1)
     assert "cannot be verified" in info.value.message()

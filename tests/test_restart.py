@@ -7,7 +7,7 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.probes.dockerd import Arg
-from gpuswarm_node.restart import conflicting_keys, restart_action, restart_with_rollback, swarm_incompatible_args
+from gpuswarm_node.restart import conflicting_args, restart_action, restart_with_rollback, swarm_incompatible_args
 from gpuswarm_node.system import Context
 
 from .fakes import FakeDocker, FakeHost
@@ -96,7 +96,8 @@ def test_the_restart_action_says_what_it_would_restore():
     ({"runtimes": {"nvidia": {}}}, ["/usr/bin/dockerd", "--add-runtime=nvidia=/usr/bin/nvidia-container-runtime"], []),
 ])
 def test_keys_set_both_as_flag_and_in_the_file(settings, argv, conflicts):
-    assert conflicting_keys(settings, argv) == conflicts
+    args = [Arg(text, "/lib/systemd/system/docker.service") for text in argv[1:]]
+    assert sorted({key for key, _arg in conflicting_args(settings, args)}) == conflicts
 
 
 @pytest.mark.parametrize("arg, refused", [

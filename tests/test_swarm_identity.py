@@ -44,7 +44,7 @@ def test_the_join_address_is_the_managers_own_entry_in_its_manager_list():
 
 def test_the_advertised_port_comes_with_the_address():
     info = manager_info(RemoteManagers=[{"NodeID": "mgr1", "Addr": "10.0.0.5:4567"}])
-    assert parse_swarm_info(json.dumps(info), "203.0.113.7").join_port == 4567
+    assert split_host_port(parse_swarm_info(json.dumps(info), "203.0.113.7").join_addr)[1] == 4567
 
 
 @pytest.mark.parametrize("node_addr, want", [("10.0.0.5", "10.0.0.5:2377"), ("2001:db8::5", "[2001:db8::5]:2377"),
