@@ -17,6 +17,16 @@ IMAGE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
              "CUDA_VERSION=12.1.1"]
 
 
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """http.server on a unix socket (BaseHTTPRequestHandler wants a (host, port) client address)."""
+
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)
+
+
 class FakeEngine:
     """`containers` maps container id to image id, `images` image id to its ENV; every request
     path is kept in `requests`."""
@@ -55,14 +65,7 @@ class FakeEngine:
             def log_message(self, *args):
                 pass
 
-        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-            daemon_threads = True
-
-            def get_request(self):
-                request, _ = super().get_request()
-                return request, ("local", 0)
-
-        self.server = Server(str(path), Handler)
+        self.server = UnixHTTPServer(str(path), Handler)
         # A short poll: shutdown() waits for it, once per test.
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
                                        daemon=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from gpuswarm_node.probes.docker import SdkDocker
+
+from .fake_engine import UnixHTTPServer
 
 IMAGE = "198.18.0.1:5000/gsn/notebook:test"
 
@@ -42,14 +43,6 @@ class FakeEngine(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
-
-
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self):
-        request, _ = super().get_request()
-        return request, ("local", 0)
 
 
 @pytest.fixture
