@@ -8,6 +8,7 @@ scheduling through the swarm, a second run, break-and-repair, hostile input, a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 
@@ -425,22 +426,32 @@ def test_malformed_config_is_a_usage_error(worker, fresh_setup):
     assert "[swarm] ssh_port" in result.stderr and "Traceback" not in result.stderr
 
 
-HOLD_DPKG_LOCK = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
-                  "fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(600)")
+# Another apt (cloud-init, unattended-upgrades) holding one of its locks, as apt and dpkg take
+# them: an fcntl write lock on the file, for `seconds`.
+HOLD_LOCK = ("import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.lockf(f, fcntl.LOCK_EX); "
+             "time.sleep(float(sys.argv[2]))")
+TRY_LOCK = "import fcntl, sys; f = open(sys.argv[1], 'w'); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+
+
+@contextlib.contextmanager
+def another_apt_holds(worker, lock: str, seconds: float, unit: str):
+    """`lock` held by a process of its own (a transient unit) while the block runs, then released."""
+    worker.sh(f"systemd-run --unit {unit} python3 -c {shlex.quote(HOLD_LOCK)} {lock} {seconds}")
+    try:
+        wait_for(f"{lock} held", lambda: worker.sh(f"python3 -c {shlex.quote(TRY_LOCK)} {lock}",
+                                                   check=False).returncode, timeout=30)
+        yield
+    finally:
+        worker.sh(f"systemctl stop {unit}", check=False)
 
 
 def test_a_held_dpkg_lock_is_waited_for_then_fails_clearly(worker, fresh_setup):
     worker.sh("apt-get remove --yes nvidia-container-toolkit", timeout=300)
-    worker.sh(f"systemd-run --unit gsn-holds-dpkg python3 -c {shlex.quote(HOLD_DPKG_LOCK)}")
     try:
-        try_lock = ("import fcntl; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
-                    "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
-        wait_for("the lock held", lambda: worker.sh(f"python3 -c {shlex.quote(try_lock)}", check=False).returncode,
-                 timeout=30)
-        with timed("setup against a held dpkg lock (apt.lock_timeout = 5 s)") as t:
-            result = worker.gsn("setup", "--json", "--set", "apt.lock_timeout=5", "--config", CONFIG)
+        with another_apt_holds(worker, "/var/lib/dpkg/lock-frontend", 600, "gsn-holds-dpkg"):
+            with timed("setup against a held dpkg lock (apt.lock_timeout = 5 s)") as t:
+                result = worker.gsn("setup", "--json", "--set", "apt.lock_timeout=5", "--config", CONFIG)
     finally:
-        worker.sh("systemctl stop gsn-holds-dpkg", check=False)
         # Repaired here, so that a failed assertion below never leaves later tests a broken node.
         repaired = worker.gsn("setup", "--json", "--config", CONFIG)
     assert result.returncode == 1
@@ -451,24 +462,13 @@ def test_a_held_dpkg_lock_is_waited_for_then_fails_clearly(worker, fresh_setup):
     assert "nvidia-toolkit" in json.loads(repaired.stdout)["changed"]
 
 
-HOLD_LISTS_LOCK = ("import fcntl, sys, time; f = open('/var/lib/apt/lists/lock', 'w'); "
-                   "fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(float(sys.argv[1]))")
-
-
 def test_apt_lists_held_on_a_busy_first_boot_are_waited_for(worker, fresh_setup):
     # cloud-init or unattended-upgrades refreshing the package lists: apt-get update alone would
     # fail at once (rc 100), since apt waits for dpkg's locks only.
     worker.sh("apt-get remove --yes nvidia-container-toolkit", timeout=300)
-    worker.sh(f"systemd-run --unit gsn-holds-lists python3 -c {shlex.quote(HOLD_LISTS_LOCK)} 12")
-    try:
-        try_lock = ("import fcntl; f = open('/var/lib/apt/lists/lock', 'w'); "
-                    "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
-        wait_for("the lists lock held", lambda: worker.sh(f"python3 -c {shlex.quote(try_lock)}",
-                                                          check=False).returncode, timeout=30)
+    with another_apt_holds(worker, "/var/lib/apt/lists/lock", 12, "gsn-holds-lists"):
         with timed("setup while another apt holds the package lists for 12 s") as t:
             result = worker.as_user(f"sudo ./setup.sh --json --config {CONFIG}")
-    finally:
-        worker.sh("systemctl stop gsn-holds-lists", check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "nvidia-toolkit" in json.loads(result.stdout)["changed"]
     assert t.seconds >= 5  # it waited for the lock instead of failing

@@ -1,7 +1,8 @@
 """The product on the lab's second distribution: a fresh Debian 13 (trixie) machine booted with
 systemd, set up by `sudo ./setup.sh` against the same manager and registry as Debian 12's.
 
-Its docker.io (26) has `dockerd --validate`, so the check of a new daemon.json before any restart
+Fresh setup, a second run that changes nothing, break-and-repair and a GPU notebook, as on Debian
+12. Its docker.io (26) has `dockerd --validate`, so the check of a new daemon.json before any restart
 runs for real here (Debian 12's docker.io 20.10 has no such flag). trixie's systemd 257 boots
 under the host's systemd-nspawn 252 on a cgroup v1 host: inside a container it follows the host's
 hierarchy and skips its refusal of cgroup v1 (src/shared/mount-setup.c).
@@ -14,7 +15,7 @@ import json
 import docker
 import pytest
 
-from .test_fresh_worker import runtime_calls, running_tasks
+from .test_fresh_worker import BREAKS, break_and_repair, runtime_calls, running_tasks
 from .util import timed, wait_for
 from .worker import CONFIG, EXPECTED_SLICES, provisioned_worker
 
@@ -73,6 +74,11 @@ def test_a_gpu_service_gets_exactly_its_slice(worker, fresh_setup, manager):
     finally:
         service.remove()
         wait_for("the task to stop", lambda: worker.sh("docker ps -q").stdout.strip() == "", timeout=120)
+
+
+def test_break_everything_at_once_and_repair(worker, fresh_setup, manager):
+    break_and_repair(worker, manager, list(BREAKS))
+    assert wait_for("the Debian 13 worker Ready again", lambda: ready_node(manager))
 
 
 def test_dockerd_validate_refuses_a_daemon_json_before_any_restart(worker, fresh_setup):
