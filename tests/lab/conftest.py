@@ -6,6 +6,7 @@ without having run them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -17,13 +18,23 @@ from .manager import ManagerHost
 from .network import LabNetwork, cleanup_stale
 from .util import timed
 
+# The lab's names (namespaces, machines, cgroups) are fixed and cleanup_stale() removes what another
+# run left, so two test sessions on one machine would tear down each other's lab: the second waits.
+LAB_LOCK = Path("/run/lock/gpuswarm-node-lab.lock")
+
+
 @pytest.fixture(scope="session")
 def lab_tmp():
     if os.geteuid() != 0:
         pytest.fail("the lab needs root: run the suite as root (./run-tests.sh)")
-    path = Path(tempfile.mkdtemp(prefix="gsn-lab-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LAB_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = Path(tempfile.mkdtemp(prefix="gsn-lab-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
