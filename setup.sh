@@ -77,6 +77,46 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_get install -y -qq --no-install-recommends python3-venv
 fi
 
+# pip installing the tool and its dependencies takes a minute or more; with --quiet it says nothing
+# all that time, without it a wall of text. So its output goes to pip.log in the new environment
+# (shown whole when pip fails), and this says what pip is at (the package it collects, the wheel it
+# builds, the installing) whenever that changes, and how long it has worked when nothing changed
+# for PIP_QUIET_SECONDS. pip runs in the background and leaves its exit status in pip.rc: polling
+# for that file works in every sh, where waiting on a job while printing does not.
+PIP_QUIET_SECONDS=15
+pip_install() {
+    pip_env=$1
+    rm -f "$pip_env/pip.rc"
+    ( pip_rc=0
+      "$pip_env/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$SRC" \
+          >"$pip_env/pip.log" 2>&1 || pip_rc=$?
+      echo "$pip_rc" > "$pip_env/pip.rc" ) &
+    pip_started=$(date +%s)
+    pip_said=
+    pip_said_at=$pip_started
+    while [ ! -s "$pip_env/pip.rc" ]; do
+        sleep 1
+        pip_at=$(grep -E '^(Processing|Collecting|Building wheels? for|Installing collected packages)' \
+                 "$pip_env/pip.log" 2>/dev/null | tail -n 1 | cut -c 1-120)
+        pip_now=$(date +%s)
+        if [ -n "$pip_at" ] && [ "$pip_at" != "$pip_said" ]; then
+            say "pip: $pip_at"
+            pip_said=$pip_at
+            pip_said_at=$pip_now
+        elif [ $(( pip_now - pip_said_at )) -ge "$PIP_QUIET_SECONDS" ]; then
+            say "pip: still working ($(( pip_now - pip_started )) s)"
+            pip_said_at=$pip_now
+        fi
+    done
+    pip_rc=$(cat "$pip_env/pip.rc")
+    if [ "$pip_rc" -ne 0 ]; then
+        cat "$pip_env/pip.log" >&2
+        return "$pip_rc"
+    fi
+    say "pip: done in $(( $(date +%s) - pip_started )) s"
+    rm -f "$pip_env/pip.log" "$pip_env/pip.rc"
+}
+
 # The tool's environment: $PREFIX/venv is a symlink to the one in use, venv-<source hash>-<pid of the
 # setup.sh that built it>. A new one is built beside it (a venv cannot be moved once built: its
 # scripts name its path), checked, and the link switched by a rename, so at every moment the link
@@ -155,10 +195,10 @@ if [ -n "$rebuild" ] || [ ! -L "$PREFIX/venv" ] || [ -z "$venv_dir" ] \
     mkdir -p "$PREFIX"
     remove_leftovers
     build=venv-$(printf '%.12s' "$src_hash")-$$
-    say "installing gpuswarm-node into $PREFIX/$build"
+    say "installing gpuswarm-node into $PREFIX/$build: a virtual environment (python3 -m venv), then pip"
     # Checked before it is used: the entry point runs and imports the CLI with its dependencies.
     if ! { python3 -m venv "$PREFIX/$build" >&2 &&
-           "$PREFIX/$build/bin/python" -m pip install --quiet --disable-pip-version-check "$SRC" >&2 &&
+           pip_install "$PREFIX/$build" &&
            "$PREFIX/$build/bin/gpuswarm-node" version >/dev/null; }; then
         rm -rf "$PREFIX/$build"
         say "installing gpuswarm-node failed (see above); the installed tool, if any, is unchanged"

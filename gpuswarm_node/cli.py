@@ -185,7 +185,7 @@ def setup(
         elif dry_run:
             print_plan(out, report)
         else:
-            print_summary(out, report, getattr(ctx.host, "backups", []))
+            print_summary(out, report, getattr(ctx.host, "backups", []), ctx.logs)
         if dry_run:
             # The plan is honest: it passes only when applying it can reach a converged node.
             return 0 if report.plan_ok else 1

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import platform
 import re
+import selectors
 import shlex
 import shutil
 import stat
@@ -20,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Protocol
 
 from .errors import CommandFailed, StepFailed
 
@@ -45,8 +47,12 @@ class Host(Protocol):
         """Run a read-only command; a missing program gives returncode 127."""
 
     def run(self, argv: list[str], env: Mapping[str, str] | None = None,
-            timeout: float | None = None) -> CommandResult:
-        """Run a command that changes the machine; raises CommandFailed on a non-zero exit."""
+            timeout: float | None = None, log: str | None = None,
+            apt_status: Callable[[str], None] | None = None) -> CommandResult:
+        """Run a command that changes the machine; raises CommandFailed on a non-zero exit. With
+        `log` (a path), its whole output is appended to that file as it comes (see `run_logged`),
+        and with `apt_status` (argv is an apt-get command) each line apt writes to its
+        APT::Status-Fd is given to that function while the command runs."""
 
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it does not exist."""
@@ -81,8 +87,18 @@ class Host(Protocol):
         """Who holds a POSIX (fcntl) lock on the file now, as apt and dpkg lock theirs; None when
         nobody does or the file does not exist. Asking takes no lock."""
 
+    def os_release(self) -> dict[str, str]:
+        """The os-release(5) fields (ID, VERSION_ID, VERSION_CODENAME, ...), as
+        `platform.freedesktop_os_release()` reads /etc/os-release or /usr/lib/os-release; {} when
+        neither exists."""
+
+    def memory_bytes(self) -> int:
+        """Physical memory in bytes: the page size times the physical pages (sysconf(3)), the
+        total /proc/meminfo reports as MemTotal."""
+
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
+LOG_DIR = "/var/log/gpuswarm-node"  # the run log and the command logs
 ROOT = (0, 0)
 # Temp files without a pid in their name come from versions before it was there; a writer holds
 # its temp file for well under a second, so one this old has no writer left.
@@ -378,6 +394,110 @@ def atomic_write(target: Path, content: str, mode: int = 0o644, owner: tuple[int
         os.close(dir_fd)
 
 
+LOG_MODE = 0o640  # the command logs: root's, readable by the adm group's readers of /var/log too
+LOG_TAIL = 65536  # bytes of a command's output kept for its error message (the log has it all)
+
+
+def run_logged(argv: list[str], env: Mapping[str, str], timeout: float | None, log: str,
+               apt_status: Callable[[str], None] | None = None) -> CommandResult:
+    """Run `argv`, its stdout and stderr appended to the file `log` as they come, between a line
+    naming the command and one with its exit status, so a failed install can be read in full
+    afterwards (apt's own /var/log/apt/term.log has only dpkg's part). The log's directory is
+    checked like the run log's and the file opened without following a symlink; the file gets
+    LOG_MODE whatever the umask. With `apt_status`, `-o APT::Status-Fd=N` is added after argv[0]
+    and each line apt writes to fd N goes to `apt_status`. The result's stdout is the last
+    LOG_TAIL bytes of the output; a non-zero exit raises CommandFailed with them."""
+    path = Path(log)
+    checked_dir(path.parent, 0o755, "log directory")
+    fd = _open_record(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, LOG_MODE, "command log")
+    try:
+        os.fchmod(fd, LOG_MODE)
+        os.write(fd, f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {shlex.join(argv)}\n".encode())
+        start = os.lseek(fd, 0, os.SEEK_END)
+        started = time.monotonic()
+        returncode = _run_into(argv, env, timeout, fd, apt_status)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        tail = os.pread(fd, LOG_TAIL, max(start, end - LOG_TAIL)) if end > start else b""
+        if tail and not tail.endswith(b"\n"):
+            os.write(fd, b"\n")
+        os.write(fd, f"=== exit {returncode} after {time.monotonic() - started:.1f} s\n".encode())
+    finally:
+        os.close(fd)
+    output = tail.decode(errors="replace")
+    if returncode != 0:
+        raise CommandFailed(list(argv), returncode, output)
+    return CommandResult(tuple(argv), 0, output, "")
+
+
+def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, out_fd: int,
+              apt_status: Callable[[str], None] | None) -> int:
+    """The command's exit status; its output goes to `out_fd`, its status lines (apt) to
+    `apt_status`. The status pipe is read until the command exits, not until the pipe closes: a
+    process it started (a daemon a maintainer script ran) may keep the write end open."""
+    read_fd = write_fd = -1
+    if apt_status is not None:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        argv = [argv[0], "-o", f"APT::Status-Fd={write_fd}", *argv[1:]]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        try:
+            proc = subprocess.Popen(argv, stdout=out_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=dict(env), pass_fds=(write_fd,) if write_fd >= 0 else ())
+        except FileNotFoundError:
+            raise StepFailed(f"`{argv[0]}` is not installed on this machine.",
+                             "Install it and run setup again.") from None
+        if write_fd >= 0:
+            os.close(write_fd)
+            write_fd = -1
+        pending = b""
+
+        def take(drain: bool) -> bool:
+            """Read what the pipe holds now (drain: all of it); True once no writer is left."""
+            nonlocal pending
+            while True:
+                try:
+                    chunk = os.read(read_fd, 65536)
+                except BlockingIOError:
+                    return False
+                if not chunk:
+                    return True
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    apt_status(line.decode(errors="replace"))
+                if not drain:
+                    return False
+
+        reading = read_fd >= 0
+        with selectors.DefaultSelector() as selector:
+            if reading:
+                selector.register(read_fd, selectors.EVENT_READ)
+            while proc.poll() is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise StepFailed(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s.",
+                                     "Find out what it waits for and run setup again.")
+                if reading:
+                    if selector.select(timeout=0.2) and take(drain=False):
+                        selector.unregister(read_fd)
+                        reading = False
+                else:
+                    try:
+                        proc.wait(timeout=0.2)
+                    except subprocess.TimeoutExpired:
+                        pass
+        if read_fd >= 0:
+            take(drain=True)
+            if pending:
+                apt_status(pending.decode(errors="replace"))
+        return proc.returncode
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
 class LocalHost:
     """This machine, as root. Every file replaced or removed is first copied to `backup_dir`."""
 
@@ -448,8 +568,11 @@ class LocalHost:
         return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def run(self, argv: list[str], env: Mapping[str, str] | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, log: str | None = None,
+            apt_status: Callable[[str], None] | None = None) -> CommandResult:
         full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+        if log is not None:
+            return run_logged(argv, full_env, timeout, log, apt_status)
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=full_env,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
@@ -526,6 +649,15 @@ class LocalHost:
 
     def lock_holder(self, path: str) -> LockHolder | None:
         return lock_holder(path)
+
+    def os_release(self) -> dict[str, str]:
+        try:
+            return dict(platform.freedesktop_os_release())
+        except OSError:
+            return {}
+
+    def memory_bytes(self) -> int:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
     def verify_fstab(self, entries: str) -> str | None:
         with tempfile.NamedTemporaryFile("w", prefix="gpuswarm-fstab.", suffix=".tab") as tab:

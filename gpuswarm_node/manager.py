@@ -6,9 +6,7 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
 import hmac
 import json
 import os
@@ -21,12 +19,6 @@ from .errors import ManagerUnreachable
 from .secrets import looks_like_join_token, redact
 
 JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
-
-
-def fingerprint(key) -> str:
-    """OpenSSH's SHA256 fingerprint of a host key, as `ssh-keygen -lf` prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class FingerprintMismatch(Exception):
@@ -42,7 +34,7 @@ class PinnedFingerprint:
         self.pinned = pinned
 
     def missing_host_key(self, client, hostname, key) -> None:
-        seen = fingerprint(key)
+        seen = key.fingerprint  # paramiko's PKey (3.2+): SHA256:<base64>, as `ssh-keygen -lf` prints it
         if not hmac.compare_digest(seen, self.pinned):
             raise FingerprintMismatch(seen)
 

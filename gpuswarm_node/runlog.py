@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 
 from .engine import RunReport
-from .host import append_record, checked_dir
+from .host import LOG_DIR, append_record, checked_dir
 
-RUN_LOG = "/var/log/gpuswarm-node/runs.jsonl"
+RUN_LOG = f"{LOG_DIR}/runs.jsonl"
 
 
 def prepare(path: str = RUN_LOG) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .config import Config
 from .errors import NvmlUnavailable
-from .host import Host, LocalHost
+from .host import LOG_DIR, Host, LocalHost
 from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
 from .probes.gpu import Inventory, read_inventory
@@ -26,7 +26,11 @@ class Reporter(Protocol):
 
     def activity(self, label: str) -> ContextManager[None]: ...
 
-    def pull_progress(self, image: str, event: dict) -> None: ...
+    def pull(self, image: str) -> ContextManager[Callable[[dict], None]]:
+        """While an image is pulled: the function that takes each of Docker's pull events."""
+
+    def apt(self, label: str) -> ContextManager[Callable[[str], None]]:
+        """While apt-get runs: the function that takes each of its APT::Status-Fd lines."""
 
     def debug_traceback(self, text: str) -> None: ...
 
@@ -45,8 +49,13 @@ class QuietReporter:
     def activity(self, label: str) -> Iterator[None]:
         yield
 
-    def pull_progress(self, image: str, event: dict) -> None:
-        pass
+    @contextlib.contextmanager
+    def pull(self, image: str) -> Iterator[Callable[[dict], None]]:
+        yield lambda event: None
+
+    @contextlib.contextmanager
+    def apt(self, label: str) -> Iterator[Callable[[str], None]]:
+        yield lambda line: None
 
     def debug_traceback(self, text: str) -> None:
         pass
@@ -74,6 +83,9 @@ class Context:
     port_prober: Callable[[str, int], str | None] | None = None
     reporter: Reporter = field(default_factory=QuietReporter)
     journal: Journal | None = None  # set when the run may change the machine
+    # Where the tool's logs go (the run log, apt's output): root's, 0755; tests give their own.
+    log_dir: str = LOG_DIR
+    logs: list[str] = field(default_factory=list)  # the logs this run wrote to, for the summary
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
     # The manager's answer, asked once a run (token dropped), and the node id it was asked about.

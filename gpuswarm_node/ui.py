@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import progress
 from .engine import RunReport, State, StepReport
 from .probes.gpu import Inventory
 
@@ -27,7 +28,6 @@ class ConsoleReporter:
         self.console = console
         self.debug = debug
         self._status = None
-        self._layers: dict[str, dict[str, tuple[int, int]]] = {}
 
     def step_started(self, name: str, description: str) -> None:
         pass
@@ -53,21 +53,11 @@ class ConsoleReporter:
             finally:
                 self._status = None
 
-    def pull_progress(self, image: str, event: dict) -> None:
-        layers = self._layers.setdefault(image, {})
-        detail = event.get("progressDetail") or {}
-        if event.get("id") and detail.get("total"):
-            layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
-        elif event.get("id") and event.get("status") in ("Pull complete", "Already exists"):
-            cur, total = layers.get(event["id"], (0, 0))
-            layers[event["id"]] = (total, total)
-        done = sum(c for c, _ in layers.values())
-        total = sum(t for _, t in layers.values())
-        line = f"pulling {image}: {len(layers)} layer(s), {done / 1e6:.1f} of {total / 1e6:.1f} MB"
-        if self.console.is_terminal:
-            self.console.print(line, end="\r", highlight=False)
-        elif event.get("status") == "Pull complete":
-            self.console.print(f"{'':>12} {line}", highlight=False)
+    def pull(self, image: str) -> ContextManager[Callable[[dict], None]]:
+        return progress.pull_view(self.console, image)
+
+    def apt(self, label: str) -> ContextManager[Callable[[str], None]]:
+        return progress.apt_view(self.console, label)
 
     def debug_traceback(self, text: str) -> None:
         if self.debug:
@@ -104,7 +94,8 @@ def print_plan(console: Console, report: RunReport) -> None:
     console.print(escape(line + "nothing was changed."))
 
 
-def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = ()) -> None:
+def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = (),
+                  logs: list[str] = ()) -> None:
     table = Table(title="setup summary", title_justify="left")
     for col in ("step", "result", "time", "detail"):
         table.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
@@ -118,6 +109,8 @@ def print_summary(console: Console, report: RunReport, backups: list[tuple[str, 
         console.print(f"[bold yellow]reboot required[/] ({', '.join(reboot)}), then run setup again.")
     for original, backup in backups:
         console.print(f"backup of {escape(original)}: {escape(backup)}")
+    for log in logs:
+        console.print(f"full command output: {escape(log)}")
     for step in report.steps:
         if step.state in (State.FAILED, State.BLOCKED):
             console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")

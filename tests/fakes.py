@@ -7,6 +7,7 @@ reader), not for library internals, so the step code under test is the code user
 from __future__ import annotations
 
 import json
+import platform
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -45,6 +46,7 @@ class FakeHost:
     stats: dict[str, FileStatus] = field(default_factory=dict)
     locks: dict[str, dict] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeHost":
@@ -63,8 +65,11 @@ class FakeHost:
         return _result(argv, self.commands[line])
 
     def run(self, argv: list[str], env: Mapping[str, str] | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, log: str | None = None,
+            apt_status: Callable[[str], None] | None = None) -> CommandResult:
         line = shlex.join(argv)
+        if log is not None:
+            self.logs.append(log)
         self.actions.append(f"run {line}")
         effect = self.effects.get(line, {})
         if effect.get("fails_first"):
@@ -124,6 +129,19 @@ class FakeHost:
         if path in self.dirs or any(p.startswith(prefix) for p in [*self.files, *self.dirs]):
             return FileStatus(0, 0, 0o755, False, is_dir=True)
         return None
+
+    def os_release(self) -> dict[str, str]:
+        # The parser platform.freedesktop_os_release() uses, over the case's files.
+        text = self.files.get("/etc/os-release") or self.files.get("/usr/lib/os-release")
+        return platform._parse_os_release(text.splitlines()) if text is not None else {}
+
+    def memory_bytes(self) -> int:
+        """The case's /proc/meminfo MemTotal: what sysconf reports on the machine it describes."""
+        for line in (self.files.get("/proc/meminfo") or "").splitlines():
+            if line.startswith("MemTotal:"):
+                value, unit = line.split()[1:3]
+                return int(value) * (1024 if unit == "kB" else 1)
+        raise AssertionError("the case gives no /proc/meminfo MemTotal")
 
     def lock_holder(self, path: str) -> LockHolder | None:
         lock = self.locks.get(path)

@@ -217,3 +217,19 @@ def test_concurrent_writers_of_one_file_never_fail_and_never_show_a_part(tmp_pat
     assert errors == [], errors[0][-2000:]
     assert target.read_text() in complete and seen > 0
     assert not list(target.parent.glob(".*.tmp"))
+
+
+def test_the_machine_reports_its_os_release_and_memory_as_the_files_say():
+    from gpuswarm_node.host import LocalHost
+
+    host = LocalHost()
+    fields = {}
+    for line in Path("/etc/os-release").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not name.startswith("#"):
+            fields[name] = value.strip().strip('"')
+    release = host.os_release()
+    assert release["ID"] == fields["ID"] and release.get("VERSION_ID") == fields.get("VERSION_ID")
+    mem_total_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal:"))
+    assert host.memory_bytes() // 1024 == mem_total_kib

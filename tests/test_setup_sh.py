@@ -155,6 +155,8 @@ def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_pa
     proc = installs.start()
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, f"seed {seed}, {log}: {output}"
+    if "setup.sh: installing gpuswarm-node" in output:  # the kills left it to this run
+        assert "setup.sh: pip: Processing " in output and "setup.sh: pip: done in " in output, output
     installs.assert_complete_or_absent("after the run to the end")
     target = os.readlink(installs.prefix / "venv")
     assert target[5:17] == source_hash()[:12]
@@ -201,6 +203,47 @@ def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
     assert os.readlink(installs.prefix / "venv") == old.name
     assert (installs.prefix / "source.sha256").read_text() == "0123456789ab\n"
     assert installs.builds() == [old.name]  # the half-built one is gone
+
+
+FAKE_PIP_PYTHON = """#!/bin/sh
+# The new environment's python: pip that collects for a while, then fails as a full disk makes it.
+[ "$1 $2 $3" = "-m pip install" ] || exit 3
+echo "Processing /src/gpuswarm-node"
+sleep 1.5
+echo "Collecting typer>=0.12"
+echo "  Downloading typer-0.12.5-py3-none-any.whl (47 kB)"
+sleep 1.5
+echo "Installing collected packages: typer, gpuswarm-node"
+echo "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device" >&2
+exit 1
+"""
+
+
+def test_setup_sh_says_what_pip_is_at_and_shows_its_whole_output_when_it_fails(tmp_path):
+    installs = Installs(tmp_path)
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (tmp_path / "python").write_text(FAKE_PIP_PYTHON)
+    (tmp_path / "python").chmod(0o755)
+    real = shutil.which("python3")
+    # `python3 -m venv DIR` makes a DIR whose python is the fake pip above.
+    (fake_bin / "python3").write_text(f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exec {shlex.quote(real)} "$@"\n'
+                                      f'mkdir -p "$3/bin" && cp {shlex.quote(str(tmp_path / "python"))} "$3/bin/python"\n')
+    (fake_bin / "python3").chmod(0o755)
+    script = (f"mount --bind {shlex.quote(str(installs.bin))} /usr/local/bin && "
+              f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
+                                 "GPUSWARM_PREFIX": str(installs.prefix)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("setup.sh: pip: ")]
+    assert said == ["setup.sh: pip: Processing /src/gpuswarm-node", "setup.sh: pip: Collecting typer>=0.12",
+                    "setup.sh: pip: Installing collected packages: typer, gpuswarm-node"], result.stderr
+    # On failure, all pip said, its error included, then setup.sh's own verdict.
+    assert "  Downloading typer-0.12.5-py3-none-any.whl (47 kB)" in result.stderr
+    assert "[Errno 28] No space left on device" in result.stderr and "is unchanged" in result.stderr
+    assert installs.builds() == []
 
 
 # --- setup.sh's own apt-get (python3-venv, before the tool exists) ---------------------------------

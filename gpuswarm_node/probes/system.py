@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 from ..config import normal_path
@@ -58,31 +57,12 @@ def mount_at(host: Host, path: str) -> Mount | None:
     return found[-1] if found else None
 
 
-def parse_meminfo_total(text: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            value, unit = line.split()[1:3]
-            return int(value) * (1024 if unit == "kB" else 1)
-    raise ValueError("no MemTotal line in /proc/meminfo")
-
-
 def mem_total_bytes(host: Host) -> int:
-    return parse_meminfo_total(host.read_text("/proc/meminfo") or "")
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            name, _, raw = line.partition("=")
-            parts = shlex.split(raw) if raw else [""]
-            values[name] = parts[0] if parts else ""
-    return values
+    return host.memory_bytes()
 
 
 def os_release(host: Host) -> dict[str, str]:
-    return parse_os_release(host.read_text("/etc/os-release") or host.read_text("/usr/lib/os-release") or "")
+    return host.os_release()
 
 
 def package_installed(host: Host, package: str) -> bool:

@@ -23,6 +23,7 @@ from ..host import Host, LockHolder
 from ..system import Context, QuietReporter, Reporter
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+APT_LOG = "apt.log"  # in the context's log directory: every apt-get and dpkg run's whole output
 
 
 DPKG_UPDATES = "/var/lib/dpkg/updates"
@@ -84,22 +85,33 @@ class AptCommand(RunCommand):
     """An apt-get or dpkg command that waits for the locks it needs, all within `lock_timeout`
     seconds: before it runs, and again when it lost the race for one, after which it runs again
     (a command refused a lock has changed nothing). apt's own wait for dpkg's locks gets the time
-    that is left. Journaled and described as the command it runs."""
+    that is left. Journaled and described as the command it runs. Its whole output goes to
+    `<ctx.log_dir>/apt.log` (named in the summary and in a failure), apt-get's progress (its
+    APT::Status-Fd) to the reporter."""
 
     locks: tuple[str, ...] = ()
     lock_timeout: int = 0
 
     def execute(self, ctx: Context) -> None:
         deadline = time.monotonic() + self.lock_timeout
+        log = f"{ctx.log_dir}/{APT_LOG}"
+        if log not in ctx.logs:
+            ctx.logs.append(log)
         for attempt in itertools.count(1):
             wait_until_free(ctx.host, self.locks, deadline, self.lock_timeout, ctx.reporter)
             left = max(0, math.ceil(deadline - time.monotonic()))
             try:
-                with ctx.reporter.activity(self.progress or self.describe()):
-                    ctx.host.run(list(with_lock_timeout(self.argv, left)), env=dict(self.env), timeout=self.timeout)
+                argv = list(with_lock_timeout(self.argv, left))
+                if argv[0] == "apt-get":  # apt's own progress; dpkg has no Status-Fd
+                    with ctx.reporter.apt(self.progress or self.describe()) as status:
+                        ctx.host.run(argv, env=dict(self.env), timeout=self.timeout, log=log, apt_status=status)
+                else:
+                    with ctx.reporter.activity(self.progress or self.describe()):
+                        ctx.host.run(argv, env=dict(self.env), timeout=self.timeout, log=log)
                 return
             except CommandFailed as exc:
                 if not LOCK_REFUSED.search(exc.output):
+                    exc.fix = f"Its whole output is in {log}; fix the cause there and run setup again."
                     raise
                 if time.monotonic() >= deadline:
                     if (held := held_lock(ctx.host, self.locks)) is None:

@@ -24,6 +24,7 @@ class ImageStep:
             return ok(f"{name} is present")
 
         def pull(ctx: Context) -> None:
-            ctx.docker.pull(name, lambda event: ctx.reporter.pull_progress(name, event))
+            with ctx.reporter.pull(name) as progress:
+                ctx.docker.pull(name, progress)
 
         return needs_change(f"{name} is not present", Call(f"pull {name}", pull))

@@ -4,8 +4,13 @@ that honours the devices the slice-aware runtime selects.
 Toolkit 1.18.x made `jit-cdi` the default mode (`mode = "auto"`), and that mode ignores the GPUs
 Swarm assigns (nvidia-container-toolkit issue 1599, fixed in 1.19). The fix is one key in
 /etc/nvidia-container-runtime/config.toml, a file the toolkit package owns: the step sets
-`nvidia-container-runtime.mode = "legacy"` and keeps every other line of the file. The runtime
-reads the file per container, so no restart follows.
+`nvidia-container-runtime.mode = "legacy"` and keeps every other key of the file. The new file
+comes from the toolkit's own `nvidia-ctk config --config-file FILE --set KEY=VALUE` where
+nvidia-ctk is installed (it prints the file with the key set; nvidia-container-toolkit
+cmd/nvidia-ctk/config), written by the tool as every file it writes (atomic, backed up for
+`reset`, shown by `--dry-run`), which `--in-place` would not give; without nvidia-ctk, or when its
+file would change another key, the one line is edited here. The runtime reads the file per
+container, so no restart follows.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def mode_verdict(ctx: Context) -> ModeVerdict:
         return ModeVerdict(version, mode)
     described = "jit-cdi mode" if mode == "jit-cdi" else f"{mode} mode (jit-cdi in 1.18)"
     problem = f"{PACKAGE} {version} runs in {described}, which ignores the GPUs Swarm assigns (toolkit issue 1599)"
+    by_ctk = ctk_config(ctx, data)
+    if by_ctk is not None:
+        return ModeVerdict(version, mode, problem, WriteFile(RUNTIME_CONFIG, by_ctk, text))
     before, after = split_at_mode(text or "")
     content = render("nvidia-container-runtime-config.toml.j2", before=before, after=after, version=version)
     try:
@@ -109,6 +117,28 @@ def mode_verdict(ctx: Context) -> ModeVerdict:
                            remedy=f'Set mode = "legacy" under [{SECTION}] in {RUNTIME_CONFIG} by hand, or install '
                                   "toolkit 1.19 or later, then run setup again.")
     return ModeVerdict(version, mode, problem, WriteFile(RUNTIME_CONFIG, content, text))
+
+
+CTK_SET = ("nvidia-ctk", "config", "--config-file", RUNTIME_CONFIG, "--set", f"{SECTION}.mode=legacy")
+
+
+def ctk_config(ctx: Context, data: dict) -> str | None:
+    """The runtime's config.toml with the mode set to legacy, as the installed nvidia-ctk writes it
+    (to stdout: nothing is changed), or None when nvidia-ctk is not installed, fails, or would
+    change anything else (then the step edits the line itself)."""
+    if ctx.host.which("nvidia-ctk") is None:
+        return None
+    result = ctx.host.query(list(CTK_SET))
+    if not result.ok or not result.stdout.strip():
+        return None
+    try:
+        new = tomllib.loads(result.stdout)
+    except tomllib.TOMLDecodeError:
+        return None
+    section = new.get(SECTION) if isinstance(new.get(SECTION), dict) else {}
+    if section.get("mode") != "legacy" or _without_mode(new) != _without_mode(data):
+        return None
+    return result.stdout if result.stdout.endswith("\n") else result.stdout + "\n"
 
 
 def device_selection(ctx: Context) -> tuple[list[nvidia_hook.Problem], list[str]]:

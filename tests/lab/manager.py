@@ -20,8 +20,6 @@ Notes:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import secrets
 import shutil
@@ -58,9 +56,10 @@ def _ssh_keygen(path: Path, comment: str) -> None:
     )
 
 
-def _fingerprint(pub_line: str) -> str:
-    blob = base64.b64decode(pub_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+def _fingerprint(pub_key: Path) -> str:
+    """What an operator pins: the fingerprint `ssh-keygen -lf` prints ("256 SHA256:... comment (ED25519)")."""
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub_key)], check=True, capture_output=True, text=True).stdout
+    return out.split()[1]
 
 
 def _wait_for_log(proc: subprocess.Popen, log: Path, needle: str, what: str) -> None:
@@ -213,7 +212,7 @@ class ManagerHost(Started):
         _ssh_keygen(host_key, f"{NAME} host key")
         _ssh_keygen(self.client_key_path, "gpuswarm-node lab client")
         host_pub = host_key.with_suffix(".pub").read_text().strip()
-        self.host_key_fingerprint = _fingerprint(host_pub)
+        self.host_key_fingerprint = _fingerprint(host_key.with_suffix(".pub"))
         key_type, key_b64 = host_pub.split()[:2]
         self.known_hosts_path.write_text(f"{ADDRESS} {key_type} {key_b64}\n")
         authorized = ssh / "authorized_keys"

@@ -30,6 +30,8 @@ PACKAGES = (
     "iproute2",
     "python3",
     "python3-venv",
+    # A cloud image has it, and README.md's quick start uses its ssh-keyscan and ssh-keygen.
+    "openssh-client",
 )
 # Per release, what its cloud image has beyond PACKAGES. trixie's minbase lacks libkmod, and its
 # systemd-modules-load then fails at boot under nspawn ("degraded"); a cloud image has kmod.

@@ -1,5 +1,6 @@
-"""The product on a fresh machine, as a user runs it: `sudo ./setup.sh --config node.toml` on a
-new Debian 12 booted with systemd, against a real swarm manager over SSH and a real TLS registry.
+"""The product on a fresh machine, as a user runs it: README.md's quick start, its commands exactly
+(tests/lab/worker.py, `quick_start_script`: only the lab's addresses replace hub.example.org) on
+a new Debian 12 booted with systemd, against a real swarm manager over SSH and a real TLS registry.
 
 Everything is asserted on real state: what the manager sees, what systemd, the kernel and Docker
 inside the machine say. Scenarios run in order on one machine (module scope): fresh setup,
@@ -18,21 +19,22 @@ import pytest
 from . import toolkit_deb
 from .util import timed, wait_for
 from .worker import (ADDRESS, CONFIG, EXPECTED_SLICES, HOME, PRESEEDED_DAEMON_JSON, TMPFS, USER,
-                     provisioned_worker)
+                     provisioned_worker, quick_start_script)
 
 
 @pytest.fixture(scope="module")
 def worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
-    with provisioned_worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir) as w:
+    with provisioned_worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, readme=True) as w:
         yield w
 
 
 @pytest.fixture(scope="module")
-def fresh_setup(worker):
-    # Under umask 000, as some hosts and cloud-init setups run it: nothing created may become
-    # writable by other users (asserted below).
-    with timed("fresh setup: sudo ./setup.sh --config node.toml (umask 000)") as t:
-        result = worker.as_user(f"sudo sh -c 'umask 000 && exec ./setup.sh --config {CONFIG}'")
+def fresh_setup(worker, manager):
+    # The README's quick start, under umask 000 (sudo's too), as some hosts and cloud-init setups
+    # run it: nothing created may become writable by other users (asserted below).
+    script = quick_start_script(manager)
+    with timed("fresh setup: README quick start, ending sudo ./setup.sh --config ~/node.toml (umask 000)") as t:
+        result = worker.quick_start(script, umask="000")
     print(f"\nfresh setup took {t.seconds:.1f} s")
     return result
 
@@ -48,6 +50,16 @@ def ready_node(manager) -> dict | None:
 
 def test_fresh_machine_becomes_a_ready_worker(worker, fresh_setup, manager):
     assert fresh_setup.returncode == 0, fresh_setup.stdout[-4000:] + fresh_setup.stderr[-4000:]
+    # What the README says a successful run prints, and the apt log it names.
+    assert fresh_setup.stdout.rstrip().endswith("node converged.")
+    assert "full command output: /var/log/gpuswarm-node/apt.log" in fresh_setup.stdout
+    apt_log = worker.machine.read_file("/var/log/gpuswarm-node/apt.log")
+    assert "Setting up docker.io" in apt_log and "=== exit 0 after " in apt_log
+    assert worker.sh("stat -c '%a %U' /var/log/gpuswarm-node/apt.log").stdout.split() == ["640", "root"]
+    # Not a terminal: apt's progress as plain lines in apt's words, and setup.sh's word on pip.
+    assert "installing" in fresh_setup.stderr and "\x1b[" not in fresh_setup.stderr
+    assert "setup.sh: pip: done in " in fresh_setup.stderr
+    assert f"pulled {manager.image}" in fresh_setup.stderr
 
     node = wait_for("the worker Ready on the manager", lambda: ready_node(manager))
     assert node["Spec"]["Role"] == "worker" and node["Spec"]["Availability"] == "active"

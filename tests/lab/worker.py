@@ -1,16 +1,19 @@
 """A fresh worker machine, provisioned as a user would find it before `sudo ./setup.sh`.
 
-Shared by the lab's tests (test_fresh_worker.py) and the benchmark (bench/run.py): one fresh
-Debian 12 under systemd-nspawn at 198.18.0.11 with two fake A100s, the project's files in the
-user's home, the manager's SSH key, known_hosts and registry CA in /etc/gpuswarm-node, an
-operator's daemon.json and a node.toml pointing at the lab's manager. Nothing of the product runs
-here; that is the caller's job.
+Shared by the lab's tests (test_fresh_worker.py, test_fault_injection.py) and the benchmark
+(bench/run.py): one fresh Debian 12 under systemd-nspawn at 198.18.0.11 with two fake A100s and an
+operator's daemon.json. Then either (`readme=False`) the project's files in the user's home, the
+manager's SSH key, known_hosts and registry CA in /etc/gpuswarm-node and a node.toml pointing at
+the lab's manager; or (`readme=True`) only what README.md's quick start says the user copies to
+the machine (the tool's tarball, the registry's CA, the SSH key), for `Worker.quick_start` to run
+the README's own commands. Nothing of the product runs here; that is the caller's job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -81,12 +84,49 @@ advertise_addr = "{address}"
 """
 
 
+README = REPO / "README.md"
+QUICK_START = re.compile(r"<!-- quick-start:start -->\n```sh\n(.*?)```\n<!-- quick-start:end -->", re.S)
+# The lab's one departure from a cloud machine: NVIDIA's apt repository is out of its reach, so
+# the machine's environment names the stand-in toolkit's local repository, through the tool's own
+# GPUSWARM_<SECTION>_<KEY> override (kept by sudo), as a site could for a mirror.
+LAB_ENVIRONMENT = {"GPUSWARM_NVIDIA_TOOLKIT_APT_SOURCE": "deb [trusted=yes] file:/srv/toolkit-repo ./"}
+
+
+def quick_start_script(manager: ManagerHost) -> str:
+    """README.md's quick-start commands, exactly, with the lab's addresses in place of the
+    README's: its image, its registry and its SSH host (in that order, each name containing the
+    next)."""
+    match = QUICK_START.search(README.read_text())
+    assert match, "README.md has no quick start between <!-- quick-start:start --> and <!-- quick-start:end -->"
+    script = match.group(1)
+    for theirs, ours in (("hub.example.org:5000/singleuser-torch-nvidia:latest", manager.image),
+                         ("hub.example.org:5000", manager.registry_address),
+                         ("hub.example.org", manager.address)):
+        assert theirs in script, f"the quick start no longer names {theirs}"
+        script = script.replace(theirs, ours)
+    return script
+
+
 class Worker:
     """The fresh machine plus a record of everything the product printed on it."""
 
     def __init__(self, machine: FreshMachine) -> None:
         self.machine = machine
         self.outputs: list[str] = []
+
+    def quick_start(self, script: str, umask: str = "022") -> subprocess.CompletedProcess:
+        """The quick start's commands, typed by the machine's user in a login shell, stopping at
+        the first that fails; everything (sudo included) under `umask`."""
+        sudoers = "/etc/sudoers.d/lab-umask"
+        # sudo's umask is the union of the user's and sudoers' (default 0022): 0 lets the user's through.
+        self.sh(f"echo 'Defaults umask=0{umask}' > {sudoers} && chmod 0440 {sudoers}")
+        try:
+            result = self.machine.run(["runuser", "-u", USER, "--", "bash", "-lec", f"cd && umask {umask}\n{script}"],
+                                      check=False, timeout=1800)
+        finally:
+            self.sh(f"rm -f {sudoers}")
+        self.outputs += [result.stdout, result.stderr]
+        return result
 
     def sh(self, script: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         return self.machine.run(script, check=check, timeout=timeout)
@@ -117,9 +157,10 @@ class Worker:
 @contextlib.contextmanager
 def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path, toolkit_repo: Path,
                        nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS,
-                       suite: str = lab_machine.rootfs.SUITE) -> Iterator[Worker]:
-    """Boot and provision the fresh worker; on exit remove it from the swarm, power it off, and
-    remove its netns, also when provisioning failed half-way."""
+                       suite: str = lab_machine.rootfs.SUITE, readme: bool = False) -> Iterator[Worker]:
+    """Boot and provision the fresh worker (`readme`: as README.md's quick start expects, see the
+    module's doc); on exit remove it from the swarm, power it off, and remove its netns, also when
+    provisioning failed half-way."""
     lab_machine.cleanup_stale()
     network.enable_outbound_nat()  # apt and pip inside need the package registries
     host = network.add_host(name, address)
@@ -129,14 +170,29 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
             machine.start()
         # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
         fake_nvml.install_into(machine.rootfs, GPUS, lib_dir=nvml_lib_dir)
-        machine.copy_in(project_tree(work_dir / f"project-{name}"), f"{HOME}/gpuswarm-node", owner=USER)
         machine.copy_in(toolkit_repo, "/srv/toolkit-repo")
-        machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
-        machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
-        machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
         machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
                     input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
-        machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address))
+        if readme:
+            # What the quick start's scp brought: the tool as `git archive` makes it (here from the
+            # working tree, uncommitted files included), the registry's CA, the SSH key.
+            tree = project_tree(work_dir / f"project-{name}")
+            tarball = work_dir / f"gpuswarm-node-{name}.tar.gz"
+            subprocess.run(["tar", "-czf", str(tarball), "-C", str(tree), "."], check=True)
+            for src, dest in ((tarball, "gpuswarm-node.tar.gz"), (manager.ca_cert_path, "registry-ca.crt"),
+                              (manager.client_key_path, "id_ed25519")):
+                machine.copy_in(src, f"{HOME}/{dest}", owner=USER)
+            machine.run(["chmod", "0600", f"{HOME}/id_ed25519"])
+            exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in LAB_ENVIRONMENT.items())
+            machine.run(["sh", "-c", "cat > /etc/profile.d/gpuswarm-lab.sh"], input=exports)
+            machine.run(["sh", "-c", "cat > /etc/sudoers.d/gpuswarm-lab && chmod 0440 /etc/sudoers.d/gpuswarm-lab"],
+                        input=f'Defaults env_keep += "{" ".join(LAB_ENVIRONMENT)}"\n')
+        else:
+            machine.copy_in(project_tree(work_dir / f"project-{name}"), f"{HOME}/gpuswarm-node", owner=USER)
+            machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
+            machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
+            machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
+            machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address))
         yield Worker(machine)
     finally:
         try:
