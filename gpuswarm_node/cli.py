@@ -107,7 +107,7 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
     """`changes`: this run may change the machine, so it keeps a journal for `reset`."""
     from .host import LocalHost
     from .journal import Journal
-    from .system import Context, RunOptions
+    from .context import Context, RunOptions
     from .ui import ConsoleReporter
 
     reporter = ConsoleReporter(err, debug=state.debug)

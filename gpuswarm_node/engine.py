@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 from .errors import GpuswarmError, StepFailed
 
 if TYPE_CHECKING:
-    from .system import Context
+    from .context import Context
 
 
 class State(str, Enum):

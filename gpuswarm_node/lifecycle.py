@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .errors import StepFailed
 from .manager import ManagerSession
-from .system import Context
+from .context import Context
 
 
 @dataclass

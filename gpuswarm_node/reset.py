@@ -17,7 +17,7 @@ from pathlib import Path
 from . import restart
 from .errors import GpuswarmError
 from .journal import Journal
-from .system import Context
+from .context import Context
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 

@@ -15,7 +15,7 @@ import time
 
 from .engine import Action, Call
 from .errors import StepFailed
-from .system import Context
+from .context import Context
 
 HEALTHY_WITHIN = 60.0
 

@@ -9,7 +9,7 @@ import pytest
 from gpuswarm_node import config, reset, restart
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.journal import Journal
-from gpuswarm_node.system import Context, RunOptions
+from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeDocker, FakeHost
 

@@ -16,7 +16,7 @@ from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
-from gpuswarm_node.system import Context, RunOptions
+from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
 

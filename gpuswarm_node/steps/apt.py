@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..engine import Call, RunCommand
 from ..errors import CommandFailed, StepFailed
 from ..host import Host, LockHolder
-from ..system import Context, QuietReporter, Reporter
+from ..context import Context, QuietReporter, Reporter
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 

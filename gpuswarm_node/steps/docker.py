@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
-from ..probes import system
+from ..probes import osfacts
 from ..render import render
-from ..system import Context
+from ..context import Context
 from . import apt
 from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
 
@@ -16,7 +16,7 @@ DOCKER_CE_KEY = "/etc/apt/keyrings/docker.asc"
 
 
 def docker_ce_source(ctx: Context) -> str:
-    release = system.os_release(ctx.host)
+    release = osfacts.os_release(ctx.host)
     distro = release.get("ID", "debian")
     codename = release.get("VERSION_CODENAME", "")
     arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
@@ -49,16 +49,16 @@ class DockerStep:
                                                    line=docker_ce_source(ctx)))]
 
     def check(self, ctx: Context) -> Check:
-        if not system.systemd_running(ctx.host):
+        if not osfacts.systemd_running(ctx.host):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
-        installed = [p for p in ("docker.io", "docker-ce") if system.package_installed(ctx.host, p)]
+        installed = [p for p in ("docker.io", "docker-ce") if osfacts.package_installed(ctx.host, p)]
         actions = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):
                 before = ctx.host.read_text(planned.path)
                 if before != planned.content:
-                    release = system.os_release(ctx.host).get("ID", "debian")
+                    release = osfacts.os_release(ctx.host).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
                     actions.append(WriteFile(planned.path, planned.content, before))
             reason = f"{' '.join(wanted)} is not installed"
@@ -73,7 +73,7 @@ class DockerStep:
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
         else:
-            enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
+            enabled, active = osfacts.unit_enabled(ctx.host, "docker"), osfacts.unit_active(ctx.host, "docker")
             if enabled and active:
                 return ok(f"{installed[0]} installed, docker.service enabled and running")
             reason = "docker.service is " + " and ".join(

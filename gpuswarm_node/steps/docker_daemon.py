@@ -19,14 +19,14 @@ from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
-from ..probes import system
+from ..probes import osfacts
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory, slices_of
 from .. import restart
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
-from ..system import Context
+from ..context import Context
 from ..unitfile import Command
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -445,7 +445,7 @@ class DockerDaemonStep:
         # Directories first: nothing is written into one that someone else can still change.
         actions = [*dir_fixes, *actions, *file_fixes]
         reasons += owner_reasons
-        docker_running = system.systemd_running(ctx.host) and system.unit_active(ctx.host, "docker")
+        docker_running = osfacts.systemd_running(ctx.host) and osfacts.unit_active(ctx.host, "docker")
         if docker_running:
             restart_needed = bool(restart_for)
             if not restart_needed:

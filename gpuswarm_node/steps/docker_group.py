@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..config import valid_user_name
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
-from ..probes import system
-from ..system import Context
+from ..probes import osfacts
+from ..context import Context
 
 
 class DockerGroupStep:
@@ -25,9 +25,9 @@ class DockerGroupStep:
             # node.user is validated with the configuration; $SUDO_USER is not.
             return blocked(f"SUDO_USER {user!r} is not a user name (a letter or '_', then letters, digits, '_' or "
                            "'-'); set node.user to the user to add")
-        if not system.user_exists(ctx.host, user):
+        if not osfacts.user_exists(ctx.host, user):
             return blocked(f"user {user!r} does not exist; set node.user to an existing user")
-        members = system.group_members(ctx.host, "docker")
+        members = osfacts.group_members(ctx.host, "docker")
         if members is not None and user in members:
             return ok(f"{user} is in the docker group")
         actions = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
-from ..system import Context
+from ..context import Context
 
 
 class ImageStep:

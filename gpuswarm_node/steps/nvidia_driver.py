@@ -12,9 +12,9 @@ from __future__ import annotations
 from .. import apt_sources
 from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
-from ..probes import driver, system
+from ..probes import driver, osfacts
 from ..probes.driver import PciGpu
-from ..system import Context
+from ..context import Context
 from . import apt
 
 STEP = "nvidia-driver"
@@ -118,7 +118,7 @@ class NvidiaDriverStep:
         host = ctx.host
         release = driver.kernel_release(host)
         pkgs = driver.driver_packages(host, release)
-        distro = system.os_release(host).get("ID", "")
+        distro = osfacts.os_release(host).get("ID", "")
         if pkgs.unfinished:
             names = ", ".join(f"{p.name} ({p.state})" for p in pkgs.unfinished)
             return needs_change(f"{why}; the last install of {names} did not finish",

@@ -17,9 +17,9 @@ from ..config import NVIDIA_TOOLKIT_SOURCE, tomllib
 from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
 from .. import nvidia_hook
-from ..probes import system
+from ..probes import osfacts
 from ..render import render
-from ..system import Context
+from ..context import Context
 from . import apt
 from .nvidia_driver import gpu_presence
 
@@ -151,7 +151,7 @@ class NvidiaToolkitStep:
 
     def files(self, ctx: Context) -> list[PlannedFile]:
         files = [PlannedFile(SOURCE_LIST, self._source_list(ctx))]
-        if system.package_installed(ctx.host, PACKAGE):
+        if osfacts.package_installed(ctx.host, PACKAGE):
             fix = mode_verdict(ctx).fix
             if fix is not None:
                 files.append(PlannedFile(fix.path, fix.content))
@@ -169,7 +169,7 @@ class NvidiaToolkitStep:
     def joint_install(self, ctx: Context) -> list | None:
         """For the docker step, when it installs Docker on a GPU machine that lacks the toolkit:
         the toolkit's source actions, so that both packages go in one apt transaction."""
-        if not gpu_presence(ctx)[0] or system.package_installed(ctx.host, PACKAGE):
+        if not gpu_presence(ctx)[0] or osfacts.package_installed(ctx.host, PACKAGE):
             return None
         return self._source_actions(ctx, ctx.host.read_text(SOURCE_LIST))
 
@@ -179,7 +179,7 @@ class NvidiaToolkitStep:
             return skipped(why)
         wanted = self._source_list(ctx)
         before = ctx.host.read_text(SOURCE_LIST)
-        installed = system.package_installed(ctx.host, PACKAGE)
+        installed = osfacts.package_installed(ctx.host, PACKAGE)
         runtime = ctx.host.which("nvidia-container-runtime")
         actions = []
         reasons = []

@@ -14,7 +14,7 @@ from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok
 from ..errors import ManagerUnreachable, StepFailed
 from ..manager import ManagerSwarm, join_host_port, resolve_addresses, split_host_port
 from ..probes.docker import SwarmMembership
-from ..system import Context
+from ..context import Context
 
 
 def managed_by(addrs: tuple[str, ...], manager: str) -> bool:
