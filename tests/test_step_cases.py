@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpuswarm_node import config
-from gpuswarm_node.engine import State, converge
+from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
 from gpuswarm_node.context import Context, RunOptions
@@ -63,7 +63,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
 
     assert check.state.value == expect["state"], check.detail
     assert expect["detail"] in check.detail
-    assert [a.describe() for a in check.actions] == expect.get("actions", [])
+    assert [a.describe() for a in flatten(check.actions)] == expect.get("actions", [])
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"
     if "manager_reads" in expect:

@@ -4,7 +4,8 @@ and getent's answer counts only for the name asked (it looks numbers up as ids).
 from __future__ import annotations
 
 from gpuswarm_node.probes import osfacts
-from gpuswarm_node.reset import Undo, plan
+from gpuswarm_node.journal import Undo
+from gpuswarm_node.reset import plan
 
 from .fakes import FakeHost
 
@@ -31,14 +32,14 @@ def test_group_members_of_another_group_are_not_this_groups():
 
 def test_reset_removes_the_user_with_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["usermod", "--append", "--groups", "docker", "--", "bob"]}
-    assert plan([entry]) == [Undo("run", argv=("gpasswd", "--delete", "bob", "--", "docker"))]
+    assert plan([entry]) == [Undo("leave-group", user="bob", group="docker")]
 
 
 def test_reset_reads_journals_written_before_the_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["usermod", "--append", "--groups", "docker", "bob"]}
-    assert plan([entry]) == [Undo("run", argv=("gpasswd", "--delete", "bob", "--", "docker"))]
+    assert plan([entry]) == [Undo("leave-group", user="bob", group="docker")]
 
 
 def test_reset_keeps_the_group_it_created_with_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["groupadd", "--system", "--", "docker"]}
-    assert plan([entry]) == [Undo("note", "group docker left in place (the docker package uses it)")]
+    assert plan([entry]) == [Undo("keep", note="group docker left in place (the docker package uses it)")]

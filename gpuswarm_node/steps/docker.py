@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
+from ..journal import keep
 from . import apt
 from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
 
@@ -35,7 +36,7 @@ def install_split_client(ctx: Context) -> None:
         return
     shown = ctx.host.query(["apt-cache", "show", "--no-all-versions", "docker-cli"])
     if shown.ok and shown.stdout.strip():
-        apt.install(ctx, "docker-cli").execute(ctx)
+        perform(ctx, apt.install(ctx, "docker-cli"))
 
 
 class DockerStep:
@@ -79,5 +80,5 @@ class DockerStep:
             reason = "docker.service is " + " and ".join(
                 w for w, bad in (("not enabled", not enabled), ("not running", not active)) if bad)
         actions.append(run_command("systemctl", "enable", "--now", "docker", timeout=300,
-                                   progress="starting docker"))
+                                   progress="starting docker", undo=keep("docker left enabled and running")))
         return needs_change(reason, *actions)

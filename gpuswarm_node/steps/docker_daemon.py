@@ -15,7 +15,7 @@ import json
 import posixpath
 import re
 
-from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
+from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
@@ -23,6 +23,7 @@ from ..probes import osfacts
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory, slices_of
 from .. import restart
+from ..lifecycle import activate_action, can_drain, drain_action
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
@@ -458,8 +459,9 @@ class DockerDaemonStep:
                 if refusal:
                     return blocked("; ".join(reasons + [refusal]))
                 restart_for.append(restart.restart_action(previous, reload=DROPIN in previous))
-                if ctx.options.drain and restart.can_drain(ctx) is None:
-                    restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
+                if ctx.options.drain and can_drain(ctx) is None:
+                    # The node is made active again whatever happens between.
+                    restart_for = [Paired(drain_action(), tuple(restart_for), activate_action())]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
         # container start runs the wrapper.
         actions += restart_for

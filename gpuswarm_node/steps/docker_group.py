@@ -6,6 +6,7 @@ from ..config import valid_user_name
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
 from ..probes import osfacts
 from ..context import Context
+from ..journal import Undo, keep
 
 
 class DockerGroupStep:
@@ -33,8 +34,10 @@ class DockerGroupStep:
         actions = []
         if members is None:
             # The docker package creates the group too; creating it first lets this step come first.
-            actions.append(run_command("groupadd", "--system", "--", "docker"))
+            actions.append(run_command("groupadd", "--system", "--", "docker",
+                                       undo=keep("group docker left in place (the docker package uses it)")))
         # "--": the user name is an operand, never an option.
-        actions.append(run_command("usermod", "--append", "--groups", "docker", "--", user))
+        actions.append(run_command("usermod", "--append", "--groups", "docker", "--", user,
+                                   undo=Undo("leave-group", user=user, group="docker")))
         reason = "the docker group does not exist yet" if members is None else f"{user} is not in the docker group"
         return needs_change(reason, *actions)

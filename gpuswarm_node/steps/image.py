@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
 from ..context import Context
+from ..journal import Undo
 
 
 class ImageStep:
@@ -26,4 +27,4 @@ class ImageStep:
         def pull(ctx: Context) -> None:
             ctx.docker.pull(name, lambda event: ctx.reporter.pull_progress(name, event))
 
-        return needs_change(f"{name} is not present", Call(f"pull {name}", pull))
+        return needs_change(f"{name} is not present", Call(f"pull {name}", pull, Undo("remove-image", image=name)))

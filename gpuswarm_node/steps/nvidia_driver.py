@@ -10,11 +10,12 @@ it, and `blocked` with the cause when one already did not, never a second instal
 from __future__ import annotations
 
 from .. import apt_sources
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
 from ..probes import driver, osfacts
 from ..probes.driver import PciGpu
 from ..context import Context
+from ..journal import keep
 from . import apt
 
 STEP = "nvidia-driver"
@@ -72,11 +73,6 @@ def secure_boot_problem(ctx: Context, distro: str) -> Check | None:
                    "in the firmware settings; then run setup again")
 
 
-def _record(ctx: Context, action) -> None:
-    if ctx.journal is not None:  # reset lists the packages it leaves installed
-        ctx.journal.record(kind="run", step=STEP, argv=list(action.argv), action=action.describe())
-
-
 def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
     """Debian: which driver branch the GPUs need is known once nvidia-detect is installed, in the
     same run."""
@@ -86,9 +82,7 @@ def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
         package, problem = driver.choose_driver(driver.detect(ctx.host, gpus))
         if problem:
             raise StepFailed(f"{problem}.", "Install a driver that supports every GPU by hand, then run setup again.")
-        action = apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)
-        action.execute(ctx)
-        _record(ctx, action)
+        perform(ctx, apt.install(ctx, *headers, package, DEBIAN_FIRMWARE))
 
     return Call(f"install the driver package nvidia-detect recommends for {ids}, with "
                 f"{' '.join([*headers, DEBIAN_FIRMWARE])}", install)
@@ -189,7 +183,8 @@ class NvidiaDriverStep:
             return needs_change(f"{why}; no driver installed", apt.update(ctx),
                                 apt.install(ctx, "ubuntu-drivers-common"),
                                 run_command("ubuntu-drivers", "install", "--gpgpu", timeout=1800,
-                                            progress="ubuntu-drivers install"))
+                                            progress="ubuntu-drivers install",
+                                            undo=keep("the driver ubuntu-drivers installed is left installed")))
         if distro == "debian":
             return self._debian_install(ctx, why, gpus, release)
         return blocked(f"no driver installer for distribution {distro or 'unknown'}; install the NVIDIA driver by "

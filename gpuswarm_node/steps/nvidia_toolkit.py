@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import NVIDIA_TOOLKIT_SOURCE, tomllib
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
 from .. import nvidia_hook
 from ..probes import osfacts
@@ -136,7 +136,7 @@ def fix_mode_after_install(ctx: Context) -> None:
     """Which version apt installs is known only once it has: decide then, in the same run."""
     verdict = mode_verdict(ctx)
     if verdict.fix is not None:
-        verdict.fix.execute(ctx)
+        perform(ctx, verdict.fix)
     elif verdict.problem:
         raise StepFailed(f"{verdict.problem}.", verdict.remedy)
 

@@ -7,6 +7,7 @@ from ..errors import StepFailed
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
+from ..journal import Undo
 
 FSTAB = "/etc/fstab"
 # A size=0 tmpfs has no limit at all (tmpfs(5)): never render less than this.
@@ -139,7 +140,7 @@ class TmpfsStep:
             if osfacts.systemd_running(ctx.host):
                 actions.append(run_command("systemctl", "daemon-reload"))
         if mounted is None:
-            actions.append(run_command("mount", path))
+            actions.append(run_command("mount", path, undo=Undo("umount", path=path)))
             reasons.append(f"nothing mounted at {path}")
         elif mounted.options.get("size") != f"{want_mib * 1024}k":
             actions.append(run_command("mount", "-o", f"remount,size={want_mib}m", path))
