@@ -142,3 +142,21 @@ def test_every_command_and_call_is_journaled_with_its_undo(tmp_path):
     entries = ctx.journal.entries()
     assert [(e["kind"], e["step"]) for e in entries] == [("run", "swarm-join"), ("call", "swarm-join")]
     assert plan(entries) == [Undo("leave-swarm"), Undo("leave-group", user="bob", group="docker")]
+
+
+def test_a_step_is_ok_only_when_the_re_check_after_its_actions_says_so():
+    @dataclass
+    class Stubborn:
+        name: str = "stubborn"
+        description: str = "its action changes nothing"
+
+        def check(self, ctx):
+            return needs_change("still wrong", Call("try", lambda c: None))
+
+        def files(self, ctx):
+            return []
+
+    report = run_plan(Plan("setup", (Stubborn(),)), context()[0])
+    [row] = report.steps
+    assert row.state.value == "failed" and not row.changed
+    assert row.detail == "still not converged after applying: still wrong"

@@ -80,7 +80,9 @@ def test_step_case(path: Path, monkeypatch) -> None:
         assert report.state.value == want.get("state", "ok"), report.detail
         assert want.get("detail", "") in report.detail
         assert report.changed is want.get("changed", True)
-        assert host.actions == want.get("host_actions", host.actions)
+        # Required, [] included: what applying the plan did to the host is always compared.
+        assert "host_actions" in want, "a converging case says what it does to the host"
+        assert host.actions == want["host_actions"]
         assert docker.calls == want.get("docker_calls", [])
         assert manager.reads == want.get("manager_reads", manager.reads)
         assert ports.probed == want.get("ports_probed", ports.probed)
@@ -93,6 +95,10 @@ def test_step_case(path: Path, monkeypatch) -> None:
         if report.changed:  # the second run changes nothing
             again = step.check(ctx)
             assert again.state.value == want.get("state", "ok") and again.actions == ()
+        if report.state is State.OK:
+            # `render` prints what setup wrote: every file the step renders is on the host as rendered.
+            for planned in step.files(ctx):
+                assert host.files.get(planned.path) == planned.content, f"render differs from setup: {planned.path}"
 
 
 
