@@ -160,3 +160,28 @@ def test_a_step_is_ok_only_when_the_re_check_after_its_actions_says_so():
     [row] = report.steps
     assert row.state.value == "failed" and not row.changed
     assert row.detail == "still not converged after applying: still wrong"
+
+
+def test_the_end_of_run_summary_names_each_step_that_failed_or_is_blocked_with_its_reason():
+    from rich.console import Console
+
+    from gpuswarm_node.engine import blocked
+    from gpuswarm_node.ui import print_summary
+
+    @dataclass
+    class Waits:
+        name: str = "waits"
+        description: str = "blocked"
+
+        def check(self, ctx):
+            return blocked("waits for a reboot")
+
+        def files(self, ctx):
+            return []
+
+    report = run_plan(Plan("setup", (Bracketed(), Waits())), context()[0])
+    console = Console(record=True, width=300)
+    print_summary(console, report)
+    lines = console.export_text().splitlines()
+    assert "bracketed failed: the middle failed." in lines and "waits blocked: waits for a reboot" in lines
+    assert "node converged." not in lines
