@@ -26,7 +26,6 @@ class ConsoleReporter:
     def __init__(self, console: Console, debug: bool = False) -> None:
         self.console = console
         self.debug = debug
-        self._status = None
         self._layers: dict[str, dict[str, tuple[int, int]]] = {}
 
     def step_started(self, name: str, description: str) -> None:
@@ -46,12 +45,8 @@ class ConsoleReporter:
         if not self.console.is_terminal:
             yield
             return
-        with self.console.status(escape(label)) as status:
-            self._status = status
-            try:
-                yield
-            finally:
-                self._status = None
+        with self.console.status(escape(label)):
+            yield
 
     def pull_progress(self, image: str, event: dict) -> None:
         layers = self._layers.setdefault(image, {})
