@@ -6,9 +6,9 @@ from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, need
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
+from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install
 from ..journal import keep
 from . import apt
-from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
 
 DISTRO_PACKAGES = ("docker.io",)
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
@@ -65,7 +65,7 @@ class DockerStep:
             reason = f"{' '.join(wanted)} is not installed"
             # On a fresh GPU machine the toolkit comes in the same apt transaction: one
             # `apt-get update`, one install, instead of one of each per step.
-            toolkit = NvidiaToolkitStep().joint_install(ctx)
+            toolkit = joint_toolkit_install(ctx)
             if toolkit is not None:
                 actions += toolkit
                 wanted = (*wanted, TOOLKIT_PACKAGE)

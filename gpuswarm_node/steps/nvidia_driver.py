@@ -15,28 +15,12 @@ from ..errors import NvmlUnavailable, StepFailed
 from ..probes import driver, osfacts
 from ..probes.driver import PciGpu
 from ..context import Context
+from ..shared_facts import gpu_presence
 from ..journal import keep
 from . import apt
 
 STEP = "nvidia-driver"
 DEBIAN_FIRMWARE = "firmware-misc-nonfree"
-
-
-def gpu_presence(ctx: Context) -> tuple[bool, str]:
-    """Whether this machine has an NVIDIA GPU, and how we know."""
-    present, why, _gpus = _presence(ctx)
-    return present, why
-
-
-def _presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
-    try:
-        inv = ctx.inventory()
-        return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
-    except NvmlUnavailable as exc:
-        gpus = driver.nvidia_gpus(ctx.host)
-        if gpus:
-            return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
-        return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
 
 
 def _module(module: driver.LoadedModule) -> str:
@@ -106,7 +90,7 @@ class NvidiaDriverStep:
         return ok(f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)")
 
     def _without_nvml(self, ctx: Context, exc: NvmlUnavailable) -> Check:
-        present, why, gpus = _presence(ctx)
+        present, why, gpus = gpu_presence(ctx)
         if not present:
             return skipped(why)
         host = ctx.host
