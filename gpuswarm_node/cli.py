@@ -107,7 +107,7 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
     """`changes`: this run may change the machine, so it keeps a journal for `reset`."""
     from .host import LocalHost
     from .journal import Journal
-    from .system import Context, RunOptions
+    from .context import Context, RunOptions
     from .ui import ConsoleReporter
 
     reporter = ConsoleReporter(err, debug=state.debug)
@@ -116,6 +116,41 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
     journal = Journal() if changes else None
     return Context(config=config, host=LocalHost(journal=journal), reporter=reporter, journal=journal,
                    options=RunOptions(**options))
+
+
+def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
+    """Run a plan (setup, leave, reset) the one way: a dry run only looks; a real run holds the
+    lock and appends to the run log. Prints the plan or the end-of-run summary (or JSON); returns
+    the report (exit_code says what it means for the exit status)."""
+    from .engine import run_plan
+    from .ui import print_plan, print_summary
+
+    if dry_run:
+        report = run_plan(plan, ctx, dry_run=True)
+    else:
+        from .lock import run_lock
+        from .runlog import append as log_run, prepare as prepare_run_log
+
+        # One lock for setup, leave and reset: none may race another over apt, Docker or the swarm.
+        with run_lock(command=plan.command):
+            prepare_run_log()
+            report = run_plan(plan, ctx)
+            log_run(report)
+    if json_out:
+        out.print_json(json.dumps(report.as_json()))
+    elif dry_run:
+        print_plan(out, report)
+        if hint:
+            out.print(hint)
+    else:
+        print_summary(out, report, getattr(ctx.host, "backups", []), ctx.logs)
+    return report
+
+
+def exit_code(report) -> int:
+    """0 when the run converged, or a dry run's plan can; 1 otherwise. The plan is honest: it passes
+    only when applying it can reach a converged node."""
+    return 0 if (report.plan_ok if report.mode == "dry-run" else report.ok) else 1
 
 
 def print_version(value: bool) -> None:
@@ -163,33 +198,13 @@ def setup(
 
     def body() -> int:
         from . import steps
-        from .engine import run_setup
-        from .ui import print_plan, print_summary
-
-        from .lock import run_lock
-        from .runlog import append as log_run, prepare as prepare_run_log
+        from .preflight import setup_plan
 
         cfg = load_config(config, overrides)
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
-        if dry_run:
-            report = run_setup(selected, ctx, dry_run=True)
-        else:
-            with run_lock(command="setup"):
-                prepare_run_log()
-                report = run_setup(selected, ctx)
-                log_run(report)
-        if json_out:
-            out.print_json(json.dumps(report.as_json()))
-        elif dry_run:
-            print_plan(out, report)
-        else:
-            print_summary(out, report, getattr(ctx.host, "backups", []), ctx.logs)
-        if dry_run:
-            # The plan is honest: it passes only when applying it can reach a converged node.
-            return 0 if report.plan_ok else 1
-        return 0 if report.ok else 1
+        return exit_code(apply_plan(setup_plan(selected), ctx, dry_run, json_out))
 
     guarded(body)
 
@@ -386,38 +401,35 @@ def hub_config(
     guarded(body)
 
 
-@app.command(epilog=epilog(f"sudo {PROG} leave --timeout 300",
-                           f"0 left the swarm, or was in none; 1 it could not drain or leave; {USAGE_EXIT}"))
+@app.command(epilog=epilog(f"sudo {PROG} leave --dry-run, then sudo {PROG} leave --timeout 300",
+                           f"0 left the swarm, or was in none (with --dry-run: the plan can be carried out); 1 it "
+                           f"could not drain or leave, or a preflight check refused it; {USAGE_EXIT}"))
 def leave(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for tasks to move elsewhere."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be done; change nothing."),
+    json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
 ) -> None:
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
     def body() -> int:
-        from .lifecycle import leave as leave_swarm
-        from .lock import run_lock
+        from .lifecycle import leave_plan
 
         cfg = load_config(config, overrides)
-        # The same lock as setup: a leave must not race a setup that is joining or restarting Docker.
-        with run_lock(command="leave"):
-            report = leave_swarm(make_context(cfg, json_mode=False, changes=True), timeout=timeout)
-        for note in report.notes:
-            out.print(note)
-        if report.left:
-            out.print(f"node {report.node_id} drained ({report.tasks_moved} task(s) moved) and left the swarm"
-                      + ("; removed from the manager" if report.removed_from_manager else ""))
-        return 0
+        ctx = make_context(cfg, json_out, changes=not dry_run, drain_timeout=timeout)
+        return exit_code(apply_plan(leave_plan(), ctx, dry_run, json_out))
 
     guarded(body)
 
 
 @app.command(epilog=epilog(f"sudo {PROG} reset, then sudo {PROG} reset --yes",
-                           f"0 reverted, or the plan was printed; 1 refused, or something was not reverted; "
-                           f"{USAGE_EXIT}", f"{CONFIG_ENV} Read only with --yes."))
+                           f"0 reverted, or the plan was printed and can be carried out; 1 refused by a preflight "
+                           f"check, or something was not reverted; {USAGE_EXIT}"))
 def reset(
     yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
+    json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
     allow_restart: bool = typer.Option(False, "--allow-restart",
@@ -434,7 +446,6 @@ def reset(
     def body() -> int:
         from . import reset as resetting
         from .journal import Journal
-        from .lock import run_lock
 
         if purge:
             # Imported now: the purge may remove the environment this process runs from.
@@ -443,59 +454,57 @@ def reset(
 
         journal = Journal()
         undo = resetting.plan(journal.entries())
+        looking = dry_run or not yes
+        code = 0
         if not undo:
-            out.print(f"nothing to revert: no changes recorded in {journal.path}")
+            if json_out and not purge:
+                out.print_json(json.dumps({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
+                                           "steps": [], "preflight": []}))
+            else:
+                out.print(f"nothing to revert: no changes recorded in {journal.path}")
             if not purge:
                 return 0
-        if not yes:
-            if drain and undo:
-                out.print("  - drain this node through the manager and wait for its tasks to move")
-            for item in undo:
-                out.print(f"  - {escape(item.describe())}")
-            if purge:
-                print_purge_plan(purging.plan(tree))
+        else:
+            cfg = load_config(config, overrides)
+            ctx = make_context(cfg, json_out, allow_restart=allow_restart, drain=drain)
             flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                           ("--purge", purge)) if on)
-            out.print(f"run `gpuswarm-node reset --yes{flags}` to do this.")
-            return 0
-        if undo:
-            cfg = load_config(config, overrides)
-            ctx = make_context(cfg, json_mode=False, allow_restart=allow_restart, drain=drain)
-        failed = False
-        with run_lock(str(tree.lock) if purge else None, command="reset"):
-            if undo:
-                # Setup's restart rules, decided before anything is undone.
-                refusal = resetting.refusal(ctx, resetting.plan(journal.entries()))
-                if refusal:
-                    raise GpuswarmError(f"reset refused: {refusal}.", "Nothing was reverted.")
-                report = resetting.execute(ctx, journal)
-                for item in report.done:
-                    out.print(f"reverted: {escape(item)}")
-                for item in report.kept:
-                    out.print(f"kept: {escape(item)}")
-                for item in report.notes:
-                    out.print(f"note: {escape(item)}")
-                for item in report.failed:
-                    out.print(f"[red]not reverted:[/] {escape(item)}")
-                failed = bool(report.failed)
-            if purge and failed:
-                out.print("[red]not purged:[/] something was not reverted (above), and the journal and the "
-                          "runtime wrapper may still be needed; fix it, then run `gpuswarm-node reset --yes --purge`")
-            elif purge:
-                plan = purging.plan(tree)
-                for item in plan.kept:
-                    out.print(f"kept: {escape(item)}")
-                # Nothing may be imported from here on: the environment may be gone.
-                done = purging.execute(tree)
-                for item in done.done:
-                    out.print(f"purged: {escape(item)}")
-                for item in done.failed:
-                    out.print(f"[red]not purged:[/] {escape(item)}")
-                # The lock is this run's own: it is there every time.
-                if not done.failed and all(d.startswith(f"removed {tree.lock} ") for d in done.done):
-                    out.print("nothing else to purge: the tool's own files were gone already")
-                failed = bool(done.failed)
-        return 1 if failed else 0
+            hint = "" if purge else f"run `gpuswarm-node reset --yes{flags}` to do this."
+            report = apply_plan(resetting.reset_plan(ctx, undo), ctx, looking, json_out, hint=hint)
+            code = exit_code(report)
+            if not looking and report.ok:
+                # A second reset finds nothing to undo; after a failure the record stays, and a
+                # second reset re-checks every change (what is undone already is ok).
+                journal.archive()
+        if looking:
+            if purge:
+                print_purge_plan(purging.plan(tree))
+                flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
+                                                              ("--purge", purge)) if on)
+                out.print(f"run `gpuswarm-node reset --yes{flags}` to do this.")
+            return code
+        if not purge:
+            return code
+        from .lock import run_lock
+
+        if code:
+            out.print("[red]not purged:[/] something was not reverted (above), and the journal and the "
+                      "runtime wrapper may still be needed; fix it, then run `gpuswarm-node reset --yes --purge`")
+            return code
+        with run_lock(str(tree.lock), command="reset"):
+            plan = purging.plan(tree)
+            for item in plan.kept:
+                out.print(f"kept: {escape(item)}")
+            # Nothing may be imported from here on: the environment may be gone.
+            done = purging.execute(tree)
+            for item in done.done:
+                out.print(f"purged: {escape(item)}")
+            for item in done.failed:
+                out.print(f"[red]not purged:[/] {escape(item)}")
+            # The lock is this run's own: it is there every time.
+            if not done.failed and all(d.startswith(f"removed {tree.lock} ") for d in done.done):
+                out.print("nothing else to purge: the tool's own files were gone already")
+        return 1 if done.failed else 0
 
     guarded(body)
 

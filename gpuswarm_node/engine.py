@@ -1,7 +1,10 @@
 """The step engine: a step's read-only check plans actions, the runner applies them and re-checks.
 
-"Changed" is never set by hand: a step changed the machine when its check said needs-change,
-its actions ran, and the re-check said ok. Dry-run lives here and only here.
+setup, leave and reset are all plans of this engine (Plan): preflight checks first, then each
+step's check, its actions and a re-check; each action that changes the machine goes into the
+journal with the data that reverses it. "Changed" is never set by hand: a step changed the machine
+when its check said needs-change, its actions ran, and the re-check said ok. Whether actions run
+at all (a dry run, a refused preflight, an earlier failure) is decided in run_plan and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 from .errors import GpuswarmError, StepFailed
+from .journal import Undo
 
 if TYPE_CHECKING:
-    from .system import Context
+    from .context import Context
 
 
 class State(str, Enum):
@@ -84,6 +88,7 @@ class RunCommand:
     timeout: float | None = None
     # A long command gets a live spinner with this label.
     progress: str = ""
+    undo: Undo | None = None  # what reverses it, for the journal (None: nothing to undo)
 
     def describe(self) -> str:
         return "run " + shlex.join(self.argv)
@@ -99,6 +104,7 @@ class Call:
 
     description: str
     fn: Callable[[Context], None] = field(compare=False)
+    undo: Undo | None = None  # what reverses it, for the journal (None: nothing to undo)
 
     def describe(self) -> str:
         return self.description
@@ -108,8 +114,55 @@ class Call:
 
 
 def run_command(*argv: str, env: Mapping[str, str] | None = None, timeout: float | None = None,
-                progress: str = "") -> RunCommand:
-    return RunCommand(tuple(argv), tuple(sorted((env or {}).items())), timeout, progress)
+                progress: str = "", undo: Undo | None = None) -> RunCommand:
+    return RunCommand(tuple(argv), tuple(sorted((env or {}).items())), timeout, progress, undo)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """An opening action, the actions it brackets, and the closing action that runs whenever the
+    opening one ran, whatever happens between (try/finally): drain, restart Docker, make the node
+    active again. Described, journaled and reported as its parts, in order."""
+
+    opening: Action
+    between: tuple[Action, ...]
+    closing: Action
+
+    def describe(self) -> str:
+        return "; ".join(a.describe() for a in self.parts())
+
+    def parts(self) -> list[Action]:
+        return [self.opening, *self.between, self.closing]
+
+    def execute(self, ctx: Context) -> None:
+        perform(ctx, self.opening)
+        try:
+            for action in self.between:
+                perform(ctx, action)
+        finally:
+            perform(ctx, self.closing)
+
+
+def flatten(actions: Sequence[Action]) -> list[Action]:
+    """The actions as they run, a Paired one as its parts."""
+    return [part for a in actions for part in (a.parts() if isinstance(a, Paired) else [a])]
+
+
+def perform(ctx: Context, action: Action) -> None:
+    """Carry out one action for the step now running (ctx.step), and journal it with its undo
+    data. Also for an action another one starts (an install decided while the run goes)."""
+    if isinstance(action, Paired):
+        action.execute(ctx)
+        return
+    ctx.reporter.action(ctx.step, action.describe())
+    ctx.ran.append(action)
+    action.execute(ctx)
+    if isinstance(action, (WriteFile, RemoveFile)):
+        ctx.touched.add(action.path)
+    if ctx.journal is not None and isinstance(action, (RunCommand, Call)):
+        undo = {"undo": action.undo.record()} if action.undo is not None else {}
+        ctx.journal.record(kind="run" if isinstance(action, RunCommand) else "call", step=ctx.step,
+                           argv=list(getattr(action, "argv", ())), action=action.describe(), **undo)
 
 
 # --- checks and steps -----------------------------------------------------------------------------
@@ -128,7 +181,7 @@ class Check:
 
     @property
     def diff(self) -> str:
-        return "".join(a.diff() for a in self.actions if isinstance(a, WriteFile))
+        return "".join(a.diff() for a in flatten(self.actions) if isinstance(a, WriteFile))
 
 
 def ok(detail: str) -> Check:
@@ -163,6 +216,38 @@ class Step(Protocol):
         """Every file this step would write, with the content it would write."""
 
 
+# --- plans ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preflight:
+    """A prerequisite known before anything changes (kubeadm's preflight checks). `name` is stable:
+    it is shown in the output and the JSON. `problem` says what is wrong, or None."""
+
+    name: str
+    problem: Callable[[Context], str | None] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Steps whose closing step is applied whenever the opening step changed the machine, whatever
+    happens to the steps between (try/finally): drain the node, reset, make it active again."""
+
+    opening: Step
+    steps: tuple[Step, ...]
+    closing: Step
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command does: its preflight checks, then its steps in order."""
+
+    command: str  # "setup", "leave" or "reset"
+    steps: tuple[Step | Bracket, ...]
+    preflight: tuple[Preflight, ...] = ()
+    # Steps independent of each other (reset's undo records): a failed one does not stop the next.
+    best_effort: bool = False
+
+
 # --- the runner ---------------------------------------------------------------------------------
 
 @dataclass
@@ -177,7 +262,6 @@ class StepReport:
     diff: str = ""
     reboot_required: bool = False
     seconds: float = 0.0
-    error: GpuswarmError | None = None
     before: State | None = None  # the first check's verdict, when the step was applied
 
     def as_json(self) -> dict:
@@ -187,13 +271,29 @@ class StepReport:
 
 
 @dataclass
+class PreflightReport:
+    name: str
+    problem: str | None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "ok": self.problem is None, **({"detail": self.problem} if self.problem else {})}
+
+
+@dataclass
 class RunReport:
     steps: list[StepReport]
-    mode: str  # "setup", "dry-run" or "status"
+    mode: str  # "dry-run", "status", or the command that applied its plan ("setup", "leave", "reset")
+    command: str = "setup"
+    preflight: list[PreflightReport] = field(default_factory=list)
+
+    @property
+    def refused(self) -> list[PreflightReport]:
+        """The preflight checks that failed: then no action ran."""
+        return [p for p in self.preflight if p.problem is not None]
 
     @property
     def ok(self) -> bool:
-        return all(s.state in (State.OK, State.SKIPPED) for s in self.steps)
+        return not self.refused and all(s.state in (State.OK, State.SKIPPED) for s in self.steps)
 
     @property
     def changed(self) -> list[str]:
@@ -210,8 +310,9 @@ class RunReport:
 
     @property
     def plan_ok(self) -> bool:
-        """A dry run's verdict: applying the plan can reach a converged node (nothing blocked or failed)."""
-        return not self.stoppers
+        """A dry run's verdict: applying the plan can reach a converged node (every preflight
+        check passes, nothing blocked or failed)."""
+        return not self.refused and not self.stoppers
 
     @property
     def reboot_required(self) -> bool:
@@ -223,6 +324,8 @@ class RunReport:
             report["dry_run"] = self.mode == "dry-run"
         report.update(changed=self.changed, reboot_required=self.reboot_required,
                       steps=[s.as_json() for s in self.steps])
+        if self.mode != "status":
+            report["preflight"] = [p.as_json() for p in self.preflight]
         return report
 
 
@@ -242,9 +345,10 @@ def _diff_of(action: Action) -> str:
 
 
 def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
+    planned = flatten(check.actions)
     return StepReport(step.name, check.state, check.detail,
-                      actions=[a.describe() for a in check.actions],
-                      diffs=[_diff_of(a) for a in check.actions], diff=check.diff,
+                      actions=[a.describe() for a in planned],
+                      diffs=[_diff_of(a) for a in planned], diff=check.diff,
                       reboot_required=check.reboot_required,
                       seconds=time.monotonic() - started, **kw)
 
@@ -255,28 +359,23 @@ def converge(step: Step, ctx: Context) -> StepReport:
     before = safe_check(step, ctx)
     if before.state is not State.NEEDS_CHANGE:
         return _report(step, before, started)
-    ran: list[Action] = []  # what was carried out, the failing action included
+    ctx.step, ctx.ran = step.name, []  # what was carried out, the failing action included
 
     def applied(report: StepReport) -> StepReport:
-        report.actions, report.diffs = [a.describe() for a in ran], [_diff_of(a) for a in ran]
+        report.actions, report.diffs = [a.describe() for a in ctx.ran], [_diff_of(a) for a in ctx.ran]
         report.before = before.state
         return report
 
     try:
         for action in before.actions:
-            ran.append(action)
-            ctx.reporter.action(step.name, action.describe())
-            action.execute(ctx)
-            if ctx.journal is not None and isinstance(action, (RunCommand, Call)):
-                ctx.journal.record(kind="run" if isinstance(action, RunCommand) else "call", step=step.name,
-                                   argv=list(getattr(action, "argv", ())), action=action.describe())
+            perform(ctx, action)
     except GpuswarmError as exc:
-        return applied(_report(step, Check(State.FAILED, exc.message()), started, error=exc))
+        return applied(_report(step, Check(State.FAILED, exc.message()), started))
     except Exception as exc:
         ctx.reporter.debug_traceback(traceback.format_exc())
         failure = StepFailed(f"internal error while applying: {type(exc).__name__}: {exc}",
                              "Re-run with --debug and report the traceback.")
-        return applied(_report(step, Check(State.FAILED, failure.message()), started, error=failure))
+        return applied(_report(step, Check(State.FAILED, failure.message()), started))
     after = safe_check(step, ctx)
     if after.state is State.OK or (after.state is State.BLOCKED and after.reboot_required):
         report = _report(step, after, started, changed=True)
@@ -287,21 +386,66 @@ def converge(step: Step, ctx: Context) -> StepReport:
     return applied(report)
 
 
-def run_setup(steps: Sequence[Step], ctx: Context, dry_run: bool = False) -> RunReport:
+def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
+    """Preflight, then every step in order. Actions run only when this is no dry run and every
+    preflight check passed; after a failed step the later ones are only checked (they build on
+    it, unless the plan is best_effort; a failed opening step of a Bracket always stops them),
+    except the closing step of a Bracket whose opening step changed the machine."""
+    preflight = [PreflightReport(p.name, _safe_problem(p, ctx)) for p in plan.preflight]
+    stop = dry_run or any(p.problem for p in preflight)
     reports: list[StepReport] = []
-    stop_applying = dry_run
-    for step in steps:
+
+    def one(step: Step, apply: bool) -> StepReport:
+        nonlocal stop
         ctx.reporter.step_started(step.name, step.description)
-        if stop_applying:
-            started = time.monotonic()
-            report = _report(step, safe_check(step, ctx), started)
-        else:
+        if apply:
             report = converge(step, ctx)
             # Later steps build on earlier ones: after a failure only look, do not touch.
-            stop_applying = report.state is State.FAILED
+            stop = stop or (report.state is State.FAILED and not plan.best_effort)
+        else:
+            started = time.monotonic()
+            check = safe_check(step, ctx)
+            if check.state is State.NEEDS_CHANGE:  # what the engine would carry out
+                ctx.touched.update(a.path for a in flatten(check.actions) if isinstance(a, (WriteFile, RemoveFile)))
+            report = _report(step, check, started)
         ctx.reporter.step_finished(report)
         reports.append(report)
-    return RunReport(reports, "dry-run" if dry_run else "setup")
+        return report
+
+    for item in plan.steps:
+        if not isinstance(item, Bracket):
+            one(item, not stop)
+            continue
+        opened = one(item.opening, not stop)
+        # What the bracket protects (a drain before a restart) did not happen: touch nothing more.
+        stop = stop or opened.state is State.FAILED
+        try:
+            for step in item.steps:
+                one(step, not stop)
+        finally:
+            if opened.changed:
+                one(item.closing, True)
+            elif opened.state is State.NEEDS_CHANGE:  # a dry run: the closing half would follow
+                started = time.monotonic()
+                report = _report(item.closing, item.closing.planned(ctx), started)
+                ctx.reporter.step_finished(report)
+                reports.append(report)
+    return RunReport(reports, "dry-run" if dry_run else plan.command, plan.command, preflight)
+
+
+def _safe_problem(check: Preflight, ctx: Context) -> str | None:
+    try:
+        return check.problem(ctx)
+    except GpuswarmError as exc:
+        return exc.message()
+    except Exception as exc:
+        ctx.reporter.debug_traceback(traceback.format_exc())
+        return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def run_setup(steps: Sequence[Step], ctx: Context, dry_run: bool = False,
+              preflight: Sequence[Preflight] = ()) -> RunReport:
+    return run_plan(Plan("setup", tuple(steps), tuple(preflight)), ctx, dry_run)
 
 
 def run_status(steps: Sequence[Step], ctx: Context, workers: int = 4) -> RunReport:
@@ -321,4 +465,4 @@ def run_status(steps: Sequence[Step], ctx: Context, workers: int = 4) -> RunRepo
         return _report(step, safe_check(step, ctx), started)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return RunReport(list(pool.map(check, steps)), "status")
+        return RunReport(list(pool.map(check, steps)), "status", "status")

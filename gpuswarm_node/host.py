@@ -498,6 +498,12 @@ def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, ou
                 os.close(fd)
 
 
+def _file_undo(path: str, backup: str | None) -> dict:
+    """The journal's undo record for a file write or removal (journal.Undo): its backup, or, where
+    there was no file before, its removal."""
+    return {"op": "restore", "path": path, "backup": backup} if backup else {"op": "remove", "path": path}
+
+
 class LocalHost:
     """This machine, as root. Every file replaced or removed is first copied to `backup_dir`."""
 
@@ -601,18 +607,18 @@ class LocalHost:
         backup = self._backup(target)
         atomic_write(target, content, mode)
         entry = {"symlink": replaced_link} if replaced_link is not None else {}
-        self._record(kind="write", path=str(target), backup=backup, **entry)
+        self._record(kind="write", path=str(target), backup=backup, undo=_file_undo(str(target), backup), **entry)
 
     def remove(self, path: str) -> None:
         self._journal_ready()
         backup = self._backup(Path(path))
         Path(path).unlink(missing_ok=True)
-        self._record(kind="remove", path=path, backup=backup)
+        self._record(kind="remove", path=path, backup=backup, undo=_file_undo(path, backup))
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self._journal_ready()
         if Path(path) in ensure_dir(path, mode):
-            self._record(kind="mkdir", path=path)
+            self._record(kind="mkdir", path=path, undo={"op": "rmdir", "path": path})
 
     def file_status(self, path: str) -> FileStatus | None:
         return file_status(path)

@@ -1,95 +1,110 @@
-"""Best-effort revert of what setup changed, read from the tool's own journal (journal.py).
+"""Best-effort revert of what setup changed, as a plan of the engine (engine.Plan) built from the
+tool's own journal (journal.py).
 
-`plan` is pure: journal entries in, undo actions out, so the policy is testable as data. Packages
-are left installed (other software may depend on them) and said so; everything else is undone.
+`plan` is pure: journal entries in, undo records out, newest first, read from each entry's `undo`
+object and never from an action's wording. Each record becomes a step whose check says whether it
+is still to be undone, so a reset that stopped half-way can run again. Packages are left installed
+(other software may depend on them) and said so; everything else is undone.
 
-A reset that restarts Docker (it restores daemon.json) obeys setup's rules: refused while
-containers run, unless the operator allows the restart or has the node drained first.
+A reset that restarts Docker (it restores daemon.json) obeys setup's restart rules, as a preflight
+check: refused while containers run, unless the operator allows the restart or has the node
+drained first (then drain, undo, and make the node active again if it is still in the swarm).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import restart
-from .errors import GpuswarmError
-from .journal import Journal
-from .system import Context
+from .context import Context
+from .engine import (Bracket, Call, Check, Plan, Preflight, RemoveFile, Step, blocked, needs_change, ok,
+                     run_command, skipped)
+from .journal import Undo, keep
+from .lifecycle import ActivateStep, DrainStep, can_drain
+from .probes import osfacts
 
 DAEMON_JSON = "/etc/docker/daemon.json"
+# Files dockerd reads: restoring one takes a Docker restart to count.
+DOCKER_FILES = (DAEMON_JSON, "/etc/systemd/system/docker.service.d/")
+FILE_OPS = ("restore", "remove")
 
 
-@dataclass(frozen=True)
-class Undo:
-    kind: str  # restore, remove, rmdir, umount, run, leave-swarm, remove-image, restart-docker, note
-    target: str = ""
-    source: str = ""  # backup to restore from
-    argv: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        return {
-            "restore": f"restore {self.target} from {self.source}",
-            "remove": f"remove {self.target} (setup created it)",
-            "rmdir": f"remove directory {self.target} if empty",
-            "umount": f"unmount {self.target}",
-            "run": "run " + " ".join(self.argv),
-            "leave-swarm": "leave the swarm",
-            "remove-image": f"remove image {self.target}",
-            "restart-docker": "reload systemd and restart docker",
-            "note": self.target,
-        }[self.kind]
+def undo_of(entry: dict) -> Undo | None:
+    """The undo record of a journal entry; entries of versions before undo records were written
+    are read from their structured fields (path, backup, argv)."""
+    if isinstance(entry.get("undo"), dict):
+        return Undo.from_record(entry["undo"])
+    kind = entry.get("kind")
+    if kind in ("write", "remove"):
+        return Undo("restore", entry["path"], entry["backup"]) if entry.get("backup") else \
+            Undo("remove", entry["path"]) if kind == "write" else None
+    if kind == "mkdir":
+        return Undo("rmdir", entry["path"])
+    if kind == "run":
+        return _legacy_command(entry.get("argv", []))
+    if kind == "call" and entry.get("step") in ("swarm-join", "image"):
+        return keep(f"{entry.get('action', 'a change')} ({entry['step']}): recorded by an older version without "
+                    "what reverses it; undo it by hand")
+    return None
 
 
-@dataclass
-class ResetReport:
-    done: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # left in place on purpose
-    failed: list[str] = field(default_factory=list)  # tried and could not revert
-    notes: list[str] = field(default_factory=list)
+def _legacy_command(argv: list[str]) -> Undo | None:
+    if argv[:1] == ["mount"]:
+        return Undo("umount", argv[-1])
+    if argv[:3] == ["usermod", "--append", "--groups"] and len(argv) in (5, 6) and argv[4:-1] in ([], ["--"]):
+        return Undo("leave-group", user=argv[-1], group=argv[3])
+    if argv[:1] == ["apt-get"] and "install" in argv:
+        packages = [a for a in argv[argv.index("install") + 1:] if not a.startswith("-")]
+        return keep(f"packages left installed: {' '.join(packages)} (remove with apt-get purge)")
+    if argv[:1] == ["groupadd"]:
+        return keep(f"group {argv[-1]} left in place (the docker package uses it)")
+    if argv[:2] == ["systemctl", "enable"]:
+        return keep(f"{argv[-1]} left enabled and running")
+    return None
 
 
 def plan(entries: list[dict]) -> list[Undo]:
-    undo: list[Undo] = []
-    seen_paths: set[str] = set()
-    restarts = False
+    """The undo records, newest first, each once. A file is put back as it was before the tool's
+    first change to it (its oldest record), at the place of its newest."""
+    oldest: dict[str, Undo] = {}
+    for entry in entries:
+        undo = undo_of(entry)
+        if undo is not None and undo.op in FILE_OPS:
+            oldest.setdefault(undo.path, undo)
+    out: list[Undo] = []
     for entry in reversed(entries):
-        kind = entry.get("kind")
-        if kind in ("write", "remove"):
-            path = entry["path"]
-            # The oldest record of a path knows what was there before the tool came; later ones
-            # only know the tool's own earlier versions.
-            first = next(e for e in entries if e.get("path") == path and e.get("kind") in ("write", "remove"))
-            if path in seen_paths:
-                continue
-            seen_paths.add(path)
-            if first.get("backup"):
-                undo.append(Undo("restore", path, first["backup"]))
-            elif first["kind"] == "write":
-                undo.append(Undo("remove", path))
-            restarts = restarts or path.startswith((DAEMON_JSON, "/etc/systemd/system/docker"))
-        elif kind == "mkdir":
-            undo.append(Undo("rmdir", entry["path"]))
-        elif kind == "run":
-            undo += _undo_command(entry.get("argv", []))
-        elif kind == "call":
-            undo += _undo_call(entry.get("step", ""), entry.get("action", ""))
-    # A repair repeats what setup did; each undo happens once.
-    undo = list(dict.fromkeys(undo))
-    # Unmount before the mount point goes; leave the swarm before docker restarts with old settings.
-    order = {"leave-swarm": 0, "remove-image": 1, "umount": 2}
-    undo.sort(key=lambda u: order.get(u.kind, 3))
-    if restarts:
-        undo.append(Undo("restart-docker"))
-    return undo
+        undo = undo_of(entry)
+        if undo is None:
+            continue
+        if undo.op in FILE_OPS:
+            undo = oldest[undo.path]
+        if undo not in out:  # a repair repeats what setup did
+            out.append(undo)
+    return out
+
+
+def describe(undo: Undo) -> str:
+    return {
+        "restore": f"restore {undo.path} from {undo.backup}",
+        "remove": f"remove {undo.path} (setup created it)",
+        "rmdir": f"remove directory {undo.path} if empty",
+        "umount": f"unmount {undo.path}",
+        "leave-group": f"take {undo.user} out of group {undo.group}",
+        "remove-image": f"remove image {undo.image}",
+        "leave-swarm": "leave the swarm",
+        "keep": undo.note,
+    }[undo.op]
+
+
+def reads_docker(path: str) -> bool:
+    return path == DAEMON_JSON or path.startswith(DOCKER_FILES[1])
 
 
 def restarts_docker(ctx: Context, undo: list[Undo]) -> bool:
-    """Whether doing `undo` restarts Docker: only a running docker is restarted (see _apply)."""
-    return (any(u.kind == "restart-docker" for u in undo)
-            and ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active")
+    """Whether doing `undo` restarts Docker: a file dockerd reads comes back, and docker runs."""
+    return (any(u.op in FILE_OPS and reads_docker(u.path) for u in undo)
+            and osfacts.unit_active(ctx.host, "docker"))
 
 
 def refusal(ctx: Context, undo: list[Undo]) -> str | None:
@@ -99,89 +114,97 @@ def refusal(ctx: Context, undo: list[Undo]) -> str | None:
     return restart.restart_refusal(ctx, command="reset --yes", change="reset restores Docker's settings and")
 
 
-def _undo_command(argv: list[str]) -> list[Undo]:
-    if argv[:1] == ["mount"]:
-        return [Undo("umount", argv[-1])]
-    if argv[:3] == ["usermod", "--append", "--groups"] and len(argv) in (5, 6) and argv[4:-1] in ([], ["--"]):
-        # Journals of older versions lack the "--" before the user name.
-        group, user = argv[3], argv[-1]
-        return [Undo("run", argv=("gpasswd", "--delete", user, "--", group))]
-    if argv[:1] == ["apt-get"] and "install" in argv:
-        packages = [a for a in argv[argv.index("install") + 1:] if not a.startswith("-")]
-        return [Undo("note", f"packages left installed: {' '.join(packages)} (remove with apt-get purge)")]
-    if argv[:1] == ["groupadd"]:
-        return [Undo("note", f"group {argv[-1]} left in place (the docker package uses it)")]
-    if argv[:2] == ["systemctl", "enable"]:
-        return [Undo("note", f"{argv[-1]} left enabled and running")]
-    return []  # restarts and reloads have nothing to undo
+def _restore(undo: Undo):
+    def restore(ctx: Context) -> None:
+        source = Path(undo.backup)
+        ctx.host.write_text(undo.path, source.read_text(), source.stat().st_mode & 0o7777)
+        ctx.touched.add(undo.path)
+
+    return restore
 
 
-def _undo_call(step: str, action: str) -> list[Undo]:
-    if step == "swarm-join" and not action.startswith("leave"):
-        return [Undo("leave-swarm")]
-    if step == "image" and action.startswith("pull "):
-        return [Undo("remove-image", action[len("pull "):])]
-    return []
+class UndoStep:
+    """One undo record as a step: its check says whether the change is still there."""
+
+    def __init__(self, undo: Undo) -> None:
+        self.undo = undo
+        self.name = "kept" if undo.op == "keep" else undo.op
+        self.description = describe(undo)
+
+    def files(self, ctx: Context) -> list:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        u, host, what = self.undo, ctx.host, describe(self.undo)
+        if u.op == "keep":
+            return skipped(u.note)
+        if u.op == "restore":
+            backup = Path(u.backup)
+            if not backup.is_file():
+                return blocked(f"the backup {u.backup} of {u.path} is gone; restore it by hand")
+            if host.read_text(u.path) == backup.read_text():
+                return ok(f"{u.path} is as it was before setup")
+            return needs_change(f"{u.path} differs from its backup", Call(what, _restore(u)))
+        if u.op == "remove":
+            if host.read_text(u.path) is None and host.file_status(u.path) is None:
+                return ok(f"{u.path} is gone")
+            return needs_change(f"setup created {u.path}", RemoveFile(u.path))
+        if u.op == "rmdir":
+            if not os.path.isdir(u.path):
+                return ok(f"{u.path} is gone")
+            if os.listdir(u.path):
+                return skipped(f"{u.path} holds files now, so it stays")
+            return needs_change(f"setup created {u.path}", Call(what, lambda ctx: os.rmdir(u.path)))
+        if u.op == "umount":
+            if osfacts.mount_at(host, u.path) is None:
+                return ok(f"nothing mounted at {u.path}")
+            return needs_change(f"setup mounted {u.path}", run_command("umount", u.path))
+        if u.op == "leave-group":
+            if u.user not in (osfacts.group_members(host, u.group) or []):
+                return ok(f"{u.user} is not in group {u.group}")
+            return needs_change(f"setup added {u.user} to group {u.group}",
+                                run_command("gpasswd", "--delete", u.user, "--", u.group))
+        reason = ctx.docker.unreachable_reason()
+        if reason:
+            return skipped(f"{reason}, so there is nothing to {what}")
+        if u.op == "remove-image":
+            if not ctx.docker.image_present(u.image):
+                return ok(f"image {u.image} is gone")
+            return needs_change(f"setup pulled {u.image}", Call(what, lambda ctx: ctx.docker.remove_image(u.image)))
+        if ctx.docker.swarm().state == "inactive":  # leave-swarm
+            return ok("this node is in no swarm")
+        return needs_change("setup joined this node to a swarm", Call(what, lambda ctx: ctx.docker.leave()))
 
 
-def execute(ctx: Context, journal: Journal) -> ResetReport:
-    """Undo what the journal records. With --drain, a reset that restarts Docker first drains the
-    node through the manager (as setup does) and waits for its tasks to move; a failed drain stops
-    the reset before anything is undone."""
-    report = ResetReport()
-    undo = plan(journal.entries())
-    drained = False
-    if ctx.options.drain and restarts_docker(ctx, undo):
-        why_not = restart.can_drain(ctx)
-        if why_not:
-            report.notes.append(f"not drained: {why_not}")
-        else:
-            restart.set_availability(ctx, "drain", wait_for_tasks=True)
-            report.notes.append("drained this node through the manager; its tasks moved before Docker restarted")
-            drained = True
-    for item in undo:
-        if item.kind == "note":
-            report.kept.append(item.target)
-            continue
-        try:
-            _apply(ctx, item)
-            report.done.append(item.describe())
-        except (GpuswarmError, OSError) as exc:
-            reason = exc.message() if isinstance(exc, GpuswarmError) else str(exc)
-            report.failed.append(f"{item.describe()}: {reason}")
-    if drained and ctx.docker.unreachable_reason() is None and ctx.docker.swarm().state == "active":
-        # Still a member (the journal recorded no join to undo): back in service, as after setup.
-        try:
-            restart.set_availability(ctx, "active", wait_for_tasks=False)
-            report.notes.append("made this node active again through the manager")
-        except GpuswarmError as exc:
-            report.failed.append(f"make this node active again through the manager: {exc.message()}")
-    journal.archive()
-    return report
+def _restart(ctx: Context) -> None:
+    if osfacts.unit_active(ctx.host, "docker"):
+        ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
+    ctx.outcomes["docker restarted"] = "yes"
 
 
-def _apply(ctx: Context, undo: Undo) -> None:
-    host = ctx.host
-    if undo.kind == "restore":
-        host.write_text(undo.target, Path(undo.source).read_text())
-        shutil.copystat(undo.source, undo.target)
-    elif undo.kind == "remove":
-        host.remove(undo.target)
-    elif undo.kind == "rmdir":
-        if os.path.isdir(undo.target) and not os.listdir(undo.target):
-            os.rmdir(undo.target)
-    elif undo.kind == "umount":
-        if os.path.ismount(undo.target):
-            host.run(["umount", undo.target])
-    elif undo.kind == "run":
-        host.run(list(undo.argv))
-    elif undo.kind == "leave-swarm":
-        if ctx.docker.unreachable_reason() is None and ctx.docker.swarm().state != "inactive":
-            ctx.docker.leave()
-    elif undo.kind == "remove-image":
-        if ctx.docker.unreachable_reason() is None and ctx.docker.image_present(undo.target):
-            ctx.docker.remove_image(undo.target)
-    elif undo.kind == "restart-docker":
-        host.run(["systemctl", "daemon-reload"])
-        if host.query(["systemctl", "is-active", "docker"]).stdout.strip() == "active":
-            host.run(["systemctl", "restart", "docker"], timeout=300)
+class DockerRestartStep:
+    name = "restart-docker"
+    description = "Docker runs on the files reset restored"
+
+    def files(self, ctx: Context) -> list:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        changed = sorted(p for p in ctx.touched if reads_docker(p))
+        if not changed:
+            return ok("no file Docker reads came back")
+        if "docker restarted" in ctx.outcomes:
+            return ok(f"systemd reloaded and Docker restarted (if it ran) on {', '.join(changed)}")
+        return needs_change(f"{', '.join(changed)} came back",
+                            run_command("systemctl", "daemon-reload"),
+                            Call("restart docker, if it runs", _restart))
+
+
+def reset_plan(ctx: Context, undo: list[Undo]) -> Plan:
+    steps: list[Step] = [UndoStep(u) for u in undo]
+    if any(u.op in FILE_OPS and reads_docker(u.path) for u in undo):
+        steps.append(DockerRestartStep())
+    items: tuple = tuple(steps)
+    if ctx.options.drain and restarts_docker(ctx, undo) and can_drain(ctx) is None:
+        items = (Bracket(DrainStep(), tuple(steps), ActivateStep()),)
+    return Plan("reset", items, (Preflight("docker-restart", lambda ctx: refusal(ctx, undo)),), best_effort=True)

@@ -10,12 +10,12 @@ flag and in daemon.json, a flag swarm mode refuses) is refused before anything i
 from __future__ import annotations
 
 import posixpath
-import shlex
 import time
 
 from .engine import Action, Call
 from .errors import StepFailed
-from .system import Context
+from .context import Context
+from .lifecycle import can_drain
 
 HEALTHY_WITHIN = 60.0
 
@@ -150,40 +150,6 @@ def restart_action(previous: dict[str, str | None], reload: bool = False) -> Act
     what = " and ".join(map(_label, previous)) + (" (and reload systemd)" if reload else "")
     return Call(f"restart docker, and restore the previous {what} if it does not come up healthy",
                 lambda ctx: restart_with_rollback(ctx, previous, reload))
-
-
-def set_availability(ctx: Context, availability: str, wait_for_tasks: bool) -> None:
-    from .lifecycle import running_tasks
-    from .manager import ManagerSession
-
-    node = ctx.docker.swarm().node_id
-    with ManagerSession(ctx.config.swarm) as session:
-        session.docker(f"docker node update --availability {availability} {shlex.quote(node)}")
-        deadline = time.monotonic() + 600
-        while wait_for_tasks and running_tasks(session, node):
-            if time.monotonic() > deadline:
-                raise StepFailed("tasks still run on this node 600 s after draining it.",
-                                 "Look at `docker node ps` on the manager.")
-            time.sleep(2)
-
-
-def can_drain(ctx: Context) -> str | None:
-    """Why --drain cannot drain this node through the manager, or None."""
-    if not ctx.config.swarm.manager:
-        return "swarm.manager is not set"
-    if ctx.docker.unreachable_reason() is not None or ctx.docker.swarm().state != "active":
-        return "this node is not in a swarm"
-    return None
-
-
-def drain_action() -> Action:
-    return Call("drain this node through the manager and wait for its tasks to move",
-                lambda ctx: set_availability(ctx, "drain", wait_for_tasks=True))
-
-
-def activate_action() -> Action:
-    return Call("make this node active again through the manager",
-                lambda ctx: set_availability(ctx, "active", wait_for_tasks=False))
 
 
 def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this") -> str | None:

@@ -27,7 +27,6 @@ class ConsoleReporter:
     def __init__(self, console: Console, debug: bool = False) -> None:
         self.console = console
         self.debug = debug
-        self._status = None
 
     def step_started(self, name: str, description: str) -> None:
         pass
@@ -46,12 +45,8 @@ class ConsoleReporter:
         if not self.console.is_terminal:
             yield
             return
-        with self.console.status(escape(label)) as status:
-            self._status = status
-            try:
-                yield
-            finally:
-                self._status = None
+        with self.console.status(escape(label)):
+            yield
 
     def pull(self, image: str) -> ContextManager[Callable[[dict], None]]:
         return progress.pull_view(self.console, image)
@@ -74,7 +69,20 @@ def status_table(report: RunReport) -> Table:
     return table
 
 
+def print_preflight(console: Console, report: RunReport) -> None:
+    for check in report.refused:
+        console.print(f"[bold red]preflight {check.name} failed:[/] {escape(check.problem)}")
+
+
+def print_kept(console: Console, report: RunReport) -> None:
+    """What a reset leaves in place on purpose (its `kept` steps), one line each."""
+    for step in report.steps:
+        if step.name == "kept":
+            console.print(f"kept: {escape(step.detail)}")
+
+
 def print_plan(console: Console, report: RunReport) -> None:
+    print_preflight(console, report)
     for step in report.steps:
         if step.state is State.NEEDS_CHANGE:
             console.print(f"[yellow]{step.name}[/]: {escape(step.detail)}")
@@ -82,13 +90,17 @@ def print_plan(console: Console, report: RunReport) -> None:
                 console.print(f"  - {escape(action)}")
             if step.diff:
                 console.print(escape(step.diff), highlight=False, markup=False)
+    print_kept(console, report)
     for step in report.stoppers:
         console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
     pending = [s.name for s in report.steps if s.state is State.NEEDS_CHANGE]
     line = f"dry run: {len(pending)} step(s) would change: {', '.join(pending) or 'none'}; "
     stoppers = [f"{s.name} ({s.state.value})" for s in report.stoppers]
+    if report.refused:
+        line += (f"refused by preflight check(s) {', '.join(p.name for p in report.refused)}, so {report.command} "
+                 "would change nothing; ")
     if stoppers:
-        line += f"stopped by {len(stoppers)} step(s): {', '.join(stoppers)}, so setup would not converge; "
+        line += f"stopped by {len(stoppers)} step(s): {', '.join(stoppers)}, so {report.command} would not converge; "
     elif report.reboot_required:
         line += "a reboot would be required; "
     console.print(escape(line + "nothing was changed."))
@@ -96,7 +108,11 @@ def print_plan(console: Console, report: RunReport) -> None:
 
 def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = (),
                   logs: list[str] = ()) -> None:
-    table = Table(title="setup summary", title_justify="left")
+    """The end of every run that may change the machine (setup, leave, reset)."""
+    print_preflight(console, report)
+    if report.refused:
+        console.print(f"{report.command} refused before any change: nothing was changed.")
+    table = Table(title=f"{report.command} summary", title_justify="left")
     for col in ("step", "result", "time", "detail"):
         table.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
     for step in report.steps:
@@ -111,11 +127,15 @@ def print_summary(console: Console, report: RunReport, backups: list[tuple[str, 
         console.print(f"backup of {escape(original)}: {escape(backup)}")
     for log in logs:
         console.print(f"full command output: {escape(log)}")
-    for step in report.steps:
-        if step.state in (State.FAILED, State.BLOCKED):
-            console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
+    print_kept(console, report)
+    for step in report.stoppers:
+        console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
     if report.ok:
-        console.print("[green]node converged.[/]")
+        console.print(f"[green]{DONE[report.command]}[/]")
+
+
+DONE = {"setup": "node converged.", "leave": "node drained and out of the swarm.",
+        "reset": "everything setup recorded is reverted, or kept as said above."}
 
 
 def inventory_table(inventory: Inventory, slices: list[str]) -> Table:

@@ -20,7 +20,7 @@ from gpuswarm_node import config
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.host import LocalHost, lock_holder
 from gpuswarm_node.steps import apt
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 # Holds a write lock on argv[1] the way apt does (fcntl F_SETLK on a file opened read-write), says
 # so on stdout, and keeps it for argv[2] seconds.

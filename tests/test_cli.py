@@ -77,7 +77,10 @@ def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
     result = gsn("setup", "--dry-run", "--json", "--config", str(safe_config(tmp_path)))
     assert result.returncode == 1
     plan = json.loads(result.stdout)
-    assert list(plan) == ["ok", "dry_run", "changed", "reboot_required", "steps"]
+    assert list(plan) == ["ok", "dry_run", "changed", "reboot_required", "steps", "preflight"]
+    assert [p["name"] for p in plan["preflight"]] == ["config", "ssh-key", "known-hosts", "manager-host-key",
+                                                      "registry-ca"]
+    assert all(p["ok"] for p in plan["preflight"])
     assert plan["ok"] is False and plan["dry_run"] is True and plan["changed"] == []
     assert plan["reboot_required"] is False
     steps = {s["name"]: s for s in plan["steps"]}
@@ -129,7 +132,9 @@ def test_setup_json_selected_steps(gsn, tmp_path):
     assert report == {"ok": True, "dry_run": False, "changed": [], "reboot_required": False, "steps": [
         {"name": "registry-trust", "state": "skipped", "detail": "no registry configured (registry.address is empty)",
          "actions": []},
-        {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)", "actions": []}]}
+        {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)", "actions": []}],
+        "preflight": [{"name": n, "ok": True} for n in ("config", "ssh-key", "known-hosts", "manager-host-key",
+                                                         "registry-ca")]}
 
 
 def test_skip_removes_steps(gsn, tmp_path):

@@ -14,7 +14,7 @@ from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.steps.docker_daemon import DAEMON_JSON, DockerDaemonStep, parse_process_start, without_host_flags
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case
 from .test_step_cases import build

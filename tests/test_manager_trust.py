@@ -15,7 +15,7 @@ from gpuswarm_node.engine import State, converge
 from gpuswarm_node.errors import ManagerUnreachable
 from gpuswarm_node.manager import read_manager_swarm
 from gpuswarm_node.steps.swarm_join import SwarmJoinStep
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuswarm_node.probes import system
+from gpuswarm_node.probes import osfacts
 from gpuswarm_node.steps.tmpfs import desired_fstab, has_entry
 
 from .fakes import FakeHost
@@ -17,7 +17,7 @@ from .fakes import FakeHost
     ("/mnt/not\\8octal", "/mnt/not\\8octal"),
 ])
 def test_every_octal_escape_is_decoded(field, path):
-    assert system.unescape_mount(field) == path
+    assert osfacts.unescape_mount(field) == path
 
 
 @pytest.mark.parametrize("query", ["/mnt/tmpfs", "/mnt/tmpfs/", "/mnt//tmpfs", "//mnt/./tmpfs/"])
@@ -25,14 +25,14 @@ def test_the_mount_is_found_however_the_path_is_spelled(query):
     host = FakeHost(files={"/proc/self/mountinfo":
                            "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
                            "90 22 0:50 / /mnt/tmpfs rw - tmpfs tmpfs rw,size=1024k\n"})
-    mounted = system.mount_at(host, query)
+    mounted = osfacts.mount_at(host, query)
     assert mounted is not None and mounted.fstype == "tmpfs"
 
 
 def test_the_root_mount_is_found_at_slash():
     host = FakeHost(files={"/proc/self/mountinfo": "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"})
-    assert system.mount_at(host, "/").fstype == "ext4"
-    assert system.mount_at(host, "/mnt/tmpfs") is None
+    assert osfacts.mount_at(host, "/").fstype == "ext4"
+    assert osfacts.mount_at(host, "/mnt/tmpfs") is None
 
 
 def test_every_spelling_of_the_mount_point_in_fstab_becomes_one_entry():
@@ -52,7 +52,7 @@ def test_every_spelling_of_the_mount_point_in_fstab_becomes_one_entry():
 def test_render_never_shows_an_unlimited_tmpfs_line():
     from gpuswarm_node import config
     from gpuswarm_node.steps.tmpfs import TmpfsStep
-    from gpuswarm_node.system import Context
+    from gpuswarm_node.context import Context
 
     host = FakeHost(files={"/proc/meminfo": "MemTotal:       16777216 kB\n", "/etc/fstab": ""})
     ctx = Context(config=config.from_tables({"tmpfs": {"fraction": 1e-7}}), host=host)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from gpuswarm_node import config
 from gpuswarm_node.engine import Call, State, WriteFile, blocked, needs_change, ok, run_setup
 from gpuswarm_node.errors import StepFailed
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeHost
 

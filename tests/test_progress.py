@@ -317,7 +317,7 @@ def test_a_command_that_outlives_its_timeout_is_killed_and_named(tmp_path):
 def test_apt_runs_log_into_the_contexts_log_directory_and_a_failure_names_the_log(tmp_path):
     from gpuswarm_node.config import Config
     from gpuswarm_node.steps import apt
-    from gpuswarm_node.system import Context
+    from gpuswarm_node.context import Context
     from tests.fakes import FakeHost
 
     host = FakeHost(effects={"apt-get -o DPkg::Lock::Timeout=600 install --yes --no-install-recommends hello": {

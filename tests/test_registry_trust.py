@@ -10,7 +10,7 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.steps.registry_trust import RegistryTrustStep
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from gpuswarm_node import config, reset, restart
+from gpuswarm_node import config, lifecycle, reset
+from gpuswarm_node.engine import run_plan
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.journal import Journal
-from gpuswarm_node.system import Context, RunOptions
+from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeDocker, FakeHost
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Setup wrote daemon.json where there was none, and joined a swarm.
 ENTRIES = [
-    {"kind": "write", "path": DAEMON_JSON, "backup": None},
-    {"kind": "call", "step": "swarm-join", "action": "fetch a worker join token over SSH and join hub:2377"},
+    {"kind": "write", "path": DAEMON_JSON, "backup": None, "undo": {"op": "remove", "path": DAEMON_JSON}},
+    {"kind": "call", "step": "swarm-join", "action": "fetch a worker join token over SSH and join hub:2377",
+     "undo": {"op": "leave-swarm"}},
 ]
 RUNNING = ["jupyter-alice.1.x1", "jupyter-bob.1.x2"]
 MANAGER = {"swarm": {"manager": "198.18.0.1"}}
@@ -73,48 +75,74 @@ def journal_with(tmp_path, entries) -> Journal:
     return journal
 
 
-def test_drain_goes_through_the_manager_before_anything_is_undone(tmp_path, monkeypatch):
-    ctx, host, docker = context(options={"drain": True}, tables=MANAGER)
+def fake_manager(monkeypatch, host, fail_drain: bool = False) -> list[str]:
+    """The drain and the activation, as the manager would do them; records each with how many
+    changes the host had seen by then."""
     calls: list[str] = []
-    monkeypatch.setattr(restart, "set_availability",
-                        lambda ctx, availability, wait_for_tasks: calls.append(f"{availability} {wait_for_tasks}"
-                                                                               f" after {len(host.actions)}"))
-    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES))
-    assert calls == ["drain True after 0"]  # it left the swarm: not made active again
+
+    def drain(ctx):
+        calls.append(f"drain after {len(host.actions)}")
+        if fail_drain:
+            raise StepFailed("2 task(s) still run on this node 600 s after draining it.")
+        ctx.outcomes.update({"drained": "n1", "tasks moved": "2"})
+        return 2
+
+    def activate(ctx):
+        calls.append(f"activate after {len(host.actions)}")
+        ctx.outcomes["activated"] = "n1"
+
+    monkeypatch.setattr(lifecycle, "drain_and_wait", drain)
+    monkeypatch.setattr(lifecycle, "activate", activate)
+    return calls
+
+
+def run_reset_plan(ctx, entries):
+    undo = reset.plan(entries)
+    return run_plan(reset.reset_plan(ctx, undo), ctx)
+
+
+def test_drain_goes_through_the_manager_before_anything_is_undone(monkeypatch):
+    ctx, host, docker = context(options={"drain": True}, tables=MANAGER)
+    calls = fake_manager(monkeypatch, host)
+    report = run_reset_plan(ctx, ENTRIES)
+    assert calls == ["drain after 0"]  # it left the swarm: not made active again
     assert docker.calls == ["leave"]
     assert host.actions == [f"remove {DAEMON_JSON}", "run systemctl daemon-reload", "run systemctl restart docker"]
-    assert report.notes == ["drained this node through the manager; its tasks moved before Docker restarted"]
-    assert report.failed == []
+    assert [s.name for s in report.steps] == ["drain", "leave-swarm", "remove", "restart-docker", "activate"]
+    assert report.ok and report.changed == ["drain", "leave-swarm", "remove", "restart-docker"]
 
 
-def test_a_node_still_in_the_swarm_is_made_active_again(tmp_path, monkeypatch):
+def test_a_node_still_in_the_swarm_is_made_active_again(monkeypatch):
     ctx, host, _ = context(options={"drain": True}, tables=MANAGER)
-    calls: list[str] = []
-    monkeypatch.setattr(restart, "set_availability",
-                        lambda ctx, availability, wait_for_tasks: calls.append(availability))
-    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES[:1]))
-    assert calls == ["drain", "active"]
-    assert report.notes[-1] == "made this node active again through the manager"
+    calls = fake_manager(monkeypatch, host)
+    report = run_reset_plan(ctx, ENTRIES[:1])
+    assert calls == ["drain after 0", "activate after 3"]
+    assert report.steps[-1].name == "activate" and report.steps[-1].changed
 
 
-def test_a_failed_drain_stops_the_reset_before_anything_is_undone(tmp_path, monkeypatch):
+def test_the_node_is_made_active_again_even_when_an_undo_fails(monkeypatch):
     ctx, host, _ = context(options={"drain": True}, tables=MANAGER)
-
-    def drain_fails(ctx, availability, wait_for_tasks):
-        raise StepFailed("tasks still run on this node 600 s after draining it.")
-
-    monkeypatch.setattr(restart, "set_availability", drain_fails)
-    journal = journal_with(tmp_path, ENTRIES)
-    with pytest.raises(StepFailed):
-        reset.execute(ctx, journal)
-    assert host.actions == [] and journal.path.exists()  # nothing undone, the record kept
+    host.effects["systemctl daemon-reload"] = {"rc": 1, "stderr": "Failed to reload"}
+    calls = fake_manager(monkeypatch, host)
+    report = run_reset_plan(ctx, ENTRIES[:1])
+    assert calls[-1].startswith("activate")  # the closing half of the drain ran all the same
+    assert not report.ok and [s.name for s in report.failed] == ["restart-docker"]
 
 
-def test_drain_is_skipped_with_a_note_where_no_restart_happens(tmp_path, monkeypatch):
-    ctx, _, _ = context(options={"drain": True}, tables=MANAGER, docker_state="inactive")
-    monkeypatch.setattr(restart, "set_availability", lambda *a, **k: pytest.fail("drained for nothing"))
-    report = reset.execute(ctx, journal_with(tmp_path, ENTRIES[:1]))
-    assert report.notes == []
+def test_a_failed_drain_stops_the_reset_before_anything_is_undone(monkeypatch):
+    ctx, host, docker = context(options={"drain": True}, tables=MANAGER)
+    calls = fake_manager(monkeypatch, host, fail_drain=True)
+    report = run_reset_plan(ctx, ENTRIES)
+    assert calls == ["drain after 0"]
+    assert host.actions == [] and docker.calls == []  # nothing undone
+    assert report.steps[0].state.value == "failed" and not report.ok
+
+
+def test_no_drain_where_no_restart_happens(monkeypatch):
+    ctx, host, _ = context(options={"drain": True}, tables=MANAGER, docker_state="inactive")
+    monkeypatch.setattr(lifecycle, "drain_and_wait", lambda *a, **k: pytest.fail("drained for nothing"))
+    report = run_reset_plan(ctx, ENTRIES[:1])
+    assert "drain" not in [s.name for s in report.steps]
 
 
 def test_reset_takes_the_restart_flags(gsn):
@@ -144,8 +172,8 @@ def test_the_reset_command_refuses_before_anything_is_undone(tmp_path, monkeypat
     ctx, host, docker = context()
     result, journal, _ = run_reset(tmp_path, monkeypatch, ctx, "--yes")
     assert result.exit_code == 1
-    assert "reset refused: reset restores Docker's settings and restarts Docker" in result.output
-    assert "jupyter-alice.1.x1" in result.output and "Nothing was reverted." in result.output
+    assert "preflight docker-restart failed: reset restores Docker's settings and restarts Docker" in result.output
+    assert "jupyter-alice.1.x1" in result.output and "reset refused before any change" in result.output
     assert host.actions == [] and docker.calls == [] and journal.path.exists()
 
 
@@ -154,14 +182,18 @@ def test_the_reset_command_passes_its_flags_on(tmp_path, monkeypatch):
     result, journal, options = run_reset(tmp_path, monkeypatch, ctx, "--yes", "--allow-restart")
     assert result.exit_code == 0, result.output
     assert options == {"allow_restart": True, "drain": False}
+    assert "reset summary" in result.output
     assert "run systemctl restart docker" in host.actions and docker.calls == ["leave"]
     assert not journal.path.exists()  # archived: a second reset finds nothing
 
 
 def test_the_reset_plan_shows_the_drain(tmp_path, monkeypatch):
-    ctx, host, _ = context()
+    ctx, host, docker = context(options={"drain": True}, tables=MANAGER)
     result, _, _ = run_reset(tmp_path, monkeypatch, ctx, "--drain")
-    assert result.exit_code == 0
-    assert result.output.splitlines()[0] == "  - drain this node through the manager and wait for its tasks to move"
-    assert result.output.splitlines()[-1] == "run `gpuswarm-node reset --yes --drain` to do this."
-    assert host.actions == []
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  - drain this node through the manager and wait for its tasks to move" in lines
+    assert lines.index("  - leave the swarm") > lines.index(
+        "  - drain this node through the manager and wait for its tasks to move")
+    assert lines[-1] == "run `gpuswarm-node reset --yes --drain` to do this."
+    assert host.actions == [] and docker.calls == []

@@ -8,7 +8,7 @@ from gpuswarm_node import config
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.probes.dockerd import Arg
 from gpuswarm_node.restart import conflicting_args, restart_action, restart_with_rollback, swarm_incompatible_args
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost
 

@@ -24,7 +24,7 @@ from gpuswarm_node.journal import Journal
 from gpuswarm_node.lock import run_lock
 from gpuswarm_node.steps.docker_daemon import DROPIN, DockerDaemonStep
 from gpuswarm_node.steps.registry_trust import RegistryTrustStep
-from gpuswarm_node.system import Context
+from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case, stats_from_case
 

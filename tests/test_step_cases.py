@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from gpuswarm_node import config
-from gpuswarm_node.engine import State, converge
+from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
-from gpuswarm_node.system import Context, RunOptions
+from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
 
@@ -63,7 +63,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
 
     assert check.state.value == expect["state"], check.detail
     assert expect["detail"] in check.detail
-    assert [a.describe() for a in check.actions] == expect.get("actions", [])
+    assert [a.describe() for a in flatten(check.actions)] == expect.get("actions", [])
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"
     if "manager_reads" in expect:
@@ -80,7 +80,9 @@ def test_step_case(path: Path, monkeypatch) -> None:
         assert report.state.value == want.get("state", "ok"), report.detail
         assert want.get("detail", "") in report.detail
         assert report.changed is want.get("changed", True)
-        assert host.actions == want.get("host_actions", host.actions)
+        # Required, [] included: what applying the plan did to the host is always compared.
+        assert "host_actions" in want, "a converging case says what it does to the host"
+        assert host.actions == want["host_actions"]
         assert docker.calls == want.get("docker_calls", [])
         assert manager.reads == want.get("manager_reads", manager.reads)
         assert ports.probed == want.get("ports_probed", ports.probed)
@@ -93,6 +95,10 @@ def test_step_case(path: Path, monkeypatch) -> None:
         if report.changed:  # the second run changes nothing
             again = step.check(ctx)
             assert again.state.value == want.get("state", "ok") and again.actions == ()
+        if report.state is State.OK:
+            # `render` prints what setup wrote: every file the step renders is on the host as rendered.
+            for planned in step.files(ctx):
+                assert host.files.get(planned.path) == planned.content, f"render differs from setup: {planned.path}"
 
 
 

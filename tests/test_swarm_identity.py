@@ -19,7 +19,7 @@ from gpuswarm_node.manager import (ManagerSwarm, join_host_port, parse_swarm_inf
                                    read_manager_swarm, split_host_port)
 from gpuswarm_node.probes.docker import SdkDocker, certificate_organization
 from gpuswarm_node.steps.swarm_join import SwarmJoinStep
-from gpuswarm_node.system import Context, RunOptions
+from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeDocker, FakeHost, FakeManager, FakePorts
 from .test_engine_socket import FakeEngine, engine  # noqa: F401 - the engine fixture

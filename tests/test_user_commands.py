@@ -3,8 +3,9 @@ and getent's answer counts only for the name asked (it looks numbers up as ids).
 
 from __future__ import annotations
 
-from gpuswarm_node.probes import system
-from gpuswarm_node.reset import Undo, plan
+from gpuswarm_node.probes import osfacts
+from gpuswarm_node.journal import Undo
+from gpuswarm_node.reset import plan
 
 from .fakes import FakeHost
 
@@ -13,32 +14,32 @@ ALICE = "alice:x:1000:1000:alice:/home/alice:/bin/bash\n"
 
 def test_user_exists_asks_with_double_dash_and_checks_the_name():
     host = FakeHost(commands={"getent passwd -- alice": {"stdout": ALICE}})
-    assert system.user_exists(host, "alice")
+    assert osfacts.user_exists(host, "alice")
 
 
 def test_an_entry_of_another_name_is_not_this_user():
     # `getent passwd 1000` answers alice: that is not a user called "1000".
     host = FakeHost(commands={"getent passwd -- 1000": {"stdout": ALICE}})
-    assert not system.user_exists(host, "1000")
+    assert not osfacts.user_exists(host, "1000")
 
 
 def test_group_members_of_another_group_are_not_this_groups():
     host = FakeHost(commands={"getent group -- 998": {"stdout": "docker:x:998:alice\n"},
                               "getent group -- docker": {"stdout": "docker:x:998:alice\n"}})
-    assert system.group_members(host, "998") is None
-    assert system.group_members(host, "docker") == ["alice"]
+    assert osfacts.group_members(host, "998") is None
+    assert osfacts.group_members(host, "docker") == ["alice"]
 
 
 def test_reset_removes_the_user_with_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["usermod", "--append", "--groups", "docker", "--", "bob"]}
-    assert plan([entry]) == [Undo("run", argv=("gpasswd", "--delete", "bob", "--", "docker"))]
+    assert plan([entry]) == [Undo("leave-group", user="bob", group="docker")]
 
 
 def test_reset_reads_journals_written_before_the_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["usermod", "--append", "--groups", "docker", "bob"]}
-    assert plan([entry]) == [Undo("run", argv=("gpasswd", "--delete", "bob", "--", "docker"))]
+    assert plan([entry]) == [Undo("leave-group", user="bob", group="docker")]
 
 
 def test_reset_keeps_the_group_it_created_with_double_dash():
     entry = {"kind": "run", "step": "docker-group", "argv": ["groupadd", "--system", "--", "docker"]}
-    assert plan([entry]) == [Undo("note", "group docker left in place (the docker package uses it)")]
+    assert plan([entry]) == [Undo("keep", note="group docker left in place (the docker package uses it)")]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..host import Host
 from ..unitfile import (Command, UnitSyntaxError, assignments, expand_variables, parse_command, parse_env_file,
                         resolve_specifiers, split_words)
-from . import system
+from . import osfacts
 
 UNIT = "docker.service"
 # In systemd's order of precedence: a unit in /etc/systemd/system overrides the packaged one.
@@ -215,7 +215,7 @@ def _dropin_paths(host: Host) -> list[str]:
 def docker_unit(host: Host) -> DockerUnit:
     """docker.service as systemd has it (or, without systemd, as its directories hold it)."""
     loaded = None
-    if system.systemd_running(host):
+    if osfacts.systemd_running(host):
         result = host.query(SHOW)
         if result.ok:
             loaded = parse_show(result.stdout)

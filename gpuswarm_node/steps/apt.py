@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..engine import Call, RunCommand
 from ..errors import CommandFailed, StepFailed
 from ..host import Host, LockHolder
-from ..system import Context, QuietReporter, Reporter
+from ..context import Context, QuietReporter, Reporter
+from ..journal import Undo, keep
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 APT_LOG = "apt.log"  # in the context's log directory: every apt-get and dpkg run's whole output
@@ -123,8 +124,9 @@ class AptCommand(RunCommand):
                 time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-def apt_command(ctx: Context, *argv: str, locks: tuple[str, ...], timeout: float, progress: str) -> AptCommand:
-    return AptCommand(tuple(argv), tuple(sorted(APT_ENV.items())), timeout, progress,
+def apt_command(ctx: Context, *argv: str, locks: tuple[str, ...], timeout: float, progress: str,
+                undo: Undo | None = None) -> AptCommand:
+    return AptCommand(tuple(argv), tuple(sorted(APT_ENV.items())), timeout, progress, undo,
                       locks=locks, lock_timeout=ctx.config.apt.lock_timeout)
 
 
@@ -149,9 +151,12 @@ def update(ctx: Context) -> RunCommand:
 
 
 def install(ctx: Context, *packages: str) -> RunCommand:
+    names = " ".join(p for p in packages if not p.startswith("-"))
+    # Other software may depend on what is installed: reset leaves packages in place, and says so.
     return apt_command(ctx, "apt-get", *lock_wait(ctx), "install", "--yes", "--no-install-recommends", *packages,
                        locks=INSTALL_LOCKS, timeout=ctx.config.apt.lock_timeout + 1800,
-                       progress=f"apt-get install {' '.join(p for p in packages if not p.startswith('-'))}")
+                       progress=f"apt-get install {names}",
+                       undo=keep(f"packages left installed: {names} (remove with apt-get purge)"))
 
 
 def download_key(url: str, path: str) -> Call:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
-from ..probes import system
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..probes import osfacts
 from ..render import render
-from ..system import Context
+from ..context import Context
+from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install
+from ..journal import keep
 from . import apt
-from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
 
 DISTRO_PACKAGES = ("docker.io",)
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
@@ -16,7 +17,7 @@ DOCKER_CE_KEY = "/etc/apt/keyrings/docker.asc"
 
 
 def docker_ce_source(ctx: Context) -> str:
-    release = system.os_release(ctx.host)
+    release = osfacts.os_release(ctx.host)
     distro = release.get("ID", "debian")
     codename = release.get("VERSION_CODENAME", "")
     arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
@@ -35,7 +36,7 @@ def install_split_client(ctx: Context) -> None:
         return
     shown = ctx.host.query(["apt-cache", "show", "--no-all-versions", "docker-cli"])
     if shown.ok and shown.stdout.strip():
-        apt.install(ctx, "docker-cli").execute(ctx)
+        perform(ctx, apt.install(ctx, "docker-cli"))
 
 
 class DockerStep:
@@ -49,22 +50,22 @@ class DockerStep:
                                                    line=docker_ce_source(ctx)))]
 
     def check(self, ctx: Context) -> Check:
-        if not system.systemd_running(ctx.host):
+        if not osfacts.systemd_running(ctx.host):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
-        installed = [p for p in ("docker.io", "docker-ce") if system.package_installed(ctx.host, p)]
+        installed = [p for p in ("docker.io", "docker-ce") if osfacts.package_installed(ctx.host, p)]
         actions = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):
                 before = ctx.host.read_text(planned.path)
                 if before != planned.content:
-                    release = system.os_release(ctx.host).get("ID", "debian")
+                    release = osfacts.os_release(ctx.host).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
                     actions.append(WriteFile(planned.path, planned.content, before))
             reason = f"{' '.join(wanted)} is not installed"
             # On a fresh GPU machine the toolkit comes in the same apt transaction: one
             # `apt-get update`, one install, instead of one of each per step.
-            toolkit = NvidiaToolkitStep().joint_install(ctx)
+            toolkit = joint_toolkit_install(ctx)
             if toolkit is not None:
                 actions += toolkit
                 wanted = (*wanted, TOOLKIT_PACKAGE)
@@ -73,11 +74,11 @@ class DockerStep:
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
         else:
-            enabled, active = system.unit_enabled(ctx.host, "docker"), system.unit_active(ctx.host, "docker")
+            enabled, active = osfacts.unit_enabled(ctx.host, "docker"), osfacts.unit_active(ctx.host, "docker")
             if enabled and active:
                 return ok(f"{installed[0]} installed, docker.service enabled and running")
             reason = "docker.service is " + " and ".join(
                 w for w, bad in (("not enabled", not enabled), ("not running", not active)) if bad)
         actions.append(run_command("systemctl", "enable", "--now", "docker", timeout=300,
-                                   progress="starting docker"))
+                                   progress="starting docker", undo=keep("docker left enabled and running")))
         return needs_change(reason, *actions)

@@ -15,18 +15,19 @@ import json
 import posixpath
 import re
 
-from ..engine import (Check, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
+from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
-from ..probes import system
+from ..probes import osfacts
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory, slices_of
 from .. import restart
+from ..lifecycle import activate_action, can_drain, drain_action
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
 from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
-from ..system import Context
+from ..context import Context
 from ..unitfile import Command
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -445,7 +446,7 @@ class DockerDaemonStep:
         # Directories first: nothing is written into one that someone else can still change.
         actions = [*dir_fixes, *actions, *file_fixes]
         reasons += owner_reasons
-        docker_running = system.systemd_running(ctx.host) and system.unit_active(ctx.host, "docker")
+        docker_running = osfacts.systemd_running(ctx.host) and osfacts.unit_active(ctx.host, "docker")
         if docker_running:
             restart_needed = bool(restart_for)
             if not restart_needed:
@@ -458,8 +459,9 @@ class DockerDaemonStep:
                 if refusal:
                     return blocked("; ".join(reasons + [refusal]))
                 restart_for.append(restart.restart_action(previous, reload=DROPIN in previous))
-                if ctx.options.drain and restart.can_drain(ctx) is None:
-                    restart_for = [restart.drain_action(), *restart_for, restart.activate_action()]
+                if ctx.options.drain and can_drain(ctx) is None:
+                    # The node is made active again whatever happens between.
+                    restart_for = [Paired(drain_action(), tuple(restart_for), activate_action())]
         # The wrapper and its map go first: once dockerd reads the new daemon.json, every
         # container start runs the wrapper.
         actions += restart_for

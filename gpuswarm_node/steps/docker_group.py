@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..config import valid_user_name
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
-from ..probes import system
-from ..system import Context
+from ..probes import osfacts
+from ..context import Context
+from ..journal import Undo, keep
 
 
 class DockerGroupStep:
@@ -25,16 +26,18 @@ class DockerGroupStep:
             # node.user is validated with the configuration; $SUDO_USER is not.
             return blocked(f"SUDO_USER {user!r} is not a user name (a letter or '_', then letters, digits, '_' or "
                            "'-'); set node.user to the user to add")
-        if not system.user_exists(ctx.host, user):
+        if not osfacts.user_exists(ctx.host, user):
             return blocked(f"user {user!r} does not exist; set node.user to an existing user")
-        members = system.group_members(ctx.host, "docker")
+        members = osfacts.group_members(ctx.host, "docker")
         if members is not None and user in members:
             return ok(f"{user} is in the docker group")
         actions = []
         if members is None:
             # The docker package creates the group too; creating it first lets this step come first.
-            actions.append(run_command("groupadd", "--system", "--", "docker"))
+            actions.append(run_command("groupadd", "--system", "--", "docker",
+                                       undo=keep("group docker left in place (the docker package uses it)")))
         # "--": the user name is an operand, never an option.
-        actions.append(run_command("usermod", "--append", "--groups", "docker", "--", user))
+        actions.append(run_command("usermod", "--append", "--groups", "docker", "--", user,
+                                   undo=Undo("leave-group", user=user, group="docker")))
         reason = "the docker group does not exist yet" if members is None else f"{user} is not in the docker group"
         return needs_change(reason, *actions)

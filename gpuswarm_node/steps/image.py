@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
-from ..system import Context
+from ..context import Context
+from ..journal import Undo
 
 
 class ImageStep:
@@ -27,4 +28,4 @@ class ImageStep:
             with ctx.reporter.pull(name) as progress:
                 ctx.docker.pull(name, progress)
 
-        return needs_change(f"{name} is not present", Call(f"pull {name}", pull))
+        return needs_change(f"{name} is not present", Call(f"pull {name}", pull, Undo("remove-image", image=name)))

@@ -10,32 +10,17 @@ it, and `blocked` with the cause when one already did not, never a second instal
 from __future__ import annotations
 
 from .. import apt_sources
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
-from ..probes import driver, system
+from ..probes import driver, osfacts
 from ..probes.driver import PciGpu
-from ..system import Context
+from ..context import Context
+from ..shared_facts import gpu_presence
+from ..journal import keep
 from . import apt
 
 STEP = "nvidia-driver"
 DEBIAN_FIRMWARE = "firmware-misc-nonfree"
-
-
-def gpu_presence(ctx: Context) -> tuple[bool, str]:
-    """Whether this machine has an NVIDIA GPU, and how we know."""
-    present, why, _gpus = _presence(ctx)
-    return present, why
-
-
-def _presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
-    try:
-        inv = ctx.inventory()
-        return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
-    except NvmlUnavailable as exc:
-        gpus = driver.nvidia_gpus(ctx.host)
-        if gpus:
-            return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
-        return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
 
 
 def _module(module: driver.LoadedModule) -> str:
@@ -72,11 +57,6 @@ def secure_boot_problem(ctx: Context, distro: str) -> Check | None:
                    "in the firmware settings; then run setup again")
 
 
-def _record(ctx: Context, action) -> None:
-    if ctx.journal is not None:  # reset lists the packages it leaves installed
-        ctx.journal.record(kind="run", step=STEP, argv=list(action.argv), action=action.describe())
-
-
 def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
     """Debian: which driver branch the GPUs need is known once nvidia-detect is installed, in the
     same run."""
@@ -86,9 +66,7 @@ def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
         package, problem = driver.choose_driver(driver.detect(ctx.host, gpus))
         if problem:
             raise StepFailed(f"{problem}.", "Install a driver that supports every GPU by hand, then run setup again.")
-        action = apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)
-        action.execute(ctx)
-        _record(ctx, action)
+        perform(ctx, apt.install(ctx, *headers, package, DEBIAN_FIRMWARE))
 
     return Call(f"install the driver package nvidia-detect recommends for {ids}, with "
                 f"{' '.join([*headers, DEBIAN_FIRMWARE])}", install)
@@ -112,13 +90,13 @@ class NvidiaDriverStep:
         return ok(f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)")
 
     def _without_nvml(self, ctx: Context, exc: NvmlUnavailable) -> Check:
-        present, why, gpus = _presence(ctx)
+        present, why, gpus = gpu_presence(ctx)
         if not present:
             return skipped(why)
         host = ctx.host
         release = driver.kernel_release(host)
         pkgs = driver.driver_packages(host, release)
-        distro = system.os_release(host).get("ID", "")
+        distro = osfacts.os_release(host).get("ID", "")
         if pkgs.unfinished:
             names = ", ".join(f"{p.name} ({p.state})" for p in pkgs.unfinished)
             return needs_change(f"{why}; the last install of {names} did not finish",
@@ -189,7 +167,8 @@ class NvidiaDriverStep:
             return needs_change(f"{why}; no driver installed", apt.update(ctx),
                                 apt.install(ctx, "ubuntu-drivers-common"),
                                 run_command("ubuntu-drivers", "install", "--gpgpu", timeout=1800,
-                                            progress="ubuntu-drivers install"))
+                                            progress="ubuntu-drivers install",
+                                            undo=keep("the driver ubuntu-drivers installed is left installed")))
         if distro == "debian":
             return self._debian_install(ctx, why, gpus, release)
         return blocked(f"no driver installer for distribution {distro or 'unknown'}; install the NVIDIA driver by "

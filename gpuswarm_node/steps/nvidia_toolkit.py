@@ -18,20 +18,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..config import NVIDIA_TOOLKIT_SOURCE, tomllib
-from ..engine import Call, Check, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
+from ..config import tomllib
+from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
 from .. import nvidia_hook
-from ..probes import system
+from ..probes import osfacts
 from ..render import render
-from ..system import Context
+from ..context import Context
 from . import apt
-from .nvidia_driver import gpu_presence
+from ..shared_facts import (TOOLKIT_PACKAGE as PACKAGE, TOOLKIT_SOURCE_LIST as SOURCE_LIST,
+                            gpu_presence, toolkit_source_actions, toolkit_source_text)
 
-SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
-NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
-NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.asc"
-PACKAGE = "nvidia-container-toolkit"
 RUNTIME_CONFIG = nvidia_hook.RUNTIME_CONFIG
 SECTION = "nvidia-container-runtime"
 # Modes that, in 1.18.x, resolve to or are jit-cdi; absent means "auto".
@@ -166,7 +163,7 @@ def fix_mode_after_install(ctx: Context) -> None:
     """Which version apt installs is known only once it has: decide then, in the same run."""
     verdict = mode_verdict(ctx)
     if verdict.fix is not None:
-        verdict.fix.execute(ctx)
+        perform(ctx, verdict.fix)
     elif verdict.problem:
         raise StepFailed(f"{verdict.problem}.", verdict.remedy)
 
@@ -175,47 +172,27 @@ class NvidiaToolkitStep:
     name = "nvidia-toolkit"
     description = "nvidia-container-toolkit installed, nvidia-container-runtime on PATH"
 
-    def _source_list(self, ctx: Context) -> str:
-        return render("apt-source.list.j2", purpose="NVIDIA container toolkit",
-                      line=ctx.config.nvidia.toolkit_apt_source)
-
     def files(self, ctx: Context) -> list[PlannedFile]:
-        files = [PlannedFile(SOURCE_LIST, self._source_list(ctx))]
-        if system.package_installed(ctx.host, PACKAGE):
+        files = [PlannedFile(SOURCE_LIST, toolkit_source_text(ctx))]
+        if osfacts.package_installed(ctx.host, PACKAGE):
             fix = mode_verdict(ctx).fix
             if fix is not None:
                 files.append(PlannedFile(fix.path, fix.content))
         return files
 
-    def _source_actions(self, ctx: Context, before: str | None) -> list:
-        wanted = self._source_list(ctx)
-        if before == wanted:
-            return []
-        actions = []
-        if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
-            actions.append(apt.download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
-        return actions + [WriteFile(SOURCE_LIST, wanted, before)]
-
-    def joint_install(self, ctx: Context) -> list | None:
-        """For the docker step, when it installs Docker on a GPU machine that lacks the toolkit:
-        the toolkit's source actions, so that both packages go in one apt transaction."""
-        if not gpu_presence(ctx)[0] or system.package_installed(ctx.host, PACKAGE):
-            return None
-        return self._source_actions(ctx, ctx.host.read_text(SOURCE_LIST))
-
     def check(self, ctx: Context) -> Check:
-        present, why = gpu_presence(ctx)
+        present, why, _pci = gpu_presence(ctx)
         if not present:
             return skipped(why)
-        wanted = self._source_list(ctx)
+        wanted = toolkit_source_text(ctx)
         before = ctx.host.read_text(SOURCE_LIST)
-        installed = system.package_installed(ctx.host, PACKAGE)
+        installed = osfacts.package_installed(ctx.host, PACKAGE)
         runtime = ctx.host.which("nvidia-container-runtime")
         actions = []
         reasons = []
         if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
-            actions += [*self._source_actions(ctx, before), apt.update(ctx)]
+            actions += [*toolkit_source_actions(ctx, before), apt.update(ctx)]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
             if before == wanted:

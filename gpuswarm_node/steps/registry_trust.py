@@ -8,7 +8,7 @@ from pathlib import Path
 from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..host import dir_repair_commands, unsafe
 from ..render import render
-from ..system import Context
+from ..context import Context
 
 CERTS_D = "/etc/docker/certs.d"
 

@@ -14,7 +14,8 @@ from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok
 from ..errors import ManagerUnreachable, StepFailed
 from ..manager import ManagerSwarm, join_host_port, resolve_addresses, split_host_port
 from ..probes.docker import SwarmMembership
-from ..system import Context
+from ..context import Context
+from ..journal import Undo
 
 
 def managed_by(addrs: tuple[str, ...], manager: str) -> bool:
@@ -66,7 +67,8 @@ def join_action(ctx: Context, leave: str = "") -> Call:
 
     fetch = f"fetch a worker join token and the swarm's cluster id over SSH from {cfg.ssh_user}@{cfg.manager}"
     where = f"join at the address the manager advertises (at {cfg.manager} when that one does not answer)"
-    return Call(f"{fetch}, then leave {leave} and {where}" if leave else f"{fetch} and {where}", join)
+    return Call(f"{fetch}, then leave {leave} and {where}" if leave else f"{fetch} and {where}", join,
+                Undo("leave-swarm"))
 
 
 class SwarmJoinStep:
@@ -90,7 +92,7 @@ class SwarmJoinStep:
                 return blocked(f"swarm state is {membership.state} {membership.error}".strip())
             return needs_change("not in a swarm; no swarm.manager configured, so this node starts its own",
                                 Call("initialise a single-node swarm",
-                                     lambda ctx: ctx.docker.init(cfg.advertise_addr)))
+                                     lambda ctx: ctx.docker.init(cfg.advertise_addr), Undo("leave-swarm")))
         if membership.state == "active":
             return self.check_member(ctx, membership)
         if membership.state == "locked":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
-from ..probes import system
+from ..probes import osfacts
 from ..render import render
-from ..system import Context
+from ..context import Context
+from ..journal import Undo
 
 FSTAB = "/etc/fstab"
 # A size=0 tmpfs has no limit at all (tmpfs(5)): never render less than this.
@@ -18,7 +19,7 @@ def human(nbytes: int) -> str:
 
 
 def size_bytes(ctx: Context) -> int:
-    return int(system.mem_total_bytes(ctx.host) * ctx.config.tmpfs.fraction)
+    return int(osfacts.mem_total_bytes(ctx.host) * ctx.config.tmpfs.fraction)
 
 
 def size_mib(ctx: Context) -> int:
@@ -30,7 +31,7 @@ def fstab_mount_point(line: str) -> str | None:
     fields = line.split()
     if not fields or fields[0].startswith("#") or len(fields) < 2:
         return None
-    return system.unescape_mount(fields[1])
+    return osfacts.unescape_mount(fields[1])
 
 
 def desired_fstab(current: str, entry: str, path: str) -> str:
@@ -39,7 +40,7 @@ def desired_fstab(current: str, entry: str, path: str) -> str:
     out, placed = [], False
     for line in current.splitlines():
         point = fstab_mount_point(line)
-        if point is not None and system.same_mount_point(point, path):
+        if point is not None and osfacts.same_mount_point(point, path):
             if not placed:
                 out.append(entry)
                 placed = True
@@ -51,7 +52,7 @@ def desired_fstab(current: str, entry: str, path: str) -> str:
 
 
 def has_entry(fstab: str, path: str) -> bool:
-    return any(point is not None and system.same_mount_point(point, path)
+    return any(point is not None and osfacts.same_mount_point(point, path)
                for point in map(fstab_mount_point, fstab.splitlines()))
 
 
@@ -113,13 +114,13 @@ class TmpfsStep:
                            "run made stays until `gpuswarm-node reset`)")
         want_mib = size_mib(ctx)
         if want_mib < MIN_MIB:
-            return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(system.mem_total_bytes(ctx.host))} "
+            return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(osfacts.mem_total_bytes(ctx.host))} "
                            f"RAM is {size_bytes(ctx)} bytes, under the {MIN_MIB} MiB minimum (a size=0m tmpfs would "
                            "have no limit at all); raise tmpfs.fraction")
         entry = self._entry(ctx, want_mib)
         current = ctx.host.read_text(FSTAB)
         wanted = desired_fstab(current or "", entry, path)
-        mounted = system.mount_at(ctx.host, path)
+        mounted = osfacts.mount_at(ctx.host, path)
         if mounted and mounted.fstype != "tmpfs":
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
         problem = mount_point_problem(ctx, path, mounted is not None)
@@ -136,10 +137,10 @@ class TmpfsStep:
             actions.append(WriteFile(FSTAB, wanted, current))
             reasons.append(f"{FSTAB} entry for {path} differs" if has_entry(current or "", path)
                            else f"{FSTAB} lacks the entry")
-            if system.systemd_running(ctx.host):
+            if osfacts.systemd_running(ctx.host):
                 actions.append(run_command("systemctl", "daemon-reload"))
         if mounted is None:
-            actions.append(run_command("mount", path))
+            actions.append(run_command("mount", path, undo=Undo("umount", path=path)))
             reasons.append(f"nothing mounted at {path}")
         elif mounted.options.get("size") != f"{want_mib * 1024}k":
             actions.append(run_command("mount", "-o", f"remount,size={want_mib}m", path))

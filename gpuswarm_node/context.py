@@ -68,6 +68,7 @@ class RunOptions:
     force_rejoin: bool = False  # leave another swarm to join the configured one
     allow_restart: bool = False  # restart Docker even though containers are running
     drain: bool = False  # drain the node through the manager around a Docker restart
+    drain_timeout: float = 600.0  # seconds a drain waits for the node's tasks to move
 
 
 @dataclass
@@ -91,6 +92,13 @@ class Context:
     # The manager's answer, asked once a run (token dropped), and the node id it was asked about.
     _manager: "tuple[ManagerSwarm | None, str]" = field(default=(None, ""), init=False)
     swarm_joined_at: str = field(default="", init=False)  # set by swarm-join: where it joined and why
+    # The run's own record, kept by the engine: the step whose actions run now, the actions it
+    # carried out, and every file a file action wrote or removed (a dry run: would write or remove).
+    step: str = field(default="", init=False)
+    ran: list = field(default_factory=list, init=False)
+    touched: set[str] = field(default_factory=set, init=False)
+    # What this run's actions established that a later check reads (the node id drained, left).
+    outcomes: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def docker(self) -> DockerApi:

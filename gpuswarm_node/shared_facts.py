@@ -1,0 +1,59 @@
+"""What more than one step reads or decides, so that no step calls or imports another.
+
+- gpu_presence: whether the machine has an NVIDIA GPU and how that is known (NVML first, the PCI
+  bus when NVML cannot answer); the driver and toolkit steps both go by it.
+- the toolkit's apt source, and the plan-level decision that on a fresh GPU machine the toolkit
+  is installed in the docker step's apt transaction (one `apt-get update`, one install).
+"""
+
+from __future__ import annotations
+
+from .config import NVIDIA_TOOLKIT_SOURCE
+from .context import Context
+from .engine import WriteFile
+from .errors import NvmlUnavailable
+from .probes import driver, osfacts
+from .probes.driver import PciGpu
+from .render import render
+
+TOOLKIT_PACKAGE = "nvidia-container-toolkit"
+TOOLKIT_SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
+NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.asc"
+
+
+def gpu_presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
+    """(present, how we know, the GPUs on the PCI bus when NVML could not answer)."""
+    try:
+        inv = ctx.inventory()
+        return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
+    except NvmlUnavailable as exc:
+        gpus = driver.nvidia_gpus(ctx.host)
+        if gpus:
+            return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
+        return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
+
+
+def toolkit_source_text(ctx: Context) -> str:
+    return render("apt-source.list.j2", purpose="NVIDIA container toolkit", line=ctx.config.nvidia.toolkit_apt_source)
+
+
+def toolkit_source_actions(ctx: Context, before: str | None) -> list:
+    """The signing key (for the default source) and the source list, where the list differs."""
+    from .steps.apt import download_key  # the steps' apt helpers (not a step), imported late: they import us
+
+    wanted = toolkit_source_text(ctx)
+    if before == wanted:
+        return []
+    actions = []
+    if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
+        actions.append(download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
+    return actions + [WriteFile(TOOLKIT_SOURCE_LIST, wanted, before)]
+
+
+def joint_toolkit_install(ctx: Context) -> list | None:
+    """When Docker is installed on a GPU machine that lacks the toolkit: the toolkit's source
+    actions, so that both packages go in one apt transaction; None otherwise."""
+    if not gpu_presence(ctx)[0] or osfacts.package_installed(ctx.host, TOOLKIT_PACKAGE):
+        return None
+    return toolkit_source_actions(ctx, ctx.host.read_text(TOOLKIT_SOURCE_LIST))

@@ -1,0 +1,187 @@
+"""setup, leave and reset are plans of one engine: preflight before any action, paired actions
+whose closing half runs whatever happens between, a dry run that only looks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpuswarm_node import config, lifecycle
+from gpuswarm_node.context import Context
+from gpuswarm_node.engine import Call, Paired, Plan, Preflight, needs_change, ok, run_plan
+from gpuswarm_node.errors import StepFailed
+
+from .fakes import FakeDocker, FakeHost
+
+
+def context(tables=None, swarm=None) -> tuple[Context, FakeHost, FakeDocker]:
+    host = FakeHost()
+    docker = FakeDocker.from_case({"swarm": swarm or {"state": "active", "node_id": "n1"}})
+    return Context(config=config.from_tables(tables or {}), host=host, docker_factory=lambda: docker), host, docker
+
+
+@dataclass
+class Bracketed:
+    """A step whose actions are paired: open, a failing middle, close."""
+
+    name: str = "bracketed"
+    description: str = "opens, fails, closes"
+    log: list = field(default_factory=list)
+
+    def check(self, ctx):
+        if "closed" in self.log:
+            return ok("closed")
+
+        def fail(ctx):
+            self.log.append("middle")
+            raise StepFailed("the middle failed.")
+
+        return needs_change("open it", Paired(Call("open", lambda c: self.log.append("opened")),
+                                              (Call("middle", fail), Call("never", lambda c: self.log.append("x"))),
+                                              Call("close", lambda c: self.log.append("closed"))))
+
+    def files(self, ctx):
+        return []
+
+
+def test_the_closing_half_of_a_pair_runs_when_the_middle_fails():
+    step = Bracketed()
+    report = run_plan(Plan("setup", (step,)), context()[0])
+    assert step.log == ["opened", "middle", "closed"]
+    [row] = report.steps
+    assert row.state.value == "failed" and row.actions == ["open", "middle", "close"]
+
+
+def test_a_failed_preflight_check_runs_no_action_and_is_named():
+    step = Bracketed()
+    plan = Plan("setup", (step,), (Preflight("ssh-key", lambda ctx: "swarm.ssh_key /k does not exist"),
+                                   Preflight("registry-ca", lambda ctx: None)))
+    report = run_plan(plan, context()[0])
+    assert step.log == [] and not report.ok and not report.plan_ok
+    assert report.as_json()["preflight"] == [
+        {"name": "ssh-key", "ok": False, "detail": "swarm.ssh_key /k does not exist"},
+        {"name": "registry-ca", "ok": True}]
+    assert report.steps[0].state.value == "needs-change"  # checked, never applied
+
+
+MANAGER = {"swarm": {"manager": "198.18.0.1"}}
+
+
+def test_leave_dry_run_plans_drain_leave_and_removal_and_changes_nothing(monkeypatch):
+    ctx, host, docker = context(MANAGER)
+    monkeypatch.setattr(lifecycle, "drain_and_wait", lambda ctx: pytest_fail("drained in a dry run"))
+    report = run_plan(lifecycle.leave_plan(), ctx, dry_run=True)
+    assert [(s.name, s.state.value) for s in report.steps] == [
+        ("drain", "needs-change"), ("leave-swarm", "needs-change"), ("manager-node-list", "needs-change")]
+    assert report.plan_ok and docker.calls == [] and host.actions == []
+
+
+def test_leave_drains_before_it_leaves_and_then_removes_the_node(monkeypatch):
+    ctx, _, docker = context(MANAGER)
+    order: list[str] = []
+
+    def drain(ctx):
+        order.append("drain")
+        ctx.outcomes.update({"drained": "n1", "tasks moved": "3"})
+        return 3
+
+    def remove(ctx):
+        order.append(f"remove {ctx.outcomes['left']}")
+        ctx.outcomes["removed"] = ctx.outcomes["left"]
+
+    monkeypatch.setattr(lifecycle, "drain_and_wait", drain)
+    monkeypatch.setattr(lifecycle, "_remove_from_manager", remove)
+    report = run_plan(lifecycle.leave_plan(), ctx)
+    assert order == ["drain", "remove n1"] and docker.calls == ["leave"]
+    assert report.ok and report.changed == ["drain", "leave-swarm", "manager-node-list"]
+
+
+def test_leave_refuses_a_manager_node_before_any_change(monkeypatch):
+    ctx, _, docker = context(MANAGER, swarm={"state": "active", "node_id": "n1", "is_manager": True})
+    monkeypatch.setattr(lifecycle, "drain_and_wait", lambda ctx: pytest_fail("drained a manager"))
+    report = run_plan(lifecycle.leave_plan(), ctx)
+    assert [p.name for p in report.refused] == ["leave-drainable"]
+    assert "swarm manager" in report.refused[0].problem and docker.calls == []
+
+
+def test_leave_without_a_swarm_is_ok():
+    ctx, _, docker = context(swarm={"state": "inactive"})
+    report = run_plan(lifecycle.leave_plan(), ctx)
+    assert report.ok and report.changed == [] and docker.calls == []
+
+
+def pytest_fail(message: str):
+    import pytest
+
+    pytest.fail(message)
+
+
+def test_every_command_and_call_is_journaled_with_its_undo(tmp_path):
+    from gpuswarm_node.engine import run_command
+    from gpuswarm_node.journal import Journal, Undo
+    from gpuswarm_node.reset import plan
+
+    @dataclass
+    class Joins:
+        name: str = "swarm-join"
+        description: str = "adds a user and joins"
+
+        def check(self, ctx):
+            if ctx.ran:
+                return ok("done")
+            return needs_change("not yet", run_command("usermod", "--append", "--groups", "docker", "--", "bob",
+                                                       undo=Undo("leave-group", user="bob", group="docker")),
+                                Call("join somewhere", lambda c: None, Undo("leave-swarm")))
+
+        def files(self, ctx):
+            return []
+
+    ctx, _, _ = context()
+    ctx.journal = Journal(str(tmp_path / "j" / "changes.jsonl"))
+    report = run_plan(Plan("setup", (Joins(),)), ctx)
+    assert report.ok
+    entries = ctx.journal.entries()
+    assert [(e["kind"], e["step"]) for e in entries] == [("run", "swarm-join"), ("call", "swarm-join")]
+    assert plan(entries) == [Undo("leave-swarm"), Undo("leave-group", user="bob", group="docker")]
+
+
+def test_a_step_is_ok_only_when_the_re_check_after_its_actions_says_so():
+    @dataclass
+    class Stubborn:
+        name: str = "stubborn"
+        description: str = "its action changes nothing"
+
+        def check(self, ctx):
+            return needs_change("still wrong", Call("try", lambda c: None))
+
+        def files(self, ctx):
+            return []
+
+    report = run_plan(Plan("setup", (Stubborn(),)), context()[0])
+    [row] = report.steps
+    assert row.state.value == "failed" and not row.changed
+    assert row.detail == "still not converged after applying: still wrong"
+
+
+def test_the_end_of_run_summary_names_each_step_that_failed_or_is_blocked_with_its_reason():
+    from rich.console import Console
+
+    from gpuswarm_node.engine import blocked
+    from gpuswarm_node.ui import print_summary
+
+    @dataclass
+    class Waits:
+        name: str = "waits"
+        description: str = "blocked"
+
+        def check(self, ctx):
+            return blocked("waits for a reboot")
+
+        def files(self, ctx):
+            return []
+
+    report = run_plan(Plan("setup", (Bracketed(), Waits())), context()[0])
+    console = Console(record=True, width=300)
+    print_summary(console, report)
+    lines = console.export_text().splitlines()
+    assert "bracketed failed: the middle failed." in lines and "waits blocked: waits for a reboot" in lines
+    assert "node converged." not in lines
