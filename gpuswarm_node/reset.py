@@ -163,7 +163,7 @@ def execute(ctx: Context, journal: Journal) -> ResetReport:
 def _apply(ctx: Context, undo: Undo) -> None:
     host = ctx.host
     if undo.kind == "restore":
-        host.write_text(undo.target, Path(undo.source).read_text())
+        host.write_text(undo.target, Path(undo.source).read_bytes())  # text or bytecode, as it was
         shutil.copystat(undo.source, undo.target)
     elif undo.kind == "remove":
         host.remove(undo.target)
