@@ -20,6 +20,7 @@ Not a test: it prints figures for the README and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind per round (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each with its own median (default 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the round medians there (bench/run.py reads them)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gpuswarm-bench-") as tmp_name:
@@ -138,6 +140,8 @@ def main() -> None:
     def added(layout: str, call: str) -> list[float]:
         return per_round(lambda r: r[f"{call} {layout}"] - r[f"{call} direct"])
 
+    if options.json:
+        Path(options.json).write_text(json.dumps({"rounds": rounds, "runs": options.runs}))
     python = subprocess.run([WRAPPER_PYTHON, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.platform()}")
     print(f"wrapper python: {python} ({WRAPPER_PYTHON}, as the front runs it); sh: {os.path.realpath('/bin/sh')}")
