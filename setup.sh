@@ -86,10 +86,10 @@ fi
 PIP_QUIET_SECONDS=15
 pip_install() {
     pip_env=$1
+    shift
     rm -f "$pip_env/pip.rc"
     ( pip_rc=0
-      "$pip_env/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$SRC" \
-          >"$pip_env/pip.log" 2>&1 || pip_rc=$?
+      "$@" >"$pip_env/pip.log" 2>&1 || pip_rc=$?
       echo "$pip_rc" > "$pip_env/pip.rc" ) &
     pip_started=$(date +%s)
     pip_said=
@@ -161,6 +161,61 @@ remove_leftovers() {
     done
 }
 
+# The tool's dependencies: the `dependencies` list of pyproject.toml, one requirement a line (the
+# project's own file, written one requirement a line; tests/test_setup_sh.py holds it to tomllib).
+dependencies() {
+    sed -n '/^dependencies = \[/,/^\]/s/^ *"\([^"]*\)",\{0,1\} *$/\1/p' "$SRC/pyproject.toml"
+}
+
+# The pip wheel the interpreter carries for ensurepip: Debian and Ubuntu keep it in WHEEL_PKG_DIR
+# (python3-pip-whl, which python3-venv brings), python.org builds in ensurepip/_bundled. Empty when
+# there is none.
+bundled_pip() {
+    python3 -c 'import ensurepip, glob, os, sysconfig
+dirs = [sysconfig.get_config_var("WHEEL_PKG_DIR"), os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
+print(max((w for d in dirs if d for w in glob.glob(os.path.join(d, "pip-*.whl"))), default=""))'
+}
+
+# Build the tool's environment in the new directory $1. What made it slow (bench/setup_sh_env.py):
+# `python3 -m venv` installing and byte-compiling pip into it, pip fetching hatchling to build this
+# project from source, and byte-compiling every module of every dependency (pygments alone has
+# hundreds the tool never imports). So: a venv without pip, run by pip straight from the wheel
+# ensurepip would have installed (a wheel is importable as it is); the dependencies as
+# pyproject.toml lists them, resolved by pip and not compiled: Python compiles a module once, on
+# its first import by root (the setup run that follows, or the check below); and this project's
+# package copied in as its wheel lays it out (templates inside the package), with the entry point
+# pip would write. Only the source is copied (no links, no bytecode), with fixed modes.
+build_venv() {
+    venv=$1
+    pip_wheel=$(bundled_pip) || return 1
+    if [ -n "$pip_wheel" ]; then
+        python3 -m venv --without-pip "$venv" >&2 || return 1
+        set -- "$venv/bin/python" "$pip_wheel/pip"
+    else
+        python3 -m venv "$venv" >&2 || return 1
+        set -- "$venv/bin/python" -m pip
+    fi
+    deps=$(dependencies)
+    if [ -z "$deps" ]; then
+        say "found no dependencies in $SRC/pyproject.toml"
+        return 1
+    fi
+    printf '%s\n' "$deps" > "$venv/requirements.txt" || return 1
+    pip_install "$venv" "$@" install --disable-pip-version-check --progress-bar off --no-compile \
+        -r "$venv/requirements.txt" || return 1
+    rm -f "$venv/requirements.txt"
+    package=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/gpuswarm_node \
+        || return 1
+    mkdir -p "$package/templates" &&
+        cp -R "$SRC/gpuswarm_node/." "$package/" &&
+        cp -R "$SRC/templates/." "$package/templates/" &&
+        find "$package" -name __pycache__ -prune -exec rm -rf {} + \
+            -o ! -type d ! -type f -exec rm -f {} + -o -name '*.pyc' -exec rm -f {} + &&
+        chmod -R u=rwX,go=rX "$package" || return 1
+    printf '#!%s\nimport sys\nfrom gpuswarm_node.cli import main\nsys.exit(main())\n' "$venv/bin/python" \
+        > "$venv/bin/gpuswarm-node" && chmod 0755 "$venv/bin/gpuswarm-node"
+}
+
 # An install made under umask 000 (before this script set its own) left the tool writable by
 # every local user: root only, before anything runs from it. Only what this script created is
 # touched (PREFIX may be shared); symlinks carry no permissions of their own. What others could
@@ -197,9 +252,7 @@ if [ -n "$rebuild" ] || [ ! -L "$PREFIX/venv" ] || [ -z "$venv_dir" ] \
     build=venv-$(printf '%.12s' "$src_hash")-$$
     say "installing gpuswarm-node into $PREFIX/$build: a virtual environment (python3 -m venv), then pip"
     # Checked before it is used: the entry point runs and imports the CLI with its dependencies.
-    if ! { python3 -m venv "$PREFIX/$build" >&2 &&
-           pip_install "$PREFIX/$build" &&
-           "$PREFIX/$build/bin/gpuswarm-node" version >/dev/null; }; then
+    if ! { build_venv "$PREFIX/$build" && "$PREFIX/$build/bin/gpuswarm-node" version >/dev/null; }; then
         rm -rf "$PREFIX/$build"
         say "installing gpuswarm-node failed (see above); the installed tool, if any, is unchanged"
         exit 1

@@ -55,9 +55,14 @@ ANSIBLE_VENV = f"{ANSIBLE_DIR}/venv"
 ANSIBLE_COLLECTIONS = f"{ANSIBLE_DIR}/collections"
 RUN_LOG = "/var/log/gpuswarm-node/runs.jsonl"
 
-GOAL_STATUS_S = 0.5
-GOAL_SETUP_S = 1.0
-GOAL_RATIO = 10.0
+# The goals of issue 15 ("At the physical limit").
+GOAL_STATUS_S = 0.150
+GOAL_SETUP_S = 0.200
+GOAL_RATIO = 40.0
+# setup.sh's own part of a fresh node (building the tool's venv): a third of the 17.1 s measured
+# before the goal was set.
+GOAL_SETUP_SH_S = 17.1 / 3
+GOAL_WRAPPER_MS = 10.0
 
 LAB_TOOLS = ("dockerd", "sshd", "docker-registry", "busybox", "debootstrap", "systemd-nspawn",
              "dpkg-scanpackages", "gcc", "ip", "iptables", "openssl")
@@ -399,16 +404,40 @@ LABELS = {
 }
 
 
-def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof, load) -> tuple[str, dict]:
+def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof, load,
+                 wrapper: dict | None = None) -> tuple[str, dict]:
     s = {name: stats([r["seconds"] for r in runs]) for name, runs in data.items()}
     ratio = s["ansible"]["median"] / s["status"]["median"]
+    rss = {name: statistics.median(r.get("max_rss_kib", 0) for r in runs) / 1024 for name, runs in data.items()}
+    floor = (f"bounded by the CLI's own start (`version`: {ms(s['version']['median'])}, of which the "
+             f"interpreter {ms(s['python']['median'])})")
+    setup_sh = fresh["wall_seconds"] - sum(e["seconds"] for e in fresh["steps"])
     goals = [
-        ("status median < 0.5 s", f"{ms(s['status']['median'])}", s["status"]["median"] < GOAL_STATUS_S),
-        ("setup (converged) median < 1 s", f"{ms(s['setup']['median'])}", s["setup"]["median"] < GOAL_SETUP_S),
-        ("setup (converged): zero changes, zero Docker restarts",
+        ("1. status median <= 150 ms", f"{ms(s['status']['median'])}; {floor}",
+         s["status"]["median"] <= GOAL_STATUS_S),
+        ("1. status >= 40x faster than the Ansible playbook", f"{ratio:.1f}x", ratio >= GOAL_RATIO),
+        ("2. setup (converged) median <= 200 ms", f"{ms(s['setup']['median'])}; {floor}",
+         s["setup"]["median"] <= GOAL_SETUP_S),
+        ("2. setup (converged): zero changes, zero Docker restarts",
          f"changed=[] and MainPID unchanged in all {s['setup']['n']} runs", True),
-        ("status >= 10x faster than the Ansible playbook", f"{ratio:.1f}x", ratio >= GOAL_RATIO),
+        ("3. fresh node within 1.1x its slowest part (image pull overlapping the driver install)",
+         "not measured: the steps run one after the other (the overlap is not built)", False),
+        (f"4. setup.sh's own part of a fresh node <= {GOAL_SETUP_SH_S:.1f} s",
+         f"{setup_sh:.1f} s (wall {fresh['wall_seconds']:.1f} s less the steps); bounded by creating the venv "
+         "and pip (from the bundled wheel) resolving, downloading and installing the dependencies from PyPI; "
+         "bench/setup_sh_env.py measures it alone", setup_sh <= GOAL_SETUP_SH_S),
     ]
+    if wrapper:
+        per_container = [sum(r[f"{c} front"] - r[f"{c} direct"] for c in ("create", "start")) for r in wrapper["rounds"]]
+        bare = statistics.median(r["python3 -IS -c pass"] - r["sh -c :"] for r in wrapper["rounds"])
+        added = statistics.median(per_container)
+        goals.append((f"5. runtime wrapper adds <= {GOAL_WRAPPER_MS:.0f} ms to a container start",
+                      f"{added:.1f} ms ({min(per_container):.1f}-{max(per_container):.1f} over {len(per_container)} "
+                      f"rounds, bench/runtime_wrapper.py on this host); bounded by Python starting ({bare:.1f} ms "
+                      "more than sh)", added <= GOAL_WRAPPER_MS))
+    goals.append(("6. peak memory (max RSS, median)",
+                  f"status {rss['status']:.0f} MiB, setup (converged) {rss['setup']:.0f} MiB, "
+                  f"Ansible playbook {rss['ansible']:.0f} MiB", True))
     lines = []
     w = lines.append
     w("# gpuswarm-node benchmark results")
@@ -436,11 +465,11 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w("")
     w("## Converged node")
     w("")
-    w("| command | median | min – max | runs |")
-    w("|---|---:|---:|---:|")
+    w("| command | median | min – max | runs | max RSS (median) |")
+    w("|---|---:|---:|---:|---:|")
     for name in LABELS:
         x = s[name]
-        w(f"| {LABELS[name]} | {ms(x['median'])} | {ms(x['min'])} – {ms(x['max'])} | {x['n']} |")
+        w(f"| {LABELS[name]} | {ms(x['median'])} | {ms(x['min'])} – {ms(x['max'])} | {x['n']} | {rss[name]:.0f} MiB |")
     w("")
     w(f"**Ansible / status ratio: {ratio:.1f}x** (median over median; "
       f"{s['ansible']['min'] / s['status']['max']:.1f}x slowest status against fastest playbook).")
@@ -534,16 +563,17 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
       "(fstab, docker.service enabled and running, NVML, the toolkit's apt source and mode, the runtime "
       "wrapper and slice map, dockerd's start time), so the ratio errs in Ansible's favour.")
     w("")
-    return "\n".join(lines), {"ratio": ratio, "stats": s, "goals": goals}
+    return "\n".join(lines), {"ratio": ratio, "stats": s, "goals": goals, "rss": rss}
 
 
 def print_table(summary: dict) -> None:
     s = summary["stats"]
     print()
-    print(f"{'command':<52} {'median':>9} {'min':>9} {'max':>9} {'runs':>5}")
+    print(f"{'command':<52} {'median':>9} {'min':>9} {'max':>9} {'runs':>5} {'max RSS':>9}")
     for name, label in LABELS.items():
         x = s[name]
-        print(f"{label.replace('`', ''):<52} {ms(x['median']):>9} {ms(x['min']):>9} {ms(x['max']):>9} {x['n']:>5}")
+        print(f"{label.replace('`', ''):<52} {ms(x['median']):>9} {ms(x['min']):>9} {ms(x['max']):>9} {x['n']:>5} "
+              f"{summary['rss'][name]:>5.0f} MiB")
     print(f"\nAnsible / status ratio (medians): {summary['ratio']:.1f}x")
     for goal, measured, met in summary["goals"]:
         print(f"  {'met   ' if met else 'MISSED'}  {goal}: {measured}")
@@ -628,8 +658,15 @@ def main() -> int:
             raise
         say("tearing the lab down")
 
+    # Goal 5 on this host, once the lab is gone (it needs no Docker: the wrapper and stand-ins).
+    say("the runtime wrapper: bench/runtime_wrapper.py")
+    wrapper_json = Path(tmp_root := tempfile.mkdtemp(prefix="gsn-bench-wrapper-")) / "wrapper.json"
+    subprocess.run([sys.executable, str(BENCH / "runtime_wrapper.py"), "--runs", "100", "--json", str(wrapper_json)],
+                   check=True)
+    wrapper = json.loads(wrapper_json.read_text())
+    shutil.rmtree(tmp_root)
     report, summary = build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof,
-                                   (load_before, load_after))
+                                   (load_before, load_after), wrapper)
     RESULTS.write_text(report)
     print_table(summary)
     return 0

@@ -5,8 +5,9 @@
 Docker calls its runtime at least twice to start a container: `create` (the wrapper's sh front
 starts the Python program, which reads the slice map and rewrites the bundle's config.json) and
 `start` (the front execs the NVIDIA runtime; no Python). Both are timed against calling the NVIDIA
-runtime directly, and against the previous layout, where Docker ran the Python program itself
-for every call. The front and the program are the product's own templates, rendered as setup
+runtime directly, against the same front without the program's bytecode (Python compiles the
+program on every `create`), and against the first layout, where Docker ran the Python program
+itself for every call. The front and the program are the product's own templates, rendered as setup
 renders them except for their paths; the NVIDIA runtime is a stand-in that exits 0 at once (a
 link to `true`), so the difference is the wrapper alone. The bundle is a realistic Docker spec
 (tests/data/docker-bundle-config.json), restored before every `create` so each call does the
@@ -19,6 +20,7 @@ Not a test: it prints figures for the README and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -34,13 +36,14 @@ sys.path.insert(0, str(REPO))
 
 from gpuswarm_node.render import render  # noqa: E402
 from gpuswarm_node.slices import slice_map_text  # noqa: E402
-from gpuswarm_node.steps.docker_daemon import NVIDIA_RUNTIME, WRAPPER_PYTHON  # noqa: E402
+from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,  # noqa: E402
+                                               wrapper_text)
 from tests.fake_engine import CONTAINER_ID, FakeEngine  # noqa: E402
 
 BUNDLE_CONFIG = REPO / "tests" / "data" / "docker-bundle-config.json"
 # Eight GPUs with three slices each: a larger map than most nodes have.
 SLICES = [f"GPU-0000000{g}-1111-4222-8333-444444444444::{n}" for n in (1, 2, 3) for g in range(8)]
-LAYOUTS = ("direct", "front", "python-only")
+LAYOUTS = ("direct", "front", "front-uncompiled", "python-only")
 WARMUP = 20
 
 
@@ -59,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind per round (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each with its own median (default 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the round medians there (bench/run.py reads them)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gpuswarm-bench-") as tmp_name:
@@ -72,10 +76,20 @@ def main() -> None:
                               docker_socket=str(engine.path), toolkit_configs=(str(tmp / "toolkit.toml"),))
         program = tmp / "gpuswarm-runtime.py"
         program.write_text(program_text)
+        # As setup installs it: the program's bytecode where Python's import finds it.
+        bytecode = tmp / "__pycache__" / f"gpuswarm-runtime.{sys.implementation.cache_tag}.pyc"
+        bytecode.parent.mkdir()
+        bytecode.write_bytes(wrapper_bytecode(program_text, str(program)))
         front = tmp / "gpuswarm-runtime"
-        front.write_text(render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON, program=str(program),
-                                runtime=NVIDIA_RUNTIME["path"]))
+        front.write_text(wrapper_text(program=str(program)))
         front.chmod(0o755)
+        # The same front and program without bytecode: Python compiles the program on every call.
+        uncompiled_dir = tmp / "uncompiled"
+        uncompiled_dir.mkdir()
+        (uncompiled_dir / "gpuswarm-runtime.py").write_text(program_text)
+        uncompiled = uncompiled_dir / "gpuswarm-runtime"
+        uncompiled.write_text(wrapper_text(program=str(uncompiled_dir / "gpuswarm-runtime.py")))
+        uncompiled.chmod(0o755)
         # The previous layout: the same program, run by Docker through its own #! line.
         python_only = tmp / "gpuswarm-runtime-python-only"
         python_only.write_text(f"#!{WRAPPER_PYTHON} -IS\n" + program_text)
@@ -89,7 +103,7 @@ def main() -> None:
         config = bundle / "config.json"
         original = BUNDLE_CONFIG.read_text().replace("::2\"", f"::2,{SLICES[9]}\"")
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-        runtime = {"direct": stand_in, "front": front, "python-only": python_only}
+        runtime = {"direct": stand_in, "front": front, "front-uncompiled": uncompiled, "python-only": python_only}
 
         create = ["--root", "/run/docker/runtime-runc/moby", "--log", str(bundle / "log.json"),
                   "--log-format", "json", "create", "--bundle", str(bundle),
@@ -99,6 +113,7 @@ def main() -> None:
         # Each interpreter's bare start, to tell what the wrapper adds from what starting costs.
         bare = {"sh -c :": ["/bin/sh", "-c", ":"], "python3 -IS -c pass": [WRAPPER_PYTHON, "-IS", "-c", "pass"]}
 
+        load_before = os.getloadavg()[0]
         rounds: list[dict[str, float]] = []
         for _round in range(options.rounds):
             results: dict[str, list[float]] = {}
@@ -125,11 +140,15 @@ def main() -> None:
     def added(layout: str, call: str) -> list[float]:
         return per_round(lambda r: r[f"{call} {layout}"] - r[f"{call} direct"])
 
+    if options.json:
+        Path(options.json).write_text(json.dumps({"rounds": rounds, "runs": options.runs}))
     python = subprocess.run([WRAPPER_PYTHON, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.platform()}")
     print(f"wrapper python: {python} ({WRAPPER_PYTHON}, as the front runs it); sh: {os.path.realpath('/bin/sh')}")
     print(f"{options.rounds} rounds of {options.runs} timed calls each; config.json {len(original)} bytes; "
           f"{len(SLICES)} slices in the map")
+    print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPU(s): above about half the CPUs, other work shared them")
     print()
     heads = "".join(f"  round {n + 1:<2}" for n in range(options.rounds))
     print(f"{'median per round, ms':<26}{heads}   median  (range)")
@@ -137,12 +156,12 @@ def main() -> None:
         cells = "".join(f"  {r[key]:8.2f}" for r in rounds)
         print(f"{key:<26}{cells}   {span(per_round(lambda r: r[key]))}")
     print()
-    print(f"{'added to the direct call, ms':<44}median  (range over rounds)")
-    for layout in ("front", "python-only"):
+    print(f"{'added to the direct call, ms':<50}median  (range over rounds)")
+    for layout in ("front", "front-uncompiled", "python-only"):
         both = per_round(lambda r: sum(r[f"{c} {layout}"] - r[f"{c} direct"] for c in ("create", "start")))
-        print(f"{layout + ': create':<44}{span(added(layout, 'create'))}")
-        print(f"{layout + ': start':<44}{span(added(layout, 'start'))}")
-        print(f"{layout + ': per container (create + start)':<44}{span(both)}")
+        print(f"{layout + ': create':<50}{span(added(layout, 'create'))}")
+        print(f"{layout + ': start':<50}{span(added(layout, 'start'))}")
+        print(f"{layout + ': per container (create + start)':<50}{span(both)}")
 
 
 if __name__ == "__main__":

@@ -43,14 +43,16 @@ class Action(Protocol):
 @dataclass(frozen=True)
 class WriteFile:
     path: str
-    content: str
-    before: str | None = None
+    content: str | bytes  # bytes: a file that is not text (bytecode), shown without a diff
+    before: str | bytes | None = None
     mode: int = 0o644
 
     def describe(self) -> str:
         return f"{'update' if self.before is not None else 'create'} {self.path}"
 
     def diff(self) -> str:
+        if isinstance(self.content, bytes) or isinstance(self.before, bytes):
+            return ""
         old = (self.before or "").splitlines(keepends=True)
         new = self.content.splitlines(keepends=True)
         return "".join(difflib.unified_diff(old, new, f"{self.path} (now)", f"{self.path} (wanted)"))

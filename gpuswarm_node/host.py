@@ -57,9 +57,13 @@ class Host(Protocol):
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it does not exist."""
 
-    def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
+    def read_bytes(self, path: str) -> bytes | None:
+        """The file's bytes (for files that are not text: bytecode), or None when it does not exist."""
+
+    def write_text(self, path: str, content: str | bytes, mode: int = 0o644) -> None:
         """Replace the file atomically: readers see the old file or the new one, never a part. The
-        file is root's, with `mode`, whatever the file it replaces was (a symlink is replaced)."""
+        file is root's, with `mode`, whatever the file it replaces was (a symlink is replaced).
+        Bytes are written as they are (bytecode); text is encoded as UTF-8."""
 
     def remove(self, path: str) -> None: ...
 
@@ -357,7 +361,7 @@ def _times_if_unchanged(target: Path, data: bytes) -> tuple[int, int] | None:
         os.close(fd)
 
 
-def atomic_write(target: Path, content: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
+def atomic_write(target: Path, content: str | bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory: a crash at any point
     leaves the old file or the new one.
 
@@ -368,7 +372,7 @@ def atomic_write(target: Path, content: str, mode: int = 0o644, owner: tuple[int
     target = Path(target)
     if owner is None and os.geteuid() == 0:
         owner = ROOT
-    data = content.encode()
+    data = content if isinstance(content, bytes) else content.encode()
     _remove_stale_temps(target)
     keep_times = _times_if_unchanged(target, data)
     # mkstemp: O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 until the fchmod below.
@@ -599,7 +603,13 @@ class LocalHost:
         except FileNotFoundError:
             return None
 
-    def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, path: str, content: str | bytes, mode: int = 0o644) -> None:
         target = Path(path)
         self._journal_ready()
         ensure_dir(target.parent)

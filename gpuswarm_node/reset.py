@@ -117,7 +117,8 @@ def refusal(ctx: Context, undo: list[Undo]) -> str | None:
 def _restore(undo: Undo):
     def restore(ctx: Context) -> None:
         source = Path(undo.backup)
-        ctx.host.write_text(undo.path, source.read_text(), source.stat().st_mode & 0o7777)
+        # Bytes: the backup may be bytecode (the runtime wrapper's), not text.
+        ctx.host.write_text(undo.path, source.read_bytes(), source.stat().st_mode & 0o7777)
         ctx.touched.add(undo.path)
 
     return restore
@@ -142,7 +143,7 @@ class UndoStep:
             backup = Path(u.backup)
             if not backup.is_file():
                 return blocked(f"the backup {u.backup} of {u.path} is gone; restore it by hand")
-            if host.read_text(u.path) == backup.read_text():
+            if host.read_bytes(u.path) == backup.read_bytes():
                 return ok(f"{u.path} is as it was before setup")
             return needs_change(f"{u.path} differs from its backup", Call(what, _restore(u)))
         if u.op == "remove":

@@ -35,7 +35,7 @@ class FakeHost:
     {path: {"pid": 812, "command": "apt-get", "probes": 2}}, held for that many looks (default: always).
     """
 
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str | bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
     commands: dict[str, dict] = field(default_factory=dict)
     programs: dict[str, str] = field(default_factory=dict)
@@ -85,9 +85,16 @@ class FakeHost:
         return CommandResult(tuple(argv), 0, "", "")
 
     def read_text(self, path: str) -> str | None:
-        return self.files.get(path)
+        content = self.files.get(path)
+        if isinstance(content, bytes):
+            raise AssertionError(f"{path} holds bytes, not text")
+        return content
 
-    def write_text(self, path: str, content: str, mode: int = 0o644) -> None:
+    def read_bytes(self, path: str) -> bytes | None:
+        content = self.files.get(path)
+        return content.encode() if isinstance(content, str) else content
+
+    def write_text(self, path: str, content: str | bytes, mode: int = 0o644) -> None:
         self.actions.append(f"write {path}")
         self.files[path] = content
         # As on LocalHost: the file is root's with this mode, whatever was there (a symlink too).

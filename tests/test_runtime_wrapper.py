@@ -22,8 +22,8 @@ import pytest
 
 from gpuswarm_node.render import render
 from gpuswarm_node.slices import slice_map_text
-from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_program_text,
-                                               wrapper_text)
+from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,
+                                               wrapper_program_text, wrapper_text)
 
 from .fake_engine import CONTAINER_ID, FakeEngine
 
@@ -71,9 +71,12 @@ class Node:
         self.program.write_text(render_program(self.slice_map, self.engine.path,
                                                (str(self.driver_toolkit_config), str(self.toolkit_config))))
         self.program.chmod(0o644)
+        # The program's bytecode, as setup writes it beside the installed program.
+        self.bytecode = tmp_path / "__pycache__" / f"gpuswarm-runtime.{sys.implementation.cache_tag}.pyc"
+        self.bytecode.parent.mkdir()
+        self.bytecode.write_bytes(wrapper_bytecode(self.program.read_text(), str(self.program)))
         self.wrapper = tmp_path / "gpuswarm-runtime"
-        self.wrapper.write_text(render("gpuswarm-runtime.sh.j2", python=WRAPPER_PYTHON,
-                                       program=str(self.program), runtime=NVIDIA_RUNTIME["path"]))
+        self.wrapper.write_text(wrapper_text(program=str(self.program)))
         self.wrapper.chmod(0o755)
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
@@ -390,6 +393,34 @@ def test_anything_unreadable_fails_the_start(node, damage, message):
     assert node.forwarded() is None
 
 
+def test_create_runs_the_bytecode_setup_compiled(node):
+    # Bytecode whose header matches the program's text but whose code is the tripwire's: that it
+    # runs shows the front uses the bytecode instead of compiling the program.
+    node.bytecode.write_bytes(node.bytecode.read_bytes()[:16] + wrapper_bytecode(PYTHON_TRIPWIRE)[16:])
+    node.spec(resource_env(f"{G0}::1"))
+    result = node.create()
+    assert result.returncode == 99, result.stderr
+    assert node.python_call()["argv"][-1] == "c0ffee"
+
+
+@pytest.mark.parametrize("bytecode", ["stale", "absent"])
+def test_create_without_current_bytecode_compiles_the_program(node, bytecode):
+    # Bytecode of another text (an older program) is ignored, as is none: the program as it is now
+    # runs, and nothing is written beside it (the front runs Python with -B).
+    if bytecode == "stale":
+        node.bytecode.write_bytes(wrapper_bytecode(PYTHON_TRIPWIRE))
+    else:
+        node.bytecode.unlink()
+    before = node.bytecode.read_bytes() if bytecode == "stale" else None
+    node.spec(resource_env(f"{G0}::2"))
+    result = node.create()
+    assert result.returncode == 0, result.stderr
+    assert node.python_call() is None
+    assert f"NVIDIA_VISIBLE_DEVICES={G0}" in node.config.read_text()
+    assert (node.bytecode.read_bytes() if node.bytecode.exists() else None) == before
+    assert sorted(p.name for p in node.bytecode.parent.iterdir()) == ([node.bytecode.name] if before else [])
+
+
 def test_refusal_comes_through_the_front_as_python_gave_it(node):
     node.spec(resource_env(f"{G0}::9"))
     through_front = node.create()
@@ -407,7 +438,7 @@ def test_missing_program_fails_create(node):
     node.program.unlink()
     result = node.create()
     assert result.returncode != 0
-    assert str(node.program) in result.stderr
+    assert "No module named 'gpuswarm-runtime'" in result.stderr  # its bytecode alone is never run
     assert node.forwarded() is None
     assert node.config.read_bytes() == before
 
@@ -429,7 +460,8 @@ def test_installed_front_is_minimal_and_program_compiles(tmp_path):
     assert [line.strip() for line in front.splitlines() if not line.lstrip().startswith("#")] == [
         'for arg in "$@"; do',
         "case $arg in",
-        'create) exec /usr/bin/python3 -IS /usr/local/lib/gpuswarm-node/gpuswarm-runtime.py "$@" ;;',
+        "create) exec /usr/bin/python3 -IS -B -c 'import sys; sys.path.append(\"/usr/local/lib/gpuswarm-node\"); "
+        "__import__(\"gpuswarm-runtime\").main(sys.argv)' \"$@\" ;;",
         "esac",
         "done",
         'exec nvidia-container-runtime "$@"',

@@ -3,11 +3,11 @@
 its own apt-get, which waits for the locks another apt holds.
 
 Honest about what runs: the real setup.sh (`--install-only`, which stops before `gpuswarm-node setup`)
-as root in a temporary GPUSWARM_PREFIX; the real `python3 -m venv` and pip, installing this source
-tree and its dependencies from the package index pip is configured with on this machine (as on a
-real node); /usr/local/bin is a temporary directory bind-mounted in a private mount namespace, so
+as root in a temporary GPUSWARM_PREFIX; the real `python3 -m venv` and pip (run from the wheel the
+interpreter bundles for ensurepip), installing this project's dependencies from the package index
+pip is configured with on this machine (as on a real node) and copying its package in; /usr/local/bin is a temporary directory bind-mounted in a private mount namespace, so
 the link setup.sh makes lands there and nowhere else. A kill is SIGKILL to the whole process group:
-setup.sh, venv, pip and pip's build backend. The kill test takes 30-60 s.
+setup.sh, venv and pip. The kill test takes 30-60 s.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Installs:
 
     def kill(self, proc: subprocess.Popen) -> str:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # setup.sh, venv, pip and pip's build backend
+            os.killpg(proc.pid, signal.SIGKILL)  # setup.sh, venv and pip
         except ProcessLookupError:
             pass
         output, _ = proc.communicate(timeout=60)
@@ -129,10 +129,10 @@ def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_pa
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(installs.prefix / "venv")], check=True)
 
     kills = [
-        # while `python3 -m venv` builds the new environment (it takes seconds: ensurepip)
+        # while `python3 -m venv` builds the new environment, or soon after
         ("venv creation", lambda proc: installs.builds() != [], lambda: rng.uniform(0.0, 1.5)),
-        # while pip builds and installs the tool and its dependencies
-        ("pip", lambda proc: installs.session_runs(proc, "-m pip install"), lambda: rng.uniform(0.0, 4.0)),
+        # while pip installs the dependencies (`python /…/pip-*.whl/pip install`)
+        ("pip", lambda proc: installs.session_runs(proc, "pip install"), lambda: rng.uniform(0.0, 4.0)),
         # anywhere, the end included
         ("anywhere", lambda proc: True, lambda: rng.uniform(0.0, 15.0)),
     ]
@@ -190,7 +190,8 @@ def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
     # A python3 whose venv module fails (no disk, no ensurepip): the build fails half-way.
     real = shutil.which("python3")
     (fake_bin / "python3").write_text(f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exec {shlex.quote(real)} "$@"\n'
-                                      'mkdir -p "$3/bin" && echo "venv: no space left on device" >&2 && exit 1\n')
+                                      'for dir; do :; done\n'  # the last argument
+                                      'mkdir -p "$dir/bin" && echo "venv: no space left on device" >&2 && exit 1\n')
     (fake_bin / "python3").chmod(0o755)
     env_path = f"{fake_bin}:{os.environ['PATH']}"
     script = (f"mount --bind {shlex.quote(str(installs.bin))} /usr/local/bin && "
@@ -207,7 +208,7 @@ def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
 
 FAKE_PIP_PYTHON = """#!/bin/sh
 # The new environment's python: pip that collects for a while, then fails as a full disk makes it.
-[ "$1 $2 $3" = "-m pip install" ] || exit 3
+case " $* " in *" install "*) ;; *) exit 3 ;; esac
 echo "Processing /src/gpuswarm-node"
 sleep 1.5
 echo "Collecting typer>=0.12"
@@ -228,7 +229,7 @@ def test_setup_sh_says_what_pip_is_at_and_shows_its_whole_output_when_it_fails(t
     real = shutil.which("python3")
     # `python3 -m venv DIR` makes a DIR whose python is the fake pip above.
     (fake_bin / "python3").write_text(f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exec {shlex.quote(real)} "$@"\n'
-                                      f'mkdir -p "$3/bin" && cp {shlex.quote(str(tmp_path / "python"))} "$3/bin/python"\n')
+                                      f'for dir; do :; done; mkdir -p "$dir/bin" && cp {shlex.quote(str(tmp_path / "python"))} "$dir/bin/python"\n')
     (fake_bin / "python3").chmod(0o755)
     script = (f"mount --bind {shlex.quote(str(installs.bin))} /usr/local/bin && "
               f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")
@@ -244,6 +245,48 @@ def test_setup_sh_says_what_pip_is_at_and_shows_its_whole_output_when_it_fails(t
     assert "  Downloading typer-0.12.5-py3-none-any.whl (47 kB)" in result.stderr
     assert "[Errno 28] No space left on device" in result.stderr and "is unchanged" in result.stderr
     assert installs.builds() == []
+
+
+def shell_function(name: str) -> str:
+    return re.search(rf"^{name}\(\) \{{.*?^\}}$", SETUP_SH.read_text(), re.S | re.M).group(0)
+
+
+def test_setup_sh_installs_the_dependencies_pyproject_lists():
+    # setup.sh reads them with sed (no TOML parser before the venv exists; 3.10 has no tomllib).
+    import tomllib
+
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    script = f'SRC={shlex.quote(str(REPO))}\n{shell_function("dependencies")}\ndependencies'
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == expected
+
+
+def test_setup_sh_finds_the_pip_wheel_the_interpreter_bundles():
+    result = subprocess.run(["sh", "-c", f'{shell_function("bundled_pip")}\nbundled_pip'], capture_output=True,
+                            text=True, check=True)
+    wheel = Path(result.stdout.strip())
+    assert re.fullmatch(r"pip-[0-9.]+-py3-none-any\.whl", wheel.name) and wheel.is_file(), result
+
+
+def test_the_installed_package_is_the_source_without_links_or_bytecode(tmp_path):
+    installs = Installs(tmp_path / "a")
+    proc = installs.start()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    venv = installs.prefix / "venv"
+    [package] = venv.glob("lib/python3*/site-packages/gpuswarm_node")
+    for path in (REPO / "gpuswarm_node").rglob("*.py"):
+        assert (package / path.relative_to(REPO / "gpuswarm_node")).read_bytes() == path.read_bytes(), path
+    for path in (REPO / "templates").rglob("*"):
+        if path.is_file():
+            assert (package / "templates" / path.relative_to(REPO / "templates")).is_file(), path
+    assert not [p for p in package.rglob("*") if p.is_symlink()]
+    assert (venv / "bin" / "gpuswarm-node").read_text().startswith(f"#!{installs.prefix / os.readlink(venv)}/bin/python\n")
+    # The tool renders from its installed templates, not from the source tree.
+    result = subprocess.run([str(venv / "bin" / "python"), "-c",
+                             "from gpuswarm_node.render import templates_dir; print(templates_dir())"],
+                            cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert Path(result.stdout.strip()) == package / "templates"
 
 
 # --- setup.sh's own apt-get (python3-venv, before the tool exists) ---------------------------------

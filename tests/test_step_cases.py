@@ -8,6 +8,7 @@ end ok with the machine state the case expects. A converged case must plan nothi
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
-from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
+from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
@@ -24,12 +25,19 @@ CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
 # A case names the rendered runtime wrapper (its sh front and its Python program) instead of
 # spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
+# Its bytecode likewise, and in paths `<cache tag>` is this Python's (cpython-311): the name under
+# __pycache__ that Python's import looks for.
 PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
-                "<rendered gpuswarm-runtime.py>": wrapper_program_text}
+                "<rendered gpuswarm-runtime.py>": wrapper_program_text,
+                "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text())}
 
 
-def expand(files: dict[str, str]) -> dict[str, str]:
-    return {path: PLACEHOLDERS[text]() if text in PLACEHOLDERS else text for path, text in files.items()}
+def tagged(text: str) -> str:
+    return text.replace("<cache tag>", sys.implementation.cache_tag)
+
+
+def expand(files: dict[str, str]) -> dict[str, str | bytes]:
+    return {tagged(path): PLACEHOLDERS[text]() if text in PLACEHOLDERS else text for path, text in files.items()}
 
 
 def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeManager, FakePorts]:
@@ -40,6 +48,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     monkeypatch.setattr(apt, "time", FakeClock())  # waiting for a lock takes no time here
     host_spec = dict(case.get("host", {}))
     host_spec["files"] = expand(host_spec.get("files", {}))
+    host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
     docker = FakeDocker.from_case(case.get("docker", {}))
     manager = FakeManager(case.get("manager"))
@@ -62,8 +71,8 @@ def test_step_case(path: Path, monkeypatch) -> None:
     check = step.check(ctx)
 
     assert check.state.value == expect["state"], check.detail
-    assert expect["detail"] in check.detail
-    assert [a.describe() for a in flatten(check.actions)] == expect.get("actions", [])
+    assert tagged(expect["detail"]) in check.detail
+    assert [a.describe() for a in flatten(check.actions)] == [tagged(a) for a in expect.get("actions", [])]
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"
     if "manager_reads" in expect:
@@ -82,7 +91,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
         assert report.changed is want.get("changed", True)
         # Required, [] included: what applying the plan did to the host is always compared.
         assert "host_actions" in want, "a converging case says what it does to the host"
-        assert host.actions == want["host_actions"]
+        assert host.actions == [tagged(a) for a in want["host_actions"]]
         assert docker.calls == want.get("docker_calls", [])
         assert manager.reads == want.get("manager_reads", manager.reads)
         assert ports.probed == want.get("ports_probed", ports.probed)

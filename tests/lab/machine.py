@@ -236,31 +236,7 @@ class FreshMachine:
             self.timings[phase] = round(time.monotonic() - started, 2)
 
     def _prepare(self) -> None:
-        """What a cloud provider's image and cloud-init would have done."""
-        root = self.rootfs
-        (root / "etc/hostname").write_text(self.name + "\n")
-        # debootstrap writes no /etc/hosts; cloud images get this one.
-        (root / "etc/hosts").write_text(
-            f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.name}\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        )
-        shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-        # HTTPS to the registries only verifies with the extra CAs this host
-        # trusts (its egress intercepts TLS); apt and pip inside need them too.
-        local_ca = Path("/usr/local/share/ca-certificates")
-        for crt in local_ca.rglob("*.crt") if local_ca.is_dir() else []:
-            dest = root / "usr/local/share/ca-certificates" / crt.relative_to(local_ca)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(crt, dest)
-        if Path("/etc/pip.conf").is_file():
-            shutil.copyfile("/etc/pip.conf", root / "etc/pip.conf")
-        # The host's settings for reaching Debian's packages: proxies, and
-        # Check-Valid-Until/Check-Date, as its mirror serves a dated snapshot.
-        for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
-            if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
-                shutil.copyfile(conf, root / "etc/apt/apt.conf.d" / conf.name)
-        subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True,
-                       env=MACHINE_ENV, capture_output=True)
+        prepare_rootfs(self.rootfs, self.name)
 
     def _boot(self) -> None:
         started = time.monotonic()
@@ -340,6 +316,37 @@ class FreshMachine:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+# -- root filesystem ---------------------------------------------------------
+
+
+def prepare_rootfs(root: Path, name: str) -> None:
+    """What a cloud provider's image and cloud-init would have done to an unpacked root filesystem:
+    host name, hosts, resolver, and the host's ways to reach the package registries."""
+    (root / "etc/hostname").write_text(name + "\n")
+    # debootstrap writes no /etc/hosts; cloud images get this one.
+    (root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+    # HTTPS to the registries only verifies with the extra CAs this host
+    # trusts (its egress intercepts TLS); apt and pip inside need them too.
+    local_ca = Path("/usr/local/share/ca-certificates")
+    for crt in local_ca.rglob("*.crt") if local_ca.is_dir() else []:
+        dest = root / "usr/local/share/ca-certificates" / crt.relative_to(local_ca)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(crt, dest)
+    if Path("/etc/pip.conf").is_file():
+        shutil.copyfile("/etc/pip.conf", root / "etc/pip.conf")
+    # The host's settings for reaching Debian's packages: proxies, and
+    # Check-Valid-Until/Check-Date, as its mirror serves a dated snapshot.
+    for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
+        if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
+            shutil.copyfile(conf, root / "etc/apt/apt.conf.d" / conf.name)
+    subprocess.run(["chroot", str(root), "update-ca-certificates"], check=True,
+                   env=MACHINE_ENV, capture_output=True)
 
 
 # -- cgroups ----------------------------------------------------------------
