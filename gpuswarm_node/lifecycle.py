@@ -6,7 +6,6 @@ scheduling on it and reschedules its tasks elsewhere before the node leaves.
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass, field
 
@@ -26,9 +25,7 @@ class LeaveReport:
 
 
 def running_tasks(session: ManagerSession, node_id: str) -> list[str]:
-    out = session.docker(f"docker node ps {shlex.quote(node_id)} --filter desired-state=running "
-                         "--format '{{.ID}}'")
-    return [line for line in out.split() if line]
+    return session.running_tasks(node_id)
 
 
 def leave(ctx: Context, timeout: float = 600.0, poll: float = 2.0) -> LeaveReport:
@@ -46,10 +43,10 @@ def leave(ctx: Context, timeout: float = 600.0, poll: float = 2.0) -> LeaveRepor
         raise StepFailed("swarm.manager is not configured, so the node cannot be drained first.",
                          "Set swarm.manager (and its SSH key and known_hosts) and run leave again.")
     with ManagerSession(cfg) as session:
-        node = shlex.quote(membership.node_id)
+        node = membership.node_id
         before = running_tasks(session, membership.node_id)
         with ctx.reporter.activity(f"draining {membership.node_id} ({len(before)} task(s))"):
-            session.docker(f"docker node update --availability drain {node}")
+            session.set_availability(node, "drain")
             report.drained = True
             deadline = time.monotonic() + timeout
             while (left := running_tasks(session, membership.node_id)):
@@ -63,11 +60,48 @@ def leave(ctx: Context, timeout: float = 600.0, poll: float = 2.0) -> LeaveRepor
         report.left = True
         # The manager keeps a leaving worker as "down"; remove it so the node list stays true.
         deadline = time.monotonic() + 60
-        while session.run(f"docker node inspect {node} --format '{{{{.Status.State}}}}'")[1].strip() != "down":
+        while session.node_state(node) != "down":
             if time.monotonic() > deadline:
                 report.notes.append(f"the manager still lists {membership.node_id}; remove it with docker node rm")
                 return report
             time.sleep(poll)
-        session.docker(f"docker node rm {node}")
+        session.remove_node(node)
         report.removed_from_manager = True
     return report
+
+
+def then_argv(command: str) -> list[str]:
+    """The argv of `leave --then CMD`: split like sh would, run without a shell. ConfigError (exit
+    2, before anything changes) when it is empty, unbalanced, holds a control character, or its
+    program is not found: a typo must not be found out after the node has left."""
+    import os
+    import shlex
+    import shutil
+
+    from .errors import ConfigError
+
+    fix = "Give --then the command to run once the node is out of the swarm, e.g. --then 'poweroff'."
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in command):
+        raise ConfigError("--then holds a control character (a newline, a tab, ...).", fix)
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"--then cannot be split into words: {exc}.", fix) from None
+    if not argv:
+        raise ConfigError("--then is empty.", fix)
+    program = argv[0]
+    found = (os.path.isfile(program) and os.access(program, os.X_OK)) if "/" in program else shutil.which(program)
+    if not found:
+        raise ConfigError(f"--then: {program} is not an executable program here.", fix)
+    return argv
+
+
+def run_then(argv: list[str]) -> int:
+    """Run the --then command with the tool's own stdout and stderr; its exit status (127 when it
+    could not start)."""
+    import subprocess
+
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+    except OSError:
+        return 127

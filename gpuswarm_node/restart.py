@@ -158,7 +158,7 @@ def set_availability(ctx: Context, availability: str, wait_for_tasks: bool) -> N
 
     node = ctx.docker.swarm().node_id
     with ManagerSession(ctx.config.swarm) as session:
-        session.docker(f"docker node update --availability {availability} {shlex.quote(node)}")
+        session.set_availability(node, availability)
         deadline = time.monotonic() + 600
         while wait_for_tasks and running_tasks(session, node):
             if time.monotonic() > deadline:

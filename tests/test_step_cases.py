@@ -16,6 +16,7 @@ from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text
+from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
 from gpuswarm_node.system import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
@@ -25,7 +26,8 @@ STEPS = {s.name: s for s in ALL_STEPS}
 # A case names the rendered runtime wrapper (its sh front and its Python program) instead of
 # spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
 PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
-                "<rendered gpuswarm-runtime.py>": wrapper_program_text}
+                "<rendered gpuswarm-runtime.py>": wrapper_program_text,
+                "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit}
 
 
 def expand(files: dict[str, str]) -> dict[str, str]:
@@ -48,7 +50,8 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
-                  manager_reader=manager.read, port_prober=ports.problem)
+                  manager_reader=manager.read, port_prober=ports.problem,
+                  manager_session_factory=manager.session)
     return ctx, host, docker, manager, ports
 
 
