@@ -30,7 +30,7 @@ PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
 STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-              "registry-trust", "image", "swarm-join")
+              "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
@@ -385,27 +385,43 @@ def cuda_env(
     guarded(body)
 
 
-@app.command("hub-config", epilog=epilog(f"{PROG} hub-config >> jupyterhub_config.py", f"0 printed; {USAGE_EXIT}"))
+@app.command("hub-config", epilog=epilog(f"{PROG} hub-config --profiles >> jupyterhub_config.py",
+                                         f"0 printed; 1 --profiles found no labelled node, or no swarm to ask; "
+                                         f"{USAGE_EXIT}"))
 def hub_config(
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
+    profiles: bool = typer.Option(False, "--profiles",
+                                  help="Also print a GPU profile per GPU model in the swarm (from the workers' "
+                                       "node labels), for the spawn form; run it on the manager."),
 ) -> None:
     """Print the jupyterhub_config.py lines for SwarmSpawner that ask for this node's resource kind."""
 
     def body() -> int:
         from .hub import hub_config as lines
 
-        sys.stdout.write(lines(load_config(config, overrides)))
+        text = lines(load_config(config, overrides))
+        if profiles:
+            from .hub import hub_profiles, swarm_nodes
+
+            text += "\n" + hub_profiles(swarm_nodes())  # before anything is printed: all or nothing
+        sys.stdout.write(text)
         return 0
 
     guarded(body)
 
 
-@app.command(epilog=epilog(f"sudo {PROG} leave --dry-run, then sudo {PROG} leave --timeout 300",
-                           f"0 left the swarm, or was in none (with --dry-run: the plan can be carried out); 1 it "
-                           f"could not drain or leave, or a preflight check refused it; {USAGE_EXIT}"))
+@app.command(epilog=epilog(f"sudo {PROG} leave --dry-run, then sudo {PROG} leave --timeout 300 "
+                           f"--then 'aws ec2 terminate-instances --instance-ids i-0abc'",
+                           f"0 left the swarm, or was in none, and the --then command exited 0 (with --dry-run: "
+                           f"the plan can be carried out); 1 it could not drain or leave, or a preflight check "
+                           f"refused it (the --then command did not run); {USAGE_EXIT} 3 the node is out of the "
+                           f"swarm but the --then command failed."))
 def leave(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for tasks to move elsewhere."),
+    then: Optional[str] = typer.Option(None, "--then", metavar="CMD",
+                                       help="Run CMD (split like a shell would, run without one) once the node "
+                                            "is out of the swarm, e.g. the cloud CLI call that terminates it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be done; change nothing."),
     json_out: bool = JsonOption,
     config: Optional[Path] = ConfigOption,
@@ -414,13 +430,73 @@ def leave(
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
     def body() -> int:
-        from .lifecycle import leave_plan
+        from .lifecycle import leave_plan, run_then, then_argv
 
+        after = then_argv(then) if then is not None else None  # a usage error before anything changes
         cfg = load_config(config, overrides)
         ctx = make_context(cfg, json_out, changes=not dry_run, drain_timeout=timeout)
-        return exit_code(apply_plan(leave_plan(), ctx, dry_run, json_out))
+        report = apply_plan(leave_plan(), ctx, dry_run, json_out)
+        if after is None or dry_run or not report.ok:
+            return exit_code(report)
+        status = run_then(after)
+        # In --json mode stdout holds only the report's JSON.
+        (err if json_out else out).print(f"then: `{' '.join(after)}` exited {status}", markup=False)
+        if status != 0:
+            err.print(f"[bold red]error:[/] the node is out of the swarm, but the --then command exited {status}.")
+            return 3
+        return 0
 
     guarded(body)
+
+
+hub_app = typer.Typer(no_args_is_help=True, help="Commands run on the hub (the swarm manager).")
+app.add_typer(hub_app, name="hub")
+
+
+@hub_app.command("authorize", epilog=epilog(
+    f"{PROG} hub authorize --key worker-7.pub --node worker-7",
+    f"0 the key is in authorized_keys, gated; {USAGE_EXIT} (a bad key, node name or path; nothing written)",
+    "HOME (the default authorized_keys is ~/.ssh/authorized_keys)."))
+def hub_authorize(
+    key: Path = typer.Option(..., "--key", metavar="PUBFILE", help="The worker's public key (its .pub file)."),
+    node: str = typer.Option(..., "--node", metavar="NAME",
+                             help="The worker's host name: the only node this key may drain, remove or label."),
+    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
+                                                   help="Default: ~/.ssh/authorized_keys of the user running this."),
+    program: Optional[str] = typer.Option(None, "--program", metavar="PATH",
+                                          help="gpuswarm-node on the hub, as the forced command names it "
+                                               "(default: the one on PATH)."),
+) -> None:
+    """Let a worker's SSH key do only what workers need on this hub (join, leave, label itself)."""
+
+    def body() -> int:
+        from .errors import ConfigError
+        from .gate import authorize, default_program
+
+        try:
+            text = key.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--key {key} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
+                              "Give the worker's .pub file.") from None
+        target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
+        for line in authorize(text, f"--key {key}", node, target, program or default_program()):
+            out.print(line, markup=False)
+        return 0
+
+    guarded(body)
+
+
+@hub_app.command("gate", epilog=epilog(
+    'command="/usr/local/bin/gpuswarm-node hub gate --node worker-7" in authorized_keys (hub authorize writes it)',
+    "0 answered; 126 refused; another status: docker's own, when it failed.",
+    "SSH_ORIGINAL_COMMAND (the request sshd passes on)."))
+def hub_gate(
+    node: str = typer.Option(..., "--node", metavar="NAME", help="The node name the key was authorised for."),
+) -> None:
+    """The forced command of a worker's key: answer one gpuswarm-gate request, refuse anything else."""
+    from .gate import serve_from_environment
+
+    raise typer.Exit(serve_from_environment(node))
 
 
 @app.command(epilog=epilog(f"sudo {PROG} reset, then sudo {PROG} reset --yes",

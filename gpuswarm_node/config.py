@@ -220,6 +220,8 @@ class TmpfsConfig:
 class DockerConfig:
     source: str = key("distro", "Where Docker comes from: the distro's docker.io or Docker's docker-ce repository.",
                       choices=("distro", "docker-ce"))
+    metadata_guard: bool = key(True, "Whether containers are kept from the cloud metadata service (169.254.169.254, "
+                                     "fd00:ec2::254) by rules in Docker's DOCKER-USER chain; the host still reaches it.")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class Context:
     manager_reader: Callable[..., "ManagerSwarm"] | None = None
     # Why host:port cannot be reached over TCP from here, or None (a short connect test).
     port_prober: Callable[[str, int], str | None] | None = None
+    # An SSH session to the manager (a context manager giving a ManagerSession), unless a test stands in.
+    manager_session_factory: Callable[[], ContextManager] | None = None
     reporter: Reporter = field(default_factory=QuietReporter)
     journal: Journal | None = None  # set when the run may change the machine
     # Where the tool's logs go (the run log, apt's output): root's, 0755; tests give their own.
@@ -134,6 +136,14 @@ class Context:
             self._manager = (replace(answer, token=""), node_id)
             return answer
         return cached
+
+    def manager_session(self) -> ContextManager:
+        """A verified SSH session to swarm.manager (manager.ManagerSession), as a context manager."""
+        if self.manager_session_factory is not None:
+            return self.manager_session_factory()
+        from .manager import ManagerSession
+
+        return ManagerSession(self.config.swarm)
 
     def port_problem(self, host: str, port: int) -> str | None:
         if self.port_prober is not None:

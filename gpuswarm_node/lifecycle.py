@@ -9,7 +9,6 @@ what setup and reset do around a Docker restart with --drain.
 
 from __future__ import annotations
 
-import shlex
 import time
 
 from .context import Context
@@ -22,9 +21,7 @@ POLL_SECONDS = 2.0
 
 def running_tasks(session: ManagerSession, node_id: str) -> list[str]:
     """The ids of the tasks the manager wants running on `node_id`."""
-    out = session.docker(f"docker node ps {shlex.quote(node_id)} --filter desired-state=running "
-                         "--format '{{.ID}}'")
-    return [line for line in out.split() if line]
+    return session.running_tasks(node_id)
 
 
 def drain_and_wait(ctx: Context) -> int:
@@ -35,7 +32,7 @@ def drain_and_wait(ctx: Context) -> int:
     with ManagerSession(ctx.config.swarm) as session:
         before = running_tasks(session, node)
         with ctx.reporter.activity(f"draining {node} ({len(before)} task(s))"):
-            session.docker(f"docker node update --availability drain {shlex.quote(node)}")
+            session.set_availability(node, "drain")
             deadline = time.monotonic() + timeout
             while (left := running_tasks(session, node)):
                 if time.monotonic() > deadline:
@@ -50,7 +47,7 @@ def drain_and_wait(ctx: Context) -> int:
 def activate(ctx: Context) -> None:
     """Make this node active again through the manager: the closing half of a drain."""
     with ManagerSession(ctx.config.swarm) as session:
-        session.docker(f"docker node update --availability active {shlex.quote(ctx.outcomes['drained'])}")
+        session.set_availability(ctx.outcomes["drained"], "active")
     ctx.outcomes["activated"] = ctx.outcomes["drained"]
 
 
@@ -147,16 +144,15 @@ class LeaveSwarmStep:
 
 def _remove_from_manager(ctx: Context) -> None:
     node = ctx.outcomes["left"]
-    quoted = shlex.quote(node)
     with ManagerSession(ctx.config.swarm) as session:
         # The manager keeps a leaving worker as "down" for a while.
         deadline = time.monotonic() + 60
-        while session.run(f"docker node inspect {quoted} --format '{{{{.Status.State}}}}'")[1].strip() != "down":
+        while session.node_state(node) != "down":
             if time.monotonic() > deadline:
                 ctx.outcomes["still listed"] = node
                 return
             time.sleep(POLL_SECONDS)
-        session.docker(f"docker node rm {quoted}")
+        session.remove_node(node)
     ctx.outcomes["removed"] = node
 
 
@@ -198,3 +194,40 @@ def leave_plan() -> Plan:
     """Drain, wait for the tasks to move, leave, and have the manager forget the node."""
     return Plan("leave", (DrainStep(), LeaveSwarmStep(), ManagerNodeListStep()),
                 (Preflight("leave-drainable", _leave_problem),))
+
+
+def then_argv(command: str) -> list[str]:
+    """The argv of `leave --then CMD`: split like sh would, run without a shell. ConfigError (exit
+    2, before anything changes) when it is empty, unbalanced, holds a control character, or its
+    program is not found: a typo must not be found out after the node has left."""
+    import os
+    import shlex
+    import shutil
+
+    from .errors import ConfigError
+
+    fix = "Give --then the command to run once the node is out of the swarm, e.g. --then 'poweroff'."
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in command):
+        raise ConfigError("--then holds a control character (a newline, a tab, ...).", fix)
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"--then cannot be split into words: {exc}.", fix) from None
+    if not argv:
+        raise ConfigError("--then is empty.", fix)
+    program = argv[0]
+    found = (os.path.isfile(program) and os.access(program, os.X_OK)) if "/" in program else shutil.which(program)
+    if not found:
+        raise ConfigError(f"--then: {program} is not an executable program here.", fix)
+    return argv
+
+
+def run_then(argv: list[str]) -> int:
+    """Run the --then command with the tool's own stdout and stderr; its exit status (127 when it
+    could not start)."""
+    import subprocess
+
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+    except OSError:
+        return 127

@@ -10,12 +10,14 @@ import errno
 import hmac
 import json
 import os
+import shlex
 import socket
 import stat
 from dataclasses import dataclass, field, replace
 
 from .config import SwarmConfig
-from .errors import ManagerUnreachable
+from .errors import ManagerUnreachable, StepFailed
+from .gate import SWARM_INFO_FORMAT
 from .secrets import looks_like_join_token, redact
 
 JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
@@ -46,6 +48,7 @@ class ManagerSession:
         self.cfg, self.timeout = cfg, timeout
         self.where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
         self.client = None
+        self._gated: bool | None = None
 
     def __enter__(self) -> "ManagerSession":
         import paramiko
@@ -132,6 +135,115 @@ class ManagerSession:
         except (paramiko.SSHException, OSError, socket.timeout) as exc:
             raise self._explain(exc) from None
 
+    @property
+    def gated(self) -> bool:
+        """Whether the hub answers through the gate (`gpuswarm-node hub gate`, gate.py): asked once
+        a session. Without the gate the SSH user runs docker itself (a full login on the hub)."""
+        if self._gated is None:
+            from .gate import WORD
+
+            status, out, _err = self.run(f"{WORD} hello")
+            self._gated = status == 0 and out.startswith(f"{WORD} ")
+        return self._gated
+
+    def gate(self, verb: str, *args: str) -> str:
+        """stdout of one gate request; ManagerUnreachable with the gate's own line when it refuses."""
+        from .gate import REFUSED, WORD
+
+        status, out, err = self.run(" ".join([WORD, verb, *args]))
+        if status != 0:
+            what = "refused" if status == REFUSED else f"failed (exit {status})"
+            raise ManagerUnreachable(f"the hub's gate {what} `{verb}`: {redact(err.strip(), out.strip()) or 'no output'}.",
+                                     "Check the key's node name (`hub authorize --node`, this node's host name) "
+                                     "and that the hub is a swarm manager.")
+        return out
+
+    # What a worker asks the manager, through the gate when the hub has one, else as docker commands.
+
+    def swarm_info(self) -> "ManagerSwarm":
+        text = self.gate("swarm-info") if self.gated else self.docker(SWARM_INFO_COMMAND)
+        return parse_swarm_info(text, self.cfg.manager)
+
+    def join_token(self) -> str:
+        """A worker join token, checked for its form; never printed."""
+        token = (self.gate("join-token") if self.gated else self.docker(JOIN_TOKEN_COMMAND)).strip()
+        if not looks_like_join_token(token):
+            raise ManagerUnreachable("the manager answered with something that is not a swarm join token.",
+                                     "Check that the manager runs Docker in swarm mode.")
+        return token
+
+    def node_known(self, node_id: str) -> bool:
+        if self.gated:
+            return self.gate("node-known", node_id).strip() == "yes"
+        return node_id in self.docker(NODE_IDS_COMMAND).split()
+
+    def running_tasks(self, node_id: str) -> list[str]:
+        if self.gated:
+            out = self.gate("tasks", node_id)
+        else:
+            out = self.docker(f"docker node ps {shlex.quote(node_id)} --filter desired-state=running "
+                              "--format '{{.ID}}'")
+        return [line for line in out.split() if line]
+
+    def set_availability(self, node_id: str, availability: str) -> None:
+        if self.gated:
+            self.gate({"drain": "drain", "active": "activate"}[availability], node_id)
+        else:
+            self.docker(f"docker node update --availability {shlex.quote(availability)} {shlex.quote(node_id)}")
+
+    def node_state(self, node_id: str) -> str:
+        """The node's state as the manager sees it (ready, down, ...), or "" when it cannot tell."""
+        if self.gated:
+            try:
+                return json.loads(self.gate("node", node_id)).get("State", "")
+            except (ManagerUnreachable, ValueError):
+                return ""
+        return self.run(f"docker node inspect {shlex.quote(node_id)} --format '{{{{.Status.State}}}}'")[1].strip()
+
+    def remove_node(self, node_id: str) -> None:
+        if self.gated:
+            self.gate("remove", node_id)
+        else:
+            self.docker(f"docker node rm {shlex.quote(node_id)}")
+
+    def node_labels(self, node_id: str) -> dict[str, str]:
+        """The node's gpuswarm.* labels on the manager."""
+        from .gate import node_labels
+
+        if self.gated:
+            text = self.gate("node", node_id)
+            try:
+                return node_labels(json.loads(text).get("Labels"))
+            except ValueError:
+                raise ManagerUnreachable("the hub's gate answered `node` with something that is not JSON.",
+                                         "Check gpuswarm-node on the hub.") from None
+        text = self.docker(f"docker node inspect {shlex.quote(node_id)} --format '{{{{json .Spec.Labels}}}}'")
+        try:
+            return node_labels(json.loads(text))
+        except ValueError:
+            raise ManagerUnreachable("the manager answered `docker node inspect` with something that is not JSON.",
+                                     "Check the Docker CLI on the manager.") from None
+
+    def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
+        """Make the node's gpuswarm.* labels exactly `labels` (keys and values as gate.parse_labels allows)."""
+        items = [f"{k}={v}" for k, v in sorted(labels.items())]
+        if self.gated:
+            self.gate("labels", node_id, *items)
+            return
+        from .gate import Refused, parse_labels
+
+        try:
+            parse_labels(items)  # the same rules with or without the gate
+        except Refused as exc:
+            raise StepFailed(f"a node label cannot be set: {exc}.", "This is a bug in gpuswarm-node.") from None
+        have = self.node_labels(node_id)
+        argv = ["docker", "node", "update"]
+        for key in sorted(set(have) - set(labels)):
+            argv += ["--label-rm", key]
+        for item in items:
+            argv += ["--label-add", item]
+        self.docker(" ".join(shlex.quote(a) for a in [*argv, node_id]))
+
     def docker(self, command: str) -> str:
         """stdout of a docker command on the manager; a failure names the command, never a secret."""
         status, out, err = self.run(command)
@@ -143,24 +255,10 @@ class ManagerSession:
         return out
 
 
-def worker_token(session: ManagerSession) -> str:
-    """A worker join token from the manager, checked for its form; never printed."""
-    token = session.docker(JOIN_TOKEN_COMMAND).strip()
-    if not looks_like_join_token(token):
-        raise ManagerUnreachable("the manager answered with something that is not a swarm join token.",
-                                 "Check that the manager runs Docker in swarm mode.")
-    return token
-
-
 # What the manager says about its swarm: only the fields needed, as one JSON object. `.Swarm.Cluster`
 # is set only on a manager (moby daemon/cluster/swarm.go, Cluster.Info), hence the guard: a bare
 # `{{.Swarm.Cluster.ID}}` fails with a template error on any other host.
-SWARM_INFO_COMMAND = ("docker info --format '{\"NodeID\":{{json .Swarm.NodeID}},"
-                      "\"NodeAddr\":{{json .Swarm.NodeAddr}},"
-                      "\"LocalNodeState\":{{json .Swarm.LocalNodeState}},"
-                      "\"ControlAvailable\":{{json .Swarm.ControlAvailable}},"
-                      "\"ClusterID\":{{if .Swarm.Cluster}}{{json .Swarm.Cluster.ID}}{{else}}\"\"{{end}},"
-                      "\"RemoteManagers\":{{json .Swarm.RemoteManagers}}}'")
+SWARM_INFO_COMMAND = "docker info --format " + shlex.quote(SWARM_INFO_FORMAT)
 NODE_IDS_COMMAND = "docker node ls --quiet"
 SWARM_PORT = 2377
 
@@ -180,11 +278,11 @@ def read_manager_swarm(cfg: SwarmConfig, token: bool = False, node_id: str = "",
     """The manager's cluster id and join address, and (when asked) a worker join token and whether
     it knows `node_id`: all over one verified SSH session."""
     with ManagerSession(cfg, timeout) as session:
-        answer = parse_swarm_info(session.docker(SWARM_INFO_COMMAND), cfg.manager)
+        answer = session.swarm_info()
         if node_id:
-            answer = replace(answer, node_known=node_id in session.docker(NODE_IDS_COMMAND).split())
+            answer = replace(answer, node_known=session.node_known(node_id))
         if token:
-            answer = replace(answer, token=worker_token(session))
+            answer = replace(answer, token=session.join_token())
     return answer
 
 

@@ -202,6 +202,8 @@ class FakeDocker:
     cluster_after_join: str = ""
     containers: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    own_nodes: int = 1  # a manager's swarm: its nodes and services
+    own_services: list[str] = field(default_factory=list)
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeDocker":
@@ -212,7 +214,8 @@ class FakeDocker:
                                               tuple(swarm.get("manager_addrs", ())), swarm.get("error", "")),
                    manager_addr_after_join=spec.get("manager_addr_after_join", ""),
                    cluster_id=swarm.get("cluster_id", ""),
-                   containers=list(spec.get("containers", [])))
+                   containers=list(spec.get("containers", [])),
+                   own_nodes=int(swarm.get("nodes", 1)), own_services=list(swarm.get("services", [])))
 
     def unreachable_reason(self) -> str | None:
         return None if self.reachable else "the Docker daemon does not answer at unix:///var/run/docker.sock"
@@ -250,6 +253,11 @@ class FakeDocker:
 
     def running_containers(self) -> list[str]:
         return list(self.containers)
+
+    def own_swarm_contents(self) -> tuple[int, list[str]]:
+        if not self.membership.is_manager:
+            raise AssertionError("only a manager can list its swarm's nodes and services")
+        return self.own_nodes, list(self.own_services)
 
     def init(self, advertise_addr: str) -> None:
         self.calls.append("init")
@@ -290,6 +298,33 @@ class FakeManager:
     @property
     def cluster_id(self) -> str:
         return ((self.spec or {}).get("info") or {}).get("ClusterID", "")
+
+    def session(self):
+        """A stand-in ManagerSession for node labels: case key "labels" (the node's gpuswarm.* labels)."""
+        import contextlib
+
+        from gpuswarm_node.errors import ManagerUnreachable
+
+        fake = self
+
+        class Session:
+            def node_labels(self, node_id: str) -> dict[str, str]:
+                fake.reads.append(f"labels {node_id}")
+                return dict(fake.spec.get("labels", {}))
+
+            def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
+                fake.reads.append(f"set-labels {node_id}")
+                fake.spec = {**fake.spec, "labels": dict(labels)}
+
+        @contextlib.contextmanager
+        def session():
+            if self.spec is None:
+                raise AssertionError("the case does not say what the manager answers")
+            if "unreachable" in self.spec:
+                raise ManagerUnreachable(f"cannot reach the manager: {self.spec['unreachable']}.", "")
+            yield Session()
+
+        return session()
 
 
 @dataclass

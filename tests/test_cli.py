@@ -15,8 +15,8 @@ from gpuswarm_node.steps import STEP_NAMES
 
 from .conftest import A100, T4
 
-NINE = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-        "registry-trust", "image", "swarm-join"]
+ALL_STEPS = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+             "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels"]
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -40,8 +40,8 @@ def test_help_lists_every_command(gsn):
 def test_steps_lists_the_nine_in_order(gsn):
     result = gsn("steps")
     assert result.returncode == 0
-    assert [line.split()[0] for line in result.stdout.splitlines()] == NINE
-    assert list(STEP_NAMES) == NINE
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ALL_STEPS
+    assert list(STEP_NAMES) == ALL_STEPS
 
 
 def test_version(gsn):
@@ -84,7 +84,7 @@ def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
     assert plan["ok"] is False and plan["dry_run"] is True and plan["changed"] == []
     assert plan["reboot_required"] is False
     steps = {s["name"]: s for s in plan["steps"]}
-    assert list(steps) == NINE
+    assert list(steps) == ALL_STEPS
     for step in plan["steps"]:
         assert set(step) == {"name", "state", "detail", "actions"}
         assert bool(step["actions"]) == (step["state"] == "needs-change")
@@ -104,7 +104,7 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
     report = json.loads(result.stdout)
     assert set(report) == {"ok", "changed", "reboot_required", "steps"}
     assert report["ok"] is False and report["changed"] == []
-    assert [s["name"] for s in report["steps"]] == NINE
+    assert [s["name"] for s in report["steps"]] == ALL_STEPS
     for step in report["steps"]:
         assert set(step) == {"name", "state", "detail", "actions"}
         assert bool(step["actions"]) == (step["state"] == "needs-change")  # what setup would run
@@ -120,7 +120,7 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
 def test_status_table(gsn, tmp_path):
     result = gsn("status", "--config", str(safe_config(tmp_path)))
     assert result.returncode == 1
-    for name in NINE:
+    for name in ALL_STEPS:
         assert name in result.stdout
 
 
@@ -141,7 +141,7 @@ def test_skip_removes_steps(gsn, tmp_path):
     result = gsn("setup", "--json", "--dry-run", "--skip", "tmpfs", "--skip", "swarm-join",
                  "--config", str(safe_config(tmp_path)))
     names = [s["name"] for s in json.loads(result.stdout)["steps"]]
-    assert names == [n for n in NINE if n not in ("tmpfs", "swarm-join")]
+    assert names == [n for n in ALL_STEPS if n not in ("tmpfs", "swarm-join")]
 
 
 def test_gpus_reports_inventory_and_interleaved_slices(gsn):
@@ -289,7 +289,7 @@ def test_unknown_environment_key_is_ignored_with_a_warning(gsn, tmp_path):
     result = gsn("status", "--json", "--config", str(safe_config(tmp_path)),
                  env={"GPUSWARM_SWARM_MANAGRE": "x", "GPUSWARM_DEBUG": "1"})
     assert result.returncode == 1  # not converged here, but the command ran
-    assert [s["name"] for s in json.loads(result.stdout)["steps"]] == NINE
+    assert [s["name"] for s in json.loads(result.stdout)["steps"]] == ALL_STEPS
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, result.stderr
     assert "GPUSWARM_DEBUG" in warnings[0] and "not a configuration key" in warnings[0]

@@ -17,6 +17,7 @@ from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
+from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
 from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
@@ -29,7 +30,8 @@ STEPS = {s.name: s for s in ALL_STEPS}
 # __pycache__ that Python's import looks for.
 PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered gpuswarm-runtime.py>": wrapper_program_text,
-                "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text())}
+                "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text()),
+                "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit}
 
 
 def tagged(text: str) -> str:
@@ -57,7 +59,8 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
-                  manager_reader=manager.read, port_prober=ports.problem)
+                  manager_reader=manager.read, port_prober=ports.problem,
+                  manager_session_factory=manager.session)
     return ctx, host, docker, manager, ports
 
 

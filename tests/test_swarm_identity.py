@@ -87,14 +87,21 @@ def test_the_info_command_is_one_template_that_renders_json():
         assert json.loads(text)["ClusterID"] == (CLUSTER if cluster else "")
 
 
-class FakeSession:
+class FakeSession(manager.ManagerSession):
     """ManagerSession's stand-in: the commands one session ran, and their answers."""
 
     sessions: list[list[str]] = []
     answers: dict[str, str] = {}
 
     def __init__(self, cfg, timeout: float = 15.0) -> None:
+        self.cfg = cfg
         self.commands: list[str] = []
+        self._gated = None
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        # A hub without the gate: its shell has no such command (the session asks once).
+        assert command == "gpuswarm-gate hello", command
+        return 127, "", "sh: 1: gpuswarm-gate: not found\n"
 
     def __enter__(self) -> "FakeSession":
         FakeSession.sessions.append(self.commands)

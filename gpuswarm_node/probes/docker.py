@@ -53,6 +53,8 @@ class DockerApi(Protocol):
 
     def info(self) -> dict: ...
 
+    def own_swarm_contents(self) -> tuple[int, list[str]]: ...
+
 
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -229,6 +231,14 @@ class SdkDocker:
             self.client.swarm.leave(force=True)
         except docker.errors.APIError as exc:
             raise StepFailed(f"leaving the swarm failed: {_short(exc)}.", "Run `docker swarm leave --force`.") from None
+
+    def own_swarm_contents(self) -> tuple[int, list[str]]:
+        """(number of nodes, service names) of the swarm this node manages; asked of a manager only."""
+        nodes = int((self.info().get("Swarm") or {}).get("Nodes") or 0)
+        if self._engine is not None:
+            services = self._engine.get("/services")
+            return nodes, [(s.get("Spec") or {}).get("Name", s.get("ID", "")) for s in services]
+        return nodes, [s.name for s in self.client.services.list()]
 
     def remove_image(self, name: str) -> None:
         self.client.images.remove(name)

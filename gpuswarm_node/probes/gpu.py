@@ -29,6 +29,7 @@ class Gpu:
 class Inventory:
     driver_version: str
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+    cuda_version: str = ""  # the newest CUDA the driver supports, "12.4" (nvmlSystemGetCudaDriverVersion)
 
 
 def slices_of(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
@@ -90,7 +91,12 @@ def read_inventory() -> Inventory:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             gpus.append(_read_gpu(pynvml, index, handle))
-        return Inventory(driver, tuple(gpus))
+        try:
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+            cuda_text = f"{cuda // 1000}.{cuda % 1000 // 10}"  # 12040 is 12.4 (nvml.h, CUDA_VERSION)
+        except pynvml.NVMLError:
+            cuda_text = ""
+        return Inventory(driver, tuple(gpus), cuda_text)
     except pynvml.NVMLError as exc:
         raise NvmlUnavailable(f"NVML failed while listing GPUs: {exc}.", "Check the NVIDIA driver.") from None
     finally:

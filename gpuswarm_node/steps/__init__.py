@@ -8,16 +8,19 @@ from .docker import DockerStep
 from .docker_daemon import DockerDaemonStep
 from .docker_group import DockerGroupStep
 from .image import ImageStep
+from .metadata_guard import MetadataGuardStep
+from .node_labels import NodeLabelsStep
 from .nvidia_driver import NvidiaDriverStep
 from .nvidia_toolkit import NvidiaToolkitStep
 from .registry_trust import RegistryTrustStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
 
-# The image is pulled before the join, so no notebook lands on a node without its image.
+# The image is pulled before the join, so no notebook lands on a node without its image; the
+# labels are set once the node is in the swarm.
 ALL_STEPS: tuple[Step, ...] = (
     TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
-    DockerDaemonStep(), RegistryTrustStep(), ImageStep(), SwarmJoinStep(),
+    DockerDaemonStep(), MetadataGuardStep(), RegistryTrustStep(), ImageStep(), SwarmJoinStep(), NodeLabelsStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
 

@@ -63,7 +63,7 @@ def join_action(ctx: Context, leave: str = "") -> Call:
         if leave:
             ctx.docker.leave()
         ctx.docker.join(address, swarm.token, cfg.advertise_addr)
-        ctx.swarm_joined_at = f"joined at {address}, {why}"
+        ctx.swarm_joined_at = (f"left {leave}; " if leave else "") + f"joined at {address}, {why}"
 
     fetch = f"fetch a worker join token and the swarm's cluster id over SSH from {cfg.ssh_user}@{cfg.manager}"
     where = f"join at the address the manager advertises (at {cfg.manager} when that one does not answer)"
@@ -102,6 +102,17 @@ class SwarmJoinStep:
             return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
         return needs_change(f"not in a swarm; join the swarm managed at {cfg.manager}", join_action(ctx))
 
+    @staticmethod
+    def lone_swarm(ctx: Context, membership: SwarmMembership, cluster: str) -> str:
+        """"its own single-node swarm (...)" when this node manages a swarm whose only node is itself
+        and which runs no service, else ""."""
+        if not membership.is_manager:
+            return ""
+        nodes, services = ctx.docker.own_swarm_contents()
+        if nodes != 1 or services:
+            return ""
+        return f"its own single-node swarm (cluster {cluster or 'unknown'}: no other node, no service)"
+
     def check_member(self, ctx: Context, membership: SwarmMembership) -> Check:
         cfg = ctx.config.swarm
         role = "manager" if membership.is_manager else "worker"
@@ -123,6 +134,12 @@ class SwarmJoinStep:
             return ok(f"{role} of swarm {swarm.cluster_id} managed at {cfg.manager} (its managers advertise "
                       f"{managers}){joined}")
         theirs = f"cluster {local}, managers: {managers}" if local else f"managers: {managers}"
+        lone = self.lone_swarm(ctx, membership, local)
+        if lone:
+            # The embedded default (no manager: a swarm of its own) must not trap a box that is
+            # later given a manager: leaving a swarm that holds nothing but this node loses nothing.
+            return needs_change(f"in {lone}; leave it and join swarm {swarm.cluster_id} of {cfg.manager}",
+                                join_action(ctx, leave=lone))
         if not ctx.options.force_rejoin:
             return blocked(f"this node is in another swarm ({theirs}), not swarm {swarm.cluster_id} of "
                            f"{cfg.manager}; leaving it would stop its tasks: run setup --force-rejoin to leave it "

@@ -190,11 +190,15 @@ def tail(path: Path, lines: int = 40) -> str:
 class LabDockerd:
     """dockerd in ``host``'s netns; everything it owns lives under ``state_dir``."""
 
-    def __init__(self, host: LabHost, state_dir: Path, daemon_json: dict | None = None) -> None:
+    def __init__(self, host: LabHost, state_dir: Path, daemon_json: dict | None = None,
+                 hostname: str | None = None) -> None:
         if not Path("/etc/docker").is_dir():
             # We bind-mount over it and must not create anything in the host's /etc.
             raise RuntimeError("/etc/docker must exist on the host (it is a mount point for the lab)")
         self.host = host
+        # With a hostname, dockerd gets a UTS namespace of its own: the swarm knows a node by the
+        # hostname its daemon reports (Description.Hostname), as it would a separate machine.
+        self.hostname = hostname
         self.state_dir = Path(state_dir)
         self.etc_docker = self.state_dir / "etc-docker"
         self.socket_path = self.state_dir / "docker.sock"
@@ -250,6 +254,9 @@ class LabDockerd:
             "--pidfile", str(self.pidfile),
             "-H", self.url,
         ]
+        if self.hostname:
+            argv = ["unshare", "--uts", "sh", "-c", 'echo "$0" > /proc/sys/kernel/hostname && exec "$@"',
+                    self.hostname, *argv]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 private_mount_ns_argv(self.host, self.etc_docker, argv),

@@ -261,6 +261,9 @@ def test_a_wrong_pinned_fingerprint_is_refused(outsider, manager, lab_tmp):
 def test_a_node_of_another_swarm_is_refused_unless_forced(make_worker, manager, lab_tmp):
     other = make_worker("gsn-d7", "198.18.0.27")
     other.dockerd.client().swarm.init(advertise_addr="198.18.0.27", default_addr_pool=["198.19.128.0/17"])
+    # A swarm of its own that runs something: leaving it would stop that (an empty single-node swarm
+    # is left without --force-rejoin: test_fleet_lab.py).
+    other.dockerd.client().services.create(manager.image, command=["sleep", "3600"], name="gsn-own-service")
     refused = other.cli("setup", "--json", "--only", "swarm-join", "--config", str(other.config))
     assert refused.returncode == 1
     [step] = json.loads(refused.stdout)["steps"]

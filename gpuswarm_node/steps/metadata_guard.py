@@ -1,0 +1,102 @@
+"""metadata-guard: containers on this node cannot reach the cloud metadata service; the host can.
+
+On EC2 (and most clouds) 169.254.169.254 (EC2's IPv6 endpoint: fd00:ec2::254) serves the
+instance's credentials and user-data; a notebook user is root in their container, and a container
+on Docker's bridge reaches it through the host's forwarding. zero-to-jupyterhub blocks notebook
+pods from it by default, and so does this step: one REJECT rule per address in Docker's
+`DOCKER-USER` chain (iptables and ip6tables), the chain Docker evaluates first for forwarded
+packets and never flushes (docs.docker.com, "Packet filtering and firewalls"). The host's own
+requests are not forwarded, so they pass.
+
+Rules live in the kernel and are gone after a reboot, so a oneshot unit, wanted by docker.service
+and ordered after it (PartOf: restarted with it), runs the same script at every Docker start.
+"""
+
+from __future__ import annotations
+
+from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..render import render
+from ..context import Context
+
+SCRIPT = "/usr/local/lib/gpuswarm-node/metadata-guard"
+UNIT_NAME = "gpuswarm-metadata-guard.service"
+UNIT = f"/etc/systemd/system/{UNIT_NAME}"
+COMMENT = "gpuswarm-node-metadata-guard"
+# (iptables program, address): the metadata endpoints (EC2's documentation, "Instance metadata
+# service"; Azure, GCP and OpenStack use the same IPv4 address).
+RULES = (("iptables", "169.254.169.254/32"), ("ip6tables", "fd00:ec2::254/128"))
+
+
+def script_text() -> str:
+    return render("metadata-guard.sh.j2", rules=RULES, comment=COMMENT, unit=UNIT_NAME)
+
+
+def unit_text() -> str:
+    return render("metadata-guard.service.j2", script=SCRIPT)
+
+
+def rule_in(listing: str, address: str) -> bool:
+    """Whether `iptables -S DOCKER-USER` output holds the guard's rule for `address`."""
+    for line in listing.splitlines():
+        words = line.split()
+        if (words[:2] == ["-A", "DOCKER-USER"] and "-d" in words and words[words.index("-d") + 1] == address
+                and COMMENT in words and "-j" in words and words[words.index("-j") + 1:][:1] == ["REJECT"]):
+            return True
+    return False
+
+
+def missing_rules(ctx: Context) -> list[str]:
+    """The addresses whose rule is not in force (absent, or its chain not reached from FORWARD)."""
+    missing = []
+    for program, address in RULES:
+        if program == "ip6tables" and not ctx.host.exists("/proc/net/if_inet6"):
+            continue  # no IPv6 on this machine: nothing to reach the address with
+        chain = ctx.host.query([program, "-w", "-S", "DOCKER-USER"])
+        forward = ctx.host.query([program, "-w", "-S", "FORWARD"])
+        jumps = any(line.split() == ["-A", "FORWARD", "-j", "DOCKER-USER"] for line in forward.stdout.splitlines())
+        if not (chain.ok and forward.ok and jumps and rule_in(chain.stdout, address)):
+            missing.append(address)
+    return missing
+
+
+class MetadataGuardStep:
+    name = "metadata-guard"
+    description = "containers cannot reach the cloud metadata service (169.254.169.254, fd00:ec2::254)"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        if not ctx.config.docker.metadata_guard:
+            return []
+        return [PlannedFile(SCRIPT, script_text()), PlannedFile(UNIT, unit_text())]
+
+    def check(self, ctx: Context) -> Check:
+        if not ctx.config.docker.metadata_guard:
+            return skipped("docker.metadata_guard is false: containers can reach the cloud metadata service "
+                           "(a guard an earlier run installed stays until reset)")
+        if ctx.host.which("iptables") is None:
+            return blocked("iptables is not installed (Docker's package depends on it); run setup --only docker")
+        actions = []
+        want_script, have_script = script_text(), ctx.host.read_text(SCRIPT)
+        if have_script != want_script:
+            actions.append(WriteFile(SCRIPT, want_script, have_script, mode=0o755))
+        want_unit, have_unit = unit_text(), ctx.host.read_text(UNIT)
+        if have_unit != want_unit:
+            actions += [WriteFile(UNIT, want_unit, have_unit), run_command("systemctl", "daemon-reload")]
+        enabled = ctx.host.query(["systemctl", "is-enabled", UNIT_NAME]).stdout.strip() == "enabled"
+        if not enabled:
+            actions.append(run_command("systemctl", "enable", UNIT_NAME))
+        missing = missing_rules(ctx)
+        if missing or actions:
+            # Restarting the unit runs the script now and leaves the unit active, so that Docker's
+            # next restart restarts it too.
+            actions.append(run_command("systemctl", "restart", UNIT_NAME))
+        if not actions:
+            return ok(f"containers' packets to {', '.join(a for _p, a in RULES)} are rejected in DOCKER-USER, "
+                      f"re-applied at every Docker start by {UNIT_NAME}")
+        reasons = []
+        if missing:
+            reasons.append(f"no rule in DOCKER-USER rejects containers' packets to {', '.join(missing)}")
+        if have_script != want_script or have_unit != want_unit:
+            reasons.append(f"{SCRIPT} or {UNIT} is not as setup writes it")
+        elif not enabled:
+            reasons.append(f"{UNIT_NAME} is not enabled, so Docker's next start would not re-apply the rules")
+        return needs_change("; ".join(reasons), *actions)

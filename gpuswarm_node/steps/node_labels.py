@@ -1,0 +1,110 @@
+"""node-labels: the manager's labels for this node describe its GPUs, so that a service can be
+placed on the GPU it needs (`--constraint node.labels.gpuswarm.gpu.model==NVIDIA-A100-SXM4-40GB`).
+
+The labels, all of them strings (Docker's node labels are), their names stable:
+
+| label | value |
+|---|---|
+| `gpuswarm.gpu.model` | the GPUs' model as NVML names it, each character outside `A-Za-z0-9._-` a `-` (as NVIDIA's GPU feature discovery writes `nvidia.com/gpu.product`); `mixed` when the node's GPUs differ |
+| `gpuswarm.gpu.count` | the number of GPUs |
+| `gpuswarm.gpu.memory_mib` | the memory of the node's smallest GPU, in MiB (NVML's total) |
+| `gpuswarm.slices` | the number of slices the node advertises |
+| `gpuswarm.slice.memory_mib` | the memory of the smallest slice, in MiB (a GPU's memory over its slices) |
+| `gpuswarm.driver.version` | the NVIDIA driver's version (NVML) |
+| `gpuswarm.cuda.version` | the newest CUDA the driver supports, `12.4` (NVML) |
+
+Other labels of the `gpuswarm.` prefix are removed; labels outside it are never touched. They are
+set through the manager (a worker cannot label itself), through the hub's gate when it has one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
+from ..errors import GpuswarmError, NvmlUnavailable, StepFailed
+from ..probes.gpu import Inventory, slices_of
+from ..slices import for_config
+from ..context import Context
+
+MODEL = "gpuswarm.gpu.model"
+MIB = 2**20
+
+
+def label_value(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text.strip())[:128] or "unknown"
+
+
+def gpu_labels(inventory: Inventory, cfg) -> dict[str, str]:
+    """The labels for a node with these GPUs and this [gpu] configuration (see the module's table)."""
+    gpus = inventory.gpus
+    if not gpus:
+        return {}
+    models = {label_value(g.name) for g in gpus}
+    slice_mib = []
+    for gpu in gpus:
+        slices = slices_of(gpu, cfg.slices_per_gpu, cfg.slice_memory_bytes)
+        if gpu.mig_enabled:
+            slice_mib += [m.memory_bytes // MIB for m in gpu.mig_devices]
+        elif slices:
+            slice_mib.append(gpu.memory_bytes // len(slices) // MIB)
+    labels = {
+        MODEL: models.pop() if len(models) == 1 else "mixed",
+        "gpuswarm.gpu.count": str(len(gpus)),
+        "gpuswarm.gpu.memory_mib": str(min(g.memory_bytes for g in gpus) // MIB),
+        "gpuswarm.slices": str(len(for_config(gpus, cfg))),
+        "gpuswarm.slice.memory_mib": str(min(slice_mib)) if slice_mib else "",
+        "gpuswarm.driver.version": label_value(inventory.driver_version) if inventory.driver_version else "",
+        "gpuswarm.cuda.version": label_value(inventory.cuda_version) if inventory.cuda_version else "",
+    }
+    return {k: v for k, v in labels.items() if v}
+
+
+def describe(labels: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+
+
+class NodeLabelsStep:
+    name = "node-labels"
+    description = "the manager's labels for this node describe its GPUs"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        if not ctx.config.swarm.manager:
+            return skipped("no swarm.manager: there is no hub to place notebooks by label")
+        try:
+            wanted = gpu_labels(ctx.inventory(), ctx.config.gpu)
+        except NvmlUnavailable as exc:
+            return blocked(f"the GPUs cannot be read, so their labels cannot be known: {exc.reason}")
+        if not wanted:
+            return blocked("this node has no GPU to describe")
+        reason = ctx.docker.unreachable_reason()
+        if reason:
+            return blocked(reason)
+        membership = ctx.docker.swarm()
+        action = Call(f"set the labels {describe(wanted)} on this node through {ctx.config.swarm.manager}",
+                      lambda ctx: set_labels(ctx, wanted))
+        if membership.state != "active" or membership.is_manager:
+            # Planned after swarm-join: the node has no place on the manager yet.
+            return needs_change("this node is not yet a worker of the manager's swarm; label it once it is", action)
+        try:
+            with ctx.manager_session() as session:
+                have = session.node_labels(membership.node_id)
+        except GpuswarmError as exc:
+            return blocked(f"the manager cannot be asked for this node's labels: {exc.message()}")
+        if have == wanted:
+            return ok(f"labelled {describe(have)}")
+        stale = {k: v for k, v in have.items() if wanted.get(k) != v}
+        return needs_change(f"the manager's labels for this node are {describe(have)}"
+                            + (f" (stale: {', '.join(sorted(stale))})" if stale else ""), action)
+
+
+def set_labels(ctx: Context, labels: dict[str, str]) -> None:
+    membership = ctx.docker.swarm()
+    if membership.state != "active" or membership.is_manager:
+        raise StepFailed("this node is not a worker of the manager's swarm, so it cannot be labelled there.",
+                         "Let swarm-join converge first (see its detail).")
+    with ctx.manager_session() as session:
+        session.set_labels(membership.node_id, labels)

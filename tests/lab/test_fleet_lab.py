@@ -1,0 +1,278 @@
+"""A fleet on a least-privilege hub, against the real lab: real sshd with forced commands, the real
+manager's dockerd, light workers whose dockerds report their own host names, fake GPUs behind the
+fake libnvidia-ml.so.1.
+
+The manager's SSH user has only gated keys (`hub authorize`), each bound to one worker's host
+name. Through them workers join, label themselves, leave and rejoin; anything else (`id`,
+`docker ps`, a drain of another node) is refused. Services are placed by the GPU labels. A lone
+box's own single-node swarm is left for the manager's without --force-rejoin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import docker as docker_sdk
+import pytest
+
+from . import fake_nvml
+from ..conftest import private_state
+from .dockerd import LabDockerd
+from .manager import trust_ca
+from .test_join_lab import ISOLATE, assert_no_secrets, node_of, resources
+from .util import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+A100 = [fake_nvml.FakeGpu(f"GPU-a100000{n}-1111-2222-3333-444444444444", "NVIDIA A100-SXM4-40GB", 40960)
+        for n in (1, 2)]
+T4 = [fake_nvml.FakeGpu("GPU-7400000a-5555-6666-7777-888888888888", "Tesla T4", 15360)]
+WORKERS = {  # name (also its host name and its key's node name), address, GPUs
+    "gsn-g1": ("198.18.0.41", A100),
+    "gsn-g2": ("198.18.0.42", T4),
+    "gsn-g3": ("198.18.0.43", T4),
+}
+
+
+class FleetWorker:
+    """A light worker (a dockerd in its own netns and UTS namespace) with its own gated key."""
+
+    def __init__(self, name: str, address: str, host, dockerd: LabDockerd, config: Path, key: Path,
+                 nvml_env: dict[str, str]) -> None:
+        self.name, self.address, self.host, self.dockerd = name, address, host, dockerd
+        self.config, self.key, self.nvml_env = config, key, nvml_env
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_", "DOCKER_"))}
+        env.update(self.nvml_env, DOCKER_HOST=self.dockerd.url)
+        argv = [*self.host.nsenter_prefix(), *private_state(self.config.parent / "host-state"),
+                "sh", "-c", ISOLATE, "isolate", sys.executable, "-m", "gpuswarm_node.cli", *args]
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    def setup(self, *args: str) -> subprocess.CompletedProcess:
+        return self.cli("setup", "--json", "--only", "swarm-join", "--only", "node-labels",
+                        "--config", str(self.config), *args)
+
+    def ssh(self, manager, command: str) -> subprocess.CompletedProcess:
+        """`ssh root@manager COMMAND` with this worker's key, from its netns, the host key checked."""
+        argv = [*self.host.nsenter_prefix(), "ssh", "-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={manager.known_hosts_path}", f"root@{manager.address}", command]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    def swarm(self) -> dict:
+        return self.dockerd.client().info()["Swarm"]
+
+
+@pytest.fixture(scope="module")
+def hub(manager, lab_tmp):
+    """The manager's authorized_keys holds only gated keys, one per worker; restored afterwards."""
+    authorized = manager.client_key_path.parent / "authorized_keys"
+    original = authorized.read_text()
+    hub_dir = lab_tmp / "hub"
+    hub_dir.mkdir()
+    # The forced command's program: this checkout's CLI (on a real hub, /usr/local/bin/gpuswarm-node).
+    program = hub_dir / "gpuswarm-node"
+    program.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gpuswarm_node.cli \"$@\"\n")
+    program.chmod(0o755)
+    authorized.write_text("")
+    keys = {}
+    try:
+        for name in WORKERS:
+            key = hub_dir / f"{name}_ed25519"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+            done = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub", "authorize",
+                                   "--key", f"{key}.pub", "--node", name, "--authorized-keys", str(authorized),
+                                   "--program", str(program)], cwd=REPO, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"authorised the key for node {name}" in done.stdout
+            keys[name] = key
+        yield keys
+    finally:
+        authorized.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def fleet(network, manager, lab_tmp, hub, nvml_lib_dir):
+    made: dict[str, FleetWorker] = {}
+
+    def make(name: str) -> FleetWorker:
+        if name in made:
+            return made[name]
+        address, gpus = WORKERS[name]
+        state = lab_tmp / name
+        trust_ca(state / "etc-docker", manager.registry_address, manager.ca_cert_path)
+        host = network.add_host(name, address)
+        dockerd = LabDockerd(host, state, {"node-generic-resources": resources(name[-2:])}, hostname=name)
+        config = state / "node.toml"
+        config.write_text("\n".join([
+            "[swarm]", f'manager = "{manager.address}"', f'ssh_key = "{hub[name]}"',
+            f'known_hosts = "{manager.known_hosts_path}"', f'advertise_addr = "{address}"', ""]))
+        nvml = fake_nvml.write_config(state / "fake-nvml.conf", gpus)
+        made[name] = FleetWorker(name, address, host, dockerd, config, hub[name],
+                                 fake_nvml.env_for(nvml_lib_dir, nvml, base={}))
+        return made[name]
+
+    yield make
+    for name, worker in made.items():
+        try:
+            info = worker.swarm()
+            if info["LocalNodeState"] == "active" and not info["ControlAvailable"]:
+                worker.dockerd.client().swarm.leave(force=True)
+                wait_for("the manager to see the node down",
+                         lambda: manager.docker.nodes.get(info["NodeID"]).attrs["Status"]["State"] == "down")
+                manager.docker.nodes.get(info["NodeID"]).remove(force=True)
+        finally:
+            worker.dockerd.stop()
+            network.remove_host(name)
+
+
+class HubConfig:
+    """Enough of traitlets' Config for exec'ing jupyterhub_config.py lines: c.Section.key = value."""
+
+    def __getattr__(self, name: str):
+        section = type(name, (), {})()
+        setattr(self, name, section)
+        return section
+
+
+def labels_of(manager, node_id: str) -> dict[str, str]:
+    labels = manager.docker.nodes.get(node_id).attrs["Spec"].get("Labels") or {}
+    return {k: v for k, v in labels.items() if k.startswith("gpuswarm.")}
+
+
+A100_LABELS = {"gpuswarm.gpu.model": "NVIDIA-A100-SXM4-40GB", "gpuswarm.gpu.count": "2",
+               "gpuswarm.gpu.memory_mib": "40960", "gpuswarm.slices": "6", "gpuswarm.slice.memory_mib": "13653",
+               "gpuswarm.driver.version": "550.54.15", "gpuswarm.cuda.version": "12.4"}
+
+
+def test_the_hub_user_has_only_gated_keys(hub, manager, fleet):
+    lines = (manager.client_key_path.parent / "authorized_keys").read_text().splitlines()
+    assert len(lines) == len(WORKERS)
+    assert all(line.startswith('restrict,command="') and " hub gate --node gsn-g" in line for line in lines)
+    # The lab's ungated key is no longer a way in.
+    worker = fleet("gsn-g1")
+    plain = subprocess.run([*worker.host.nsenter_prefix(), "ssh", "-F", "/dev/null", "-i", str(manager.client_key_path),
+                            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                            "-o", f"UserKnownHostsFile={manager.known_hosts_path}", f"root@{manager.address}", "id"],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 255 and "Permission denied" in plain.stderr
+
+
+def test_a_gated_worker_joins_labels_itself_leaves_and_rejoins(fleet, manager, lab_tmp):
+    worker = fleet("gsn-g1")
+    joined = worker.setup()
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    report = json.loads(joined.stdout)
+    assert report["changed"] == ["swarm-join", "node-labels"], report
+    node = wait_for("gsn-g1 Ready on the manager", lambda: node_of(manager, worker.address))
+    assert node["Description"]["Hostname"] == "gsn-g1" and node["Spec"]["Role"] == "worker"
+    assert labels_of(manager, node["ID"]) == A100_LABELS
+
+    again = worker.setup()
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] == [], again.stdout
+
+    marker = lab_tmp / "gsn-g1-then"
+    left = worker.cli("leave", "--timeout", "60", "--config", str(worker.config),
+                      "--then", f"sh -c 'echo gone > {marker}; exit 3'")
+    assert left.returncode == 3, left.stdout + left.stderr
+    assert "then: `sh -c" in left.stdout and "exited 3" in left.stdout
+    assert "the node is out of the swarm, but the --then command exited 3" in left.stderr
+    assert marker.read_text() == "gone\n"
+    assert worker.swarm()["LocalNodeState"] == "inactive"
+    assert node["ID"] not in {n["ID"] for n in manager.nodes()}  # removed through the gate
+
+    rejoined = worker.setup()
+    assert rejoined.returncode == 0, rejoined.stdout + rejoined.stderr
+    new = wait_for("gsn-g1 Ready again", lambda: node_of(manager, worker.address))
+    assert new["ID"] != node["ID"] and labels_of(manager, new["ID"]) == A100_LABELS
+    assert_no_secrets(manager, joined.stdout, joined.stderr, left.stdout, left.stderr, rejoined.stdout,
+                      rejoined.stderr)
+
+
+def test_the_gate_refuses_everything_else(fleet, manager):
+    g1, g2 = fleet("gsn-g1"), fleet("gsn-g2")
+    for worker in (g1, g2):
+        if worker.swarm()["LocalNodeState"] != "active":
+            result = worker.setup()
+            assert result.returncode == 0, result.stdout + result.stderr
+    other = g2.swarm()["NodeID"]
+    manager_id = manager.docker.info()["Swarm"]["NodeID"]
+    for command in ("id", "docker ps", "sh -c 'docker node ls'", f"gpuswarm-gate drain {other}",
+                    f"gpuswarm-gate drain {manager_id}", f"gpuswarm-gate remove {other}",
+                    f"gpuswarm-gate labels {other} gpuswarm.gpu.model=stolen", "gpuswarm-gate join-token manager"):
+        result = g1.ssh(manager, command)
+        assert result.returncode == 126, (command, result.stdout, result.stderr)
+        assert result.stdout == "" and result.stderr.startswith("gpuswarm-gate: refused: "), (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for node_id in (other, manager_id):
+        assert manager.docker.nodes.get(node_id).attrs["Spec"]["Availability"] == "active"
+    assert labels_of(manager, other).get("gpuswarm.gpu.model") == "Tesla-T4"
+    # What a worker may ask, it gets: its own node, and the swarm's identity.
+    own = g1.ssh(manager, f"gpuswarm-gate node {g1.swarm()['NodeID']}")
+    assert own.returncode == 0 and json.loads(own.stdout)["State"] == "ready"
+    info = g1.ssh(manager, "gpuswarm-gate swarm-info")
+    assert json.loads(info.stdout)["ClusterID"] == manager.docker.info()["Swarm"]["Cluster"]["ID"]
+
+
+def test_a_service_constrained_to_a_gpu_model_lands_on_that_model(fleet, manager):
+    g1, g2 = fleet("gsn-g1"), fleet("gsn-g2")
+    for worker in (g1, g2):
+        if worker.swarm()["LocalNodeState"] != "active":
+            result = worker.setup()
+            assert result.returncode == 0, result.stdout + result.stderr
+    where = {}
+    for model, worker in (("Tesla-T4", g2), ("NVIDIA-A100-SXM4-40GB", g1)):
+        service = manager.docker.services.create(
+            manager.image, command=["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+            name=f"gsn-place-{worker.name}", constraints=[f"node.labels.gpuswarm.gpu.model=={model}"],
+            mode=docker_sdk.types.ServiceMode("replicated", replicas=2))
+        try:
+            def running() -> list[str]:
+                return [t["NodeID"] for t in service.tasks(filters={"desired-state": "running"})
+                        if t["Status"]["State"] == "running"]
+
+            where[model] = wait_for(f"two {model} tasks running", lambda: running() if len(running()) == 2 else None,
+                                    timeout=120)
+        finally:
+            service.remove()
+    assert where == {"Tesla-T4": [g2.swarm()["NodeID"]] * 2,
+                     "NVIDIA-A100-SXM4-40GB": [g1.swarm()["NodeID"]] * 2}
+
+    # On the hub: one spawn-form profile per model, from the same labels.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "DOCKER_"))}
+    printed = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub-config", "--profiles"], cwd=REPO,
+                             env={**env, "DOCKER_HOST": manager.dockerd.url}, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    namespace = {"c": HubConfig()}
+    exec(compile(printed.stdout, "hub-config", "exec"), namespace)  # as JupyterHub loads it
+    profiles = namespace["GPUSWARM_PROFILES"]
+    assert set(profiles) >= {"Tesla-T4", "NVIDIA-A100-SXM4-40GB"}
+    assert profiles["Tesla-T4"]["constraints"] == ["node.labels.gpuswarm.gpu.model==Tesla-T4"]
+
+
+def test_a_lone_single_node_swarm_is_left_for_the_managers_without_force(fleet, manager):
+    worker = fleet("gsn-g3")
+    # A lone box set up without a manager: its own single-node swarm (the embedded default).
+    alone = worker.cli("setup", "--json", "--only", "swarm-join", "--set", "swarm.manager=",
+                       "--config", str(worker.config))
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert worker.swarm()["ControlAvailable"] is True and worker.swarm()["Nodes"] == 1
+    own_cluster = worker.swarm()["Cluster"]["ID"]
+
+    joined = worker.setup()
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    detail = {s["name"]: s["detail"] for s in json.loads(joined.stdout)["steps"]}["swarm-join"]
+    assert f"left its own single-node swarm (cluster {own_cluster}: no other node, no service)" in detail, detail
+    node = wait_for("gsn-g3 Ready on the manager", lambda: node_of(manager, worker.address))
+    assert node["Spec"]["Role"] == "worker" and worker.swarm()["ControlAvailable"] is False
+
+    # A --then whose program does not exist is a usage error, found before the node leaves.
+    refused = worker.cli("leave", "--then", "no-such-terminate-call --now", "--config", str(worker.config))
+    assert refused.returncode == 2 and "no-such-terminate-call is not an executable program" in refused.stderr
+    assert worker.swarm()["LocalNodeState"] == "active"
+    assert_no_secrets(manager, alone.stdout, joined.stdout, joined.stderr, refused.stderr)
