@@ -370,17 +370,27 @@ def cuda_env(
     guarded(body)
 
 
-@app.command("hub-config", epilog=epilog(f"{PROG} hub-config >> jupyterhub_config.py", f"0 printed; {USAGE_EXIT}"))
+@app.command("hub-config", epilog=epilog(f"{PROG} hub-config --hub-address jupyterhub > jupyterhub_config.py",
+                                         f"0 printed; {USAGE_EXIT}"))
 def hub_config(
+    hub_address: str = typer.Option("jupyterhub", "--hub-address",
+                                    help="Name (or address) the servers reach the hub's API at, on the network."),
+    network: str = typer.Option("jupyterhub", "--network",
+                                help="Attachable overlay network of the hub and the servers."),
+    slice_wait: int = typer.Option(60, "--slice-wait", help="Seconds a spawn waits for a free GPU slice."),
+    start_timeout: int = typer.Option(600, "--start-timeout", help="JupyterHub's Spawner.start_timeout, seconds."),
+    http_timeout: int = typer.Option(120, "--http-timeout", help="JupyterHub's Spawner.http_timeout, seconds."),
     config: Optional[Path] = ConfigOption,
     overrides: List[str] = SetOption,
 ) -> None:
-    """Print the jupyterhub_config.py lines for SwarmSpawner that ask for this node's resource kind."""
+    """Print a jupyterhub_config.py for SwarmSpawner that asks for this node's GPU slices."""
 
     def body() -> int:
-        from .hub import hub_config as lines
+        from .hub import HubSide, hub_config as text
 
-        sys.stdout.write(lines(load_config(config, overrides)))
+        side = HubSide(hub_address=hub_address, network=network, slice_wait=slice_wait,
+                       start_timeout=start_timeout, http_timeout=http_timeout)
+        sys.stdout.write(text(load_config(config, overrides), side))
         return 0
 
     guarded(body)
