@@ -129,12 +129,12 @@ def task_of(manager, user: str) -> dict | None:
 
 
 def placement(manager, workers, task: dict) -> tuple[str, str]:
-    """(worker name, slice) of a task, from the manager."""
+    """(worker name, slice) of a task: its node from the manager, the slice Swarm gave its
+    container (DOCKER_RESOURCE_GPU) from what the worker's runtime was asked."""
     address = manager.docker.nodes.get(task["NodeID"]).attrs["Status"]["Addr"]
     [name] = [n for n, (a, _g) in WORKERS.items() if a == address]
-    [slice_id] = [r["NamedResourceSpec"]["Value"] for r in task.get("AssignedGenericResources", [])
-                  if r["NamedResourceSpec"]["Kind"] == "gpu"]
-    return name, slice_id
+    call = runtime_create(workers[name], task["Status"]["ContainerStatus"]["ContainerID"])
+    return name, call["docker_resources"]["DOCKER_RESOURCE_GPU"]
 
 
 def runtime_create(worker, container_id: str) -> dict:
