@@ -30,7 +30,7 @@ PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
 STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-              "registry-trust", "image", "swarm-join")
+              "registry-trust", "image", "shared-fs", "swarm-join")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
@@ -563,7 +563,10 @@ def show_config(
         rows = []
         for section, name, default, help_text in reference():
             dotted = f"{section}.{name}"
-            rows.append({"key": dotted, "value": getattr(getattr(cfg, section), name), "default": default,
+            value = getattr(getattr(cfg, section), name)
+            if isinstance(value, tuple):  # [[shared.mounts]]: tables, as the file writes them
+                value = [asdict(item) for item in value]
+            rows.append({"key": dotted, "value": value, "default": list(default) if isinstance(default, tuple) else default,
                          "origin": cfg.origins.get(dotted, "default"), "environment": env_name(section, name),
                          "help": help_text})
         if json_out:

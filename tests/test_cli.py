@@ -15,8 +15,8 @@ from gpuswarm_node.steps import STEP_NAMES
 
 from .conftest import A100, T4
 
-NINE = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-        "registry-trust", "image", "swarm-join"]
+STEP_ORDER = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+        "registry-trust", "image", "shared-fs", "swarm-join"]
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -40,8 +40,8 @@ def test_help_lists_every_command(gsn):
 def test_steps_lists_the_nine_in_order(gsn):
     result = gsn("steps")
     assert result.returncode == 0
-    assert [line.split()[0] for line in result.stdout.splitlines()] == NINE
-    assert list(STEP_NAMES) == NINE
+    assert [line.split()[0] for line in result.stdout.splitlines()] == STEP_ORDER
+    assert list(STEP_NAMES) == STEP_ORDER
 
 
 def test_version(gsn):
@@ -81,7 +81,7 @@ def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
     assert plan["ok"] is False and plan["dry_run"] is True and plan["changed"] == []
     assert plan["reboot_required"] is False
     steps = {s["name"]: s for s in plan["steps"]}
-    assert list(steps) == NINE
+    assert list(steps) == STEP_ORDER
     for step in plan["steps"]:
         assert set(step) == {"name", "state", "detail", "actions"}
         assert bool(step["actions"]) == (step["state"] == "needs-change")
@@ -101,7 +101,7 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
     report = json.loads(result.stdout)
     assert set(report) == {"ok", "changed", "reboot_required", "steps"}
     assert report["ok"] is False and report["changed"] == []
-    assert [s["name"] for s in report["steps"]] == NINE
+    assert [s["name"] for s in report["steps"]] == STEP_ORDER
     for step in report["steps"]:
         assert set(step) == {"name", "state", "detail", "actions"}
         assert bool(step["actions"]) == (step["state"] == "needs-change")  # what setup would run
@@ -117,7 +117,7 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
 def test_status_table(gsn, tmp_path):
     result = gsn("status", "--config", str(safe_config(tmp_path)))
     assert result.returncode == 1
-    for name in NINE:
+    for name in STEP_ORDER:
         assert name in result.stdout
 
 
@@ -136,7 +136,7 @@ def test_skip_removes_steps(gsn, tmp_path):
     result = gsn("setup", "--json", "--dry-run", "--skip", "tmpfs", "--skip", "swarm-join",
                  "--config", str(safe_config(tmp_path)))
     names = [s["name"] for s in json.loads(result.stdout)["steps"]]
-    assert names == [n for n in NINE if n not in ("tmpfs", "swarm-join")]
+    assert names == [n for n in STEP_ORDER if n not in ("tmpfs", "swarm-join")]
 
 
 def test_gpus_reports_inventory_and_interleaved_slices(gsn):
@@ -284,7 +284,7 @@ def test_unknown_environment_key_is_ignored_with_a_warning(gsn, tmp_path):
     result = gsn("status", "--json", "--config", str(safe_config(tmp_path)),
                  env={"GPUSWARM_SWARM_MANAGRE": "x", "GPUSWARM_DEBUG": "1"})
     assert result.returncode == 1  # not converged here, but the command ran
-    assert [s["name"] for s in json.loads(result.stdout)["steps"]] == NINE
+    assert [s["name"] for s in json.loads(result.stdout)["steps"]] == STEP_ORDER
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, result.stderr
     assert "GPUSWARM_DEBUG" in warnings[0] and "not a configuration key" in warnings[0]

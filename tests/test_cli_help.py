@@ -12,7 +12,7 @@ from gpuswarm_node import __version__
 from gpuswarm_node.cli import STEP_NAMES as HELP_STEP_NAMES
 from gpuswarm_node.steps import STEP_NAMES
 
-from .test_cli import NINE, safe_config, write_config
+from .test_cli import STEP_ORDER, safe_config, write_config
 
 COMMANDS = ["setup", "status", "steps", "gpus", "render", "cuda-env", "hub-config", "leave", "reset", "version",
             "completion", "config"]
@@ -65,8 +65,8 @@ def test_each_command_help_has_example_exit_codes_and_environment(gsn, command):
 def test_only_and_skip_help_name_every_step(gsn):
     assert HELP_STEP_NAMES == STEP_NAMES
     text = " ".join(gsn("setup", "-h").stdout.replace("│", " ").split())
-    assert f"Run only this step (repeatable): {', '.join(NINE)}." in text
-    assert f"Do not run this step (repeatable): {', '.join(NINE)}." in text
+    assert f"Run only this step (repeatable): {', '.join(STEP_ORDER)}." in text
+    assert f"Do not run this step (repeatable): {', '.join(STEP_ORDER)}." in text
 
 
 @pytest.mark.parametrize("shell, marker", [("bash", "complete -o default -F"), ("zsh", "#compdef gpuswarm-node"),

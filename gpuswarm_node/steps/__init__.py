@@ -11,13 +11,15 @@ from .image import ImageStep
 from .nvidia_driver import NvidiaDriverStep
 from .nvidia_toolkit import NvidiaToolkitStep
 from .registry_trust import RegistryTrustStep
+from .shared_fs import SharedFsStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
 
-# The image is pulled before the join, so no notebook lands on a node without its image.
+# The image is pulled and the shared filesystem mounted before the join, so no notebook lands on a
+# node without its image or the directories its service binds.
 ALL_STEPS: tuple[Step, ...] = (
     TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
-    DockerDaemonStep(), RegistryTrustStep(), ImageStep(), SwarmJoinStep(),
+    DockerDaemonStep(), RegistryTrustStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
 

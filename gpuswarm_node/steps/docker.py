@@ -8,6 +8,7 @@ from ..render import render
 from ..system import Context
 from . import apt
 from .nvidia_toolkit import PACKAGE as TOOLKIT_PACKAGE, NvidiaToolkitStep
+from .shared_fs import joint_packages
 
 DISTRO_PACKAGES = ("docker.io",)
 DOCKER_CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
@@ -69,6 +70,10 @@ class DockerStep:
                 actions += toolkit
                 wanted = (*wanted, TOOLKIT_PACKAGE)
                 reason += f"; {TOOLKIT_PACKAGE} comes in the same apt transaction"
+            shared = joint_packages(ctx)  # the NFS client, for shared-fs
+            if shared:
+                wanted = (*wanted, *shared)
+                reason += f"; {' '.join(shared)} (shared-fs) comes in the same apt transaction"
             actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
