@@ -18,6 +18,7 @@ dummy authenticator and an admin service token for the tests.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from . import hub_build
-from .dockerd import alive, kill_and_wait, lab_env, tail
+from .dockerd import alive, kill_and_wait, lab_env, tail, with_descendants
 from .manager import ADDRESS, ManagerHost
 from .util import Started, wait_for
 
@@ -55,6 +56,26 @@ def push_notebook_image(manager: ManagerHost) -> str:
     return f"{repo}:{tag}"
 
 
+def cleanup_stale() -> None:
+    """Kill what a crashed run's hub left: jupyterhub and configurable-http-proxy run from the lab's
+    cached hub environment (hub_build.py) in a network namespace of their own, so neither the
+    lab network's cleanup (gsn-* namespaces) nor the manager's teardown finds them. Only one lab
+    session runs at a time (the lab's lock), so every such process is a leftover."""
+    marker = str(hub_build.rootfs.cache_dir() / "hub-").encode()
+    stale = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it ended while we looked
+        if any(arg.startswith(marker) for arg in argv):
+            stale.append(int(entry.name))
+    if stale:
+        kill_and_wait(with_descendants(stale))
+
+
 class LabHub(Started):
     """The hub, for `config_text` (hub-config's output); use as a context manager."""
 
@@ -73,6 +94,7 @@ class LabHub(Started):
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> "LabHub":
+        cleanup_stale()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env_dir = hub_build.hub_env()
         docker = self.manager.docker

@@ -7,7 +7,10 @@ machines, two fake GPUs each and one slice per GPU (four slices, kept small: eac
 jupyterhub-singleuser), pulled the notebook image in the tool's `image` step. Everything is
 asserted on real state: the hub's API, the manager's services and tasks, the stand-in NVIDIA
 runtime's record of each container's create, and an HTTP answer from each server through the
-proxy.
+proxy. Each server also sees the shared filesystem as hub-config's `volumes` bind it (a local
+directory per worker here: the lab's kernel has no NFS), read-only and read-write. The checks can
+fail: a slice map that sends a slice to the wrong GPU fails them (the last test but one), and a
+hub asking for a kind no worker advertises spawns nothing (the last).
 
 What users see when `gpuswarm-node leave` takes a worker with running servers away (the last test
 but one): Swarm stops their tasks there and starts them again on a free slice of another worker;
@@ -29,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuswarm_node.steps.docker_daemon import SLICE_MAP
+
 from . import fake_nvml, toolkit_deb
 from ..conftest import private_state
 from .hub import LabHub, push_notebook_image
@@ -43,10 +48,27 @@ WORKERS = {
                                fake_nvml.FakeGpu("GPU-b2b2b2b2-0000-4000-8000-000000000004", "NVIDIA L4", 23034)]),
 }
 SLICES_PER_GPU = 1
+# Worker name -> its swarm node id (from the worker's own Docker), filled once both have joined.
+NODE_IDS: dict[str, str] = {}
 SLICES = {(name, f"{gpu.uuid}::1") for name, (_a, gpus) in WORKERS.items() for gpu in gpus}
 # Short enough for the lab; the default (60 s) is what a site gets.
 SLICE_WAIT = 20
 SPAWN_TIMEOUT = 240
+# The shared filesystem as the hub's node.toml declares it. The lab's kernel has no NFS (README,
+# "The hub side"), so the workers' node.toml leaves [[shared.mounts]] out (shared-fs is skipped
+# there) and each worker gets a local directory at each path instead; the servers bind them as
+# the `volumes` hub-config prints.
+SHARED = {"/srv/shared/tutorial": "ro", "/srv/shared/data": "rw"}
+SHARED_TOML = """
+[[shared.mounts]]
+source = "198.18.0.1:/tutorial"
+path = "/srv/shared/tutorial"
+options = "ro"
+
+[[shared.mounts]]
+source = "198.18.0.1:/data"
+path = "/srv/shared/data"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +89,20 @@ def workers(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, notebook_imag
             results = list(pool.map(lambda w: w.as_user(f"sudo ./setup.sh --config {CONFIG}"), made.values()))
         for result in results:
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        for name, worker in made.items():
+            NODE_IDS[name] = worker.sh("docker info --format '{{.Swarm.NodeID}}'").stdout.strip()
+        for worker in made.values():  # lab: local directories where the shares would be mounted
+            worker.machine.run(["sh", "-c", "mkdir -p /srv/shared/tutorial /srv/shared/data && "
+                                "echo welcome > /srv/shared/tutorial/README.txt && chmod 1777 /srv/shared/data"])
+        # What the manager records as each worker's address (asserted nowhere: diagnostics only).
+        print({n["ID"]: n["Status"].get("Addr") for n in manager.nodes()}, NODE_IDS)
         yield made
 
 
 def hub_config(manager, lab_tmp, image: str, *args: str) -> str:
     """`gpuswarm-node hub-config` for the workers' own node.toml, as the hub's admin runs it."""
     config = lab_tmp / "hub-node.toml"
-    config.write_text(node_toml(manager, slices_per_gpu=SLICES_PER_GPU, image=image))
+    config.write_text(node_toml(manager, slices_per_gpu=SLICES_PER_GPU, image=image) + SHARED_TOML)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
     result = subprocess.run([*private_state(lab_tmp / "hub-config-state"), sys.executable, "-m", "gpuswarm_node.cli",
                              "hub-config", "--config", str(config), "--slice-wait", str(SLICE_WAIT), *args],
@@ -131,8 +160,7 @@ def task_of(manager, user: str) -> dict | None:
 def placement(manager, workers, task: dict) -> tuple[str, str]:
     """(worker name, slice) of a task: its node from the manager, the slice Swarm gave its
     container (DOCKER_RESOURCE_GPU) from what the worker's runtime was asked."""
-    address = manager.docker.nodes.get(task["NodeID"]).attrs["Status"]["Addr"]
-    [name] = [n for n, (a, _g) in WORKERS.items() if a == address]
+    [name] = [n for n, node_id in NODE_IDS.items() if node_id == task["NodeID"]]
     call = runtime_create(workers[name], task["Status"]["ContainerStatus"]["ContainerID"])
     return name, call["docker_resources"]["DOCKER_RESOURCE_GPU"]
 
@@ -154,6 +182,16 @@ def assert_on_its_slice(manager, workers, user: str) -> tuple[str, str]:
     assert call["nvidia_visible_devices"] == gpu  # exactly its slice's GPU, none other
     assert call["hook_devices"] == [gpu]
     return name, slice_id
+
+
+def assert_sees_the_shared_filesystem(workers, name: str, task: dict) -> None:
+    """The server's container reads the read-only share and cannot write it, and writes the
+    read-write one: what hub-config's volumes say, checked inside the container."""
+    cid = task["Status"]["ContainerStatus"]["ContainerID"]
+    worker = workers[name]
+    assert worker.sh(f"docker exec {cid} cat /srv/shared/tutorial/README.txt").stdout == "welcome\n"
+    assert worker.sh(f"docker exec {cid} touch /srv/shared/tutorial/x", check=False).returncode != 0
+    assert worker.sh(f"docker exec {cid} sh -c 'echo $HOSTNAME > /srv/shared/data/$HOSTNAME'").returncode == 0
 
 
 def running_gpu_containers(workers) -> dict[str, list[str]]:
@@ -181,6 +219,7 @@ def test_users_fill_every_slice_each_on_its_own(hub, workers, manager):
         wait_ready(hub, user)
         assert answers(hub, user)["started"]
         placed[user] = assert_on_its_slice(manager, workers, user)
+        assert_sees_the_shared_filesystem(workers, placed[user][0], task_of(manager, user))
         if len(placed) == 2:  # Swarm spreads: the first two are on different workers
             assert placed[USERS[0]][0] != placed[USERS[1]][0], placed
     assert set(placed.values()) == SLICES, placed  # every slice, each once: all GPUs, both workers
@@ -240,8 +279,7 @@ def test_leave_moves_running_servers_to_another_worker(hub, workers, manager):
     # The proxy reaches the new task at the same name: a new server process.
     after = wait_for(f"{mover}'s server answering again", lambda: _status_or_none(hub, mover), timeout=120)
     assert after["started"] != before
-    addresses = {n["Status"].get("Addr") for n in manager.nodes()}
-    assert WORKERS[leaving][0] not in addresses  # left and removed from the manager
+    assert NODE_IDS[leaving] not in {n["ID"] for n in manager.nodes()}  # left and removed from the manager
 
 
 def _status_or_none(hub: LabHub, user: str) -> dict | None:
@@ -249,12 +287,36 @@ def _status_or_none(hub: LabHub, user: str) -> dict | None:
     return body if status == 200 else None
 
 
+def test_a_wrapper_that_maps_a_slice_to_the_wrong_gpu_fails_the_scenario(hub, workers, manager):
+    """The scenario's check can fail: with the two slices of the remaining worker swapped in its
+    slice map (the map the runtime wrapper reads on every container start), a new server starts
+    on one GPU while Swarm gave it the other's slice, and assert_on_its_slice says so."""
+    worker = workers["gsn-h1"]
+    original = worker.machine.read_file(SLICE_MAP)
+    data = json.loads(original)
+    (first, dev1), (second, dev2) = sorted(data["slices"].items())
+    data["slices"] = {first: dev2, second: dev1}
+    worker.machine.run(["sh", "-c", f"cat > {SLICE_MAP}"], input=json.dumps(data, indent=2))
+    try:
+        spawn(hub, "gus")
+        wait_ready(hub, "gus")
+        task = task_of(manager, "gus")
+        name, slice_id = placement(manager, workers, task)
+        call = runtime_create(workers[name], task["Status"]["ContainerStatus"]["ContainerID"])
+        assert name == "gsn-h1" and call["nvidia_visible_devices"] != slice_id.split("::")[0], call
+        with pytest.raises(AssertionError):
+            assert_on_its_slice(manager, workers, "gus")
+    finally:
+        worker.machine.run(["sh", "-c", f"cat > {SLICE_MAP}"], input=original)
+        hub.api("DELETE", "/users/gus/server")
+
+
 def test_a_hub_asking_for_a_kind_no_node_advertises_spawns_nothing(hub, workers, manager, lab_tmp, notebook_image):
     # Every server stopped, so slices are free: only the kind stands in the way.
-    for user in USERS + [EXTRA]:
+    for user in USERS + [EXTRA, "gus"]:
         if server(hub, user):
             hub.api("DELETE", f"/users/{user}/server")
-    wait_for("every task gone", lambda: not any(task_of(manager, u) for u in USERS + [EXTRA]), timeout=120)
+    wait_for("every task gone", lambda: not any(task_of(manager, u) for u in USERS + [EXTRA, "gus"]), timeout=120)
     hub.close()
     text = hub_config(manager, lab_tmp, notebook_image, "--set", "gpu.resource=tpu")
     with LabHub(manager, lab_tmp / "hub-tpu", text) as other:
