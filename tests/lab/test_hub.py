@@ -287,10 +287,19 @@ def _status_or_none(hub: LabHub, user: str) -> dict | None:
     return body if status == 200 else None
 
 
+def stop_every_server(hub: LabHub, manager) -> None:
+    users = USERS + [EXTRA, "gus"]
+    for user in users:
+        if server(hub, user):
+            hub.api("DELETE", f"/users/{user}/server")
+    wait_for("every task gone", lambda: not any(task_of(manager, u) for u in users), timeout=120)
+
+
 def test_a_wrapper_that_maps_a_slice_to_the_wrong_gpu_fails_the_scenario(hub, workers, manager):
     """The scenario's check can fail: with the two slices of the remaining worker swapped in its
     slice map (the map the runtime wrapper reads on every container start), a new server starts
     on one GPU while Swarm gave it the other's slice, and assert_on_its_slice says so."""
+    stop_every_server(hub, manager)  # both slices of the remaining worker free
     worker = workers["gsn-h1"]
     original = worker.machine.read_file(SLICE_MAP)
     data = json.loads(original)
@@ -313,10 +322,7 @@ def test_a_wrapper_that_maps_a_slice_to_the_wrong_gpu_fails_the_scenario(hub, wo
 
 def test_a_hub_asking_for_a_kind_no_node_advertises_spawns_nothing(hub, workers, manager, lab_tmp, notebook_image):
     # Every server stopped, so slices are free: only the kind stands in the way.
-    for user in USERS + [EXTRA, "gus"]:
-        if server(hub, user):
-            hub.api("DELETE", f"/users/{user}/server")
-    wait_for("every task gone", lambda: not any(task_of(manager, u) for u in USERS + [EXTRA, "gus"]), timeout=120)
+    stop_every_server(hub, manager)
     hub.close()
     text = hub_config(manager, lab_tmp, notebook_image, "--set", "gpu.resource=tpu")
     with LabHub(manager, lab_tmp / "hub-tpu", text) as other:
