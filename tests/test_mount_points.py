@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpuswarm_node.probes import osfacts
-from gpuswarm_node.steps.tmpfs import desired_fstab, has_entry
+from gpuswarm_node.fstab import desired_fstab, has_entry
 
 from .fakes import FakeHost
 
