@@ -415,14 +415,16 @@ def converge(step: Step, ctx: Context, before: Check | None = None, started: flo
 
 class Background:
     """A step's planned actions carried out on a thread (Plan.alongside), with a view of the run of
-    their own: a shallow copy of the context sharing its host, Docker client, journal and logs, with
-    its own record of the actions run and files touched, and the reporter's concurrent form (lines,
-    no live display: a terminal has one, and apt's may hold it)."""
+    their own: a shallow copy of the context sharing its host, journal, logs and answers, with its
+    own Docker client (made on first use: the SDK's lazily made client is not shared across
+    threads), its own record of the actions run and files touched, and the reporter's concurrent
+    form (lines, no live display: a terminal has one, and apt's may hold it)."""
 
     def __init__(self, step: Step, ctx: Context, before: Check, started: float) -> None:
         self.step, self.before, self.started = step, before, started
         self.ctx = copy.copy(ctx)
         self.ctx.step, self.ctx.ran, self.ctx.touched = step.name, [], set()
+        self.ctx._docker = None
         concurrent = getattr(ctx.reporter, "concurrent", None)
         if concurrent is not None:
             self.ctx.reporter = concurrent()
