@@ -284,6 +284,9 @@ class StepReport:
     reboot_required: bool = False
     seconds: float = 0.0
     before: State | None = None  # the first check's verdict, when the step was applied
+    # When the step began (time.monotonic()): a step run alongside others began before the steps
+    # reported ahead of it ended, so `seconds` of all steps add up to more than the run took.
+    started: float = 0.0
 
     def as_json(self) -> dict:
         diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
@@ -371,7 +374,7 @@ def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
                       actions=[a.describe() for a in planned],
                       diffs=[_diff_of(a) for a in planned], diff=check.diff,
                       reboot_required=check.reboot_required,
-                      seconds=time.monotonic() - started, **kw)
+                      seconds=time.monotonic() - started, started=started, **kw)
 
 
 def converge(step: Step, ctx: Context, before: Check | None = None, started: float | None = None,

@@ -8,12 +8,13 @@ has begun would wait in vain (and the test fail) if the two ran one after the ot
 from __future__ import annotations
 
 import io
+import json
 import threading
 from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from gpuswarm_node import config
+from gpuswarm_node import config, runlog
 from gpuswarm_node.context import Context
 from gpuswarm_node.engine import Alongside, Call, Plan, State, blocked, needs_change, ok, run_plan
 from gpuswarm_node.errors import StepFailed
@@ -81,7 +82,7 @@ def wait(event: threading.Event, what: str) -> None:
         raise StepFailed(f"{what} never happened: the steps ran one after the other.")
 
 
-def test_the_pull_runs_while_the_driver_installs_and_the_restart_waits_for_it():
+def test_the_pull_runs_while_the_driver_installs_and_the_restart_waits_for_it(tmp_path):
     node = Node()
     made = node.steps()
     pull_begun, daemon_checked = threading.Event(), threading.Event()
@@ -114,6 +115,13 @@ def test_the_pull_runs_while_the_driver_installs_and_the_restart_waits_for_it():
     log = node.log
     assert log.index("docker ends") < log.index("image begins") < log.index("driver ends")
     assert log.index("image ends") < log.index("daemon begins") < log.index("join begins")
+    # The run log says when each step began: the image before the driver ended.
+    path = tmp_path / "runs.jsonl"
+    runlog.append(report, str(path))
+    rows = {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
+    assert rows["docker"]["offset"] == 0.0 and all(row["offset"] >= 0 for row in rows.values())
+    docker, driver = report.steps[0], report.steps[1]
+    assert docker.started + docker.seconds <= image.started < driver.started + driver.seconds
 
 
 def test_a_daemon_step_with_nothing_to_change_does_not_wait_for_the_pull():
