@@ -212,7 +212,7 @@ build_venv() {
         find "$package" -name __pycache__ -prune -exec rm -rf {} + \
             -o ! -type d ! -type f -exec rm -f {} + -o -name '*.pyc' -exec rm -f {} + &&
         chmod -R u=rwX,go=rX "$package" || return 1
-    printf '#!%s\nimport sys\nfrom gpuswarm_node.cli import main\nsys.exit(main())\n' "$venv/bin/python" \
+    printf '#!%s\nimport sys\nfrom gpuswarm_node.entry import main\nsys.exit(main())\n' "$venv/bin/python" \
         > "$venv/bin/gpuswarm-node" && chmod 0755 "$venv/bin/gpuswarm-node"
 }
 

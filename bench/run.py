@@ -253,6 +253,9 @@ def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, l
     pid_probe = ["systemctl", "show", "--property=MainPID", "--value", "docker"]
     commands = [
         {"name": "status", "argv": [GSN, "status", "--config", config], "env": as_sudo, "cwd": "/root"},
+        # What cron and monitoring run: the entry's short path, without typer, click or rich.
+        {"name": "status-json", "argv": [GSN, "status", "--json", "--config", config], "env": as_sudo,
+         "cwd": "/root"},
         {"name": "setup", "argv": [GSN, "setup", "--json", "--config", config], "env": as_sudo, "cwd": "/root",
          "probe": pid_probe},
         {"name": "ansible", "argv": ansible_argv(home), "env": ansible_env(), "cwd": f"{home}/gpuswarm-node"},
@@ -272,7 +275,7 @@ def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, l
 
 
 def validate(data: dict[str, list[dict]], pid_before: str) -> None:
-    for run in data["status"] + data["status-sudo"]:
+    for run in data["status"] + data["status-json"] + data["status-sudo"]:
         require(run["rc"] == 0, f"status exited {run['rc']} on the converged node:\n{run['stdout']}{run['stderr']}")
     for run in data["setup"]:
         require(run["rc"] == 0, f"setup exited {run['rc']}:\n{run['stdout']}{run['stderr']}")
@@ -396,12 +399,39 @@ def source_revision() -> str:
 
 LABELS = {
     "status": "`gpuswarm-node status` (converged)",
+    "status-json": "`gpuswarm-node status --json` (converged)",
     "setup": "`gpuswarm-node setup --json` (converged)",
     "ansible": "Ansible playbook, `--check`",
     "status-sudo": "status as the user: `sudo gpuswarm-node status`",
     "version": "`gpuswarm-node version` (CLI floor)",
     "python": "`python -c pass` (interpreter floor)",
 }
+
+
+def steps_wall(steps: list[dict]) -> float:
+    """The steps' wall time: from the first one's start to the last one's end (the run log's
+    `offset`); the image pull runs alongside other steps, so their `seconds` do not add up."""
+    if not steps or any("offset" not in e for e in steps):
+        return sum(e["seconds"] for e in steps)
+    return max(e["offset"] + e["seconds"] for e in steps) - min(e["offset"] for e in steps)
+
+
+def overlap_figures(steps: list[dict]) -> dict:
+    """Goal 3's parts from the run log: the driver install, the image pull, the Docker install and
+    the join (seconds), the pull's time spent alongside other steps, the steps' wall time, and
+    the bound 1.1 x max(driver, pull) + Docker + join."""
+    by = {e["step"]: e for e in steps}
+    part = {name: by[name]["seconds"] if name in by else 0.0
+            for name in ("nvidia-driver", "image", "docker", "swarm-join")}
+    image = by.get("image")
+    overlap = 0.0
+    if image is not None and "offset" in image:
+        start, end = image["offset"], image["offset"] + image["seconds"]
+        for e in steps:
+            if e["step"] != "image":
+                overlap += max(0.0, min(end, e["offset"] + e["seconds"]) - max(start, e["offset"]))
+    bound = 1.1 * max(part["nvidia-driver"], part["image"]) + part["docker"] + part["swarm-join"]
+    return {**part, "overlap": overlap, "wall": steps_wall(steps), "bound": bound}
 
 
 def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof, load,
@@ -411,7 +441,8 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     rss = {name: statistics.median(r.get("max_rss_kib", 0) for r in runs) / 1024 for name, runs in data.items()}
     floor = (f"bounded by the CLI's own start (`version`: {ms(s['version']['median'])}, of which the "
              f"interpreter {ms(s['python']['median'])})")
-    setup_sh = fresh["wall_seconds"] - sum(e["seconds"] for e in fresh["steps"])
+    setup_sh = fresh["wall_seconds"] - steps_wall(fresh["steps"])
+    g3 = overlap_figures(fresh["steps"])
     goals = [
         ("1. status median <= 150 ms", f"{ms(s['status']['median'])}; {floor}",
          s["status"]["median"] <= GOAL_STATUS_S),
@@ -421,7 +452,11 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
         ("2. setup (converged): zero changes, zero Docker restarts",
          f"changed=[] and MainPID unchanged in all {s['setup']['n']} runs", True),
         ("3. fresh node within 1.1x its slowest part (image pull overlapping the driver install)",
-         "not measured: the steps run one after the other (the overlap is not built)", False),
+         f"steps {g3['wall']:.1f} s vs bound {g3['bound']:.1f} s = 1.1 x max(driver {g3['nvidia-driver']:.1f} s, "
+         f"pull {g3['image']:.1f} s) + Docker install {g3['docker']:.1f} s + join {g3['swarm-join']:.1f} s; "
+         f"pull alongside other steps for {g3['overlap']:.1f} s. The lab has no stand-in driver build yet (NVML "
+         "is there, so nvidia-driver is ok at once) and its image is small: the figure is not yet the goal's",
+         g3["wall"] <= g3["bound"]),
         (f"4. setup.sh's own part of a fresh node <= {GOAL_SETUP_SH_S:.1f} s",
          f"{setup_sh:.1f} s (wall {fresh['wall_seconds']:.1f} s less the steps); bounded by creating the venv "
          "and pip (from the bundled wheel) resolving, downloading and installing the dependencies from PyPI; "
@@ -480,15 +515,16 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w("")
     w("## Fresh node: `sudo ./setup.sh --config node.toml`")
     w("")
-    steps_total = sum(e["seconds"] for e in fresh["steps"])
+    steps_total = steps_wall(fresh["steps"])
     w(f"Wall time {fresh['wall_seconds']:.1f} s, of which the steps {steps_total:.1f} s; the rest "
       f"({fresh['wall_seconds'] - steps_total:.1f} s) is setup.sh making the tool's venv (pip from PyPI) and "
       "Python starting. Per step, from the run log (/var/log/gpuswarm-node/runs.jsonl):")
     w("")
-    w("| step | before | after | changed | seconds |")
-    w("|---|---|---|---|---:|")
+    w("| step | before | after | changed | began at (s) | seconds |")
+    w("|---|---|---|---|---:|---:|")
     for e in fresh["steps"]:
-        w(f"| {e['step']} | {e['before']} | {e['after']} | {'yes' if e['changed'] else 'no'} | {e['seconds']:.2f} |")
+        w(f"| {e['step']} | {e['before']} | {e['after']} | {'yes' if e['changed'] else 'no'} | "
+          f"{e.get('offset', float('nan')):.2f} | {e['seconds']:.2f} |")
     w("")
     w("## Where status's time goes")
     w("")

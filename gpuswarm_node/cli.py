@@ -29,8 +29,8 @@ from .errors import GpuswarmError
 PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
-STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-              "metadata-guard", "registry-trust", "image", "shared-fs", "swarm-join", "node-labels")
+STEP_NAMES = ("tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
+              "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")

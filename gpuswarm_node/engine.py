@@ -9,8 +9,10 @@ at all (a dry run, a refused preflight, an earlier failure) is decided in run_pl
 
 from __future__ import annotations
 
+import copy
 import difflib
 import shlex
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -240,6 +242,22 @@ class Bracket:
 
 
 @dataclass(frozen=True)
+class Alongside:
+    """A step whose actions run in the background, alongside the steps before its place: begun
+    (its check, then its actions on a thread of their own) as soon as every step of `after` that
+    the plan holds is ok after this run's check or apply, and finished (joined) at its own place,
+    where it is reported as any applied step. Before a step of `joined_before` is applied (its check
+    says needs-change), the background work is waited for: that step would cut it short (a Docker
+    restart ends a pull in flight). Nothing starts in a dry run, after a refused preflight or a
+    failure. For slow work that needs only what `after` gives: the notebook image pull needs a
+    running Docker and the registry's CA, not the driver, so it runs while the driver is built."""
+
+    step: str
+    after: tuple[str, ...]
+    joined_before: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a command does: its preflight checks, then its steps in order."""
 
@@ -248,6 +266,7 @@ class Plan:
     preflight: tuple[Preflight, ...] = ()
     # Steps independent of each other (reset's undo records): a failed one does not stop the next.
     best_effort: bool = False
+    alongside: tuple[Alongside, ...] = ()
 
 
 # --- the runner ---------------------------------------------------------------------------------
@@ -265,6 +284,9 @@ class StepReport:
     reboot_required: bool = False
     seconds: float = 0.0
     before: State | None = None  # the first check's verdict, when the step was applied
+    # When the step began (time.monotonic()): a step run alongside others began before the steps
+    # reported ahead of it ended, so `seconds` of all steps add up to more than the run took.
+    started: float = 0.0
 
     def as_json(self) -> dict:
         diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
@@ -352,13 +374,16 @@ def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
                       actions=[a.describe() for a in planned],
                       diffs=[_diff_of(a) for a in planned], diff=check.diff,
                       reboot_required=check.reboot_required,
-                      seconds=time.monotonic() - started, **kw)
+                      seconds=time.monotonic() - started, started=started, **kw)
 
 
-def converge(step: Step, ctx: Context) -> StepReport:
-    """Check, apply what the check planned, re-check. Only ok after the re-check is success."""
-    started = time.monotonic()
-    before = safe_check(step, ctx)
+def converge(step: Step, ctx: Context, before: Check | None = None, started: float | None = None,
+             carry_out: Callable[[Context], None] | None = None) -> StepReport:
+    """Check, apply what the check planned, re-check. Only ok after the re-check is success.
+    `before`: the check, when the caller made it already; `carry_out`: what stands for carrying
+    out its actions (waiting for them, when they ran in the background: Background.finish)."""
+    started = time.monotonic() if started is None else started
+    before = safe_check(step, ctx) if before is None else before
     if before.state is not State.NEEDS_CHANGE:
         return _report(step, before, started)
     ctx.step, ctx.ran = step.name, []  # what was carried out, the failing action included
@@ -369,8 +394,11 @@ def converge(step: Step, ctx: Context) -> StepReport:
         return report
 
     try:
-        for action in before.actions:
-            perform(ctx, action)
+        if carry_out is not None:
+            carry_out(ctx)
+        else:
+            for action in before.actions:
+                perform(ctx, action)
     except GpuswarmError as exc:
         return applied(_report(step, Check(State.FAILED, exc.message()), started))
     except Exception as exc:
@@ -388,20 +416,97 @@ def converge(step: Step, ctx: Context) -> StepReport:
     return applied(report)
 
 
+class Background:
+    """A step's planned actions carried out on a thread (Plan.alongside), with a view of the run of
+    their own: a shallow copy of the context sharing its host, journal, logs and answers, with its
+    own Docker client (made on first use: the SDK's lazily made client is not shared across
+    threads), its own record of the actions run and files touched, and the reporter's concurrent
+    form (lines, no live display: a terminal has one, and apt's may hold it)."""
+
+    def __init__(self, step: Step, ctx: Context, before: Check, started: float) -> None:
+        self.step, self.before, self.started = step, before, started
+        self.ctx = copy.copy(ctx)
+        self.ctx.step, self.ctx.ran, self.ctx.touched = step.name, [], set()
+        self.ctx._docker = None
+        concurrent = getattr(ctx.reporter, "concurrent", None)
+        if concurrent is not None:
+            self.ctx.reporter = concurrent()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"gpuswarm-node {step.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for action in self.before.actions:
+                perform(self.ctx, action)
+        except BaseException as exc:  # raised again on the run's own thread, by finish
+            self.error = exc
+
+    def finish(self, ctx: Context) -> None:
+        """Wait for the actions; record them in `ctx` as carried out there; raise what they raised."""
+        self.thread.join()
+        ctx.ran.extend(self.ctx.ran)
+        ctx.touched.update(self.ctx.touched)
+        if self.error is not None:
+            raise self.error
+
+
+def _plan_steps(plan: Plan) -> list[Step]:
+    """The plan's steps in order, a Bracket's as opening, the steps between, closing."""
+    return [s for item in plan.steps
+            for s in ((item.opening, *item.steps, item.closing) if isinstance(item, Bracket) else (item,))]
+
+
 def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
     """Preflight, then every step in order. Actions run only when this is no dry run and every
     preflight check passed; after a failed step the later ones are only checked (they build on
     it, unless the plan is best_effort; a failed opening step of a Bracket always stops them),
-    except the closing step of a Bracket whose opening step changed the machine."""
+    except the closing step of a Bracket whose opening step changed the machine. A step of
+    plan.alongside may run in the background from the moment its `after` steps are ok; once begun,
+    it is waited for and reported at its place whatever happened meanwhile."""
     preflight = [PreflightReport(p.name, _safe_problem(p, ctx)) for p in plan.preflight]
     stop = dry_run or any(p.problem for p in preflight)
     reports: list[StepReport] = []
+    steps_by_name = {s.name: s for s in _plan_steps(plan)}
+    order = list(steps_by_name)
+    waiting = [a for a in plan.alongside if a.step in steps_by_name]  # not begun yet
+    running: dict[str, tuple[Alongside, Background]] = {}
+    ready: set[str] = set()  # the steps that are ok after this run's check or apply
+
+    def begin_ready(done: str) -> None:
+        """Begin every background step whose `after` steps are all ok now, and which is still ahead."""
+        for entry in list(waiting):
+            if stop or order.index(entry.step) <= order.index(done):
+                continue
+            if not all(name in ready for name in entry.after if name in steps_by_name):
+                continue
+            waiting.remove(entry)
+            step, started = steps_by_name[entry.step], time.monotonic()
+            check = safe_check(step, ctx)
+            if check.state is State.NEEDS_CHANGE:
+                running[entry.step] = (entry, Background(step, ctx, check, started))
+            # Otherwise the step is checked again at its place, as any other.
 
     def one(step: Step, apply: bool) -> StepReport:
         nonlocal stop
         ctx.reporter.step_started(step.name, step.description)
-        if apply:
-            report = converge(step, ctx)
+        if step.name in running:  # begun in the background: it ran, so it is finished and reported
+            _entry, job = running.pop(step.name)
+            report = converge(step, ctx, job.before, job.started, job.finish)
+            stop = stop or (report.state is State.FAILED and not plan.best_effort)
+        elif apply:
+            before, started = None, None
+            cut = [job for entry, job in running.values() if step.name in entry.joined_before]
+            if cut:
+                started = time.monotonic()
+                before = safe_check(step, ctx)
+                if before.state is State.NEEDS_CHANGE:  # applying it would cut the work short
+                    with ctx.reporter.activity(f"waiting for {', '.join(j.step.name for j in cut)} "
+                                               f"before {step.name}"):
+                        for job in cut:
+                            job.thread.join()
+                    started = time.monotonic()  # the wait is the background step's time, not this one's
+            report = converge(step, ctx, before, started)
             # Later steps build on earlier ones: after a failure only look, do not touch.
             stop = stop or (report.state is State.FAILED and not plan.best_effort)
         else:
@@ -412,6 +517,10 @@ def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
             report = _report(step, check, started)
         ctx.reporter.step_finished(report)
         reports.append(report)
+        if report.state in (State.OK, State.SKIPPED):
+            ready.add(step.name)
+        if waiting:
+            begin_ready(step.name)
         return report
 
     for item in plan.steps:

@@ -106,4 +106,6 @@ CHECKS = (("config", config_problem), ("ssh-key", ssh_key_problem), ("known-host
 def setup_plan(steps: Sequence[Step]) -> Plan:
     names = {s.name for s in steps}
     checks = [Preflight(name, (lambda fn: lambda ctx: fn(ctx, names))(fn)) for name, fn in CHECKS]
-    return Plan("setup", tuple(steps), tuple(checks))
+    from .steps import ALONGSIDE
+
+    return Plan("setup", tuple(steps), tuple(checks), alongside=ALONGSIDE)

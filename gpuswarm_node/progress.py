@@ -210,12 +210,15 @@ class TerminalPullView:
 
 
 @contextlib.contextmanager
-def pull_view(console: Console, image: str, clock: Clock = time.monotonic) -> Iterator[Callable[[dict], None]]:
-    """The view that suits `console` (none on a quiet one); yields the function to feed events to."""
+def pull_view(console: Console, image: str, clock: Clock = time.monotonic,
+              plain: bool = False) -> Iterator[Callable[[dict], None]]:
+    """The view that suits `console` (none on a quiet one); yields the function to feed events to.
+    `plain`: lines even on a terminal, for a pull that runs while something else (apt) may hold
+    the terminal's one live display."""
     if console.quiet:
         yield lambda event: None
         return
-    view = (TerminalPullView if console.is_terminal else PlainPullView)(console, image, clock)
+    view = (TerminalPullView if console.is_terminal and not plain else PlainPullView)(console, image, clock)
     try:
         yield view.feed
     except BaseException:

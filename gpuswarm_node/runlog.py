@@ -22,11 +22,15 @@ def append(report: RunReport, path: str = RUN_LOG) -> None:
     run_id = uuid.uuid4().hex[:12]
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     lines = []
+    # When each step began, in seconds from the first one's start: a step run alongside others
+    # (the image pull) overlaps them, so the steps' `seconds` add up to more than the run took.
+    first = min((step.started for step in report.steps), default=0.0)
     for step in report.steps:
         lines.append(json.dumps({
             "time": now, "run": run_id, "mode": report.mode, "step": step.name,
             "before": (step.before or step.state).value, "actions": step.actions,
             "after": step.state.value, "changed": step.changed, "seconds": round(step.seconds, 3),
+            "offset": round(step.started - first, 3),
             "error": step.detail if step.state.value == "failed" else None,
         }))
     log = Path(path)

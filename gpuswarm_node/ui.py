@@ -24,9 +24,16 @@ def state_text(state: State) -> str:
 class ConsoleReporter:
     """Live lines on stderr while a run goes; stdout stays free for the result."""
 
-    def __init__(self, console: Console, debug: bool = False) -> None:
+    def __init__(self, console: Console, debug: bool = False, concurrent: bool = False) -> None:
         self.console = console
         self.debug = debug
+        # Work in the background (engine.Background) prints lines only: a terminal has one live
+        # display, which the steps in the foreground (apt's bar, a spinner) may hold.
+        self.background = concurrent
+
+    def concurrent(self) -> "ConsoleReporter":
+        """This reporter for work that runs alongside the steps in the foreground."""
+        return ConsoleReporter(self.console, self.debug, concurrent=True)
 
     def step_started(self, name: str, description: str) -> None:
         pass
@@ -42,14 +49,14 @@ class ConsoleReporter:
 
     @contextlib.contextmanager
     def activity(self, label: str) -> Iterator[None]:
-        if not self.console.is_terminal:
+        if not self.console.is_terminal or self.background:
             yield
             return
         with self.console.status(escape(label)):
             yield
 
     def pull(self, image: str) -> ContextManager[Callable[[dict], None]]:
-        return progress.pull_view(self.console, image)
+        return progress.pull_view(self.console, image, plain=self.background)
 
     def apt(self, label: str) -> ContextManager[Callable[[str], None]]:
         return progress.apt_view(self.console, label)

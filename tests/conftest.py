@@ -59,7 +59,8 @@ def gsn(tmp_path, nvml_lib_dir):
     """Run the installed-code CLI as a subprocess, as a user would; `gpus=` gives it fake GPUs (NVML),
     `pci=` fake PCI devices (see fake_pci)."""
 
-    def run(*args: str, gpus=None, mode="ok", env=None, pci=None) -> subprocess.CompletedProcess:
+    def run(*args: str, gpus=None, mode="ok", env=None, pci=None,
+            module: str = "gpuswarm_node.cli") -> subprocess.CompletedProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
         base["COLUMNS"] = "200"
         if gpus is not None or mode != "ok":
@@ -67,7 +68,7 @@ def gsn(tmp_path, nvml_lib_dir):
             base = fake_nvml.env_for(nvml_lib_dir, config, base=base)
         base.update(env or {})
         pci_dir = fake_pci(tmp_path / "fake-pci", pci) if pci is not None else None
-        argv = [*private_state(tmp_path / "host-state", pci_dir), sys.executable, "-m", "gpuswarm_node.cli", *args]
+        argv = [*private_state(tmp_path / "host-state", pci_dir), sys.executable, "-m", module, *args]
         return subprocess.run(argv, cwd=REPO, env=base, capture_output=True, text=True, timeout=120)
 
     return run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine import Step
+from ..engine import Alongside, Step
 from ..errors import ConfigError
 from .docker import DockerStep
 from .docker_daemon import DockerDaemonStep
@@ -19,13 +19,23 @@ from .tmpfs import TmpfsStep
 
 # The image is pulled and the shared filesystem mounted before the join, so no notebook lands on a
 # node without its image or the directories its service binds; the labels are set once the node is
-# in the swarm.
+# in the swarm. The registry's CA comes right after Docker: the pull needs it, and nothing else
+# (dockerd reads certs.d at each pull, no restart).
 ALL_STEPS: tuple[Step, ...] = (
-    TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
-    DockerDaemonStep(), MetadataGuardStep(), RegistryTrustStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(),
-    NodeLabelsStep(),
+    TmpfsStep(), DockerGroupStep(), DockerStep(), RegistryTrustStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
+    DockerDaemonStep(), MetadataGuardStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(), NodeLabelsStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
+
+# The image pull needs a running Docker and the registry's CA, not the driver or the runtime: it
+# runs while the driver is installed (a DKMS build takes minutes) and the toolkit and daemon.json
+# are prepared. docker-daemon restarts Docker when daemon.json changes, which would end a pull in
+# flight (dockerd drops the layers it had not finished), so that restart waits for the pull: the
+# restart itself takes seconds, while pulling only after it would put the whole pull behind the
+# driver install again, and a pull retried after a cut would fetch its unfinished layers twice.
+ALONGSIDE: tuple[Alongside, ...] = (
+    Alongside("image", after=("docker", "registry-trust"), joined_before=("docker-daemon",)),
+)
 
 
 def select(only: list[str] = (), skip: list[str] = ()) -> list[Step]:

@@ -1,0 +1,95 @@
+"""The `gpuswarm-node` command: `status --json` where nothing can go wrong with its words, and
+everything else through the typer CLI (gpuswarm_node.cli).
+
+Fleets run `status --json` from cron and monitoring on every node; typer, click and rich (about
+35 ms of imports on a small machine) only parse three words and print one JSON object there. So a
+command line of exactly `status --json` with at most a config file (`--config FILE`, `-c FILE`,
+`--config=FILE`, before or after `status`) is run here, printing what the CLI prints (the same
+JSON, indented by 2, non-ASCII kept, as rich's print_json writes it to a file or pipe; stdout must
+not be a terminal, where rich would colour it). Anything else, and any configuration that warns
+or fails to load, goes to the CLI, which then says it in its own words: the CLI stays the one
+source of the command's behaviour, and this path only skips its imports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def plain_status_json(argv: list[str]) -> tuple[str | None] | None:
+    """(the config file or None,) when `argv` (without the program) is a plain `status --json`;
+    None for anything else."""
+    config: str | None = None
+    seen_status = seen_json = False
+    words = iter(argv)
+    for word in words:
+        if word == "status" and not seen_status:
+            seen_status = True
+        elif word == "--json" and seen_status and not seen_json:
+            seen_json = True
+        elif word in ("--config", "-c") and config is None:
+            config = next(words, None)
+            if config is None or config.startswith("-") or not config:
+                return None
+        elif word.startswith("--config=") and config is None and len(word) > len("--config="):
+            config = word[len("--config="):]
+        else:
+            return None
+    return (config,) if seen_status and seen_json else None
+
+
+def _status_json(config: str | None) -> int | None:
+    """Run status and print its JSON; the exit status, or None to leave the command to the CLI
+    (before anything was printed)."""
+    from pathlib import Path
+
+    from .config import load
+    from .errors import GpuswarmError
+
+    warnings: list[str] = []
+    try:
+        cfg = load(Path(config) if config is not None else None, overrides=[], warn=warnings.append)
+    except GpuswarmError:
+        return None
+    if warnings:
+        return None
+    import json
+
+    from . import steps
+    from .context import Context
+    from .engine import run_status
+    from .host import LocalHost
+
+    try:
+        report = run_status(steps.ALL_STEPS, Context(config=cfg, host=LocalHost()))
+    except GpuswarmError as exc:  # as the CLI says it (cli.guarded), without rich's markup
+        sys.stderr.write(f"error: {exc.message()}\n")
+        return exc.exit_code
+    except Exception as exc:
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.\n")
+        return 1
+    sys.stdout.write(json.dumps(report.as_json(), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0 if report.ok else 1
+
+
+def main() -> int | None:
+    os.umask(0o022)  # as the CLI does, before anything is created
+    plain = plain_status_json(sys.argv[1:])
+    # The CLI's own completion variable (cli.COMPLETE_VAR): the shell asks the CLI for completions.
+    if plain is not None and not sys.stdout.isatty() and not os.environ.get("_GPUSWARM_NODE_COMPLETE"):
+        try:
+            code = _status_json(*plain)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted.\n")
+            return 130
+        if code is not None:
+            return code
+    from .cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
