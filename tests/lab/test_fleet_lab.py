@@ -19,7 +19,7 @@ from pathlib import Path
 import docker as docker_sdk
 import pytest
 
-from . import fake_nvml
+from . import fake_nvml, hub_build
 from ..conftest import private_state
 from .dockerd import LabDockerd
 from .manager import trust_ca
@@ -131,15 +131,6 @@ def fleet(network, manager, lab_tmp, hub, nvml_lib_dir):
             network.remove_host(name)
 
 
-class HubConfig:
-    """Enough of traitlets' Config for exec'ing jupyterhub_config.py lines: c.Section.key = value."""
-
-    def __getattr__(self, name: str):
-        section = type(name, (), {})()
-        setattr(self, name, section)
-        return section
-
-
 def labels_of(manager, node_id: str) -> dict[str, str]:
     labels = manager.docker.nodes.get(node_id).attrs["Spec"].get("Labels") or {}
     return {k: v for k, v in labels.items() if k.startswith("gpuswarm.")}
@@ -248,9 +239,14 @@ def test_a_service_constrained_to_a_gpu_model_lands_on_that_model(fleet, manager
     printed = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub-config", "--profiles"], cwd=REPO,
                              env={**env, "DOCKER_HOST": manager.dockerd.url}, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr
-    namespace = {"c": HubConfig()}
-    exec(compile(printed.stdout, "hub-config", "exec"), namespace)  # as JupyterHub loads it
-    profiles = namespace["GPUSWARM_PROFILES"]
+    # Loaded as JupyterHub loads it: in the lab hub's environment (dockerspawner, traitlets), with
+    # `c` a traitlets Config; the profiles it defines come back as JSON.
+    script = ("from traitlets.config import Config\nc = Config()\n" + printed.stdout
+              + "\nimport json, sys\njson.dump(GPUSWARM_PROFILES, sys.stdout)\n")
+    loaded = subprocess.run([str(hub_build.hub_env() / "venv" / "bin" / "python"), "-c", script],
+                            capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    profiles = json.loads(loaded.stdout)
     assert set(profiles) >= {"Tesla-T4", "NVIDIA-A100-SXM4-40GB"}
     assert profiles["Tesla-T4"]["constraints"] == ["node.labels.gpuswarm.gpu.model==Tesla-T4"]
 
