@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from docker import errors as docker_errors
+
 from . import hub_build
 from .dockerd import alive, kill_and_wait, lab_env, tail, with_descendants
 from .manager import ADDRESS, ManagerHost
@@ -168,11 +170,22 @@ c.JupyterHub.load_roles = [{{'name': {service!r}, 'services': [{service!r}],
             for service in docker.services.list():
                 if service.name.startswith("jupyter-"):
                     service.remove()
+            # The servers' tasks leave the network after their services are removed: until then
+            # the manager refuses to remove it, and a hub started meanwhile would find a network
+            # that is about to go ("network jupyterhub not found" when its container starts).
+            def gone() -> bool:
+                try:
+                    self.network.remove()
+                except docker_errors.NotFound:
+                    return True
+                except docker_errors.APIError:
+                    return False
+                return not docker.networks.list(names=[NETWORK])
+
             try:
-                self.network.remove()
-            except Exception:  # noqa: BLE001 - tasks may still be leaving it; the manager goes next
-                pass
-            self.network = None
+                wait_for(f"network {NETWORK} removed", gone, timeout=60)
+            finally:
+                self.network = None
 
     # -- the hub's REST API ------------------------------------------------
 
