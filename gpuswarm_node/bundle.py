@@ -21,9 +21,9 @@ for `write_files` and `runcmd`): `write_files` puts the files above in place wit
 the tool's source tarball under /var/lib/gpuswarm-node; `runcmd` unpacks it to
 /usr/local/src/gpuswarm-node and runs its `setup.sh` (first boot only: runcmd is per instance;
 later boots are the job of the boot unit setup installs). The tarball is embedded base64 (about
-180 KB for this tree: over EC2's 16 KB user-data limit, fine for NoCloud, OpenStack's and GCP's
-larger limits), or, with `--tool-url`, downloaded there and checked against the SHA-256 of the
-given tarball.
+190 KB for `git archive HEAD setup.sh pyproject.toml gpuswarm_node templates`: over EC2's 16 KB
+user-data limit, fine for NoCloud and clouds that take that much), or, with `--tool-url`,
+downloaded there and checked against the SHA-256 of the given tarball.
 """
 
 from __future__ import annotations

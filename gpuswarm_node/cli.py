@@ -29,7 +29,7 @@ from .errors import GpuswarmError
 PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
-STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+STEP_NAMES = ("boot", "tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
               "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
@@ -204,7 +204,14 @@ def setup(
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
-        return exit_code(apply_plan(setup_plan(selected), ctx, dry_run, json_out))
+        report = apply_plan(setup_plan(selected), ctx, dry_run, json_out)
+        if not dry_run:
+            from .steps.boot import reboot_if_allowed
+
+            line = reboot_if_allowed(report, ctx)
+            if line:
+                (err if json_out else out).print(line, markup=False)
+        return exit_code(report)
 
     guarded(body)
 

@@ -15,7 +15,7 @@ from gpuswarm_node.steps import STEP_NAMES
 
 from .conftest import A100, T4
 
-ALL_STEPS = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
+ALL_STEPS = ["boot", "tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
              "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels"]
 
 

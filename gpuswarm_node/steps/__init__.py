@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine import Step
 from ..errors import ConfigError
+from .boot import BootStep
 from .docker import DockerStep
 from .docker_daemon import DockerDaemonStep
 from .docker_group import DockerGroupStep
@@ -16,10 +17,11 @@ from .registry_trust import RegistryTrustStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
 
-# The image is pulled before the join, so no notebook lands on a node without its image; the
-# labels are set once the node is in the swarm.
+# The boot unit first, so that whatever fails later is retried at the next boot. The image is
+# pulled before the join, so no notebook lands on a node without its image; the labels are set
+# once the node is in the swarm.
 ALL_STEPS: tuple[Step, ...] = (
-    TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
+    BootStep(), TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
     DockerDaemonStep(), MetadataGuardStep(), RegistryTrustStep(), ImageStep(), SwarmJoinStep(), NodeLabelsStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
