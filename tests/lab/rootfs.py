@@ -56,8 +56,10 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES = SOURCES_TEMPLATE.format(suite=SUITE)
 
 
-def packages(suite: str) -> tuple[str, ...]:
-    return PACKAGES + EXTRA_PACKAGES[suite]
+def packages(suite: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What the rootfs has installed; `extra` makes a variant (cached apart), such as a cloud image
+    with cloud-init."""
+    return PACKAGES + EXTRA_PACKAGES[suite] + tuple(extra)
 
 
 def sources(suite: str) -> str:
@@ -72,33 +74,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GSN_LAB_CACHE", "/var/cache/gpuswarm-node-lab"))
 
 
-def _key(suite: str) -> str:
-    spec = [suite, MIRROR, VARIANT, sorted(packages(suite)), USER, RECIPE, sources(suite)]
+def _key(suite: str, extra: tuple[str, ...] = ()) -> str:
+    spec = [suite, MIRROR, VARIANT, sorted(packages(suite, extra)), USER, RECIPE, sources(suite)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
-def cached_rootfs_tarball(suite: str = SUITE) -> Path:
+def cached_rootfs_tarball(suite: str = SUITE, extra: tuple[str, ...] = ()) -> Path:
     """The rootfs tarball of a release, built on first use; concurrent callers wait on a lock."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / f"rootfs-{suite}-{_key(suite)}.tar"
+    tarball = cache / f"rootfs-{suite}-{_key(suite, extra)}.tar"
     if tarball.exists():
         return tarball
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
-            _build(tarball, suite)
+            _build(tarball, suite, extra)
     return tarball
 
 
-def _build(tarball: Path, suite: str) -> None:
+def _build(tarball: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
     # Build next to the cache so the final rename is atomic and a crash leaves
     # only a temp dir, never a half-written tarball under the real name.
     work = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
     try:
         root = work / "root"
         subprocess.run(
-            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages(suite)),
+            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages(suite, extra)),
              suite, str(root), MIRROR],
             check=True, stdout=subprocess.DEVNULL,
         )
@@ -133,9 +135,9 @@ def _customize(root: Path, suite: str) -> None:
     (root / "etc/machine-id").write_text("")
 
 
-def unpack_fresh(dest: Path, suite: str = SUITE) -> None:
-    """Unpack a fresh copy of the release's rootfs into dest (created; must be empty)."""
-    tarball = cached_rootfs_tarball(suite)
+def unpack_fresh(dest: Path, suite: str = SUITE, extra: tuple[str, ...] = ()) -> None:
+    """Unpack a fresh copy of the release's rootfs (with `extra` packages) into dest (created; must be empty)."""
+    tarball = cached_rootfs_tarball(suite, extra)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
