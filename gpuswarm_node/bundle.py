@@ -18,7 +18,7 @@ user's with mode 0600, the directory 0700, the tarball 0600; nothing secret is p
 
 The user-data is `#cloud-config` (cloud-init's "Cloud config examples" and its module reference
 for `write_files` and `runcmd`): `write_files` puts the files above in place with their modes and
-the tool's source tarball under /var/lib/gpuswarm-node; `runcmd` unpacks it to
+the tool's source tarball beside it; `runcmd` unpacks it to
 /usr/local/src/gpuswarm-node and runs its `setup.sh` (first boot only: runcmd is per instance;
 later boots are the job of the boot unit setup installs). The tarball is embedded base64 (about
 190 KB for `git archive HEAD setup.sh pyproject.toml gpuswarm_node templates`: over EC2's 16 KB
@@ -54,7 +54,7 @@ WORKER_PATHS = {"swarm.ssh_key": f"{ETC}/{KEY_NAME}", "swarm.known_hosts": f"{ET
                 "registry.ca_cert": f"{ETC}/registry-ca.crt"}
 HOST_KEY_GLOB = "/etc/ssh/ssh_host_*_key.pub"
 DEFAULT_WORKER_CONFIG = Path(ETC) / "worker.toml"
-TOOL_ON_WORKER = "/var/lib/gpuswarm-node/tool.tar.gz"
+TOOL_ON_WORKER = "/usr/local/src/gpuswarm-node.tar.gz"
 SOURCE_ON_WORKER = "/usr/local/src/gpuswarm-node"
 # EC2 refuses user-data over 16 KB (before base64): "Run commands when you launch an EC2 instance
 # with user data input", the user-data limits.
@@ -208,7 +208,7 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
         fetch = [f"python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "
                  f"{shlex.quote(tool_url)} {TOOL_ON_WORKER}",
                  f"echo '{digest}  {TOOL_ON_WORKER}' | sha256sum -c -"]
-    install = [f"install -d -m 0700 {os.path.dirname(TOOL_ON_WORKER)}", *fetch,
+    install = [*fetch,
                f"rm -rf {SOURCE_ON_WORKER}", f"install -d -m 0755 {SOURCE_ON_WORKER}",
                f"tar -xzf {TOOL_ON_WORKER} -C {SOURCE_ON_WORKER} --no-same-owner",
                f"{SOURCE_ON_WORKER}/setup.sh --config {ETC}/config.toml"]

@@ -106,11 +106,11 @@ def test_user_data_is_cloud_config_with_the_files_modes_and_the_tool(gsn, hub):
     assert {p: f["permissions"] for p, f in files.items()} == {
         "/etc/gpuswarm-node/config.toml": "0644", "/etc/gpuswarm-node/id_ed25519": "0600",
         "/etc/gpuswarm-node/known_hosts": "0644", "/etc/gpuswarm-node/registry-ca.crt": "0644",
-        "/var/lib/gpuswarm-node/tool.tar.gz": "0600"}
+        "/usr/local/src/gpuswarm-node.tar.gz": "0600"}
     decoded = {p: base64.b64decode(f["content"]) for p, f in files.items()}
     assert decoded["/etc/gpuswarm-node/id_ed25519"] == (out / "id_ed25519").read_bytes()
     assert decoded["/etc/gpuswarm-node/config.toml"] == (out / "config.toml").read_bytes()
-    assert decoded["/var/lib/gpuswarm-node/tool.tar.gz"] == hub["tool"].read_bytes()
+    assert decoded["/usr/local/src/gpuswarm-node.tar.gz"] == hub["tool"].read_bytes()
     assert all(f["owner"] == "root:root" and f["encoding"] == "b64" for f in files.values())
     (command,) = data["runcmd"]
     assert command[:2] == ["sh", "-c"] and command[2].endswith(
@@ -126,7 +126,7 @@ def test_user_data_can_fetch_the_tool_by_url_checked_by_its_digest(hub):
                           "https://example.org/gpuswarm-node.tar.gz")
     data = yaml.safe_load(text)
     assert [f["path"] for f in data["write_files"]] == ["/etc/gpuswarm-node/config.toml"]
-    assert f"echo '{hashlib.sha256(tool).hexdigest()}  /var/lib/gpuswarm-node/tool.tar.gz' | sha256sum -c -" \
+    assert f"echo '{hashlib.sha256(tool).hexdigest()}  /usr/local/src/gpuswarm-node.tar.gz' | sha256sum -c -" \
         in data["runcmd"][0][2]
     assert len(text) < 16384
 
