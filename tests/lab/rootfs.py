@@ -100,11 +100,11 @@ def _build(tarball: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
     try:
         root = work / "root"
         subprocess.run(
-            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages(suite, extra)),
+            ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(packages(suite)),
              suite, str(root), MIRROR],
             check=True, stdout=subprocess.DEVNULL,
         )
-        _customize(root, suite)
+        _customize(root, suite, extra)
         partial = work / "rootfs.tar"
         subprocess.run(["tar", *_TAR_FLAGS, "-C", str(root), "-cf", str(partial), "."],
                        check=True)
@@ -113,9 +113,12 @@ def _build(tarball: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _customize(root: Path, suite: str) -> None:
+def _customize(root: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
     def chroot(*argv: str) -> None:
         subprocess.run(["chroot", str(root), *argv], check=True)
+
+    if extra:
+        _install_extra(root, extra)
 
     # The usual cloud login: an unprivileged user with passwordless sudo.
     chroot("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", USER)
@@ -133,6 +136,28 @@ def _customize(root: Path, suite: str) -> None:
             p.unlink()
     # Empty means "not yet initialised"; unpack_fresh gives each copy its own.
     (root / "etc/machine-id").write_text("")
+
+
+def _install_extra(root: Path, extra: tuple[str, ...]) -> None:
+    """apt-get install the variant's packages in the chroot (debootstrap's --include resolves
+    fewer dependencies than apt: cloud-init's fail there), without recommends as a cloud image
+    would be built, with the host's resolver and ways to reach the mirror only while it runs."""
+    from .machine import _REACH_APT  # the host's apt settings that reach the registries
+
+    borrowed = [root / "etc/resolv.conf"]
+    shutil.copyfile("/etc/resolv.conf", borrowed[0])
+    for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
+        if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
+            borrowed.append(root / "etc/apt/apt.conf.d" / conf.name)
+            shutil.copyfile(conf, borrowed[-1])
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+    try:
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *extra]):
+            subprocess.run(["chroot", str(root), *argv], check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        for path in borrowed:
+            path.unlink(missing_ok=True)
 
 
 def unpack_fresh(dest: Path, suite: str = SUITE, extra: tuple[str, ...] = ()) -> None:
