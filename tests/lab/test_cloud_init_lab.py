@@ -117,7 +117,8 @@ def machine(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, bundle):
             (root / SEED / "meta-data").write_text(f"instance-id: {NAME}-1\nlocal-hostname: {NAME}\n")
             (root / "etc/cloud/cloud.cfg.d/99-lab.cfg").write_text(LAB_CLOUD_CFG)
 
-    m = SeededMachine(host, lab_tmp / NAME, name=NAME, extra_packages=("cloud-init",))
+    # A Debian cloud image has locales too: without it cloud-init's locale module fails (update-locale).
+    m = SeededMachine(host, lab_tmp / NAME, name=NAME, extra_packages=("cloud-init", "locales"))
     m.boot_timeout = FIRST_BOOT_TIMEOUT
     try:
         m.start()
