@@ -40,6 +40,9 @@ datasource_list: [NoCloud, None]
 # Lab only: the lab configures the machine's network from outside (its netns); cloud-init's
 # fallback DHCP configuration would fight it.
 network: {config: disabled}
+# Lab only: the rootfs generated no locale; Debian's locale-gen ignores the one cloud-init names
+# (en_US.UTF-8), so its update-locale would fail. C.UTF-8 is built into libc.
+locale: C.UTF-8
 """
 
 
