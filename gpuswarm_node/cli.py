@@ -29,7 +29,7 @@ from .errors import GpuswarmError
 PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
-STEP_NAMES = ("tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
+STEP_NAMES = ("boot", "tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
               "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
@@ -204,7 +204,14 @@ def setup(
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
-        return exit_code(apply_plan(setup_plan(selected), ctx, dry_run, json_out))
+        report = apply_plan(setup_plan(selected), ctx, dry_run, json_out)
+        if not dry_run:
+            from .steps.boot import reboot_if_allowed
+
+            line = reboot_if_allowed(report, ctx)
+            if line:
+                (err if json_out else out).print(line, markup=False)
+        return exit_code(report)
 
     guarded(body)
 
@@ -490,6 +497,89 @@ def hub_authorize(
                               "Give the worker's .pub file.") from None
         target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
         for line in authorize(text, f"--key {key}", node, target, program or default_program()):
+            out.print(line, markup=False)
+        return 0
+
+    guarded(body)
+
+
+@hub_app.command("bundle", epilog=epilog(
+    f"sudo {PROG} hub bundle --node worker-7 --out worker-7 --manager hub.example.org --registry "
+    "hub.example.org:5000 --registry-ca registry-ca.crt --image hub.example.org:5000/notebook:latest "
+    "--cloud-init --tool gpuswarm-node.tar.gz",
+    f"0 written, and the key authorised; {USAGE_EXIT} (a bad value, file or path; nothing written, nothing "
+    "authorised)",
+    "none: the worker's configuration comes from --worker-config (default /etc/gpuswarm-node/worker.toml when it "
+    "exists), the flags and --set, never from this hub's GPUSWARM_* variables."))
+def hub_bundle(
+    node: str = typer.Option(..., "--node", metavar="NAME", help="The worker's host name (its key is bound to it)."),
+    out_dir: Path = typer.Option(..., "--out", metavar="DIR",
+                                 help="Write the bundle to DIR (must not exist) and DIR.tar.gz."),
+    manager: Optional[str] = typer.Option(None, "--manager", metavar="HOST",
+                                          help="swarm.manager: the name workers reach this hub's SSH on."),
+    registry: Optional[str] = typer.Option(None, "--registry", metavar="HOST:PORT", help="registry.address."),
+    registry_ca: Optional[Path] = typer.Option(None, "--registry-ca", metavar="FILE",
+                                               help="The registry's PEM CA certificate."),
+    image: Optional[str] = typer.Option(None, "--image", metavar="NAME", help="image.name."),
+    ssh_user: Optional[str] = typer.Option(None, "--ssh-user", metavar="USER",
+                                           help="swarm.ssh_user (default: the user running this)."),
+    ssh_port: Optional[int] = typer.Option(None, "--ssh-port", metavar="PORT", help="swarm.ssh_port."),
+    worker_config: Optional[Path] = typer.Option(None, "--worker-config", metavar="FILE",
+                                                 help="The workers' config template (default: "
+                                                      "/etc/gpuswarm-node/worker.toml when it exists)."),
+    overrides: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                        help="Set one key of the worker's config."),
+    host_keys: List[Path] = typer.Option([], "--host-key", metavar="PUBFILE",
+                                         help="This hub's public SSH host key (repeatable; default: "
+                                              "/etc/ssh/ssh_host_*_key.pub)."),
+    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
+                                                   help="Default: ~/.ssh/authorized_keys of swarm.ssh_user."),
+    program: Optional[str] = typer.Option(None, "--program", metavar="PATH",
+                                          help="gpuswarm-node on the hub, as the forced command names it "
+                                               "(default: the one on PATH)."),
+    cloud_init: bool = typer.Option(False, "--cloud-init",
+                                    help="Also write cloud-init user-data that installs the tool and runs setup."),
+    tool: Optional[Path] = typer.Option(None, "--tool", metavar="TARBALL",
+                                        help="The tool's source tarball (git archive), for --cloud-init."),
+    tool_url: Optional[str] = typer.Option(None, "--tool-url", metavar="URL",
+                                           help="With --cloud-init: the worker downloads --tool's tarball from this "
+                                                "https URL (checked by its SHA-256) instead of carrying it."),
+) -> None:
+    """Write a new worker's files (config, key pair authorised through the gate, known_hosts, CA, user-data)."""
+
+    def body() -> int:
+        from . import bundle
+
+        sets = bundle.flag_overrides(manager, registry, image, ssh_user, ssh_port, overrides)
+        cfg = bundle.worker_config(worker_config, sets, bundle.default_ssh_user())
+        target = authorized_keys or bundle.authorized_keys_of(cfg.swarm.ssh_user)
+        from .gate import default_program
+
+        made = bundle.make(node, out_dir, cfg, list(host_keys) or bundle.default_host_keys(), registry_ca, target,
+                           program or default_program(), cloud_init=cloud_init, tool=tool, tool_url=tool_url)
+        for line in bundle.report_lines(made, node):
+            out.print(line, markup=False)
+        return 0
+
+    guarded(body)
+
+
+@hub_app.command("revoke", epilog=epilog(
+    f"{PROG} hub revoke --node worker-7",
+    f"0 no key of the node is left in authorized_keys; {USAGE_EXIT}",
+    "HOME (the default authorized_keys is ~/.ssh/authorized_keys)."))
+def hub_revoke(
+    node: str = typer.Option(..., "--node", metavar="NAME", help="The node whose gated keys are removed."),
+    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
+                                                   help="Default: ~/.ssh/authorized_keys of the user running this."),
+) -> None:
+    """Remove a worker's gated keys from authorized_keys (after its workshop, or when its bundle leaked)."""
+
+    def body() -> int:
+        from .gate import revoke
+
+        target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
+        for line in revoke(node, target):
             out.print(line, markup=False)
         return 0
 

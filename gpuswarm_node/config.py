@@ -205,6 +205,8 @@ def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
 @dataclass(frozen=True)
 class NodeConfig:
     user: str = key("", "User added to the docker group; empty means $SUDO_USER.")
+    reboot: str = key("off", "Whether setup may reboot the machine by itself, once, when the NVIDIA driver it "
+                             "installed needs a reboot (auto), or only says so (off).", choices=("off", "auto"))
 
 
 @dataclass(frozen=True)
@@ -554,6 +556,45 @@ def _validate_swarm(swarm: SwarmConfig, bad) -> None:
         raise bad("swarm", "ssh_user", "must name the SSH user on the manager")
     if swarm.host_key_fingerprint and not swarm.host_key_fingerprint.startswith("SHA256:"):
         raise bad("swarm", "host_key_fingerprint", "must be a SHA256:... fingerprint as ssh-keygen -lf prints it")
+
+
+def tables(cfg: Config, every_key: bool = False) -> dict[str, dict[str, Any]]:
+    """{section: {key: value}} of `cfg`: the keys that differ from their defaults, or every key."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if every_key or value != f.default:
+                if isinstance(value, tuple):  # tables of their own ([[shared.mounts]])
+                    value = [dataclasses.asdict(item) for item in value]
+                out.setdefault(section, {})[f.name] = value
+    return out
+
+
+def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML text of {section: {key: value}} (strings, booleans, integers, floats, and lists of
+    tables, written as [[section.key]] arrays of tables): what `load` reads back as the same tables.
+    Strings are written as JSON writes them, which TOML's basic strings read alike (its escapes are
+    JSON's, `\\uXXXX` included)."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(str(v))
+
+    blocks = []
+    for section, table in data.items():
+        lines = [f"[{section}]"] + [f"{name} = {value(v)}" for name, v in table.items() if not isinstance(v, list)]
+        for name, items in table.items():
+            if isinstance(items, list):
+                for item in items:
+                    lines += ["", f"[[{section}.{name}]]"] + [f"{k} = {value(v)}" for k, v in item.items()]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def key_names(section: str) -> list[str]:

@@ -317,3 +317,34 @@ def authorize(pub_text: str, pub_where: str, node: str, authorized_keys: Path, p
     done.insert(0, f"authorised the key for node {node} in {path}: it may only run the gate "
                    f"({program} hub gate --node {node})")
     return done
+
+
+def revoke(node: str, authorized_keys: Path) -> list[str]:
+    """Remove every gated line for `node` (those whose forced command is `... hub gate --node NODE`)
+    from `authorized_keys`, every other line kept; what was done, as sentences. ConfigError on a
+    bad node name or file, nothing written."""
+    from .host import atomic_write
+
+    if not NODE_NAME.fullmatch(node):
+        raise ConfigError(f"--node {node[:80]!r} is not a host name.", "Give the node name the key was authorised for.")
+    path = Path(authorized_keys)
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link; refusing to write through it.",
+                          "Replace the link with the file itself.")
+    if not path.is_file():
+        return [f"{path} does not exist; no key to revoke for node {node}"]
+    old = path.read_text()
+    # The options field (no spaces but inside the command's quotes) names the gate for this node.
+    forced = re.compile(r'(?:[^\s"]*,)?command="/[^"]* hub gate --node ' + re.escape(node) + r'"(?:,[^\s"]*)?\s')
+    kept = [line for line in old.splitlines() if not forced.match(line)]
+    removed = len(old.splitlines()) - len(kept)
+    if not removed:
+        return [f"no key of node {node} in {path}; nothing changed"]
+    st = path.stat()
+    try:
+        atomic_write(path, "".join(line + "\n" for line in kept), mode=0o600, owner=(st.st_uid, st.st_gid))
+    except OSError as exc:
+        raise GpuswarmError(f"{path} cannot be written: {exc.strerror}.", "Run this as the SSH user (or root).") \
+            from None
+    return [f"revoked {removed} key(s) of node {node} in {path}: they no longer log in (open SSH sessions "
+            "end by themselves; the node stays in the swarm until it leaves or `docker node rm`)"]

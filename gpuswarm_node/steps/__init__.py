@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine import Alongside, Step
 from ..errors import ConfigError
+from .boot import BootStep
 from .docker import DockerStep
 from .docker_daemon import DockerDaemonStep
 from .docker_group import DockerGroupStep
@@ -17,13 +18,15 @@ from .shared_fs import SharedFsStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
 
-# The image is pulled and the shared filesystem mounted before the join, so no notebook lands on a
-# node without its image or the directories its service binds; the labels are set once the node is
-# in the swarm. The registry's CA comes right after Docker: the pull needs it, and nothing else
-# (dockerd reads certs.d at each pull, no restart).
+# The boot unit first, so that whatever fails later is retried at the next boot. The image is
+# pulled and the shared filesystem mounted before the join, so no notebook lands on a node without
+# its image or the directories its service binds; the labels are set once the node is in the
+# swarm. The registry's CA comes right after Docker: the pull needs it, and nothing else (dockerd
+# reads certs.d at each pull, no restart).
 ALL_STEPS: tuple[Step, ...] = (
-    TmpfsStep(), DockerGroupStep(), DockerStep(), RegistryTrustStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
-    DockerDaemonStep(), MetadataGuardStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(), NodeLabelsStep(),
+    BootStep(), TmpfsStep(), DockerGroupStep(), DockerStep(), RegistryTrustStep(), NvidiaDriverStep(),
+    NvidiaToolkitStep(), DockerDaemonStep(), MetadataGuardStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(),
+    NodeLabelsStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
 

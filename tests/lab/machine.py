@@ -99,8 +99,13 @@ class FreshMachine:
     close() removes the whole directory.
     """
 
-    def __init__(self, host: LabHost, root_dir: Path, name: str = "gsn-w1", suite: str = rootfs.SUITE) -> None:
+    def __init__(self, host: LabHost, root_dir: Path, name: str = "gsn-w1", suite: str = rootfs.SUITE,
+                 extra_packages: tuple[str, ...] = ()) -> None:
         self.host = host
+        self.extra_packages = tuple(extra_packages)  # a rootfs variant (rootfs.packages)
+        # Seconds a boot may take until systemd says running or degraded (with cloud-init: its
+        # whole first boot, which runs setup).
+        self.boot_timeout = BOOT_TIMEOUT
         self.name = name
         self.suite = suite  # the Debian release (rootfs.py)
         self.root_dir = Path(root_dir)
@@ -128,13 +133,13 @@ class FreshMachine:
 
     def start(self) -> None:
         with self._timed("rootfs"):
-            rootfs.cached_rootfs_tarball(self.suite)
+            rootfs.cached_rootfs_tarball(self.suite, self.extra_packages)
         with self._timed("unpack"):
             self.root_dir.mkdir(parents=True, exist_ok=True)
             if any(self.root_dir.iterdir()):
                 raise FileExistsError(f"{self.root_dir} is not empty")
             self._owns_root_dir = True
-            rootfs.unpack_fresh(self.rootfs, self.suite)
+            rootfs.unpack_fresh(self.rootfs, self.suite, self.extra_packages)
         with self._timed("prepare"):
             self._prepare()
         self.cgroups = _make_cgroups(CGROUP_PREFIX + self.name)
@@ -261,7 +266,7 @@ class FreshMachine:
             # nsenter, unshare and sh all exec: the pid is nspawn's.
             self._proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT)
-        deadline = started + BOOT_TIMEOUT
+        deadline = started + self.boot_timeout
         while self.init_pid is None:
             self._check_alive(deadline)
             self.init_pid = _child_named(self._proc.pid, "systemd")
@@ -278,7 +283,7 @@ class FreshMachine:
             raise RuntimeError(f"{self.name}: nspawn exited {self._proc.returncode}:\n"
                                f"{self._console_tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{self.name} not up after {BOOT_TIMEOUT}s (state "
+            raise RuntimeError(f"{self.name} not up after {self.boot_timeout}s (state "
                                f"{self.boot_state!r}):\n{self._console_tail()}")
 
     def _stop(self) -> None:

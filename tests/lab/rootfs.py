@@ -56,8 +56,10 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES = SOURCES_TEMPLATE.format(suite=SUITE)
 
 
-def packages(suite: str) -> tuple[str, ...]:
-    return PACKAGES + EXTRA_PACKAGES[suite]
+def packages(suite: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What the rootfs has installed; `extra` makes a variant (cached apart), such as a cloud image
+    with cloud-init."""
+    return PACKAGES + EXTRA_PACKAGES[suite] + tuple(extra)
 
 
 def sources(suite: str) -> str:
@@ -72,26 +74,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GSN_LAB_CACHE", "/var/cache/gpuswarm-node-lab"))
 
 
-def _key(suite: str) -> str:
-    spec = [suite, MIRROR, VARIANT, sorted(packages(suite)), USER, RECIPE, sources(suite)]
+def _key(suite: str, extra: tuple[str, ...] = ()) -> str:
+    spec = [suite, MIRROR, VARIANT, sorted(packages(suite, extra)), USER, RECIPE, sources(suite)]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
-def cached_rootfs_tarball(suite: str = SUITE) -> Path:
+def cached_rootfs_tarball(suite: str = SUITE, extra: tuple[str, ...] = ()) -> Path:
     """The rootfs tarball of a release, built on first use; concurrent callers wait on a lock."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / f"rootfs-{suite}-{_key(suite)}.tar"
+    tarball = cache / f"rootfs-{suite}-{_key(suite, extra)}.tar"
     if tarball.exists():
         return tarball
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
-            _build(tarball, suite)
+            _build(tarball, suite, extra)
     return tarball
 
 
-def _build(tarball: Path, suite: str) -> None:
+def _build(tarball: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
     # Build next to the cache so the final rename is atomic and a crash leaves
     # only a temp dir, never a half-written tarball under the real name.
     work = Path(tempfile.mkdtemp(prefix="build-", dir=tarball.parent))
@@ -102,7 +104,7 @@ def _build(tarball: Path, suite: str) -> None:
              suite, str(root), MIRROR],
             check=True, stdout=subprocess.DEVNULL,
         )
-        _customize(root, suite)
+        _customize(root, suite, extra)
         partial = work / "rootfs.tar"
         subprocess.run(["tar", *_TAR_FLAGS, "-C", str(root), "-cf", str(partial), "."],
                        check=True)
@@ -111,9 +113,12 @@ def _build(tarball: Path, suite: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _customize(root: Path, suite: str) -> None:
+def _customize(root: Path, suite: str, extra: tuple[str, ...] = ()) -> None:
     def chroot(*argv: str) -> None:
         subprocess.run(["chroot", str(root), *argv], check=True)
+
+    if extra:
+        _install_extra(root, extra)
 
     # The usual cloud login: an unprivileged user with passwordless sudo.
     chroot("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", USER)
@@ -133,9 +138,31 @@ def _customize(root: Path, suite: str) -> None:
     (root / "etc/machine-id").write_text("")
 
 
-def unpack_fresh(dest: Path, suite: str = SUITE) -> None:
-    """Unpack a fresh copy of the release's rootfs into dest (created; must be empty)."""
-    tarball = cached_rootfs_tarball(suite)
+def _install_extra(root: Path, extra: tuple[str, ...]) -> None:
+    """apt-get install the variant's packages in the chroot (debootstrap's --include resolves
+    fewer dependencies than apt: cloud-init's fail there), without recommends as a cloud image
+    would be built, with the host's resolver and ways to reach the mirror only while it runs."""
+    from .machine import _REACH_APT  # the host's apt settings that reach the registries
+
+    borrowed = [root / "etc/resolv.conf"]
+    shutil.copyfile("/etc/resolv.conf", borrowed[0])
+    for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
+        if conf.is_file() and _REACH_APT.search(conf.read_text(errors="replace")):
+            borrowed.append(root / "etc/apt/apt.conf.d" / conf.name)
+            shutil.copyfile(conf, borrowed[-1])
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+    try:
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *extra]):
+            subprocess.run(["chroot", str(root), *argv], check=True, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        for path in borrowed:
+            path.unlink(missing_ok=True)
+
+
+def unpack_fresh(dest: Path, suite: str = SUITE, extra: tuple[str, ...] = ()) -> None:
+    """Unpack a fresh copy of the release's rootfs (with `extra` packages) into dest (created; must be empty)."""
+    tarball = cached_rootfs_tarball(suite, extra)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")

@@ -609,6 +609,14 @@ def test_reboot_keeps_a_converged_node(worker, fresh_setup, manager):
     assert worker.sh(f"findmnt -no FSTYPE {TMPFS}").stdout.strip() == "tmpfs"
     assert GUARD_RULE in worker.sh("iptables -w -S DOCKER-USER").stdout
     assert wait_for("the worker Ready again", lambda: ready_node(manager))
+    # The boot unit ran setup again after the reboot, and succeeded (before the next test takes
+    # the run lock). Its InvocationID is empty until it was started in this boot.
+    show = "systemctl show -p InvocationID -p ActiveState -p Result gpuswarm-node-boot.service"
+    props = wait_for("the boot unit's setup to end",
+                     lambda: (lambda p: p if p.get("InvocationID") and p["ActiveState"] in ("inactive", "failed")
+                              else None)(dict(l.split("=", 1) for l in worker.sh(show).stdout.splitlines())),
+                     timeout=600)
+    assert props["Result"] == "success", worker.sh("journalctl -u gpuswarm-node-boot.service --no-pager").stdout
 
 
 # --- 7. reset reverts what setup changed --------------------------------------------------------

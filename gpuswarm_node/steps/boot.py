@@ -1,0 +1,106 @@
+"""boot: setup runs again at every boot, and, where the config allows, reboots once by itself.
+
+A cloud worker is made by its user-data and thrown away: nobody logs in to run setup after the
+NVIDIA driver's reboot, nor to repair what a reboot undid. So setup installs
+`gpuswarm-node-boot.service`, enabled, which runs `gpuswarm-node setup` after the network is online
+and after Docker (when there is one) at every boot, with the configuration of the last setup run:
+its effective values (file, GPUSWARM_* environment, --set, and node.user resolved from SUDO_USER),
+written to BOOT_CONFIG, root's, 0600. The unit is `Type=exec`, so the boot does not wait for it.
+
+When a run ends with a reboot required (nvidia-driver installed a driver) and `node.reboot` is
+`auto`, `reboot_if_allowed` reboots the machine, once: it writes REBOOT_MARKER first, and while the
+marker is there no run reboots again; a run that converges removes it. So a driver that
+still does not load after its reboot stops there, blocked, instead of rebooting in a loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..config import tables, to_toml
+from ..context import Context
+from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..render import render
+
+PROGRAM = "/usr/local/bin/gpuswarm-node"  # setup.sh's link: it stays across upgrades
+UNIT_NAME = "gpuswarm-node-boot.service"
+UNIT = f"/etc/systemd/system/{UNIT_NAME}"
+STATE_DIR = "/var/lib/gpuswarm-node"
+BOOT_CONFIG = f"{STATE_DIR}/boot-config.toml"
+REBOOT_MARKER = f"{STATE_DIR}/auto-reboot"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def unit_text() -> str:
+    return render("gpuswarm-node-boot.service.j2", program=PROGRAM, config=BOOT_CONFIG, unit=UNIT_NAME)
+
+
+def boot_config_text(ctx: Context) -> str:
+    """The run's effective configuration as TOML (keys that differ from their defaults)."""
+    data = tables(ctx.config)
+    if ctx.config.node_user:
+        data.setdefault("node", {})["user"] = ctx.config.node_user  # no SUDO_USER at boot
+    header = (f"# Written by gpuswarm-node setup: the configuration of its last run, which {UNIT_NAME}\n"
+              "# runs setup with at every boot. Run setup with your config to change it; edits here are undone.\n")
+    return header + to_toml(data)
+
+
+class BootStep:
+    name = "boot"
+    description = f"setup runs again at every boot ({UNIT_NAME})"
+
+    def files(self, ctx: Context) -> list[PlannedFile]:
+        return [PlannedFile(UNIT, unit_text()), PlannedFile(BOOT_CONFIG, boot_config_text(ctx))]
+
+    def check(self, ctx: Context) -> Check:
+        host = ctx.host
+        if not host.exists(PROGRAM):
+            return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool with "
+                           "setup.sh (it links it there), then run setup again")
+        actions, reasons = [], []
+        want_config, have_config = boot_config_text(ctx), host.read_text(BOOT_CONFIG)
+        if have_config != want_config:
+            actions.append(WriteFile(BOOT_CONFIG, want_config, have_config, mode=0o600))
+            reasons.append(f"{BOOT_CONFIG} does not hold this run's configuration" if have_config is not None
+                           else f"no {BOOT_CONFIG}")
+        want_unit, have_unit = unit_text(), host.read_text(UNIT)
+        if have_unit != want_unit:
+            actions += [WriteFile(UNIT, want_unit, have_unit), run_command("systemctl", "daemon-reload")]
+            reasons.append(f"{UNIT} is not as setup writes it" if have_unit is not None else f"no {UNIT}")
+        enabled = host.query(["systemctl", "is-enabled", UNIT_NAME]).stdout.strip() == "enabled"
+        if not enabled:
+            # Enabled, not started: started now it would run a second setup beside this one.
+            actions.append(run_command("systemctl", "enable", UNIT_NAME))
+            reasons.append(f"{UNIT_NAME} is not enabled")
+        if actions:
+            return needs_change("; ".join(reasons), *actions)
+        return ok(f"{UNIT_NAME} runs setup at every boot with the configuration of the last run ({BOOT_CONFIG})")
+
+
+def reboot_if_allowed(report, ctx: Context) -> str | None:
+    """After a setup run (`report`, engine.RunReport): reboot the machine when a step requires it,
+    node.reboot is "auto", the boot unit will resume setup, and no earlier run rebooted for the
+    same cause (REBOOT_MARKER). Removes the marker when the run converged. Returns the line
+    to print, or None when there is nothing to say."""
+    host = ctx.host
+    marker = host.read_text(REBOOT_MARKER)
+    if not report.reboot_required:
+        if marker is not None and report.ok:  # converged: the reboot did its work
+            host.remove(REBOOT_MARKER)
+        return None
+    if ctx.config.node.reboot != "auto":
+        return None
+    if marker is not None:
+        return (f"not rebooting again: setup rebooted this machine once already for this ({marker.strip()}) and a "
+                f"reboot is still required; see the steps' details, fix the cause, then remove {REBOOT_MARKER} "
+                "to allow one more automatic reboot")
+    boot = next((s for s in report.steps if s.name == "boot"), None)
+    if boot is None or boot.state.value != "ok":
+        return (f"not rebooting by itself: {UNIT_NAME} is not in place to resume setup after the reboot "
+                "(the boot step is not ok); reboot, then run setup again")
+    boot_id = (host.read_text(BOOT_ID) or "").strip()
+    host.write_text(REBOOT_MARKER, f"boot {boot_id or 'unknown'}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n",
+                    mode=0o600)
+    host.run(["systemctl", "reboot"])
+    return (f"rebooting now (node.reboot = auto) for {', '.join(s.name for s in report.steps if s.reboot_required)}; "
+            f"{UNIT_NAME} runs setup again after the reboot")

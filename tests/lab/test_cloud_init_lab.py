@@ -1,0 +1,194 @@
+"""Zero-touch: a fresh Debian 12 machine with Debian's cloud-init and a NoCloud seed made by
+`hub bundle --cloud-init` boots, joins the lab's swarm through the gate and converges, with no
+command run inside it before the assertions (which only read). Then a reboot: the boot unit setup
+installed runs setup again by itself.
+
+The machine is the lab's (systemd-nspawn, fake GPUs behind the fake libnvidia-ml.so.1, the
+stand-in NVIDIA toolkit in a local apt repository), its root filesystem a cached variant with the
+`cloud-init` package. What a cloud would give it, the test puts in its root before the first boot:
+the NoCloud seed (/var/lib/cloud/seed/nocloud/{user-data,meta-data}) as a cloud's datasource
+would serve it. The hub side is the lab's manager: its sshd's host key and authorized_keys, and the
+gate run by this checkout's CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from . import fake_nvml
+from . import machine as lab_machine
+from .machine import FreshMachine
+from .util import wait_for
+from .worker import GPUS, PRESEEDED_DAEMON_JSON
+
+REPO = Path(__file__).resolve().parents[2]
+NAME, ADDRESS = "gsn-c1", "198.18.0.51"
+SEED = "var/lib/cloud/seed/nocloud"
+# First boot: cloud-init, then setup.sh (pip), setup (apt: Docker and the toolkit; the image).
+FIRST_BOOT_TIMEOUT = 1200.0
+# Lab-only cloud-init settings, each because the lab is not a cloud:
+LAB_CLOUD_CFG = """\
+# Lab only: the seed directory is the datasource; no cloud's metadata service is probed.
+datasource_list: [NoCloud, None]
+# Lab only: the lab configures the machine's network from outside (its netns); cloud-init's
+# fallback DHCP configuration would fight it.
+network: {config: disabled}
+# Lab only: the rootfs generated no locale; Debian's locale-gen ignores the one cloud-init names
+# (en_US.UTF-8), so its update-locale would fail. C.UTF-8 is built into libc.
+locale: C.UTF-8
+"""
+
+
+def slim_tool(dest: Path) -> Path:
+    """The tool as README's user-data section makes it (setup.sh, pyproject.toml, the package and
+    its templates), from the working tree, uncommitted files included."""
+    tree = dest / "tool"
+    for name in ("setup.sh", "pyproject.toml"):
+        tree.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tree / name)
+    for name in ("gpuswarm_node", "templates"):
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tarball = dest / "gpuswarm-node.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(tree), "."], check=True)
+    return tarball
+
+
+@pytest.fixture(scope="module")
+def bundle(manager, lab_tmp):
+    """`hub bundle --cloud-init` run as on the hub, against the manager's sshd files; the manager's
+    authorized_keys is restored afterwards."""
+    ssh = manager.client_key_path.parent
+    authorized = ssh / "authorized_keys"
+    original = authorized.read_text()
+    work = lab_tmp / "cloud-init-hub"
+    work.mkdir()
+    # The forced command's program: this checkout's CLI (on a real hub, /usr/local/bin/gpuswarm-node).
+    program = work / "gpuswarm-node"
+    program.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gpuswarm_node.cli \"$@\"\n")
+    program.chmod(0o755)
+    out = work / NAME
+    argv = [sys.executable, "-m", "gpuswarm_node.cli", "hub", "bundle", "--node", NAME, "--out", str(out),
+            "--manager", manager.address, "--ssh-user", "root", "--ssh-port", str(manager.ssh_port),
+            "--registry", manager.registry_address, "--registry-ca", str(manager.ca_cert_path),
+            "--image", manager.image, "--host-key", str(ssh / "ssh_host_ed25519_key.pub"),
+            "--authorized-keys", str(authorized), "--program", str(program), "--worker-config", "/dev/null",
+            "--cloud-init", "--tool", str(slim_tool(work)),
+            # Lab only: NVIDIA's repository is out of the lab's reach; the stand-in toolkit's is
+            # on the machine (as a site's mirror would be), named through the worker's config.
+            "--set", "nvidia.toolkit_apt_source=deb [trusted=yes] file:/srv/toolkit-repo ./",
+            # The lab's addresses: Docker would pick another interface's otherwise.
+            "--set", f"swarm.advertise_addr={ADDRESS}",
+            "--set", "node.reboot=auto"]
+    try:
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"authorised the key for node {NAME}" in done.stdout
+        yield out, done
+    finally:
+        authorized.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def machine(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, bundle):
+    """The fresh machine, booted once with the seed in place; the first boot is over (systemd
+    running or degraded) when this returns, so cloud-init's run of setup has ended."""
+    out, _ = bundle
+    lab_machine.cleanup_stale()
+    network.enable_outbound_nat()  # apt and pip inside need the package registries
+    host = network.add_host(NAME, ADDRESS)
+
+    class SeededMachine(FreshMachine):
+        def _prepare(self) -> None:
+            super()._prepare()
+            root = self.rootfs
+            # The "hardware" and the site: fake GPUs, the stand-in toolkit's repository, the
+            # operator's daemon.json keeping Docker's networks in the lab's range (worker.py).
+            fake_nvml.install_into(root, GPUS, lib_dir=nvml_lib_dir)
+            shutil.copytree(toolkit_repo, root / "srv/toolkit-repo")
+            (root / "etc/docker").mkdir(parents=True, exist_ok=True)
+            (root / "etc/docker/daemon.json").write_text(json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
+            # What the cloud serves: the seed, and the lab-only cloud-init settings.
+            (root / SEED).mkdir(parents=True)
+            shutil.copyfile(out / "user-data", root / SEED / "user-data")
+            (root / SEED / "meta-data").write_text(f"instance-id: {NAME}-1\nlocal-hostname: {NAME}\n")
+            (root / "etc/cloud/cloud.cfg.d/99-lab.cfg").write_text(LAB_CLOUD_CFG)
+
+    # A Debian cloud image has locales too: without it cloud-init's locale module fails (update-locale).
+    m = SeededMachine(host, lab_tmp / NAME, name=NAME, extra_packages=("cloud-init", "locales"))
+    m.boot_timeout = FIRST_BOOT_TIMEOUT
+    try:
+        m.start()
+        yield m
+    finally:
+        try:
+            for node in manager.nodes():
+                if node["Description"].get("Hostname") == NAME:
+                    manager.docker.nodes.get(node["ID"]).remove(force=True)
+        finally:
+            m.close()
+            network.remove_host(NAME)
+
+
+def test_the_user_data_passes_cloud_inits_own_schema_check(machine):
+    done = machine.run(["cloud-init", "schema", "--config-file", f"/{SEED}/user-data"], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Valid" in done.stdout
+
+
+def test_first_boot_joins_and_converges_with_nothing_run_inside(machine, manager, bundle):
+    out, made = bundle
+    log = machine.run(["cat", "/var/log/cloud-init-output.log"], check=False).stdout
+    result = machine.run(["cloud-init", "status", "--long"], check=False)
+    assert "status: done" in result.stdout, result.stdout + log[-4000:]
+    # The files are where the config says, with their modes, root's.
+    modes = machine.run(["stat", "-c", "%n %a %U", "/etc/gpuswarm-node/id_ed25519", "/etc/gpuswarm-node/known_hosts",
+                         "/etc/gpuswarm-node/config.toml", "/etc/gpuswarm-node/registry-ca.crt"]).stdout.split("\n")
+    assert modes[:4] == ["/etc/gpuswarm-node/id_ed25519 600 root", "/etc/gpuswarm-node/known_hosts 644 root",
+                         "/etc/gpuswarm-node/config.toml 644 root", "/etc/gpuswarm-node/registry-ca.crt 644 root"]
+    # The manager's swarm has the node, ready, under its host name: it joined through the gate.
+    node = next((n for n in manager.nodes() if n["Description"].get("Hostname") == NAME), None)
+    assert node is not None, log[-4000:]
+    assert node["Status"]["State"] == "ready" and node["Status"]["Addr"] == ADDRESS
+    assert node["Spec"]["Labels"].get("gpuswarm.gpu.model") == "NVIDIA-A100-SXM4-40GB"
+    # Read-only: every check of the node is ok, the boot unit among them.
+    status = machine.run(["gpuswarm-node", "status", "--json"], check=False)
+    states = {s["name"]: s["state"] for s in json.loads(status.stdout)["steps"]}
+    assert status.returncode == 0, states
+    assert states["boot"] == "ok" and states["swarm-join"] == "ok"
+    # Nothing secret in cloud-init's log of setup's run.
+    key = (out / "id_ed25519").read_text().splitlines()[1]
+    assert key not in log and not re.search(r"SWMTKN-1-(?!<redacted>)", log)
+    assert manager.worker_join_token() not in log
+    assert made.stdout.count("SHA256:") == 1 and key not in made.stdout
+
+
+def test_after_a_reboot_the_boot_unit_runs_setup_again(machine, manager):
+    before = machine.run(["systemctl", "show", "-p", "InvocationID", "--value",
+                          "gpuswarm-node-boot.service"]).stdout.strip()
+    assert machine.run(["systemctl", "is-enabled", "gpuswarm-node-boot.service"]).stdout.strip() == "enabled"
+    machine.boot_timeout = lab_machine.BOOT_TIMEOUT
+    machine.reboot()
+
+    def finished() -> str | None:
+        show = machine.run(["systemctl", "show", "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus",
+                            "-p", "InvocationID", "gpuswarm-node-boot.service"]).stdout
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        if props.get("InvocationID") and props["ActiveState"] in ("inactive", "failed"):
+            return json.dumps(props)
+        return None
+
+    props = json.loads(wait_for("the boot unit's setup to end", finished, timeout=600))
+    assert props["InvocationID"] != before
+    assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), \
+        machine.run(["journalctl", "-u", "gpuswarm-node-boot.service", "--no-pager"], check=False).stdout[-4000:]
+    node = next(n for n in manager.nodes() if n["Description"].get("Hostname") == NAME)
+    assert node["Status"]["State"] == "ready"
+    # setup's own reboot was not needed: the driver (fake NVML) was there from the start.
+    assert machine.run(["test", "-e", "/var/lib/gpuswarm-node/auto-reboot"], check=False).returncode == 1
