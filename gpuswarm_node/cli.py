@@ -276,10 +276,11 @@ def gpus(
         except NvmlUnavailable as exc:
             # As the nvidia-driver step decides: NVML cannot answer, so the PCI bus says whether
             # there is a GPU at all. None is a fact to report; GPUs without a working driver are not.
+            from .facts import Facts
             from .host import LocalHost
             from .probes.driver import nvidia_gpus
 
-            present = nvidia_gpus(LocalHost())
+            present = nvidia_gpus(Facts(LocalHost()))
             if present:
                 raise GpuswarmError(f"{len(present)} NVIDIA GPU(s) on the PCI bus "
                                     f"({', '.join(g.address for g in present)}), but {exc.cause}",

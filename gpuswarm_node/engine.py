@@ -158,7 +158,10 @@ def perform(ctx: Context, action: Action) -> None:
         return
     ctx.reporter.action(ctx.step, action.describe())
     ctx.ran.append(action)
-    action.execute(ctx)
+    try:
+        action.execute(ctx)
+    finally:
+        ctx.facts.forget()  # the machine may have changed: the next check reads it again
     if isinstance(action, (WriteFile, RemoveFile)):
         ctx.touched.add(action.path)
     if ctx.journal is not None and isinstance(action, (RunCommand, Call)):

@@ -12,7 +12,8 @@ from .config import NVIDIA_TOOLKIT_SOURCE
 from .context import Context
 from .engine import WriteFile
 from .errors import NvmlUnavailable
-from .probes import driver, osfacts
+from . import facts as F
+from .probes import driver
 from .probes.driver import PciGpu
 from .render import render
 
@@ -28,7 +29,7 @@ def gpu_presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
         inv = ctx.inventory()
         return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
     except NvmlUnavailable as exc:
-        gpus = driver.nvidia_gpus(ctx.host)
+        gpus = driver.nvidia_gpus(ctx.facts)
         if gpus:
             return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
         return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
@@ -46,7 +47,7 @@ def toolkit_source_actions(ctx: Context, before: str | None) -> list:
     if before == wanted:
         return []
     actions = []
-    if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
+    if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.fact(F.EXISTS, NVIDIA_KEY):
         actions.append(download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
     return actions + [WriteFile(TOOLKIT_SOURCE_LIST, wanted, before)]
 
@@ -54,6 +55,6 @@ def toolkit_source_actions(ctx: Context, before: str | None) -> list:
 def joint_toolkit_install(ctx: Context) -> list | None:
     """When Docker is installed on a GPU machine that lacks the toolkit: the toolkit's source
     actions, so that both packages go in one apt transaction; None otherwise."""
-    if not gpu_presence(ctx)[0] or osfacts.package_installed(ctx.host, TOOLKIT_PACKAGE):
+    if not gpu_presence(ctx)[0] or ctx.fact(F.PACKAGE_INSTALLED, TOOLKIT_PACKAGE):
         return None
-    return toolkit_source_actions(ctx, ctx.host.read_text(TOOLKIT_SOURCE_LIST))
+    return toolkit_source_actions(ctx, ctx.fact(F.FILE_TEXT, TOOLKIT_SOURCE_LIST))

@@ -26,8 +26,12 @@ def _result(argv: list[str], spec: Mapping[str, Any]) -> CommandResult:
 class FakeHost:
     """Files, directories and command answers given by the test; changes are recorded as actions.
 
-    `effects` maps a command line to the state it leaves behind: {"commands": {...}, "files": {...},
-    "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
+    `facts` states facts (gpuswarm_node.facts) by name instead of the files or commands they are
+    read from: {"unit_active": {"docker": true}, "dpkg_architecture": "arm64"} (a fact without an
+    argument is stated by its value). A test's Context takes them as `given_facts`.
+
+    `effects` maps a command line to the state it leaves behind: {"commands": {...}, "facts": {...},
+    "files": {...}, "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
     machine. `stats` gives a path's owner and mode where they are not the default (root's; 0644,
     0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false}.
     An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
@@ -38,6 +42,7 @@ class FakeHost:
     files: dict[str, str | bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
     commands: dict[str, dict] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
     programs: dict[str, str] = field(default_factory=dict)
     mtimes: dict[str, float] = field(default_factory=dict)
     effects: dict[str, dict] = field(default_factory=dict)
@@ -51,7 +56,9 @@ class FakeHost:
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeHost":
         return cls(files=dict(spec.get("files", {})), dirs=set(spec.get("dirs", [])),
-                   commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
+                   commands=dict(spec.get("commands", {})),
+                   facts={name: dict(v) if isinstance(v, dict) else v for name, v in spec.get("facts", {}).items()},
+                   programs=dict(spec.get("which", {})),
                    mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
                    fstab_problem=spec.get("fstab_problem"),
                    docker_config_problem=spec.get("docker_config_problem"),
@@ -78,6 +85,11 @@ class FakeHost:
         if effect.get("rc", 0) != 0:
             raise CommandFailed(list(argv), effect["rc"], effect.get("stderr", ""))
         self.commands.update(effect.get("commands", {}))
+        for name, value in effect.get("facts", {}).items():
+            if isinstance(value, dict):
+                self.facts.setdefault(name, {}).update(value)
+            else:
+                self.facts[name] = value
         self.files.update(effect.get("files", {}))
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))

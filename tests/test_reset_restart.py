@@ -28,7 +28,7 @@ MANAGER = {"swarm": {"manager": "198.18.0.1"}}
 def context(containers=RUNNING, docker_state="active", swarm="active", options=None, tables=None,
             files=None) -> tuple[Context, FakeHost, FakeDocker]:
     host = FakeHost(files={DAEMON_JSON: "{}", **(files or {})},
-                    commands={"systemctl is-active docker": {"stdout": f"{docker_state}\n"}})
+                    facts={"active_state": {"docker": docker_state}})
     docker = FakeDocker.from_case({"containers": list(containers), "swarm": {"state": swarm, "node_id": "n1"}})
     ctx = Context(config=config.from_tables(tables or {}), host=host, options=RunOptions(**(options or {})),
                   docker_factory=lambda: docker)

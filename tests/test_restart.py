@@ -14,10 +14,9 @@ from .fakes import FakeDocker, FakeHost
 
 PATH = "/etc/docker/daemon.json"
 DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
-FAILING = {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-           "systemctl show --property=LoadState --value docker.socket": {"stdout": "loaded\n"},
-           "systemctl reset-failed docker": {},
-           "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": "unable to configure the Docker daemon\n"}}
+RESET_FAILED = {"systemctl reset-failed docker": {}}
+FAILING = {"active_state": {"docker": "failed"}, "unit_loaded": {"docker.socket": True},
+           "unit_log": {"docker": "unable to configure the Docker daemon"}}
 
 
 def context(host: FakeHost) -> Context:
@@ -27,10 +26,9 @@ def context(host: FakeHost) -> Context:
 
 def test_unhealthy_restart_restores_the_previous_file_and_says_why():
     host = FakeHost(files={PATH: '{"log-opts": {"max-size": "bogus"}}'},
-                    commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-                              "systemctl reset-failed docker": {},
-                              "journalctl -u docker -n 5 --no-pager -o cat": {
-                                  "stdout": "failed to start daemon: invalid log opt\n"}})
+                    commands=dict(RESET_FAILED),
+                    facts={"active_state": {"docker": "failed"},
+                           "unit_log": {"docker": "failed to start daemon: invalid log opt"}})
     with pytest.raises(StepFailed) as info:
         restart_with_rollback(context(host), {PATH: '{"log-level": "warn"}'}, within=0.2)
     assert host.files[PATH] == '{"log-level": "warn"}'
@@ -41,16 +39,14 @@ def test_unhealthy_restart_restores_the_previous_file_and_says_why():
 
 
 def test_healthy_restart_keeps_the_new_file():
-    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"stdout": "active\n"},
-                                                  "systemctl reset-failed docker": {}})
+    host = FakeHost(files={PATH: "{}"}, commands=dict(RESET_FAILED), facts={"active_state": {"docker": "active"}})
     restart_with_rollback(context(host), {PATH: '{"old": 1}'}, within=0.2)
     assert host.files[PATH] == "{}" and host.actions == ["run systemctl restart docker"]
 
 
 def test_a_file_that_did_not_exist_is_removed_on_rollback():
-    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-                                                  "systemctl reset-failed docker": {},
-                                                  "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": ""}})
+    host = FakeHost(files={PATH: "{}"}, commands=dict(RESET_FAILED),
+                    facts={"active_state": {"docker": "failed"}, "unit_log": {"docker": ""}})
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), {PATH: None}, within=0.2)
     assert PATH not in host.files
@@ -60,7 +56,7 @@ def test_rollback_removes_a_new_drop_in_and_reloads_systemd():
     """The restart after a new drop-in fails: the drop-in goes too, and systemd forgets it before
     Docker is started again, so Docker comes back with the command it had."""
     host = FakeHost(files={PATH: '{"hosts": ["tcp://0.0.0.0:2376"]}', DROPIN: "[Service]\nExecStart=\n..."},
-                    commands=dict(FAILING))
+                    commands=dict(RESET_FAILED), facts=dict(FAILING))
     with pytest.raises(StepFailed) as info:
         restart_with_rollback(context(host), {PATH: "{}", DROPIN: None}, reload=True, within=0.2)
     assert host.files[PATH] == "{}" and DROPIN not in host.files
@@ -71,7 +67,7 @@ def test_rollback_removes_a_new_drop_in_and_reloads_systemd():
 
 
 def test_rollback_puts_back_the_previous_drop_in():
-    host = FakeHost(files={DROPIN: "new"}, commands=dict(FAILING))
+    host = FakeHost(files={DROPIN: "new"}, commands=dict(RESET_FAILED), facts=dict(FAILING))
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), {DROPIN: "old"}, reload=True, within=0.2)
     assert host.files[DROPIN] == "old"

@@ -60,7 +60,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
                   manager_reader=manager.read, port_prober=ports.problem,
-                  manager_session_factory=manager.session)
+                  manager_session_factory=manager.session, given_facts=host.facts)
     return ctx, host, docker, manager, ports
 
 

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from .. import facts as F
 from ..engine import Call, RunCommand
 from ..errors import CommandFailed, StepFailed
 from ..host import Host, LockHolder
@@ -133,7 +134,7 @@ def apt_command(ctx: Context, *argv: str, locks: tuple[str, ...], timeout: float
 def repair_interrupted(ctx: Context) -> list[RunCommand]:
     """`dpkg --configure -a` when a dpkg run was cut off (files left in its updates journal):
     until then every apt-get install refuses to run."""
-    if not ctx.host.listdir(DPKG_UPDATES):
+    if not ctx.fact(F.DIR_ENTRIES, DPKG_UPDATES):
         return []
     return [apt_command(ctx, "dpkg", "--configure", "-a", locks=DPKG_LOCKS,
                         timeout=ctx.config.apt.lock_timeout + 1800, progress="finishing an interrupted dpkg run")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
-from ..probes import osfacts
+from .. import facts as F
 from ..render import render
 from ..context import Context
 from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install
@@ -17,10 +17,10 @@ DOCKER_CE_KEY = "/etc/apt/keyrings/docker.asc"
 
 
 def docker_ce_source(ctx: Context) -> str:
-    release = osfacts.os_release(ctx.host)
+    release = ctx.fact(F.OS_RELEASE)
     distro = release.get("ID", "debian")
     codename = release.get("VERSION_CODENAME", "")
-    arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
+    arch = ctx.fact(F.DPKG_ARCHITECTURE)
     return (f"deb [arch={arch} signed-by={DOCKER_CE_KEY}] https://download.docker.com/linux/{distro} "
             f"{codename} stable")
 
@@ -32,10 +32,9 @@ def install_split_client(ctx: Context) -> None:
     """Debian 13 ships Docker's client as docker-cli, only recommended by docker.io (apt installs
     no recommends here): without it the node has no `docker` command. Asked of apt once the
     package lists are current; Debian 12 and Ubuntu have no such package."""
-    if ctx.host.which("docker"):
+    if ctx.fact(F.ON_PATH, "docker"):
         return
-    shown = ctx.host.query(["apt-cache", "show", "--no-all-versions", "docker-cli"])
-    if shown.ok and shown.stdout.strip():
+    if ctx.fact(F.APT_SHOWS, "docker-cli"):
         perform(ctx, apt.install(ctx, "docker-cli"))
 
 
@@ -50,16 +49,16 @@ class DockerStep:
                                                    line=docker_ce_source(ctx)))]
 
     def check(self, ctx: Context) -> Check:
-        if not osfacts.systemd_running(ctx.host):
+        if not ctx.fact(F.SYSTEMD_RUNNING):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
-        installed = [p for p in ("docker.io", "docker-ce") if osfacts.package_installed(ctx.host, p)]
+        installed = [p for p in ("docker.io", "docker-ce") if ctx.fact(F.PACKAGE_INSTALLED, p)]
         actions = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):
-                before = ctx.host.read_text(planned.path)
+                before = ctx.fact(F.FILE_TEXT, planned.path)
                 if before != planned.content:
-                    release = osfacts.os_release(ctx.host).get("ID", "debian")
+                    release = ctx.fact(F.OS_RELEASE).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
                     actions.append(WriteFile(planned.path, planned.content, before))
             reason = f"{' '.join(wanted)} is not installed"
@@ -74,7 +73,7 @@ class DockerStep:
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
         else:
-            enabled, active = osfacts.unit_enabled(ctx.host, "docker"), osfacts.unit_active(ctx.host, "docker")
+            enabled, active = ctx.fact(F.UNIT_ENABLED, "docker"), ctx.fact(F.UNIT_ACTIVE, "docker")
             if enabled and active:
                 return ok(f"{installed[0]} installed, docker.service enabled and running")
             reason = "docker.service is " + " and ".join(

@@ -20,7 +20,7 @@ from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked
                       run_command)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
-from ..probes import osfacts
+from .. import facts as F
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory, slices_of
 from .. import restart
@@ -289,11 +289,12 @@ def parse_process_start(stat_text: str, proc_stat_text: str, clock_ticks: int = 
     return btime + start_ticks / clock_ticks
 
 
-def dockerd_start_time(host: Host) -> float | None:
-    pid = host.query(["systemctl", "show", "--property=MainPID", "--value", "docker"]).stdout.strip()
-    if not pid.isdigit() or pid == "0":
+def dockerd_start_time(facts: F.Facts) -> float | None:
+    """Epoch seconds dockerd (docker.service's main process) started, or None when it runs not."""
+    pid = facts.get(F.MAIN_PID, "docker")
+    if not pid:
         return None
-    stat, proc_stat = host.read_text(f"/proc/{pid}/stat"), host.read_text("/proc/stat")
+    stat, proc_stat = facts.get(F.FILE_TEXT, f"/proc/{pid}/stat"), facts.get(F.FILE_TEXT, "/proc/stat")
     if not stat or not proc_stat:
         return None
     return parse_process_start(stat, proc_stat)
@@ -308,7 +309,7 @@ class DockerDaemonStep:
         and what in it stops the merge (then the wanted settings are the existing ones)."""
         inventory = ctx.inventory()
         slices = for_config(inventory.gpus, ctx.config.gpu)
-        text, existing = read_daemon_json(ctx.host)
+        text, existing = read_daemon_json(ctx.facts.files)
         devices = known_devices(inventory.gpus)
         problems = daemon_json_problems(existing, ctx.config.gpu.resource, devices)
         merged = existing if problems else merge_settings(existing, ctx.config.gpu.resource, slices, devices)
@@ -337,7 +338,7 @@ class DockerDaemonStep:
                  PlannedFile(WRAPPER, wrapper_text()),
                  PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
                  PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
-        dropin = self._dropin(docker_unit(ctx.host), merged)
+        dropin = self._dropin(docker_unit(ctx.facts), merged)
         if dropin:
             files.append(PlannedFile(DROPIN, dropin))
         return files
@@ -345,7 +346,7 @@ class DockerDaemonStep:
     def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str],
                          socket: str) -> tuple[list, list[str]]:
         """The wrapper and its slice map: read per container start, so no restart follows."""
-        host, kind = ctx.host, ctx.config.gpu.resource
+        host, kind = ctx.facts.files, ctx.config.gpu.resource
         actions: list = []
         reasons: list[str] = []
         # The program goes before the front that starts it: upgrading from the one-file wrapper,
@@ -401,7 +402,7 @@ class DockerDaemonStep:
         writes or removes is fixed by that. A directory gets chown/chmod (the first value; file
         rewrites are the second); one that is a symlink is refused (the fourth value), as it
         cannot be repaired in place."""
-        host = ctx.host
+        host = ctx.facts.files
         written = {a.path for a in planned if isinstance(a, (WriteFile, RemoveFile))}
         files = [("runtime wrapper program ", WRAPPER_PROGRAM, 0o644), ("runtime wrapper ", WRAPPER, 0o755),
                  ("runtime wrapper bytecode ", WRAPPER_BYTECODE, 0o644),
@@ -476,8 +477,8 @@ class DockerDaemonStep:
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
         previous: dict[str, str | None] = {}
-        unit = docker_unit(ctx.host)
-        want_dropin, have_dropin = self._dropin(unit, merged), ctx.host.read_text(DROPIN)
+        unit = docker_unit(ctx.facts)
+        want_dropin, have_dropin = self._dropin(unit, merged), ctx.fact(F.FILE_TEXT, DROPIN)
         if want_dropin != have_dropin and not unit.matches_loaded():
             return blocked(f"docker.service's files ({', '.join(p for p, _ in unit.files)}) give another command "
                            f"than the one systemd has loaded ({unit.loaded.argv}); run `systemctl daemon-reload` "
@@ -504,11 +505,11 @@ class DockerDaemonStep:
         # Directories first: nothing is written into one that someone else can still change.
         actions = [*dir_fixes, *actions, *file_fixes]
         reasons += owner_reasons
-        docker_running = osfacts.systemd_running(ctx.host) and osfacts.unit_active(ctx.host, "docker")
+        docker_running = ctx.fact(F.SYSTEMD_RUNNING) and ctx.fact(F.UNIT_ACTIVE, "docker")
         if docker_running:
             restart_needed = bool(restart_for)
             if not restart_needed:
-                started, changed = dockerd_start_time(ctx.host), ctx.host.mtime(DAEMON_JSON)
+                started, changed = dockerd_start_time(ctx.facts), ctx.fact(F.MTIME, DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
                     restart_needed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
+from .. import facts as F
 from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..host import dir_repair_commands, unsafe
 from ..render import render
@@ -48,14 +49,14 @@ class RegistryTrustStep:
         if pem == "":
             return blocked(f"registry.ca_cert {source} holds no PEM certificate; give the hub's CA certificate")
         planned = self.files(ctx)[0]
-        current = ctx.host.read_text(planned.path)
+        current = ctx.fact(F.FILE_TEXT, planned.path)
         actions, reasons = self._directory_repairs(ctx, planned.path)
         if isinstance(actions, str):
             return blocked(actions)
         if current != planned.content:
             actions.append(WriteFile(planned.path, planned.content, current, mode=0o644))
             reasons.append(f"{planned.path} {'differs from' if current is not None else 'is missing; source'} {source}")
-        elif problem := unsafe(ctx.host.file_status(planned.path)):
+        elif problem := unsafe(ctx.fact(F.FILE_STATUS, planned.path)):
             # Docker trusts whatever CA is here for the registry: only root may change it. The same
             # content written again is root's, mode 0644.
             actions.append(WriteFile(planned.path, current, current, mode=0o644))
@@ -71,7 +72,7 @@ class RegistryTrustStep:
         actions: list = []
         reasons: list[str] = []
         for directory in (CERTS_D, posixpath.dirname(path)):
-            status = ctx.host.file_status(directory)
+            status = ctx.fact(F.FILE_STATUS, directory)
             if status is not None and status.is_symlink:
                 return (f"directory {directory} is a symlink, so whoever controls its target could change "
                         "which CA Docker trusts for the registry; make it a directory owned by root"), []
