@@ -305,10 +305,6 @@ class RunReport:
         return [s.name for s in self.steps if s.changed]
 
     @property
-    def failed(self) -> list[StepReport]:
-        return [s for s in self.steps if s.state is State.FAILED]
-
-    @property
     def stoppers(self) -> list[StepReport]:
         """The steps that keep the node from converging: blocked or failed."""
         return [s for s in self.steps if s.state in (State.BLOCKED, State.FAILED)]

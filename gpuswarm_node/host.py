@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import platform
 import re
@@ -292,6 +293,12 @@ def append_record(path: Path, text: str, mode: int, what: str, sync: bool = Fals
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def append_json_lines(path: Path, records: list[dict], mode: int, what: str, sync: bool = False) -> None:
+    """Append one JSON object a line (the journal, the run log): every record in one write, so
+    that a reader sees all of them or none."""
+    append_record(path, "".join(json.dumps(r) + "\n" for r in records), mode, what, sync)
 
 
 def read_record(path: Path, what: str) -> str | None:
