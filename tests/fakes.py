@@ -50,6 +50,7 @@ class FakeHost:
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
     locks: dict[str, dict] = field(default_factory=dict)
+    downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     actions: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
@@ -63,7 +64,8 @@ class FakeHost:
                    fstab_problem=spec.get("fstab_problem"),
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
-                   locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()})
+                   locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
+                   downloads=dict(spec.get("downloads", {})))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -115,6 +117,12 @@ class FakeHost:
             self.programs[path] = path
         else:
             self.programs.pop(path, None)
+
+    def download(self, url: str, timeout: float = 60) -> bytes:
+        self.actions.append(f"download {url}")
+        if url not in self.downloads:
+            raise OSError(f"the case gives no answer for {url}")
+        return self.downloads[url].encode()
 
     def remove(self, path: str) -> None:
         self.actions.append(f"remove {path}")
@@ -285,6 +293,7 @@ class FakeManager:
 
     spec: Mapping[str, Any] | None
     reads: list[str] = field(default_factory=list)  # one entry per SSH session: "info", "+nodes", "+token"
+    availability: dict[str, str] = field(default_factory=dict)  # node id -> what set_availability set
 
     def read(self, cfg, token: bool, node_id: str):
         from dataclasses import replace
@@ -312,7 +321,8 @@ class FakeManager:
         return ((self.spec or {}).get("info") or {}).get("ClusterID", "")
 
     def session(self):
-        """A stand-in ManagerSession for node labels: case key "labels" (the node's gpuswarm.* labels)."""
+        """A stand-in ManagerSession: case keys "labels" (the node's gpuswarm.* labels) and "tasks"
+        (the ids of the tasks running on the node until it is drained)."""
         import contextlib
 
         from gpuswarm_node.errors import ManagerUnreachable
@@ -323,6 +333,14 @@ class FakeManager:
             def node_labels(self, node_id: str) -> dict[str, str]:
                 fake.reads.append(f"labels {node_id}")
                 return dict(fake.spec.get("labels", {}))
+
+            def running_tasks(self, node_id: str) -> list[str]:
+                fake.reads.append(f"tasks {node_id}")
+                return [] if fake.availability.get(node_id) == "drain" else list(fake.spec.get("tasks", []))
+
+            def set_availability(self, node_id: str, availability: str) -> None:
+                fake.reads.append(f"availability {node_id} {availability}")
+                fake.availability[node_id] = availability
 
             def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
                 fake.reads.append(f"set-labels {node_id}")

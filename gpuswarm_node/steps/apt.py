@@ -14,7 +14,6 @@ import itertools
 import math
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 
 from .. import facts as F
@@ -163,8 +162,7 @@ def install(ctx: Context, *packages: str) -> RunCommand:
 def download_key(url: str, path: str) -> Call:
     def fetch(ctx: Context) -> None:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - fixed https URL
-                key = response.read().decode()
+            key = ctx.host.download(url).decode(errors="replace")
         except OSError as exc:
             raise StepFailed(f"downloading the signing key {url} failed: {exc}.",
                              "Check this machine's HTTPS access, or use an apt source line that needs no key.") from None
