@@ -378,6 +378,7 @@ def render(
                                   f"Give the output of `{PROG} gpus --json`.") from None
             ctx.inventory_reader = lambda: given
         missing = []
+        shown: set[str] = set()
         for step in steps.ALL_STEPS:
             try:
                 files = step.files(ctx)
@@ -385,7 +386,13 @@ def render(
                 missing.append(f"{step.name} ({exc.reason})")
                 continue
             for planned in files:
+                if planned.path in shown:  # a file two steps want alike (the toolkit's apt source)
+                    continue
+                shown.add(planned.path)
                 out.print(f"# ==> {planned.path} ({step.name})", markup=False)
+                if isinstance(planned.content, bytes):
+                    out.print(f"# ({len(planned.content)} bytes, not text)", markup=False)
+                    continue
                 out.print(planned.content, markup=False, end="" if planned.content.endswith("\n") else "\n")
         if missing:
             err.print(f"[bold red]error:[/] could not render the files of {escape('; '.join(missing))}. "

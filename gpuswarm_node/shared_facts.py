@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .config import NVIDIA_TOOLKIT_SOURCE
 from .context import Context
-from .engine import WriteFile
+from .engine import PlannedFile, write_wanted
 from .errors import NvmlUnavailable
 from . import facts as F
 from .probes import driver
@@ -39,17 +39,22 @@ def toolkit_source_text(ctx: Context) -> str:
     return render("apt-source.list.j2", purpose="NVIDIA container toolkit", line=ctx.config.nvidia.toolkit_apt_source)
 
 
-def toolkit_source_actions(ctx: Context, before: str | None) -> list:
+def toolkit_source_file(ctx: Context) -> PlannedFile:
+    """The toolkit's apt source list as the docker and nvidia-toolkit steps both want it."""
+    return PlannedFile(TOOLKIT_SOURCE_LIST, toolkit_source_text(ctx))
+
+
+def toolkit_source_actions(ctx: Context) -> list:
     """The signing key (for the default source) and the source list, where the list differs."""
     from .steps.apt import download_key  # the steps' apt helpers (not a step), imported late: they import us
 
-    wanted = toolkit_source_text(ctx)
-    if before == wanted:
+    write = write_wanted(ctx, toolkit_source_file(ctx))
+    if write is None:
         return []
     actions = []
     if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.fact(F.EXISTS, NVIDIA_KEY):
         actions.append(download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
-    return actions + [WriteFile(TOOLKIT_SOURCE_LIST, wanted, before)]
+    return actions + [write]
 
 
 def joint_toolkit_install(ctx: Context) -> list | None:
@@ -57,4 +62,4 @@ def joint_toolkit_install(ctx: Context) -> list | None:
     actions, so that both packages go in one apt transaction; None otherwise."""
     if not gpu_presence(ctx)[0] or ctx.fact(F.PACKAGE_INSTALLED, TOOLKIT_PACKAGE):
         return None
-    return toolkit_source_actions(ctx, ctx.fact(F.FILE_TEXT, TOOLKIT_SOURCE_LIST))
+    return toolkit_source_actions(ctx)

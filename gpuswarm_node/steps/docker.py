@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from ..engine import Call, Check, perform, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
 from .. import facts as F
 from ..render import render
 from ..context import Context
-from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install
+from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install, toolkit_source_file
 from ..journal import keep
 from . import apt
 
@@ -43,24 +43,31 @@ class DockerStep:
     description = "Docker Engine installed, enabled and running"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        if ctx.config.docker.source != "docker-ce":
-            return []
-        return [PlannedFile(DOCKER_CE_LIST, render("apt-source.list.j2", purpose="Docker's docker-ce repository",
-                                                   line=docker_ce_source(ctx)))]
+        """docker-ce's apt source (docker.source = docker-ce), and the toolkit's where it comes in
+        Docker's apt transaction (shared_facts.joint_toolkit_install)."""
+        files = []
+        if ctx.config.docker.source == "docker-ce":
+            files.append(PlannedFile(DOCKER_CE_LIST, render("apt-source.list.j2", purpose="Docker's docker-ce repository",
+                                                            line=docker_ce_source(ctx))))
+        if not self._installed(ctx) and joint_toolkit_install(ctx) is not None:
+            files.append(toolkit_source_file(ctx))
+        return files
+
+    def _installed(self, ctx: Context) -> list[str]:
+        return [p for p in ("docker.io", "docker-ce") if ctx.fact(F.PACKAGE_INSTALLED, p)]
 
     def check(self, ctx: Context) -> Check:
         if not ctx.fact(F.SYSTEMD_RUNNING):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
-        installed = [p for p in ("docker.io", "docker-ce") if ctx.fact(F.PACKAGE_INSTALLED, p)]
+        installed = self._installed(ctx)
         actions = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):
-                before = ctx.fact(F.FILE_TEXT, planned.path)
-                if before != planned.content:
+                if planned.path == DOCKER_CE_LIST and (write := write_wanted(ctx, planned)):
                     release = ctx.fact(F.OS_RELEASE).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
-                    actions.append(WriteFile(planned.path, planned.content, before))
+                    actions.append(write)
             reason = f"{' '.join(wanted)} is not installed"
             # On a fresh GPU machine the toolkit comes in the same apt transaction: one
             # `apt-get update`, one install, instead of one of each per step.

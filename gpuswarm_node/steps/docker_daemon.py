@@ -17,7 +17,7 @@ import re
 import sys
 
 from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
-                      run_command)
+                      run_command, write_wanted)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from .. import facts as F
@@ -334,50 +334,56 @@ class DockerDaemonStep:
         _inventory, slices, _text, _existing, merged, problems = self._settings(ctx)
         if problems:
             raise StepFailed("; ".join(problems) + ".", "Fix /etc/docker/daemon.json, then run setup again.")
-        files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text(engine_socket(merged))),
-                 PlannedFile(WRAPPER, wrapper_text()),
-                 PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
-                 PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
+        return list(self._wanted(ctx, slices, merged).values())
+
+    def _wanted(self, ctx: Context, slices: list[str], merged: dict,
+                bytecode: bool = True) -> dict[str, PlannedFile]:
+        """Every file of the step as it wants it, by path: the one statement of its files. Without
+        `bytecode`, the program is not compiled (a check whose bytecode is current needs none)."""
+        # 0644, not executable: only the front runs the program, through python3. Nothing in it
+        # is secret (it is the template's text), and a root-only file would make a non-root
+        # `status` fail to compare it; the front and the slice map are world-readable too.
+        program = wrapper_program_text(engine_socket(merged))
+        files = [PlannedFile(WRAPPER_PROGRAM, program, 0o644),
+                 *([PlannedFile(WRAPPER_BYTECODE, wrapper_bytecode(program), 0o644)] if bytecode else []),
+                 PlannedFile(WRAPPER, wrapper_text(), 0o755),
+                 PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices), 0o644),
+                 PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged), 0o644)]
         dropin = self._dropin(docker_unit(ctx.facts), merged)
         if dropin:
-            files.append(PlannedFile(DROPIN, dropin))
-        return files
+            files.append(PlannedFile(DROPIN, dropin, 0o644))
+        return {f.path: f for f in files}
 
-    def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str],
-                         socket: str) -> tuple[list, list[str]]:
+    def _runtime_actions(self, ctx: Context, wanted: dict[str, PlannedFile],
+                         devices: set[str]) -> tuple[list, list[str]]:
         """The wrapper and its slice map: read per container start, so no restart follows."""
         host, kind = ctx.facts.files, ctx.config.gpu.resource
         actions: list = []
         reasons: list[str] = []
         # The program goes before the front that starts it: upgrading from the one-file wrapper,
         # a front written first would fail every `create` until the program is there.
-        # 0644, not executable: only the front runs it, through python3. Nothing in it is secret
-        # (it is the template's text), and a root-only file would make a non-root `status`
-        # fail to compare it; the front and the slice map are world-readable too.
-        want_program, have_program = wrapper_program_text(socket), host.read_text(WRAPPER_PROGRAM)
-        if have_program != want_program:
-            actions.append(WriteFile(WRAPPER_PROGRAM, want_program, have_program, mode=0o644))
+        if write := write_wanted(ctx, wanted[WRAPPER_PROGRAM]):
+            actions.append(write)
             reasons.append(f"runtime wrapper program {WRAPPER_PROGRAM} "
-                           f"{'is missing' if have_program is None else 'differs'}")
+                           f"{'is missing' if write.before is None else 'differs'}")
         # After the program (its hash is of the program's new text) and before the front that
         # imports it; until then Python compiles the program as before.
-        have_bytecode = host.read_bytes(WRAPPER_BYTECODE)
-        if not bytecode_current(have_bytecode, want_program):
-            actions.append(WriteFile(WRAPPER_BYTECODE, wrapper_bytecode(want_program), have_bytecode))
+        if WRAPPER_BYTECODE in wanted:  # compiled only where the bytecode there is not current
+            have_bytecode = host.read_bytes(WRAPPER_BYTECODE)
+            actions.append(write_wanted(ctx, wanted[WRAPPER_BYTECODE], force=True))
             reasons.append(f"runtime wrapper bytecode {WRAPPER_BYTECODE} "
                            f"{'is missing' if have_bytecode is None else 'is not the program compiled'}")
-        want, have = wrapper_text(), host.read_text(WRAPPER)
-        if have != want:
-            actions.append(WriteFile(WRAPPER, want, have, mode=0o755))
+        have = host.read_text(WRAPPER)
+        if write := write_wanted(ctx, wanted[WRAPPER]):
+            actions.append(write)
             reasons.append(f"runtime wrapper {WRAPPER} {'is missing' if have is None else 'differs'}")
         if have is not None and host.which(WRAPPER) is None and not _is_symlink(host.file_status(WRAPPER)):
             # chmod would follow a symlink: one is replaced instead (_ownership_actions).
             actions.append(run_command("chmod", "0755", WRAPPER))
             reasons.append(f"runtime wrapper {WRAPPER} is not executable")
-        want_map = slice_map_text(kind, slices)
         have_map, current = read_slice_map(host)
-        if have_map != want_map:
-            actions.append(WriteFile(SLICE_MAP, want_map, have_map))
+        if write := write_wanted(ctx, wanted[SLICE_MAP]):
+            actions.append(write)
             variable = current.get("variable")
             mapped = current.get("slices") if isinstance(current.get("slices"), dict) else {}
             gone = sorted({d for d in mapped.values() if isinstance(d, str)} - devices)
@@ -473,12 +479,16 @@ class DockerDaemonStep:
         if not slices:
             return blocked("no GPU yields a slice: " + "; ".join(why_not))
         devices = known_devices(inventory.gpus)
-        actions, reasons = self._runtime_actions(ctx, slices, devices, engine_socket(merged))
+        program = wrapper_program_text(engine_socket(merged))
+        compiled = bytecode_current(ctx.fact(F.FILE_BYTES, WRAPPER_BYTECODE), program)
+        wanted = self._wanted(ctx, slices, merged, bytecode=not compiled)
+        actions, reasons = self._runtime_actions(ctx, wanted, devices)
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
         previous: dict[str, str | None] = {}
         unit = docker_unit(ctx.facts)
-        want_dropin, have_dropin = self._dropin(unit, merged), ctx.fact(F.FILE_TEXT, DROPIN)
+        want_dropin = wanted[DROPIN].content if DROPIN in wanted else None
+        have_dropin = ctx.fact(F.FILE_TEXT, DROPIN)
         if want_dropin != have_dropin and not unit.matches_loaded():
             return blocked(f"docker.service's files ({', '.join(p for p, _ in unit.files)}) give another command "
                            f"than the one systemd has loaded ({unit.loaded.argv}); run `systemctl daemon-reload` "
@@ -488,13 +498,15 @@ class DockerDaemonStep:
         refusal = flag_refusal(merged, args)
         if refusal:
             return blocked(refusal)
+        # Compared as settings, not text: a hand-formatted daemon.json that says the same stays.
         if existing != merged:
-            content = render("daemon.json.j2", settings=merged)
-            restart_for += [restart.validate_action(content), WriteFile(DAEMON_JSON, content, text)]
+            daemon_json = wanted[DAEMON_JSON]
+            restart_for += [restart.validate_action(daemon_json.content),
+                            WriteFile(DAEMON_JSON, daemon_json.content, text, daemon_json.mode)]
             previous[DAEMON_JSON] = text
             reasons += self._daemon_reasons(existing, merged, kind, devices, text)
         if want_dropin != have_dropin:
-            restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
+            restart_for.append(write_wanted(ctx, wanted[DROPIN]) if want_dropin else RemoveFile(DROPIN))
             restart_for.append(run_command("systemctl", "daemon-reload"))
             previous[DROPIN] = have_dropin
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")

@@ -15,7 +15,7 @@ and ordered after it (PartOf: restarted with it), runs the same script at every 
 from __future__ import annotations
 
 from .. import facts as F
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..render import render
 from ..context import Context
 
@@ -66,7 +66,7 @@ class MetadataGuardStep:
     def files(self, ctx: Context) -> list[PlannedFile]:
         if not ctx.config.docker.metadata_guard:
             return []
-        return [PlannedFile(SCRIPT, script_text()), PlannedFile(UNIT, unit_text())]
+        return [PlannedFile(SCRIPT, script_text(), 0o755), PlannedFile(UNIT, unit_text())]
 
     def check(self, ctx: Context) -> Check:
         if not ctx.config.docker.metadata_guard:
@@ -74,13 +74,10 @@ class MetadataGuardStep:
                            "(a guard an earlier run installed stays until reset)")
         if ctx.fact(F.ON_PATH, "iptables") is None:
             return blocked("iptables is not installed (Docker's package depends on it); run setup --only docker")
-        actions = []
-        want_script, have_script = script_text(), ctx.fact(F.FILE_TEXT, SCRIPT)
-        if have_script != want_script:
-            actions.append(WriteFile(SCRIPT, want_script, have_script, mode=0o755))
-        want_unit, have_unit = unit_text(), ctx.fact(F.FILE_TEXT, UNIT)
-        if have_unit != want_unit:
-            actions += [WriteFile(UNIT, want_unit, have_unit), run_command("systemctl", "daemon-reload")]
+        writes = [w for w in map(lambda f: write_wanted(ctx, f), self.files(ctx)) if w is not None]
+        actions: list = list(writes)
+        if any(w.path == UNIT for w in writes):
+            actions.append(run_command("systemctl", "daemon-reload"))
         enabled = ctx.fact(F.UNIT_FILE_STATE, UNIT_NAME) == "enabled"
         if not enabled:
             actions.append(run_command("systemctl", "enable", UNIT_NAME))
@@ -95,7 +92,7 @@ class MetadataGuardStep:
         reasons = []
         if missing:
             reasons.append(f"no rule in DOCKER-USER rejects containers' packets to {', '.join(missing)}")
-        if have_script != want_script or have_unit != want_unit:
+        if writes:
             reasons.append(f"{SCRIPT} or {UNIT} is not as setup writes it")
         elif not enabled:
             reasons.append(f"{UNIT_NAME} is not enabled, so Docker's next start would not re-apply the rules")

@@ -27,7 +27,8 @@ from ..render import render
 from ..context import Context
 from . import apt
 from ..shared_facts import (TOOLKIT_PACKAGE as PACKAGE, TOOLKIT_SOURCE_LIST as SOURCE_LIST,
-                            gpu_presence, toolkit_source_actions, toolkit_source_text)
+                            gpu_presence, toolkit_source_actions, toolkit_source_file,
+                            toolkit_source_text)
 
 RUNTIME_CONFIG = nvidia_hook.RUNTIME_CONFIG
 SECTION = "nvidia-container-runtime"
@@ -175,7 +176,7 @@ class NvidiaToolkitStep:
     description = "nvidia-container-toolkit installed, nvidia-container-runtime on PATH"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        files = [PlannedFile(SOURCE_LIST, toolkit_source_text(ctx))]
+        files = [toolkit_source_file(ctx)]
         if ctx.fact(F.PACKAGE_INSTALLED, PACKAGE):
             fix = mode_verdict(ctx).fix
             if fix is not None:
@@ -194,7 +195,7 @@ class NvidiaToolkitStep:
         reasons = []
         if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
-            actions += [*toolkit_source_actions(ctx, before), apt.update(ctx)]
+            actions += [*toolkit_source_actions(ctx), apt.update(ctx)]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
             if before == wanted:

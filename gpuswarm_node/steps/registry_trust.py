@@ -6,7 +6,7 @@ import posixpath
 from pathlib import Path
 
 from .. import facts as F
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..host import dir_repair_commands, unsafe
 from ..render import render
 from ..context import Context
@@ -37,7 +37,7 @@ class RegistryTrustStep:
         pem = read_ca(ctx) if ctx.config.registry.address else None
         if not pem:
             return []
-        return [PlannedFile(ca_path(ctx.config.registry.address), render("registry-ca.crt.j2", pem=pem))]
+        return [PlannedFile(ca_path(ctx.config.registry.address), render("registry-ca.crt.j2", pem=pem), 0o644)]
 
     def check(self, ctx: Context) -> Check:
         address, source = ctx.config.registry.address, ctx.config.registry.ca_cert
@@ -53,13 +53,13 @@ class RegistryTrustStep:
         actions, reasons = self._directory_repairs(ctx, planned.path)
         if isinstance(actions, str):
             return blocked(actions)
-        if current != planned.content:
-            actions.append(WriteFile(planned.path, planned.content, current, mode=0o644))
+        if write := write_wanted(ctx, planned):
+            actions.append(write)
             reasons.append(f"{planned.path} {'differs from' if current is not None else 'is missing; source'} {source}")
         elif problem := unsafe(ctx.fact(F.FILE_STATUS, planned.path)):
             # Docker trusts whatever CA is here for the registry: only root may change it. The same
             # content written again is root's, mode 0644.
-            actions.append(WriteFile(planned.path, current, current, mode=0o644))
+            actions.append(write_wanted(ctx, planned, force=True))
             reasons.append(f"{planned.path} {problem}")
         if actions:
             return needs_change("; ".join(reasons), *actions)

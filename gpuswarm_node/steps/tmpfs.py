@@ -105,7 +105,7 @@ class TmpfsStep:
             return []  # the step is blocked: setup writes nothing (a size=0m line would be unlimited)
         current = ctx.fact(F.FILE_TEXT, FSTAB) or ""
         entry = self._entry(ctx, mib)
-        return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path))]
+        return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path), 0o644)]
 
     def check(self, ctx: Context) -> Check:
         path = ctx.config.tmpfs.path
@@ -120,7 +120,6 @@ class TmpfsStep:
                            "have no limit at all); raise tmpfs.fraction")
         entry = self._entry(ctx, want_mib)
         current = ctx.fact(F.FILE_TEXT, FSTAB)
-        wanted = desired_fstab(current or "", entry, path)
         mounted = osfacts.mount_at(ctx.fact(F.MOUNTS), path)
         if mounted and mounted.fstype != "tmpfs":
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
@@ -131,11 +130,12 @@ class TmpfsStep:
         actions, reasons = [], []
         if not ctx.fact(F.EXISTS, path):
             actions.append(MakeDir(path))
-        if (current or "") != wanted:
+        fstab = self.files(ctx)[0]
+        if (current or "") != fstab.content:
             # Checked before it is written: a bad line in fstab can stop the next boot.
             actions.append(Call(f"verify the new {FSTAB} entry with findmnt --verify",
                                 lambda ctx: _verify(ctx, entry)))
-            actions.append(WriteFile(FSTAB, wanted, current))
+            actions.append(WriteFile(FSTAB, fstab.content, current, fstab.mode))
             reasons.append(f"{FSTAB} entry for {path} differs" if has_entry(current or "", path)
                            else f"{FSTAB} lacks the entry")
             if ctx.fact(F.SYSTEMD_RUNNING):
