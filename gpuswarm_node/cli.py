@@ -304,7 +304,7 @@ def gpus(
     def body() -> int:
         from .errors import NvmlUnavailable
         from .probes.gpu import read_inventory
-        from .slices import for_config, notes
+        from .slices import for_config, generic_resources, notes
         from .ui import inventory_table
 
         cfg = source.load()
@@ -332,7 +332,7 @@ def gpus(
             return 0
         slices = for_config(inventory.gpus, cfg.gpu)
         why_not = notes(inventory.gpus, cfg.gpu)
-        resources = [f"{cfg.gpu.resource}={s}" for s in slices]
+        resources = generic_resources(cfg.gpu.resource, slices)
         if json_out:
             out.print_json(json.dumps({"driver_version": inventory.driver_version,
                                        "gpus": [asdict(g) for g in inventory.gpus],

@@ -22,12 +22,13 @@ from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from .. import facts as F
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
-from ..probes.gpu import Inventory, slices_of
+from ..probes.gpu import Inventory
 from .. import restart
 from ..lifecycle import activate_action, can_drain, drain_action
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
-from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
+from ..slices import (device_of, env_variable, for_config, generic_resources, known_devices, notes,
+                      parse_generic_resource, slice_map_text, slices_of)
 from ..context import Context
 from ..unitfile import Command
 
@@ -146,8 +147,8 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
     merged["default-runtime"] = RUNTIME_NAME
     # Resources of other kinds belong to the operator; ours are replaced as a whole.
     others = [r for r in existing.get("node-generic-resources", [])
-              if r.partition("=")[0] != kind and device_of(r.partition("=")[2]) not in devices]
-    merged["node-generic-resources"] = others + [f"{kind}={s}" for s in slices]
+              if parse_generic_resource(r)[0] != kind and device_of(parse_generic_resource(r)[1]) not in devices]
+    merged["node-generic-resources"] = others + generic_resources(kind, slices)
     if merged.get("live-restore") is True:
         del merged["live-restore"]
     return merged
@@ -155,8 +156,7 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
 
 def advertised(settings: dict) -> list[tuple[str, str]]:
     """(kind, value) of every node-generic-resources entry."""
-    return [(r.partition("=")[0], r.partition("=")[2]) for r in settings.get("node-generic-resources", [])
-            if isinstance(r, str)]
+    return [parse_generic_resource(r) for r in settings.get("node-generic-resources", []) if isinstance(r, str)]
 
 
 def wrapper_loader(program: str = WRAPPER_PROGRAM) -> str:
