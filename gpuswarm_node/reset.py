@@ -152,9 +152,10 @@ class UndoStep:
                 return ok(f"{u.path} is gone")
             return needs_change(f"setup created {u.path}", RemoveFile(u.path))
         if u.op == "rmdir":
-            if not os.path.isdir(u.path):
+            status = ctx.fact(F.FILE_STATUS, u.path)
+            if status is None or not status.is_dir or status.is_symlink:
                 return ok(f"{u.path} is gone")
-            if os.listdir(u.path):
+            if ctx.fact(F.DIR_ENTRIES, u.path):
                 return skipped(f"{u.path} holds files now, so it stays")
             return needs_change(f"setup created {u.path}", Call(what, lambda ctx: os.rmdir(u.path)))
         if u.op == "umount":
