@@ -17,7 +17,6 @@ for every property of a unit that a step looks at.
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -47,9 +46,6 @@ class Fact:
     source: Callable[[str], Any] | None
     parse: Callable[..., Any] = _same
     takes_arg: bool = True
-
-    def __hash__(self) -> int:
-        return hash(self.name)
 
 
 class Facts:
@@ -168,11 +164,16 @@ def parse_dpkg_entry(database: str, package: str) -> dict[str, str] | None:
     """The fields of `package`'s stanza in dpkg's status file (deb-control(5) lines "Name: value";
     continuation lines dropped), or None when dpkg has no record of it. Of two stanzas (one per
     architecture) the first counts, as for dpkg-query -W with one name."""
-    match = re.search(rf"^Package: {re.escape(package)}\n((?:.+\n?)*)", database, re.M)
-    if match is None:
+    needle = f"Package: {package}\n"
+    # A substring search (no regex over the whole file): a package dpkg does not know costs one
+    # pass of str.find over the database.
+    start = 0 if database.startswith(needle) else database.find("\n" + needle) + 1
+    if start == 0 and not database.startswith(needle):
         return None
+    end = database.find("\n\n", start)
+    stanza = database[start + len(needle):end if end >= 0 else len(database)]
     fields = {"Package": package}
-    for line in match.group(1).splitlines():
+    for line in stanza.splitlines():
         if line and not line[0].isspace():
             name, _, value = line.partition(":")
             fields[name] = value.strip()
