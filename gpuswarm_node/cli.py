@@ -30,7 +30,7 @@ PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
 STEP_NAMES = ("tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-              "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels")
+              "metadata-guard", "registry-trust", "image", "shared-fs", "swarm-join", "node-labels")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
@@ -430,27 +430,37 @@ def cuda_env(
     guarded(body)
 
 
-@app.command("hub-config", epilog=epilog(f"{PROG} hub-config --profiles >> jupyterhub_config.py",
+@app.command("hub-config", epilog=epilog(f"{PROG} hub-config --hub-address jupyterhub > jupyterhub_config.py; "
+                                         f"on the manager: {PROG} hub-config --profiles > jupyterhub_config.py",
                                          f"0 printed; 1 --profiles found no labelled node, or no swarm to ask; "
                                          f"{USAGE_EXIT}"))
 @with_config
 def hub_config(
+    hub_address: str = typer.Option("jupyterhub", "--hub-address",
+                                    help="Name (or address) the servers reach the hub's API at, on the network."),
+    network: str = typer.Option("jupyterhub", "--network",
+                                help="Attachable overlay network of the hub and the servers."),
+    slice_wait: int = typer.Option(60, "--slice-wait", help="Seconds a spawn waits for a free GPU slice."),
+    start_timeout: int = typer.Option(600, "--start-timeout", help="JupyterHub's Spawner.start_timeout, seconds."),
+    http_timeout: int = typer.Option(120, "--http-timeout", help="JupyterHub's Spawner.http_timeout, seconds."),
     source: ConfigSource = None,
     profiles: bool = typer.Option(False, "--profiles",
                                   help="Also print a GPU profile per GPU model in the swarm (from the workers' "
                                        "node labels), for the spawn form; run it on the manager."),
 ) -> None:
-    """Print the jupyterhub_config.py lines for SwarmSpawner that ask for this node's resource kind."""
+    """Print a jupyterhub_config.py for SwarmSpawner that asks for this node's GPU slices."""
 
     def body() -> int:
-        from .hub import hub_config as lines
+        from .hub import HubSide, hub_config as text
 
-        text = lines(source.load())
+        side = HubSide(hub_address=hub_address, network=network, slice_wait=slice_wait,
+                       start_timeout=start_timeout, http_timeout=http_timeout)
+        config_text = text(source.load(), side)
         if profiles:
             from .hub import hub_profiles, swarm_nodes
 
-            text += "\n" + hub_profiles(swarm_nodes())  # before anything is printed: all or nothing
-        sys.stdout.write(text)
+            config_text += "\n" + hub_profiles(swarm_nodes())  # before anything is printed: all or nothing
+        sys.stdout.write(config_text)
         return 0
 
     guarded(body)
@@ -683,7 +693,10 @@ def show_config(
         rows = []
         for section, name, default, help_text in reference():
             dotted = f"{section}.{name}"
-            rows.append({"key": dotted, "value": getattr(getattr(cfg, section), name), "default": default,
+            value = getattr(getattr(cfg, section), name)
+            if isinstance(value, tuple):  # [[shared.mounts]]: tables, as the file writes them
+                value = [asdict(item) for item in value]
+            rows.append({"key": dotted, "value": value, "default": list(default) if isinstance(default, tuple) else default,
                          "origin": cfg.origins.get(dotted, "default"), "environment": env_name(section, name),
                          "help": help_text})
         if json_out:

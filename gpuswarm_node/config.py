@@ -217,6 +217,28 @@ class TmpfsConfig:
 
 
 @dataclass(frozen=True)
+class SharedMount:
+    """One NFS mount of the shared filesystem: `source` "host:/export" (AWS EFS: the file system's
+    DNS name and "/"), `path` the absolute mount point, `options` extra mount options after the
+    ones the step always sets (e.g. "ro")."""
+
+    source: str
+    path: str
+    options: str = ""
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options.split(",")
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    mounts: tuple = key((), "NFS mounts (AWS EFS is NFS 4.1) every worker keeps, as [[shared.mounts]] tables in the "
+                            "file: source = \"host:/export\", path = an absolute mount point, options = extra mount "
+                            "options (\"ro\"); none means the shared-fs step is skipped.")
+
+
+@dataclass(frozen=True)
 class DockerConfig:
     source: str = key("distro", "Where Docker comes from: the distro's docker.io or Docker's docker-ce repository.",
                       choices=("distro", "docker-ce"))
@@ -281,6 +303,7 @@ class SwarmConfig:
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     tmpfs: TmpfsConfig = field(default_factory=TmpfsConfig)
+    shared: SharedConfig = field(default_factory=SharedConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
     apt: AptConfig = field(default_factory=AptConfig)
@@ -333,6 +356,8 @@ def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     want = type(f.default)
     where = f"[{section}] {name} ({origin})"
+    if want is tuple:
+        return _coerce_mounts(raw, where)
     try:
         if want is bool:
             if isinstance(raw, str) and raw.strip().lower() in BOOL_WORDS:
@@ -367,6 +392,55 @@ def _coerce(section: str, name: str, raw: Any, origin: str) -> Any:
     return value
 
 
+MOUNT_KEYS = ("source", "path", "options")
+# host:/export, the host a DNS name, an IPv4 address or a bracketed IPv6 address; the export an
+# absolute path of printable characters without spaces (fstab separates fields by them).
+NFS_SOURCE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(/[!-~]*)")
+MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9._:/-]+)?")
+
+
+def _coerce_mounts(raw: Any, where: str) -> tuple:
+    if isinstance(raw, str):
+        raise ConfigError(f"{where} can only be given as [[shared.mounts]] tables in the config file, got {raw!r}.",
+                          "Write each mount as a [[shared.mounts]] table with source, path and options.")
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where} must be a list of [[shared.mounts]] tables, got {raw!r}.",
+                          "Write each mount as a [[shared.mounts]] table with source, path and options.")
+    mounts = []
+    for i, table in enumerate(raw, 1):
+        at = f"[[shared.mounts]] number {i} ({where.split('(', 1)[-1].rstrip(')')})"
+        unknown = [k for k in table if k not in MOUNT_KEYS]
+        if unknown:
+            raise ConfigError(f"{at} has the unknown key {unknown[0]!r}.", f"Valid keys: {', '.join(MOUNT_KEYS)}.")
+        for name in MOUNT_KEYS:
+            value = table.get(name, "")
+            if not isinstance(value, str):
+                raise ConfigError(f"{at} {name} must be a string, got {value!r}.", "Fix the value and run again.")
+        source, path, options = (table.get(k, "") for k in MOUNT_KEYS)
+        if not NFS_SOURCE.fullmatch(source):
+            raise ConfigError(f"{at} source must be host:/export (an NFS server and an absolute export path, no "
+                              f"spaces), got {source!r}.", "Write it as EFS shows it, e.g. "
+                              "fs-0123456789abcdef0.efs.eu-west-1.amazonaws.com:/, and run again.")
+        if not path.startswith("/") or not all(c.isprintable() and not c.isspace() for c in path) \
+                or ".." in path.split("/"):
+            raise ConfigError(f"{at} path must be an absolute path without spaces or '..', got {path!r}.",
+                              "Fix the value and run again.")
+        if system_dir(normal_path(path)):
+            raise ConfigError(f"{at} path must not be / or a system directory (a mount there hides what the system "
+                              f"keeps in it), got {path!r}.", "Choose a directory of its own, such as /mnt/shared.")
+        if options and not all(MOUNT_OPTION.fullmatch(o) for o in options.split(",")):
+            raise ConfigError(f"{at} options must be comma-separated mount options such as ro or actimeo=30, got "
+                              f"{options!r}.", "Fix the value and run again.")
+        mounts.append(SharedMount(source, normal_path(path), options))
+    paths = [m.path for m in mounts]
+    for m in mounts:
+        inside = [p for p in paths if p != m.path and (p + "/").startswith(m.path + "/")]
+        if paths.count(m.path) > 1 or inside:
+            raise ConfigError(f"{where}: {m.path} is the mount point of more than one mount, or holds another "
+                              f"({', '.join(inside) or m.path}).", "Give each mount a mount point of its own.")
+    return tuple(mounts)
+
+
 def _validate(cfg: Config) -> None:
     def bad(section: str, name: str, why: str, fix: str = "Fix the value and run again.") -> ConfigError:
         return ConfigError(f"[{section}] {name} {why}.", fix)
@@ -374,6 +448,9 @@ def _validate(cfg: Config) -> None:
     if not 0 < cfg.tmpfs.fraction <= 1:
         raise bad("tmpfs", "fraction", f"must be greater than 0 and at most 1, got {cfg.tmpfs.fraction}")
     _validate_paths(cfg, bad)
+    for m in cfg.shared.mounts:
+        if normal_path(m.path) == normal_path(cfg.tmpfs.path) and cfg.tmpfs.enabled:
+            raise bad("shared", "mounts", f"must not use the tmpfs's mount point {m.path}")
     if not 1 <= cfg.gpu.slices_per_gpu <= MAX_SLICES_PER_GPU:
         raise bad("gpu", "slices_per_gpu", f"must be from 1 to {MAX_SLICES_PER_GPU} (each slice is a resource "
                   f"in the node's Swarm description), got {cfg.gpu.slices_per_gpu}")

@@ -62,7 +62,7 @@ SWARM_INFO_FORMAT = ('{"NodeID":{{json .Swarm.NodeID}},"NodeAddr":{{json .Swarm.
                      '"LocalNodeState":{{json .Swarm.LocalNodeState}},'
                      '"ControlAvailable":{{json .Swarm.ControlAvailable}},'
                      '"ClusterID":{{if .Swarm.Cluster}}{{json .Swarm.Cluster.ID}}{{else}}""{{end}},'
-                     '"RemoteManagers":{{json .Swarm.RemoteManagers}}}')
+                     '"RemoteManagers":{{json .Swarm.RemoteManagers}},"ServerVersion":{{json .ServerVersion}}}')
 
 DockerRunner = Callable[[list[str]], "tuple[int, str, str]"]
 

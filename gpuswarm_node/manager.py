@@ -10,6 +10,7 @@ import errno
 import hmac
 import json
 import os
+import re
 import shlex
 import socket
 import stat
@@ -271,6 +272,7 @@ class ManagerSwarm:
     join_addr: str  # host:port the manager advertises for joining (what its workers will dial)
     token: str = field(default="", repr=False)  # a worker join token, only when asked for
     node_known: bool | None = None  # whether the asked-for node id is one of the swarm's nodes
+    engine_version: str = ""  # the manager's Docker Engine version (`docker info`'s ServerVersion)
 
 
 def read_manager_swarm(cfg: SwarmConfig, token: bool = False, node_id: str = "",
@@ -306,7 +308,38 @@ def parse_swarm_info(text: str, manager: str) -> ManagerSwarm:
         join_addr = own[0]
     else:
         join_addr = join_host_port(info.get("NodeAddr") or manager, SWARM_PORT)
-    return ManagerSwarm(cluster_id=info["ClusterID"], join_addr=join_addr)
+    version = info.get("ServerVersion")
+    return ManagerSwarm(cluster_id=info["ClusterID"], join_addr=join_addr,
+                        engine_version=version if isinstance(version, str) else "")
+
+
+# The first Docker Engine whose swarmkit keeps tasks that hold a generic resource when their node's
+# record changes: before it, the constraint enforcer's test was inverted
+# (manager/orchestrator/constraintenforcer/constraint_enforcer.go; moby/moby#44378, fixed by
+# moby/swarmkit#3082, vendored into moby v23.0.2; v23.0.0 and v23.0.1 still carry the bug).
+FIXED_ENFORCER = (23, 0, 2)
+
+
+def engine_version_tuple(version: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a Docker Engine version ("20.10.24+dfsg1", "24.0.7", "17.06.2-ce"),
+    or None when it does not start with numbers."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def old_enforcer_problem(swarm: ManagerSwarm, manager: str) -> str | None:
+    """Why this manager would reject the node's notebook tasks, or None (also for a version it did
+    not tell)."""
+    found = engine_version_tuple(swarm.engine_version)
+    if found is None or found >= FIXED_ENFORCER:
+        return None
+    fixed = ".".join(map(str, FIXED_ENFORCER))
+    return (f"the manager {manager} runs Docker {swarm.engine_version}, whose swarm constraint enforcer rejects "
+            "every task that reserves a generic resource (each notebook's GPU slice) whenever its node's record "
+            f"changes, so notebooks would fail to start here; upgrade the manager's Docker Engine to {fixed} or "
+            "later, then run setup again")
 
 
 def split_host_port(address: str) -> tuple[str, int]:

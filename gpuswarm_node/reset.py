@@ -148,7 +148,7 @@ class UndoStep:
                 return ok(f"{u.path} is as it was before setup")
             return needs_change(f"{u.path} differs from its backup", Call(what, _restore(u)))
         if u.op == "remove":
-            if host.read_text(u.path) is None and host.file_status(u.path) is None:
+            if host.read_bytes(u.path) is None and host.file_status(u.path) is None:
                 return ok(f"{u.path} is gone")
             return needs_change(f"setup created {u.path}", RemoveFile(u.path))
         if u.op == "rmdir":

@@ -3,7 +3,8 @@
 - gpu_presence: whether the machine has an NVIDIA GPU and how that is known (NVML first, the PCI
   bus when NVML cannot answer); the driver and toolkit steps both go by it.
 - the toolkit's apt source, and the plan-level decision that on a fresh GPU machine the toolkit
-  is installed in the docker step's apt transaction (one `apt-get update`, one install).
+  is installed in the docker step's apt transaction (one `apt-get update`, one install); likewise
+  the NFS client that shared-fs needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .probes.driver import PciGpu
 from .render import render
 
 TOOLKIT_PACKAGE = "nvidia-container-toolkit"
+NFS_CLIENT_PACKAGE = "nfs-common"  # mount.nfs4, the NFS client's mount helper (Debian, Ubuntu)
 TOOLKIT_SOURCE_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 NVIDIA_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_KEY = "/usr/share/keyrings/nvidia-container-toolkit-keyring.asc"
@@ -63,3 +65,11 @@ def joint_toolkit_install(ctx: Context) -> list | None:
     if not gpu_presence(ctx)[0] or ctx.fact(F.PACKAGE_INSTALLED, TOOLKIT_PACKAGE):
         return None
     return toolkit_source_actions(ctx)
+
+
+def joint_nfs_client(ctx: Context) -> tuple[str, ...]:
+    """For the docker step's install on a fresh machine: the NFS client, when shared mounts are
+    configured and it is missing, so that it comes in the same apt transaction."""
+    if ctx.config.shared.mounts and not ctx.fact(F.PACKAGE_INSTALLED, NFS_CLIENT_PACKAGE):
+        return (NFS_CLIENT_PACKAGE,)
+    return ()

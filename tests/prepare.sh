@@ -13,6 +13,9 @@ missing=""
 for pkg in $LAB_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
+# The lab's JupyterHub needs configurable-http-proxy from npm (tests/lab/hub_build.py): node and
+# npm from anywhere will do, else Debian's.
+command -v node >/dev/null && command -v npm >/dev/null || missing="$missing nodejs npm"
 if [ -n "$missing" ]; then
     echo "installing$missing" >&2
     export DEBIAN_FRONTEND=noninteractive

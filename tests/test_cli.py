@@ -16,7 +16,7 @@ from gpuswarm_node.steps import STEP_NAMES
 from .conftest import A100, T4
 
 ALL_STEPS = ["tmpfs", "docker-group", "docker", "nvidia-driver", "nvidia-toolkit", "docker-daemon",
-             "metadata-guard", "registry-trust", "image", "swarm-join", "node-labels"]
+             "metadata-guard", "registry-trust", "image", "shared-fs", "swarm-join", "node-labels"]
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -54,5 +54,5 @@ def test_hub_config_prints_spawner_lines_for_the_nodes_kind(gsn, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "c.SwarmSpawner.extra_resources_spec = {'generic_resources': {'nvslice': 1}}\n" in result.stdout
     assert "c.SwarmSpawner.image = 'hub.example.org:5000/nb:latest'\n" in result.stdout
-    assert "c.JupyterHub.spawner_class = 'dockerspawner.SwarmSpawner'\n" in result.stdout
+    assert "c.JupyterHub.spawner_class = GpuSliceSpawner\n" in result.stdout
     compile(result.stdout, "jupyterhub_config.py", "exec")

@@ -349,3 +349,46 @@ def test_a_step_both_selected_and_skipped_is_a_usage_error():
     with pytest.raises(ConfigError, match="--only and --skip both name tmpfs"):
         steps.select(["tmpfs", "image"], ["tmpfs"])
     assert [s.name for s in steps.select(["tmpfs"], ["image"])] == ["tmpfs"]
+
+
+# --- [[shared.mounts]] ----------------------------------------------------------------------------
+
+EFS = "fs-0123456789abcdef0.efs.eu-west-1.amazonaws.com"
+
+
+def test_shared_mounts_are_read_from_tables():
+    cfg = config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/srv//shared/", "options": "ro"},
+                                                    {"source": "[2001:db8::5]:/data", "path": "/srv/data"}]}})
+    assert cfg.shared.mounts == (config.SharedMount(f"{EFS}:/", "/srv/shared", "ro"),
+                                 config.SharedMount("[2001:db8::5]:/data", "/srv/data", ""))
+    assert cfg.shared.mounts[0].read_only and not cfg.shared.mounts[1].read_only
+
+
+@pytest.mark.parametrize("mount, says", [
+    ({"source": EFS, "path": "/srv/x"}, "source must be host:/export"),
+    ({"source": f"{EFS}:/ x", "path": "/srv/x"}, "source must be host:/export"),
+    ({"source": f"-o{EFS}:/", "path": "/srv/x"}, "source must be host:/export"),
+    ({"source": f"{EFS}:/", "path": "srv/x"}, "path must be an absolute path"),
+    ({"source": f"{EFS}:/", "path": "/srv/../etc"}, "path must be an absolute path"),
+    ({"source": f"{EFS}:/", "path": "/usr"}, "must not be / or a system directory"),
+    ({"source": f"{EFS}:/", "path": "/srv/x", "options": "ro,bg rw"}, "options must be comma-separated"),
+    ({"source": f"{EFS}:/", "path": "/srv/x", "opts": "ro"}, "unknown key 'opts'"),
+    ({"source": f"{EFS}:/", "path": "/srv/x", "options": 1}, "options must be a string"),
+])
+def test_bad_shared_mounts_are_refused_naming_the_table(mount, says):
+    with pytest.raises(ConfigError, match=re.escape(says)) as raised:
+        config.from_tables({"shared": {"mounts": [mount]}})
+    assert "[[shared.mounts]] number 1" in raised.value.message()
+
+
+def test_shared_mounts_need_mount_points_of_their_own():
+    mounts = [{"source": f"{EFS}:/a", "path": "/srv/shared"}, {"source": f"{EFS}:/b", "path": "/srv/shared/data"}]
+    with pytest.raises(ConfigError, match="holds another"):
+        config.from_tables({"shared": {"mounts": mounts}})
+    with pytest.raises(ConfigError, match="tmpfs's mount point"):
+        config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/mnt/tmpfs"}]}})
+
+
+def test_shared_mounts_come_only_from_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"only be given as \[\[shared.mounts\]\] tables"):
+        config.load(None, env={"GPUSWARM_CONFIG": ""}, overrides=["shared.mounts=x:/y"])

@@ -7,7 +7,7 @@ import pytest
 
 from gpuswarm_node.facts import MOUNTS, Facts
 from gpuswarm_node.probes import osfacts
-from gpuswarm_node.steps.tmpfs import desired_fstab, has_entry
+from gpuswarm_node.fstab import desired_fstab, has_entry
 
 from .fakes import FakeHost
 

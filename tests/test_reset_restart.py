@@ -197,3 +197,18 @@ def test_the_reset_plan_shows_the_drain(tmp_path, monkeypatch):
         "  - drain this node through the manager and wait for its tasks to move")
     assert lines[-1] == "run `gpuswarm-node reset --yes --drain` to do this."
     assert host.actions == [] and docker.calls == []
+
+
+def test_bytecode_setup_wrote_is_removed_or_restored_as_bytes(tmp_path):
+    # Found by the lab: the wrapper's bytecode is not UTF-8, and reset read every file as text.
+    created = "/usr/local/lib/gpuswarm-node/__pycache__/gpuswarm-runtime.cpython-311.pyc"
+    replaced = "/usr/local/lib/gpuswarm-node/__pycache__/other.cpython-311.pyc"
+    backup = tmp_path / "other.pyc"
+    backup.write_bytes(b"\xa7\r\r\n before setup")
+    ctx, host, _ = context(containers=[], files={created: b"\xa7\r\r\n setup's", replaced: b"\xa7\r\r\n setup's"})
+    entries = [{"kind": "write", "path": created, "backup": None, "undo": {"op": "remove", "path": created}},
+               {"kind": "write", "path": replaced, "backup": str(backup),
+                "undo": {"op": "restore", "path": replaced, "backup": str(backup)}}]
+    report = run_reset_plan(ctx, entries)
+    assert report.ok, [(s.name, s.state, s.detail) for s in report.steps]
+    assert created not in host.files and host.files[replaced] == b"\xa7\r\r\n before setup"

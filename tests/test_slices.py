@@ -4,6 +4,9 @@ and the device behind a slice ID as cuda-env and the hub config see it."""
 from __future__ import annotations
 
 import json
+import sys
+import types
+from unittest import mock
 
 import pytest
 
@@ -195,12 +198,43 @@ def test_resource_kind_is_ascii():
 def test_hub_config_asks_for_this_nodes_kind():
     text = hub.hub_config(config.from_tables({"gpu": {"resource": "nvslice"},
                                               "image": {"name": "hub.example.org:5000/nb:latest"}}))
-    namespace = {"c": _Config()}
-    exec(text, namespace)  # noqa: S102 - the lines are Python a hub runs; check they are
+    namespace = _exec_hub_config(text)
     spawner = namespace["c"].SwarmSpawner
     assert spawner.extra_resources_spec == {"generic_resources": {"nvslice": 1}}
     assert spawner.image == "hub.example.org:5000/nb:latest"
-    assert namespace["c"].JupyterHub.spawner_class == "dockerspawner.SwarmSpawner"
+    assert spawner.network_name == "jupyterhub" and spawner.extra_endpoint_spec == {"mode": "dnsrr"}
+    assert namespace["c"].JupyterHub.hub_connect_ip == "jupyterhub"
+    assert namespace["c"].JupyterHub.spawner_class.__name__ == "GpuSliceSpawner"
+    assert namespace["c"].JupyterHub.spawner_class.slice_wait == 60
+
+
+def test_hub_config_takes_the_hubs_own_facts():
+    text = hub.hub_config(config.from_tables({}), hub.HubSide(hub_address="10.0.0.5", network="nb-net",
+                                                               slice_wait=20, start_timeout=300))
+    namespace = _exec_hub_config(text)
+    assert namespace["c"].JupyterHub.hub_connect_ip == "10.0.0.5"
+    assert namespace["c"].SwarmSpawner.network_name == "nb-net"
+    assert namespace["c"].SwarmSpawner.start_timeout == 300
+    assert namespace["c"].JupyterHub.spawner_class.slice_wait == 20
+
+
+@pytest.mark.parametrize("side, flag", [
+    (dict(hub_address="hub;rm"), "--hub-address"), (dict(network="a b"), "--network"),
+    (dict(slice_wait=0), "--slice-wait"), (dict(slice_wait=600, start_timeout=600), "--slice-wait"),
+])
+def test_hub_config_refuses_what_would_not_work(side, flag):
+    with pytest.raises(ConfigError, match=flag):
+        hub.hub_config(config.from_tables({}), hub.HubSide(**side))
+
+
+def _exec_hub_config(text: str) -> dict:
+    """Run the printed config as a hub would, with a stand-in for dockerspawner (not a test dependency)."""
+    fake = types.ModuleType("dockerspawner")
+    fake.SwarmSpawner = type("SwarmSpawner", (), {})
+    namespace = {"c": _Config()}
+    with mock.patch.dict(sys.modules, {"dockerspawner": fake}):
+        exec(text, namespace)  # noqa: S102 - the lines are Python a hub runs; check they are
+    return namespace
 
 
 def test_hub_config_without_image_sets_none():

@@ -83,8 +83,25 @@ def test_the_info_command_is_one_template_that_renders_json():
                       lambda m: m.group(1) if cluster else m.group(2), template)
         text = re.sub(r"\{\{json \.Swarm\.Cluster\.ID\}\}", lambda m: json.dumps(cluster["ID"]), text)
         text = re.sub(r"\{\{json \.Swarm\.(\w+)\}\}", lambda m: json.dumps(swarm[m.group(1)]), text)
+        text = text.replace("{{json .ServerVersion}}", json.dumps("26.1.5+dfsg1"))
         assert "{{" not in text
         assert json.loads(text)["ClusterID"] == (CLUSTER if cluster else "")
+        assert json.loads(text)["ServerVersion"] == "26.1.5+dfsg1"
+
+
+@pytest.mark.parametrize("version, parsed, blocked", [
+    ("20.10.24+dfsg1", (20, 10, 24), True), ("17.06.2-ce", (17, 6, 2), True), ("23.0.1", (23, 0, 1), True),
+    ("23.0.2", (23, 0, 2), False), ("24.0.7", (24, 0, 7), False), ("26.1.5+dfsg1", (26, 1, 5), False),
+    ("28.2", (28, 2, 0), False), ("", None, False), ("dev", None, False),
+])
+def test_a_manager_engine_before_the_fixed_constraint_enforcer_is_named(version, parsed, blocked):
+    assert manager.engine_version_tuple(version) == parsed
+    swarm = parse_swarm_info(json.dumps(manager_info(ServerVersion=version)), "203.0.113.7")
+    assert swarm.engine_version == version
+    problem = manager.old_enforcer_problem(swarm, "203.0.113.7")
+    assert bool(problem) == blocked
+    if blocked:
+        assert f"runs Docker {version}" in problem and "23.0.2 or later" in problem
 
 
 class FakeSession(manager.ManagerSession):

@@ -13,6 +13,7 @@ class Mount:
     mount_point: str
     fstype: str
     options: dict[str, str]  # super-block options, e.g. {"size": "1048576k", "mode": "1777"}
+    source: str = ""  # what is mounted, e.g. "tmpfs" or "fs-1.efs.eu-west-1.amazonaws.com:/"
 
 
 _OCTAL = re.compile(r"\\([0-3][0-7]{2})")
@@ -42,7 +43,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         for opt in tail[2].split(","):
             name, _, value = opt.partition("=")
             options[name] = value
-        mounts.append(Mount(unescape_mount(fields[4]), tail[0], options))
+        mounts.append(Mount(unescape_mount(fields[4]), tail[0], options, unescape_mount(tail[1])))
     return mounts
 
 

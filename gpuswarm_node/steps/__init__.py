@@ -13,14 +13,17 @@ from .node_labels import NodeLabelsStep
 from .nvidia_driver import NvidiaDriverStep
 from .nvidia_toolkit import NvidiaToolkitStep
 from .registry_trust import RegistryTrustStep
+from .shared_fs import SharedFsStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
 
-# The image is pulled before the join, so no notebook lands on a node without its image; the
-# labels are set once the node is in the swarm.
+# The image is pulled and the shared filesystem mounted before the join, so no notebook lands on a
+# node without its image or the directories its service binds; the labels are set once the node is
+# in the swarm.
 ALL_STEPS: tuple[Step, ...] = (
     TmpfsStep(), DockerGroupStep(), DockerStep(), NvidiaDriverStep(), NvidiaToolkitStep(),
-    DockerDaemonStep(), MetadataGuardStep(), RegistryTrustStep(), ImageStep(), SwarmJoinStep(), NodeLabelsStep(),
+    DockerDaemonStep(), MetadataGuardStep(), RegistryTrustStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(),
+    NodeLabelsStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
 

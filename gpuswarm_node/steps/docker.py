@@ -6,7 +6,7 @@ from ..engine import Call, Check, perform, PlannedFile, blocked, needs_change, o
 from .. import facts as F
 from ..render import render
 from ..context import Context
-from ..shared_facts import TOOLKIT_PACKAGE, joint_toolkit_install, toolkit_source_file
+from ..shared_facts import TOOLKIT_PACKAGE, joint_nfs_client, joint_toolkit_install, toolkit_source_file
 from ..journal import keep
 from . import apt
 
@@ -76,6 +76,10 @@ class DockerStep:
                 actions += toolkit
                 wanted = (*wanted, TOOLKIT_PACKAGE)
                 reason += f"; {TOOLKIT_PACKAGE} comes in the same apt transaction"
+            shared = joint_nfs_client(ctx)  # the NFS client, for shared-fs
+            if shared:
+                wanted = (*wanted, *shared)
+                reason += f"; {' '.join(shared)} (shared-fs) comes in the same apt transaction"
             actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))

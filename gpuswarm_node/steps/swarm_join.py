@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok
 from ..errors import ManagerUnreachable, StepFailed
-from ..manager import ManagerSwarm, join_host_port, resolve_addresses, split_host_port
+from ..manager import ManagerSwarm, join_host_port, old_enforcer_problem, resolve_addresses, split_host_port
 from ..probes.docker import SwarmMembership
 from ..context import Context
 from ..journal import Undo
@@ -59,6 +59,9 @@ def join_action(ctx: Context, leave: str = "") -> Call:
 
     def join(ctx: Context) -> None:
         swarm = ctx.manager_swarm(token=True)
+        problem = old_enforcer_problem(swarm, cfg.manager)
+        if problem:  # the manager changed between check and apply; the node is left as it was
+            raise StepFailed(f"{problem}.")
         address, why = choose_join_address(ctx, swarm)
         if leave:
             ctx.docker.leave()
@@ -100,6 +103,12 @@ class SwarmJoinStep:
         if membership.state != "inactive":
             state = f"{membership.state} {membership.error}".strip()
             return blocked(f"swarm state is {state}; run `docker swarm leave --force` and setup again")
+        try:
+            problem = old_enforcer_problem(ctx.manager_swarm(), cfg.manager)
+        except ManagerUnreachable:
+            problem = None  # the join says why, with the token read
+        if problem:
+            return blocked(problem)
         return needs_change(f"not in a swarm; join the swarm managed at {cfg.manager}", join_action(ctx))
 
     @staticmethod
@@ -129,6 +138,9 @@ class SwarmJoinStep:
             return blocked(f"this node is in a swarm (cluster {local or 'unknown'}) whose managers ({managers}) are "
                            f"not at {cfg.manager}, and the manager cannot be asked which swarm it runs: "
                            f"{exc.message()}")
+        problem = old_enforcer_problem(swarm, cfg.manager)
+        if problem:
+            return blocked(problem)
         same = local == swarm.cluster_id if local else bool(swarm.node_known)
         if same:
             return ok(f"{role} of swarm {swarm.cluster_id} managed at {cfg.manager} (its managers advertise "

@@ -8,9 +8,9 @@ from .. import facts as F
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
+from ..fstab import FSTAB, desired_fstab, has_entry
 from ..journal import Undo
 
-FSTAB = "/etc/fstab"
 # A size=0 tmpfs has no limit at all (tmpfs(5)): never render less than this.
 MIN_MIB = 1
 
@@ -25,36 +25,6 @@ def size_bytes(ctx: Context) -> int:
 
 def size_mib(ctx: Context) -> int:
     return size_bytes(ctx) // 2**20
-
-
-def fstab_mount_point(line: str) -> str | None:
-    """The mount point of an fstab line, decoded; None for a comment or a line without one."""
-    fields = line.split()
-    if not fields or fields[0].startswith("#") or len(fields) < 2:
-        return None
-    return osfacts.unescape_mount(fields[1])
-
-
-def desired_fstab(current: str, entry: str, path: str) -> str:
-    """The current fstab with every entry for `path`, however it is spelled, replaced by exactly
-    one `entry`."""
-    out, placed = [], False
-    for line in current.splitlines():
-        point = fstab_mount_point(line)
-        if point is not None and osfacts.same_mount_point(point, path):
-            if not placed:
-                out.append(entry)
-                placed = True
-            continue
-        out.append(line)
-    if not placed:
-        out.append(entry)
-    return "\n".join(out) + "\n"
-
-
-def has_entry(fstab: str, path: str) -> bool:
-    return any(point is not None and osfacts.same_mount_point(point, path)
-               for point in map(fstab_mount_point, fstab.splitlines()))
 
 
 def _verify(ctx: Context, entry: str) -> None:

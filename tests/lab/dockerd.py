@@ -27,6 +27,9 @@ Why it is started the way it is:
   containers as their descendants.
 - The SDK must negotiate the API version: SDK 7.1 defaults to 1.44, dockerd
   20.10 speaks at most 1.41.
+- ``engine`` picks the dockerd: by default the host's (Debian 12's 20.10), or a
+  directory holding another ``dockerd`` and its ``docker-proxy`` (the manager's
+  Debian 13 engine, engine.py), which then comes first on the daemon's PATH.
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ class LabDockerd:
     """dockerd in ``host``'s netns; everything it owns lives under ``state_dir``."""
 
     def __init__(self, host: LabHost, state_dir: Path, daemon_json: dict | None = None,
-                 hostname: str | None = None) -> None:
+                 hostname: str | None = None, engine: Path | None = None) -> None:
         if not Path("/etc/docker").is_dir():
             # We bind-mount over it and must not create anything in the host's /etc.
             raise RuntimeError("/etc/docker must exist on the host (it is a mount point for the lab)")
@@ -199,6 +202,7 @@ class LabDockerd:
         # With a hostname, dockerd gets a UTS namespace of its own: the swarm knows a node by the
         # hostname its daemon reports (Description.Hostname), as it would a separate machine.
         self.hostname = hostname
+        self.engine = engine
         self.state_dir = Path(state_dir)
         self.etc_docker = self.state_dir / "etc-docker"
         self.socket_path = self.state_dir / "docker.sock"
@@ -247,8 +251,11 @@ class LabDockerd:
         # Tests may have rewritten daemon.json; only fill in what keeps us in range.
         defaults = {**DEFAULT_DAEMON_JSON, "cgroup-parent": self.cgroup_parent}
         self._write_config({**defaults, **self._read_config()})
+        env = lab_env()
+        if self.engine:
+            env["PATH"] = f"{self.engine}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         argv = [
-            "dockerd",
+            str(self.engine / "dockerd") if self.engine else "dockerd",
             "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root),
             "--pidfile", str(self.pidfile),
@@ -261,7 +268,7 @@ class LabDockerd:
             self._proc = subprocess.Popen(
                 private_mount_ns_argv(self.host, self.etc_docker, argv),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=lab_env(), start_new_session=True,
+                env=env, start_new_session=True,
             )
         self._wait_ready()
 

@@ -1,6 +1,7 @@
 """The lab's swarm manager host: netns gsn-mgr at 198.18.0.1.
 
-It runs a swarm-manager dockerd, an OpenSSH server whose ``docker`` talks to
+It runs a swarm-manager dockerd (Debian 13's Docker Engine 26, engine.py: a
+current manager, whose constraint enforcer keeps generic-resource tasks), an OpenSSH server whose ``docker`` talks to
 that daemon, and a TLS docker-registry holding one small test image.
 
 Notes:
@@ -12,8 +13,8 @@ Notes:
   (not ``!``, which sshd would treat as a locked account).
 - ``SetEnv DOCKER_HOST=...`` (OpenSSH >= 7.8) points the session's ``docker``
   at the manager daemon.  That ``docker`` is whatever the login PATH finds
-  (here the newer CLI in /usr/local/bin); it negotiates down to dockerd
-  20.10's API 1.41.
+  (here the newer CLI in /usr/local/bin); it negotiates down to the
+  daemon's API version.
 - The host namespace *can* reach 198.18.0.1 (it owns 198.18.0.254 on the
   bridge); the tests still connect from a worker netns to be realistic.
 """
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import engine
 from .dockerd import LabDockerd, lab_env, private_mnt_ns, private_mount_ns_argv, stop_process, tail
 from .network import LabNetwork
 from .tlsca import TestCA
@@ -140,7 +142,7 @@ class ManagerHost(Started):
         self.ca = TestCA(self.ca_cert_path.parent)
         etc_docker = self.state_dir / "dockerd" / "etc-docker"
         trust_ca(etc_docker, self.registry_address, self.ca_cert_path)
-        self.dockerd = LabDockerd(self.host, self.state_dir / "dockerd")
+        self.dockerd = LabDockerd(self.host, self.state_dir / "dockerd", engine=engine.bin_dir())
         self.docker = self.dockerd.client()
         self._phase("dockerd_start", t)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from . import engine
 from .dockerd import LabDockerd
 from .manager import ManagerHost, trust_ca
 from .util import wait_for
@@ -98,6 +99,14 @@ def test_swarm_is_active_with_one_manager(manager):
     assert set(manager.timings) == {
         "network", "dockerd_start", "swarm_init", "sshd", "registry", "image_push"
     }
+
+
+def test_manager_runs_a_current_docker_engine(manager):
+    """Debian 13's engine (engine.py), not the host's 20.10: its constraint enforcer keeps tasks
+    that hold a generic resource when their node's record changes."""
+    version = manager.docker.version()
+    assert int(version["Version"].split(".")[0]) >= 26, version
+    assert str(engine.bin_dir()) in Path(f"/proc/{manager.dockerd.pid}/cmdline").read_text()
 
 
 def test_manager_files(manager):

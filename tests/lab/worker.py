@@ -63,20 +63,21 @@ def project_tree(dest: Path) -> Path:
     return dest
 
 
-def node_toml(manager: ManagerHost, address: str = ADDRESS) -> str:
+def node_toml(manager: ManagerHost, address: str = ADDRESS, slices_per_gpu: int = SLICES_PER_GPU,
+              image: str | None = None) -> str:
     return f"""\
 [nvidia]
 toolkit_apt_source = "deb [trusted=yes] file:/srv/toolkit-repo ./"
 
 [gpu]
-slices_per_gpu = {SLICES_PER_GPU}
+slices_per_gpu = {slices_per_gpu}
 
 [registry]
 address = "{manager.registry_address}"
 ca_cert = "/etc/gpuswarm-node/registry-ca.crt"
 
 [image]
-name = "{manager.image}"
+name = "{image or manager.image}"
 
 [swarm]
 manager = "{manager.address}"
@@ -157,11 +158,16 @@ class Worker:
 @contextlib.contextmanager
 def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path, toolkit_repo: Path,
                        nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS,
-                       suite: str = lab_machine.rootfs.SUITE, readme: bool = False) -> Iterator[Worker]:
+                       suite: str = lab_machine.rootfs.SUITE, readme: bool = False,
+                       gpus: list[fake_nvml.FakeGpu] = GPUS, slices_per_gpu: int = SLICES_PER_GPU,
+                       image: str | None = None, first: bool = True) -> Iterator[Worker]:
     """Boot and provision the fresh worker (`readme`: as README.md's quick start expects, see the
     module's doc); on exit remove it from the swarm, power it off, and remove its netns, also when
-    provisioning failed half-way."""
-    lab_machine.cleanup_stale()
+    provisioning failed half-way. `image` (default: the manager's test image) is what its node.toml
+    pulls; `first=False` for a second worker beside a running one (the first removes what a crashed
+    run left)."""
+    if first:
+        lab_machine.cleanup_stale()
     network.enable_outbound_nat()  # apt and pip inside need the package registries
     host = network.add_host(name, address)
     machine = FreshMachine(host, work_dir / name, name=name, suite=suite)
@@ -169,7 +175,7 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
         with timed("fresh machine: unpack and boot"):
             machine.start()
         # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
-        fake_nvml.install_into(machine.rootfs, GPUS, lib_dir=nvml_lib_dir)
+        fake_nvml.install_into(machine.rootfs, gpus, lib_dir=nvml_lib_dir)
         machine.copy_in(toolkit_repo, "/srv/toolkit-repo")
         machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
                     input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
@@ -192,7 +198,7 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
             machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
             machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
             machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
-            machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address))
+            machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address, slices_per_gpu, image))
         yield Worker(machine)
     finally:
         try:
