@@ -62,8 +62,8 @@ class Facts:
 
     def get(self, fact: Fact, arg: str = "") -> Any:
         key = (fact.name, arg)
-        stated = self.given.get(fact.name)
-        if stated is not None:
+        if fact.name in self.given:
+            stated = self.given[fact.name]
             if not fact.takes_arg:
                 return stated
             if arg in stated:
