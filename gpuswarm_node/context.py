@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .config import Config
 from .errors import NvmlUnavailable
-from .facts import Fact, Facts
+from .facts import DockerReads, Fact, Facts
 from .host import LOG_DIR, Host, LocalHost
 from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
@@ -109,17 +109,21 @@ class Context:
 
     def __post_init__(self) -> None:
         given = self.given_facts if self.given_facts is not None else getattr(self.host, "facts", None)
-        self.facts = Facts(self.host, given)
+        self.facts = Facts(self.host, given, docker=self._docker_api)
 
     def fact(self, fact: Fact, arg: str = ""):
         """A fact about this machine (gpuswarm_node.facts), read once per run until an action runs."""
         return self.facts.get(fact, arg)
 
-    @property
-    def docker(self) -> DockerApi:
+    def _docker_api(self) -> DockerApi:
         if self._docker is None:
             self._docker = self.docker_factory()
         return self._docker
+
+    @property
+    def docker(self) -> DockerApi:
+        """The Docker daemon: its reads are facts (read once per run, again after a change)."""
+        return DockerReads(self.facts)
 
     def inventory(self) -> Inventory:
         """NVML's answer, asked once per run; raises NvmlUnavailable."""

@@ -1,7 +1,7 @@
 """Facts: every read of the machine a step makes, by name, read once per run.
 
-A fact says what it reads (a command, a file, a file's status, a directory, PATH, or another
-fact) and parses it with a pure function; `Facts.get` reads it through the host seam and keeps
+A fact says what it reads (a command, a file, a file's status, a directory, PATH, the Docker
+daemon's socket, or another fact) and parses it with a pure function; `Facts.get` reads it through the host seam and keeps
 the answer for the run (pyinfra's model: a fact is a command or file plus a parser, cached per
 host). After an action changes the machine the engine forgets every answer (`Facts.forget`), so
 a re-check reads the machine again.
@@ -30,6 +30,7 @@ STAT = "stat"          # source(arg) -> path; the parser gets its FileStatus or 
 LISTDIR = "listdir"    # source(arg) -> path; the parser gets its entries' names
 WHICH = "which"        # source(arg) -> program; the parser gets its path on PATH or None
 HOST = "host"          # source(arg) -> a function of the host (a seam of its own: os-release, sysconf)
+DOCKER = "docker"      # source(arg) -> a function of the Docker API (GETs over the Engine API's socket)
 DERIVED = "derived"    # parse(facts, arg): made of other facts
 
 
@@ -53,8 +54,10 @@ class Facts:
 
     Thread-safe: status checks run concurrently and may ask the same fact at once; it is read once."""
 
-    def __init__(self, host: Host, given: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, host: Host, given: Mapping[str, Any] | None = None,
+                 docker: Callable[[], Any] | None = None) -> None:
         self.host = host
+        self.docker = docker  # the Docker API (probes.docker.DockerApi), made on first use
         self.given = given if given is not None else {}
         self._answers: dict[tuple[str, str], Any] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -98,6 +101,8 @@ class Facts:
             raw = host.which(source)
         elif fact.kind == HOST:
             raw = source(host)
+        elif fact.kind == DOCKER:
+            raw = source(self.docker())
         else:
             raise ValueError(f"fact {fact.name}: unknown kind {fact.kind}")
         return fact.parse(raw, arg)
@@ -299,6 +304,74 @@ def chain_rules(listing: str | None, chain: str) -> list[list[str]]:
     return [line.split() for line in (listing or "").splitlines() if line.split()[:2] == ["-A", chain]]
 
 
+
+
+
+# --- the Docker daemon (reads; probes.docker) -------------------------------------------------------
+
+def _docker(method: str, takes_arg: bool = False) -> Fact:
+    if takes_arg:
+        return fact(f"docker_{method}", DOCKER, lambda arg: lambda api: getattr(api, method)(arg))
+    return fact(f"docker_{method}", DOCKER, lambda _a: lambda api: getattr(api, method)(), takes_arg=False)
+
+
+DOCKER_UNREACHABLE = _docker("unreachable_reason")  # str | None
+DOCKER_INFO = _docker("info")                       # dict: GET /info
+DOCKER_SWARM = _docker("swarm")                     # SwarmMembership
+DOCKER_CLUSTER_ID = _docker("node_cluster_id")      # str
+DOCKER_CONTAINERS = _docker("running_containers")   # list[str]
+DOCKER_SWARM_CONTENTS = _docker("own_swarm_contents")  # (nodes, service names)
+DOCKER_IMAGE_PRESENT = _docker("image_present", takes_arg=True)  # bool, by image name
+
+
+class DockerReads:
+    """The Docker API as steps use it (ctx.docker): every read a fact, read once per run; every
+    change passed to the daemon, after which the answers are forgotten (the daemon changed)."""
+
+    def __init__(self, facts: Facts) -> None:
+        self._facts = facts
+
+    def unreachable_reason(self) -> str | None:
+        return self._facts.get(DOCKER_UNREACHABLE)
+
+    def info(self) -> dict:
+        return self._facts.get(DOCKER_INFO)
+
+    def swarm(self):
+        return self._facts.get(DOCKER_SWARM)
+
+    def node_cluster_id(self) -> str:
+        return self._facts.get(DOCKER_CLUSTER_ID)
+
+    def running_containers(self) -> list[str]:
+        return self._facts.get(DOCKER_CONTAINERS)
+
+    def own_swarm_contents(self) -> tuple[int, list[str]]:
+        return self._facts.get(DOCKER_SWARM_CONTENTS)
+
+    def image_present(self, name: str) -> bool:
+        return self._facts.get(DOCKER_IMAGE_PRESENT, name)
+
+    def _change(self, method: str, *args):
+        try:
+            return getattr(self._facts.docker(), method)(*args)
+        finally:
+            self._facts.forget()
+
+    def pull(self, name: str, on_progress) -> None:
+        self._change("pull", name, on_progress)
+
+    def join(self, manager_addr: str, token: str, advertise_addr: str) -> None:
+        self._change("join", manager_addr, token, advertise_addr)
+
+    def init(self, advertise_addr: str) -> None:
+        self._change("init", advertise_addr)
+
+    def leave(self) -> None:
+        self._change("leave")
+
+    def remove_image(self, name: str) -> None:
+        self._change("remove_image", name)
 
 
 class FileReads:
