@@ -111,5 +111,6 @@ def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
     assert report.state is State.FAILED
     assert "the previous file was restored (and systemd reloaded)" in report.detail
     assert dropin not in host.files
-    assert host.actions[-4:] == ["run systemctl restart docker.socket docker", f"remove {dropin}",
-                                 "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
+    assert host.actions[-5:] == ["run systemctl restart docker.socket docker", f"remove {dropin}",
+                                 "run systemctl daemon-reload", "run systemctl reset-failed docker",
+                                 "run systemctl restart docker.socket docker"]
