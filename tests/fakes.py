@@ -24,11 +24,15 @@ def _result(argv: list[str], spec: Mapping[str, Any]) -> CommandResult:
 
 @dataclass
 class FakeHost:
-    """Files, directories and command answers given by the test; changes are recorded as actions.
+    """Files, directories, facts and command answers given by the test; changes are recorded as
+    actions ("run ...", "write ...", "download ...").
 
     `facts` states facts (gpuswarm_node.facts) by name instead of the files or commands they are
-    read from: {"unit_active": {"docker": true}, "dpkg_architecture": "arm64"} (a fact without an
-    argument is stated by its value). A test's Context takes them as `given_facts`.
+    read from: {"active_state": {"docker": "active"}, "package_installed": {"docker.io": true},
+    "dpkg_architecture": "arm64"} (a fact without an argument is stated by its value); a Context
+    on this host answers them (its `given_facts`). Step cases state facts only; `commands` (a
+    command line's answer for `query`) is for tests of a fact's own parser. `downloads` maps a URL
+    to the body `download` gets.
 
     `effects` maps a command line to the state it leaves behind: {"commands": {...}, "facts": {...},
     "files": {...}, "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
