@@ -97,10 +97,47 @@ def warn(message: str) -> None:
     err.print(f"[bold yellow]warning:[/] {escape(message)}")
 
 
-def load_config(config: Optional[Path], overrides: List[str]):
-    from .config import load
+class ConfigSource:
+    """Where a command's configuration comes from: --config (the command's, else the one given
+    before the command), and each --set override, in order."""
 
-    return load(config or state.config, overrides=overrides, warn=warn)
+    def __init__(self, config: Optional[Path], overrides: List[str]) -> None:
+        self.given, self.overrides = config, list(overrides)
+
+    @property
+    def path(self) -> Optional[Path]:
+        return self.given or state.config
+
+    def load(self):
+        """The validated configuration (config.load: file, then environment, then --set)."""
+        from .config import load
+
+        return load(self.path, overrides=self.overrides, warn=warn)
+
+
+def with_config(command: Callable) -> Callable:
+    """A command that reads the configuration declares `source: ConfigSource`; this gives it the
+    options --config and --set in that parameter's place (one definition for every command)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(command)
+    params = []
+    for param in signature.parameters.values():
+        if param.name == "source":
+            params += [inspect.Parameter("config", param.KEYWORD_ONLY, default=ConfigOption, annotation=Optional[Path]),
+                       inspect.Parameter("overrides", param.KEYWORD_ONLY, default=SetOption, annotation=List[str])]
+        else:
+            params.append(param.replace(kind=param.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def wrapper(*, config: Optional[Path] = None, overrides: List[str] = (), **kwargs):
+        return command(source=ConfigSource(config, overrides), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)
+    del wrapper.__wrapped__  # typer reads the signature above, not the command's
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 def make_context(config, json_mode: bool, changes: bool = False, **options):
@@ -178,6 +215,7 @@ STEP_LIST = ", ".join(STEP_NAMES)
                            f"is blocked (with --dry-run: the plan names the steps that stop it); "
                            f"{USAGE_EXIT}",
                            f"{CONFIG_ENV} SUDO_USER (the user node.user defaults to)."))
+@with_config
 def setup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
     only: List[str] = typer.Option([], "--only", metavar="STEP",
@@ -185,8 +223,7 @@ def setup(
     skip: List[str] = typer.Option([], "--skip", metavar="STEP",
                                    help=f"Do not run this step (repeatable): {STEP_LIST}."),
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
     force_rejoin: bool = typer.Option(False, "--force-rejoin",
                                       help="Leave another swarm this node is in, to join the configured one."),
     allow_restart: bool = typer.Option(False, "--allow-restart",
@@ -200,7 +237,7 @@ def setup(
         from . import steps
         from .preflight import setup_plan
 
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
@@ -218,10 +255,10 @@ def setup(
 
 @app.command(epilog=epilog(f"{PROG} status --json --prometheus /var/lib/node_exporter/textfile/gpuswarm_node.prom",
                            f"0 converged; 1 not converged (a step needs a change, is blocked or failed); {USAGE_EXIT}"))
+@with_config
 def status(
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
     prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE",
                                               help="Also write node-exporter textfile metrics to FILE."),
 ) -> None:
@@ -232,7 +269,7 @@ def status(
         from .engine import run_status
         from .ui import status_table
 
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         if prometheus is not None:
             from .metrics import check_path
 
@@ -264,29 +301,30 @@ def list_steps() -> None:
                            "0 the inventory was printed, also when the machine has no NVIDIA GPU (then an empty "
                            "list); 1 NVIDIA GPUs are on the PCI bus but NVML cannot read them (no driver, or not "
                            f"loaded); {USAGE_EXIT}"))
+@with_config
 def gpus(
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
 ) -> None:
     """Show the GPUs NVML reports and the Swarm slices they yield."""
 
     def body() -> int:
         from .errors import NvmlUnavailable
         from .probes.gpu import read_inventory
-        from .slices import for_config, notes
+        from .slices import for_config, generic_resources, notes
         from .ui import inventory_table
 
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         try:
             inventory = read_inventory()
         except NvmlUnavailable as exc:
             # As the nvidia-driver step decides: NVML cannot answer, so the PCI bus says whether
             # there is a GPU at all. None is a fact to report; GPUs without a working driver are not.
+            from .facts import Facts
             from .host import LocalHost
             from .probes.driver import nvidia_gpus
 
-            present = nvidia_gpus(LocalHost())
+            present = nvidia_gpus(Facts(LocalHost()))
             if present:
                 raise GpuswarmError(f"{len(present)} NVIDIA GPU(s) on the PCI bus "
                                     f"({', '.join(g.address for g in present)}), but {exc.cause}",
@@ -301,7 +339,7 @@ def gpus(
             return 0
         slices = for_config(inventory.gpus, cfg.gpu)
         why_not = notes(inventory.gpus, cfg.gpu)
-        resources = [f"{cfg.gpu.resource}={s}" for s in slices]
+        resources = generic_resources(cfg.gpu.resource, slices)
         if json_out:
             out.print_json(json.dumps({"driver_version": inventory.driver_version,
                                        "gpus": [asdict(g) for g in inventory.gpus],
@@ -322,9 +360,9 @@ def gpus(
                            "--inventory gpus.json | less",
                            f"0 every file was printed; 1 a file could not be rendered (without GPUs and without "
                            f"--inventory: the files that need them), the others are printed; {USAGE_EXIT}"))
+@with_config
 def render(
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
     inventory: Optional[Path] = typer.Option(None, "--inventory", metavar="FILE",
                                              help="Render for the GPUs in FILE (what `gpus --json` prints on a GPU "
                                                   "node) instead of this machine's."),
@@ -335,7 +373,7 @@ def render(
         from . import steps
         from .errors import ConfigError, NvmlUnavailable
 
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         ctx = make_context(cfg, json_mode=False)
         if inventory is not None:
             from .probes.gpu import inventory_from_json
@@ -347,6 +385,7 @@ def render(
                                   f"Give the output of `{PROG} gpus --json`.") from None
             ctx.inventory_reader = lambda: given
         missing = []
+        shown: set[str] = set()
         for step in steps.ALL_STEPS:
             try:
                 files = step.files(ctx)
@@ -354,7 +393,13 @@ def render(
                 missing.append(f"{step.name} ({exc.reason})")
                 continue
             for planned in files:
+                if planned.path in shown:  # a file two steps want alike (the toolkit's apt source)
+                    continue
+                shown.add(planned.path)
                 out.print(f"# ==> {planned.path} ({step.name})", markup=False)
+                if isinstance(planned.content, bytes):
+                    out.print(f"# ({len(planned.content)} bytes, not text)", markup=False)
+                    continue
                 out.print(planned.content, markup=False, end="" if planned.content.endswith("\n") else "\n")
         if missing:
             err.print(f"[bold red]error:[/] could not render the files of {escape('; '.join(missing))}. "
@@ -369,9 +414,9 @@ def render(
 @app.command("cuda-env", epilog=epilog(f'eval "$({PROG} cuda-env)"',
                                       f"0 printed; 1 the container's slice reservation is unusable; {USAGE_EXIT}",
                                       f"DOCKER_RESOURCE_<KIND> (set by Swarm in the container); {CONFIG_ENV}"))
+@with_config
 def cuda_env(
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
 ) -> None:
     """Print sh setting CUDA_VISIBLE_DEVICES from this container's DOCKER_RESOURCE_<KIND>; eval it."""
 
@@ -380,7 +425,7 @@ def cuda_env(
 
         from .slices import cuda_env as shell_lines
 
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         try:
             text = shell_lines(os.environ, cfg.gpu.resource)
         except ValueError as exc:
@@ -396,6 +441,7 @@ def cuda_env(
                                          f"on the manager: {PROG} hub-config --profiles > jupyterhub_config.py",
                                          f"0 printed; 1 --profiles found no labelled node, or no swarm to ask; "
                                          f"{USAGE_EXIT}"))
+@with_config
 def hub_config(
     hub_address: str = typer.Option("jupyterhub", "--hub-address",
                                     help="Name (or address) the servers reach the hub's API at, on the network."),
@@ -404,8 +450,7 @@ def hub_config(
     slice_wait: int = typer.Option(60, "--slice-wait", help="Seconds a spawn waits for a free GPU slice."),
     start_timeout: int = typer.Option(600, "--start-timeout", help="JupyterHub's Spawner.start_timeout, seconds."),
     http_timeout: int = typer.Option(120, "--http-timeout", help="JupyterHub's Spawner.http_timeout, seconds."),
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
     profiles: bool = typer.Option(False, "--profiles",
                                   help="Also print a GPU profile per GPU model in the swarm (from the workers' "
                                        "node labels), for the spawn form; run it on the manager."),
@@ -417,7 +462,7 @@ def hub_config(
 
         side = HubSide(hub_address=hub_address, network=network, slice_wait=slice_wait,
                        start_timeout=start_timeout, http_timeout=http_timeout)
-        config_text = text(load_config(config, overrides), side)
+        config_text = text(source.load(), side)
         if profiles:
             from .hub import hub_profiles, swarm_nodes
 
@@ -434,6 +479,7 @@ def hub_config(
                            f"the plan can be carried out); 1 it could not drain or leave, or a preflight check "
                            f"refused it (the --then command did not run); {USAGE_EXIT} 3 the node is out of the "
                            f"swarm but the --then command failed."))
+@with_config
 def leave(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for tasks to move elsewhere."),
     then: Optional[str] = typer.Option(None, "--then", metavar="CMD",
@@ -441,8 +487,7 @@ def leave(
                                             "is out of the swarm, e.g. the cloud CLI call that terminates it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be done; change nothing."),
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
 ) -> None:
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
@@ -450,7 +495,7 @@ def leave(
         from .lifecycle import leave_plan, run_then, then_argv
 
         after = then_argv(then) if then is not None else None  # a usage error before anything changes
-        cfg = load_config(config, overrides)
+        cfg = source.load()
         ctx = make_context(cfg, json_out, changes=not dry_run, drain_timeout=timeout)
         report = apply_plan(leave_plan(), ctx, dry_run, json_out)
         if after is None or dry_run or not report.ok:
@@ -602,12 +647,12 @@ def hub_gate(
 @app.command(epilog=epilog(f"sudo {PROG} reset, then sudo {PROG} reset --yes",
                            f"0 reverted, or the plan was printed and can be carried out; 1 refused by a preflight "
                            f"check, or something was not reverted; {USAGE_EXIT}"))
+@with_config
 def reset(
     yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
     allow_restart: bool = typer.Option(False, "--allow-restart",
                                        help="Restart Docker even though containers are running on this node."),
     drain: bool = typer.Option(False, "--drain",
@@ -641,7 +686,7 @@ def reset(
             if not purge:
                 return 0
         else:
-            cfg = load_config(config, overrides)
+            cfg = source.load()
             ctx = make_context(cfg, json_out, allow_restart=allow_restart, drain=drain)
             flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                           ("--purge", purge)) if on)
@@ -723,18 +768,18 @@ def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) ->
 
 @app.command("config", epilog=epilog(f"GPUSWARM_GPU_SLICES_PER_GPU=2 {PROG} config --config node.toml",
                                      f"0 printed; {USAGE_EXIT}"))
+@with_config
 def show_config(
     json_out: bool = JsonOption,
-    config: Optional[Path] = ConfigOption,
-    overrides: List[str] = SetOption,
+    source: ConfigSource = None,
 ) -> None:
     """Print every configuration key: its meaning, its value and where that came from (file, environment, flag, default)."""
 
     def body() -> int:
         from .config import DEFAULT_CONFIG_PATH, env_name, reference
 
-        cfg = load_config(config, overrides)
-        path = config or state.config or os.environ.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH
+        cfg = source.load()
+        path = source.path or os.environ.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH
         rows = []
         for section, name, default, help_text in reference():
             dotted = f"{section}.{name}"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .config import Config
 from .errors import NvmlUnavailable
+from .facts import DockerReads, Fact, Facts
 from .host import LOG_DIR, Host, LocalHost
 from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
@@ -89,6 +90,10 @@ class Context:
     # Where the tool's logs go (the run log, apt's output): root's, 0755; tests give their own.
     log_dir: str = LOG_DIR
     logs: list[str] = field(default_factory=list)  # the logs this run wrote to, for the summary
+    # Facts stated instead of read from the machine ({fact name: {argument: value}}): a test's;
+    # by default those its host states (a fake host's `facts`), none for a real one.
+    given_facts: dict | None = None
+    facts: Facts = field(init=False)
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
     # The manager's answer, asked once a run (token dropped), and the node id it was asked about.
@@ -102,11 +107,23 @@ class Context:
     # What this run's actions established that a later check reads (the node id drained, left).
     outcomes: dict[str, str] = field(default_factory=dict, init=False)
 
-    @property
-    def docker(self) -> DockerApi:
+    def __post_init__(self) -> None:
+        given = self.given_facts if self.given_facts is not None else getattr(self.host, "facts", None)
+        self.facts = Facts(self.host, given, docker=self._docker_api)
+
+    def fact(self, fact: Fact, arg: str = ""):
+        """A fact about this machine (gpuswarm_node.facts), read once per run until an action runs."""
+        return self.facts.get(fact, arg)
+
+    def _docker_api(self) -> DockerApi:
         if self._docker is None:
             self._docker = self.docker_factory()
         return self._docker
+
+    @property
+    def docker(self) -> DockerApi:
+        """The Docker daemon: its reads are facts (read once per run, again after a change)."""
+        return DockerReads(self.facts)
 
     def inventory(self) -> Inventory:
         """NVML's answer, asked once per run; raises NvmlUnavailable."""

@@ -160,7 +160,10 @@ def perform(ctx: Context, action: Action) -> None:
         return
     ctx.reporter.action(ctx.step, action.describe())
     ctx.ran.append(action)
-    action.execute(ctx)
+    try:
+        action.execute(ctx)
+    finally:
+        ctx.facts.forget()  # the machine may have changed: the next check reads it again
     if isinstance(action, (WriteFile, RemoveFile)):
         ctx.touched.add(action.path)
     if ctx.journal is not None and isinstance(action, (RunCommand, Call)):
@@ -206,8 +209,24 @@ def skipped(detail: str) -> Check:
 
 @dataclass(frozen=True)
 class PlannedFile:
+    """A file as a step wants it: the one statement that `render` prints, the step's check turns
+    into a WriteFile where the machine differs (write_wanted), and the engine holds every WriteFile
+    of the step to (undeclared_writes)."""
+
     path: str
-    content: str
+    content: str | bytes  # bytes: not text (bytecode); `render` names it without printing it
+    mode: int = 0o644
+
+
+def write_wanted(ctx: Context, planned: PlannedFile, force: bool = False) -> WriteFile | None:
+    """The write that makes `planned` true, or None when the file already holds its content
+    (`force`: written again all the same, e.g. to make it root's with its mode)."""
+    from .facts import FILE_BYTES, FILE_TEXT
+
+    have = ctx.fact(FILE_BYTES if isinstance(planned.content, bytes) else FILE_TEXT, planned.path)
+    if have == planned.content and not force:
+        return None
+    return WriteFile(planned.path, planned.content, have, planned.mode)
 
 
 class Step(Protocol):
@@ -217,7 +236,18 @@ class Step(Protocol):
     def check(self, ctx: Context) -> Check: ...
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        """Every file this step would write, with the content it would write."""
+        """Every file this step wants, with its content and mode: what `render` prints, and the
+        only files (and contents) its check may plan to write."""
+
+
+def undeclared_writes(step: Step, ctx: Context, check: Check) -> list[str]:
+    """The files a check plans to write with content its step's files() does not state: render
+    would show something else than setup writes. Empty for a correct step."""
+    writes = [a for a in flatten(check.actions) if isinstance(a, WriteFile)]
+    if not writes:
+        return []
+    declared = {(p.path, p.content) for p in step.files(ctx)}
+    return [w.path for w in writes if (w.path, w.content) not in declared]
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -324,10 +354,6 @@ class RunReport:
         return [s.name for s in self.steps if s.changed]
 
     @property
-    def failed(self) -> list[StepReport]:
-        return [s for s in self.steps if s.state is State.FAILED]
-
-    @property
     def stoppers(self) -> list[StepReport]:
         """The steps that keep the node from converging: blocked or failed."""
         return [s for s in self.steps if s.state in (State.BLOCKED, State.FAILED)]
@@ -354,9 +380,15 @@ class RunReport:
 
 
 def safe_check(step: Step, ctx: Context) -> Check:
-    """A check that raised is a failed step, reported, never a crash of the whole run."""
+    """A check that raised is a failed step, reported, never a crash of the whole run; so is one
+    that plans to write a file its step does not declare (render would not show it)."""
     try:
-        return step.check(ctx)
+        check = step.check(ctx)
+        undeclared = undeclared_writes(step, ctx, check) if check.state is State.NEEDS_CHANGE else []
+        if undeclared:
+            return Check(State.FAILED, f"internal error: the plan writes {', '.join(undeclared)} other than "
+                                       f"{step.name} declares it (render would differ from setup)")
+        return check
     except GpuswarmError as exc:
         return Check(State.FAILED, exc.message())
     except Exception as exc:  # a bug in a check must not hide the other steps

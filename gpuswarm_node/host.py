@@ -1,7 +1,8 @@
 """The seam to the machine: commands and files.
 
-Steps read state through `query` (never changes anything) and change it only through actions that
-call `run`, `write_text`, `remove` and `makedirs`. `LocalHost` is the one real implementation;
+Steps read state through facts (gpuswarm_node.facts), which read through `query` (never changes
+anything) and the file reads here, and change it only through actions that call `run`,
+`write_text`, `remove`, `makedirs` and `download`. `LocalHost` is the one real implementation;
 tests give a different `Host` with the state they want to see.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import platform
 import re
@@ -66,6 +68,9 @@ class Host(Protocol):
         Bytes are written as they are (bytecode); text is encoded as UTF-8."""
 
     def remove(self, path: str) -> None: ...
+
+    def download(self, url: str, timeout: float = 60) -> bytes:
+        """The body of an HTTPS GET of `url`; raises OSError when it cannot be fetched."""
 
     def makedirs(self, path: str, mode: int = 0o755) -> None: ...
 
@@ -292,6 +297,12 @@ def append_record(path: Path, text: str, mode: int, what: str, sync: bool = Fals
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def append_json_lines(path: Path, records: list[dict], mode: int, what: str, sync: bool = False) -> None:
+    """Append one JSON object a line (the journal, the run log): every record in one write, so
+    that a reader sees all of them or none."""
+    append_record(path, "".join(json.dumps(r) + "\n" for r in records), mode, what, sync)
 
 
 def read_record(path: Path, what: str) -> str | None:
@@ -624,6 +635,12 @@ class LocalHost:
         backup = self._backup(Path(path))
         Path(path).unlink(missing_ok=True)
         self._record(kind="remove", path=path, backup=backup, undo=_file_undo(path, backup))
+
+    def download(self, url: str, timeout: float = 60) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed https URLs
+            return response.read()
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self._journal_ready()

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .host import append_record, checked_dir, read_record
+from .host import append_json_lines, checked_dir, read_record
 
 JOURNAL = "/var/lib/gpuswarm-node/changes.jsonl"
 
@@ -63,10 +63,10 @@ class Journal:
         checked_dir(self.path.parent, 0o700, "journal directory")
 
     def record(self, **entry) -> None:
-        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}) + "\n"
         self.ready()
         # fsync: a record that is lost would make reset miss a change.
-        append_record(self.path, line, 0o600, "journal", sync=True)
+        append_json_lines(self.path, [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}], 0o600, "journal",
+                          sync=True)
 
     def entries(self) -> list[dict]:
         if not self.path.parent.exists():

@@ -29,7 +29,7 @@ def drain_and_wait(ctx: Context) -> int:
     none of its tasks runs here any more; returns how many moved. StepFailed when they do not."""
     node = ctx.docker.swarm().node_id
     timeout = ctx.options.drain_timeout
-    with ManagerSession(ctx.config.swarm) as session:
+    with ctx.manager_session() as session:
         before = running_tasks(session, node)
         with ctx.reporter.activity(f"draining {node} ({len(before)} task(s))"):
             session.set_availability(node, "drain")
@@ -46,7 +46,7 @@ def drain_and_wait(ctx: Context) -> int:
 
 def activate(ctx: Context) -> None:
     """Make this node active again through the manager: the closing half of a drain."""
-    with ManagerSession(ctx.config.swarm) as session:
+    with ctx.manager_session() as session:
         session.set_availability(ctx.outcomes["drained"], "active")
     ctx.outcomes["activated"] = ctx.outcomes["drained"]
 

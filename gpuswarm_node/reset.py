@@ -22,6 +22,7 @@ from .engine import (Bracket, Call, Check, Plan, Preflight, RemoveFile, Step, bl
                      run_command, skipped)
 from .journal import Undo, keep
 from .lifecycle import ActivateStep, DrainStep, can_drain
+from . import facts as F
 from .probes import osfacts
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -104,7 +105,7 @@ def reads_docker(path: str) -> bool:
 def restarts_docker(ctx: Context, undo: list[Undo]) -> bool:
     """Whether doing `undo` restarts Docker: a file dockerd reads comes back, and docker runs."""
     return (any(u.op in FILE_OPS and reads_docker(u.path) for u in undo)
-            and osfacts.unit_active(ctx.host, "docker"))
+            and ctx.fact(F.UNIT_ACTIVE, "docker"))
 
 
 def refusal(ctx: Context, undo: list[Undo]) -> str | None:
@@ -136,7 +137,7 @@ class UndoStep:
         return []
 
     def check(self, ctx: Context) -> Check:
-        u, host, what = self.undo, ctx.host, describe(self.undo)
+        u, host, what = self.undo, ctx.facts.files, describe(self.undo)
         if u.op == "keep":
             return skipped(u.note)
         if u.op == "restore":
@@ -151,17 +152,18 @@ class UndoStep:
                 return ok(f"{u.path} is gone")
             return needs_change(f"setup created {u.path}", RemoveFile(u.path))
         if u.op == "rmdir":
-            if not os.path.isdir(u.path):
+            status = ctx.fact(F.FILE_STATUS, u.path)
+            if status is None or not status.is_dir or status.is_symlink:
                 return ok(f"{u.path} is gone")
-            if os.listdir(u.path):
+            if ctx.fact(F.DIR_ENTRIES, u.path):
                 return skipped(f"{u.path} holds files now, so it stays")
             return needs_change(f"setup created {u.path}", Call(what, lambda ctx: os.rmdir(u.path)))
         if u.op == "umount":
-            if osfacts.mount_at(host, u.path) is None:
+            if osfacts.mount_at(ctx.fact(F.MOUNTS), u.path) is None:
                 return ok(f"nothing mounted at {u.path}")
             return needs_change(f"setup mounted {u.path}", run_command("umount", u.path))
         if u.op == "leave-group":
-            if u.user not in (osfacts.group_members(host, u.group) or []):
+            if u.user not in (ctx.fact(F.GROUP_MEMBERS, u.group) or []):
                 return ok(f"{u.user} is not in group {u.group}")
             return needs_change(f"setup added {u.user} to group {u.group}",
                                 run_command("gpasswd", "--delete", u.user, "--", u.group))
@@ -178,7 +180,7 @@ class UndoStep:
 
 
 def _restart(ctx: Context) -> None:
-    if osfacts.unit_active(ctx.host, "docker"):
+    if ctx.fact(F.UNIT_ACTIVE, "docker"):
         ctx.host.run(["systemctl", "restart", "docker"], timeout=300)
     ctx.outcomes["docker restarted"] = "yes"
 

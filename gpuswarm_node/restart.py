@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import time
 
+from . import facts as F
 from .engine import Action, Call
 from .errors import StepFailed
 from .context import Context
@@ -80,7 +81,8 @@ def validate_action(content: str) -> Action:
 def healthy(ctx: Context, within: float = HEALTHY_WITHIN) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        state = ctx.host.query(["systemctl", "is-active", "docker"]).stdout.strip()
+        ctx.facts.forget()  # each look reads systemd again
+        state = ctx.fact(F.ACTIVE_STATE, "docker")
         if state == "active" and ctx.docker.unreachable_reason() is None:
             return True
         if state in ("failed", "inactive"):
@@ -97,10 +99,12 @@ def restart_docker(ctx: Context, units_changed: bool = False) -> None:
     socket again (`-H fd://`, the drop-in gone) would answer no one."""
     # docker.service allows 3 starts a minute; a deliberate restart must not be refused because
     # earlier ones (a repair, a rollback) used them up.
-    ctx.host.query(["systemctl", "reset-failed", "docker"])
+    try:
+        ctx.host.run(["systemctl", "reset-failed", "docker"], timeout=60)
+    except StepFailed:
+        pass  # nothing to reset (a unit systemd does not know): the restart says what is wrong
     units = ["docker"]
-    if units_changed and ctx.host.query(["systemctl", "show", "--property=LoadState", "--value",
-                                         "docker.socket"]).stdout.strip() == "loaded":
+    if units_changed and ctx.fact(F.UNIT_LOADED, "docker.socket"):
         units = ["docker.socket", "docker"]
     try:
         ctx.host.run(["systemctl", "restart", *units], timeout=300)
@@ -116,7 +120,8 @@ def restart_with_rollback(ctx: Context, previous: dict[str, str | None], reload:
     restart_docker(ctx, units_changed=reload)
     if healthy(ctx, within):
         return
-    log = ctx.host.query(["journalctl", "-u", "docker", "-n", "5", "--no-pager", "-o", "cat"]).stdout.strip()
+    ctx.facts.forget()
+    log = ctx.fact(F.UNIT_LOG, "docker")
     cause = log.splitlines()[-1] if log else "no log"
     for path, text in previous.items():
         if text is None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
 
 from .engine import RunReport
-from .host import LOG_DIR, append_record, checked_dir
+from .host import LOG_DIR, append_json_lines, checked_dir
 
 RUN_LOG = f"{LOG_DIR}/runs.jsonl"
 
@@ -21,19 +20,18 @@ def prepare(path: str = RUN_LOG) -> None:
 def append(report: RunReport, path: str = RUN_LOG) -> None:
     run_id = uuid.uuid4().hex[:12]
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    lines = []
+    records = []
     # When each step began, in seconds from the first one's start: a step run alongside others
     # (the image pull) overlaps them, so the steps' `seconds` add up to more than the run took.
     first = min((step.started for step in report.steps), default=0.0)
     for step in report.steps:
-        lines.append(json.dumps({
+        records.append({
             "time": now, "run": run_id, "mode": report.mode, "step": step.name,
             "before": (step.before or step.state).value, "actions": step.actions,
             "after": step.state.value, "changed": step.changed, "seconds": round(step.seconds, 3),
             "offset": round(step.started - first, 3),
             "error": step.detail if step.state.value == "failed" else None,
-        }))
+        })
     log = Path(path)
     checked_dir(log.parent, 0o755, "run log directory")
-    # One write of whole lines with O_APPEND: concurrent readers never see half a record.
-    append_record(log, "\n".join(lines) + "\n", 0o640, "run log")
+    append_json_lines(log, records, 0o640, "run log")

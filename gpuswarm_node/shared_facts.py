@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from .config import NVIDIA_TOOLKIT_SOURCE
 from .context import Context
-from .engine import WriteFile
+from .engine import PlannedFile, write_wanted
 from .errors import NvmlUnavailable
-from .probes import driver, osfacts
+from . import facts as F
+from .probes import driver
 from .probes.driver import PciGpu
 from .render import render
 
@@ -30,7 +31,7 @@ def gpu_presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
         inv = ctx.inventory()
         return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
     except NvmlUnavailable as exc:
-        gpus = driver.nvidia_gpus(ctx.host)
+        gpus = driver.nvidia_gpus(ctx.facts)
         if gpus:
             return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus
         return False, f"no NVIDIA GPU on the PCI bus ({exc.reason})", []
@@ -40,30 +41,35 @@ def toolkit_source_text(ctx: Context) -> str:
     return render("apt-source.list.j2", purpose="NVIDIA container toolkit", line=ctx.config.nvidia.toolkit_apt_source)
 
 
-def toolkit_source_actions(ctx: Context, before: str | None) -> list:
+def toolkit_source_file(ctx: Context) -> PlannedFile:
+    """The toolkit's apt source list as the docker and nvidia-toolkit steps both want it."""
+    return PlannedFile(TOOLKIT_SOURCE_LIST, toolkit_source_text(ctx))
+
+
+def toolkit_source_actions(ctx: Context) -> list:
     """The signing key (for the default source) and the source list, where the list differs."""
     from .steps.apt import download_key  # the steps' apt helpers (not a step), imported late: they import us
 
-    wanted = toolkit_source_text(ctx)
-    if before == wanted:
+    write = write_wanted(ctx, toolkit_source_file(ctx))
+    if write is None:
         return []
     actions = []
-    if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.host.exists(NVIDIA_KEY):
+    if ctx.config.nvidia.toolkit_apt_source == NVIDIA_TOOLKIT_SOURCE and not ctx.fact(F.EXISTS, NVIDIA_KEY):
         actions.append(download_key(NVIDIA_KEY_URL, NVIDIA_KEY))
-    return actions + [WriteFile(TOOLKIT_SOURCE_LIST, wanted, before)]
+    return actions + [write]
 
 
 def joint_toolkit_install(ctx: Context) -> list | None:
     """When Docker is installed on a GPU machine that lacks the toolkit: the toolkit's source
     actions, so that both packages go in one apt transaction; None otherwise."""
-    if not gpu_presence(ctx)[0] or osfacts.package_installed(ctx.host, TOOLKIT_PACKAGE):
+    if not gpu_presence(ctx)[0] or ctx.fact(F.PACKAGE_INSTALLED, TOOLKIT_PACKAGE):
         return None
-    return toolkit_source_actions(ctx, ctx.host.read_text(TOOLKIT_SOURCE_LIST))
+    return toolkit_source_actions(ctx)
 
 
 def joint_nfs_client(ctx: Context) -> tuple[str, ...]:
     """For the docker step's install on a fresh machine: the NFS client, when shared mounts are
     configured and it is missing, so that it comes in the same apt transaction."""
-    if ctx.config.shared.mounts and not osfacts.package_installed(ctx.host, NFS_CLIENT_PACKAGE):
+    if ctx.config.shared.mounts and not ctx.fact(F.PACKAGE_INSTALLED, NFS_CLIENT_PACKAGE):
         return (NFS_CLIENT_PACKAGE,)
     return ()

@@ -1,5 +1,6 @@
-"""Slices as the rest of the node sees them: what each GPU yields under the configuration, the
-slice map the runtime wrapper reads, and the device behind a slice ID (for CUDA_VISIBLE_DEVICES).
+"""Slices, all of them here: what each GPU yields (the rule), the order Swarm hands them out in,
+the `kind=slice` node-generic-resources strings daemon.json advertises, the slice map the runtime
+wrapper reads, and the device behind a slice ID (for CUDA_VISIBLE_DEVICES).
 
 A slice ID is `<GPU UUID>::<n>` or a MIG device's own `MIG-` UUID; its device is the part before
 `::`. The wrapper (templates/gpuswarm-runtime.j2) is a standalone program and carries its own
@@ -12,10 +13,56 @@ import shlex
 from typing import Mapping, Sequence
 
 from .config import MAX_SLICES_PER_GPU, GpuConfig
-from .probes.gpu import Gpu, compute_slices, fitting_slices, slices_of
+from .probes.gpu import Gpu
 from .render import render
 
 ENV_PREFIX = "DOCKER_RESOURCE_"
+
+
+def slices_of(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
+    """One GPU's slice IDs: its MIG devices' UUIDs when MIG is on, else `<uuid>::1` .. `<uuid>::N`.
+
+    N is slices_per_gpu, or with slice_memory (bytes) as many slices as fit in the GPU's memory,
+    rounded down: a slice that does not fit would promise memory the GPU does not have. Never more
+    than MAX_SLICES_PER_GPU (config.py says why): a GPU that holds more slices of slice_memory gives
+    that many, each with more memory than asked for.
+    """
+    if gpu.mig_enabled:
+        return [m.uuid for m in gpu.mig_devices]
+    return [f"{gpu.uuid}::{n}" for n in range(1, slice_count(gpu, slices_per_gpu, slice_memory) + 1)]
+
+
+def slice_count(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
+    """How many `<uuid>::<n>` slices a GPU outside MIG mode yields."""
+    return min(fitting_slices(gpu, slices_per_gpu, slice_memory), MAX_SLICES_PER_GPU)
+
+
+def fitting_slices(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
+    """The count the settings ask for, before the maximum."""
+    return gpu.memory_bytes // slice_memory if slice_memory > 0 else slices_per_gpu
+
+
+def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
+    """Slice IDs in the order Swarm should hand them out.
+
+    The `::` cannot occur in a UUID, so a slice's device is always recoverable; MIG UUIDs are
+    real device IDs already. Swarm assigns named resources in list order, so the list takes slice
+    1 of every GPU before slice 2 of any: users spread across GPUs instead of filling the first.
+    """
+    per_gpu = [slices_of(gpu, slices_per_gpu, slice_memory) for gpu in gpus]
+    depth = max((len(s) for s in per_gpu), default=0)
+    return [s[i] for i in range(depth) for s in per_gpu if i < len(s)]
+
+
+def generic_resources(kind: str, slices: Sequence[str]) -> list[str]:
+    """daemon.json's node-generic-resources entries for the slices: `<kind>=<slice id>` each."""
+    return [f"{kind}={s}" for s in slices]
+
+
+def parse_generic_resource(entry: str) -> tuple[str, str]:
+    """(kind, value) of one node-generic-resources entry."""
+    kind, _, value = entry.partition("=")
+    return kind, value
 
 
 def env_variable(kind: str) -> str:

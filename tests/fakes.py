@@ -24,10 +24,18 @@ def _result(argv: list[str], spec: Mapping[str, Any]) -> CommandResult:
 
 @dataclass
 class FakeHost:
-    """Files, directories and command answers given by the test; changes are recorded as actions.
+    """Files, directories, facts and command answers given by the test; changes are recorded as
+    actions ("run ...", "write ...", "download ...").
 
-    `effects` maps a command line to the state it leaves behind: {"commands": {...}, "files": {...},
-    "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
+    `facts` states facts (gpuswarm_node.facts) by name instead of the files or commands they are
+    read from: {"active_state": {"docker": "active"}, "package_installed": {"docker.io": true},
+    "dpkg_architecture": "arm64"} (a fact without an argument is stated by its value); a Context
+    on this host answers them (its `given_facts`). Step cases state facts only; `commands` (a
+    command line's answer for `query`) is for tests of a fact's own parser. `downloads` maps a URL
+    to the body `download` gets.
+
+    `effects` maps a command line to the state it leaves behind: {"commands": {...}, "facts": {...},
+    "files": {...}, "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
     machine. `stats` gives a path's owner and mode where they are not the default (root's; 0644,
     0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false}.
     An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
@@ -38,6 +46,7 @@ class FakeHost:
     files: dict[str, str | bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
     commands: dict[str, dict] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
     programs: dict[str, str] = field(default_factory=dict)
     mtimes: dict[str, float] = field(default_factory=dict)
     effects: dict[str, dict] = field(default_factory=dict)
@@ -45,18 +54,22 @@ class FakeHost:
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
     locks: dict[str, dict] = field(default_factory=dict)
+    downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     actions: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeHost":
         return cls(files=dict(spec.get("files", {})), dirs=set(spec.get("dirs", [])),
-                   commands=dict(spec.get("commands", {})), programs=dict(spec.get("which", {})),
+                   commands=dict(spec.get("commands", {})),
+                   facts={name: dict(v) if isinstance(v, dict) else v for name, v in spec.get("facts", {}).items()},
+                   programs=dict(spec.get("which", {})),
                    mtimes=dict(spec.get("mtimes", {})), effects=dict(spec.get("effects", {})),
                    fstab_problem=spec.get("fstab_problem"),
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
-                   locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()})
+                   locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
+                   downloads=dict(spec.get("downloads", {})))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -78,6 +91,11 @@ class FakeHost:
         if effect.get("rc", 0) != 0:
             raise CommandFailed(list(argv), effect["rc"], effect.get("stderr", ""))
         self.commands.update(effect.get("commands", {}))
+        for name, value in effect.get("facts", {}).items():
+            if isinstance(value, dict):
+                self.facts.setdefault(name, {}).update(value)
+            else:
+                self.facts[name] = value
         self.files.update(effect.get("files", {}))
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))
@@ -103,6 +121,12 @@ class FakeHost:
             self.programs[path] = path
         else:
             self.programs.pop(path, None)
+
+    def download(self, url: str, timeout: float = 60) -> bytes:
+        self.actions.append(f"download {url}")
+        if url not in self.downloads:
+            raise OSError(f"the case gives no answer for {url}")
+        return self.downloads[url].encode()
 
     def remove(self, path: str) -> None:
         self.actions.append(f"remove {path}")
@@ -273,6 +297,7 @@ class FakeManager:
 
     spec: Mapping[str, Any] | None
     reads: list[str] = field(default_factory=list)  # one entry per SSH session: "info", "+nodes", "+token"
+    availability: dict[str, str] = field(default_factory=dict)  # node id -> what set_availability set
 
     def read(self, cfg, token: bool, node_id: str):
         from dataclasses import replace
@@ -300,7 +325,8 @@ class FakeManager:
         return ((self.spec or {}).get("info") or {}).get("ClusterID", "")
 
     def session(self):
-        """A stand-in ManagerSession for node labels: case key "labels" (the node's gpuswarm.* labels)."""
+        """A stand-in ManagerSession: case keys "labels" (the node's gpuswarm.* labels) and "tasks"
+        (the ids of the tasks running on the node until it is drained)."""
         import contextlib
 
         from gpuswarm_node.errors import ManagerUnreachable
@@ -311,6 +337,14 @@ class FakeManager:
             def node_labels(self, node_id: str) -> dict[str, str]:
                 fake.reads.append(f"labels {node_id}")
                 return dict(fake.spec.get("labels", {}))
+
+            def running_tasks(self, node_id: str) -> list[str]:
+                fake.reads.append(f"tasks {node_id}")
+                return [] if fake.availability.get(node_id) == "drain" else list(fake.spec.get("tasks", []))
+
+            def set_availability(self, node_id: str, availability: str) -> None:
+                fake.reads.append(f"availability {node_id} {availability}")
+                fake.availability[node_id] = availability
 
             def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
                 fake.reads.append(f"set-labels {node_id}")

@@ -25,7 +25,7 @@ BROKEN = '{\n  "log-driver": "json-file",\n}\n'
 
 def context(daemon_json: str) -> tuple[Context, FakeHost]:
     host = FakeHost(files={DAEMON_JSON: daemon_json}, dirs={"/run/systemd/system"},
-                    commands={"systemctl is-active docker": {"stdout": "active\n"}})
+                    facts={"active_state": {"docker": "active"}})
     docker = FakeDocker()
     ctx = Context(config=config.from_tables({}), host=host, docker_factory=lambda: docker,
                   inventory_reader=inventory_from_case(ONE_GPU))
@@ -102,14 +102,15 @@ def test_a_failed_restart_takes_the_new_drop_in_back_out(monkeypatch) -> None:
     started again: otherwise Docker would come back with the command it just failed with."""
     case = json.loads((Path(__file__).parent / "steps" / "docker-daemon" / "hosts-needs-dropin.json").read_text())
     case["host"]["effects"]["systemctl restart docker.socket docker"] = {
-        "commands": {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"}}}
-    case["host"]["commands"]["journalctl -u docker -n 5 --no-pager -o cat"] = {
-        "stdout": "unable to configure the Docker daemon with file /etc/docker/daemon.json\n"}
+        "facts": {"active_state": {"docker": "failed"}}}
+    case["host"]["facts"]["unit_log"] = {
+        "docker": "unable to configure the Docker daemon with file /etc/docker/daemon.json"}
     ctx, host, *_fakes = build(case, monkeypatch)
     report = converge(DockerDaemonStep(), ctx)
     dropin = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
     assert report.state is State.FAILED
     assert "the previous file was restored (and systemd reloaded)" in report.detail
     assert dropin not in host.files
-    assert host.actions[-4:] == ["run systemctl restart docker.socket docker", f"remove {dropin}",
-                                 "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
+    assert host.actions[-5:] == ["run systemctl restart docker.socket docker", f"remove {dropin}",
+                                 "run systemctl daemon-reload", "run systemctl reset-failed docker",
+                                 "run systemctl restart docker.socket docker"]

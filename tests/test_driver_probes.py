@@ -14,6 +14,8 @@ from gpuswarm_node.probes.driver import (DKMS, DRIVER, ENROLLED, NOT_ENROLLED, N
                                          parse_nvidia_detect, parse_packages, parse_proc_version, parse_sb_state,
                                          parse_secure_boot_var, parse_test_key)
 
+from gpuswarm_node.facts import Facts
+
 from .fakes import FakeHost
 
 
@@ -229,11 +231,11 @@ def test_boot_time_against_dpkg_file_lists():
     pkg = Package("nvidia-kernel-dkms", "1", "installed")
     host = FakeHost(files={"/proc/stat": "btime 1000\n", "/var/lib/dpkg/info/nvidia-kernel-dkms.list": ""})
     host.mtimes["/var/lib/dpkg/info/nvidia-kernel-dkms.list"] = 900
-    assert installed_since_boot(host, [pkg]) is False
+    assert installed_since_boot(Facts(host), [pkg]) is False
     host.mtimes["/var/lib/dpkg/info/nvidia-kernel-dkms.list"] = 1100
-    assert installed_since_boot(host, [pkg]) is True
-    assert installed_since_boot(FakeHost(files={"/proc/stat": "btime 1000\n"}), [pkg]) is None  # no file list
-    assert installed_since_boot(FakeHost(), [pkg]) is None  # no boot time
+    assert installed_since_boot(Facts(host), [pkg]) is True
+    assert installed_since_boot(Facts(FakeHost(files={"/proc/stat": "btime 1000\n"})), [pkg]) is None  # no file list
+    assert installed_since_boot(Facts(FakeHost()), [pkg]) is None  # no boot time
 
 
 # --- apt sources ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpuswarm_node.facts import MOUNTS, Facts
 from gpuswarm_node.probes import osfacts
 from gpuswarm_node.fstab import desired_fstab, has_entry
 
@@ -25,14 +26,14 @@ def test_the_mount_is_found_however_the_path_is_spelled(query):
     host = FakeHost(files={"/proc/self/mountinfo":
                            "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
                            "90 22 0:50 / /mnt/tmpfs rw - tmpfs tmpfs rw,size=1024k\n"})
-    mounted = osfacts.mount_at(host, query)
+    mounted = osfacts.mount_at(Facts(host).get(MOUNTS), query)
     assert mounted is not None and mounted.fstype == "tmpfs"
 
 
 def test_the_root_mount_is_found_at_slash():
     host = FakeHost(files={"/proc/self/mountinfo": "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"})
-    assert osfacts.mount_at(host, "/").fstype == "ext4"
-    assert osfacts.mount_at(host, "/mnt/tmpfs") is None
+    assert osfacts.mount_at(Facts(host).get(MOUNTS), "/").fstype == "ext4"
+    assert osfacts.mount_at(Facts(host).get(MOUNTS), "/mnt/tmpfs") is None
 
 
 def test_every_spelling_of_the_mount_point_in_fstab_becomes_one_entry():

@@ -185,3 +185,28 @@ def test_the_end_of_run_summary_names_each_step_that_failed_or_is_blocked_with_i
     lines = console.export_text().splitlines()
     assert "bracketed failed: the middle failed." in lines and "waits blocked: waits for a reboot" in lines
     assert "node converged." not in lines
+
+
+def test_a_write_other_than_the_step_declares_fails_the_step_before_it_runs():
+    """`render` prints a step's files(); a check that plans another file, or other content, than
+    files() states is refused by the engine: render equals what setup writes by construction."""
+    from gpuswarm_node.engine import PlannedFile, WriteFile
+
+    @dataclass
+    class Liar:
+        name: str = "liar"
+        description: str = "renders one thing, writes another"
+        path: str = "/etc/x.conf"
+
+        def check(self, ctx):
+            return needs_change("x.conf is missing", WriteFile(self.path, "written\n", None))
+
+        def files(self, ctx):
+            return [PlannedFile("/etc/x.conf", "rendered\n")]
+
+    for step in (Liar(), Liar(path="/etc/elsewhere.conf")):
+        ctx, host, _docker = context()
+        report = run_plan(Plan("setup", (step,)), ctx)
+        [row] = report.steps
+        assert row.state.value == "failed" and "render would differ from setup" in row.detail
+        assert host.actions == []

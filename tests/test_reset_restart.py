@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gpuswarm_node import config, lifecycle, reset
-from gpuswarm_node.engine import run_plan
+from gpuswarm_node.engine import State, run_plan
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.journal import Journal
 from gpuswarm_node.context import Context, RunOptions
@@ -28,7 +28,7 @@ MANAGER = {"swarm": {"manager": "198.18.0.1"}}
 def context(containers=RUNNING, docker_state="active", swarm="active", options=None, tables=None,
             files=None) -> tuple[Context, FakeHost, FakeDocker]:
     host = FakeHost(files={DAEMON_JSON: "{}", **(files or {})},
-                    commands={"systemctl is-active docker": {"stdout": f"{docker_state}\n"}})
+                    facts={"active_state": {"docker": docker_state}})
     docker = FakeDocker.from_case({"containers": list(containers), "swarm": {"state": swarm, "node_id": "n1"}})
     ctx = Context(config=config.from_tables(tables or {}), host=host, options=RunOptions(**(options or {})),
                   docker_factory=lambda: docker)
@@ -126,7 +126,7 @@ def test_the_node_is_made_active_again_even_when_an_undo_fails(monkeypatch):
     calls = fake_manager(monkeypatch, host)
     report = run_reset_plan(ctx, ENTRIES[:1])
     assert calls[-1].startswith("activate")  # the closing half of the drain ran all the same
-    assert not report.ok and [s.name for s in report.failed] == ["restart-docker"]
+    assert not report.ok and [s.name for s in report.steps if s.state is State.FAILED] == ["restart-docker"]
 
 
 def test_a_failed_drain_stops_the_reset_before_anything_is_undone(monkeypatch):

@@ -14,10 +14,9 @@ from .fakes import FakeDocker, FakeHost
 
 PATH = "/etc/docker/daemon.json"
 DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-node.conf"
-FAILING = {"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-           "systemctl show --property=LoadState --value docker.socket": {"stdout": "loaded\n"},
-           "systemctl reset-failed docker": {},
-           "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": "unable to configure the Docker daemon\n"}}
+RF = "run systemctl reset-failed docker"  # before each restart: its start limit is not this run's
+FAILING = {"active_state": {"docker": "failed"}, "unit_loaded": {"docker.socket": True},
+           "unit_log": {"docker": "unable to configure the Docker daemon"}}
 
 
 def context(host: FakeHost) -> Context:
@@ -27,30 +26,25 @@ def context(host: FakeHost) -> Context:
 
 def test_unhealthy_restart_restores_the_previous_file_and_says_why():
     host = FakeHost(files={PATH: '{"log-opts": {"max-size": "bogus"}}'},
-                    commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-                              "systemctl reset-failed docker": {},
-                              "journalctl -u docker -n 5 --no-pager -o cat": {
-                                  "stdout": "failed to start daemon: invalid log opt\n"}})
+                    facts={"active_state": {"docker": "failed"},
+                           "unit_log": {"docker": "failed to start daemon: invalid log opt"}})
     with pytest.raises(StepFailed) as info:
         restart_with_rollback(context(host), {PATH: '{"log-level": "warn"}'}, within=0.2)
     assert host.files[PATH] == '{"log-level": "warn"}'
-    assert host.actions == ["run systemctl restart docker", f"write {PATH}", "run systemctl restart docker"]
+    assert host.actions == [RF, "run systemctl restart docker", f"write {PATH}", RF, "run systemctl restart docker"]
     message = info.value.message()
     assert "invalid log opt" in message and "the previous file was restored" in message
     assert "did not come back on the previous file either" in message
 
 
 def test_healthy_restart_keeps_the_new_file():
-    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"stdout": "active\n"},
-                                                  "systemctl reset-failed docker": {}})
+    host = FakeHost(files={PATH: "{}"}, facts={"active_state": {"docker": "active"}})
     restart_with_rollback(context(host), {PATH: '{"old": 1}'}, within=0.2)
-    assert host.files[PATH] == "{}" and host.actions == ["run systemctl restart docker"]
+    assert host.files[PATH] == "{}" and host.actions == [RF, "run systemctl restart docker"]
 
 
 def test_a_file_that_did_not_exist_is_removed_on_rollback():
-    host = FakeHost(files={PATH: "{}"}, commands={"systemctl is-active docker": {"rc": 3, "stdout": "failed\n"},
-                                                  "systemctl reset-failed docker": {},
-                                                  "journalctl -u docker -n 5 --no-pager -o cat": {"stdout": ""}})
+    host = FakeHost(files={PATH: "{}"}, facts={"active_state": {"docker": "failed"}, "unit_log": {"docker": ""}})
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), {PATH: None}, within=0.2)
     assert PATH not in host.files
@@ -60,23 +54,23 @@ def test_rollback_removes_a_new_drop_in_and_reloads_systemd():
     """The restart after a new drop-in fails: the drop-in goes too, and systemd forgets it before
     Docker is started again, so Docker comes back with the command it had."""
     host = FakeHost(files={PATH: '{"hosts": ["tcp://0.0.0.0:2376"]}', DROPIN: "[Service]\nExecStart=\n..."},
-                    commands=dict(FAILING))
+                    facts=dict(FAILING))
     with pytest.raises(StepFailed) as info:
         restart_with_rollback(context(host), {PATH: "{}", DROPIN: None}, reload=True, within=0.2)
     assert host.files[PATH] == "{}" and DROPIN not in host.files
     # docker.socket too: see restart_docker.
-    assert host.actions == ["run systemctl restart docker.socket docker", f"write {PATH}", f"remove {DROPIN}",
-                            "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
+    assert host.actions == [RF, "run systemctl restart docker.socket docker", f"write {PATH}", f"remove {DROPIN}",
+                            "run systemctl daemon-reload", RF, "run systemctl restart docker.socket docker"]
     assert "the previous files were restored (and systemd reloaded)" in info.value.message()
 
 
 def test_rollback_puts_back_the_previous_drop_in():
-    host = FakeHost(files={DROPIN: "new"}, commands=dict(FAILING))
+    host = FakeHost(files={DROPIN: "new"}, facts=dict(FAILING))
     with pytest.raises(StepFailed):
         restart_with_rollback(context(host), {DROPIN: "old"}, reload=True, within=0.2)
     assert host.files[DROPIN] == "old"
-    assert host.actions == ["run systemctl restart docker.socket docker", f"write {DROPIN}",
-                            "run systemctl daemon-reload", "run systemctl restart docker.socket docker"]
+    assert host.actions == [RF, "run systemctl restart docker.socket docker", f"write {DROPIN}",
+                            "run systemctl daemon-reload", RF, "run systemctl restart docker.socket docker"]
 
 
 def test_the_restart_action_says_what_it_would_restore():

@@ -400,8 +400,9 @@ def converged_docker_daemon(stats: dict) -> tuple[Context, FakeHost]:
                   inventory_reader=inventory_from_case(case["gpus"]))
     assert converge(DockerDaemonStep(), ctx).state is State.OK
     host.actions.clear()
-    host.commands["systemctl show --property=MainPID --value docker"] = {"stdout": "0\n"}
+    host.facts.setdefault("main_pid", {})["docker"] = 0
     host.stats.update(stats_from_case(stats))
+    ctx.facts.forget()  # the machine changed under the run
     return ctx, host
 
 

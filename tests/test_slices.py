@@ -12,7 +12,8 @@ import pytest
 
 from gpuswarm_node import config, hub, slices
 from gpuswarm_node.errors import ConfigError
-from gpuswarm_node.probes.gpu import Gpu, MigDevice, compute_slices
+from gpuswarm_node.probes.gpu import Gpu, MigDevice
+from gpuswarm_node.slices import compute_slices
 
 GiB = 2**30
 MiB = 2**20

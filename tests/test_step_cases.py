@@ -1,8 +1,10 @@
 """Every case under tests/steps/<step>/<case>.json: state in, check result and planned actions out.
 
-A case says what the machine looks like (files, command answers, GPUs, Docker) and what the step's
-check must answer. With "converges", the runner also applies the plan and re-checks: the step must
-end ok with the machine state the case expects. A converged case must plan nothing and say why.
+A case says what the machine looks like (files, facts by name as gpuswarm_node.facts reads them,
+GPUs, Docker, the manager) and what the step's check must answer. With "converges", the runner also
+applies the plan and re-checks: the step must end ok (or blocked on a reboot) with the machine state
+the case expects. Every needs-change case is applied; one that cannot converge in one run (or
+must not: a lock held past its timeout) says what it ends as, and "converges_note" why. A converged case must plan nothing and say why.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
                   manager_reader=manager.read, port_prober=ports.problem,
-                  manager_session_factory=manager.session)
+                  manager_session_factory=manager.session, given_facts=host.facts)
     return ctx, host, docker, manager, ports
 
 
@@ -114,6 +116,14 @@ def test_step_case(path: Path, monkeypatch) -> None:
             for planned in step.files(ctx):
                 assert host.files.get(planned.path) == planned.content, f"render differs from setup: {planned.path}"
 
+
+
+def test_every_needs_change_case_is_applied() -> None:
+    for path in CASES:
+        case = json.loads(path.read_text())
+        if case["expect"]["state"] != "needs-change":
+            continue
+        assert "converges" in case, f"{path.parent.name}/{path.stem} plans actions that no test applies"
 
 
 def test_every_step_has_cases() -> None:

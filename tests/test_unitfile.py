@@ -18,6 +18,8 @@ import pytest
 from gpuswarm_node.probes.dockerd import DockerUnit, docker_unit, parse_show
 from gpuswarm_node.unitfile import Command, assignments, expand_variables, parse_command, parse_env_file, quote_word
 
+from gpuswarm_node.facts import Facts
+
 from .fakes import FakeHost
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "systemd-252-command-lines.json").read_text())
@@ -140,9 +142,8 @@ def test_a_variable_from_environment_is_named_with_its_unit_file() -> None:
 def test_docker_unit_asks_systemd_which_files() -> None:
     case = next(c for c in RECORDED if c["name"] == "drop-ins apply by file name")
     host = FakeHost(files={**case["files"]}, dirs={"/run/systemd/system"},
-                    commands={"systemctl show --property=FragmentPath,DropInPaths,ExecStart,Environment,"
-                              "EnvironmentFiles docker": {"stdout": case["show"]}})
-    unit = docker_unit(host)
+                    facts={"unit_show": {"docker": case["show"]}})
+    unit = docker_unit(Facts(host, host.facts))
     assert [p for p, _ in unit.files] == [FRAGMENT, *parse_show(case["show"]).dropins]
     assert [a.text for a in unit.dockerd_args()[0]] == ["--b"]
 
@@ -153,7 +154,7 @@ def test_docker_unit_without_systemd_reads_the_directories() -> None:
                            "/lib/systemd/system/docker.service.d/b.conf": "[Service]\nExecStart=\nExecStart=/x --lib\n",
                            "/run/systemd/system/docker.service.d/a.conf": "[Service]\nEnvironment=A=1\n",
                            "/etc/systemd/system/docker.service.d/notes.txt": "[Service]\nExecStart=/x --no\n"})
-    unit = docker_unit(host)
+    unit = docker_unit(Facts(host))
     assert [p for p, _ in unit.files] == ["/lib/systemd/system/docker.service",
                                           "/run/systemd/system/docker.service.d/a.conf",
                                           "/etc/systemd/system/docker.service.d/b.conf"]

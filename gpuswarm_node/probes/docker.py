@@ -1,6 +1,9 @@
-"""The Docker daemon through the Docker SDK: its swarm membership, images, pulls and joins.
+"""The Docker daemon: its swarm membership, images, running containers, pulls and joins.
 
-The SDK is imported on first use, so commands that never talk to Docker do not pay for it.
+Reads (ping, /info, image lookups, containers) go straight to a local daemon's unix socket as
+HTTP GETs of the Engine API with the standard library (EngineSocket). Changes (pull, join, init,
+leave, image removal), and every read when DOCKER_HOST is not a unix socket, go through the
+Docker SDK, imported on first use, so that commands that only read never pay for it.
 """
 
 from __future__ import annotations

@@ -18,16 +18,17 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from ..host import Host
+from typing import TYPE_CHECKING
 from ..unitfile import (Command, UnitSyntaxError, assignments, expand_variables, parse_command, parse_env_file,
                         resolve_specifiers, split_words)
-from . import osfacts
+
+if TYPE_CHECKING:
+    from ..facts import FileReads, Facts
 
 UNIT = "docker.service"
 # In systemd's order of precedence: a unit in /etc/systemd/system overrides the packaged one.
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 DOCKER_UNITS = tuple(f"{d}/{UNIT}" for d in UNIT_DIRS)
-SHOW = ["systemctl", "show", "--property=FragmentPath,DropInPaths,ExecStart,Environment,EnvironmentFiles", "docker"]
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def unit_environment(files: list[tuple[str, str]]) -> tuple[dict[str, tuple[str,
     return env, env_files
 
 
-def _dropin_paths(host: Host) -> list[str]:
+def _dropin_paths(host: "FileReads") -> list[str]:
     """Without systemd: every docker.service.d/*.conf, one per name (/etc first), by name."""
     chosen: dict[str, str] = {}
     for directory in UNIT_DIRS:
@@ -212,13 +213,17 @@ def _dropin_paths(host: Host) -> list[str]:
     return [chosen[name] for name in sorted(chosen)]
 
 
-def docker_unit(host: Host) -> DockerUnit:
-    """docker.service as systemd has it (or, without systemd, as its directories hold it)."""
+def docker_unit(facts: "Facts") -> DockerUnit:
+    """docker.service as systemd has it (or, without systemd, as its directories hold it): facts
+    unit_show (one `systemctl show`) and the files it names."""
+    from .. import facts as F
+
     loaded = None
-    if osfacts.systemd_running(host):
-        result = host.query(SHOW)
-        if result.ok:
-            loaded = parse_show(result.stdout)
+    host = facts.files
+    if facts.get(F.SYSTEMD_RUNNING):
+        shown = facts.get(F.UNIT_SHOW, "docker")
+        if shown:
+            loaded = parse_show(shown)
     if loaded is not None:
         fragment_path, dropin_paths = loaded.fragment or None, list(loaded.dropins)
     else:

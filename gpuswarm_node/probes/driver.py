@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..host import Host
+from .. import facts as F
+from ..facts import Facts
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 NVIDIA_VENDOR = "0x10de"
@@ -34,9 +35,11 @@ class PciGpu:
         return f"10de:{self.device}"
 
 
-def nvidia_gpus(host: Host) -> list[PciGpu]:
-    """NVIDIA display/3D controllers (class 0x03xxxx), whatever the driver state."""
+def nvidia_gpus(facts: Facts) -> list[PciGpu]:
+    """NVIDIA display/3D controllers (class 0x03xxxx), whatever the driver state (sysfs's PCI
+    devices, each file through its fact)."""
     found = []
+    host = facts.files
     for dev in host.listdir(PCI_DEVICES):
         vendor = (host.read_text(f"{PCI_DEVICES}/{dev}/vendor") or "").strip()
         klass = (host.read_text(f"{PCI_DEVICES}/{dev}/class") or "").strip()
@@ -180,18 +183,23 @@ class DriverPackages:
         return found
 
 
-def kernel_release(host: Host) -> str:
-    return (host.read_text(KERNEL_RELEASE) or "").strip()
+def kernel_release(facts: Facts) -> str:
+    return (facts.get(F.FILE_TEXT, KERNEL_RELEASE) or "").strip()
 
 
-def driver_packages(host: Host, release: str) -> DriverPackages:
-    result = host.query(packages_query(release))
-    return DriverPackages(tuple(parse_packages(result.stdout)), release)
+# dpkg-query's lines for every package that can provide the driver (patterns: dpkg's database
+# file would need dpkg's glob and multi-arch naming reimplemented).
+DRIVER_PACKAGE_LINES = F.fact("driver_package_lines", F.COMMAND, packages_query, lambda r, _a: r.stdout)
 
 
-def installed_since_boot(host: Host, packages: list[Package]) -> bool | None:
+def driver_packages(facts: Facts, release: str) -> DriverPackages:
+    return DriverPackages(tuple(parse_packages(facts.get(DRIVER_PACKAGE_LINES, release))), release)
+
+
+def installed_since_boot(facts: Facts, packages: list[Package]) -> bool | None:
     """Whether any of these packages was installed or upgraded after the machine booted (its
     file list in dpkg's database is rewritten then); None when either time is unknown."""
+    host = facts.files
     boot = parse_boot_time(host.read_text("/proc/stat") or "")
     times = [host.mtime(f"{DPKG_INFO}/{p.info or p.name}.list") for p in packages]
     if boot is None or not times or any(t is None for t in times):
@@ -231,7 +239,8 @@ class LoadedModule:
     version: str = ""
 
 
-def loaded_module(host: Host) -> LoadedModule:
+def loaded_module(facts: Facts) -> LoadedModule:
+    host = facts.files
     text = host.read_text(PROC_VERSION)
     if text is not None:
         return LoadedModule(True, parse_proc_version(text))
@@ -252,7 +261,18 @@ def parse_sb_state(text: str) -> bool:
     return "SecureBoot enabled" in text
 
 
-def secure_boot(host: Host) -> bool:
+def _out(result, _arg: str) -> str:
+    return result.stdout + result.stderr
+
+
+SB_STATE = F.fact("mokutil_sb_state", F.COMMAND, lambda _a: ["mokutil", "--sb-state"], _out, takes_arg=False)
+TEST_KEY = F.fact("mokutil_test_key", F.COMMAND, lambda key: ["mokutil", "--test-key", key], _out)
+NVIDIA_DETECT = F.fact("nvidia_detect", F.COMMAND, lambda pci_id: ["nvidia-detect", pci_id],
+                       lambda r, _a: (r.stdout, r.stderr))
+
+
+def secure_boot(facts: Facts) -> bool:
+    host = facts.files
     try:
         var = host.read_text(SECURE_BOOT_VAR)
     except (OSError, ValueError):  # efivarfs unreadable here: ask mokutil
@@ -260,8 +280,7 @@ def secure_boot(host: Host) -> bool:
     if var is not None:
         return parse_secure_boot_var(var)
     if host.which("mokutil"):
-        result = host.query(["mokutil", "--sb-state"])
-        return parse_sb_state(result.stdout + result.stderr)
+        return parse_sb_state(facts.get(SB_STATE))
     return False
 
 
@@ -278,17 +297,17 @@ def parse_test_key(text: str) -> str:
     return NOT_ENROLLED
 
 
-def dkms_key_state(host: Host) -> tuple[str, str]:
+def dkms_key_state(facts: Facts) -> tuple[str, str]:
     """The best enrolment state of a DKMS signing key on this machine, and that key's path;
     UNKNOWN without mokutil to ask."""
+    host = facts.files
     if not host.which("mokutil"):
         return UNKNOWN, ""
     best = (NOT_ENROLLED, "")
     for key in DKMS_SIGNING_KEYS:
         if not host.exists(key):
             continue
-        result = host.query(["mokutil", "--test-key", key])
-        state = parse_test_key(result.stdout + result.stderr)
+        state = parse_test_key(facts.get(TEST_KEY, key))
         if state == ENROLLED:
             return state, key
         if state == PENDING:
@@ -377,13 +396,13 @@ def choose_driver(detections: list[Detection]) -> tuple[str, str]:
         f"{d.pci_id} needs {d.recommended}" for d in detections)
 
 
-def detect(host: Host, gpus: list[PciGpu]) -> list[Detection]:
+def detect(facts: Facts, gpus: list[PciGpu]) -> list[Detection]:
     """nvidia-detect once per distinct PCI ID: given several, it carries one card's recommendation
     over to the next."""
     found = []
     for pci_id in dict.fromkeys(g.pci_id for g in gpus):
-        result = host.query(["nvidia-detect", pci_id])
-        found += parse_nvidia_detect(result.stdout) or [Detection(pci_id, says=(result.stdout + result.stderr).strip())]
+        out, err = facts.get(NVIDIA_DETECT, pci_id)
+        found += parse_nvidia_detect(out) or [Detection(pci_id, says=(out + err).strip())]
     return found
 
 

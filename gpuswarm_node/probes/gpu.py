@@ -1,4 +1,4 @@
-"""GPU facts from NVML (through pynvml, which loads libnvidia-ml.so.1) and the slices they yield."""
+"""GPU facts from NVML (through pynvml, which loads libnvidia-ml.so.1); the slices they yield: gpuswarm_node.slices."""
 
 from __future__ import annotations
 
@@ -30,41 +30,6 @@ class Inventory:
     driver_version: str
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
     cuda_version: str = ""  # the newest CUDA the driver supports, "12.4" (nvmlSystemGetCudaDriverVersion)
-
-
-def slices_of(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
-    """One GPU's slice IDs: its MIG devices' UUIDs when MIG is on, else `<uuid>::1` .. `<uuid>::N`.
-
-    N is slices_per_gpu, or with slice_memory (bytes) as many slices as fit in the GPU's memory,
-    rounded down: a slice that does not fit would promise memory the GPU does not have. Never more
-    than MAX_SLICES_PER_GPU (config.py says why): a GPU that holds more slices of slice_memory gives
-    that many, each with more memory than asked for.
-    """
-    if gpu.mig_enabled:
-        return [m.uuid for m in gpu.mig_devices]
-    return [f"{gpu.uuid}::{n}" for n in range(1, slice_count(gpu, slices_per_gpu, slice_memory) + 1)]
-
-
-def slice_count(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
-    """How many `<uuid>::<n>` slices a GPU outside MIG mode yields."""
-    return min(fitting_slices(gpu, slices_per_gpu, slice_memory), MAX_SLICES_PER_GPU)
-
-
-def fitting_slices(gpu: Gpu, slices_per_gpu: int, slice_memory: int = 0) -> int:
-    """The count the settings ask for, before the maximum."""
-    return gpu.memory_bytes // slice_memory if slice_memory > 0 else slices_per_gpu
-
-
-def compute_slices(gpus: tuple[Gpu, ...] | list[Gpu], slices_per_gpu: int, slice_memory: int = 0) -> list[str]:
-    """Slice IDs in the order Swarm should hand them out.
-
-    The `::` cannot occur in a UUID, so a slice's device is always recoverable; MIG UUIDs are
-    real device IDs already. Swarm assigns named resources in list order, so the list takes slice
-    1 of every GPU before slice 2 of any: users spread across GPUs instead of filling the first.
-    """
-    per_gpu = [slices_of(gpu, slices_per_gpu, slice_memory) for gpu in gpus]
-    depth = max((len(s) for s in per_gpu), default=0)
-    return [s[i] for i in range(depth) for s in per_gpu if i < len(s)]
 
 
 def _text(value: bytes | str) -> str:

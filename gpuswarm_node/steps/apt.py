@@ -14,9 +14,9 @@ import itertools
 import math
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 
+from .. import facts as F
 from ..engine import Call, RunCommand
 from ..errors import CommandFailed, StepFailed
 from ..host import Host, LockHolder
@@ -133,7 +133,7 @@ def apt_command(ctx: Context, *argv: str, locks: tuple[str, ...], timeout: float
 def repair_interrupted(ctx: Context) -> list[RunCommand]:
     """`dpkg --configure -a` when a dpkg run was cut off (files left in its updates journal):
     until then every apt-get install refuses to run."""
-    if not ctx.host.listdir(DPKG_UPDATES):
+    if not ctx.fact(F.DIR_ENTRIES, DPKG_UPDATES):
         return []
     return [apt_command(ctx, "dpkg", "--configure", "-a", locks=DPKG_LOCKS,
                         timeout=ctx.config.apt.lock_timeout + 1800, progress="finishing an interrupted dpkg run")]
@@ -162,8 +162,7 @@ def install(ctx: Context, *packages: str) -> RunCommand:
 def download_key(url: str, path: str) -> Call:
     def fetch(ctx: Context) -> None:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - fixed https URL
-                key = response.read().decode()
+            key = ctx.host.download(url).decode(errors="replace")
         except OSError as exc:
             raise StepFailed(f"downloading the signing key {url} failed: {exc}.",
                              "Check this machine's HTTPS access, or use an apt source line that needs no key.") from None

@@ -19,7 +19,8 @@ import time
 
 from ..config import tables, to_toml
 from ..context import Context
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
+from .. import facts as F
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
 from ..render import render
 
 PROGRAM = "/usr/local/bin/gpuswarm-node"  # setup.sh's link: it stays across upgrades
@@ -50,25 +51,21 @@ class BootStep:
     description = f"setup runs again at every boot ({UNIT_NAME})"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        return [PlannedFile(UNIT, unit_text()), PlannedFile(BOOT_CONFIG, boot_config_text(ctx))]
+        # The configuration first: the unit names it.
+        return [PlannedFile(BOOT_CONFIG, boot_config_text(ctx), 0o600), PlannedFile(UNIT, unit_text())]
 
     def check(self, ctx: Context) -> Check:
-        host = ctx.host
-        if not host.exists(PROGRAM):
+        if not ctx.fact(F.EXISTS, PROGRAM):
             return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool with "
                            "setup.sh (it links it there), then run setup again")
         actions, reasons = [], []
-        want_config, have_config = boot_config_text(ctx), host.read_text(BOOT_CONFIG)
-        if have_config != want_config:
-            actions.append(WriteFile(BOOT_CONFIG, want_config, have_config, mode=0o600))
-            reasons.append(f"{BOOT_CONFIG} does not hold this run's configuration" if have_config is not None
-                           else f"no {BOOT_CONFIG}")
-        want_unit, have_unit = unit_text(), host.read_text(UNIT)
-        if have_unit != want_unit:
-            actions += [WriteFile(UNIT, want_unit, have_unit), run_command("systemctl", "daemon-reload")]
-            reasons.append(f"{UNIT} is not as setup writes it" if have_unit is not None else f"no {UNIT}")
-        enabled = host.query(["systemctl", "is-enabled", UNIT_NAME]).stdout.strip() == "enabled"
-        if not enabled:
+        for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
+            actions.append(write)
+            if write.path == UNIT:
+                actions.append(run_command("systemctl", "daemon-reload"))
+            what = "does not hold this run's configuration" if write.path == BOOT_CONFIG else "is not as setup writes it"
+            reasons.append(f"{write.path} {what}" if write.before is not None else f"no {write.path}")
+        if ctx.fact(F.UNIT_FILE_STATE, UNIT_NAME) != "enabled":
             # Enabled, not started: started now it would run a second setup beside this one.
             actions.append(run_command("systemctl", "enable", UNIT_NAME))
             reasons.append(f"{UNIT_NAME} is not enabled")

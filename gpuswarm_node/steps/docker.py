@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command
-from ..probes import osfacts
+from ..engine import Call, Check, perform, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
+from .. import facts as F
 from ..render import render
 from ..context import Context
-from ..shared_facts import TOOLKIT_PACKAGE, joint_nfs_client, joint_toolkit_install
+from ..shared_facts import TOOLKIT_PACKAGE, joint_nfs_client, joint_toolkit_install, toolkit_source_file
 from ..journal import keep
 from . import apt
 
@@ -17,10 +17,10 @@ DOCKER_CE_KEY = "/etc/apt/keyrings/docker.asc"
 
 
 def docker_ce_source(ctx: Context) -> str:
-    release = osfacts.os_release(ctx.host)
+    release = ctx.fact(F.OS_RELEASE)
     distro = release.get("ID", "debian")
     codename = release.get("VERSION_CODENAME", "")
-    arch = ctx.host.query(["dpkg", "--print-architecture"]).stdout.strip() or "amd64"
+    arch = ctx.fact(F.DPKG_ARCHITECTURE)
     return (f"deb [arch={arch} signed-by={DOCKER_CE_KEY}] https://download.docker.com/linux/{distro} "
             f"{codename} stable")
 
@@ -32,10 +32,9 @@ def install_split_client(ctx: Context) -> None:
     """Debian 13 ships Docker's client as docker-cli, only recommended by docker.io (apt installs
     no recommends here): without it the node has no `docker` command. Asked of apt once the
     package lists are current; Debian 12 and Ubuntu have no such package."""
-    if ctx.host.which("docker"):
+    if ctx.fact(F.ON_PATH, "docker"):
         return
-    shown = ctx.host.query(["apt-cache", "show", "--no-all-versions", "docker-cli"])
-    if shown.ok and shown.stdout.strip():
+    if ctx.fact(F.APT_SHOWS, "docker-cli"):
         perform(ctx, apt.install(ctx, "docker-cli"))
 
 
@@ -44,24 +43,31 @@ class DockerStep:
     description = "Docker Engine installed, enabled and running"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        if ctx.config.docker.source != "docker-ce":
-            return []
-        return [PlannedFile(DOCKER_CE_LIST, render("apt-source.list.j2", purpose="Docker's docker-ce repository",
-                                                   line=docker_ce_source(ctx)))]
+        """docker-ce's apt source (docker.source = docker-ce), and the toolkit's where it comes in
+        Docker's apt transaction (shared_facts.joint_toolkit_install)."""
+        files = []
+        if ctx.config.docker.source == "docker-ce":
+            files.append(PlannedFile(DOCKER_CE_LIST, render("apt-source.list.j2", purpose="Docker's docker-ce repository",
+                                                            line=docker_ce_source(ctx))))
+        if not self._installed(ctx) and joint_toolkit_install(ctx) is not None:
+            files.append(toolkit_source_file(ctx))
+        return files
+
+    def _installed(self, ctx: Context) -> list[str]:
+        return [p for p in ("docker.io", "docker-ce") if ctx.fact(F.PACKAGE_INSTALLED, p)]
 
     def check(self, ctx: Context) -> Check:
-        if not osfacts.systemd_running(ctx.host):
+        if not ctx.fact(F.SYSTEMD_RUNNING):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
-        installed = [p for p in ("docker.io", "docker-ce") if osfacts.package_installed(ctx.host, p)]
+        installed = self._installed(ctx)
         actions = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):
-                before = ctx.host.read_text(planned.path)
-                if before != planned.content:
-                    release = osfacts.os_release(ctx.host).get("ID", "debian")
+                if planned.path == DOCKER_CE_LIST and (write := write_wanted(ctx, planned)):
+                    release = ctx.fact(F.OS_RELEASE).get("ID", "debian")
                     actions.append(apt.download_key(f"https://download.docker.com/linux/{release}/gpg", DOCKER_CE_KEY))
-                    actions.append(WriteFile(planned.path, planned.content, before))
+                    actions.append(write)
             reason = f"{' '.join(wanted)} is not installed"
             # On a fresh GPU machine the toolkit comes in the same apt transaction: one
             # `apt-get update`, one install, instead of one of each per step.
@@ -78,7 +84,7 @@ class DockerStep:
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
         else:
-            enabled, active = osfacts.unit_enabled(ctx.host, "docker"), osfacts.unit_active(ctx.host, "docker")
+            enabled, active = ctx.fact(F.UNIT_ENABLED, "docker"), ctx.fact(F.UNIT_ACTIVE, "docker")
             if enabled and active:
                 return ok(f"{installed[0]} installed, docker.service enabled and running")
             reason = "docker.service is " + " and ".join(

@@ -17,17 +17,18 @@ import re
 import sys
 
 from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
-                      run_command)
+                      run_command, write_wanted)
 from ..errors import NvmlUnavailable, StepFailed
 from ..host import FileStatus, Host, dir_repair_commands, unsafe
-from ..probes import osfacts
+from .. import facts as F
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
-from ..probes.gpu import Inventory, slices_of
+from ..probes.gpu import Inventory
 from .. import restart
 from ..lifecycle import activate_action, can_drain, drain_action
 from ..nvidia_hook import TOOLKIT_CONFIGS
 from ..render import render
-from ..slices import device_of, env_variable, for_config, known_devices, notes, slice_map_text
+from ..slices import (device_of, env_variable, for_config, generic_resources, known_devices, notes,
+                      parse_generic_resource, slice_map_text, slices_of)
 from ..context import Context
 from ..unitfile import Command
 
@@ -146,8 +147,8 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
     merged["default-runtime"] = RUNTIME_NAME
     # Resources of other kinds belong to the operator; ours are replaced as a whole.
     others = [r for r in existing.get("node-generic-resources", [])
-              if r.partition("=")[0] != kind and device_of(r.partition("=")[2]) not in devices]
-    merged["node-generic-resources"] = others + [f"{kind}={s}" for s in slices]
+              if parse_generic_resource(r)[0] != kind and device_of(parse_generic_resource(r)[1]) not in devices]
+    merged["node-generic-resources"] = others + generic_resources(kind, slices)
     if merged.get("live-restore") is True:
         del merged["live-restore"]
     return merged
@@ -155,8 +156,7 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
 
 def advertised(settings: dict) -> list[tuple[str, str]]:
     """(kind, value) of every node-generic-resources entry."""
-    return [(r.partition("=")[0], r.partition("=")[2]) for r in settings.get("node-generic-resources", [])
-            if isinstance(r, str)]
+    return [parse_generic_resource(r) for r in settings.get("node-generic-resources", []) if isinstance(r, str)]
 
 
 def wrapper_loader(program: str = WRAPPER_PROGRAM) -> str:
@@ -289,11 +289,12 @@ def parse_process_start(stat_text: str, proc_stat_text: str, clock_ticks: int = 
     return btime + start_ticks / clock_ticks
 
 
-def dockerd_start_time(host: Host) -> float | None:
-    pid = host.query(["systemctl", "show", "--property=MainPID", "--value", "docker"]).stdout.strip()
-    if not pid.isdigit() or pid == "0":
+def dockerd_start_time(facts: F.Facts) -> float | None:
+    """Epoch seconds dockerd (docker.service's main process) started, or None when it runs not."""
+    pid = facts.get(F.MAIN_PID, "docker")
+    if not pid:
         return None
-    stat, proc_stat = host.read_text(f"/proc/{pid}/stat"), host.read_text("/proc/stat")
+    stat, proc_stat = facts.get(F.FILE_TEXT, f"/proc/{pid}/stat"), facts.get(F.FILE_TEXT, "/proc/stat")
     if not stat or not proc_stat:
         return None
     return parse_process_start(stat, proc_stat)
@@ -308,7 +309,7 @@ class DockerDaemonStep:
         and what in it stops the merge (then the wanted settings are the existing ones)."""
         inventory = ctx.inventory()
         slices = for_config(inventory.gpus, ctx.config.gpu)
-        text, existing = read_daemon_json(ctx.host)
+        text, existing = read_daemon_json(ctx.facts.files)
         devices = known_devices(inventory.gpus)
         problems = daemon_json_problems(existing, ctx.config.gpu.resource, devices)
         merged = existing if problems else merge_settings(existing, ctx.config.gpu.resource, slices, devices)
@@ -333,50 +334,56 @@ class DockerDaemonStep:
         _inventory, slices, _text, _existing, merged, problems = self._settings(ctx)
         if problems:
             raise StepFailed("; ".join(problems) + ".", "Fix /etc/docker/daemon.json, then run setup again.")
-        files = [PlannedFile(WRAPPER_PROGRAM, wrapper_program_text(engine_socket(merged))),
-                 PlannedFile(WRAPPER, wrapper_text()),
-                 PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices)),
-                 PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged))]
-        dropin = self._dropin(docker_unit(ctx.host), merged)
-        if dropin:
-            files.append(PlannedFile(DROPIN, dropin))
-        return files
+        return list(self._wanted(ctx, slices, merged).values())
 
-    def _runtime_actions(self, ctx: Context, slices: list[str], devices: set[str],
-                         socket: str) -> tuple[list, list[str]]:
+    def _wanted(self, ctx: Context, slices: list[str], merged: dict,
+                bytecode: bool = True) -> dict[str, PlannedFile]:
+        """Every file of the step as it wants it, by path: the one statement of its files. Without
+        `bytecode`, the program is not compiled (a check whose bytecode is current needs none)."""
+        # 0644, not executable: only the front runs the program, through python3. Nothing in it
+        # is secret (it is the template's text), and a root-only file would make a non-root
+        # `status` fail to compare it; the front and the slice map are world-readable too.
+        program = wrapper_program_text(engine_socket(merged))
+        files = [PlannedFile(WRAPPER_PROGRAM, program, 0o644),
+                 *([PlannedFile(WRAPPER_BYTECODE, wrapper_bytecode(program), 0o644)] if bytecode else []),
+                 PlannedFile(WRAPPER, wrapper_text(), 0o755),
+                 PlannedFile(SLICE_MAP, slice_map_text(ctx.config.gpu.resource, slices), 0o644),
+                 PlannedFile(DAEMON_JSON, render("daemon.json.j2", settings=merged), 0o644)]
+        dropin = self._dropin(docker_unit(ctx.facts), merged)
+        if dropin:
+            files.append(PlannedFile(DROPIN, dropin, 0o644))
+        return {f.path: f for f in files}
+
+    def _runtime_actions(self, ctx: Context, wanted: dict[str, PlannedFile],
+                         devices: set[str]) -> tuple[list, list[str]]:
         """The wrapper and its slice map: read per container start, so no restart follows."""
-        host, kind = ctx.host, ctx.config.gpu.resource
+        host, kind = ctx.facts.files, ctx.config.gpu.resource
         actions: list = []
         reasons: list[str] = []
         # The program goes before the front that starts it: upgrading from the one-file wrapper,
         # a front written first would fail every `create` until the program is there.
-        # 0644, not executable: only the front runs it, through python3. Nothing in it is secret
-        # (it is the template's text), and a root-only file would make a non-root `status`
-        # fail to compare it; the front and the slice map are world-readable too.
-        want_program, have_program = wrapper_program_text(socket), host.read_text(WRAPPER_PROGRAM)
-        if have_program != want_program:
-            actions.append(WriteFile(WRAPPER_PROGRAM, want_program, have_program, mode=0o644))
+        if write := write_wanted(ctx, wanted[WRAPPER_PROGRAM]):
+            actions.append(write)
             reasons.append(f"runtime wrapper program {WRAPPER_PROGRAM} "
-                           f"{'is missing' if have_program is None else 'differs'}")
+                           f"{'is missing' if write.before is None else 'differs'}")
         # After the program (its hash is of the program's new text) and before the front that
         # imports it; until then Python compiles the program as before.
-        have_bytecode = host.read_bytes(WRAPPER_BYTECODE)
-        if not bytecode_current(have_bytecode, want_program):
-            actions.append(WriteFile(WRAPPER_BYTECODE, wrapper_bytecode(want_program), have_bytecode))
+        if WRAPPER_BYTECODE in wanted:  # compiled only where the bytecode there is not current
+            have_bytecode = host.read_bytes(WRAPPER_BYTECODE)
+            actions.append(write_wanted(ctx, wanted[WRAPPER_BYTECODE], force=True))
             reasons.append(f"runtime wrapper bytecode {WRAPPER_BYTECODE} "
                            f"{'is missing' if have_bytecode is None else 'is not the program compiled'}")
-        want, have = wrapper_text(), host.read_text(WRAPPER)
-        if have != want:
-            actions.append(WriteFile(WRAPPER, want, have, mode=0o755))
+        have = host.read_text(WRAPPER)
+        if write := write_wanted(ctx, wanted[WRAPPER]):
+            actions.append(write)
             reasons.append(f"runtime wrapper {WRAPPER} {'is missing' if have is None else 'differs'}")
         if have is not None and host.which(WRAPPER) is None and not _is_symlink(host.file_status(WRAPPER)):
             # chmod would follow a symlink: one is replaced instead (_ownership_actions).
             actions.append(run_command("chmod", "0755", WRAPPER))
             reasons.append(f"runtime wrapper {WRAPPER} is not executable")
-        want_map = slice_map_text(kind, slices)
         have_map, current = read_slice_map(host)
-        if have_map != want_map:
-            actions.append(WriteFile(SLICE_MAP, want_map, have_map))
+        if write := write_wanted(ctx, wanted[SLICE_MAP]):
+            actions.append(write)
             variable = current.get("variable")
             mapped = current.get("slices") if isinstance(current.get("slices"), dict) else {}
             gone = sorted({d for d in mapped.values() if isinstance(d, str)} - devices)
@@ -401,7 +408,7 @@ class DockerDaemonStep:
         writes or removes is fixed by that. A directory gets chown/chmod (the first value; file
         rewrites are the second); one that is a symlink is refused (the fourth value), as it
         cannot be repaired in place."""
-        host = ctx.host
+        host = ctx.facts.files
         written = {a.path for a in planned if isinstance(a, (WriteFile, RemoveFile))}
         files = [("runtime wrapper program ", WRAPPER_PROGRAM, 0o644), ("runtime wrapper ", WRAPPER, 0o755),
                  ("runtime wrapper bytecode ", WRAPPER_BYTECODE, 0o644),
@@ -472,12 +479,16 @@ class DockerDaemonStep:
         if not slices:
             return blocked("no GPU yields a slice: " + "; ".join(why_not))
         devices = known_devices(inventory.gpus)
-        actions, reasons = self._runtime_actions(ctx, slices, devices, engine_socket(merged))
+        program = wrapper_program_text(engine_socket(merged))
+        compiled = bytecode_current(ctx.fact(F.FILE_BYTES, WRAPPER_BYTECODE), program)
+        wanted = self._wanted(ctx, slices, merged, bytecode=not compiled)
+        actions, reasons = self._runtime_actions(ctx, wanted, devices)
         # Only what dockerd reads (daemon.json, its unit) needs the restart below.
         restart_for: list = []
         previous: dict[str, str | None] = {}
-        unit = docker_unit(ctx.host)
-        want_dropin, have_dropin = self._dropin(unit, merged), ctx.host.read_text(DROPIN)
+        unit = docker_unit(ctx.facts)
+        want_dropin = wanted[DROPIN].content if DROPIN in wanted else None
+        have_dropin = ctx.fact(F.FILE_TEXT, DROPIN)
         if want_dropin != have_dropin and not unit.matches_loaded():
             return blocked(f"docker.service's files ({', '.join(p for p, _ in unit.files)}) give another command "
                            f"than the one systemd has loaded ({unit.loaded.argv}); run `systemctl daemon-reload` "
@@ -487,13 +498,15 @@ class DockerDaemonStep:
         refusal = flag_refusal(merged, args)
         if refusal:
             return blocked(refusal)
+        # Compared as settings, not text: a hand-formatted daemon.json that says the same stays.
         if existing != merged:
-            content = render("daemon.json.j2", settings=merged)
-            restart_for += [restart.validate_action(content), WriteFile(DAEMON_JSON, content, text)]
+            daemon_json = wanted[DAEMON_JSON]
+            restart_for += [restart.validate_action(daemon_json.content),
+                            WriteFile(DAEMON_JSON, daemon_json.content, text, daemon_json.mode)]
             previous[DAEMON_JSON] = text
             reasons += self._daemon_reasons(existing, merged, kind, devices, text)
         if want_dropin != have_dropin:
-            restart_for.append(WriteFile(DROPIN, want_dropin, have_dropin) if want_dropin else RemoveFile(DROPIN))
+            restart_for.append(write_wanted(ctx, wanted[DROPIN]) if want_dropin else RemoveFile(DROPIN))
             restart_for.append(run_command("systemctl", "daemon-reload"))
             previous[DROPIN] = have_dropin
             reasons.append(f"drop-in {DROPIN} {'needed' if want_dropin else 'no longer needed'}")
@@ -504,11 +517,11 @@ class DockerDaemonStep:
         # Directories first: nothing is written into one that someone else can still change.
         actions = [*dir_fixes, *actions, *file_fixes]
         reasons += owner_reasons
-        docker_running = osfacts.systemd_running(ctx.host) and osfacts.unit_active(ctx.host, "docker")
+        docker_running = ctx.fact(F.SYSTEMD_RUNNING) and ctx.fact(F.UNIT_ACTIVE, "docker")
         if docker_running:
             restart_needed = bool(restart_for)
             if not restart_needed:
-                started, changed = dockerd_start_time(ctx.host), ctx.host.mtime(DAEMON_JSON)
+                started, changed = dockerd_start_time(ctx.facts), ctx.fact(F.MTIME, DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
                     restart_needed = True

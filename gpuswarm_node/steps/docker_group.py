@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import valid_user_name
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped
-from ..probes import osfacts
+from .. import facts as F
 from ..context import Context
 from ..journal import Undo, keep
 
@@ -26,9 +26,9 @@ class DockerGroupStep:
             # node.user is validated with the configuration; $SUDO_USER is not.
             return blocked(f"SUDO_USER {user!r} is not a user name (a letter or '_', then letters, digits, '_' or "
                            "'-'); set node.user to the user to add")
-        if not osfacts.user_exists(ctx.host, user):
+        if not ctx.fact(F.USER_EXISTS, user):
             return blocked(f"user {user!r} does not exist; set node.user to an existing user")
-        members = osfacts.group_members(ctx.host, "docker")
+        members = ctx.fact(F.GROUP_MEMBERS, "docker")
         if members is not None and user in members:
             return ok(f"{user} is in the docker group")
         actions = []

@@ -14,7 +14,8 @@ and ordered after it (PartOf: restarted with it), runs the same script at every 
 
 from __future__ import annotations
 
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from .. import facts as F
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..render import render
 from ..context import Context
 
@@ -36,7 +37,7 @@ def unit_text() -> str:
 
 
 def rule_in(listing: str, address: str) -> bool:
-    """Whether `iptables -S DOCKER-USER` output holds the guard's rule for `address`."""
+    """Whether an `iptables -S` listing holds the guard's rule for `address`."""
     for line in listing.splitlines():
         words = line.split()
         if (words[:2] == ["-A", "DOCKER-USER"] and "-d" in words and words[words.index("-d") + 1] == address
@@ -49,12 +50,11 @@ def missing_rules(ctx: Context) -> list[str]:
     """The addresses whose rule is not in force (absent, or its chain not reached from FORWARD)."""
     missing = []
     for program, address in RULES:
-        if program == "ip6tables" and not ctx.host.exists("/proc/net/if_inet6"):
+        if program == "ip6tables" and not ctx.fact(F.EXISTS, "/proc/net/if_inet6"):
             continue  # no IPv6 on this machine: nothing to reach the address with
-        chain = ctx.host.query([program, "-w", "-S", "DOCKER-USER"])
-        forward = ctx.host.query([program, "-w", "-S", "FORWARD"])
-        jumps = any(line.split() == ["-A", "FORWARD", "-j", "DOCKER-USER"] for line in forward.stdout.splitlines())
-        if not (chain.ok and forward.ok and jumps and rule_in(chain.stdout, address)):
+        listing = ctx.fact(F.IPTABLES_RULES, program)  # every chain of the filter table, one process
+        jumps = ["-A", "FORWARD", "-j", "DOCKER-USER"] in F.chain_rules(listing, "FORWARD")
+        if not (listing is not None and jumps and rule_in(listing, address)):
             missing.append(address)
     return missing
 
@@ -66,22 +66,19 @@ class MetadataGuardStep:
     def files(self, ctx: Context) -> list[PlannedFile]:
         if not ctx.config.docker.metadata_guard:
             return []
-        return [PlannedFile(SCRIPT, script_text()), PlannedFile(UNIT, unit_text())]
+        return [PlannedFile(SCRIPT, script_text(), 0o755), PlannedFile(UNIT, unit_text())]
 
     def check(self, ctx: Context) -> Check:
         if not ctx.config.docker.metadata_guard:
             return skipped("docker.metadata_guard is false: containers can reach the cloud metadata service "
                            "(a guard an earlier run installed stays until reset)")
-        if ctx.host.which("iptables") is None:
+        if ctx.fact(F.ON_PATH, "iptables") is None:
             return blocked("iptables is not installed (Docker's package depends on it); run setup --only docker")
-        actions = []
-        want_script, have_script = script_text(), ctx.host.read_text(SCRIPT)
-        if have_script != want_script:
-            actions.append(WriteFile(SCRIPT, want_script, have_script, mode=0o755))
-        want_unit, have_unit = unit_text(), ctx.host.read_text(UNIT)
-        if have_unit != want_unit:
-            actions += [WriteFile(UNIT, want_unit, have_unit), run_command("systemctl", "daemon-reload")]
-        enabled = ctx.host.query(["systemctl", "is-enabled", UNIT_NAME]).stdout.strip() == "enabled"
+        writes = [w for w in map(lambda f: write_wanted(ctx, f), self.files(ctx)) if w is not None]
+        actions: list = list(writes)
+        if any(w.path == UNIT for w in writes):
+            actions.append(run_command("systemctl", "daemon-reload"))
+        enabled = ctx.fact(F.UNIT_FILE_STATE, UNIT_NAME) == "enabled"
         if not enabled:
             actions.append(run_command("systemctl", "enable", UNIT_NAME))
         missing = missing_rules(ctx)
@@ -95,7 +92,7 @@ class MetadataGuardStep:
         reasons = []
         if missing:
             reasons.append(f"no rule in DOCKER-USER rejects containers' packets to {', '.join(missing)}")
-        if have_script != want_script or have_unit != want_unit:
+        if writes:
             reasons.append(f"{SCRIPT} or {UNIT} is not as setup writes it")
         elif not enabled:
             reasons.append(f"{UNIT_NAME} is not enabled, so Docker's next start would not re-apply the rules")

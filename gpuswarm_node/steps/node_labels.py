@@ -23,8 +23,8 @@ import re
 
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
 from ..errors import GpuswarmError, NvmlUnavailable, StepFailed
-from ..probes.gpu import Inventory, slices_of
-from ..slices import for_config
+from ..probes.gpu import Inventory
+from ..slices import for_config, slices_of
 from ..context import Context
 
 MODEL = "gpuswarm.gpu.model"

@@ -12,7 +12,8 @@ from __future__ import annotations
 from .. import apt_sources
 from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
-from ..probes import driver, osfacts
+from .. import facts as F
+from ..probes import driver
 from ..probes.driver import PciGpu
 from ..context import Context
 from ..shared_facts import gpu_presence
@@ -34,9 +35,9 @@ def _names(pkgs: driver.DriverPackages) -> str:
 def secure_boot_problem(ctx: Context, distro: str) -> Check | None:
     """Secure Boot loads only signed modules, and DKMS builds this one here: a key DKMS signs with
     must be enrolled in the machine's MOK list first. None when nothing stands in the way."""
-    if not driver.secure_boot(ctx.host):
+    if not driver.secure_boot(ctx.facts):
         return None
-    state, key = driver.dkms_key_state(ctx.host)
+    state, key = driver.dkms_key_state(ctx.facts)
     if state == driver.ENROLLED:
         return None
     if state == driver.PENDING:
@@ -63,7 +64,7 @@ def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
     ids = ", ".join(dict.fromkeys(g.pci_id for g in gpus))
 
     def install(ctx: Context) -> None:
-        package, problem = driver.choose_driver(driver.detect(ctx.host, gpus))
+        package, problem = driver.choose_driver(driver.detect(ctx.facts, gpus))
         if problem:
             raise StepFailed(f"{problem}.", "Install a driver that supports every GPU by hand, then run setup again.")
         perform(ctx, apt.install(ctx, *headers, package, DEBIAN_FIRMWARE))
@@ -93,16 +94,16 @@ class NvidiaDriverStep:
         present, why, gpus = gpu_presence(ctx)
         if not present:
             return skipped(why)
-        host = ctx.host
-        release = driver.kernel_release(host)
-        pkgs = driver.driver_packages(host, release)
-        distro = osfacts.os_release(host).get("ID", "")
+        host = ctx.facts.files
+        release = driver.kernel_release(ctx.facts)
+        pkgs = driver.driver_packages(ctx.facts, release)
+        distro = ctx.fact(F.OS_RELEASE).get("ID", "")
         if pkgs.unfinished:
             names = ", ".join(f"{p.name} ({p.state})" for p in pkgs.unfinished)
             return needs_change(f"{why}; the last install of {names} did not finish",
                                 run_command("dpkg", "--configure", "-a", env=apt.APT_ENV, timeout=1800,
                                             progress="finishing an interrupted dpkg run"))
-        module = driver.loaded_module(host)
+        module = driver.loaded_module(ctx.facts)
         if pkgs.complete:
             return self._installed(ctx, exc, pkgs, distro, module)
         if not pkgs.modules and (module.loaded or host.exists(driver.RUNFILE_UNINSTALLER)):
@@ -123,7 +124,7 @@ class NvidiaDriverStep:
 
     def _installed(self, ctx: Context, exc: NvmlUnavailable, pkgs: driver.DriverPackages, distro: str,
                    module: driver.LoadedModule) -> Check:
-        host, release = ctx.host, pkgs.kernel_release
+        host, release = ctx.facts.files, pkgs.kernel_release
         if module.loaded:
             lib = pkgs.nvml[0]
             if module.version and lib.upstream_version and module.version != lib.upstream_version:
@@ -141,7 +142,7 @@ class NvidiaDriverStep:
                 return needs_change(f"{_names(pkgs)} installed, but not the headers of the running kernel "
                                     f"{release}, so DKMS could not build the module",
                                     apt.update(ctx), apt.install(ctx, *headers))
-        if driver.installed_since_boot(host, pkgs.newest()) is False:
+        if driver.installed_since_boot(ctx.facts, pkgs.newest()) is False:
             hints = []
             if host.exists("/sys/module/nouveau"):
                 hints.append("nouveau is loaded and holds the GPU (blacklist it and rebuild the initramfs)")
@@ -175,7 +176,7 @@ class NvidiaDriverStep:
                        "hand")
 
     def _debian_install(self, ctx: Context, why: str, gpus: list[PciGpu], release: str) -> Check:
-        host = ctx.host
+        host = ctx.facts.files
         # Debian builds the module with DKMS: with Secure Boot on, the kernel refuses it unsigned.
         problem = secure_boot_problem(ctx, "debian")
         if problem is not None:
@@ -201,7 +202,7 @@ class NvidiaDriverStep:
             reasons.append(f"the driver's components (contrib non-free non-free-firmware) are not enabled in "
                            f"{' and '.join(w.path for w in writes)}")
         if host.which("nvidia-detect"):
-            package, problem_text = driver.choose_driver(driver.detect(host, gpus))
+            package, problem_text = driver.choose_driver(driver.detect(ctx.facts, gpus))
             if problem_text:
                 return blocked(f"{why}; {problem_text}")
             reasons.append(f"nvidia-detect recommends {package}")

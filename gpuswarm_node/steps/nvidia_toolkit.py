@@ -22,12 +22,13 @@ from ..config import tomllib
 from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
 from .. import nvidia_hook
-from ..probes import osfacts
+from .. import facts as F
 from ..render import render
 from ..context import Context
 from . import apt
 from ..shared_facts import (TOOLKIT_PACKAGE as PACKAGE, TOOLKIT_SOURCE_LIST as SOURCE_LIST,
-                            gpu_presence, toolkit_source_actions, toolkit_source_text)
+                            gpu_presence, toolkit_source_actions, toolkit_source_file,
+                            toolkit_source_text)
 
 RUNTIME_CONFIG = nvidia_hook.RUNTIME_CONFIG
 SECTION = "nvidia-container-runtime"
@@ -85,9 +86,8 @@ class ModeVerdict:
 
 
 def mode_verdict(ctx: Context) -> ModeVerdict:
-    result = ctx.host.query(["dpkg-query", "-W", "-f=${Version}", PACKAGE])
-    version = result.stdout.strip() if result.ok else ""
-    text = ctx.host.read_text(RUNTIME_CONFIG)
+    version = ctx.fact(F.PACKAGE_VERSION, PACKAGE)
+    text = ctx.fact(F.FILE_TEXT, RUNTIME_CONFIG)
     try:
         data = tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as exc:
@@ -117,25 +117,28 @@ def mode_verdict(ctx: Context) -> ModeVerdict:
 
 
 CTK_SET = ("nvidia-ctk", "config", "--config-file", RUNTIME_CONFIG, "--set", f"{SECTION}.mode=legacy")
+# What the installed nvidia-ctk would write with the mode set to legacy (to stdout; nothing changes).
+CTK_LEGACY = F.fact("ctk_legacy_config", F.COMMAND, lambda _a: list(CTK_SET),
+                    lambda r, _a: r.stdout if r.ok else "", takes_arg=False)
 
 
 def ctk_config(ctx: Context, data: dict) -> str | None:
     """The runtime's config.toml with the mode set to legacy, as the installed nvidia-ctk writes it
     (to stdout: nothing is changed), or None when nvidia-ctk is not installed, fails, or would
     change anything else (then the step edits the line itself)."""
-    if ctx.host.which("nvidia-ctk") is None:
+    if ctx.fact(F.ON_PATH, "nvidia-ctk") is None:
         return None
-    result = ctx.host.query(list(CTK_SET))
-    if not result.ok or not result.stdout.strip():
+    text = ctx.fact(CTK_LEGACY)
+    if not text.strip():
         return None
     try:
-        new = tomllib.loads(result.stdout)
+        new = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return None
     section = new.get(SECTION) if isinstance(new.get(SECTION), dict) else {}
     if section.get("mode") != "legacy" or _without_mode(new) != _without_mode(data):
         return None
-    return result.stdout if result.stdout.endswith("\n") else result.stdout + "\n"
+    return text if text.endswith("\n") else text + "\n"
 
 
 def device_selection(ctx: Context) -> tuple[list[nvidia_hook.Problem], list[str]]:
@@ -145,7 +148,7 @@ def device_selection(ctx: Context) -> tuple[list[nvidia_hook.Problem], list[str]
     found: list[nvidia_hook.Problem] = []
     notes: list[str] = []
     for path in nvidia_hook.TOOLKIT_CONFIGS:
-        text = ctx.host.read_text(path)
+        text = ctx.fact(F.FILE_TEXT, path)
         if text is None:
             continue
         try:
@@ -173,8 +176,8 @@ class NvidiaToolkitStep:
     description = "nvidia-container-toolkit installed, nvidia-container-runtime on PATH"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        files = [PlannedFile(SOURCE_LIST, toolkit_source_text(ctx))]
-        if osfacts.package_installed(ctx.host, PACKAGE):
+        files = [toolkit_source_file(ctx)]
+        if ctx.fact(F.PACKAGE_INSTALLED, PACKAGE):
             fix = mode_verdict(ctx).fix
             if fix is not None:
                 files.append(PlannedFile(fix.path, fix.content))
@@ -185,14 +188,14 @@ class NvidiaToolkitStep:
         if not present:
             return skipped(why)
         wanted = toolkit_source_text(ctx)
-        before = ctx.host.read_text(SOURCE_LIST)
-        installed = osfacts.package_installed(ctx.host, PACKAGE)
-        runtime = ctx.host.which("nvidia-container-runtime")
+        before = ctx.fact(F.FILE_TEXT, SOURCE_LIST)
+        installed = ctx.fact(F.PACKAGE_INSTALLED, PACKAGE)
+        runtime = ctx.fact(F.ON_PATH, "nvidia-container-runtime")
         actions = []
         reasons = []
         if before != wanted:
             reasons.append(f"{SOURCE_LIST} {'differs' if before is not None else 'is missing'}")
-            actions += [*toolkit_source_actions(ctx, before), apt.update(ctx)]
+            actions += [*toolkit_source_actions(ctx), apt.update(ctx)]
         if not installed or not runtime:
             reasons.append(f"{PACKAGE} is not installed" if not installed else "nvidia-container-runtime is not on PATH")
             if before == wanted:

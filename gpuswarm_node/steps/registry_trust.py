@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from ..engine import Check, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from .. import facts as F
+from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..host import dir_repair_commands, unsafe
 from ..render import render
 from ..context import Context
@@ -36,7 +37,7 @@ class RegistryTrustStep:
         pem = read_ca(ctx) if ctx.config.registry.address else None
         if not pem:
             return []
-        return [PlannedFile(ca_path(ctx.config.registry.address), render("registry-ca.crt.j2", pem=pem))]
+        return [PlannedFile(ca_path(ctx.config.registry.address), render("registry-ca.crt.j2", pem=pem), 0o644)]
 
     def check(self, ctx: Context) -> Check:
         address, source = ctx.config.registry.address, ctx.config.registry.ca_cert
@@ -48,17 +49,17 @@ class RegistryTrustStep:
         if pem == "":
             return blocked(f"registry.ca_cert {source} holds no PEM certificate; give the hub's CA certificate")
         planned = self.files(ctx)[0]
-        current = ctx.host.read_text(planned.path)
+        current = ctx.fact(F.FILE_TEXT, planned.path)
         actions, reasons = self._directory_repairs(ctx, planned.path)
         if isinstance(actions, str):
             return blocked(actions)
-        if current != planned.content:
-            actions.append(WriteFile(planned.path, planned.content, current, mode=0o644))
+        if write := write_wanted(ctx, planned):
+            actions.append(write)
             reasons.append(f"{planned.path} {'differs from' if current is not None else 'is missing; source'} {source}")
-        elif problem := unsafe(ctx.host.file_status(planned.path)):
+        elif problem := unsafe(ctx.fact(F.FILE_STATUS, planned.path)):
             # Docker trusts whatever CA is here for the registry: only root may change it. The same
             # content written again is root's, mode 0644.
-            actions.append(WriteFile(planned.path, current, current, mode=0o644))
+            actions.append(write_wanted(ctx, planned, force=True))
             reasons.append(f"{planned.path} {problem}")
         if actions:
             return needs_change("; ".join(reasons), *actions)
@@ -71,7 +72,7 @@ class RegistryTrustStep:
         actions: list = []
         reasons: list[str] = []
         for directory in (CERTS_D, posixpath.dirname(path)):
-            status = ctx.host.file_status(directory)
+            status = ctx.fact(F.FILE_STATUS, directory)
             if status is not None and status.is_symlink:
                 return (f"directory {directory} is a symlink, so whoever controls its target could change "
                         "which CA Docker trusts for the registry; make it a directory owned by root"), []

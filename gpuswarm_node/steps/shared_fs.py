@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..config import SharedMount
 from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
+from .. import facts as F
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
@@ -44,10 +45,9 @@ def wanted_fstab(current: str, mounts: tuple[SharedMount, ...]) -> str:
     return text
 
 
-def answer_problem(ctx: Context, path: str) -> str | None:
-    """Why the filesystem mounted at `path` does not answer (a stale NFS handle, a server that is
-    gone), or None; asked with a time limit, as a hard mount would block for ever."""
-    result = ctx.host.query(["timeout", str(STAT_TIMEOUT), "stat", "--file-system", "--format=%T", path])
+def parse_answer(result, _path: str) -> str | None:
+    """Why `stat --file-system` under `timeout` failed (a stale NFS handle, a server that is gone),
+    or None when the filesystem answered."""
     if result.ok:
         return None
     if result.returncode == 124:
@@ -56,13 +56,19 @@ def answer_problem(ctx: Context, path: str) -> str | None:
     return said.split(": ")[-1] if ": " in said else said
 
 
+# Asked with a time limit, as a hard mount would block for ever.
+FILESYSTEM_PROBLEM = F.fact("filesystem_problem", F.COMMAND,
+                            lambda path: ["timeout", str(STAT_TIMEOUT), "stat", "--file-system", "--format=%T", path],
+                            parse_answer)
+
+
 def mount_point_problem(ctx: Context, path: str) -> str | None:
     """Why `path` cannot be a mount point: mount(8) follows a symlink on the way, and mountinfo
     would name another path, so it would be mounted again on every run."""
     parts = path.strip("/").split("/")
     for depth in range(1, len(parts) + 1):
         prefix = "/" + "/".join(parts[:depth])
-        status = ctx.host.file_status(prefix)
+        status = ctx.fact(F.FILE_STATUS, prefix)
         if status is None:
             return None
         if status.is_symlink:
@@ -87,33 +93,33 @@ class SharedFsStep:
         mounts = ctx.config.shared.mounts
         if not mounts:
             return []
-        return [PlannedFile(FSTAB, wanted_fstab(ctx.host.read_text(FSTAB) or "", mounts))]
+        return [PlannedFile(FSTAB, wanted_fstab(ctx.fact(F.FILE_TEXT, FSTAB) or "", mounts))]
 
     def check(self, ctx: Context) -> Check:
         mounts = ctx.config.shared.mounts
         if not mounts:
             return skipped("no [[shared.mounts]] configured, so no shared filesystem is kept")
         actions, reasons, remounts = [], [], []
-        if not osfacts.package_installed(ctx.host, PACKAGE):
+        if not ctx.fact(F.PACKAGE_INSTALLED, PACKAGE):
             actions += [apt.update(ctx), apt.install(ctx, PACKAGE)]
             reasons.append(f"{PACKAGE} (the NFS client) is not installed")
-        current = ctx.host.read_text(FSTAB)
-        wanted = wanted_fstab(current or "", mounts)
+        current = ctx.fact(F.FILE_TEXT, FSTAB)
+        wanted = self.files(ctx)[0].content
         for mount in mounts:
             problem = mount_point_problem(ctx, mount.path)
             if problem:
                 return blocked(problem)
-            mounted = osfacts.mount_at(ctx.host, mount.path)
+            mounted = osfacts.mount_at(ctx.fact(F.MOUNTS), mount.path)
             if mounted is not None and (not mounted.fstype.startswith("nfs") or mounted.source != mount.source):
                 return blocked(f"{mount.path} holds {mounted.fstype} {mounted.source}, not {mount.source}; unmount "
                                f"it (umount {mount.path}) or give the share another path, then run setup again")
-            if not ctx.host.exists(mount.path):
+            if not ctx.fact(F.EXISTS, mount.path):
                 actions.append(MakeDir(mount.path))
             if mounted is None:
                 reasons.append(f"nothing mounted at {mount.path}")
                 remounts.append(run_command("mount", mount.path, timeout=120, progress=f"mounting {mount.path}"))
                 continue
-            stale = answer_problem(ctx, mount.path)
+            stale = ctx.fact(FILESYSTEM_PROBLEM, mount.path)
             if stale:
                 reasons.append(f"{mount.source} at {mount.path} is stale: {stale}")
                 # Lazy: a hung hard mount cannot be unmounted otherwise; the next mount is fresh.
@@ -128,7 +134,7 @@ class SharedFsStep:
             differs = [m.path for m in mounts if has_entry(current or "", m.path) and entry(m) not in lines]
             reasons.insert(0, f"{FSTAB} entry for {', '.join(differs)} differs" if differs
                            else f"{FSTAB} lacks entries for the shared filesystem")
-            if osfacts.systemd_running(ctx.host):
+            if ctx.fact(F.SYSTEMD_RUNNING):
                 actions.append(run_command("systemctl", "daemon-reload"))
         actions += remounts
         if actions:

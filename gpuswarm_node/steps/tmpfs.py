@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
+from .. import facts as F
 from ..probes import osfacts
 from ..render import render
 from ..context import Context
@@ -19,7 +20,7 @@ def human(nbytes: int) -> str:
 
 
 def size_bytes(ctx: Context) -> int:
-    return int(osfacts.mem_total_bytes(ctx.host) * ctx.config.tmpfs.fraction)
+    return int(ctx.fact(F.MEMORY_BYTES) * ctx.config.tmpfs.fraction)
 
 
 def size_mib(ctx: Context) -> int:
@@ -40,7 +41,7 @@ def mount_point_problem(ctx: Context, path: str, mounted: bool) -> str | None:
     parts = path.strip("/").split("/")
     for depth in range(1, len(parts) + 1):
         prefix = "/" + "/".join(parts[:depth])
-        status = ctx.host.file_status(prefix)
+        status = ctx.fact(F.FILE_STATUS, prefix)
         if status is None:
             return None  # the rest is created by the step, as plain directories
         if status.is_symlink:
@@ -49,7 +50,7 @@ def mount_point_problem(ctx: Context, path: str, mounted: bool) -> str | None:
         if not status.is_dir:
             return f"{prefix} is not a directory; set tmpfs.path to a directory of its own"
     if not mounted:
-        held = ctx.host.listdir(path)
+        held = ctx.fact(F.DIR_ENTRIES, path)
         if held:
             shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
             return (f"{path} is a directory that holds files ({shown}), and a tmpfs mounted over it would hide them; "
@@ -72,9 +73,9 @@ class TmpfsStep:
         mib = size_mib(ctx)
         if mib < MIN_MIB:
             return []  # the step is blocked: setup writes nothing (a size=0m line would be unlimited)
-        current = ctx.host.read_text(FSTAB) or ""
+        current = ctx.fact(F.FILE_TEXT, FSTAB) or ""
         entry = self._entry(ctx, mib)
-        return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path))]
+        return [PlannedFile(FSTAB, desired_fstab(current, entry, ctx.config.tmpfs.path), 0o644)]
 
     def check(self, ctx: Context) -> Check:
         path = ctx.config.tmpfs.path
@@ -84,13 +85,12 @@ class TmpfsStep:
                            "run made stays until `gpuswarm-node reset`)")
         want_mib = size_mib(ctx)
         if want_mib < MIN_MIB:
-            return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(osfacts.mem_total_bytes(ctx.host))} "
+            return blocked(f"tmpfs.fraction {ctx.config.tmpfs.fraction} of {human(ctx.fact(F.MEMORY_BYTES))} "
                            f"RAM is {size_bytes(ctx)} bytes, under the {MIN_MIB} MiB minimum (a size=0m tmpfs would "
                            "have no limit at all); raise tmpfs.fraction")
         entry = self._entry(ctx, want_mib)
-        current = ctx.host.read_text(FSTAB)
-        wanted = desired_fstab(current or "", entry, path)
-        mounted = osfacts.mount_at(ctx.host, path)
+        current = ctx.fact(F.FILE_TEXT, FSTAB)
+        mounted = osfacts.mount_at(ctx.fact(F.MOUNTS), path)
         if mounted and mounted.fstype != "tmpfs":
             return blocked(f"{path} already holds a {mounted.fstype} filesystem; set tmpfs.path to a free mount point")
         problem = mount_point_problem(ctx, path, mounted is not None)
@@ -98,16 +98,17 @@ class TmpfsStep:
             return blocked(problem)
 
         actions, reasons = [], []
-        if not ctx.host.exists(path):
+        if not ctx.fact(F.EXISTS, path):
             actions.append(MakeDir(path))
-        if (current or "") != wanted:
+        fstab = self.files(ctx)[0]
+        if (current or "") != fstab.content:
             # Checked before it is written: a bad line in fstab can stop the next boot.
             actions.append(Call(f"verify the new {FSTAB} entry with findmnt --verify",
                                 lambda ctx: _verify(ctx, entry)))
-            actions.append(WriteFile(FSTAB, wanted, current))
+            actions.append(WriteFile(FSTAB, fstab.content, current, fstab.mode))
             reasons.append(f"{FSTAB} entry for {path} differs" if has_entry(current or "", path)
                            else f"{FSTAB} lacks the entry")
-            if osfacts.systemd_running(ctx.host):
+            if ctx.fact(F.SYSTEMD_RUNNING):
                 actions.append(run_command("systemctl", "daemon-reload"))
         if mounted is None:
             actions.append(run_command("mount", path, undo=Undo("umount", path=path)))

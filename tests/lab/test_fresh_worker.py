@@ -400,6 +400,40 @@ def test_second_run_changes_nothing(worker, fresh_setup):
     print(f"\nsecond run took {t.seconds:.1f} s, status {s.seconds:.1f} s")
 
 
+# Runs status with subprocess.Popen wrapped to count the processes it starts (every command a
+# check runs goes through it), and prints each command line after the report.
+COUNT_PROCESSES = """
+import subprocess, sys
+started = []
+_init = subprocess.Popen.__init__
+def init(self, args, *a, **k):
+    started.append(args if isinstance(args, str) else " ".join(map(str, args)))
+    _init(self, args, *a, **k)
+subprocess.Popen.__init__ = init
+sys.argv = ["gpuswarm-node", *sys.argv[1:]]
+from gpuswarm_node import cli
+try:
+    cli.main()
+finally:
+    print("\\n".join(["STARTED", *started]), file=sys.stderr)
+"""
+
+
+def test_status_on_a_converged_node_starts_few_processes(worker, fresh_setup):
+    """Facts read files where they say the same as a command (dpkg's database, /etc/group,
+    /etc/passwd), one `systemctl show` per unit and one `iptables -S` per family, each once per
+    run: a converged node's status starts the processes listed here and no others."""
+    result = worker.sh(f"/opt/gpuswarm-node/venv/bin/python -c {shlex.quote(COUNT_PROCESSES)} "
+                       f"status --json --config {CONFIG}", check=False)
+    assert result.returncode == 0, result.stderr
+    started = result.stderr.split("STARTED\n", 1)[1].splitlines()
+    print(f"\nstatus started {len(started)} processes: {started}")
+    allowed = {"systemctl show --property=LoadState,ActiveState,UnitFileState,MainPID,FragmentPath,DropInPaths,"
+               "ExecStart,Environment,EnvironmentFiles " + unit for unit in ("docker", "gpuswarm-metadata-guard.service")}
+    allowed |= {"iptables -w -S", "ip6tables -w -S"}
+    assert set(started) <= allowed and len(started) == len(set(started)), started
+
+
 # --- 4. break and repair ----------------------------------------------------------------------
 
 BREAKS = {
