@@ -20,6 +20,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 from .errors import GpuswarmError, StepFailed
+from .facts import Facts
 from .journal import Undo
 
 if TYPE_CHECKING:
@@ -460,6 +461,8 @@ class Background:
         self.ctx = copy.copy(ctx)
         self.ctx.step, self.ctx.ran, self.ctx.touched = step.name, [], set()
         self.ctx._docker = None
+        # Facts of its own, asked of its own Docker client; the run's are forgotten when it ends.
+        self.ctx.facts = Facts(ctx.host, ctx.facts.given, docker=self.ctx._docker_api)
         concurrent = getattr(ctx.reporter, "concurrent", None)
         if concurrent is not None:
             self.ctx.reporter = concurrent()
@@ -477,6 +480,7 @@ class Background:
     def finish(self, ctx: Context) -> None:
         """Wait for the actions; record them in `ctx` as carried out there; raise what they raised."""
         self.thread.join()
+        ctx.facts.forget()  # it changed the machine (an image pulled)
         ctx.ran.extend(self.ctx.ran)
         ctx.touched.update(self.ctx.touched)
         if self.error is not None:
