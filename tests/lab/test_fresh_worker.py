@@ -429,7 +429,8 @@ def test_status_on_a_converged_node_starts_few_processes(worker, fresh_setup):
     started = result.stderr.split("STARTED\n", 1)[1].splitlines()
     print(f"\nstatus started {len(started)} processes: {started}")
     allowed = {"systemctl show --property=LoadState,ActiveState,UnitFileState,MainPID,FragmentPath,DropInPaths,"
-               "ExecStart,Environment,EnvironmentFiles " + unit for unit in ("docker", "gpuswarm-metadata-guard.service")}
+               "ExecStart,Environment,EnvironmentFiles " + unit
+               for unit in ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service")}
     allowed |= {"iptables -w -S", "ip6tables -w -S"}
     assert set(started) <= allowed and len(started) == len(set(started)), started
 
@@ -638,19 +639,22 @@ def test_reboot_keeps_a_converged_node(worker, fresh_setup, manager):
     # guard's unit at boot can make status ok again.
     worker.sh(f"iptables -w -D DOCKER-USER {GUARD_RULE}")
     worker.machine.reboot()
-    code, states = wait_for("status ok after the reboot",
-                            lambda: (lambda r: r if r[0] == 0 else None)(worker.status()), timeout=120)
-    assert worker.sh(f"findmnt -no FSTYPE {TMPFS}").stdout.strip() == "tmpfs"
-    assert GUARD_RULE in worker.sh("iptables -w -S DOCKER-USER").stdout
-    assert wait_for("the worker Ready again", lambda: ready_node(manager))
-    # The boot unit ran setup again after the reboot, and succeeded (before the next test takes
-    # the run lock). Its InvocationID is empty until it was started in this boot.
+    # The boot unit runs setup again after the reboot (and the guard's unit puts the rule back
+    # when Docker starts): first its setup ends, and succeeds, before the next test takes the run
+    # lock. Its InvocationID is empty until it was started in this boot.
     show = "systemctl show -p InvocationID -p ActiveState -p Result gpuswarm-node-boot.service"
     props = wait_for("the boot unit's setup to end",
                      lambda: (lambda p: p if p.get("InvocationID") and p["ActiveState"] in ("inactive", "failed")
                               else None)(dict(l.split("=", 1) for l in worker.sh(show).stdout.splitlines())),
                      timeout=600)
-    assert props["Result"] == "success", worker.sh("journalctl -u gpuswarm-node-boot.service --no-pager").stdout
+    journal = lambda: worker.sh("journalctl -b -u gpuswarm-node-boot.service --no-pager | tail -n 40").stdout
+    assert props["Result"] == "success", journal()
+    code, states = wait_for("status ok after the reboot",
+                            lambda: (lambda r: r if r[0] == 0 else None)(worker.status()), timeout=120,
+                            explain=lambda: f"{worker.status()[1]}; the boot unit's setup: {journal()}")
+    assert worker.sh(f"findmnt -no FSTYPE {TMPFS}").stdout.strip() == "tmpfs"
+    assert GUARD_RULE in worker.sh("iptables -w -S DOCKER-USER").stdout
+    assert wait_for("the worker Ready again", lambda: ready_node(manager))
 
 
 # --- 7. reset reverts what setup changed --------------------------------------------------------

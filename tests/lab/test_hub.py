@@ -139,9 +139,16 @@ def server(hub: LabHub, user: str) -> dict | None:
     return body["servers"].get("")
 
 
-def wait_ready(hub: LabHub, user: str) -> dict:
+def wait_ready(hub: LabHub, user: str, manager=None) -> dict:
+    def explain() -> str:
+        tasks = "" if manager is None else "; its tasks: " + repr([
+            (t["Status"]["State"], t["Status"].get("Err", "")) for s in
+            manager.docker.services.list(filters={"name": f"jupyter-{user}"}) for t in s.tasks()])
+        hub_lines = [line for line in hub.logs().splitlines() if "GET /hub/api/users/" not in line]
+        return f"the hub: {server(hub, user)}{tasks}; its log: " + "\n".join(hub_lines[-30:])
+
     return wait_for(f"{user}'s server ready per the hub", lambda: (server(hub, user) or {}).get("ready") and
-                    server(hub, user), timeout=SPAWN_TIMEOUT, explain=hub.logs)
+                    server(hub, user), timeout=SPAWN_TIMEOUT, explain=explain)
 
 
 def answers(hub: LabHub, user: str) -> dict:
@@ -284,8 +291,10 @@ def test_leave_moves_running_servers_to_another_worker(hub, workers, manager):
         return "moved" if current.get("ready") and _status_or_none(hub, mover) else None
 
     if wait_for(f"{mover}'s server moved or stopped", settled, timeout=180) == "stopped by the hub":
+        # The hub removed the service; its task lets go of the slice once it has stopped.
+        wait_for(f"{mover}'s stopped task gone", lambda: task_of(manager, mover) is None, timeout=120)
         spawn(hub, mover)
-        wait_ready(hub, mover)
+        wait_ready(hub, mover, manager)
     name, _slice = wait_for(f"{mover}'s task running on {staying}",
                             lambda: task_of(manager, mover) and assert_on_its_slice(manager, workers, mover),
                             timeout=120)
