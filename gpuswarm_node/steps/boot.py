@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from ..config import tables, to_toml
+from ..config import tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
@@ -36,11 +36,23 @@ def unit_text() -> str:
     return render("gpuswarm-node-boot.service.j2", program=PROGRAM, config=BOOT_CONFIG, unit=UNIT_NAME)
 
 
+def recorded_user(ctx: Context) -> str:
+    """node.user in the boot config an earlier run wrote, or ""."""
+    try:
+        return str(tomllib.loads(ctx.fact(F.FILE_TEXT, BOOT_CONFIG) or "").get("node", {}).get("user", ""))
+    except tomllib.TOMLDecodeError:
+        return ""
+
+
 def boot_config_text(ctx: Context) -> str:
-    """The run's effective configuration as TOML (keys that differ from their defaults)."""
+    """The run's effective configuration as TOML (keys that differ from their defaults), with the
+    node's user resolved: there is no SUDO_USER at boot. A run that knows no user (root's own
+    `status`, cloud-init) keeps the one the boot config holds, so it neither finds the node
+    unconverged nor drops the user the boot runs need."""
     data = tables(ctx.config)
-    if ctx.config.node_user:
-        data.setdefault("node", {})["user"] = ctx.config.node_user  # no SUDO_USER at boot
+    user = ctx.config.node_user or recorded_user(ctx)
+    if user:
+        data.setdefault("node", {})["user"] = user
     header = (f"# Written by gpuswarm-node setup: the configuration of its last run, which {UNIT_NAME}\n"
               "# runs setup with at every boot. Run setup with your config to change it; edits here are undone.\n")
     return header + to_toml(data)
