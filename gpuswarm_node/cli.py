@@ -274,7 +274,7 @@ def status(
             from .metrics import check_path
 
             check_path(str(prometheus))  # a usage error before any check runs
-        report = run_status(steps.ALL_STEPS, make_context(cfg, json_out))
+        report = run_status(steps.ALL_STEPS, make_context(cfg, json_out, diagnose=True))
         if prometheus is not None:
             from .metrics import write as write_metrics
 

@@ -70,6 +70,10 @@ class RunOptions:
     allow_restart: bool = False  # restart Docker even though containers are running
     drain: bool = False  # drain the node through the manager around a Docker restart
     drain_timeout: float = 600.0  # seconds a drain waits for the node's tasks to move
+    # A status run: it judges the node as it stands. What a setup records of its own run (the boot
+    # configuration) is judged by whether it is usable, not by whether it equals this run's
+    # configuration, which may come from another environment (cron, sudo without GPUSWARM_*).
+    diagnose: bool = False
 
 
 @dataclass

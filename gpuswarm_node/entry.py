@@ -57,12 +57,12 @@ def _status_json(config: str | None) -> int | None:
     import json
 
     from . import steps
-    from .context import Context
+    from .context import Context, RunOptions
     from .engine import run_status
     from .host import LocalHost
 
     try:
-        report = run_status(steps.ALL_STEPS, Context(config=cfg, host=LocalHost()))
+        report = run_status(steps.ALL_STEPS, Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True)))
     except GpuswarmError as exc:  # as the CLI says it (cli.guarded), without rich's markup
         sys.stderr.write(f"error: {exc.message()}\n")
         return exc.exit_code

@@ -3,6 +3,7 @@ and the device behind a slice ID as cuda-env and the hub config see it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import types
@@ -230,15 +231,69 @@ def test_hub_config_refuses_what_would_not_work(side, flag):
 def _exec_hub_config(text: str) -> dict:
     """Run the printed config as a hub would, with a stand-in for dockerspawner (not a test dependency)."""
     fake = types.ModuleType("dockerspawner")
-    fake.SwarmSpawner = type("SwarmSpawner", (), {})
+    fake.SwarmSpawner = _SwarmSpawner
     namespace = {"c": _Config()}
     with mock.patch.dict(sys.modules, {"dockerspawner": fake}):
         exec(text, namespace)  # noqa: S102 - the lines are Python a hub runs; check they are
     return namespace
 
 
+def _task(created: str, desired: str, state: str) -> dict:
+    return {"CreatedAt": f"2026-11-29T21:00:{created}Z", "DesiredState": desired, "Status": {"State": state}}
+
+
+@pytest.mark.parametrize("tasks, polled", [
+    # A move: the old task is shut down by Swarm (the node drained or left); the new one waits
+    # its restart delay, or is on its way to another node.
+    ([_task("01", "shutdown", "running"), _task("02", "ready", "ready")], None),
+    ([_task("01", "shutdown", "shutdown"), _task("02", "running", "assigned")], None),
+    ([_task("01", "shutdown", "shutdown"), _task("02", "running", "preparing")], None),
+    # The server ended by itself (exited, or its node refused it): dockerspawner's poll decides.
+    ([_task("01", "shutdown", "complete"), _task("02", "ready", "ready")], "super"),
+    ([_task("01", "shutdown", "failed"), _task("02", "running", "assigned")], "super"),
+    # Nothing on its way.
+    ([_task("01", "shutdown", "shutdown")], "super"),
+    ([], "super"),
+])
+def test_hub_config_keeps_a_server_that_swarm_moves(tasks, polled):
+    namespace = _exec_hub_config(hub.hub_config(config.from_tables({})))
+    spawner = namespace["c"].JupyterHub.spawner_class()
+    spawner.tasks = tasks
+    assert asyncio.run(spawner.poll()) == polled
+    assert spawner.asked == [("tasks", {"filters": {"service": "jupyter-ann"}})]
+
+
+def test_hub_config_polls_a_gone_service_as_dockerspawner_does():
+    namespace = _exec_hub_config(hub.hub_config(config.from_tables({})))
+    spawner = namespace["c"].JupyterHub.spawner_class()
+    spawner.service = None
+    assert asyncio.run(spawner.poll()) == "super" and spawner.asked == []
+
+
 def test_hub_config_without_image_sets_none():
     assert "c.SwarmSpawner.image" not in hub.hub_config(config.from_tables({}))
+
+
+class _SwarmSpawner:
+    """dockerspawner's SwarmSpawner as far as the printed subclass uses it: the service, the
+    Docker API call for its tasks (recorded), and a poll that says it was the one asked."""
+
+    service_name = "jupyter-ann"
+    service = {"ID": "s1"}
+    tasks: list = []
+
+    def __init__(self):
+        self.asked = []
+
+    async def get_object(self):
+        return self.service
+
+    async def docker(self, method, **kwargs):
+        self.asked.append((method, kwargs))
+        return list(self.tasks)
+
+    async def poll(self):
+        return "super"
 
 
 class _Config:

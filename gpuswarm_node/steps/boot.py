@@ -58,6 +58,27 @@ def boot_config_text(ctx: Context) -> str:
     return header + to_toml(data)
 
 
+def recorded_config_problem(recorded: str, wanted: str) -> tuple[str | None, list[str]]:
+    """Whether a boot config an earlier setup wrote (`recorded`, TOML text) can drive the boot
+    runs: (why not, or None; the `section.key` names in which it differs from `wanted`, this
+    run's boot config text). A config that parses and validates is usable whatever its values."""
+    from ..config import from_tables
+    from ..errors import GpuswarmError
+
+    try:
+        data = tomllib.loads(recorded)
+        from_tables(data, origin=BOOT_CONFIG)
+    except tomllib.TOMLDecodeError as exc:
+        return f"is not valid TOML ({exc}): run setup to write it again", []
+    except GpuswarmError as exc:
+        return f"is not a valid configuration ({exc}): run setup to write it again", []
+    mine = tomllib.loads(wanted)
+    names = sorted({f"{section}.{key}" for section in set(data) | set(mine)
+                    for key in set(data.get(section, {})) | set(mine.get(section, {}))
+                    if data.get(section, {}).get(key) != mine.get(section, {}).get(key)})
+    return None, names
+
+
 class BootStep:
     name = "boot"
     description = f"setup runs again at every boot ({UNIT_NAME})"
@@ -70,8 +91,19 @@ class BootStep:
         if not ctx.fact(F.EXISTS, PROGRAM):
             return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool with "
                            "setup.sh (it links it there), then run setup again")
-        actions, reasons = [], []
+        actions, reasons, notes = [], [], []
         for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
+            if write.path == BOOT_CONFIG and write.before is not None and ctx.options.diagnose:
+                # status: the boot runs use the recorded configuration, so it only has to be usable.
+                problem, differs = recorded_config_problem(write.before, boot_config_text(ctx))
+                if problem is None:
+                    if differs:
+                        notes.append(f"{BOOT_CONFIG} differs from this run's configuration in {', '.join(differs)}; "
+                                     "a setup with this configuration would record it")
+                    continue
+                actions.append(write)
+                reasons.append(f"{BOOT_CONFIG} {problem}")
+                continue
             actions.append(write)
             if write.path == UNIT:
                 actions.append(run_command("systemctl", "daemon-reload"))
@@ -83,7 +115,8 @@ class BootStep:
             reasons.append(f"{UNIT_NAME} is not enabled")
         if actions:
             return needs_change("; ".join(reasons), *actions)
-        return ok(f"{UNIT_NAME} runs setup at every boot with the configuration of the last run ({BOOT_CONFIG})")
+        return ok(f"{UNIT_NAME} runs setup at every boot with the configuration of the last run ({BOOT_CONFIG})"
+                  + "".join(f"; {note}" for note in notes))
 
 
 def reboot_if_allowed(report, ctx: Context) -> str | None:

@@ -140,6 +140,8 @@ c.JupyterHub.cookie_secret_file = {str(state / 'jupyterhub_cookie_secret')!r}
 c.ConfigurableHTTPProxy.pid_file = {str(state / 'jupyterhub-proxy.pid')!r}
 # lab: configurable-http-proxy from the lab's cache
 c.ConfigurableHTTPProxy.command = [{str(hub_build.chp_bin(env_dir) / 'configurable-http-proxy')!r}]
+# lab: the hub polls every server each second, so a poll lands in the middle of every move
+c.Spawner.poll_interval = 1
 # lab: any user name logs in; the tests act through an admin service's token
 c.JupyterHub.authenticator_class = 'dummy'
 c.Authenticator.allow_all = True
