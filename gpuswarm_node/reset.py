@@ -24,11 +24,13 @@ from .journal import Undo, keep
 from .lifecycle import ActivateStep, DrainStep, can_drain
 from . import facts as F
 from .probes import osfacts
+from .steps import metadata_guard
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Files dockerd reads: restoring one takes a Docker restart to count.
 DOCKER_FILES = (DAEMON_JSON, "/etc/systemd/system/docker.service.d/")
 FILE_OPS = ("restore", "remove")
+UNIT_DIR = "/etc/systemd/system/"
 
 
 def undo_of(entry: dict) -> Undo | None:
@@ -94,6 +96,8 @@ def describe(undo: Undo) -> str:
         "leave-group": f"take {undo.user} out of group {undo.group}",
         "remove-image": f"remove image {undo.image}",
         "leave-swarm": "leave the swarm",
+        "disable-unit": f"disable {undo.unit}",
+        "unguard": "delete the metadata guard's firewall rules",
         "keep": undo.note,
     }[undo.op]
 
@@ -167,6 +171,17 @@ class UndoStep:
                 return ok(f"{u.user} is not in group {u.group}")
             return needs_change(f"setup added {u.user} to group {u.group}",
                                 run_command("gpasswd", "--delete", u.user, "--", u.group))
+        if u.op == "disable-unit":
+            if ctx.fact(F.UNIT_FILE_STATE, u.unit) != "enabled":
+                return ok(f"{u.unit} is not enabled")
+            return needs_change(f"setup enabled {u.unit}", run_command("systemctl", "disable", u.unit))
+        if u.op == "unguard":
+            deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *metadata_guard.rule_args(address))
+                       for program, address in metadata_guard.RULES
+                       if metadata_guard.rule_in(ctx.fact(F.IPTABLES_RULES, program) or "", address)]
+            if not deletes:
+                return ok("no metadata guard rule is in DOCKER-USER")
+            return needs_change("the metadata guard's rules are in DOCKER-USER", *deletes)
         reason = ctx.docker.unreachable_reason()
         if reason:
             return skipped(f"{reason}, so there is nothing to {what}")
@@ -203,8 +218,32 @@ class DockerRestartStep:
                             Call("restart docker, if it runs", _restart))
 
 
+class SystemdReloadStep:
+    name = "systemd-reload"
+    description = "systemd forgets the unit files reset removed or restored"
+
+    def files(self, ctx: Context) -> list:
+        return []
+
+    def check(self, ctx: Context) -> Check:
+        changed = sorted(p for p in ctx.touched if p.startswith(UNIT_DIR) and not reads_docker(p))
+        if not changed:
+            return ok("no unit file came back or went")
+        if "systemd reloaded" in ctx.outcomes:
+            return ok(f"systemd reloaded on {', '.join(changed)}")
+        return needs_change(f"{', '.join(changed)} changed",
+                            Call("systemctl daemon-reload", _daemon_reload))
+
+
+def _daemon_reload(ctx: Context) -> None:
+    ctx.host.run(["systemctl", "daemon-reload"])
+    ctx.outcomes["systemd reloaded"] = "yes"
+
+
 def reset_plan(ctx: Context, undo: list[Undo]) -> Plan:
     steps: list[Step] = [UndoStep(u) for u in undo]
+    if any(u.op in FILE_OPS and u.path.startswith(UNIT_DIR) and not reads_docker(u.path) for u in undo):
+        steps.append(SystemdReloadStep())
     if any(u.op in FILE_OPS and reads_docker(u.path) for u in undo):
         steps.append(DockerRestartStep())
     items: tuple = tuple(steps)

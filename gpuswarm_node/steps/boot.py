@@ -21,6 +21,7 @@ from ..config import tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
+from ..journal import Undo
 from ..render import render
 
 PROGRAM = "/usr/local/bin/gpuswarm-node"  # setup.sh's link: it stays across upgrades
@@ -111,7 +112,7 @@ class BootStep:
             reasons.append(f"{write.path} {what}" if write.before is not None else f"no {write.path}")
         if ctx.fact(F.UNIT_FILE_STATE, UNIT_NAME) != "enabled":
             # Enabled, not started: started now it would run a second setup beside this one.
-            actions.append(run_command("systemctl", "enable", UNIT_NAME))
+            actions.append(run_command("systemctl", "enable", UNIT_NAME, undo=Undo("disable-unit", unit=UNIT_NAME)))
             reasons.append(f"{UNIT_NAME} is not enabled")
         if actions:
             return needs_change("; ".join(reasons), *actions)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
+from ..journal import Undo
 from ..render import render
 from ..context import Context
 
@@ -34,6 +35,11 @@ def script_text() -> str:
 
 def unit_text() -> str:
     return render("metadata-guard.service.j2", script=SCRIPT)
+
+
+def rule_args(address: str) -> list[str]:
+    """The guard's rule for `address` in DOCKER-USER, as the script inserts it (after the chain)."""
+    return ["-d", address, "-m", "comment", "--comment", COMMENT, "-j", "REJECT"]
 
 
 def rule_in(listing: str, address: str) -> bool:
@@ -80,12 +86,12 @@ class MetadataGuardStep:
             actions.append(run_command("systemctl", "daemon-reload"))
         enabled = ctx.fact(F.UNIT_FILE_STATE, UNIT_NAME) == "enabled"
         if not enabled:
-            actions.append(run_command("systemctl", "enable", UNIT_NAME))
+            actions.append(run_command("systemctl", "enable", UNIT_NAME, undo=Undo("disable-unit", unit=UNIT_NAME)))
         missing = missing_rules(ctx)
         if missing or actions:
             # Restarting the unit runs the script now and leaves the unit active, so that Docker's
             # next restart restarts it too.
-            actions.append(run_command("systemctl", "restart", UNIT_NAME))
+            actions.append(run_command("systemctl", "restart", UNIT_NAME, undo=Undo("unguard")))
         if not actions:
             return ok(f"containers' packets to {', '.join(a for _p, a in RULES)} are rejected in DOCKER-USER, "
                       f"re-applied at every Docker start by {UNIT_NAME}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..config import SharedMount
 from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
+from ..journal import Undo
 from .. import facts as F
 from ..probes import osfacts
 from ..render import render
@@ -117,14 +118,16 @@ class SharedFsStep:
                 actions.append(MakeDir(mount.path))
             if mounted is None:
                 reasons.append(f"nothing mounted at {mount.path}")
-                remounts.append(run_command("mount", mount.path, timeout=120, progress=f"mounting {mount.path}"))
+                remounts.append(run_command("mount", mount.path, timeout=120, progress=f"mounting {mount.path}",
+                                           undo=Undo("umount", path=mount.path)))
                 continue
             stale = ctx.fact(FILESYSTEM_PROBLEM, mount.path)
             if stale:
                 reasons.append(f"{mount.source} at {mount.path} is stale: {stale}")
                 # Lazy: a hung hard mount cannot be unmounted otherwise; the next mount is fresh.
                 remounts += [run_command("umount", "--lazy", mount.path),
-                             run_command("mount", mount.path, timeout=120, progress=f"mounting {mount.path}")]
+                             run_command("mount", mount.path, timeout=120, progress=f"mounting {mount.path}",
+                                         undo=Undo("umount", path=mount.path))]
         if (current or "") != wanted:
             entries = [entry(m) for m in mounts]
             actions.append(Call(f"verify the new {FSTAB} entries with findmnt --verify",
