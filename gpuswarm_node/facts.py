@@ -133,6 +133,28 @@ DIR_ENTRIES = fact("dir_entries", LISTDIR, lambda path: path)  # list[str], sort
 ON_PATH = fact("which", WHICH, lambda program: program)        # str | None
 
 
+def _certificate(path: str) -> Callable[[Host], tuple[str | None, str]]:
+    def read(host: Host) -> tuple[str | None, str]:
+        try:
+            data = host.read_bytes(path)
+        except OSError as exc:  # a directory, no permission
+            return None, f"cannot be read ({exc.strerror})"
+        if data is None:
+            return None, "cannot be read (No such file or directory)"
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # binary, e.g. a DER certificate
+            text = ""
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            return None, "holds no PEM certificate"
+        return text, ""
+    return read
+
+
+# A PEM certificate file an operator names (registry.ca_cert): (its text, "") or (None, why not).
+CERTIFICATE = fact("certificate", HOST, _certificate)
+
+
 def _host_exists(path: str) -> Callable[[Host], bool]:
     return lambda host: host.exists(path)
 

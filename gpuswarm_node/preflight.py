@@ -24,6 +24,7 @@ from typing import Sequence
 from .context import Context
 from .engine import Plan, Preflight, Step
 from .errors import GpuswarmError
+from . import facts as F
 from .manager import open_trust_file, resolve_addresses, split_host_port
 
 
@@ -89,14 +90,12 @@ def registry_ca_problem(ctx: Context, names: set[str]) -> str | None:
     cfg = ctx.config.registry
     if "registry-trust" not in names or not cfg.address or not cfg.ca_cert:
         return None
-    try:
-        with open(cfg.ca_cert, "rb") as source:
-            pem = source.read()
-    except OSError as exc:
-        return f"registry.ca_cert {cfg.ca_cert} cannot be read ({exc.strerror}): copy the hub's CA certificate there"
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        return f"registry.ca_cert {cfg.ca_cert} holds no PEM certificate: give the hub's CA certificate"
-    return None
+    pem, problem = ctx.fact(F.CERTIFICATE, cfg.ca_cert)
+    if pem is not None:
+        return None
+    fix = "give the hub's CA certificate" if problem == "holds no PEM certificate" else \
+        "copy the hub's CA certificate there"
+    return f"registry.ca_cert {cfg.ca_cert} {problem}: {fix}"
 
 
 CHECKS = (("config", config_problem), ("ssh-key", ssh_key_problem), ("known-hosts", known_hosts_problem),

@@ -109,6 +109,8 @@ class FakeHost:
         return content
 
     def read_bytes(self, path: str) -> bytes | None:
+        if path in self.dirs:
+            raise IsADirectoryError(21, "Is a directory", path)
         content = self.files.get(path)
         return content.encode() if isinstance(content, str) else content
 

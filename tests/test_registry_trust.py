@@ -1,5 +1,5 @@
-"""registry-trust reads registry.ca_cert from the real filesystem (it lives on this machine, not
-under the host seam), so these cases put the CA under tmp_path; /etc/docker/certs.d is the fake's."""
+"""registry-trust reads registry.ca_cert through the host seam (the `certificate` fact): these cases
+write the CA under tmp_path, as an operator would, and the fake host holds what is there."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ DER = bytes.fromhex("3082030d308201f5a003020102021400ff9c8e7a")
 
 def context(ca_cert: Path, files: dict[str, str] | None = None) -> tuple[Context, FakeHost]:
     host = FakeHost(files=dict(files or {}))
+    if ca_cert.is_file():
+        host.files[str(ca_cert)] = ca_cert.read_bytes()
+    elif ca_cert.is_dir():
+        host.dirs.add(str(ca_cert))
     cfg = config.from_tables({"registry": {"address": ADDRESS, "ca_cert": str(ca_cert)}})
     docker = FakeDocker()
     return Context(config=cfg, host=host, docker_factory=lambda: docker), host

@@ -445,7 +445,7 @@ PEM = ("-----BEGIN CERTIFICATE-----\n"
 def registry_context(tmp_path: Path, stats: dict) -> tuple[Context, FakeHost]:
     ca = tmp_path / "ca.crt"
     ca.write_text(PEM)
-    host = FakeHost(files={CA_TARGET: PEM}, stats=stats_from_case(stats))
+    host = FakeHost(files={CA_TARGET: PEM, str(ca): PEM}, stats=stats_from_case(stats))
     cfg = config.from_tables({"registry": {"address": ADDRESS, "ca_cert": str(ca)}})
     return Context(config=cfg, host=host, docker_factory=FakeDocker), host
 

@@ -20,13 +20,9 @@ def ca_path(address: str) -> str:
 
 
 def read_ca(ctx: Context) -> str | None:
-    try:
-        pem = Path(ctx.config.registry.ca_cert).read_text()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return None
-    except UnicodeDecodeError:  # binary, e.g. a DER certificate: not PEM
-        return ""
-    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
+    """The CA certificate's PEM text; None when it cannot be read, "" when it holds no PEM."""
+    pem, problem = ctx.fact(F.CERTIFICATE, ctx.config.registry.ca_cert)
+    return pem if pem is not None else "" if problem == "holds no PEM certificate" else None
 
 
 class RegistryTrustStep:
