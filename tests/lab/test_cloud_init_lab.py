@@ -1,6 +1,7 @@
 """Zero-touch: a fresh Debian 12 machine with Debian's cloud-init and a NoCloud seed made by
-`hub bundle --cloud-init` boots, joins the lab's swarm through the gate and converges, with no
-command run inside it before the assertions (which only read). Then a reboot: the boot unit setup
+`hub bundle --cloud-init --tool-url` boots, downloads the tool over HTTPS from the hub, joins the
+lab's swarm through the gate and converges, with no command run inside it before the assertions
+(which only read). The user-data fits EC2's 16 KB limit. Then a reboot: the boot unit setup
 installed runs setup again by itself.
 
 The machine is the lab's (systemd-nspawn, fake GPUs behind the fake libnvidia-ml.so.1, the
@@ -25,11 +26,26 @@ import pytest
 from . import fake_nvml
 from . import machine as lab_machine
 from .machine import FreshMachine
+from .dockerd import kill_and_wait, lab_env
 from .util import wait_for
 from .worker import GPUS, PRESEEDED_DAEMON_JSON
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, ADDRESS = "gsn-c1", "198.18.0.51"
+# Where the hub serves the tool's tarball to new workers (the README's --tool-url).
+TOOL_PORT = 8443
+# An HTTPS file server for one directory (argv: directory, port, cert, key), as a site serves the
+# tarball from any web server it has.
+TOOL_SERVER = """\
+import functools, http.server, ssl, sys
+directory, port, cert, key = sys.argv[1:]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+server = http.server.ThreadingHTTPServer(("198.18.0.1", int(port)), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
 SEED = "var/lib/cloud/seed/nocloud"
 # First boot: cloud-init, then setup.sh (pip), setup (apt: Docker and the toolkit; the image).
 FIRST_BOOT_TIMEOUT = 1200.0
@@ -61,9 +77,31 @@ def slim_tool(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(manager, lab_tmp):
-    """`hub bundle --cloud-init` run as on the hub, against the manager's sshd files; the manager's
-    authorized_keys is restored afterwards."""
+def tool_url(manager, lab_tmp):
+    """The slim tool tarball, served over HTTPS from the manager's address with a certificate of
+    the lab's CA; yields (its URL, the tarball)."""
+    served = lab_tmp / "cloud-init-tool"
+    served.mkdir()
+    tarball = slim_tool(served)
+    cert = manager.ca.issue_server_cert(manager.address, stem="tool-server")
+    log = open(lab_tmp / "tool-server.log", "ab")
+    server = subprocess.Popen([*manager.host.nsenter_prefix(), sys.executable, "-c", TOOL_SERVER, str(served),
+                               str(TOOL_PORT), str(cert.cert_path), str(cert.key_path)],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=lab_env(),
+                              start_new_session=True)
+    try:
+        url = f"https://{manager.address}:{TOOL_PORT}/{tarball.name}"
+        yield url, tarball
+    finally:
+        kill_and_wait([server.pid])
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(manager, lab_tmp, tool_url):
+    """`hub bundle --cloud-init --tool-url` run as on the hub, against the manager's sshd files;
+    the manager's authorized_keys is restored afterwards."""
+    url, tarball = tool_url
     ssh = manager.client_key_path.parent
     authorized = ssh / "authorized_keys"
     original = authorized.read_text()
@@ -79,7 +117,7 @@ def bundle(manager, lab_tmp):
             "--registry", manager.registry_address, "--registry-ca", str(manager.ca_cert_path),
             "--image", manager.image, "--host-key", str(ssh / "ssh_host_ed25519_key.pub"),
             "--authorized-keys", str(authorized), "--program", str(program), "--worker-config", "/dev/null",
-            "--cloud-init", "--tool", str(slim_tool(work)),
+            "--cloud-init", "--tool", str(tarball), "--tool-url", url,
             # Lab only: NVIDIA's repository is out of the lab's reach; the stand-in toolkit's is
             # on the machine (as a site's mirror would be), named through the worker's config.
             "--set", "nvidia.toolkit_apt_source=deb [trusted=yes] file:/srv/toolkit-repo ./",
@@ -119,6 +157,10 @@ def machine(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, bundle):
             shutil.copyfile(out / "user-data", root / SEED / "user-data")
             (root / SEED / "meta-data").write_text(f"instance-id: {NAME}-1\nlocal-hostname: {NAME}\n")
             (root / "etc/cloud/cloud.cfg.d/99-lab.cfg").write_text(LAB_CLOUD_CFG)
+            # Lab only: a cloud image trusts the public CAs a site's tool URL is signed by; this
+            # machine trusts the lab's CA, which signed the manager's tool server.
+            with open(root / "etc/ssl/certs/ca-certificates.crt", "a") as bundle_file:
+                bundle_file.write(manager.ca_cert_path.read_text())
 
     # A Debian cloud image has locales too: without it cloud-init's locale module fails (update-locale).
     m = SeededMachine(host, lab_tmp / NAME, name=NAME, extra_packages=("cloud-init", "locales"))
@@ -136,10 +178,33 @@ def machine(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, bundle):
             network.remove_host(NAME)
 
 
-def test_the_user_data_passes_cloud_inits_own_schema_check(machine):
+def test_the_user_data_fits_ec2_and_passes_cloud_inits_own_schema_check(machine, bundle, tool_url):
+    out, made = bundle
+    size = (out / "user-data").stat().st_size
+    assert size < 16384, f"user-data is {size} bytes"  # EC2's limit
+    assert f"cloud-init user-data: {out / 'user-data'} ({size} bytes)" in made.stdout
+    assert "over EC2" not in made.stdout
+    assert tool_url[0] in (out / "user-data").read_text()
     done = machine.run(["cloud-init", "schema", "--config-file", f"/{SEED}/user-data"], check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Valid" in done.stdout
+
+
+def test_the_user_data_that_carries_the_tool_passes_the_schema_check_too(machine, manager, lab_tmp, tool_url):
+    # Without --tool-url the tarball rides in the user-data (NoCloud, clouds that take ~200 KB).
+    out = lab_tmp / "cloud-init-embedded"
+    done = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub", "bundle", "--node", "gsn-c2",
+                           "--out", str(out), "--manager", manager.address, "--ssh-user", "root",
+                           "--host-key", str(manager.client_key_path.parent / "ssh_host_ed25519_key.pub"),
+                           "--authorized-keys", str(lab_tmp / "embedded-authorized_keys"),
+                           "--program", str(lab_tmp / "cloud-init-hub" / "gpuswarm-node"),
+                           "--worker-config", "/dev/null", "--cloud-init", "--tool", str(tool_url[1])],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "over EC2's 16384-byte user-data limit; give --tool-url URL" in done.stdout
+    shutil.copyfile(out / "user-data", machine.rootfs / "root/embedded-user-data")
+    check = machine.run(["cloud-init", "schema", "--config-file", "/root/embedded-user-data"], check=False)
+    assert check.returncode == 0 and "Valid" in check.stdout, check.stdout + check.stderr
 
 
 def test_first_boot_joins_and_converges_with_nothing_run_inside(machine, manager, bundle):
