@@ -144,7 +144,7 @@ class LeaveSwarmStep:
 
 def _remove_from_manager(ctx: Context) -> None:
     node = ctx.outcomes["left"]
-    with ManagerSession(ctx.config.swarm) as session:
+    with ctx.manager_session() as session:
         # The manager keeps a leaving worker as "down" for a while.
         deadline = time.monotonic() + 60
         while session.node_state(node) != "down":

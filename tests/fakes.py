@@ -328,7 +328,7 @@ class FakeManager:
 
     def session(self):
         """A stand-in ManagerSession: case keys "labels" (the node's gpuswarm.* labels) and "tasks"
-        (the ids of the tasks running on the node until it is drained)."""
+        (the ids of the tasks running on the node until it is drained); a node asked about is down."""
         import contextlib
 
         from gpuswarm_node.errors import ManagerUnreachable
@@ -351,6 +351,13 @@ class FakeManager:
             def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
                 fake.reads.append(f"set-labels {node_id}")
                 fake.spec = {**fake.spec, "labels": dict(labels)}
+
+            def node_state(self, node_id: str) -> str:
+                fake.reads.append(f"state {node_id}")
+                return "down"  # a node that left, as the manager soon sees it
+
+            def remove_node(self, node_id: str) -> None:
+                fake.reads.append(f"remove {node_id}")
 
         @contextlib.contextmanager
         def session():

@@ -10,7 +10,7 @@ from gpuswarm_node.context import Context
 from gpuswarm_node.engine import Call, Paired, Plan, Preflight, needs_change, ok, run_plan
 from gpuswarm_node.errors import StepFailed
 
-from .fakes import FakeDocker, FakeHost
+from .fakes import FakeDocker, FakeHost, FakeManager
 
 
 def context(tables=None, swarm=None) -> tuple[Context, FakeHost, FakeDocker]:
@@ -93,6 +93,16 @@ def test_leave_drains_before_it_leaves_and_then_removes_the_node(monkeypatch):
     report = run_plan(lifecycle.leave_plan(), ctx)
     assert order == ["drain", "remove n1"] and docker.calls == ["leave"]
     assert report.ok and report.changed == ["drain", "leave-swarm", "manager-node-list"]
+
+
+def test_leave_goes_through_the_contexts_manager_session_only():
+    ctx, _, docker = context(MANAGER)
+    manager = FakeManager({"tasks": ["t1", "t2"]})
+    ctx.manager_session_factory = manager.session
+    report = run_plan(lifecycle.leave_plan(), ctx)
+    assert manager.reads == ["tasks n1", "availability n1 drain", "tasks n1", "state n1", "remove n1"]
+    assert docker.calls == ["leave"] and report.ok
+    assert report.steps[-1].detail == "the manager no longer lists n1"
 
 
 def test_leave_refuses_a_manager_node_before_any_change(monkeypatch):
