@@ -27,7 +27,7 @@ from . import fake_nvml
 from . import machine as lab_machine
 from .machine import FreshMachine
 from .dockerd import kill_and_wait, lab_env
-from .util import wait_for
+from .util import gate_program, wait_for
 from .worker import GPUS, PRESEEDED_DAEMON_JSON
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,10 +107,7 @@ def bundle(manager, lab_tmp, tool_url):
     original = authorized.read_text()
     work = lab_tmp / "cloud-init-hub"
     work.mkdir()
-    # The forced command's program: this checkout's CLI (on a real hub, /usr/local/bin/gpuswarm-node).
-    program = work / "gpuswarm-node"
-    program.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gpuswarm_node.cli \"$@\"\n")
-    program.chmod(0o755)
+    program = gate_program(work)
     out = work / NAME
     argv = [sys.executable, "-m", "gpuswarm_node.cli", "hub", "bundle", "--node", NAME, "--out", str(out),
             "--manager", manager.address, "--ssh-user", "root", "--ssh-port", str(manager.ssh_port),

@@ -24,7 +24,7 @@ from ..conftest import private_state
 from .dockerd import LabDockerd
 from .manager import trust_ca
 from .test_join_lab import ISOLATE, assert_no_secrets, node_of, resources
-from .util import wait_for
+from .util import gate_program, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,10 +75,7 @@ def hub(manager, lab_tmp):
     original = authorized.read_text()
     hub_dir = lab_tmp / "hub"
     hub_dir.mkdir()
-    # The forced command's program: this checkout's CLI (on a real hub, /usr/local/bin/gpuswarm-node).
-    program = hub_dir / "gpuswarm-node"
-    program.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gpuswarm_node.cli \"$@\"\n")
-    program.chmod(0o755)
+    program = gate_program(hub_dir)
     authorized.write_text("")
     keys = {}
     try:

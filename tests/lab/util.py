@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -76,3 +77,13 @@ class Started:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def gate_program(directory: Path) -> Path:
+    """The program a gated key's forced command names, written in `directory`: this checkout's CLI
+    (on a real hub, /usr/local/bin/gpuswarm-node)."""
+    program = directory / "gpuswarm-node"
+    repo = Path(__file__).resolve().parents[2]
+    program.write_text(f"#!/bin/sh\nPYTHONPATH={repo} exec {sys.executable} -m gpuswarm_node.cli \"$@\"\n")
+    program.chmod(0o755)
+    return program
