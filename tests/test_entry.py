@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gpuswarm_node.entry import plain_status_json
+from gpuswarm_node.entry import command_word, plain_status_json
 
 from .conftest import A100
 from .test_cli import safe_config, write_config
@@ -71,3 +71,30 @@ def test_a_config_that_warns_or_fails_is_left_to_the_cli(gsn, tmp_path):
     assert by_entry.stderr == by_cli.stderr and by_entry.stderr.startswith("error:") and by_entry.stdout == ""
     missing = gsn("status", "--json", "--config", str(tmp_path / "absent.toml"), module="gpuswarm_node.entry")
     assert missing.returncode == 2 and "absent.toml" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["status"], "status"), (["--config", "status", "setup"], "setup"), (["-c", "n.toml", "status"], "status"),
+    (["--debug", "status", "--json"], "status"), (["--config=n.toml", "gpus"], "gpus"), (["--debug"], None),
+])
+def test_the_command_word_skips_the_programs_options(argv, word):
+    assert command_word(argv) == word
+
+
+@pytest.mark.parametrize("json_out", [True, False])
+def test_status_ends_without_teardown_and_loses_no_output(gsn, tmp_path, json_out):
+    # An atexit handler that runs only at the interpreter's teardown: it must not run, and the
+    # whole output and the exit code must come through (sitecustomize runs before the command).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import atexit, sys\natexit.register(lambda: sys.stderr.write('teardown\\n'))\n")
+    config = str(safe_config(tmp_path))
+    argv = ["--config", config, "status", *(["--json"] if json_out else [])]
+    by_entry = gsn(*argv, gpus=GPUS, module="gpuswarm_node.entry", env={"PYTHONPATH": str(site)})
+    by_cli = gsn(*argv, gpus=GPUS, env={"PYTHONPATH": str(site)})
+    assert by_entry.returncode == by_cli.returncode == 1
+    assert "teardown" not in by_entry.stderr and "teardown" in by_cli.stderr  # the CLI alone tears down
+    if json_out:
+        assert json.loads(by_entry.stdout) == json.loads(by_cli.stdout)
+    else:
+        assert by_entry.stdout.splitlines()[-3:] == by_cli.stdout.splitlines()[-3:] and "docker" in by_entry.stdout
