@@ -10,7 +10,6 @@ programs' settings and a shell's leftovers should not stop every command).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import posixpath
@@ -349,6 +348,8 @@ def env_name(section: str, name: str) -> str:
 
 def _suggest(word: str, choices: list[str]) -> str:
     """" Did you mean X?" for the closest choice, or ""."""
+    import difflib  # only to name a near miss in an error
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" Did you mean {close[0]}?" if close else ""
 
@@ -651,6 +652,8 @@ def _env_key(var: str) -> tuple[str, str] | None:
 def _unknown_env_warning(var: str) -> str:
     # Compared without the prefix they all share, which would make every name look close.
     known = [env_name(section, name)[len(ENV_PREFIX):] for section in SECTIONS for name in key_names(section)]
+    import difflib  # only to name a near miss in a warning
+
     close = difflib.get_close_matches(var[len(ENV_PREFIX):].upper(), known, n=1)
     hint = f" Did you mean {ENV_PREFIX}{close[0]}?" if close else ""
     return (f"ignoring environment variable {var}: it is not a configuration key.{hint}"

@@ -10,11 +10,9 @@ at all (a dry run, a refused preflight, an earlier failure) is decided in run_pl
 from __future__ import annotations
 
 import copy
-import difflib
 import shlex
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
@@ -25,6 +23,12 @@ from .journal import Undo
 
 if TYPE_CHECKING:
     from .context import Context
+
+
+def _traceback_text() -> str:
+    import traceback  # only for a bug's report
+
+    return traceback.format_exc()
 
 
 class State(str, Enum):
@@ -58,6 +62,8 @@ class WriteFile:
             return ""
         old = (self.before or "").splitlines(keepends=True)
         new = self.content.splitlines(keepends=True)
+        import difflib  # only where a file differs: status on a converged node never loads it
+
         return "".join(difflib.unified_diff(old, new, f"{self.path} (now)", f"{self.path} (wanted)"))
 
     def execute(self, ctx: Context) -> None:
@@ -393,7 +399,7 @@ def safe_check(step: Step, ctx: Context) -> Check:
     except GpuswarmError as exc:
         return Check(State.FAILED, exc.message())
     except Exception as exc:  # a bug in a check must not hide the other steps
-        ctx.reporter.debug_traceback(traceback.format_exc())
+        ctx.reporter.debug_traceback(_traceback_text())
         return Check(State.FAILED, f"internal error while checking: {type(exc).__name__}: {exc}")
 
 
@@ -435,7 +441,7 @@ def converge(step: Step, ctx: Context, before: Check | None = None, started: flo
     except GpuswarmError as exc:
         return applied(_report(step, Check(State.FAILED, exc.message()), started))
     except Exception as exc:
-        ctx.reporter.debug_traceback(traceback.format_exc())
+        ctx.reporter.debug_traceback(_traceback_text())
         failure = StepFailed(f"internal error while applying: {type(exc).__name__}: {exc}",
                              "Re-run with --debug and report the traceback.")
         return applied(_report(step, Check(State.FAILED, failure.message()), started))
@@ -586,7 +592,7 @@ def _safe_problem(check: Preflight, ctx: Context) -> str | None:
     except GpuswarmError as exc:
         return exc.message()
     except Exception as exc:
-        ctx.reporter.debug_traceback(traceback.format_exc())
+        ctx.reporter.debug_traceback(_traceback_text())
         return f"internal error: {type(exc).__name__}: {exc}"
 
 
