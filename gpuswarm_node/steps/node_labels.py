@@ -15,13 +15,22 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 
 Other labels of the `gpuswarm.` prefix are removed; labels outside it are never touched. They are
 set through the manager (a worker cannot label itself), through the hub's gate when it has one.
+
+setup asks the manager for the node's labels at every run (it repairs what someone changed there)
+and records what the manager holds once it is right: RECORD, the node's id, the manager and the
+labels. `status` reads that record instead: fleets run it from cron on every node, and an SSH
+session to the hub from each of them at every run (about half a second on the node, a login on
+the hub) is not what a health check should cost. When the record does not match (another node id,
+manager or GPU inventory, or no record yet), status asks the manager as setup does.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
-from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
+from .. import facts as F
+from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped, write_wanted
 from ..errors import GpuswarmError, NvmlUnavailable, StepFailed
 from ..probes.gpu import Inventory
 from ..slices import for_config, slices_of
@@ -29,6 +38,7 @@ from ..context import Context
 
 MODEL = "gpuswarm.gpu.model"
 MIB = 2**20
+RECORD = "/var/lib/gpuswarm-node/node-labels.json"
 
 
 def label_value(text: str) -> str:
@@ -64,12 +74,35 @@ def describe(labels: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
 
 
+def record_text(node_id: str, manager: str, labels: dict[str, str]) -> str:
+    """RECORD's content: the labels `manager` holds for node `node_id`, as setup last found them."""
+    return json.dumps({"manager": manager, "node_id": node_id, "labels": labels}, indent=2, sort_keys=True) + "\n"
+
+
+def _record(ctx: Context) -> PlannedFile | None:
+    """RECORD as this node's labels make it, or None where there is nothing to record (no
+    manager, no GPUs, or not a worker of a swarm)."""
+    if not ctx.config.swarm.manager:
+        return None
+    try:
+        wanted = gpu_labels(ctx.inventory(), ctx.config.gpu)
+    except NvmlUnavailable:
+        return None
+    if not wanted or ctx.docker.unreachable_reason():
+        return None
+    membership = ctx.docker.swarm()
+    if membership.state != "active" or membership.is_manager:
+        return None
+    return PlannedFile(RECORD, record_text(membership.node_id, ctx.config.swarm.manager, wanted))
+
+
 class NodeLabelsStep:
     name = "node-labels"
     description = "the manager's labels for this node describe its GPUs"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        return []
+        record = _record(ctx)
+        return [record] if record is not None else []
 
     def check(self, ctx: Context) -> Check:
         if not ctx.config.swarm.manager:
@@ -89,16 +122,24 @@ class NodeLabelsStep:
         if membership.state != "active" or membership.is_manager:
             # Planned after swarm-join: the node has no place on the manager yet.
             return needs_change("this node is not yet a worker of the manager's swarm; label it once it is", action)
+        record = PlannedFile(RECORD, record_text(membership.node_id, ctx.config.swarm.manager, wanted))
+        if ctx.options.diagnose and ctx.fact(F.FILE_TEXT, RECORD) == record.content:
+            return ok(f"labelled {describe(wanted)}, as setup found them on {ctx.config.swarm.manager} ({RECORD}; "
+                      "status does not ask the manager)")
         try:
             with ctx.manager_session() as session:
                 have = session.node_labels(membership.node_id)
         except GpuswarmError as exc:
             return blocked(f"the manager cannot be asked for this node's labels: {exc.message()}")
+        write = write_wanted(ctx, record)
         if have == wanted:
+            if write is not None:
+                return needs_change(f"labelled {describe(have)}; {RECORD} does not say so yet", write)
             return ok(f"labelled {describe(have)}")
         stale = {k: v for k, v in have.items() if wanted.get(k) != v}
         return needs_change(f"the manager's labels for this node are {describe(have)}"
-                            + (f" (stale: {', '.join(sorted(stale))})" if stale else ""), action)
+                            + (f" (stale: {', '.join(sorted(stale))})" if stale else ""),
+                            action, *([write] if write is not None else []))
 
 
 def set_labels(ctx: Context, labels: dict[str, str]) -> None:
