@@ -1,14 +1,15 @@
-"""The `gpuswarm-node` command: `status --json` where nothing can go wrong with its words, and
+"""The `gpuswarm-node` command: a plain `status` where nothing can go wrong with its words, and
 everything else through the typer CLI (gpuswarm_node.cli).
 
-Fleets run `status --json` from cron and monitoring on every node; typer, click and rich (about
-35 ms of imports on a small machine) only parse three words and print one JSON object there. So a
-command line of exactly `status --json` with at most a config file (`--config FILE`, `-c FILE`,
-`--config=FILE`, before or after `status`) is run here, printing what the CLI prints (the same
-JSON, indented by 2, non-ASCII kept, as rich's print_json writes it to a file or pipe; stdout must
-not be a terminal, where rich would colour it). Anything else, and any configuration that warns
-or fails to load, goes to the CLI, which then says it in its own words: the CLI stays the one
-source of the command's behaviour, and this path only skips its imports.
+Fleets run `status` from cron and monitoring on every node; typer and click (and, for `--json`,
+rich) only parse a few words there. So a command line of exactly `status` or `status --json`,
+with at most a config file (`--config FILE`, `-c FILE`, `--config=FILE`, before or after
+`status`), is run here with the CLI's own pieces: the table is ui.status_table printed by a rich
+console set as the CLI's; the JSON is indented by 2 with non-ASCII kept, as rich's print_json
+writes it to a file or pipe (stdout must not be a terminal for it, where rich would colour it).
+Anything else, and any configuration that warns or fails to load, goes to the CLI, which then
+says it in its own words: the CLI stays the one source of the command's behaviour, and this path
+only skips its imports.
 
 A finished `status` (either path) ends with `os._exit` once its output is flushed: it wrote no
 file that is still open and holds no lock, and the interpreter's teardown of the modules it loaded
@@ -21,9 +22,9 @@ import os
 import sys
 
 
-def plain_status_json(argv: list[str]) -> tuple[str | None] | None:
-    """(the config file or None,) when `argv` (without the program) is a plain `status --json`;
-    None for anything else."""
+def plain_status(argv: list[str]) -> tuple[str | None, bool] | None:
+    """(the config file or None, whether --json) when `argv` (without the program) is a plain
+    `status` or `status --json`; None for anything else."""
     config: str | None = None
     seen_status = seen_json = False
     words = iter(argv)
@@ -40,7 +41,13 @@ def plain_status_json(argv: list[str]) -> tuple[str | None] | None:
             config = word[len("--config="):]
         else:
             return None
-    return (config,) if seen_status and seen_json else None
+    return (config, seen_json) if seen_status else None
+
+
+def plain_status_json(argv: list[str]) -> tuple[str | None] | None:
+    """(the config file or None,) when `argv` is a plain `status --json`; None for anything else."""
+    plain = plain_status(argv)
+    return (plain[0],) if plain is not None and plain[1] else None
 
 
 def command_word(argv: list[str]) -> str | None:
@@ -69,9 +76,9 @@ def exit_now(code: int | str | None) -> None:
     os._exit(code or 0)
 
 
-def _status_json(config: str | None) -> int | None:
-    """Run status and print its JSON; the exit status, or None to leave the command to the CLI
-    (before anything was printed)."""
+def _status(config: str | None, json_out: bool) -> int | None:
+    """Run status and print its table or JSON; the exit status, or None to leave the command to
+    the CLI (before anything was printed)."""
     from pathlib import Path
 
     from .config import load
@@ -84,36 +91,64 @@ def _status_json(config: str | None) -> int | None:
         return None
     if warnings:
         return None
-    import json
 
     from . import steps
     from .context import Context, RunOptions
     from .engine import run_status
     from .host import LocalHost
 
+    if json_out:
+        def say_error(line: str) -> None:  # as the CLI says it, without rich's markup
+            sys.stderr.write(line + "\n")
+
+        reporter = None
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        from .ui import ConsoleReporter
+
+        # As the CLI's consoles (cli.out, cli.err) and its status reporter.
+        out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
+        reporter = ConsoleReporter(err, debug=False)
+
+        def say_error(line: str) -> None:
+            word, _, rest = line.partition(": ")
+            err.print(f"[bold red]{word}:[/] {escape(rest)}")
+
+    ctx = Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True))
+    if reporter is not None:
+        ctx.reporter = reporter
     try:
-        report = run_status(steps.ALL_STEPS, Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True)))
-    except GpuswarmError as exc:  # as the CLI says it (cli.guarded), without rich's markup
-        sys.stderr.write(f"error: {exc.message()}\n")
+        report = run_status(steps.ALL_STEPS, ctx)
+    except GpuswarmError as exc:  # as cli.guarded says it
+        say_error(f"error: {exc.message()}")
         return exc.exit_code
     except Exception as exc:
-        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.\n")
+        say_error(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.")
         return 1
-    sys.stdout.write(json.dumps(report.as_json(), indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    if json_out:
+        import json
+
+        sys.stdout.write(json.dumps(report.as_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        from .ui import status_table
+
+        out.print(status_table(report))
     return 0 if report.ok else 1
 
 
 def main() -> int | None:
     os.umask(0o022)  # as the CLI does, before anything is created
-    plain = plain_status_json(sys.argv[1:])
+    plain = plain_status(sys.argv[1:])
     # The CLI's own completion variable (cli.COMPLETE_VAR): the shell asks the CLI for completions.
-    if plain is not None and not sys.stdout.isatty() and not os.environ.get("_GPUSWARM_NODE_COMPLETE"):
+    if (plain is not None and not (plain[1] and sys.stdout.isatty())
+            and not os.environ.get("_GPUSWARM_NODE_COMPLETE")):
         try:
-            code = _status_json(*plain)
+            code = _status(*plain)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted.\n")
-            return 130
+            exit_now(130)
         if code is not None:
             exit_now(code)
     from .cli import main as cli_main

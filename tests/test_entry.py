@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gpuswarm_node.entry import command_word, plain_status_json
+from gpuswarm_node.entry import command_word, plain_status, plain_status_json
 
 from .conftest import A100
 from .test_cli import safe_config, write_config
@@ -22,7 +22,7 @@ GPUS = [A100]
     (["--config", "n.toml", "status", "--json"], ("n.toml",)),
     (["-c", "n.toml", "status", "--json"], ("n.toml",)),
     (["status", "--config=n.toml", "--json"], ("n.toml",)),
-    (["status"], None),  # the table: rich renders it
+    (["status"], None),  # the table: see plain_status
     (["status", "--json", "--json"], None),
     (["status", "--json", "--config"], None),
     (["status", "--json", "--config", "--debug"], None),
@@ -63,6 +63,19 @@ def test_status_json_imports_neither_typer_nor_rich(gsn, tmp_path):
                                   if line.startswith("import time:")}
 
 
+def test_the_status_table_is_the_clis_without_typer_or_click(gsn, tmp_path):
+    config = str(safe_config(tmp_path))
+    by_cli = gsn("status", "--config", config, gpus=GPUS)
+    by_entry = gsn("status", "--config", config, gpus=GPUS, module="gpuswarm_node.entry",
+                   env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert by_entry.returncode == by_cli.returncode == 1
+    assert by_entry.stdout == by_cli.stdout and "gpuswarm-node status" in by_entry.stdout
+    imported = {line.split("|")[2].strip() for line in by_entry.stderr.splitlines() if line.startswith("import time:")}
+    assert "rich.table" in imported and not {m.split(".")[0] for m in imported} & {"typer", "click"}
+    assert [line for line in by_entry.stderr.splitlines() if not line.startswith("import time:")] == \
+        by_cli.stderr.splitlines()
+
+
 def test_a_config_that_warns_or_fails_is_left_to_the_cli(gsn, tmp_path):
     bad = write_config(tmp_path, "[tmpfs]\nfraction = 7\n")
     by_entry = gsn("status", "--json", "--config", str(bad), module="gpuswarm_node.entry")
@@ -81,15 +94,23 @@ def test_the_command_word_skips_the_programs_options(argv, word):
     assert command_word(argv) == word
 
 
-@pytest.mark.parametrize("json_out", [True, False])
-def test_status_ends_without_teardown_and_loses_no_output(gsn, tmp_path, json_out):
+@pytest.mark.parametrize("argv, plain", [
+    (["status"], (None, False)), (["-c", "n.toml", "status"], ("n.toml", False)),
+    (["status", "--json"], (None, True)), (["status", "--set", "gpu.slices_per_gpu=2"], None),
+])
+def test_a_plain_status_with_or_without_json_takes_the_short_path(argv, plain):
+    assert plain_status(argv) == plain
+
+
+@pytest.mark.parametrize("json_out, front", [(True, []), (False, []), (False, ["--debug"])])  # --debug: the CLI's
+def test_status_ends_without_teardown_and_loses_no_output(gsn, tmp_path, json_out, front):
     # An atexit handler that runs only at the interpreter's teardown: it must not run, and the
     # whole output and the exit code must come through (sitecustomize runs before the command).
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import atexit, sys\natexit.register(lambda: sys.stderr.write('teardown\\n'))\n")
     config = str(safe_config(tmp_path))
-    argv = ["--config", config, "status", *(["--json"] if json_out else [])]
+    argv = [*front, "--config", config, "status", *(["--json"] if json_out else [])]
     by_entry = gsn(*argv, gpus=GPUS, module="gpuswarm_node.entry", env={"PYTHONPATH": str(site)})
     by_cli = gsn(*argv, gpus=GPUS, env={"PYTHONPATH": str(site)})
     assert by_entry.returncode == by_cli.returncode == 1
