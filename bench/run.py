@@ -309,8 +309,9 @@ def pull_concurrency(worker, image: str, rounds: int) -> dict[int, list[float]]:
 
     def configure(text: str) -> None:
         worker.machine.run(["sh", "-c", "cat > /etc/docker/daemon.json"], input=text)
-        worker.sh("systemctl restart docker && timeout 60 sh -c 'until docker info >/dev/null 2>&1; do sleep 0.2; done'",
-                  timeout=120)
+        # reset-failed: docker.service allows 3 starts a minute (StartLimitBurst), fewer than this makes.
+        worker.sh("systemctl reset-failed docker.service; systemctl restart docker && "
+                  "timeout 60 sh -c 'until docker info >/dev/null 2>&1; do sleep 0.2; done'", timeout=120)
 
     times: dict[int, list[float]] = {v: [] for v in CONCURRENT_DOWNLOADS}
     say(f"max-concurrent-downloads: pulling {image} {rounds} times with each of "
@@ -356,7 +357,7 @@ print(json.dumps({{"ansible-core": ansible.release.__version__, "ansible (packag
     return versions
 
 
-def ansible_vars(worker, manager, config: str, tmpfs_path: str, user: str) -> dict:
+def ansible_vars(worker, manager, config: str, tmpfs_path: str, user: str, image: str) -> dict:
     """What the playbook checks against: the node's config and the files gpuswarm-node renders."""
     render = worker.machine.run([GSN, "render", "--config", config], env={"SUDO_USER": user})
     files = parse_render(render.stdout)
@@ -373,7 +374,7 @@ def ansible_vars(worker, manager, config: str, tmpfs_path: str, user: str) -> di
         "tmpfs_path": tmpfs_path, "tmpfs_size_bytes": size_mib * 2**20, "node_user": user,
         "packages": ["docker.io", "nvidia-container-toolkit"], "daemon_json": daemon_json,
         "registry_ca_path": ca_path, "registry_ca_sha256": hashlib.sha256(ca.encode()).hexdigest(),
-        "image_name": manager.image, "swarm_manager": manager.address,
+        "image_name": image, "swarm_manager": manager.address,
     }
 
 
@@ -709,8 +710,11 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w(f"| setup.sh's wall time plus that: the fresh node ready | "
       f"{fresh['wall_seconds'] + fresh['after_reboot_seconds']:.1f} |")
     w("")
+    restarted = [name for name, steps in (("the fresh setup", fresh["steps"]), ("the boot unit's run", fresh["second_steps"]))
+                 if any(e["step"] == "docker-daemon" and e["changed"] for e in steps)]
     w("After the reboot the boot unit's setup (gpuswarm-node-boot.service) finds NVML answering and does what "
-      "needs it: daemon.json with the slices (one Docker restart) and the node labels. Its steps:")
+      "needs it: daemon.json with the slices and the node labels. docker-daemon, whose change restarts Docker, "
+      f"changed in {' and in '.join(restarted) or 'neither run'}. Its steps:")
     w("")
     w("| step | before | after | changed | began at (s) | seconds |")
     w("|---|---|---|---|---:|---:|")
@@ -841,9 +845,9 @@ def main() -> int:
     parser.add_argument("--driver-seconds", type=float, default=driver_deb_build_seconds(),
                         help="how long the stand-in driver's install builds its module (default: "
                              "%(default)g, a DKMS build); less only to try the benchmark out")
-    parser.add_argument("--pull-runs", type=int, default=2,
+    parser.add_argument("--pull-runs", type=int, default=3,
                         help="pulls of the 1 GiB image with each max-concurrent-downloads value "
-                             "(default 2; 0 skips the comparison)")
+                             "(default 3; 0 skips the comparison)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -906,7 +910,7 @@ def main() -> int:
             require(status.returncode == 0, f"the node is not converged after the fresh setup:\n{status.stdout}")
 
             versions = install_ansible(worker)
-            variables = ansible_vars(worker, manager, CONFIG, TMPFS, USER)
+            variables = ansible_vars(worker, manager, CONFIG, TMPFS, USER, image)
             worker.machine.run(["sh", "-c", f"cat > {WORK}/vars.json"], input=json.dumps(variables, indent=2))
 
             load_before = Path("/proc/loadavg").read_text().split()[0]
@@ -940,6 +944,11 @@ def main() -> int:
                         str(wrapper_json)], check=True, stdout=out, stderr=subprocess.STDOUT)
     wrapper = json.loads(wrapper_json.read_text())
     shutil.rmtree(tmp_root)
+    # Everything measured, before the report is made of it (for a look at what the table leaves out).
+    (OUT / "raw.json").write_text(json.dumps(
+        {"args": vars(args), "facts": facts, "lab_seconds": lab_seconds, "fresh": fresh, "versions": versions,
+         "data": data, "neg": neg, "imports": imports, "prof": prof, "load": [load_before, load_after],
+         "wrapper": wrapper, "concurrency": concurrency}, indent=1, default=str))
     report, summary = build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, prof,
                                    (load_before, load_after), wrapper, concurrency)
     RESULTS.write_text(report)
