@@ -202,12 +202,13 @@ def build_repo(out_dir: Path, version: str = "1.17.8-1") -> Path:
     return repo
 
 
-def _release(repo: Path, names: list[str]) -> str:
+def _release(repo: Path, names: list[str], origin: str = "gpuswarm-node-lab") -> str:
     # With a Release naming its indexes, apt fetches just those instead of
     # probing for Packages.xz, .bz2, ... and logging an error for each.
+    # The origin is what apt preferences can pin a repository by.
     lines = [
-        "Origin: gpuswarm-node-lab",
-        "Label: gpuswarm-node-lab",
+        f"Origin: {origin}",
+        f"Label: {origin}",
         f"Date: {email.utils.formatdate(usegmt=True)}",
     ]
     for field, algorithm in (("MD5Sum", "md5"), ("SHA256", "sha256")):

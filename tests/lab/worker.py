@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from . import fake_nvml
+from . import driver_deb, fake_nvml
 from . import machine as lab_machine
 from .machine import FreshMachine
 from .manager import ManagerHost
@@ -160,12 +160,15 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
                        nvml_lib_dir: Path, name: str = NAME, address: str = ADDRESS,
                        suite: str = lab_machine.rootfs.SUITE, readme: bool = False,
                        gpus: list[fake_nvml.FakeGpu] = GPUS, slices_per_gpu: int = SLICES_PER_GPU,
-                       image: str | None = None, first: bool = True) -> Iterator[Worker]:
+                       image: str | None = None, first: bool = True,
+                       driver_repo: Path | None = None) -> Iterator[Worker]:
     """Boot and provision the fresh worker (`readme`: as README.md's quick start expects, see the
     module's doc); on exit remove it from the swarm, power it off, and remove its netns, also when
     provisioning failed half-way. `image` (default: the manager's test image) is what its node.toml
     pulls; `first=False` for a second worker beside a running one (the first removes what a crashed
-    run left)."""
+    run left). `driver_repo` (driver_deb.build_repo, the benchmark's): the GPUs are on the PCI bus
+    with no driver, which the nvidia-driver step installs from that repository; by default the
+    driver is there (the fake NVML installed), as the tests want it."""
     if first:
         lab_machine.cleanup_stale()
     network.enable_outbound_nat()  # apt and pip inside need the package registries
@@ -174,8 +177,12 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
     try:
         with timed("fresh machine: unpack and boot"):
             machine.start()
-        # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
-        fake_nvml.install_into(machine.rootfs, gpus, lib_dir=nvml_lib_dir)
+        if driver_repo is not None:
+            # The GPUs with no driver yet: setup installs it (and with it the fake NVML).
+            driver_deb.install_into(machine, driver_repo, gpus)
+        else:
+            # The "hardware": two GPUs behind the fake libnvidia-ml.so.1.
+            fake_nvml.install_into(machine.rootfs, gpus, lib_dir=nvml_lib_dir)
         machine.copy_in(toolkit_repo, "/srv/toolkit-repo")
         machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
                     input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
