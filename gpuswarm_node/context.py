@@ -100,6 +100,7 @@ class Context:
     facts: Facts = field(init=False)
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
+    _inventory_generation: int = field(default=0, init=False)
     # The manager's answer, asked once a run (token dropped), and the node id it was asked about.
     _manager: "tuple[ManagerSwarm | None, str]" = field(default=(None, ""), init=False)
     swarm_joined_at: str = field(default="", init=False)  # set by swarm-join: where it joined and why
@@ -130,8 +131,11 @@ class Context:
         return DockerReads(self.facts)
 
     def inventory(self) -> Inventory:
-        """NVML's answer, asked once per run; raises NvmlUnavailable."""
-        if self._inventory is None:
+        """NVML's answer, asked once per run and again after an action changed the machine (a
+        driver installed: the re-check must not report the NVML error from before it); raises
+        NvmlUnavailable."""
+        if self._inventory is None or self._inventory_generation != self.facts.generation:
+            self._inventory_generation = self.facts.generation
             try:
                 self._inventory = self.inventory_reader()
             except NvmlUnavailable as exc:

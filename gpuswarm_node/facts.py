@@ -62,6 +62,9 @@ class Facts:
         self._answers: dict[tuple[str, str], Any] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        # How many times the answers were dropped: what is kept beside the facts (NVML's answer,
+        # on the context) is asked again once this moves.
+        self.generation = 0
 
     def get(self, fact: Fact, arg: str = "") -> Any:
         key = (fact.name, arg)
@@ -116,6 +119,7 @@ class Facts:
         """Drop every answer: the machine may have changed."""
         with self._guard:
             self._answers.clear()
+            self.generation += 1
 
 
 def fact(name: str, kind: str, source: Callable[[str], Any] | None = None,

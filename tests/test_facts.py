@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from gpuswarm_node import config
 from gpuswarm_node import facts as F
 from gpuswarm_node.context import Context
@@ -72,3 +74,27 @@ def test_iptables_listing_gives_each_chains_rules():
     listing = "-P FORWARD DROP\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n"
     assert F.chain_rules(listing, "FORWARD") == [["-A", "FORWARD", "-j", "DOCKER-USER"]]
     assert F.chain_rules(None, "FORWARD") == []
+
+
+def test_nvml_is_asked_again_after_an_action_and_not_before():
+    from gpuswarm_node import config
+    from gpuswarm_node.context import Context
+    from gpuswarm_node.errors import NvmlUnavailable
+    from gpuswarm_node.probes.gpu import Inventory
+
+    answers = [NvmlUnavailable("libnvidia-ml.so.1 is not installed.", ""),
+               NvmlUnavailable("NVIDIA's driver is not loaded (NVML: Driver Not Loaded).", "")]
+    asked = []
+
+    def read() -> Inventory:
+        asked.append(1)
+        raise answers[len(asked) - 1]
+
+    ctx = Context(config=config.from_tables({}), host=FakeHost(), inventory_reader=read)
+    for _ in range(2):  # read once per run ...
+        with pytest.raises(NvmlUnavailable, match="not installed"):
+            ctx.inventory()
+    ctx.facts.forget()  # ... until an action changed the machine (the engine forgets the facts)
+    with pytest.raises(NvmlUnavailable, match="not loaded"):
+        ctx.inventory()
+    assert len(asked) == 2

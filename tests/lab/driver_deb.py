@@ -23,8 +23,11 @@ The machine's apt prefers this repository over Debian's archive for these names
 (`APT_PREFERENCES`, pinned by origin), as a site's own mirror could: the real packages would
 download hundreds of MB and build against a kernel the lab does not run.
 
-The installed module is never loaded (there is none), so the step's re-check in the same run asks
-for a reboot, as on a real machine; after the reboot NVML answers (bench/README.md).
+The module loads at boot, as a freshly built one does on a real machine: until then the fake
+NVML answers "Driver Not Loaded" (the config's mode, written when the machine is made), and
+nvidia-kernel-dkms ships MODULE_UNIT, which at boot, before the tool's boot unit, turns the mode
+to ok. So the step's re-check in the same run asks for a reboot; after the reboot NVML answers
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ Pin-Priority: 1001
 DRIVER_VERSION = "550.54.15"  # fake_nvml's default driver version: the library and package agree
 VERSION = f"{DRIVER_VERSION}-1~lab1"
 BUILD_SECONDS = 120.0
+# Stands for the kernel loading the new module at boot: the fake NVML's mode becomes ok.
+MODULE_UNIT_NAME = "lab-nvidia-module.service"
+MODULE_UNIT = f"""\
+[Unit]
+Description=lab: the NVIDIA kernel module loads at boot (stand-in)
+Before=gpuswarm-node-boot.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sed -i "s/^mode driver-not-loaded$/mode ok/" {fake_nvml.DEFAULT_CONFIG_PATH}
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 NVIDIA_VENDOR = "0x10de"
@@ -104,13 +121,16 @@ done
 
 
 def dkms_postinst(kernel_release: str, build_seconds: float) -> str:
-    """What stands for DKMS building the module at configure time: a wait, asleep."""
+    """What stands for DKMS building the module at configure time: a wait, asleep; and the
+    module loading at the next boot (MODULE_UNIT enabled)."""
     return f"""#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
     echo "Building initial module nvidia-current/{DRIVER_VERSION} for {kernel_release} (stand-in: {build_seconds:g} s)"
     sleep {build_seconds:g}
     echo "Done."
+    # The package's own unit (absent where the script runs outside the package, as in a test).
+    if [ -e /lib/systemd/system/{MODULE_UNIT_NAME} ]; then systemctl enable {MODULE_UNIT_NAME}; fi
 fi
 """
 
@@ -134,6 +154,7 @@ def build_repo(out_dir: Path, nvml_lib_dir: Path, kernel_release: str,
     _deb(repo, "nvidia-driver", arch, "NVIDIA driver metapackage",
          depends=f"nvidia-kernel-dkms (= {VERSION}), libnvidia-ml1 (= {VERSION})")
     _deb(repo, "nvidia-kernel-dkms", arch, "NVIDIA kernel module, built by DKMS at install",
+         files={f"/lib/systemd/system/{MODULE_UNIT_NAME}": (MODULE_UNIT.encode(), 0o644)},
          postinst=dkms_postinst(kernel_release, build_seconds))
     _deb(repo, "libnvidia-ml1", arch, "NVIDIA Management Library (the lab's fake)",
          files={f"/usr/lib/{fake_nvml.multiarch()}/{fake_nvml.SONAME}": (lib, 0o644)})
@@ -175,7 +196,7 @@ def install_into(machine, repo: Path, gpus: list[fake_nvml.FakeGpu]) -> None:
     the fake NVML's config (the hardware it will report once libnvidia-ml1 is installed), the
     stand-in PCI devices, and this repository as an apt source preferred for its packages."""
     machine.run(["sh", "-c", f"mkdir -p /etc/fake-nvml && cat > {fake_nvml.DEFAULT_CONFIG_PATH}"],
-                input=fake_nvml.render_config(gpus, driver_version=DRIVER_VERSION))
+                input=fake_nvml.render_config(gpus, driver_version=DRIVER_VERSION, mode="driver-not-loaded"))
     machine.run(["sh", "-c", pci_devices_script(gpus)])
     machine.copy_in(repo, REPO_IN_MACHINE)
     machine.run(["sh", "-c", f"cat > {SOURCE_LIST}"], input=apt_source_line(REPO_IN_MACHINE) + "\n")
