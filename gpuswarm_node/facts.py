@@ -226,7 +226,7 @@ PACKAGE_INSTALLED = fact("package_installed", DERIVED, parse=_package_installed)
 PACKAGE_VERSION = fact("package_version", DERIVED, parse=_package_version)  # str, "" when dpkg knows none
 
 
-# --- systemd units: one `systemctl show` per unit -------------------------------------------------
+# --- systemd units: one `systemctl show` for the units the steps look at --------------------------
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "UnitFileState", "MainPID", "FragmentPath", "DropInPaths",
                    "ExecStart", "Environment", "EnvironmentFiles")
@@ -236,8 +236,30 @@ def _unit_show(result: CommandResult, _arg: str) -> str:
     return result.stdout if result.ok else ""
 
 
-UNIT_SHOW = fact("unit_show", COMMAND,
-                 lambda unit: ["systemctl", "show", f"--property={','.join(UNIT_PROPERTIES)}", unit], _unit_show)
+# The units the steps look at (docker, boot, metadata-guard), shown by one process: `systemctl show`
+# prints one block of properties per unit, in the order given, with an empty line between blocks.
+SHOWN_TOGETHER = ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service")
+
+
+def _units_show(result: CommandResult, _arg: str) -> dict[str, str]:
+    blocks = result.stdout.split("\n\n") if result.ok else []
+    return dict(zip(SHOWN_TOGETHER, blocks)) if len(blocks) >= len(SHOWN_TOGETHER) else {}
+
+
+UNITS_SHOW = fact("units_show", COMMAND,
+                  lambda _: ["systemctl", "show", f"--property={','.join(UNIT_PROPERTIES)}", *SHOWN_TOGETHER],
+                  _units_show, takes_arg=False)
+ONE_UNIT_SHOW = fact("one_unit_show", COMMAND,
+                     lambda unit: ["systemctl", "show", f"--property={','.join(UNIT_PROPERTIES)}", unit], _unit_show)
+
+
+def _unit_show_of(facts: "Facts", unit: str) -> str:
+    together = facts.get(UNITS_SHOW) if unit in SHOWN_TOGETHER else {}
+    return together[unit] if unit in together else facts.get(ONE_UNIT_SHOW, unit)
+
+
+# The unit's `systemctl show` block ("" without systemd).
+UNIT_SHOW = fact("unit_show", DERIVED, parse=_unit_show_of)
 
 
 def unit_property(text: str, name: str) -> str:

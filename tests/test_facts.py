@@ -18,7 +18,11 @@ STATUS = ("Package: docker.io\nStatus: install ok installed\nPriority: optional\
           "Description: Linux container runtime\n continuation line\n\n"
           "Package: nvidia-container-toolkit\nStatus: deinstall ok config-files\nVersion: 1.17.8-1\n\n"
           "Package: hold-me\nStatus: hold ok installed\nVersion: 2\n")
-SHOW = "systemctl show --property=" + ",".join(F.UNIT_PROPERTIES) + " docker"
+SHOW = "systemctl show --property=" + ",".join(F.UNIT_PROPERTIES) + " " + " ".join(F.SHOWN_TOGETHER)
+DOCKER_BLOCK = ("LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nMainPID=812\n"
+                "FragmentPath=/lib/systemd/system/docker.service\n")
+BOOT_BLOCK = "LoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\nMainPID=0\n"
+GUARD_BLOCK = "LoadState=not-found\nActiveState=inactive\nUnitFileState=\nMainPID=0\n"
 
 
 def test_dpkg_status_file_says_what_dpkg_query_says():
@@ -31,22 +35,36 @@ def test_dpkg_status_file_says_what_dpkg_query_says():
     assert facts.get(F.PACKAGE_VERSION, "docker-ce") == ""
 
 
-def test_one_systemctl_show_answers_every_property_and_is_read_once():
-    host = FakeHost(commands={SHOW: {"stdout": "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\n"
-                                               "MainPID=812\nFragmentPath=/lib/systemd/system/docker.service\n"}})
+def test_one_systemctl_show_answers_every_property_of_every_unit_the_steps_look_at_and_is_read_once():
+    host = FakeHost(commands={SHOW: {"stdout": "\n".join([DOCKER_BLOCK, BOOT_BLOCK, GUARD_BLOCK])}})
     queries = []
     query = host.query
     host.query = lambda argv: queries.append(argv) or query(argv)
     facts = F.Facts(host)
+    asks = [(fact, unit) for fact in (F.UNIT_ACTIVE, F.UNIT_ENABLED, F.MAIN_PID, F.UNIT_LOADED)
+            for unit in F.SHOWN_TOGETHER] * 4
     with ThreadPoolExecutor(4) as pool:  # status's checks ask at once
-        answers = list(pool.map(lambda fact: facts.get(fact, "docker"),
-                                [F.UNIT_ACTIVE, F.UNIT_ENABLED, F.MAIN_PID, F.UNIT_LOADED] * 4))
-    assert answers == [True, True, 812, True] * 4
+        answers = list(pool.map(lambda ask: facts.get(*ask), asks))
+    assert answers == [True, False, False, True, True, False, 812, 0, 0, True, True, False] * 4
     assert len(queries) == 1
 
 
+def test_a_unit_no_step_names_is_shown_by_itself():
+    one = "systemctl show --property=" + ",".join(F.UNIT_PROPERTIES) + " containerd"
+    facts = F.Facts(FakeHost(commands={one: {"stdout": "ActiveState=active\n"}}))
+    assert facts.get(F.UNIT_ACTIVE, "containerd")
+
+
+def test_the_steps_units_are_the_ones_shown_together():
+    from gpuswarm_node.steps import boot, metadata_guard
+
+    assert {"docker", boot.UNIT_NAME, metadata_guard.UNIT_NAME} == set(F.SHOWN_TOGETHER)
+
+
 def test_no_systemd_means_not_active_and_not_enabled():
-    facts = F.Facts(FakeHost(commands={SHOW: {"rc": 1, "stderr": "System has not been booted with systemd\n"}}))
+    one = "systemctl show --property=" + ",".join(F.UNIT_PROPERTIES) + " docker"
+    no_systemd = {"rc": 1, "stderr": "System has not been booted with systemd\n"}
+    facts = F.Facts(FakeHost(commands={SHOW: no_systemd, one: no_systemd}))
     assert facts.get(F.ACTIVE_STATE, "docker") == "" and not facts.get(F.UNIT_ENABLED, "docker")
     assert facts.get(F.MAIN_PID, "docker") == 0
 
