@@ -31,6 +31,12 @@ class FakeEngine(BaseHTTPRequestHandler):
             self._reply(200, json.dumps(FakeEngine.info).encode())
         elif self.path == f"/images/{IMAGE}/json":
             self._reply(200, b'{"Id": "sha256:abc"}')
+        elif self.path.startswith("/containers/json"):  # larger than one read of the socket
+            self._reply(200, json.dumps([{"Names": [f"/jupyter-{i}.1.x"]} for i in range(4000)]).encode())
+        elif self.path == "/broken":
+            self._reply(500, b'{"message": "boom"}')
+        elif self.path == "/garbage":
+            self.wfile.write(b"SSH-2.0-not-http\r\n")
         else:
             self._reply(404, b'{"message": "No such image"}')
 
@@ -73,3 +79,16 @@ def test_reads_go_over_the_socket_without_the_sdk(engine):
 def test_a_daemon_that_does_not_answer(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
     assert SdkDocker().unreachable_reason() == f"the Docker daemon does not answer at unix://{tmp_path / 'nobody.sock'}"
+
+
+def test_a_long_answer_is_read_to_its_end_and_errors_are_named(engine):
+    from gpuswarm_node.errors import StepFailed
+    from gpuswarm_node.probes.docker import EngineSocket
+
+    reader = EngineSocket(str(engine))
+    assert len(reader.get("/containers/json")) == 4000
+    with pytest.raises(StepFailed, match=r"answered 500 to GET /broken: \{\"message\": \"boom\"\}"):
+        reader.get("/broken")
+    with pytest.raises(StepFailed, match="answered no HTTP to GET /garbage: 'SSH-2.0-not-http"):
+        reader.get("/garbage")
+    assert reader.get("/images/absent/json", missing_ok=True) is None

@@ -1,14 +1,16 @@
 """The Docker daemon: its swarm membership, images, running containers, pulls and joins.
 
 Reads (ping, /info, image lookups, containers) go straight to a local daemon's unix socket as
-HTTP GETs of the Engine API with the standard library (EngineSocket). Changes (pull, join, init,
+HTTP/1.0 GETs of the Engine API over the standard library's socket (EngineSocket): one request per
+connection, the answer read to its end, so neither chunked bodies nor keep-alive arise, and the
+status line and the body are all there is to read. http.client would do the same but imports the
+email package and ssl (about 10 ms of status's start on the benchmark's node, bench/results.md). Changes (pull, join, init,
 leave, image removal), and every read when DOCKER_HOST is not a unix socket, go through the
 Docker SDK, imported on first use, so that commands that only read never pay for it.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -67,17 +69,6 @@ def unix_socket_path(host: str) -> str | None:
     return host[len("unix://"):] if host.startswith("unix://") else None
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-
-
 class EngineSocket:
     """Read-only GETs of the Engine API over its unix socket, with the standard library."""
 
@@ -85,21 +76,28 @@ class EngineSocket:
         self.path, self.timeout = path, timeout
 
     def get(self, url: str, missing_ok: bool = False):
-        conn = _UnixHTTPConnection(self.path, self.timeout)
+        """The answer to GET `url` (a path, already quoted): parsed JSON, or text; None for a 404
+        when `missing_ok`. StepFailed when the daemon does not answer, or answers otherwise."""
+        chunks = []
         try:
-            conn.request("GET", url, headers={"Host": "docker"})
-            response = conn.getresponse()
-            body = response.read()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                sock.sendall(f"GET {url} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
         except OSError as exc:
             raise StepFailed(f"the Docker daemon does not answer at unix://{self.path} ({exc}).",
                              "Make sure docker is installed and running (setup --only docker).") from None
-        finally:
-            conn.close()
-        if response.status == 404 and missing_ok:
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        words = head.split(b"\r\n", 1)[0].split()
+        status = int(words[1]) if len(words) > 1 and words[0].startswith(b"HTTP/") and words[1].isdigit() else 0
+        if status == 404 and missing_ok:
             return None
-        if response.status != 200:
-            raise StepFailed(f"the Docker daemon answered {response.status} to GET {url}: "
-                             f"{body.decode(errors='replace').strip()}.", "Check the Docker daemon's log.")
+        if status != 200:
+            answer = f"{status} to GET {url}: {body.decode(errors='replace').strip()}" if status else \
+                f"no HTTP to GET {url}: {head[:80].decode(errors='replace')!r}"
+            raise StepFailed(f"the Docker daemon answered {answer}.", "Check the Docker daemon's log.")
         return json.loads(body) if body.strip().startswith((b"{", b"[")) else body.decode()
 
     def unreachable_reason(self) -> str | None:
