@@ -241,9 +241,15 @@ def setup(
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
+        from .render import save_cache, use_cache
+
+        use_cache()
         report = apply_plan(setup_plan(selected), ctx, dry_run, json_out)
         if not dry_run:
             from .steps.boot import reboot_if_allowed
+
+            if not only and not skip:  # every step rendered its files: what status will render
+                save_cache()
 
             line = reboot_if_allowed(report, ctx)
             if line:
@@ -270,6 +276,9 @@ def status(
         from .ui import status_table
 
         cfg = source.load()
+        from .render import use_cache
+
+        use_cache()
         if prometheus is not None:
             from .metrics import check_path
 

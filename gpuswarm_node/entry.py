@@ -92,11 +92,12 @@ def _status(config: str | None, json_out: bool) -> int | None:
     if warnings:
         return None
 
-    from . import steps
+    from . import render, steps
     from .context import Context, RunOptions
     from .engine import run_status
     from .host import LocalHost
 
+    render.use_cache()
     if json_out:
         def say_error(line: str) -> None:  # as the CLI says it, without rich's markup
             sys.stderr.write(line + "\n")

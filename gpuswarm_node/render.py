@@ -1,13 +1,24 @@
 """Every file the tool writes comes from a Jinja2 template under templates/.
 
-jinja2 (about 14 ms to import) is imported on the first render, not with this module, which every
-step imports: commands that render nothing (`version`, `--help`, a configuration error) do not pay
-for it. `status` still does: the docker-daemon check renders the files it compares."""
+jinja2 (about 15 ms to import, and each template compiled at its first use) is imported on the
+first render, not with this module, which every step imports: commands that render nothing
+(`version`, `--help`, a configuration error) do not pay for it.
+
+`status` and `setup` compare files with what their templates render, on a converged node the
+same text at every run. So those commands keep a render cache (`use_cache`): RENDER_CACHE holds
+the texts the last `setup` rendered, each under the SHA-256 of its template's name and source and
+of the values it was rendered with (JSON); a render whose key is there returns that text and
+jinja2 is never imported. A changed template or value is another key, rendered by jinja2. Only
+`setup` writes the cache (`save_cache`: what this run rendered, nothing older), root's, 0600; a
+cache that is not root's or that others could write is not read.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,5 +57,56 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+RENDER_CACHE = "/var/lib/gpuswarm-node/render-cache.json"
+_cache: dict[str, str] | None = None  # key -> text, while a command uses the cache
+_cache_path: str = RENDER_CACHE
+_used: dict[str, str] = {}  # what this run rendered or found, for save_cache
+
+
+def use_cache(path: str = RENDER_CACHE) -> None:
+    """Use the render cache at `path` for the rest of this process (empty when it is missing,
+    unreadable, unsafe or not the cache's format)."""
+    global _cache, _cache_path
+    from .errors import GpuswarmError
+    from .host import read_record
+
+    _cache_path, _cache = path, {}
+    try:
+        if os.lstat(path).st_mode & 0o022:  # another user could have written it
+            return
+        text = read_record(Path(path), "render cache")  # the running user's (root's), no symlink
+        data = json.loads(text) if text else {}
+    except (OSError, ValueError, GpuswarmError):
+        return
+    if isinstance(data, dict):
+        _cache = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def save_cache() -> None:
+    """Write what this run rendered as the cache (a run that used no cache writes nothing)."""
+    if _cache is None or _used == _cache:
+        return
+    from .host import atomic_write, ensure_dir
+
+    ensure_dir(os.path.dirname(_cache_path), 0o755)
+    atomic_write(Path(_cache_path), json.dumps(_used, sort_keys=True), 0o600)
+
+
+def _key(template: str, values: dict) -> str | None:
+    try:
+        source = (templates_dir() / template).read_bytes()
+        given = json.dumps(values, sort_keys=True, default=repr).encode()
+    except (OSError, TypeError, ValueError):
+        return None
+    return hashlib.sha256(template.encode() + b"\0" + source + b"\0" + given).hexdigest()
+
+
 def render(template: str, **values) -> str:
-    return _environment().get_template(template).render(**values)
+    key = _key(template, values) if _cache is not None else None
+    if key is not None and key in _cache:
+        text = _cache[key]
+    else:
+        text = _environment().get_template(template).render(**values)
+    if key is not None:
+        _used[key] = text
+    return text
