@@ -1,5 +1,6 @@
 """Runs inside the lab worker under the product's own Python (copied there by bench/run.py): one
-`gpuswarm-node status` with its parts timed, to show where its wall time goes.
+`gpuswarm-node status` with its parts timed, to show where its wall time goes. It runs what the
+program's entry (gpuswarm_node.entry) runs for a plain `status`: its short path, without typer.
 
     /opt/gpuswarm-node/venv/bin/python profile_status.py OUT.jsonl gpuswarm-node status --config FILE
 
@@ -7,7 +8,7 @@ Nothing of the product is edited: two of its seams are wrapped at run time. `sub
 command the checks start goes through it) records argv, duration and the step it ran for, and
 `engine.safe_check` (the status runner calls it once per step, possibly from several threads at
 once) records when each step's check started and ended. Writes one JSON object to
-OUT.jsonl: the seconds spent importing the CLI, in the command's body, per step, per subprocess,
+OUT.jsonl: the seconds spent importing the entry, in the command's body, per step, per subprocess,
 appended to OUT.json as one line per run. The product's own output goes to stdout and stderr as usual.
 """
 
@@ -38,7 +39,7 @@ def timed_run(*args, **kwargs):
 
 subprocess.run = timed_run
 
-from gpuswarm_node import cli, engine  # noqa: E402
+from gpuswarm_node import engine, entry  # noqa: E402
 
 imported = time.perf_counter()
 _safe_check = engine.safe_check
@@ -56,10 +57,12 @@ def timed_check(step, ctx):
 
 engine.safe_check = timed_check
 code = 0
-try:
-    cli.main()
-except SystemExit as exc:
-    code = exc.code if isinstance(exc.code, int) else 0
+plain = entry.plain_status(sys.argv[1:])
+if plain is None:
+    sys.exit(f"profile_status.py: not a plain status command line: {sys.argv[1:]}")
+code = entry._status(*plain)
+if code is None:
+    sys.exit("profile_status.py: the configuration warns or fails; run status itself to see why")
 finished = time.perf_counter()
 with open(out_path, "a") as f:
     f.write(json.dumps({"exit_code": code, "import_cli_seconds": imported - started,

@@ -447,11 +447,12 @@ def negative_control(worker, home: str) -> dict:
 
 
 def importtime(worker, config: str, user: str) -> dict:
-    """`python -X importtime -m gpuswarm_node.cli status`, three times; the fastest total kept."""
+    """`python -X importtime -m gpuswarm_node.entry status` (the program's entry, as
+    /usr/local/bin/gpuswarm-node runs it), three times; the fastest total kept."""
     best = None
     for _ in range(3):
         result = worker.machine.run(
-            ["sh", "-c", f'cd /root && exec {GSN_PYTHON} -X importtime -m gpuswarm_node.cli status --config "$1"',
+            ["sh", "-c", f'cd /root && exec {GSN_PYTHON} -X importtime -m gpuswarm_node.entry status --config "$1"',
              "sh", config], env={"SUDO_USER": user}, check=False)
         require(result.returncode == 0, f"status under -X importtime exited {result.returncode}")
         rows = []
@@ -597,13 +598,16 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     rss = {name: statistics.median(r.get("max_rss_kib", 0) for r in runs) / 1024 for name, runs in data.items()}
     floor = (f"bounded by the CLI's own start (`version`: {ms(s['version']['median'])}, of which the "
              f"interpreter {ms(s['python']['median'])})")
+    status_floor = (f"bounded by the interpreter ({ms(s['python']['median'])}), the imports "
+                    f"({ms(imports['total_us'] / 1e6)} under -X importtime) and the checks' processes")
     setup_sh = fresh["wall_seconds"] - steps_wall(fresh["steps"])
     g3 = overlap_figures(fresh["steps"], fresh.get("pull_seconds"))
     goals = [
-        ("1. status median <= 150 ms", f"{ms(s['status']['median'])}; {floor}",
+        ("1. status median <= 150 ms", f"{ms(s['status']['median'])}; {status_floor}",
          s["status"]["median"] <= GOAL_STATUS_S),
         ("1. status >= 40x faster than the Ansible playbook", f"{ratio:.1f}x", ratio >= GOAL_RATIO),
-        ("2. setup (converged) median <= 200 ms", f"{ms(s['setup']['median'])}; {floor}",
+        ("2. setup (converged) median <= 200 ms", f"{ms(s['setup']['median'])}; {floor}, and one SSH "
+         "session to the manager, which setup asks for the node's labels at every run (it repairs them there)",
          s["setup"]["median"] <= GOAL_SETUP_S),
         ("2. setup (converged): zero changes, zero Docker restarts",
          f"changed=[] and MainPID unchanged in all {s['setup']['n']} runs", True),
@@ -739,7 +743,7 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
     w("")
     subs = prof["subprocesses"]
     w(f"One status run with its seams timed (bench/profile_status.py; the run of median process time out of "
-      f"{prof['runs']}): {ms(prof['process_seconds'])} for the process. Of that, importing the CLI (typer, rich) "
+      f"{prof['runs']}): {ms(prof['process_seconds'])} for the process. Of that, importing the program's entry "
       f"took {ms(prof['import_cli_seconds'])}; the command's body {ms(prof['body_seconds'])}, which includes the "
       f"imports it makes on the way and {len(subs)} subprocesses ({ms(sum(c['seconds'] for c in subs))} added up); "
       f"the rest, {ms(prof['process_seconds'] - prof['import_cli_seconds'] - prof['body_seconds'])}, is the "
@@ -773,7 +777,7 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
         argv = " ".join(c["argv"]) if isinstance(c["argv"], list) else c["argv"]
         w(f"| `{argv}` ({c['step'] or 'outside the checks'}) | {ms(c['seconds'])} |")
     w("")
-    w(f"`python -X importtime -m gpuswarm_node.cli status` (fastest of 3): {imports['modules']} modules, "
+    w(f"`python -X importtime -m gpuswarm_node.entry status` (fastest of 3): {imports['modules']} modules, "
       f"{ms(imports['total_us'] / 1e6)} importing in all. Top 10 by cumulative time (depth 0 is imported "
       "directly by the command):")
     w("")
