@@ -13,7 +13,7 @@ only skips its imports.
 
 A finished `status` (either path) ends with `os._exit` once its output is flushed: it wrote no
 file that is still open and holds no lock, and the interpreter's teardown of the modules it loaded
-(about 30 ms on a small machine, bench/results.md) would only delay the exit code monitoring waits for.
+(about 20 to 30 ms on a small machine, bench/results.md) would only delay the exit code monitoring waits for.
 """
 
 from __future__ import annotations
