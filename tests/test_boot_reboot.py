@@ -58,3 +58,20 @@ def test_no_reboot_when_not_allowed_or_nothing_would_resume(reboot, boot, says):
 def test_the_reboot_key_takes_only_its_words():
     with pytest.raises(config.ConfigError, match="must be one of off, auto"):
         config.from_tables({"node": {"reboot": "yes"}})
+
+
+def test_the_boot_runs_find_the_boot_config_as_they_would_write_it(monkeypatch):
+    # The first setup runs through sudo (node.user from SUDO_USER, added after the file's own
+    # keys); the boot unit's runs load the file it wrote, without SUDO_USER: same text, no change.
+    from gpuswarm_node.config import tomllib
+    from gpuswarm_node.steps.boot import BOOT_CONFIG, BootStep, boot_config_text
+
+    monkeypatch.setenv("SUDO_USER", "alice")
+    first = Context(config=config.from_tables({"node": {"reboot": "auto"}, "swarm": {"manager": "hub.example.org"},
+                                               "gpu": {"slices_per_gpu": 2}}), host=FakeHost())
+    written = boot_config_text(first)
+    monkeypatch.delenv("SUDO_USER")
+    host = FakeHost.from_case({"files": {BOOT_CONFIG: written}})
+    again = Context(config=config.from_tables(tomllib.loads(written)), host=host)
+    assert boot_config_text(again) == written
+    assert all(w.path != BOOT_CONFIG for w in BootStep().check(again).actions if hasattr(w, "path"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from ..config import tables, to_toml, tomllib
+from ..config import from_tables, tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
@@ -54,6 +54,9 @@ def boot_config_text(ctx: Context) -> str:
     user = ctx.config.node_user or recorded_user(ctx)
     if user:
         data.setdefault("node", {})["user"] = user
+        # In the configuration's own order (its sections, then each section's keys), as a run
+        # that loads this file writes it: the boot runs then find it unchanged.
+        data = tables(from_tables(data, origin=BOOT_CONFIG))
     header = (f"# Written by gpuswarm-node setup: the configuration of its last run, which {UNIT_NAME}\n"
               "# runs setup with at every boot. Run setup with your config to change it; edits here are undone.\n")
     return header + to_toml(data)
@@ -63,7 +66,6 @@ def recorded_config_problem(recorded: str, wanted: str) -> tuple[str | None, lis
     """Whether a boot config an earlier setup wrote (`recorded`, TOML text) can drive the boot
     runs: (why not, or None; the `section.key` names in which it differs from `wanted`, this
     run's boot config text). A config that parses and validates is usable whatever its values."""
-    from ..config import from_tables
     from ..errors import GpuswarmError
 
     try:
