@@ -272,14 +272,20 @@ def open_owned(path: Path, flags: int, mode: int) -> tuple[int | None, str | Non
 
 
 def _open_record(path: Path, flags: int, mode: int, what: str) -> int | None:
-    """A record file opened by `open_owned`; None when it does not exist and `flags` do not
-    create it."""
+    """A record file opened by `open_owned`, and writable by nobody else: what root reads back from
+    it (reset acts on the journal) must be root's alone. None when it does not exist and `flags`
+    do not create it."""
     try:
         fd, problem = open_owned(path, flags, mode)
     except FileNotFoundError:
         if flags & os.O_CREAT:
             raise
         return None
+    if problem is None:
+        bits = stat.S_IMODE(os.fstat(fd).st_mode)
+        if bits & 0o022:
+            os.close(fd)
+            problem = f"is writable by {'others' if bits & 0o002 else 'its group'} (mode {bits:04o})"
     if problem:
         raise StepFailed(f"{what} {path} {problem}, so the tool will not use it.",
                          f"Move it aside (mv {path} {path}.suspect) and run again.")

@@ -290,6 +290,22 @@ def test_the_lock_file_is_made_private(tmp_path):
         assert mode(lock) == 0o600
 
 
+@pytest.mark.parametrize("bits, says", [(0o622, "writable by others (mode 0622)"),
+                                        (0o620, "writable by its group (mode 0620)")])
+def test_a_journal_someone_else_could_write_is_neither_read_nor_appended(tmp_path, bits, says):
+    journal_dir = tmp_path / "lib"
+    journal_dir.mkdir(mode=0o700)
+    path = journal_dir / "changes.jsonl"
+    path.write_text('{"kind": "write", "path": "/etc/shadow", "undo": {"op": "remove", "path": "/etc/shadow"}}\n')
+    os.chmod(path, bits)
+    journal = Journal(str(path))
+    with pytest.raises(StepFailed, match=f"journal .* is {re.escape(says)}"):
+        journal.entries()  # reset must not act on what another user may have written
+    with pytest.raises(StepFailed, match=f"journal .* is {re.escape(says)}"):
+        journal.record(kind="write", path="/etc/fstab")
+    assert mode(path) == bits and path.read_text().count("\n") == 1
+
+
 def test_the_journal_refuses_a_symlink_and_an_open_directory(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("keep\n")
