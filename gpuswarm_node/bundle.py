@@ -205,8 +205,11 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
                   "    encoding: b64", "    content: |", _b64(content, "      ")]
     fetch = []
     if tool_url is not None:
-        fetch = [f"python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "
-                 f"{shlex.quote(tool_url)} {TOOL_ON_WORKER}",
+        # First boot: the network (or the server) may answer a little later; a minute of tries,
+        # and the digest check says it when none worked.
+        fetch = [f"for try in 1 2 3 4 5 6 7 8 9 10; do python3 -c 'import sys, urllib.request; "
+                 f"urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' {shlex.quote(tool_url)} {TOOL_ON_WORKER} "
+                 "&& break; sleep 6; done",
                  f"echo '{digest}  {TOOL_ON_WORKER}' | sha256sum -c -"]
     install = [*fetch,
                f"rm -rf {SOURCE_ON_WORKER}", f"install -d -m 0755 {SOURCE_ON_WORKER}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,15 @@ def tool_url(manager, lab_tmp):
                               start_new_session=True)
     try:
         url = f"https://{manager.address}:{TOOL_PORT}/{tarball.name}"
+
+        def listening() -> bool:
+            try:
+                socket.create_connection((manager.address, TOOL_PORT), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for("the tool server listening", listening, timeout=30)
         yield url, tarball
     finally:
         kill_and_wait([server.pid])
