@@ -148,7 +148,8 @@ def apt_command(tmp_path: Path, lock_file: Path, lock_timeout: int) -> apt.AptCo
 def test_an_apt_command_waits_for_a_held_lock_then_runs_once_with_the_time_left(lock_file, hold, tmp_path,
                                                                                 monkeypatch):
     monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
-    ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")))
+    ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")),
+                  log_dir=str(tmp_path / "log"))
     hold(1.5)
     apt_command(tmp_path, lock_file, 20).execute(ctx)
     [argv] = [line for line in (tmp_path / "ran.jsonl").read_text().splitlines()]
@@ -159,7 +160,8 @@ def test_an_apt_command_waits_for_a_held_lock_then_runs_once_with_the_time_left(
 def test_an_apt_command_still_refused_at_the_deadline_fails_naming_the_holder(lock_file, hold, tmp_path,
                                                                               monkeypatch):
     monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
-    ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")))
+    ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")),
+                  log_dir=str(tmp_path / "log"))
     child = hold(60)
     started = time.monotonic()
     with pytest.raises(StepFailed) as failure:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuswarm_node import config, lifecycle, reset
+from gpuswarm_node import config, lifecycle, reset, runlog
 from gpuswarm_node.engine import State, run_plan
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.journal import Journal
@@ -160,6 +160,11 @@ def run_reset(tmp_path, monkeypatch, ctx, *flags: str):
     journal = journal_with(tmp_path, ENTRIES)
     monkeypatch.setattr(journal_module, "Journal", lambda: journal)
     monkeypatch.setattr(lock, "LOCK_PATH", str(tmp_path / "gpuswarm-node.lock"))
+    # The run log under tmp_path, not the machine's /var/log (the CLI calls runlog's functions).
+    run_log = str(tmp_path / "log" / "runs.jsonl")
+    prepare, append = runlog.prepare, runlog.append
+    monkeypatch.setattr(runlog, "prepare", lambda path=run_log: prepare(path))
+    monkeypatch.setattr(runlog, "append", lambda report, path=run_log: append(report, path))
     options: dict = {}
     monkeypatch.setattr(cli, "make_context", lambda cfg, json_mode, **kw: (options.update(kw), ctx)[1])
     config_file = tmp_path / "node.toml"
@@ -185,6 +190,7 @@ def test_the_reset_command_passes_its_flags_on(tmp_path, monkeypatch):
     assert "reset summary" in result.output
     assert "run systemctl restart docker" in host.actions and docker.calls == ["leave"]
     assert not journal.path.exists()  # archived: a second reset finds nothing
+    assert '"mode": "reset"' in (tmp_path / "log" / "runs.jsonl").read_text()
 
 
 def test_the_reset_plan_shows_the_drain(tmp_path, monkeypatch):
