@@ -96,9 +96,7 @@ def test_purge_removes_the_tools_own_files_and_keeps_the_rest(tmp_path):
     assert purge.execute(p, owner=ME).done == []
 
 
-def test_a_path_that_is_not_roots_is_refused_and_the_rest_goes(tmp_path):
-    if ME != 0:
-        pytest.skip("chown needs root")
+def test_a_path_that_is_not_roots_is_refused_and_the_rest_goes(tmp_path, as_root):  # chown: root, or fail
     p, _ = make_machine(tmp_path)
     planted = p.prefix / VENV / "lib" / "site-packages" / "planted.pth"
     planted.write_text("")
