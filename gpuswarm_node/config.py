@@ -73,6 +73,9 @@ MIN_SLICE_MEMORY_TEXT = "256MiB"
 # not hours; a longer wait hides a lock nobody will release (a hung dpkg) behind a setup that
 # seems to hang.
 MAX_APT_LOCK_TIMEOUT = 3600
+# swarm.labels_recheck: labels someone removed on the manager keep notebooks off the node until
+# setup repairs them; longer than a week is no longer a repair.
+MAX_LABELS_RECHECK = 7 * 24 * 3600
 
 # tmpfs.path may not be one of these, nor below SYSTEM_TREES: a tmpfs there hides the system's own
 # files (mounted over /etc, it hides the configuration of every program until it is unmounted).
@@ -298,6 +301,9 @@ class SwarmConfig:
     host_key_fingerprint: str = key("", "Pinned SHA256 fingerprint of the manager's host key (as ssh-keygen -lf "
                                         "prints it), instead of known_hosts.")
     advertise_addr: str = key("", "Address other nodes reach this node on; empty lets Docker choose.")
+    labels_recheck: int = key(3600, "Seconds setup trusts the node labels it last found right on the manager "
+                                    "(/var/lib/gpuswarm-node/node-labels.json) before it asks the manager again "
+                                    "(an SSH session); 0 asks at every run.")
 
 
 @dataclass(frozen=True)
@@ -526,6 +532,9 @@ def _validate_paths(cfg: Config, bad) -> None:
 def _validate_swarm(swarm: SwarmConfig, bad) -> None:
     if not 1 <= swarm.ssh_port <= 65535:
         raise bad("swarm", "ssh_port", f"must be a TCP port (1-65535), got {swarm.ssh_port}")
+    if not 0 <= swarm.labels_recheck <= MAX_LABELS_RECHECK:
+        raise bad("swarm", "labels_recheck", f"must be from 0 to {MAX_LABELS_RECHECK} seconds (a week), "
+                  f"got {swarm.labels_recheck}")
     if swarm.manager:
         if swarm.manager.startswith("["):
             raise bad("swarm", "manager", f"must be an IPv6 address without brackets, got {swarm.manager!r}")

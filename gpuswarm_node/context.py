@@ -111,6 +111,10 @@ class Context:
     touched: set[str] = field(default_factory=set, init=False)
     # What this run's actions established that a later check reads (the node id drained, left).
     outcomes: dict[str, str] = field(default_factory=dict, init=False)
+    # The tool's records a check found still true by asking their source again (the node labels
+    # the manager holds): a run that may change the machine renews their time (Host.touch) at its
+    # end, which is no change of the machine.
+    confirmed: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         given = self.given_facts if self.given_facts is not None else getattr(self.host, "facts", None)

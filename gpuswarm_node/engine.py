@@ -583,6 +583,9 @@ def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
                 report = _report(item.closing, item.closing.planned(ctx), started)
                 ctx.reporter.step_finished(report)
                 reports.append(report)
+    if not dry_run and not any(p.problem for p in preflight):
+        for path in dict.fromkeys(ctx.confirmed):
+            ctx.host.touch(path)
     return RunReport(reports, "dry-run" if dry_run else plan.command, plan.command, preflight)
 
 

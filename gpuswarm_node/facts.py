@@ -122,6 +122,12 @@ class Facts:
             self.generation += 1
 
 
+def _age(mtime: float | None) -> float | None:
+    import time
+
+    return None if mtime is None else time.time() - mtime
+
+
 def fact(name: str, kind: str, source: Callable[[str], Any] | None = None,
          parse: Callable[..., Any] = _same, takes_arg: bool = True) -> Fact:
     return Fact(name, kind, source, parse, takes_arg)
@@ -132,6 +138,9 @@ def fact(name: str, kind: str, source: Callable[[str], Any] | None = None,
 FILE_TEXT = fact("file", FILE, lambda path: path)              # str | None
 FILE_BYTES = fact("file_bytes", HOST, lambda path: lambda host: host.read_bytes(path))  # bytes | None
 MTIME = fact("mtime", HOST, lambda path: lambda host: host.mtime(path))  # float | None
+# Seconds since the file was last modified, by this machine's clock (negative: modified "in the
+# future", a clock set back); None when it does not exist.
+AGE = fact("age", HOST, lambda path: lambda host: _age(host.mtime(path)))  # float | None
 FILE_STATUS = fact("file_status", STAT, lambda path: path)     # FileStatus | None
 DIR_ENTRIES = fact("dir_entries", LISTDIR, lambda path: path)  # list[str], sorted
 ON_PATH = fact("which", WHICH, lambda program: program)        # str | None

@@ -82,6 +82,10 @@ class Host(Protocol):
 
     def mtime(self, path: str) -> float | None: ...
 
+    def touch(self, path: str) -> None:
+        """Set the file's modification time to now, a symlink not followed; nothing when it does
+        not exist. Its content, owner and mode stay (for the tool's records: when last confirmed)."""
+
     def file_status(self, path: str) -> FileStatus | None:
         """The path's own owner and mode, a symlink not followed; None when it does not exist."""
 
@@ -673,6 +677,12 @@ class LocalHost:
             return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
+
+    def touch(self, path: str) -> None:
+        try:
+            os.utime(path, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
 
     def validate_docker_config(self, content: str) -> str | None:
         # `dockerd --validate` came with Engine 23; Debian 12's docker.io is 20.10.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -152,6 +153,11 @@ class FakeHost:
 
     def mtime(self, path: str) -> float | None:
         return self.mtimes.get(path, 0.0 if path in self.files else None)
+
+    def touch(self, path: str) -> None:
+        if path in self.files:
+            self.mtimes[path] = time.time()
+            self.actions.append(f"touch {path}")
 
     def file_status(self, path: str) -> FileStatus | None:
         if path in self.stats:

@@ -233,3 +233,28 @@ def test_the_machine_reports_its_os_release_and_memory_as_the_files_say():
     mem_total_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                          if line.startswith("MemTotal:"))
     assert host.memory_bytes() // 1024 == mem_total_kib
+
+
+def test_touch_renews_a_records_time_and_nothing_else_and_never_follows_a_symlink(tmp_path):
+    from gpuswarm_node import facts as F
+
+    record, target = tmp_path / "record.json", tmp_path / "target"
+    record.write_text("{}")
+    os.chmod(record, 0o600)
+    os.utime(record, (1000, 1000))
+    target.write_text("x")
+    os.utime(target, (1000, 1000))
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    host = LocalHost()
+
+    host.touch(str(record))
+    host.touch(str(link))
+    host.touch(str(tmp_path / "missing"))  # nothing to renew: no error, nothing made
+
+    assert time.time() - record.stat().st_mtime < 60 and record.read_text() == "{}"
+    assert oct(record.stat().st_mode & 0o777) == "0o600"
+    assert target.stat().st_mtime == 1000  # the link's own time changed, not its target's
+    assert not (tmp_path / "missing").exists()
+    age = F.Facts(host).get(F.AGE, str(record))
+    assert 0 <= age < 60 and F.Facts(host).get(F.AGE, str(tmp_path / "missing")) is None

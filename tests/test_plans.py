@@ -220,3 +220,35 @@ def test_a_write_other_than_the_step_declares_fails_the_step_before_it_runs():
         [row] = report.steps
         assert row.state.value == "failed" and "render would differ from setup" in row.detail
         assert host.actions == []
+
+
+@dataclass
+class Confirms:
+    """A step whose check asked a record's source again and found the record still true."""
+
+    name: str = "confirms"
+    description: str = "asks the source of its record"
+    record: str = "/var/lib/gpuswarm-node/node-labels.json"
+
+    def check(self, ctx):
+        ctx.confirmed.append(self.record)
+        return ok("the source says what the record says")
+
+    def files(self, ctx):
+        return []
+
+
+def test_a_record_confirmed_by_its_source_has_its_time_renewed_at_the_runs_end_without_a_change():
+    ctx, host, _ = context()
+    host.files[Confirms.record] = "{}"
+    report = run_plan(Plan("setup", (Confirms(), Confirms())), ctx)
+    assert host.actions == [f"touch {Confirms.record}"]  # once, however many checks confirmed it
+    assert host.mtimes[Confirms.record] > 0 and not any(row.changed for row in report.steps)
+
+
+def test_a_dry_run_or_a_failed_preflight_renews_no_record():
+    for dry_run, preflight in ((True, ()), (False, (Preflight("ssh-key", lambda ctx: "no key"),))):
+        ctx, host, _ = context()
+        host.files[Confirms.record] = "{}"
+        run_plan(Plan("setup", (Confirms(),), preflight), ctx, dry_run=dry_run)
+        assert host.actions == [] and Confirms.record not in host.mtimes

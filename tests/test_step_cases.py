@@ -84,6 +84,8 @@ def test_step_case(path: Path, monkeypatch) -> None:
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"
     if "manager_reads" in expect:
         assert manager.reads == expect["manager_reads"]
+    # The records the check found confirmed by their source (their time renewed at a run's end).
+    assert ctx.confirmed == expect.get("confirmed", [])
     if check.state is State.OK:
         assert check.detail, "a converged step must say why nothing is to be done"
     if "diff_contains" in expect:

@@ -16,12 +16,21 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 Other labels of the `gpuswarm.` prefix are removed; labels outside it are never touched. They are
 set through the manager (a worker cannot label itself), through the hub's gate when it has one.
 
-setup asks the manager for the node's labels at every run (it repairs what someone changed there)
-and records what the manager holds once it is right: RECORD, the node's id, the manager and the
-labels. `status` reads that record instead: fleets run it from cron on every node, and an SSH
-session to the hub from each of them at every run (about half a second on the node, a login on
-the hub) is not what a health check should cost. When the record does not match (another node id,
-manager or GPU inventory, or no record yet), status asks the manager as setup does.
+setup records what the manager holds once it is right: RECORD, the node's id, the manager and the
+labels; the record's modification time is when the manager last said so. An SSH session to the
+hub costs about half a second on the node and a login on the hub, and fleets run setup (a repair)
+and status (a health check) from cron on every node, so:
+
+- setup asks the manager when the record does not match (another node id, manager or GPU
+  inventory, or no record yet) or is older than `swarm.labels_recheck` seconds (default an hour;
+  0: at every run). When the manager's labels are still right, the run renews the record's time
+  (Host.touch at the run's end: no change of the machine). Labels someone removed on the manager
+  are so repaired within that time of the next setup.
+- status trusts a matching record whatever its age (it changes nothing either way), and asks the
+  manager only when the record does not match.
+
+A record is trusted only when it is root's, a regular file and writable by nobody else (a record
+anyone could write would let them hide a repair); otherwise it is written again.
 """
 
 from __future__ import annotations
@@ -122,24 +131,51 @@ class NodeLabelsStep:
         if membership.state != "active" or membership.is_manager:
             # Planned after swarm-join: the node has no place on the manager yet.
             return needs_change("this node is not yet a worker of the manager's swarm; label it once it is", action)
-        record = PlannedFile(RECORD, record_text(membership.node_id, ctx.config.swarm.manager, wanted))
-        if ctx.options.diagnose and ctx.fact(F.FILE_TEXT, RECORD) == record.content:
-            return ok(f"labelled {describe(wanted)}, as setup found them on {ctx.config.swarm.manager} ({RECORD}; "
+        manager = ctx.config.swarm.manager
+        record = PlannedFile(RECORD, record_text(membership.node_id, manager, wanted))
+        trusted = record_trusted(ctx)
+        recorded = trusted and ctx.fact(F.FILE_TEXT, RECORD) == record.content
+        if recorded and ctx.options.diagnose:
+            return ok(f"labelled {describe(wanted)}, as setup found them on {manager} ({RECORD}; "
                       "status does not ask the manager)")
+        if recorded:
+            age, recheck = ctx.fact(F.AGE, RECORD), ctx.config.swarm.labels_recheck
+            if age is not None and 0 <= age < recheck:
+                return ok(f"labelled {describe(wanted)}, as {manager} said {duration(age)} ago ({RECORD}); "
+                          f"setup asks it again when that is {duration(recheck)} old (swarm.labels_recheck)")
         try:
             with ctx.manager_session() as session:
                 have = session.node_labels(membership.node_id)
         except GpuswarmError as exc:
             return blocked(f"the manager cannot be asked for this node's labels: {exc.message()}")
-        write = write_wanted(ctx, record)
+        write = write_wanted(ctx, record, force=not trusted)
         if have == wanted:
             if write is not None:
-                return needs_change(f"labelled {describe(have)}; {RECORD} does not say so yet", write)
+                return needs_change(f"labelled {describe(have)}; {RECORD} does not say so yet"
+                                    + ("" if trusted else " (or is not root's alone)"), write)
+            ctx.confirmed.append(RECORD)
             return ok(f"labelled {describe(have)}")
         stale = {k: v for k, v in have.items() if wanted.get(k) != v}
         return needs_change(f"the manager's labels for this node are {describe(have)}"
                             + (f" (stale: {', '.join(sorted(stale))})" if stale else ""),
                             action, *([write] if write is not None else []))
+
+
+def record_trusted(ctx: Context) -> bool:
+    """Whether RECORD may be believed: a regular file of root's that nobody else can write (or no
+    file yet, which matches nothing)."""
+    st = ctx.fact(F.FILE_STATUS, RECORD)
+    return st is None or (st.uid == 0 and not st.is_symlink and not st.is_dir and not st.mode & 0o022)
+
+
+def duration(seconds: float) -> str:
+    """`seconds` for a person: "40 s", "12 min", "3 h" (rounded down)."""
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
 
 
 def set_labels(ctx: Context, labels: dict[str, str]) -> None:

@@ -400,6 +400,53 @@ def test_second_run_changes_nothing(worker, fresh_setup):
     print(f"\nsecond run took {t.seconds:.1f} s, status {s.seconds:.1f} s")
 
 
+LABELS_RECORD = "/var/lib/gpuswarm-node/node-labels.json"
+
+
+def test_labels_removed_on_the_manager_are_repaired_once_the_record_is_due(worker, fresh_setup, manager):
+    """setup trusts its record of the node's labels for swarm.labels_recheck (an hour): a label
+    removed on the manager by hand is put back by the first setup after that, which asks the
+    manager over SSH; a manager that confirms the record renews its time, which is no change."""
+    def model_label() -> str | None:
+        return (manager.docker.nodes.get(node_id).attrs["Spec"].get("Labels") or {}).get("gpuswarm.gpu.model")
+
+    def setup() -> dict:
+        result = worker.gsn("setup", "--json", "--config", CONFIG)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)
+
+    def detail(report: dict) -> str:
+        return next(s["detail"] for s in report["steps"] if s["name"] == "node-labels")
+
+    node_id = worker.node_id()
+    model = model_label()
+    assert model
+    node = manager.docker.nodes.get(node_id)
+    spec = node.attrs["Spec"]
+    spec["Labels"] = {k: v for k, v in spec["Labels"].items() if k != "gpuswarm.gpu.model"}
+    assert node.update(spec)
+
+    # The record is fresh: setup believes it and asks nobody, so the label stays missing.
+    worker.sh(f"touch -d '10 minutes ago' {LABELS_RECORD}")
+    trusted = setup()
+    assert trusted["changed"] == [] and "said 10 min ago" in detail(trusted), detail(trusted)
+    assert model_label() is None
+
+    # An hour and more: setup asks the manager, which lacks the label, and sets it again.
+    worker.sh(f"touch -d '61 minutes ago' {LABELS_RECORD}")
+    repaired = setup()
+    assert repaired["changed"] == ["node-labels"], repaired
+    assert model_label() == model
+
+    # Due again, and the manager agrees: nothing changed, the record's time renewed.
+    worker.sh(f"touch -d '2 hours ago' {LABELS_RECORD}")
+    confirmed = setup()
+    assert confirmed["changed"] == [] and "ago" not in detail(confirmed), detail(confirmed)
+    age = float(worker.sh(f"echo $(( $(date +%s) - $(stat -c %Y {LABELS_RECORD}) ))").stdout)
+    assert 0 <= age < 60
+    assert worker.sh(f"stat -c '%U %a' {LABELS_RECORD}").stdout.split() == ["root", "644"]
+
+
 # Runs status with subprocess.Popen wrapped to count the processes it starts (every command a
 # check runs goes through it), and prints each command line after the report.
 COUNT_PROCESSES = """
