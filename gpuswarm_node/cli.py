@@ -273,6 +273,7 @@ def status(
     def body() -> int:
         from . import steps
         from .engine import run_status
+        from .table import plain_wanted, status_text
         from .ui import status_table
 
         cfg = source.load()
@@ -290,6 +291,8 @@ def status(
             write_metrics(report, str(prometheus))
         if json_out:
             out.print_json(json.dumps(report.as_json()))
+        elif plain_wanted(sys.stdout):
+            sys.stdout.write(status_text(report))
         else:
             out.print(status_table(report))
         return 0 if report.ok else 1

@@ -1,12 +1,15 @@
 """The `gpuswarm-node` command: a plain `status` where nothing can go wrong with its words, and
 everything else through the typer CLI (gpuswarm_node.cli).
 
-Fleets run `status` from cron and monitoring on every node; typer and click (and, for `--json`,
-rich) only parse a few words there. So a command line of exactly `status` or `status --json`,
-with at most a config file (`--config FILE`, `-c FILE`, `--config=FILE`, before or after
-`status`), is run here with the CLI's own pieces: the table is ui.status_table printed by a rich
-console set as the CLI's; the JSON is indented by 2 with non-ASCII kept, as rich's print_json
-writes it to a file or pipe (stdout must not be a terminal for it, where rich would colour it).
+Fleets run `status` from cron and monitoring on every node; typer and click (and, where nobody
+sees colour, rich) only parse a few words there. So a command line of exactly `status` or
+`status --json`, with at most a config file (`--config FILE`, `-c FILE`, `--config=FILE`, before
+or after `status`), is run here with the CLI's own pieces: on a terminal the table is
+ui.status_table printed by a rich console set as the CLI's, elsewhere the CLI's plain table
+(gpuswarm_node.table); the JSON is indented by 2 with non-ASCII kept, as rich's print_json writes
+it to a file or pipe (stdout must not be a terminal for it, where rich would colour it). The
+Engine API's /info, dockerd's slowest answer, is asked first and read while the rest loads
+(probes.docker.EarlyInfo).
 Anything else, and any configuration that warns or fails to load, goes to the CLI, which then
 says it in its own words: the CLI stays the one source of the command's behaviour, and this path
 only skips its imports.
@@ -81,6 +84,10 @@ def _status(config: str | None, json_out: bool) -> int | None:
     the CLI (before anything was printed)."""
     from pathlib import Path
 
+    from .probes.docker import begin_info
+
+    begin_info()  # dockerd's slowest answer, read while the rest loads (probes.docker.EarlyInfo)
+
     from .config import load
     from .errors import GpuswarmError
 
@@ -97,29 +104,27 @@ def _status(config: str | None, json_out: bool) -> int | None:
     from .engine import run_status
     from .host import LocalHost
 
-    render.use_cache()
-    if json_out:
-        def say_error(line: str) -> None:  # as the CLI says it, without rich's markup
-            sys.stderr.write(line + "\n")
+    from .table import plain_wanted
 
-        reporter = None
-    else:
+    render.use_cache()
+    # A status reports nothing while it runs (its reporter only shows tracebacks under --debug,
+    # which goes to the CLI): the table or the JSON is all it prints.
+    rich_table = not json_out and not plain_wanted(sys.stdout)
+    if rich_table:
         from rich.console import Console
         from rich.markup import escape
 
-        from .ui import ConsoleReporter
-
-        # As the CLI's consoles (cli.out, cli.err) and its status reporter.
+        # As the CLI's consoles (cli.out, cli.err).
         out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
-        reporter = ConsoleReporter(err, debug=False)
 
         def say_error(line: str) -> None:
             word, _, rest = line.partition(": ")
             err.print(f"[bold red]{word}:[/] {escape(rest)}")
+    else:
+        def say_error(line: str) -> None:  # as the CLI says it where rich adds no colour
+            sys.stderr.write(line + "\n")
 
     ctx = Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True))
-    if reporter is not None:
-        ctx.reporter = reporter
     try:
         report = run_status(steps.ALL_STEPS, ctx)
     except GpuswarmError as exc:  # as cli.guarded says it
@@ -132,10 +137,14 @@ def _status(config: str | None, json_out: bool) -> int | None:
         import json
 
         sys.stdout.write(json.dumps(report.as_json(), indent=2, ensure_ascii=False) + "\n")
-    else:
+    elif rich_table:
         from .ui import status_table
 
         out.print(status_table(report))
+    else:
+        from .table import status_text
+
+        sys.stdout.write(status_text(report))
     return 0 if report.ok else 1
 
 

@@ -63,7 +63,7 @@ def test_status_json_imports_neither_typer_nor_rich(gsn, tmp_path):
                                   if line.startswith("import time:")}
 
 
-def test_the_status_table_is_the_clis_without_typer_or_click(gsn, tmp_path):
+def test_the_status_table_is_the_clis_without_typer_click_or_rich(gsn, tmp_path):
     config = str(safe_config(tmp_path))
     by_cli = gsn("status", "--config", config, gpus=GPUS)
     by_entry = gsn("status", "--config", config, gpus=GPUS, module="gpuswarm_node.entry",
@@ -71,7 +71,8 @@ def test_the_status_table_is_the_clis_without_typer_or_click(gsn, tmp_path):
     assert by_entry.returncode == by_cli.returncode == 1
     assert by_entry.stdout == by_cli.stdout and "gpuswarm-node status" in by_entry.stdout
     imported = {line.split("|")[2].strip() for line in by_entry.stderr.splitlines() if line.startswith("import time:")}
-    assert "rich.table" in imported and not {m.split(".")[0] for m in imported} & {"typer", "click"}
+    # A pipe gets the plain table (gpuswarm_node.table): no rich either.
+    assert "gpuswarm_node.table" in imported and not {m.split(".")[0] for m in imported} & {"typer", "click", "rich"}
     assert [line for line in by_entry.stderr.splitlines() if not line.startswith("import time:")] == \
         by_cli.stderr.splitlines()
 
@@ -119,3 +120,14 @@ def test_status_ends_without_teardown_and_loses_no_output(gsn, tmp_path, json_ou
         assert json.loads(by_entry.stdout) == json.loads(by_cli.stdout)
     else:
         assert by_entry.stdout.splitlines()[-3:] == by_cli.stdout.splitlines()[-3:] and "docker" in by_entry.stdout
+
+
+def test_where_rich_is_asked_to_colour_the_table_is_riches_and_still_the_clis(gsn, tmp_path):
+    config = str(safe_config(tmp_path))
+    env = {"FORCE_COLOR": "1", "PYTHONPROFILEIMPORTTIME": "1"}  # as a terminal would have it
+    by_cli = gsn("status", "--config", config, gpus=GPUS, env=env)
+    by_entry = gsn("status", "--config", config, gpus=GPUS, module="gpuswarm_node.entry", env=env)
+    assert by_entry.returncode == by_cli.returncode == 1
+    assert by_entry.stdout == by_cli.stdout and "\x1b[" in by_entry.stdout  # coloured by rich
+    imported = {line.split("|")[2].strip() for line in by_entry.stderr.splitlines() if line.startswith("import time:")}
+    assert "rich.table" in imported
