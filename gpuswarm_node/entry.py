@@ -154,6 +154,12 @@ def main() -> int | None:
     # The CLI's own completion variable (cli.COMPLETE_VAR): the shell asks the CLI for completions.
     if (plain is not None and not (plain[1] and sys.stdout.isatty())
             and not os.environ.get("_GPUSWARM_NODE_COMPLETE")):
+        # A status allocates a few MiB and ends with os._exit: the cyclic garbage collector's
+        # passes while its modules load would free nothing worth the 4 ms they take
+        # (bench/results.md); reference counting still frees everything else as it goes.
+        import gc
+
+        gc.disable()
         try:
             code = _status(*plain)
         except KeyboardInterrupt:

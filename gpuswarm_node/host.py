@@ -12,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import platform
 import re
 import selectors
 import shlex
@@ -701,6 +700,8 @@ class LocalHost:
 
     def os_release(self) -> dict[str, str]:
         try:
+            import platform  # only here: a converged node's status never asks
+
             return dict(platform.freedesktop_os_release())
         except OSError:
             return {}

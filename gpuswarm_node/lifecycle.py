@@ -10,11 +10,14 @@ what setup and reset do around a Docker restart with --drain.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .context import Context
 from .engine import Action, Call, Check, Plan, Preflight, blocked, needs_change, ok, skipped
 from .errors import StepFailed
-from .manager import ManagerSession
+
+if TYPE_CHECKING:  # the manager's SSH code loads when a session is opened, not with every step
+    from .manager import ManagerSession
 
 POLL_SECONDS = 2.0
 

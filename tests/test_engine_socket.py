@@ -92,3 +92,37 @@ def test_a_long_answer_is_read_to_its_end_and_errors_are_named(engine):
     with pytest.raises(StepFailed, match="answered no HTTP to GET /garbage: 'SSH-2.0-not-http"):
         reader.get("/garbage")
     assert reader.get("/images/absent/json", missing_ok=True) is None
+
+
+def test_info_begun_early_serves_the_first_read_once_and_later_reads_ask_again(engine, monkeypatch):
+    from gpuswarm_node.probes import docker as probe
+
+    monkeypatch.setattr(probe, "_early_info", None)
+    probe.begin_info()
+    probe._early_info._thread.join()
+    assert FakeEngine.seen == ["/info"]  # asked before anything asked for it
+    FakeEngine.info = {"Swarm": {"LocalNodeState": "inactive"}}  # the daemon changes meanwhile
+    docker = SdkDocker()
+    assert docker.info() == WORKER_INFO  # the answer of the moment it was asked, taken
+    assert docker.info() == FakeEngine.info and FakeEngine.seen == ["/info", "/info"]  # then asked again
+    assert probe._early_info is None
+
+
+def test_info_begun_early_for_another_socket_or_failed_is_the_reads_own(engine, tmp_path, monkeypatch):
+    from gpuswarm_node.errors import StepFailed
+    from gpuswarm_node.probes import docker as probe
+
+    monkeypatch.setattr(probe, "_early_info", None)
+    probe.begin_info()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'other.sock'}")
+    with pytest.raises(StepFailed, match="does not answer"):
+        SdkDocker().info()  # another daemon's socket: asked there, not answered by the early read
+    assert probe._early_info is None  # and the early answer dropped: it was not this daemon's
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
+    probe.begin_info()
+    with pytest.raises(StepFailed, match="does not answer at unix://.*nobody.sock"):
+        SdkDocker().info()  # the early read's error, raised where the read is made
+    monkeypatch.setenv("DOCKER_HOST", "tcp://198.18.0.9:2375")
+    probe.begin_info()  # not a unix socket: nothing begun (the SDK reads it)
+    assert probe._early_info is None

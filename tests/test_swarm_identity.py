@@ -282,3 +282,15 @@ def test_the_node_list_is_asked_again_for_another_node():
     assert ctx.manager_swarm(node_id="n1").node_known is True
     assert ctx.manager_swarm(node_id="node1").node_known is False
     assert mgr.reads == ["info+nodes", "info+nodes"]
+
+
+def test_a_manager_spelled_as_the_node_lists_it_is_not_resolved(monkeypatch):
+    from gpuswarm_node.steps import swarm_join
+
+    asked: list[str] = []
+    monkeypatch.setattr(swarm_join, "resolve_addresses", lambda host: asked.append(host) or {host, "198.18.0.7"})
+    assert swarm_join.managed_by(("198.18.0.1:2377",), "198.18.0.1") and asked == []
+    assert swarm_join.managed_by(("[fd00::1]:2377",), "fd00::1") and asked == []
+    # A name is resolved, and matches through any of its addresses; a stranger does not.
+    assert swarm_join.managed_by(("198.18.0.9:2377", "198.18.0.7:2377"), "hub.example.org") and asked == ["hub.example.org"]
+    assert not swarm_join.managed_by(("198.18.0.9:2377",), "hub.example.org")

@@ -19,8 +19,14 @@ from ..journal import Undo
 
 
 def managed_by(addrs: tuple[str, ...], manager: str) -> bool:
+    """Whether one of the node's managers (`addrs`, host:port as Docker lists them) is `manager`
+    or one of the addresses its name resolves to. The name is resolved only when no address is
+    spelled as it is (the usual case: swarm.manager is the address the node joined)."""
+    hosts = [split_host_port(addr)[0] for addr in addrs]
+    if manager in hosts:
+        return True
     known = resolve_addresses(manager)
-    return any(split_host_port(addr)[0] in known for addr in addrs)
+    return any(host in known for host in hosts)
 
 
 def choose_join_address(ctx: Context, swarm: ManagerSwarm) -> tuple[str, str]:
