@@ -405,6 +405,11 @@ def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, l
          "cwd": "/root"},
         {"name": "setup", "argv": [GSN, "setup", "--json", "--config", config], "env": as_sudo, "cwd": "/root",
          "probe": pid_probe},
+        # The run once per swarm.labels_recheck (an hour by default): the node's labels asked of the
+        # manager over SSH (a manager that agrees renews the record's time, so the next run is the above).
+        {"name": "setup-recheck", "argv": [GSN, "setup", "--json", "--config", config, "--set",
+                                           "swarm.labels_recheck=0"], "env": as_sudo, "cwd": "/root",
+         "probe": pid_probe},
         {"name": "ansible", "argv": ansible_argv(home), "env": ansible_env(), "cwd": f"{home}/gpuswarm-node"},
         {"name": "status-sudo", "argv": ["runuser", "-u", user, "--", "sudo", "gpuswarm-node", "status",
                                          "--config", config], "env": MACHINE_ENV, "cwd": "/"},
@@ -424,11 +429,16 @@ def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, l
 def validate(data: dict[str, list[dict]], pid_before: str) -> None:
     for run in data["status"] + data["status-json"] + data["status-sudo"]:
         require(run["rc"] == 0, f"status exited {run['rc']} on the converged node:\n{run['stdout']}{run['stderr']}")
-    for run in data["setup"]:
-        require(run["rc"] == 0, f"setup exited {run['rc']}:\n{run['stdout']}{run['stderr']}")
-        report = json.loads(run["stdout"])
-        require(report["ok"] and report["changed"] == [], f"setup on the converged node changed {report['changed']}")
-        require(run["probe"] == pid_before, f"docker's MainPID went from {pid_before} to {run['probe']}")
+    for name, asked in (("setup", False), ("setup-recheck", True)):
+        for run in data[name]:
+            require(run["rc"] == 0, f"setup exited {run['rc']}:\n{run['stdout']}{run['stderr']}")
+            report = json.loads(run["stdout"])
+            require(report["ok"] and report["changed"] == [], f"setup on the converged node changed {report['changed']}")
+            require(run["probe"] == pid_before, f"docker's MainPID went from {pid_before} to {run['probe']}")
+            # Whether the run asked the manager for the node's labels is in its detail (steps/node_labels.py).
+            labels = next(st["detail"] for st in report["steps"] if st["name"] == "node-labels")
+            require(("ago (" not in labels) is asked,
+                    f"{name}: the node-labels step {'did not ask' if asked else 'asked'} the manager: {labels}")
     for run in data["ansible"]:
         summary = recap(run["stdout"])
         require(run["rc"] == 0 and summary is not None and summary["failed"] == 0 and summary["unreachable"] == 0,
@@ -549,6 +559,7 @@ LABELS = {
     "status": "`gpuswarm-node status` (converged)",
     "status-json": "`gpuswarm-node status --json` (converged)",
     "setup": "`gpuswarm-node setup --json` (converged)",
+    "setup-recheck": "`gpuswarm-node setup --json` (converged), asking the manager for the labels (once an hour)",
     "ansible": "Ansible playbook, `--check`",
     "status-sudo": "status as the user: `sudo gpuswarm-node status`",
     "version": "`gpuswarm-node version` (CLI floor)",
@@ -606,11 +617,13 @@ def build_report(args, facts, lab_seconds, fresh, versions, data, neg, imports, 
         ("1. status median <= 150 ms", f"{ms(s['status']['median'])}; {status_floor}",
          s["status"]["median"] <= GOAL_STATUS_S),
         ("1. status >= 40x faster than the Ansible playbook", f"{ratio:.1f}x", ratio >= GOAL_RATIO),
-        ("2. setup (converged) median <= 200 ms", f"{ms(s['setup']['median'])}; {floor}, and one SSH "
-         "session to the manager, which setup asks for the node's labels at every run (it repairs them there)",
+        ("2. setup (converged) median <= 200 ms", f"{ms(s['setup']['median'])}; {floor}. Once per "
+         f"swarm.labels_recheck (an hour by default) setup asks the manager for the node's labels over SSH, so "
+         f"that it repairs labels changed there: that run takes {ms(s['setup-recheck']['median'])}",
          s["setup"]["median"] <= GOAL_SETUP_S),
         ("2. setup (converged): zero changes, zero Docker restarts",
-         f"changed=[] and MainPID unchanged in all {s['setup']['n']} runs", True),
+         f"changed=[] and MainPID unchanged in all {s['setup']['n'] + s['setup-recheck']['n']} runs, those "
+         "asking the manager included", True),
         ("3. fresh node within 1.1x its slowest part (image pull overlapping the driver install)",
          f"steps of the fresh setup {g3['wall']:.1f} s vs bound {g3['bound']:.1f} s = 1.1 x max(driver "
          f"{g3['nvidia-driver']:.1f} s, pull {g3['image']:.1f} s) + Docker install {g3['docker']:.1f} s + join "
