@@ -405,11 +405,12 @@ def measure(worker, runs: int, config: str, user: str, home: str) -> dict[str, l
          "cwd": "/root"},
         {"name": "setup", "argv": [GSN, "setup", "--json", "--config", config], "env": as_sudo, "cwd": "/root",
          "probe": pid_probe},
-        # The run once per swarm.labels_recheck (an hour by default): the node's labels asked of the
-        # manager over SSH (a manager that agrees renews the record's time, so the next run is the above).
-        {"name": "setup-recheck", "argv": [GSN, "setup", "--json", "--config", config, "--set",
-                                           "swarm.labels_recheck=0"], "env": as_sudo, "cwd": "/root",
-         "probe": pid_probe},
+        # The run once per swarm.labels_recheck (an hour by default): the record of the node's labels
+        # made older than that, so setup asks the manager over SSH (which agrees and so renews the
+        # record's time: the next run is the above again). Not `--set swarm.labels_recheck=0`: the
+        # boot step records each run's configuration, so another one is a change.
+        {"name": "setup-recheck", "argv": [GSN, "setup", "--json", "--config", config], "env": as_sudo,
+         "cwd": "/root", "prepare": ["touch", "-d", "2 hours ago", LABELS_RECORD], "probe": pid_probe},
         {"name": "ansible", "argv": ansible_argv(home), "env": ansible_env(), "cwd": f"{home}/gpuswarm-node"},
         {"name": "status-sudo", "argv": ["runuser", "-u", user, "--", "sudo", "gpuswarm-node", "status",
                                          "--config", config], "env": MACHINE_ENV, "cwd": "/"},
@@ -555,6 +556,7 @@ def source_revision() -> str:
     return f"source at {commit}" + (" with uncommitted changes" if dirty else "")
 
 
+LABELS_RECORD = "/var/lib/gpuswarm-node/node-labels.json"  # steps/node_labels.py: RECORD
 LABELS = {
     "status": "`gpuswarm-node status` (converged)",
     "status-json": "`gpuswarm-node status --json` (converged)",

@@ -2,10 +2,11 @@
 around a subprocess, so the host's nsenter never counts.
 
 Reads one JSON object on stdin:
-  {"runs": N, "warmup": W, "commands": [{"name", "argv", "env", "cwd", "probe"}...]}
+  {"runs": N, "warmup": W, "commands": [{"name", "argv", "env", "cwd", "prepare", "probe"}...]}
 and runs the commands round-robin, W + N rounds, so that drift in the machine's speed (another
-job on the host) hits every command alike. `probe`, if given, is an argv run untimed after each
-timed run; its stdout is recorded (e.g. docker's MainPID). Prints one JSON object:
+job on the host) hits every command alike. `prepare`, if given, is an argv run untimed before each
+timed run (e.g. making a record old); `probe`, an argv run untimed after it, whose stdout is
+recorded (e.g. docker's MainPID). Prints one JSON object:
   {name: [{"seconds", "rc", "stdout", "stderr", "probe", "max_rss_kib"}...]} for the N measured rounds.
 max_rss_kib is the peak resident set of the command's process, or of one of the processes it waited
 for if that was larger (wait4's ru_maxrss, Linux: KiB). Output goes to unlinked temp files, not
@@ -40,6 +41,8 @@ def main() -> None:
     results = {c["name"]: [] for c in spec["commands"]}
     for round_no in range(spec.get("warmup", 0) + spec["runs"]):
         for command in spec["commands"]:
+            if command.get("prepare"):
+                subprocess.run(command["prepare"], check=True, capture_output=True)
             seconds, rc, stdout, stderr, max_rss = run_one(command)
             probe = None
             if command.get("probe"):
