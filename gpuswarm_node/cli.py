@@ -248,8 +248,9 @@ def setup(
         if not dry_run:
             from .steps.boot import reboot_if_allowed
 
-            if not only and not skip:  # every step rendered its files: what status will render
-                save_cache()
+            # A full run rendered every file status will render: that and nothing older. A run of
+            # some steps adds what they rendered to what the other steps rendered last time.
+            save_cache(partial=bool(only or skip))
 
             line = reboot_if_allowed(report, ctx)
             if line:

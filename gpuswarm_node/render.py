@@ -9,8 +9,10 @@ same text at every run. So those commands keep a render cache (`use_cache`): REN
 the texts the last `setup` rendered, each under the SHA-256 of its template's name and source and
 of the values it was rendered with (JSON); a render whose key is there returns that text and
 jinja2 is never imported. A changed template or value is another key, rendered by jinja2. Only
-`setup` writes the cache (`save_cache`: what this run rendered, nothing older), root's, 0600; a
-cache that is not root's or that others could write is not read.
+`setup` writes the cache (`save_cache`), root's, 0600: a full run writes what it rendered and
+nothing older; a run of some steps (`--only`, `--skip`) adds what it rendered to what was there,
+so that the steps it did not run keep theirs. A cache that is not root's or that others could
+write is not read.
 """
 
 from __future__ import annotations
@@ -81,14 +83,18 @@ def use_cache(path: str = RENDER_CACHE) -> None:
         _cache = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def save_cache() -> None:
-    """Write what this run rendered as the cache (a run that used no cache writes nothing)."""
-    if _cache is None or _used == _cache:
+def save_cache(partial: bool = False) -> None:
+    """Write what this run rendered as the cache; with `partial` (a run of some steps), on top of
+    what the cache held. A run that used no cache, or would write what is there, writes nothing."""
+    if _cache is None:
+        return
+    texts = {**_cache, **_used} if partial else _used
+    if texts == _cache:
         return
     from .host import atomic_write, ensure_dir
 
     ensure_dir(os.path.dirname(_cache_path), 0o755)
-    atomic_write(Path(_cache_path), json.dumps(_used, sort_keys=True), 0o600)
+    atomic_write(Path(_cache_path), json.dumps(texts, sort_keys=True), 0o600)
 
 
 def _key(template: str, values: dict) -> str | None:

@@ -95,3 +95,21 @@ def test_an_unsafe_cache_is_not_read(tmp_path, unsafe):
         path.symlink_to(real)
     render.use_cache(str(path))
     assert render._cache == {} and render.render(UNIT, script="/x") == key_text
+
+
+def test_a_run_of_some_steps_adds_what_it_rendered_and_keeps_the_rest(tmp_path):
+    cache = tmp_path / "render-cache.json"
+    render.use_cache(str(cache))
+    full = render.render(UNIT, script="/a")
+    render.save_cache()
+    render._used.clear()
+    render.use_cache(str(cache))
+    partial = render.render(UNIT, script="/b")  # `setup --only X`: X's file changed
+    render.save_cache(partial=True)
+    assert sorted(json.loads(cache.read_text()).values()) == sorted([full, partial])
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    render._used.clear()
+    render.use_cache(str(cache))
+    render.render(UNIT, script="/b")  # the next full run keeps only what it rendered
+    render.save_cache()
+    assert list(json.loads(cache.read_text()).values()) == [partial]

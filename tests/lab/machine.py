@@ -150,13 +150,22 @@ class FreshMachine:
         """Reboot from inside, then boot the same root again."""
         with self._timed("reboot"):
             self.run(["systemctl", "reboot"], check=False, timeout=30)
-            try:
-                rc = self._proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"{self.name} did not go down for reboot:\n{self._console_tail()}")
-            if rc != REBOOT_EXIT:
-                raise RuntimeError(f"{self.name}: nspawn exited {rc}, not {REBOOT_EXIT}, on reboot")
-            self._boot()
+            self._boot_again(STOP_TIMEOUT)
+
+    def await_reboot(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Wait for a reboot something inside the machine began (nspawn exits as a reboot asks),
+        then boot the same root again, as a host's firmware would."""
+        with self._timed("reboot"):
+            self._boot_again(timeout)
+
+    def _boot_again(self, timeout: float) -> None:
+        try:
+            rc = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{self.name} did not go down for reboot:\n{self._console_tail()}")
+        if rc != REBOOT_EXIT:
+            raise RuntimeError(f"{self.name}: nspawn exited {rc}, not {REBOOT_EXIT}, on reboot")
+        self._boot()
 
     def close(self) -> None:
         """Power off (bounded), then kill by pid what is left; remove cgroups and root_dir."""
