@@ -7,7 +7,6 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 from __future__ import annotations
 
 import errno
-import hmac
 import json
 import os
 import re
@@ -37,6 +36,8 @@ class PinnedFingerprint:
         self.pinned = pinned
 
     def missing_host_key(self, client, hostname, key) -> None:
+        import hmac  # here, not with the module: it loads OpenSSL, which a status does not need
+
         seen = key.fingerprint  # paramiko's PKey (3.2+): SHA256:<base64>, as `ssh-keygen -lf` prints it
         if not hmac.compare_digest(seen, self.pinned):
             raise FingerprintMismatch(seen)

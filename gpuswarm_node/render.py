@@ -18,7 +18,6 @@ write is not read.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shlex
@@ -27,6 +26,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import jinja2
+
+# The cache's keys are SHA-256 digests, taken with the interpreter's own SHA-256 where it has one
+# (CPython's _sha256, _sha2 from 3.12): hashlib would load OpenSSL first, about 2 ms of a status
+# on the benchmark's node (bench/results.md); the digest is the same.
+try:
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - another interpreter
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 
 def templates_dir() -> Path:
@@ -103,7 +113,7 @@ def _key(template: str, values: dict) -> str | None:
         given = json.dumps(values, sort_keys=True, default=repr).encode()
     except (OSError, TypeError, ValueError):
         return None
-    return hashlib.sha256(template.encode() + b"\0" + source + b"\0" + given).hexdigest()
+    return sha256(template.encode() + b"\0" + source + b"\0" + given).hexdigest()
 
 
 def render(template: str, **values) -> str:

@@ -113,3 +113,11 @@ def test_a_run_of_some_steps_adds_what_it_rendered_and_keeps_the_rest(tmp_path):
     render.render(UNIT, script="/b")  # the next full run keeps only what it rendered
     render.save_cache()
     assert list(json.loads(cache.read_text()).values()) == [partial]
+
+
+def test_the_cache_key_is_the_sha256_of_name_source_and_values():
+    import hashlib
+
+    source = (render.templates_dir() / UNIT).read_bytes()
+    given = json.dumps({"script": "/x"}, sort_keys=True).encode()
+    assert render._key(UNIT, {"script": "/x"}) == hashlib.sha256(UNIT.encode() + b"\0" + source + b"\0" + given).hexdigest()
