@@ -354,6 +354,9 @@ def _rules(result: CommandResult, _arg: str) -> str | None:
 
 # `iptables -S` (filter table, every chain) in one process per family; None when it fails.
 IPTABLES_RULES = fact("iptables_rules", COMMAND, lambda program: [program, "-w", "-S"], _rules)
+# The same listing read again, the n-th time ("iptables 1"): for a check that must tell a state
+# another program passes through for a moment from one that stays (steps/metadata_guard.py).
+IPTABLES_RULES_AGAIN = fact("iptables_rules_again", COMMAND, lambda arg: [arg.split()[0], "-w", "-S"], _rules)
 
 
 def chain_rules(listing: str | None, chain: str) -> list[list[str]]:

@@ -14,6 +14,8 @@ and ordered after it (PartOf: restarted with it), runs the same script at every 
 
 from __future__ import annotations
 
+import time
+
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..journal import Undo
@@ -27,6 +29,9 @@ COMMENT = "gpuswarm-node-metadata-guard"
 # (iptables program, address): the metadata endpoints (EC2's documentation, "Instance metadata
 # service"; Azure, GCP and OpenStack use the same IPv4 address).
 RULES = (("iptables", "169.254.169.254/32"), ("ip6tables", "fd00:ec2::254/128"))
+# A rule whose chain FORWARD does not jump to is read again this often, this many seconds apart
+# (missing_rules): Docker's own re-insertion of the jump takes two iptables commands.
+REREADS, PAUSE = 3, 0.05
 
 
 def script_text() -> str:
@@ -52,15 +57,29 @@ def rule_in(listing: str, address: str) -> bool:
     return False
 
 
+def jumps_to_user_chain(listing: str | None) -> bool:
+    return ["-A", "FORWARD", "-j", "DOCKER-USER"] in F.chain_rules(listing, "FORWARD")
+
+
 def missing_rules(ctx: Context) -> list[str]:
-    """The addresses whose rule is not in force (absent, or its chain not reached from FORWARD)."""
+    """The addresses whose rule is not in force (absent, or its chain not reached from FORWARD).
+
+    Docker keeps its jump to DOCKER-USER first in FORWARD by deleting it and inserting it again
+    whenever it sets up a network (libnetwork: arrangeUserFilterRule, IPTable.EnsureJumpRule),
+    which it does for a while after the node joins a swarm: a listing taken between the two has
+    the rule and no jump. So a rule without its jump is looked at again, REREADS times, PAUSE
+    seconds apart, before it is called not in force."""
     missing = []
     for program, address in RULES:
         if program == "ip6tables" and not ctx.fact(F.EXISTS, "/proc/net/if_inet6"):
             continue  # no IPv6 on this machine: nothing to reach the address with
         listing = ctx.fact(F.IPTABLES_RULES, program)  # every chain of the filter table, one process
-        jumps = ["-A", "FORWARD", "-j", "DOCKER-USER"] in F.chain_rules(listing, "FORWARD")
-        if not (listing is not None and jumps and rule_in(listing, address)):
+        for again in range(1, REREADS + 1):
+            if listing is None or jumps_to_user_chain(listing) or not rule_in(listing, address):
+                break
+            time.sleep(PAUSE)
+            listing = ctx.fact(F.IPTABLES_RULES_AGAIN, f"{program} {again}")
+        if not (listing is not None and jumps_to_user_chain(listing) and rule_in(listing, address)):
             missing.append(address)
     return missing
 
@@ -97,7 +116,8 @@ class MetadataGuardStep:
                       f"re-applied at every Docker start by {UNIT_NAME}")
         reasons = []
         if missing:
-            reasons.append(f"no rule in DOCKER-USER rejects containers' packets to {', '.join(missing)}")
+            reasons.append(f"no rule in force rejects containers' packets to {', '.join(missing)} (none in "
+                           "DOCKER-USER, or FORWARD does not jump to DOCKER-USER)")
         if writes:
             reasons.append(f"{SCRIPT} or {UNIT} is not as setup writes it")
         elif not enabled:

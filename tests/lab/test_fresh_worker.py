@@ -502,7 +502,8 @@ def break_and_repair(worker, manager, broken: list[str]) -> None:
     expected = set(broken) | ({"node-labels"} if "swarm-join" in broken else set())
     code, states = worker.status()
     assert code == 1
-    assert {name for name, state in states.items() if state not in ("ok", "skipped")} == expected
+    assert {name for name, state in states.items() if state not in ("ok", "skipped")} == expected, \
+        worker.gsn("status", "--json", "--config", CONFIG).stdout  # the details, should it not be
     result = worker.gsn("setup", "--json", "--config", CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
     changed = set(json.loads(result.stdout)["changed"])
