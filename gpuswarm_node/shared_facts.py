@@ -9,14 +9,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import NVIDIA_TOOLKIT_SOURCE
 from .context import Context
 from .engine import PlannedFile, write_wanted
 from .errors import NvmlUnavailable
 from . import facts as F
-from .probes import driver
-from .probes.driver import PciGpu
 from .render import render
+
+if TYPE_CHECKING:
+    from .probes.driver import PciGpu
 
 TOOLKIT_PACKAGE = "nvidia-container-toolkit"
 NFS_CLIENT_PACKAGE = "nfs-common"  # mount.nfs4, the NFS client's mount helper (Debian, Ubuntu)
@@ -31,6 +34,8 @@ def gpu_presence(ctx: Context) -> tuple[bool, str, list[PciGpu]]:
         inv = ctx.inventory()
         return True, f"NVML reports {len(inv.gpus)} GPU(s), driver {inv.driver_version}", []
     except NvmlUnavailable as exc:
+        from .probes import driver  # only here: NVML answers on a converged node
+
         gpus = driver.nvidia_gpus(ctx.facts)
         if gpus:
             return True, f"{len(gpus)} NVIDIA device(s) on the PCI bus, but {exc.reason}", gpus

@@ -9,16 +9,23 @@ it, and `blocked` with the cause when one already did not, never a second instal
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import apt_sources
 from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
 from .. import facts as F
-from ..probes import driver
-from ..probes.driver import PciGpu
 from ..context import Context
 from ..shared_facts import gpu_presence
 from ..journal import keep
 from . import apt
+
+if TYPE_CHECKING:
+    from ..probes import driver
+    from ..probes.driver import PciGpu
+
+# probes.driver (the driver packages' names, Secure Boot, DKMS) is loaded where the driver is not
+# answering NVML, not with the step: a converged node's status never needs it (about 2 ms of it).
 
 STEP = "nvidia-driver"
 DEBIAN_FIRMWARE = "firmware-misc-nonfree"
@@ -35,6 +42,8 @@ def _names(pkgs: driver.DriverPackages) -> str:
 def secure_boot_problem(ctx: Context, distro: str) -> Check | None:
     """Secure Boot loads only signed modules, and DKMS builds this one here: a key DKMS signs with
     must be enrolled in the machine's MOK list first. None when nothing stands in the way."""
+    from ..probes import driver
+
     if not driver.secure_boot(ctx.facts):
         return None
     state, key = driver.dkms_key_state(ctx.facts)
@@ -64,6 +73,8 @@ def install_detected(gpus: list[PciGpu], headers: list[str]) -> Call:
     ids = ", ".join(dict.fromkeys(g.pci_id for g in gpus))
 
     def install(ctx: Context) -> None:
+        from ..probes import driver
+
         package, problem = driver.choose_driver(driver.detect(ctx.facts, gpus))
         if problem:
             raise StepFailed(f"{problem}.", "Install a driver that supports every GPU by hand, then run setup again.")
@@ -91,6 +102,8 @@ class NvidiaDriverStep:
         return ok(f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)")
 
     def _without_nvml(self, ctx: Context, exc: NvmlUnavailable) -> Check:
+        from ..probes import driver
+
         present, why, gpus = gpu_presence(ctx)
         if not present:
             return skipped(why)
@@ -124,6 +137,8 @@ class NvidiaDriverStep:
 
     def _installed(self, ctx: Context, exc: NvmlUnavailable, pkgs: driver.DriverPackages, distro: str,
                    module: driver.LoadedModule) -> Check:
+        from ..probes import driver
+
         host, release = ctx.facts.files, pkgs.kernel_release
         if module.loaded:
             lib = pkgs.nvml[0]
@@ -155,6 +170,8 @@ class NvidiaDriverStep:
 
     def _install(self, ctx: Context, why: str, gpus: list[PciGpu], pkgs: driver.DriverPackages, distro: str,
                  release: str) -> Check:
+        from ..probes import driver
+
         if distro == "ubuntu":
             partial = pkgs.drivers or pkgs.nvml
             if partial:
@@ -176,6 +193,8 @@ class NvidiaDriverStep:
                        "hand")
 
     def _debian_install(self, ctx: Context, why: str, gpus: list[PciGpu], release: str) -> Check:
+        from ..probes import driver
+
         host = ctx.facts.files
         # Debian builds the module with DKMS: with Secure Boot on, the kernel refuses it unsigned.
         problem = secure_boot_problem(ctx, "debian")
