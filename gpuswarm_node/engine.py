@@ -609,7 +609,7 @@ def run_status(steps: Sequence[Step], ctx: Context, workers: int = 4) -> RunRepo
     systemctl, the Engine API's socket and iptables. The report keeps the steps' order.
 
     `workers` threads take the steps in order. Plain threads rather than concurrent.futures,
-    whose import (with logging) is about 3 ms of a status (bench/results.md)."""
+    whose import (with logging) took about 3 ms of a status on the benchmark's node."""
     import threading
 
     from .errors import NvmlUnavailable

@@ -155,8 +155,8 @@ def main() -> int | None:
     if (plain is not None and not (plain[1] and sys.stdout.isatty())
             and not os.environ.get("_GPUSWARM_NODE_COMPLETE")):
         # A status allocates a few MiB and ends with os._exit: the cyclic garbage collector's
-        # passes while its modules load would free nothing worth the 4 ms they take
-        # (bench/results.md); reference counting still frees everything else as it goes.
+        # passes while its modules load would free nothing worth the 4 ms they took on the
+        # benchmark's node; reference counting still frees everything else as it goes.
         import gc
 
         gc.disable()
@@ -167,6 +167,7 @@ def main() -> int | None:
             exit_now(130)
         if code is not None:
             exit_now(code)
+        gc.enable()  # the CLI takes the command over, as any other
     from .cli import main as cli_main
 
     if command_word(sys.argv[1:]) == "status":

@@ -83,7 +83,8 @@ class Host(Protocol):
 
     def touch(self, path: str) -> None:
         """Set the file's modification time to now, a symlink not followed; nothing when it does
-        not exist. Its content, owner and mode stay (for the tool's records: when last confirmed)."""
+        not exist or cannot be touched. Its content, owner and mode stay (for the tool's records:
+        when last confirmed)."""
 
     def file_status(self, path: str) -> FileStatus | None:
         """The path's own owner and mode, a symlink not followed; None when it does not exist."""
@@ -125,6 +126,7 @@ class FileStatus(NamedTuple):
     mode: int  # permission bits only, e.g. 0o644
     is_symlink: bool
     is_dir: bool = False
+    is_regular: bool = True  # a plain file (not a link, a directory, a FIFO, a socket or a device)
 
 
 def file_status(path: str | Path) -> FileStatus | None:
@@ -133,7 +135,7 @@ def file_status(path: str | Path) -> FileStatus | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return FileStatus(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), stat.S_ISLNK(st.st_mode),
-                      stat.S_ISDIR(st.st_mode))
+                      stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode))
 
 
 class LockHolder(NamedTuple):
@@ -680,7 +682,7 @@ class LocalHost:
     def touch(self, path: str) -> None:
         try:
             os.utime(path, follow_symlinks=False)
-        except FileNotFoundError:
+        except OSError:  # a record not renewed is asked about again next time; no run fails for it
             pass
 
     def validate_docker_config(self, content: str) -> str | None:

@@ -11,8 +11,9 @@ of the values it was rendered with (JSON); a render whose key is there returns t
 jinja2 is never imported. A changed template or value is another key, rendered by jinja2. Only
 `setup` writes the cache (`save_cache`), root's, 0600: a full run writes what it rendered and
 nothing older; a run of some steps (`--only`, `--skip`) adds what it rendered to what was there,
-so that the steps it did not run keep theirs. A cache that is not root's or that others could
-write is not read.
+so that the steps it did not run keep theirs (the texts it replaced stay too until the next full
+run: harmless, a key is the hash of what made its text). A cache that is not root's or that others
+could write is not read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 # The cache's keys are SHA-256 digests, taken with the interpreter's own SHA-256 where it has one
 # (CPython's _sha256, _sha2 from 3.12): hashlib would load OpenSSL first, about 2 ms of a status
-# on the benchmark's node (bench/results.md); the digest is the same.
+# on the benchmark's node; the digest is the same.
 try:
     from _sha256 import sha256
 except ImportError:  # pragma: no cover - another interpreter

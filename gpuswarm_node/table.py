@@ -2,11 +2,14 @@
 
 rich draws the table on a terminal, in colour (ui.status_table). Where nobody sees colour, the
 same box of three columns is drawn here instead: loading rich and laying a table out with it takes
-about 20 ms of a status that fleets run on every node from cron (bench/results.md, "Where status's
-time goes"), more than all the checks once dockerd's answer is read early. The layout is rich's
-for such a table on a pipe: 80 columns unless COLUMNS says otherwise (as rich reads it), the title
-on its own line, a heavy head, the step and state columns as wide as their longest word, and the
-detail wrapped at spaces into what is left (a word longer than a line is cut).
+about 20 ms of a status that fleets run on every node from cron (measured on the benchmark's node),
+more than all the checks once dockerd's answer is read early. The layout is rich's for such a
+table on a pipe (tests/test_table.py compares the two): as wide as rich would draw it
+(width_from_env), the title on its own line, a heavy head, the step and state columns as wide as
+their longest word, the detail wrapped at spaces into what is left (a word longer than a line is
+cut). Where even a detail column of MIN_DETAIL_WIDTH does not fit beside them, the table is wider
+than asked; rich would shorten the step and state instead. Characters are counted as one column
+each (rich measures East Asian wide characters as two).
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ MIN_DETAIL_WIDTH = 10
 
 
 def plain_wanted(stream, environ: dict | None = None) -> bool:
-    """Whether status's table goes to `stream` as plain text: it is not a terminal, and neither
-    TTY_COMPATIBLE nor FORCE_COLOR asks rich to treat it as one (rich.console.Console.is_terminal)."""
+    """Whether status's table goes to `stream` as plain text: rich would not treat it as a terminal
+    (TTY_COMPATIBLE, then FORCE_COLOR, then isatty, as rich.console.Console.is_terminal decides)
+    and it takes UTF-8 (elsewhere rich draws its ASCII box, and this module draws none)."""
     environ = os.environ if environ is None else environ
-    if "TTY_COMPATIBLE" in environ or "FORCE_COLOR" in environ:
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower()
+    if not encoding.startswith("utf"):
         return False
+    tty_compatible = environ.get("TTY_COMPATIBLE", "")
+    if tty_compatible in ("0", "1"):
+        return tty_compatible == "0"
+    force_color = environ.get("FORCE_COLOR")
+    if force_color is not None:
+        return force_color == ""
     try:
         return not stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream: not a terminal
@@ -38,9 +49,20 @@ def status_text(report, width: int | None = None) -> str:
 
 
 def width_from_env(environ: dict | None = None) -> int:
-    """The width to draw at: COLUMNS when it is a positive integer, else 80."""
-    value = (os.environ if environ is None else environ).get("COLUMNS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_WIDTH
+    """The width to draw at, as rich's Console.size finds it: COLUMNS when it is a positive
+    integer; else the size of the first of stdin, stdout and stderr that is a terminal (`status |
+    less` draws as wide as the terminal); else 80."""
+    environ = os.environ if environ is None else environ
+    columns = environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    for fd in (0, 1, 2):
+        try:
+            width = os.get_terminal_size(fd).columns
+        except (OSError, ValueError):
+            continue
+        return width or DEFAULT_WIDTH
+    return DEFAULT_WIDTH
 
 
 def _lines(text: str, width: int) -> list[str]:

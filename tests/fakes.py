@@ -38,7 +38,8 @@ class FakeHost:
     `effects` maps a command line to the state it leaves behind: {"commands": {...}, "facts": {...},
     "files": {...}, "dirs": [...], "stats": {...}}, so that applying then checking can converge without a real
     machine. `stats` gives a path's owner and mode where they are not the default (root's; 0644,
-    0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false}.
+    0755 for a program or a directory): {"uid": 1000, "gid": 0, "mode": "0666", "symlink": false},
+    and "regular": false for a FIFO, a socket or a device.
     An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
     runs, in order, before it succeeds. `locks` are the fcntl locks other processes hold:
     {path: {"pid": 812, "command": "apt-get", "probes": 2}}, held for that many looks (default: always).
@@ -166,7 +167,7 @@ class FakeHost:
             return FileStatus(0, 0, 0o755 if path in self.programs else 0o644, False)
         prefix = path.rstrip("/") + "/"
         if path in self.dirs or any(p.startswith(prefix) for p in [*self.files, *self.dirs]):
-            return FileStatus(0, 0, 0o755, False, is_dir=True)
+            return FileStatus(0, 0, 0o755, False, is_dir=True, is_regular=False)
         return None
 
     def os_release(self) -> dict[str, str]:
@@ -217,7 +218,8 @@ class FakeClock:
 
 def stats_from_case(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, FileStatus]:
     return {path: FileStatus(int(st.get("uid", 0)), int(st.get("gid", 0)), int(str(st.get("mode", "0644")), 8),
-                             bool(st.get("symlink", False)), bool(st.get("dir", False)))
+                             bool(st.get("symlink", False)), bool(st.get("dir", False)),
+                             bool(st.get("regular", not st.get("symlink") and not st.get("dir"))))
             for path, st in spec.items()}
 
 

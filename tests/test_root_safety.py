@@ -480,7 +480,7 @@ def test_a_registry_ca_anyone_could_replace_is_reported_and_rewritten(tmp_path, 
     report_ = converge(RegistryTrustStep(), ctx)
     assert report_.state is State.OK and report_.changed
     assert host.files[CA_TARGET] == PEM
-    assert host.file_status(CA_TARGET) == (0, 0, 0o644, False, False)
+    assert host.file_status(CA_TARGET) == (0, 0, 0o644, False, False, True)
 
 
 def test_a_registry_ca_directory_anyone_could_change_is_tightened(tmp_path):

@@ -453,6 +453,24 @@ def test_missing_nvidia_runtime_is_named(node):
     assert "nvidia-container-runtime: not found" in result.stderr
 
 
+def test_the_nvidia_runtime_is_found_on_path_as_execvp_finds_it(node):
+    """A directory without it, one whose copy cannot be run, then the real one: the real one runs;
+    with only the copy that cannot be run, the create fails naming why."""
+    empty, unrunnable = node.tmp / "empty", node.tmp / "unrunnable"
+    empty.mkdir()
+    unrunnable.mkdir()
+    (unrunnable / "nvidia-container-runtime").write_text("#!/bin/sh\nexit 0\n")  # mode 0644
+    node.spec(resource_env(f"{G0}::1"))
+    bin_dir = node.path.split(":")[0]
+    result = node.create(path=f"{empty}:{unrunnable}:{node.tmp / 'no-such-dir'}:{bin_dir}")
+    assert result.returncode == 0, result.stderr
+    assert node.forwarded() is not None and "create" in node.forwarded()
+    node.spec(resource_env(f"{G0}::1"))
+    result = node.create(path=f"{empty}:{unrunnable}")
+    assert result.returncode == 1
+    assert result.stderr == "gpuswarm-runtime: cannot run nvidia-container-runtime: Permission denied\n"
+
+
 def test_installed_front_is_minimal_and_program_compiles(tmp_path):
     front = wrapper_text()
     assert front.startswith("#!/bin/sh\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 
 import pytest
@@ -52,15 +53,40 @@ def test_no_line_is_wider_than_asked_and_every_word_is_there():
 
 @pytest.mark.parametrize("environ, isatty, plain", [
     ({}, False, True), ({}, True, False), ({"FORCE_COLOR": "1"}, False, False),
-    ({"FORCE_COLOR": ""}, False, False), ({"TTY_COMPATIBLE": "0"}, False, False)])
-def test_plain_only_where_rich_would_not_treat_the_stream_as_a_terminal(environ, isatty, plain):
+    ({"FORCE_COLOR": ""}, True, True), ({"TTY_COMPATIBLE": "0"}, True, True),
+    ({"TTY_COMPATIBLE": "1"}, False, False), ({"TTY_COMPATIBLE": "2"}, False, True)])
+def test_plain_exactly_where_rich_would_not_treat_the_stream_as_a_terminal(environ, isatty, plain):
     class Stream:
+        encoding = "utf-8"
+
         def isatty(self):
             return isatty
 
     assert table.plain_wanted(Stream(), environ) is plain
+    rich_says = Console(file=Stream(), _environ=environ).is_terminal
+    assert plain is not rich_says
 
 
-@pytest.mark.parametrize("columns, width", [("", 80), ("120", 120), ("0", 80), ("wide", 80), ("-5", 80)])
-def test_the_width_is_columns_when_it_is_a_positive_number(columns, width):
+def test_a_stream_that_is_not_utf8_is_left_to_rich():
+    class Ascii:
+        encoding = "ascii"
+
+        def isatty(self):
+            return False
+
+    assert table.plain_wanted(Ascii(), {}) is False
+
+
+@pytest.mark.parametrize("columns, terminal, width", [
+    ("", None, 80), ("120", None, 120), ("0", None, 80), ("wide", None, 80), ("-5", None, 80),
+    ("", 132, 132), ("100", 132, 100), ("", 0, 80)])
+def test_the_width_is_riches_columns_then_a_terminal_then_80(columns, terminal, width, monkeypatch):
+    def size(fd):
+        if terminal is None or fd != 2:  # stderr alone is a terminal: `status | less`
+            raise OSError("not a terminal")
+        return os.terminal_size((terminal, 25))
+
+    monkeypatch.setattr(os, "get_terminal_size", size)
     assert table.width_from_env({"COLUMNS": columns}) == width
+    if columns in ("", "120", "100"):  # rich's own answer, where it is defined
+        assert Console(file=io.StringIO(), _environ={"COLUMNS": columns} if columns else {}).width == width

@@ -4,7 +4,7 @@ Reads (ping, /info, image lookups, containers) go straight to a local daemon's u
 HTTP/1.0 GETs of the Engine API over the standard library's socket (EngineSocket): one request per
 connection, the answer read to its end, so neither chunked bodies nor keep-alive arise, and the
 status line and the body are all there is to read. http.client would do the same but imports the
-email package and ssl (about 10 ms of status's start on the benchmark's node, bench/results.md). Changes (pull, join, init,
+email package and ssl (about 10 ms of status's start on the benchmark's node, measured). Changes (pull, join, init,
 leave, image removal), and every read when DOCKER_HOST is not a unix socket, go through the
 Docker SDK, imported on first use, so that commands that only read never pay for it.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -120,8 +121,6 @@ class EarlyInfo:
     must be read after it."""
 
     def __init__(self, path: str) -> None:
-        import threading
-
         self.path = path
         self._answer: dict = {}
         self._thread = threading.Thread(target=self._get, name="early GET /info", daemon=True)
@@ -141,6 +140,7 @@ class EarlyInfo:
 
 
 _early_info: EarlyInfo | None = None
+_early_lock = threading.Lock()  # status's checks run on threads: the early answer is taken once
 
 
 def begin_info() -> None:
@@ -154,7 +154,8 @@ def begin_info() -> None:
 
 def _take_early_info(path: str) -> dict | None:
     global _early_info
-    early, _early_info = _early_info, None
+    with _early_lock:
+        early, _early_info = _early_info, None
     return early.take() if early is not None and early.path == path else None
 
 

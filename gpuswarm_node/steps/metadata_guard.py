@@ -61,15 +61,16 @@ def jumps_to_user_chain(listing: str | None) -> bool:
     return ["-A", "FORWARD", "-j", "DOCKER-USER"] in F.chain_rules(listing, "FORWARD")
 
 
-def missing_rules(ctx: Context) -> list[str]:
-    """The addresses whose rule is not in force (absent, or its chain not reached from FORWARD).
+def missing_rules(ctx: Context) -> dict[str, str]:
+    """The addresses whose rule is not in force, each with why: no rule for it in DOCKER-USER,
+    FORWARD not jumping to DOCKER-USER, or `iptables -S` failing.
 
     Docker keeps its jump to DOCKER-USER first in FORWARD by deleting it and inserting it again
     whenever it sets up a network (libnetwork: arrangeUserFilterRule, IPTable.EnsureJumpRule),
     which it does for a while after the node joins a swarm: a listing taken between the two has
     the rule and no jump. So a rule without its jump is looked at again, REREADS times, PAUSE
     seconds apart, before it is called not in force."""
-    missing = []
+    missing = {}
     for program, address in RULES:
         if program == "ip6tables" and not ctx.fact(F.EXISTS, "/proc/net/if_inet6"):
             continue  # no IPv6 on this machine: nothing to reach the address with
@@ -79,8 +80,12 @@ def missing_rules(ctx: Context) -> list[str]:
                 break
             time.sleep(PAUSE)
             listing = ctx.fact(F.IPTABLES_RULES_AGAIN, f"{program} {again}")
-        if not (listing is not None and jumps_to_user_chain(listing) and rule_in(listing, address)):
-            missing.append(address)
+        if listing is None:
+            missing[address] = f"`{program} -S` failed"
+        elif not rule_in(listing, address):
+            missing[address] = "no rule in DOCKER-USER"
+        elif not jumps_to_user_chain(listing):
+            missing[address] = f"{program}'s FORWARD does not jump to DOCKER-USER"
     return missing
 
 
@@ -116,8 +121,8 @@ class MetadataGuardStep:
                       f"re-applied at every Docker start by {UNIT_NAME}")
         reasons = []
         if missing:
-            reasons.append(f"no rule in force rejects containers' packets to {', '.join(missing)} (none in "
-                           "DOCKER-USER, or FORWARD does not jump to DOCKER-USER)")
+            reasons.append("no rule in force rejects containers' packets to "
+                           + ", ".join(f"{address} ({why})" for address, why in missing.items()))
         if writes:
             reasons.append(f"{SCRIPT} or {UNIT} is not as setup writes it")
         elif not enabled:

@@ -138,7 +138,7 @@ class NodeLabelsStep:
         if recorded and ctx.options.diagnose:
             return ok(f"labelled {describe(wanted)}, as setup found them on {manager} ({RECORD}; "
                       "status does not ask the manager)")
-        if recorded:
+        if recorded and RECORD not in ctx.touched:  # written by this run: its re-check asks the manager
             age, recheck = ctx.fact(F.AGE, RECORD), ctx.config.swarm.labels_recheck
             if age is not None and 0 <= age < recheck:
                 return ok(f"labelled {describe(wanted)}, as {manager} said {duration(age)} ago ({RECORD}); "
@@ -165,7 +165,7 @@ def record_trusted(ctx: Context) -> bool:
     """Whether RECORD may be believed: a regular file of root's that nobody else can write (or no
     file yet, which matches nothing)."""
     st = ctx.fact(F.FILE_STATUS, RECORD)
-    return st is None or (st.uid == 0 and not st.is_symlink and not st.is_dir and not st.mode & 0o022)
+    return st is None or (st.uid == 0 and st.is_regular and not st.mode & 0o022)
 
 
 def duration(seconds: float) -> str:
