@@ -132,7 +132,7 @@ class NodeLabelsStep:
             # Planned after swarm-join: the node has no place on the manager yet.
             return needs_change("this node is not yet a worker of the manager's swarm; label it once it is", action)
         manager = ctx.config.swarm.manager
-        record = PlannedFile(RECORD, record_text(membership.node_id, manager, wanted))
+        record = _record(ctx)  # files()'s own statement of RECORD: every condition for it holds here
         trusted = record_trusted(ctx)
         recorded = trusted and ctx.fact(F.FILE_TEXT, RECORD) == record.content
         if recorded and ctx.options.diagnose:
