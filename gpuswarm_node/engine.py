@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from .errors import GpuswarmError, StepFailed
 from .facts import Facts
@@ -187,6 +187,10 @@ class Check:
     detail: str
     actions: tuple[Action, ...] = ()
     reboot_required: bool = False
+    # What the check observed for programs (status --json's "data"), where the detail says it for
+    # people: a time, a count. Kept out of the detail's text so that the text stays the same from
+    # one run to the next while the machine does (two status outputs can be diffed).
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if (self.state is State.NEEDS_CHANGE) != bool(self.actions):
@@ -198,8 +202,8 @@ class Check:
         return "".join(a.diff() for a in flatten(self.actions) if isinstance(a, WriteFile))
 
 
-def ok(detail: str) -> Check:
-    return Check(State.OK, detail)
+def ok(detail: str, data: Mapping[str, Any] | None = None) -> Check:
+    return Check(State.OK, detail, data=data or {})
 
 
 def needs_change(detail: str, *actions: Action) -> Check:
@@ -324,11 +328,13 @@ class StepReport:
     # When the step began (time.monotonic()): a step run alongside others began before the steps
     # reported ahead of it ended, so `seconds` of all steps add up to more than the run took.
     started: float = 0.0
+    data: Mapping[str, Any] = field(default_factory=dict)  # Check.data of the verdict reported
 
     def as_json(self) -> dict:
         diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
         return {"name": self.name, "state": self.state.value, "detail": self.detail,
-                "actions": [{"description": d, **({"diff": x} if x else {})} for d, x in zip(self.actions, diffs)]}
+                "actions": [{"description": d, **({"diff": x} if x else {})} for d, x in zip(self.actions, diffs)],
+                **({"data": dict(self.data)} if self.data else {})}
 
 
 @dataclass
@@ -413,7 +419,7 @@ def _report(step: Step, check: Check, started: float, **kw) -> StepReport:
                       actions=[a.describe() for a in planned],
                       diffs=[_diff_of(a) for a in planned], diff=check.diff,
                       reboot_required=check.reboot_required,
-                      seconds=time.monotonic() - started, started=started, **kw)
+                      seconds=time.monotonic() - started, started=started, data=check.data, **kw)
 
 
 def converge(step: Step, ctx: Context, before: Check | None = None, started: float | None = None,

@@ -79,6 +79,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
 
     assert check.state.value == expect["state"], check.detail
     assert tagged(expect["detail"]) in check.detail
+    assert dict(check.data) == expect.get("data", {})  # what --json carries beside the detail
     assert [a.describe() for a in flatten(check.actions)] == [tagged(a) for a in expect.get("actions", [])]
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"

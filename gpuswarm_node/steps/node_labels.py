@@ -141,8 +141,13 @@ class NodeLabelsStep:
         if recorded and RECORD not in ctx.touched:  # written by this run: its re-check asks the manager
             age, recheck = ctx.fact(F.AGE, RECORD), ctx.config.swarm.labels_recheck
             if age is not None and 0 <= age < recheck:
-                return ok(f"labelled {describe(wanted)}, as {manager} said {duration(age)} ago ({RECORD}); "
-                          f"setup asks it again when that is {duration(recheck)} old (swarm.labels_recheck)")
+                # The time of the manager's answer, not its age: the detail reads the same at every
+                # run until the manager is asked again (an age would change every second).
+                confirmed = utc_time(ctx.fact(F.MTIME, RECORD))
+                return ok(f"labelled {describe(wanted)}, as {manager} said at {confirmed} ({RECORD}); "
+                          f"setup asks it again {duration(recheck)} after that (swarm.labels_recheck)",
+                          data={"labels_confirmed_at": confirmed, "labels_age_s": int(age),
+                                "labels_recheck_s": recheck})
         try:
             with ctx.manager_session() as session:
                 have = session.node_labels(membership.node_id)
@@ -166,6 +171,16 @@ def record_trusted(ctx: Context) -> bool:
     file yet, which matches nothing)."""
     st = ctx.fact(F.FILE_STATUS, RECORD)
     return st is None or (st.uid == 0 and st.is_regular and not st.mode & 0o022)
+
+
+def utc_time(epoch: float | None) -> str:
+    """`epoch` (seconds since 1970) as ISO 8601 in UTC to the second, "2026-12-07T21:04:05Z"; "an
+    unknown time" for None (the record vanished between two reads)."""
+    if epoch is None:
+        return "an unknown time"
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def duration(seconds: float) -> str:
