@@ -122,7 +122,8 @@ def wait_until(what: str, condition, proc: subprocess.Popen, timeout: float = 12
 
 
 def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_path):
-    seed = int(os.environ.get("GSN_KILL_SEED", time.time_ns() % 100000))
+    # A fixed seed, so that two runs of the suite try the same delays; GSN_KILL_SEED tries others.
+    seed = int(os.environ.get("GSN_KILL_SEED", 20261207))
     rng = random.Random(seed)
     installs = Installs(tmp_path)
     # Where every run failed before: a venv cut short while it was created (python, no pip).
@@ -168,12 +169,10 @@ def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_pa
     for path in [installs.prefix, *(installs.prefix / target).rglob("*")]:
         assert path.is_symlink() or not path.lstat().st_mode & 0o022, path  # umask 022 kept
 
-    started = time.monotonic()
     proc = installs.start()
     again = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "installing" not in again, again  # current: nothing rebuilt
-    assert os.readlink(installs.prefix / "venv") == target
-    assert time.monotonic() - started < 10
+    assert os.readlink(installs.prefix / "venv") == target and installs.builds() == [target], installs.builds()
 
 
 def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
@@ -321,10 +320,10 @@ def test_setup_sh_apt_get_waits_for_the_lists_lock_then_runs(lock_file, hold, tm
             "It is held by process") in result.stderr
     assert result.stderr.count("waiting") == 1  # said once, not once a second
     [argv] = (tmp_path / "ran.jsonl").read_text().splitlines()
-    # apt gets what is left of the 30 s: less by the wait (1.5 s) and whatever a loaded machine adds.
+    # apt gets what is left of the 30 s: less by the wait (at least 1 s), however long that took.
     assert json.loads(argv)[-2:] == ["update", "-qq"]
     option, _, left = json.loads(argv)[1].partition("=")
-    assert option == "DPkg::Lock::Timeout" and 20 <= int(left) <= 29
+    assert option == "DPkg::Lock::Timeout" and 0 <= int(left) <= 29
     child.wait()
 
 
@@ -333,7 +332,7 @@ def test_setup_sh_apt_get_gives_up_at_its_timeout_with_apts_message(lock_file, h
     started = time.monotonic()
     result = setup_sh_apt_get(tmp_path, lock_file, 1, "update", "-qq")
     assert result.returncode == 100
-    assert 1 <= time.monotonic() - started < 10
+    assert time.monotonic() - started >= 1  # it waited its whole timeout first
     assert f"E: Could not get lock {lock_file}" in result.stderr
     assert "gave up waiting after 1 s (GPUSWARM_APT_LOCK_TIMEOUT)" in result.stderr
     assert not (tmp_path / "ran.jsonl").exists()
@@ -342,12 +341,12 @@ def test_setup_sh_apt_get_gives_up_at_its_timeout_with_apts_message(lock_file, h
 def test_setup_sh_apt_get_does_not_retry_other_failures(tmp_path):
     fake = tmp_path / "bin" / "apt-get"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "E: Unable to locate package python3-venv" >&2\nexit 100\n')
+    runs = tmp_path / "runs"
+    fake.write_text(f'#!/bin/sh\necho run >> {runs}\necho "E: Unable to locate package python3-venv" >&2\nexit 100\n')
     fake.chmod(0o755)
-    started = time.monotonic()
     script = f"set -eu\nAPT_LOCK_TIMEOUT=30\n{apt_get_function()}\napt_get install python3-venv"
     result = subprocess.run(["sh", "-c", script],
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
     assert result.returncode == 100 and "Unable to locate package" in result.stderr
-    assert time.monotonic() - started < 5
+    assert runs.read_text() == "run\n"  # once: a failure that is no lock is not waited out

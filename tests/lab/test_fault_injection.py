@@ -137,7 +137,7 @@ def test_crash_anywhere_then_rerun_converges_without_duplicates(worker, manager)
         else:
             pytest.fail(f"setup never ran to its end after {len(crashes)} crashes (points are not stable); "
                         f"they were: {crashes}")
-    print(f"\ncrashed setup at {len(crashes)} points, then it converged")
+    print(f"\ncrashed setup at {len(crashes)} points, then it converged:\n  " + "\n  ".join(crashes))
     assert proc.returncode == 0
     assert len(crashes) >= 9 + 9  # at least every step boundary and one action in each changing step
     assert len([c for c in crashes if c.startswith(BUILD_POINT)]) == len(BUILD_KILLS_AFTER)
