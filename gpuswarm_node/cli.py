@@ -644,6 +644,86 @@ def hub_revoke(
     guarded(body)
 
 
+@hub_app.command("status", epilog=epilog(
+    f"{PROG} hub status --json --prometheus /var/lib/node_exporter/textfile/gpuswarm_fleet.prom",
+    f"0 the fleet can take a new user (a free slice on a ready, active, healthy node); 1 it cannot, or the "
+    f"manager's Docker does not answer; {USAGE_EXIT}",
+    "DOCKER_HOST (the manager's Docker; default its local socket)."))
+def hub_status(
+    json_out: bool = JsonOption,
+    prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE",
+                                              help="Also write node-exporter textfile metrics to FILE."),
+) -> None:
+    """The fleet on one screen: each node's state, GPU model, slices and servers; who waits and why."""
+
+    def body() -> int:
+        from . import fleet as fleet_mod
+
+        if prometheus is not None:
+            from .metrics import check_path
+
+            check_path(str(prometheus))
+        fleet = fleet_mod.read_fleet(fleet_mod.DockerManager())
+        if prometheus is not None:
+            from .host import atomic_write
+
+            atomic_write(prometheus, fleet_mod.prometheus(fleet), 0o644)
+        if json_out:
+            out.print_json(json.dumps(fleet.as_json()))
+            return 0 if fleet.can_take_a_user else 1
+        from rich.table import Table
+
+        table = Table(title="fleet", title_justify="left")
+        for column in ("node", "state", "GPU model", "slices used", "servers"):
+            table.add_column(column, overflow="fold")
+        for row in fleet_mod.table_rows(fleet):
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+        for waiting in fleet.pending:
+            out.print(f"waiting: {escape(waiting.service)} ({waiting.state}): {escape(waiting.reason)}")
+        out.print(escape(fleet_mod.summary_line(fleet)))
+        return 0 if fleet.can_take_a_user else 1
+
+    guarded(body)
+
+
+@hub_app.command("prune", epilog=epilog(
+    f"{PROG} hub prune --dry-run, then {PROG} hub prune",
+    f"0 nothing left to prune; 1 a node could not be removed; {USAGE_EXIT}",
+    "DOCKER_HOST (the manager's Docker; default its local socket)."))
+def hub_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Name the nodes that would be removed; remove none."),
+    after: int = typer.Option(600, "--after", metavar="SECONDS", min=0,
+                              help="How long a worker must have been down to be taken for gone."),
+) -> None:
+    """Forget workers that have been down for a while (their instance is gone): docker node rm."""
+
+    def body() -> int:
+        import time
+
+        from . import fleet as fleet_mod
+
+        manager = fleet_mod.DockerManager()
+        gone = fleet_mod.prune_candidates(fleet_mod.read_fleet(manager), time.time(), after)
+        failed = 0
+        for worker in gone:
+            name = f"{worker.hostname or '?'} ({worker.node_id[:12]}, {worker.address or 'no address'})"
+            if dry_run:
+                out.print(f"would remove {escape(name)}: down for at least {after} s")
+                continue
+            try:
+                manager.remove_node(worker.node_id)
+                out.print(f"removed {escape(name)}")
+            except Exception as exc:  # the SDK's APIError: the node came back, or is no longer down
+                failed += 1
+                err.print(f"{escape(name)} was not removed: {escape(str(exc))}")
+        if not gone:
+            out.print(f"no worker has been down for {after} s or more: nothing to prune.")
+        return 1 if failed else 0
+
+    guarded(body)
+
+
 @hub_app.command("gate", epilog=epilog(
     'command="/usr/local/bin/gpuswarm-node hub gate --node worker-7" in authorized_keys (hub authorize writes it)',
     "0 answered; 126 refused; another status: docker's own, when it failed.",
