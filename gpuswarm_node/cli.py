@@ -624,20 +624,21 @@ def hub_bundle(
 
 @hub_app.command("revoke", epilog=epilog(
     f"{PROG} hub revoke --node worker-7",
-    f"0 no key of the node is left in authorized_keys; {USAGE_EXIT}",
-    "HOME (the default authorized_keys is ~/.ssh/authorized_keys)."))
+    f"0 no key of the node is left in any authorized_keys searched; 1 a file could not be read or written, or "
+    f"a key of the node is still in one; {USAGE_EXIT}",
+    "HOME (~/.ssh/authorized_keys is searched with every other user's)."))
 def hub_revoke(
     node: str = typer.Option(..., "--node", metavar="NAME", help="The node whose gated keys are removed."),
-    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
-                                                   help="Default: ~/.ssh/authorized_keys of the user running this."),
+    authorized_keys: List[Path] = typer.Option([], "--authorized-keys", metavar="FILE",
+                                               help="Search only this file (repeatable). Default: "
+                                                    "~/.ssh/authorized_keys of every user of this host."),
 ) -> None:
     """Remove a worker's gated keys from authorized_keys (after its workshop, or when its bundle leaked)."""
 
     def body() -> int:
-        from .gate import revoke
+        from .gate import revoke, revoke_targets
 
-        target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
-        for line in revoke(node, target):
+        for line in revoke(node, revoke_targets(list(authorized_keys))):
             out.print(line, markup=False)
         return 0
 
