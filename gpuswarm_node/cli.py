@@ -392,7 +392,9 @@ def render(
             from .probes.gpu import inventory_from_json
 
             try:
-                given = inventory_from_json(json.loads(inventory.read_text()))
+                from . import trust
+
+                given = inventory_from_json(json.loads(trust.read(inventory, "--inventory")))
             except (OSError, ValueError) as exc:  # json's errors are ValueErrors too
                 raise ConfigError(f"--inventory {inventory}: {exc}.",
                                   f"Give the output of `{PROG} gpus --json`.") from None
@@ -548,9 +550,11 @@ def hub_authorize(
         from .errors import ConfigError
         from .gate import authorize, default_program
 
+        from . import trust
+
         try:
-            text = key.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            text = trust.read(key, "--key").decode()
+        except UnicodeDecodeError as exc:
             raise ConfigError(f"--key {key} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
                               "Give the worker's .pub file.") from None
         target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
