@@ -88,7 +88,10 @@ def guarded(fn: Callable[[], int]) -> None:
     except Exception as exc:
         if state.debug:
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. Re-run with --debug for the traceback.")
+        from .sanitize import clean
+
+        err.print(f"[bold red]internal error:[/] {escape(clean(f'{type(exc).__name__}: {exc}'))}. Re-run with --debug for "
+                  "the traceback.")
         raise typer.Exit(1)
     raise typer.Exit(code)
 
