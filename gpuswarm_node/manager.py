@@ -6,13 +6,11 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shlex
 import socket
-import stat
 from dataclasses import dataclass, field, replace
 
 from .config import SwarmConfig
