@@ -88,7 +88,10 @@ def guarded(fn: Callable[[], int]) -> None:
     except Exception as exc:
         if state.debug:
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. Re-run with --debug for the traceback.")
+        from .sanitize import clean
+
+        err.print(f"[bold red]internal error:[/] {escape(clean(f'{type(exc).__name__}: {exc}'))}. Re-run with --debug for "
+                  "the traceback.")
         raise typer.Exit(1)
     raise typer.Exit(code)
 
@@ -392,7 +395,9 @@ def render(
             from .probes.gpu import inventory_from_json
 
             try:
-                given = inventory_from_json(json.loads(inventory.read_text()))
+                from . import trust
+
+                given = inventory_from_json(json.loads(trust.read(inventory, "--inventory")))
             except (OSError, ValueError) as exc:  # json's errors are ValueErrors too
                 raise ConfigError(f"--inventory {inventory}: {exc}.",
                                   f"Give the output of `{PROG} gpus --json`.") from None
@@ -548,9 +553,11 @@ def hub_authorize(
         from .errors import ConfigError
         from .gate import authorize, default_program
 
+        from . import trust
+
         try:
-            text = key.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            text = trust.read(key, "--key").decode()
+        except UnicodeDecodeError as exc:
             raise ConfigError(f"--key {key} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
                               "Give the worker's .pub file.") from None
         target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
@@ -624,20 +631,21 @@ def hub_bundle(
 
 @hub_app.command("revoke", epilog=epilog(
     f"{PROG} hub revoke --node worker-7",
-    f"0 no key of the node is left in authorized_keys; {USAGE_EXIT}",
-    "HOME (the default authorized_keys is ~/.ssh/authorized_keys)."))
+    f"0 no key of the node is left in any authorized_keys searched; 1 a file could not be read or written, or "
+    f"a key of the node is still in one; {USAGE_EXIT}",
+    "HOME (~/.ssh/authorized_keys is searched with every other user's)."))
 def hub_revoke(
     node: str = typer.Option(..., "--node", metavar="NAME", help="The node whose gated keys are removed."),
-    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
-                                                   help="Default: ~/.ssh/authorized_keys of the user running this."),
+    authorized_keys: List[Path] = typer.Option([], "--authorized-keys", metavar="FILE",
+                                               help="Search only this file (repeatable). Default: "
+                                                    "~/.ssh/authorized_keys of every user of this host."),
 ) -> None:
     """Remove a worker's gated keys from authorized_keys (after its workshop, or when its bundle leaked)."""
 
     def body() -> int:
-        from .gate import revoke
+        from .gate import revoke, revoke_targets
 
-        target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
-        for line in revoke(node, target):
+        for line in revoke(node, revoke_targets(list(authorized_keys))):
             out.print(line, markup=False)
         return 0
 

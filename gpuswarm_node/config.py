@@ -200,8 +200,10 @@ def registry_address_problem(address: str) -> str | None:
     return None
 
 
-def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def key(default: Any, help: str, choices: tuple[str, ...] = (), trust: str = "") -> Any:
+    """A configuration key. trust: "secret" or "public" for a file the tool reads as root and
+    trusts (trust.py's rule applies to it; a secret is also readable by root only)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "trust": trust})
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ class GpuConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     address: str = key("", "host:port of the hub's private TLS registry; empty means none.")
-    ca_cert: str = key("", "Path of the PEM CA certificate that signed the registry's certificate.")
+    ca_cert: str = key("", "Path of the PEM CA certificate that signed the registry's certificate.", trust="public")
 
 
 @dataclass(frozen=True)
@@ -295,9 +297,10 @@ class SwarmConfig:
                            "node's own.")
     ssh_user: str = key("root", "SSH user on the manager; it must be allowed to run docker.")
     ssh_port: int = key(22, "SSH port of the manager.")
-    ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.")
+    ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.", trust="secret")
     known_hosts: str = key("/etc/gpuswarm-node/known_hosts",
-                           "known_hosts file holding the manager's host key; unknown keys are refused.")
+                           "known_hosts file holding the manager's host key; unknown keys are refused.",
+                           trust="public")
     host_key_fingerprint: str = key("", "Pinned SHA256 fingerprint of the manager's host key (as ssh-keygen -lf "
                                         "prints it), instead of known_hosts.")
     advertise_addr: str = key("", "Address other nodes reach this node on; empty lets Docker choose.")
@@ -681,6 +684,24 @@ def _split_env_name(var: str) -> tuple[str, str]:
     return rest.partition("_")[0], rest.partition("_")[2]
 
 
+def _read_config_file(path: Path) -> str:
+    """The configuration's text, read as a trust file (trust.read: root's, not writable by others,
+    not a link), so that no one but root chooses what setup does as root; /dev/null reads empty.
+    FileNotFoundError when it does not exist."""
+    from . import trust
+
+    if os.path.abspath(path) == os.devnull:
+        return ""
+    fd, why = trust.open_checked(path)
+    if why == "does not exist":
+        raise FileNotFoundError(path)
+    if fd is None:
+        raise ConfigError(f"Config file {path} {why}; refusing to trust it.",
+                          "Make it root's and writable only by root (chown root:root; chmod 644), not a link.")
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read().decode("utf-8")
+
+
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
          overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr) -> Config:
     """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
@@ -693,7 +714,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
     values: dict[str, dict[str, Any]] = {}
     source = "defaults"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_config_file(path)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}): TOML files are UTF-8.",
                           "Save it as UTF-8 and run again.") from None

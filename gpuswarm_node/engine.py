@@ -18,6 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from .errors import GpuswarmError, StepFailed
+from .sanitize import clean
 from .facts import Facts
 from .journal import Undo
 
@@ -330,6 +331,15 @@ class StepReport:
     started: float = 0.0
     data: Mapping[str, Any] = field(default_factory=dict)  # Check.data of the verdict reported
 
+    def __setattr__(self, name: str, value) -> None:
+        # What every output (console, --json, the run log) takes a step's words from: outside
+        # text in them (an image's name, Docker's or the manager's answer) is cleaned here.
+        if name == "detail":
+            value = clean(value)
+        elif name == "actions":
+            value = [clean(a) for a in value]
+        object.__setattr__(self, name, value)
+
     def as_json(self) -> dict:
         diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
         return {"name": self.name, "state": self.state.value, "detail": self.detail,
@@ -341,6 +351,10 @@ class StepReport:
 class PreflightReport:
     name: str
     problem: str | None
+
+    def __post_init__(self) -> None:
+        if self.problem is not None:
+            self.problem = clean(self.problem)  # as StepReport's detail
 
     def as_json(self) -> dict:
         return {"name": self.name, "ok": self.problem is None, **({"detail": self.problem} if self.problem else {})}

@@ -103,6 +103,7 @@ def _status(config: str | None, json_out: bool) -> int | None:
     from .context import Context, RunOptions
     from .engine import run_status
     from .host import LocalHost
+    from .sanitize import clean
 
     from .table import plain_wanted
 
@@ -131,7 +132,7 @@ def _status(config: str | None, json_out: bool) -> int | None:
         say_error(f"error: {exc.message()}")
         return exc.exit_code
     except Exception as exc:
-        say_error(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.")
+        say_error(clean(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback."))
         return 1
     if json_out:
         import json

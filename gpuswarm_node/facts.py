@@ -148,6 +148,13 @@ ON_PATH = fact("which", WHICH, lambda program: program)        # str | None
 
 def _certificate(path: str) -> Callable[[Host], tuple[str | None, str]]:
     def read(host: Host) -> tuple[str | None, str]:
+        from . import trust
+
+        # A trust file: Docker trusts whatever CA it holds for the registry (trust.problem),
+        # checked before it is opened (a FIFO would hang the read).
+        status = host.file_status(path)
+        if status is not None and (why := trust.problem(status)):
+            return None, f"{why}; refusing to trust it"
         try:
             data = host.read_bytes(path)
         except OSError as exc:  # a directory, no permission
@@ -158,13 +165,15 @@ def _certificate(path: str) -> Callable[[Host], tuple[str | None, str]]:
             text = data.decode()
         except UnicodeDecodeError:  # binary, e.g. a DER certificate
             text = ""
-        if "-----BEGIN CERTIFICATE-----" not in text:
+        pem = trust.certificates(text)
+        if not pem:
             return None, "holds no PEM certificate"
-        return text, ""
+        return pem, ""
     return read
 
 
-# A PEM certificate file an operator names (registry.ca_cert): (its text, "") or (None, why not).
+# A PEM certificate file an operator names (registry.ca_cert): (its certificates alone, never a
+# private key or anything else it holds, "") or (None, why not).
 CERTIFICATE = fact("certificate", HOST, _certificate)
 
 
