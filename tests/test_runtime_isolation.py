@@ -264,3 +264,121 @@ def test_every_combination_gives_reserved_devices_or_no_start(node):
             assert set(got) == allowed
         (node.record / "argv").unlink()
     assert starts > 50  # the guard is not simply refusing everything
+
+
+# --- every container-settable input of the hook (nvidia_hook.HOOK_INPUTS) ------------------------
+
+from gpuswarm_node import nvidia_hook as policy  # noqa: E402
+
+# What a hostile image or service sets for each input of HOOK_INPUTS: (env, mounts, annotations).
+HOSTILE = {
+    "NVIDIA_VISIBLE_DEVICES": (["NVIDIA_VISIBLE_DEVICES=all"], [], {}),
+    "DOCKER_RESOURCE_": (["DOCKER_RESOURCE_FOO=all"], [], {}),
+    "NVIDIA_DRIVER_CAPABILITIES": (["NVIDIA_DRIVER_CAPABILITIES=all"], [], {}),
+    "NVIDIA_MIG_CONFIG_DEVICES": (["NVIDIA_MIG_CONFIG_DEVICES=all"], [], {}),
+    "NVIDIA_MIG_MONITOR_DEVICES": (["NVIDIA_MIG_MONITOR_DEVICES=all"], [], {}),
+    "NVIDIA_IMEX_CHANNELS": (["NVIDIA_IMEX_CHANNELS=0,1"], [], {}),
+    "NVIDIA_GDS": (["NVIDIA_GDS=enabled"], [], {}),
+    "NVIDIA_MOFED": (["NVIDIA_MOFED=enabled"], [], {}),
+    "NVIDIA_NVSWITCH": (["NVIDIA_NVSWITCH=enabled"], [], {}),
+    "NVIDIA_GDRCOPY": (["NVIDIA_GDRCOPY=enabled"], [], {}),
+    "NVIDIA_REQUIRE_JETPACK": (["NVIDIA_REQUIRE_JETPACK=csv-mounts=all"], [], {}),
+    "NVIDIA_REQUIRE_": (["NVIDIA_REQUIRE_ARCH=arch=x86_64"], [], {}),
+    "NVIDIA_DISABLE_REQUIRE": (["NVIDIA_DISABLE_REQUIRE=true"], [], {}),
+    "CUDA_VERSION": (["CUDA_VERSION=12.1"], [], {}),
+    "/var/run/nvidia-container-devices": ([], ["/var/run/nvidia-container-devices/imex/0",
+                                               "/run/nvidia-container-devices/cdi/nvidia.com/gpu/all"], {}),
+    "cdi.k8s.io/": ([], [], {"cdi.k8s.io/x": "nvidia.com/gpu=all", "nvidia.cdi.k8s.io/y": "nvidia.com/gpu=all"}),
+    "CAP_SYS_ADMIN": ([], [], {}),
+}
+ALL_CONFIG = {"accept-nvidia-visible-devices-as-volume-mounts": True}
+NOTHING_SHARED = {"mig_config": "", "mig_monitor": "", "imex_channels": [], "gated": [], "csv_mounts_all": False,
+                  "cdi_annotations": []}
+
+
+def test_the_list_is_complete_and_sourced():
+    """Every variable the hook model reads is decided, and each decision names where in which
+    toolkit versions the input is read."""
+    names = {i.name for i in policy.HOOK_INPUTS}
+    assert set(hook.ENV_READ) | set(hook.ENV_PREFIXES_READ) <= names
+    assert names == set(HOSTILE)
+    for entry in policy.HOOK_INPUTS:
+        assert entry.action in (policy.STRIP, policy.PIN, policy.REFUSE, policy.KEEP)
+        assert "v1.14.0" in entry.source or "v1.15.0" in entry.source or "v1.16.0" in entry.source, entry
+        assert "v1.20.0" in entry.source or "v1.17.8" in entry.source, entry
+        assert ".go" in entry.source and entry.why
+
+
+def hostile_spec(node: Node, reserved: str | None, name: str, privileged: bool = False) -> dict:
+    env, mounts, annotations = HOSTILE[name]
+    base = [e for e in resource_env(reserved) if not e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    spec = node.spec(base + env)
+    for destination in mounts:
+        spec["mounts"].append({"destination": destination, "type": "bind", "source": "/dev/null",
+                               "options": ["rbind"]})
+    if annotations:
+        spec["annotations"] = annotations
+    if privileged:
+        spec["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+    node.config.write_text(json.dumps(spec))
+    return spec
+
+
+@pytest.mark.parametrize("entry", policy.HOOK_INPUTS, ids=lambda e: e.name)
+@pytest.mark.parametrize("reserved", [None, f"{G0}::1"], ids=["none", "one-slice"])
+def test_each_input_gives_the_slice_and_nothing_shared(node, entry, reserved):
+    hostile_spec(node, reserved, entry.name, privileged=entry.name == "CAP_SYS_ADMIN")
+    if entry.name == "DOCKER_RESOURCE_":  # read only where swarm-resource names it
+        node.toolkit_config.write_text('swarm-resource = "DOCKER_RESOURCE_FOO"\n')
+    result = node.create()
+    if entry.action == policy.REFUSE:
+        refused(result)
+        assert node.forwarded() is None
+        return
+    assert result.returncode == 0, result.stderr
+    got = hook.grants(json.loads(node.config.read_text()), ALL_CONFIG)
+    assert got["devices"] == ([G0] if reserved else [])
+    assert set(got["capabilities"]) <= set(policy.ALLOWED_CAPABILITIES)
+    assert {k: got[k] for k in NOTHING_SHARED} == NOTHING_SHARED
+    env = node.env_after()
+    if entry.action == policy.STRIP:
+        assert not [e for e in env if e.partition("=")[0] == entry.name]
+    if entry.action == policy.KEEP and entry.kind == "env" or entry.name == "NVIDIA_REQUIRE_":
+        assert set(HOSTILE[entry.name][0]) <= set(env)  # kept: the image's own constraints still apply
+
+
+def test_without_the_wrapper_the_model_grants_what_is_shared(node):
+    """The model is not blind: the same hostile spec, not passed through the wrapper, is read by
+    it as a request for everything the list strips."""
+    spec = node.spec(resource_env(f"{G0}::1") + [e for n in ("NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES",
+                                                            "NVIDIA_IMEX_CHANNELS", "NVIDIA_GDS", "NVIDIA_MOFED",
+                                                            "NVIDIA_NVSWITCH", "NVIDIA_GDRCOPY",
+                                                            "NVIDIA_REQUIRE_JETPACK", "NVIDIA_DRIVER_CAPABILITIES")
+                                                 for e in HOSTILE[n][0]])
+    spec["annotations"] = HOSTILE["cdi.k8s.io/"][2]
+    got = hook.grants(spec, ALL_CONFIG)
+    assert all(got[k] for k in NOTHING_SHARED), got
+    assert "display" in got["capabilities"]
+
+
+@pytest.mark.parametrize("asked, pinned", [
+    (None, "compute,utility"),
+    ("", "compute,utility"),
+    ("all", "compute,compat32,graphics,utility,video"),
+    ("display,compute", "compute"),
+    ("display", "compute,utility"),
+    ("utility,video,bogus", "utility,video"),
+], ids=["unset", "empty", "all", "display-dropped", "only-display", "unknown-dropped"])
+def test_driver_capabilities_are_pinned(node, asked, pinned):
+    env = [e for e in resource_env(f"{G0}::1") if not e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    node.spec(env + ([f"NVIDIA_DRIVER_CAPABILITIES={asked}"] if asked is not None else []) + ["CUDA_VERSION=12.1"])
+    assert node.create().returncode == 0
+    caps = [e for e in node.env_after() if e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    assert caps == [f"NVIDIA_DRIVER_CAPABILITIES={pinned}"]
+
+
+def test_stripped_variables_go_in_every_spelling_the_hook_reads(node):
+    # No "=" (Docker passes a bare name on) and repeats (Go's map keeps the last) both go.
+    node.spec(resource_env(f"{G0}::1") + ["NVIDIA_GDS", "NVIDIA_IMEX_CHANNELS=0", "NVIDIA_IMEX_CHANNELS=1"])
+    assert node.create().returncode == 0
+    assert not [e for e in node.env_after() if e.startswith(("NVIDIA_GDS", "NVIDIA_IMEX"))]
