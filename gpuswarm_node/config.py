@@ -406,6 +406,9 @@ MOUNT_KEYS = ("source", "path", "options")
 # absolute path of printable characters without spaces (fstab separates fields by them).
 NFS_SOURCE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(/[!-~]*)")
 MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9._:/-]+)?")
+# Options that would undo the nosuid,nodev every share gets (mount(8): defaults is
+# rw,suid,dev,exec,auto,nouser,async).
+SHARE_OPTIONS_REFUSED = ("suid", "dev", "defaults")
 
 
 def _coerce_mounts(raw: Any, where: str) -> tuple:
@@ -440,6 +443,11 @@ def _coerce_mounts(raw: Any, where: str) -> tuple:
         if options and not all(MOUNT_OPTION.fullmatch(o) for o in options.split(",")):
             raise ConfigError(f"{at} options must be comma-separated mount options such as ro or actimeo=30, got "
                               f"{options!r}.", "Fix the value and run again.")
+        reopened = [o for o in options.split(",") if o in SHARE_OPTIONS_REFUSED]
+        if reopened:
+            raise ConfigError(f"{at} options must not contain {reopened[0]!r}: shares are always mounted nosuid,nodev, "
+                              "so that a setuid file or device node written from a notebook gives nothing on a worker.",
+                              f"Remove {reopened[0]!r} from the options and run again.")
         mounts.append(SharedMount(source, normal_path(path), options))
     paths = [m.path for m in mounts]
     for m in mounts:
