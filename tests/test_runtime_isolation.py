@@ -18,7 +18,7 @@ import pytest
 
 from . import nvidia_hook_model as hook
 from .fake_engine import CONTAINER_ID, IMAGE_ENV, IMAGE_ID
-from .test_runtime_wrapper import G0, G1, MIG, Node, resource_env
+from .test_runtime_wrapper import BUNDLE_CONFIG, G0, G1, MIG, Node, load_wrapper, resource_env
 
 
 @pytest.fixture
@@ -382,3 +382,53 @@ def test_stripped_variables_go_in_every_spelling_the_hook_reads(node):
     node.spec(resource_env(f"{G0}::1") + ["NVIDIA_GDS", "NVIDIA_IMEX_CHANNELS=0", "NVIDIA_IMEX_CHANNELS=1"])
     assert node.create().returncode == 0
     assert not [e for e in node.env_after() if e.startswith(("NVIDIA_GDS", "NVIDIA_IMEX"))]
+
+
+# --- shares in notebooks: a bind keeps nosuid/nodev of its source --------------------------------
+
+SHARE = "/srv/shared/data"
+
+
+@pytest.mark.parametrize("options", [["rbind", "ro", "rprivate"], ["rbind", "rprivate"]], ids=["ro", "rw"])
+def test_a_bind_keeps_nosuid_nodev_of_its_source(tmp_path, monkeypatch, options):
+    """A share is mounted nosuid,nodev on the worker; Docker's bind of it into a notebook carries
+    options without them, and runc's read-only remount would set exactly those. The wrapper adds
+    the source's flags (statvfs), for a share and for nothing else."""
+    module = load_wrapper(tmp_path)
+    real = os.statvfs
+
+    def statvfs(path):
+        if path == SHARE:  # as the shared-fs step mounts it
+            return os.statvfs_result((4096, 4096, 1, 1, 1, 1, 1, 1, os.ST_NOSUID | os.ST_NODEV | os.ST_RELATIME, 255))
+        return real(path)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    spec = json.loads(BUNDLE_CONFIG.read_text())
+    spec["mounts"] += [{"destination": "/efs", "type": "bind", "source": SHARE, "options": list(options)},
+                       {"destination": "/missing", "type": "bind", "source": str(tmp_path / "gone"),
+                        "options": list(options)}]
+    before = json.loads(json.dumps(spec))
+    assert module.keep_source_flags(spec) is True
+    by_destination = {m["destination"]: m for m in spec["mounts"]}
+    assert by_destination["/efs"]["options"] == options + ["nosuid", "nodev"]
+    assert by_destination["/missing"]["options"] == options
+    for old, new in zip(before["mounts"], spec["mounts"]):
+        if old["destination"] not in ("/efs",):
+            flags = real(old["source"]).f_flag if old["type"] == "bind" and os.path.exists(old["source"]) else 0
+            added = [o for bit, o in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"))
+                     if flags & bit and o not in old["options"]]
+            assert new["options"] == old["options"] + added
+    assert module.keep_source_flags(spec) is False  # once is enough
+
+
+def test_the_wrapper_rewrites_binds_of_a_share(node, monkeypatch):
+    # Through the front, end to end: the spec Docker wrote for a notebook binds a directory; the
+    # options that reach runc carry what the source's mount has (nothing added where it has none).
+    spec = node.spec(resource_env(f"{G0}::1"))
+    binds = [m for m in spec["mounts"] if m["type"] == "bind"]
+    assert node.create().returncode == 0
+    after = {m["destination"]: m for m in json.loads(node.config.read_text())["mounts"]}
+    for mount in binds:
+        flags = os.statvfs(mount["source"]).f_flag if os.path.exists(mount["source"]) else 0
+        wanted = {o for bit, o in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev")) if flags & bit}
+        assert set(after[mount["destination"]]["options"]) == set(mount["options"]) | wanted
