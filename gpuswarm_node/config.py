@@ -239,7 +239,8 @@ class SharedMount:
 class SharedConfig:
     mounts: tuple = key((), "NFS mounts (AWS EFS is NFS 4.1) every worker keeps, as [[shared.mounts]] tables in the "
                             "file: source = \"host:/export\", path = an absolute mount point, options = extra mount "
-                            "options (\"ro\"); none means the shared-fs step is skipped.")
+                            "options (\"ro\"; never suid, dev or defaults: shares are always nosuid,nodev); "
+                            "none means the shared-fs step is skipped.")
 
 
 @dataclass(frozen=True)
