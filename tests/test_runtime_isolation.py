@@ -432,3 +432,26 @@ def test_the_wrapper_rewrites_binds_of_a_share(node, monkeypatch):
         flags = os.statvfs(mount["source"]).f_flag if os.path.exists(mount["source"]) else 0
         wanted = {o for bit, o in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev")) if flags & bit}
         assert set(after[mount["destination"]]["options"]) == set(mount["options"]) | wanted
+
+
+# --- nothing of the image's environment reaches what runs on the host ------------------------------
+
+LOADER_VARIABLES = ["LD_PRELOAD=/proc/self/cwd/evil.so", "LD_LIBRARY_PATH=.:/proc/self/cwd", "LD_AUDIT=evil.so",
+                    "GCONV_PATH=/proc/self/cwd", "PYTHONPATH=/proc/self/cwd", "PYTHONSTARTUP=/proc/self/cwd/x.py"]
+
+
+def test_the_images_loader_variables_never_reach_the_host_side(node):
+    """The wrapper runs on the host with the runtime's environment and hands nvidia-container-runtime
+    the same: an image's LD_PRELOAD-style variables stay in process.env (the container's own),
+    and the NVIDIA hooks get their own environment from toolkit 1.17.8 on (CVE-2025-23266; the
+    floor in gpuswarm_node/floors.py)."""
+    runtime = node.tmp / "bin" / "nvidia-container-runtime"
+    runtime.write_text('#!/bin/sh\nprintf \'%s\\0\' "$0" "$@" > "$RECORD/argv"\nenv > "$RECORD/env"\n')
+    node.spec(resource_env(f"{G0}::1") + LOADER_VARIABLES)
+    result = node.create(extra_env={"LANG": "C"})
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.partition("=")[::2] for line in (node.record / "env").read_text().splitlines())
+    assert not {v.partition("=")[0] for v in LOADER_VARIABLES} & set(seen)
+    assert {k: seen[k] for k in ("PATH", "RECORD", "LANG")} == {"PATH": node.path, "RECORD": str(node.record),
+                                                                "LANG": "C"}
+    assert set(LOADER_VARIABLES) <= set(node.env_after())  # the container keeps its own
