@@ -241,7 +241,8 @@ class SharedMount:
 class SharedConfig:
     mounts: tuple = key((), "NFS mounts (AWS EFS is NFS 4.1) every worker keeps, as [[shared.mounts]] tables in the "
                             "file: source = \"host:/export\", path = an absolute mount point, options = extra mount "
-                            "options (\"ro\"); none means the shared-fs step is skipped.")
+                            "options (\"ro\"; never suid, dev or defaults: shares are always nosuid,nodev); "
+                            "none means the shared-fs step is skipped.")
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,9 @@ MOUNT_KEYS = ("source", "path", "options")
 # absolute path of printable characters without spaces (fstab separates fields by them).
 NFS_SOURCE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(/[!-~]*)")
 MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9._:/-]+)?")
+# Options that would undo the nosuid,nodev every share gets (mount(8): defaults is
+# rw,suid,dev,exec,auto,nouser,async).
+SHARE_OPTIONS_REFUSED = ("suid", "dev", "defaults")
 
 
 def _coerce_mounts(raw: Any, where: str) -> tuple:
@@ -443,6 +447,11 @@ def _coerce_mounts(raw: Any, where: str) -> tuple:
         if options and not all(MOUNT_OPTION.fullmatch(o) for o in options.split(",")):
             raise ConfigError(f"{at} options must be comma-separated mount options such as ro or actimeo=30, got "
                               f"{options!r}.", "Fix the value and run again.")
+        reopened = [o for o in options.split(",") if o in SHARE_OPTIONS_REFUSED]
+        if reopened:
+            raise ConfigError(f"{at} options must not contain {reopened[0]!r}: shares are always mounted nosuid,nodev, "
+                              "so that a setuid file or device node written from a notebook gives nothing on a worker.",
+                              f"Remove {reopened[0]!r} from the options and run again.")
         mounts.append(SharedMount(source, normal_path(path), options))
     paths = [m.path for m in mounts]
     for m in mounts:

@@ -381,6 +381,23 @@ def test_bad_shared_mounts_are_refused_naming_the_table(mount, says):
     assert "[[shared.mounts]] number 1" in raised.value.message()
 
 
+@pytest.mark.parametrize("options, reopened", [("suid", "suid"), ("ro,dev", "dev"), ("defaults", "defaults"),
+                                               ("nosuid,suid", "suid")])
+def test_share_options_that_undo_nosuid_nodev_are_refused(options, reopened):
+    with pytest.raises(ConfigError) as raised:
+        config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/srv/x", "options": options}]}})
+    message = raised.value.message()
+    assert f"must not contain {reopened!r}" in message and "nosuid,nodev" in message
+    assert message.count(". ") <= 2  # one sentence and its fix
+
+
+@pytest.mark.parametrize("options", ["ro", "exec,actimeo=30", "nosuid,nodev", "noexec"])
+def test_share_options_that_keep_nosuid_nodev_are_accepted(options):
+    cfg = config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/srv/x", "options": options}]}})
+    from gpuswarm_node.steps.shared_fs import options as mount_options
+    assert {"nosuid", "nodev"} <= set(mount_options(cfg.shared.mounts[0]).split(","))
+
+
 def test_shared_mounts_need_mount_points_of_their_own():
     mounts = [{"source": f"{EFS}:/a", "path": "/srv/shared"}, {"source": f"{EFS}:/b", "path": "/srv/shared/data"}]
     with pytest.raises(ConfigError, match="holds another"):

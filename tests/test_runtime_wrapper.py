@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuswarm_node.nvidia_hook import wrapper_policy
 from gpuswarm_node.render import render
 from gpuswarm_node.slices import slice_map_text
 from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,
@@ -49,7 +50,8 @@ sys.exit(99)
 
 def render_program(slice_map: Path, docker_socket: Path, toolkit_configs: tuple[str, ...] = ()) -> str:
     return render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"],
-                  docker_socket=str(docker_socket), toolkit_configs=toolkit_configs)
+                  docker_socket=str(docker_socket), toolkit_configs=toolkit_configs,
+                  hook_policy=wrapper_policy())
 
 
 class Node:
@@ -153,9 +155,12 @@ def test_reserved_slices_become_exactly_their_devices(node, value, visible):
     result = node.create()
     assert result.returncode == 0, result.stderr
     assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={visible}"]
-    # The image's NVIDIA_VISIBLE_DEVICES=all is gone; everything else is as it was, in order.
-    old_env = [e for e in before["process"]["env"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
-    assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}"]
+    # The image's NVIDIA_VISIBLE_DEVICES=all is gone, its driver capabilities pinned (as the
+    # image asked: compute,utility); everything else is as it was, in order.
+    old_env = [e for e in before["process"]["env"]
+               if not e.startswith(("NVIDIA_VISIBLE_DEVICES=", "NVIDIA_DRIVER_CAPABILITIES="))]
+    assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}",
+                                          "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
     after = json.loads(node.config.read_text())
     for spec in (before, after):
         del spec["process"]["env"]

@@ -25,7 +25,7 @@ from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory
 from .. import restart
 from ..lifecycle import activate_action, can_drain, drain_action
-from ..nvidia_hook import TOOLKIT_CONFIGS
+from ..nvidia_hook import TOOLKIT_CONFIGS, wrapper_policy
 from ..render import render
 from ..slices import (device_of, env_variable, for_config, generic_resources, known_devices, notes,
                       parse_generic_resource, slice_map_text, slices_of)
@@ -220,7 +220,8 @@ def engine_socket(settings: dict) -> str:
 def wrapper_program_text(docker_socket: str = DOCKER_SOCKET) -> str:
     """The Python program the front starts for `create`."""
     return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"],
-                  docker_socket=docker_socket, toolkit_configs=TOOLKIT_CONFIGS)
+                  docker_socket=docker_socket, toolkit_configs=TOOLKIT_CONFIGS,
+                  hook_policy=wrapper_policy())
 
 
 def read_slice_map(host: Host) -> tuple[str | None, dict]:
