@@ -359,6 +359,18 @@ IPTABLES_RULES = fact("iptables_rules", COMMAND, lambda program: [program, "-w",
 IPTABLES_RULES_AGAIN = fact("iptables_rules_again", COMMAND, lambda arg: [arg.split()[0], "-w", "-S"], _rules)
 
 
+def _metadata_cloud(facts: Facts, _arg: str) -> tuple[str | None, str]:
+    from . import clouds
+
+    dmi = {name: facts.get(FILE_TEXT, f"{clouds.DMI_DIR}/{name}") for name in clouds.DMI_FILES}
+    return clouds.detect(facts.get(FILE_TEXT, clouds.CLOUD_ID), facts.get(FILE_TEXT, clouds.INSTANCE_DATA), dmi)
+
+
+# The cloud this machine runs on and how that was found (clouds.detect: cloud-init's cloud id,
+# its instance data, the DMI strings); (None, what was looked at) when unknown.
+METADATA_CLOUD = fact("metadata_cloud", DERIVED, parse=_metadata_cloud, takes_arg=False)
+
+
 def chain_rules(listing: str | None, chain: str) -> list[list[str]]:
     """The `-A CHAIN ...` lines of an `iptables -S` listing, split into words."""
     return [line.split() for line in (listing or "").splitlines() if line.split()[:2] == ["-A", chain]]
