@@ -80,6 +80,13 @@ def guard_rules(listing: str) -> list[list[str]]:
             if f"--comment {COMMENT}" in line]
 
 
+def guard_lines(listing: str, guard: Guard) -> list[str]:
+    """The lines of DOCKER-USER with the guard's comment whose destination holds `guard`'s address."""
+    rules = iptables.parse(listing).chains.get("DOCKER-USER", [])
+    return [r.line for r in rules if f"--comment {COMMENT}" in r.line
+            and iptables.matches(r, iptables.Probe(guard.address)) != iptables.NONE]
+
+
 def jumps_to_user_chain(listing: str | None) -> bool:
     return ["-A", "FORWARD", "-j", "DOCKER-USER"] in F.chain_rules(listing, "FORWARD")
 
@@ -121,7 +128,10 @@ def missing_rules(ctx: Context) -> dict[str, str]:
         judged = verdict(listing, guard)
         if judged.hit:
             continue
-        if not rule_in(listing, guard):
+        narrowed = [line for line in guard_lines(listing, guard) if not rule_in(line, guard)]
+        if narrowed and not rule_in(listing, guard):
+            missing[guard.shown()] = f"its rule `{narrowed[0]}` takes only some of the packets; {judged.why}"
+        elif not rule_in(listing, guard):
             missing[guard.shown()] = "no rule in DOCKER-USER"
         elif not jumps_to_user_chain(listing):
             missing[guard.shown()] = f"{program}'s FORWARD does not jump to DOCKER-USER"
