@@ -143,9 +143,12 @@ def parse_addresses(text: str) -> tuple[str, ...]:
         if not word:
             continue
         try:
-            out.append(str(ipaddress.ip_address(word)))
+            ip = ipaddress.ip_address(word)
         except ValueError:
             raise ValueError(word) from None
+        if getattr(ip, "scope_id", None):  # fe80::1%eth0: iptables takes no zone
+            raise ValueError(word)
+        out.append(str(ip))
     return tuple(dict.fromkeys(out))
 
 
