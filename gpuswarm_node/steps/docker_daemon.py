@@ -194,15 +194,21 @@ def wrapper_bytecode(program_text: str, program: str = WRAPPER_PROGRAM) -> bytes
 
 
 def bytecode_current(data: bytes | None, program_text: str) -> bool:
-    """Whether `data` is bytecode Python would run for this program text: the header matches and
-    the rest loads as a code object (a damaged file would fail the import, not fall back)."""
+    """Whether `data` is the program's own bytecode: what `wrapper_bytecode` compiles from this
+    program text, byte for byte (its SHA-256), or else a code object equal to it (marshal's
+    output can differ in its reference flags while the code is the same). A header alone proves
+    nothing: its source hash is public, so anyone who could write the file could put any code
+    behind a valid one, and Python runs it without reading the program."""
+    import hashlib
     import marshal
-    import types
 
     if data is None or data[:16] != bytecode_header(program_text):
         return False
+    own = wrapper_bytecode(program_text)
+    if hashlib.sha256(data).digest() == hashlib.sha256(own).digest():
+        return True
     try:
-        return isinstance(marshal.loads(data[16:]), types.CodeType)
+        return marshal.loads(data[16:]) == marshal.loads(own[16:])
     except (EOFError, ValueError, TypeError):
         return False
 
