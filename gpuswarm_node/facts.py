@@ -175,6 +175,17 @@ def _host_exists(path: str) -> Callable[[Host], bool]:
 EXISTS = fact("exists", HOST, _host_exists)  # bool: a file or directory is there
 
 
+def _trusted_path(facts: "Facts", path: str) -> str | None:
+    from .host import trusted_path_problem
+
+    return trusted_path_problem(path, facts.get(REALPATH, path), lambda p: facts.get(FILE_STATUS, p))
+
+
+REALPATH = fact("realpath", HOST, lambda path: lambda host: host.realpath(path))  # str: symlinks resolved
+# Why a program root runs could be replaced by another user (host.trusted_path_problem), or None.
+TRUSTED_PATH_PROBLEM = fact("trusted_path_problem", DERIVED, parse=_trusted_path)
+
+
 # --- the operating system -----------------------------------------------------------------------
 
 OS_RELEASE = fact("os_release", HOST, lambda _a: lambda host: host.os_release(), takes_arg=False)  # dict

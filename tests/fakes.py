@@ -55,6 +55,7 @@ class FakeHost:
     fstab_problem: str | None = None
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # symlink -> its target, for realpath
     locks: dict[str, dict] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     actions: list[str] = field(default_factory=list)
@@ -71,7 +72,7 @@ class FakeHost:
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
                    locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
-                   downloads=dict(spec.get("downloads", {})))
+                   downloads=dict(spec.get("downloads", {})), links=dict(spec.get("links", {})))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -142,6 +143,7 @@ class FakeHost:
         self.dirs.add(path)
 
     def exists(self, path: str) -> bool:
+        path = self.realpath(path)  # as os.path.exists, a symlink is followed
         return path in self.files or path in self.dirs
 
     def which(self, program: str) -> str | None:
@@ -159,6 +161,17 @@ class FakeHost:
         if path in self.files:
             self.mtimes[path] = time.time()
             self.actions.append(f"touch {path}")
+
+    def realpath(self, path: str) -> str:
+        """`path` with the case's `links` ({link: target}) resolved, a prefix at a time."""
+        for _ in range(40):
+            for link, target in self.links.items():
+                if path == link or path.startswith(link.rstrip("/") + "/"):
+                    path = target + path[len(link):]
+                    break
+            else:
+                return path
+        return path
 
     def file_status(self, path: str) -> FileStatus | None:
         if path in self.stats:

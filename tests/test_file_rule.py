@@ -83,3 +83,22 @@ def test_every_declared_files_directory_is_roots_alone(path: Path, monkeypatch) 
         host.stats[directory] = FileStatus(0, 0, 0o777, True)
         check = safe_check(STEPS[path.parent.name], ctx)
         assert check.state is State.BLOCKED and "symlink" in check.detail, (directory, check.detail)
+
+
+def test_trusted_path_checks_the_target_and_every_directory_above_it_and_the_link() -> None:
+    from gpuswarm_node.host import trusted_path_problem
+
+    root_dir = FileStatus(0, 0, 0o755, False, is_dir=True, is_regular=False)
+    tree = {"/": root_dir, "/usr": root_dir, "/usr/local": root_dir, "/usr/local/bin": root_dir,
+            "/opt": root_dir, "/opt/t": root_dir, "/opt/t/bin": root_dir,
+            "/opt/t/bin/prog": FileStatus(0, 0, 0o755, False)}
+    assert trusted_path_problem("/usr/local/bin/prog", "/opt/t/bin/prog", tree.get) is None
+    for path, status, why in (("/opt", FileStatus(0, 0, 0o1777, False, is_dir=True, is_regular=False),
+                               "directory /opt (above /opt/t/bin/prog) is writable by others"),
+                              ("/usr/local/bin", FileStatus(0, 50, 0o775, False, is_dir=True, is_regular=False),
+                               "directory /usr/local/bin (above /usr/local/bin/prog) is writable by group 50"),
+                              ("/opt/t/bin/prog", FileStatus(1000, 0, 0o755, False), "is owned by uid 1000"),
+                              ("/opt/t/bin/prog", FileStatus(0, 0, 0o755, False, is_regular=False),
+                               "which is not a regular file")):
+        problem = trusted_path_problem("/usr/local/bin/prog", "/opt/t/bin/prog", {**tree, path: status}.get)
+        assert problem is not None and why in problem, (path, problem)
