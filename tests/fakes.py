@@ -56,6 +56,7 @@ class FakeHost:
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # symlink -> its target, for realpath
+    docker_info: dict = field(default_factory=dict)  # shared with FakeDocker.daemon_info (an effect's "docker_info")
     locks: dict[str, dict] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     actions: list[str] = field(default_factory=list)
@@ -103,6 +104,9 @@ class FakeHost:
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))
         self.stats.update(stats_from_case(effect.get("stats", {})))
+        if "docker_info" in effect:  # what the Docker daemon answers GET /info with from now on
+            self.docker_info.clear()
+            self.docker_info.update(effect["docker_info"])
         return CommandResult(tuple(argv), 0, "", "")
 
     def read_text(self, path: str) -> str | None:
@@ -251,6 +255,7 @@ class FakeDocker:
     calls: list[str] = field(default_factory=list)
     own_nodes: int = 1  # a manager's swarm: its nodes and services
     own_services: list[str] = field(default_factory=list)
+    daemon_info: dict = field(default_factory=dict)  # GET /info's answer (the case's "info")
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeDocker":
@@ -262,13 +267,14 @@ class FakeDocker:
                    manager_addr_after_join=spec.get("manager_addr_after_join", ""),
                    cluster_id=swarm.get("cluster_id", ""),
                    containers=list(spec.get("containers", [])),
-                   own_nodes=int(swarm.get("nodes", 1)), own_services=list(swarm.get("services", [])))
+                   own_nodes=int(swarm.get("nodes", 1)), own_services=list(swarm.get("services", [])),
+                   daemon_info=dict(spec.get("info", {})))
 
     def unreachable_reason(self) -> str | None:
         return None if self.reachable else "the Docker daemon does not answer at unix:///var/run/docker.sock"
 
     def info(self) -> dict:
-        return {}
+        return dict(self.daemon_info)
 
     def image_present(self, name: str) -> bool:
         return name in self.images

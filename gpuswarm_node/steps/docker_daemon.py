@@ -213,6 +213,21 @@ def bytecode_current(data: bytes | None, program_text: str) -> bool:
         return False
 
 
+def loaded_runtime_problem(ctx: Context) -> str | None:
+    """Why the running dockerd does not use the wrapper as its default runtime, by its own
+    answer (GET /info: DefaultRuntime, Runtimes), or None (also when it cannot be asked: then the
+    start-time check above is all there is)."""
+    if ctx.docker.unreachable_reason():
+        return None
+    info = ctx.docker.info() or {}
+    default, runtimes = info.get("DefaultRuntime"), info.get("Runtimes")
+    if default is not None and default != RUNTIME_NAME:
+        return f"dockerd runs with default runtime {default}, not {RUNTIME_NAME} (it has not loaded daemon.json)"
+    if isinstance(runtimes, dict) and RUNTIME_NAME not in runtimes:
+        return f"dockerd knows no runtime {RUNTIME_NAME} (it has not loaded daemon.json)"
+    return None
+
+
 def engine_socket(settings: dict) -> str:
     """The unix socket dockerd serves its API on: the first unix:// entry of daemon.json's
     "hosts", else Docker's default. The wrapper asks it which image a container runs."""
@@ -530,6 +545,13 @@ class DockerDaemonStep:
                 started, changed = dockerd_start_time(ctx.facts), ctx.fact(F.MTIME, DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
+                    restart_needed = True
+            if not restart_needed:
+                # What dockerd runs with, not what its file says (GET /info: DefaultRuntime,
+                # Runtimes): a file dockerd never loaded gives containers no wrapper.
+                loaded = loaded_runtime_problem(ctx)
+                if loaded:
+                    reasons.append(loaded)
                     restart_needed = True
             if restart_needed:
                 refusal = restart.restart_refusal(ctx)
