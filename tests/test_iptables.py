@@ -61,7 +61,8 @@ def test_the_script_puts_the_jump_and_every_rule_first() -> None:
 
 
 SCRIPT_LAYOUTS = ["docker-20.10-bridge.rules", "docker-20.10-guard-after-return.rules", "docker-24-swarm.rules",
-                  "docker-24-swarm-ingress-first.rules", "docker-28-swarm.rules", "docker-20.10-bridge-guarded.rules"]
+                  "docker-24-swarm-ingress-first.rules", "docker-28-swarm.rules", "docker-20.10-bridge-guarded.rules",
+                  "docker-ipset-forward.rules"]
 
 
 def run_script(tmp_path: Path, text: str) -> None:
