@@ -251,6 +251,9 @@ class DockerConfig:
                       choices=("distro", "docker-ce"))
     metadata_guard: bool = key(True, "Whether containers are kept from the cloud metadata service (169.254.169.254, "
                                      "fd00:ec2::254) by rules in Docker's DOCKER-USER chain; the host still reaches it.")
+    metadata_addresses: str = key("", "More addresses the metadata guard rejects containers' packets to, comma-separated "
+                                      "IP addresses (no names, no prefixes), beside those of the cloud the machine is "
+                                      "found on (cloud-init's cloud id, else DMI).")
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,14 @@ def _validate(cfg: Config) -> None:
         raise bad("image", "name", f"must be a Docker image reference such as hub.example.org:5000/notebook:tag "
                   f"(lower-case repository, no spaces, not starting with '-'), got {cfg.image.name!r}")
     _validate_swarm(cfg.swarm, bad)
+    try:
+        from .clouds import parse_addresses
+
+        parse_addresses(cfg.docker.metadata_addresses)
+    except ValueError as exc:
+        raise bad("docker", "metadata_addresses", f"must be IP addresses separated by commas, got {str(exc)!r}",
+                  "Write each address as digits (169.254.169.254, fd00:ec2::254), not a name or a network, "
+                  "and run again.") from None
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "

@@ -262,6 +262,68 @@ def undeclared_writes(step: Step, ctx: Context, check: Check) -> list[str]:
     return [w.path for w in writes if (w.path, w.content) not in declared]
 
 
+def file_rule(step: Step, ctx: Context, check: Check) -> Check:
+    """The rule for every file a step installs (its files()), which root later runs or reads: the
+    file is not a symlink, is root's, writable by root alone and has no mode bit beyond its
+    planned mode (nor lacks the execute bits a program needs); its directory is root's and
+    writable by root alone, and not a symlink. A file whose content is right but breaks the rule
+    is written again with the same content (root's, with its mode; the write replaces a symlink);
+    a directory gets chown/chmod; a symlinked directory blocks the step (it cannot be repaired in
+    place). A check that is ok or needs a change gets these added; files its actions write or
+    remove already are theirs. The same rule the runtime wrapper's own check applies
+    (docker_daemon._ownership_actions), for every file of every step."""
+    import posixpath
+
+    from .facts import FILE_BYTES, FILE_STATUS, FILE_TEXT
+    from .host import dir_repair_commands, unsafe
+
+    if check.state not in (State.OK, State.NEEDS_CHANGE):
+        return check
+    planned = flatten(check.actions)
+    handled = {a.path for a in planned if isinstance(a, (WriteFile, RemoveFile))}
+    commands = {tuple(a.argv) for a in planned if isinstance(a, RunCommand)}
+    handled |= {argv[-1] for argv in commands if argv[0] in ("chmod", "chown")}  # the step repairs it itself
+    dir_fixes: list[Action] = []
+    file_fixes: list[Action] = []
+    reasons: list[str] = []
+    for wanted in step.files(ctx):
+        directory = posixpath.dirname(wanted.path)
+        status = ctx.fact(FILE_STATUS, directory)
+        if status is not None and status.is_symlink:
+            return blocked(f"directory {directory} of {wanted.path} is a symlink, so whoever controls its target "
+                           "could change what root runs or reads; make it a directory owned by root")
+        problem = unsafe(status)
+        if problem:
+            for argv in dir_repair_commands(directory, status):
+                if argv not in commands:
+                    commands.add(argv)
+                    dir_fixes.append(run_command(*argv))
+            reasons.append(f"directory {directory} {problem}")
+        if wanted.path in handled:
+            continue
+        status = ctx.fact(FILE_STATUS, wanted.path)
+        problem = unsafe(status)
+        if status is not None and problem is None:
+            extra, missing_x = status.mode & ~wanted.mode & 0o7777, wanted.mode & 0o111 & ~status.mode
+            if extra:
+                problem = f"has mode {status.mode:04o}, more than {wanted.mode:04o}"
+            elif missing_x:
+                problem = f"has mode {status.mode:04o}, not executable as {wanted.mode:04o}"
+        if problem is None:
+            continue
+        have = ctx.fact(FILE_BYTES if isinstance(wanted.content, bytes) else FILE_TEXT, wanted.path)
+        if have != wanted.content:
+            continue  # the step keeps content of its own choosing there (boot's recorded config)
+        file_fixes.append(WriteFile(wanted.path, wanted.content, have, wanted.mode))
+        reasons.append(f"{wanted.path} {problem}")
+    if not reasons:
+        return check
+    # Directories first: nothing is written into one that someone else can still change.
+    actions = (*dir_fixes, *check.actions, *file_fixes)
+    detail = "; ".join(reasons) if check.state is State.OK else f"{check.detail}; {'; '.join(reasons)}"
+    return Check(State.NEEDS_CHANGE, detail, actions, check.reboot_required)
+
+
 # --- plans ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -410,7 +472,7 @@ def safe_check(step: Step, ctx: Context) -> Check:
     """A check that raised is a failed step, reported, never a crash of the whole run; so is one
     that plans to write a file its step does not declare (render would not show it)."""
     try:
-        check = step.check(ctx)
+        check = file_rule(step, ctx, step.check(ctx))
         undeclared = undeclared_writes(step, ctx, check) if check.state is State.NEEDS_CHANGE else []
         if undeclared:
             return Check(State.FAILED, f"internal error: the plan writes {', '.join(undeclared)} other than "

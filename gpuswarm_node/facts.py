@@ -184,6 +184,17 @@ def _host_exists(path: str) -> Callable[[Host], bool]:
 EXISTS = fact("exists", HOST, _host_exists)  # bool: a file or directory is there
 
 
+def _trusted_path(facts: "Facts", path: str) -> str | None:
+    from .host import trusted_path_problem
+
+    return trusted_path_problem(path, facts.get(REALPATH, path), lambda p: facts.get(FILE_STATUS, p))
+
+
+REALPATH = fact("realpath", HOST, lambda path: lambda host: host.realpath(path))  # str: symlinks resolved
+# Why a program root runs could be replaced by another user (host.trusted_path_problem), or None.
+TRUSTED_PATH_PROBLEM = fact("trusted_path_problem", DERIVED, parse=_trusted_path)
+
+
 # --- the operating system -----------------------------------------------------------------------
 
 OS_RELEASE = fact("os_release", HOST, lambda _a: lambda host: host.os_release(), takes_arg=False)  # dict
@@ -366,6 +377,18 @@ IPTABLES_RULES = fact("iptables_rules", COMMAND, lambda program: [program, "-w",
 # The same listing read again, the n-th time ("iptables 1"): for a check that must tell a state
 # another program passes through for a moment from one that stays (steps/metadata_guard.py).
 IPTABLES_RULES_AGAIN = fact("iptables_rules_again", COMMAND, lambda arg: [arg.split()[0], "-w", "-S"], _rules)
+
+
+def _metadata_cloud(facts: Facts, _arg: str) -> tuple[str | None, str]:
+    from . import clouds
+
+    dmi = {name: facts.get(FILE_TEXT, f"{clouds.DMI_DIR}/{name}") for name in clouds.DMI_FILES}
+    return clouds.detect(facts.get(FILE_TEXT, clouds.CLOUD_ID), facts.get(FILE_TEXT, clouds.INSTANCE_DATA), dmi)
+
+
+# The cloud this machine runs on and how that was found (clouds.detect: cloud-init's cloud id,
+# its instance data, the DMI strings); (None, what was looked at) when unknown.
+METADATA_CLOUD = fact("metadata_cloud", DERIVED, parse=_metadata_cloud, takes_arg=False)
 
 
 def chain_rules(listing: str | None, chain: str) -> list[list[str]]:

@@ -176,9 +176,10 @@ class UndoStep:
                 return ok(f"{u.unit} is not enabled")
             return needs_change(f"setup enabled {u.unit}", run_command("systemctl", "disable", u.unit))
         if u.op == "unguard":
-            deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *metadata_guard.rule_args(address))
-                       for program, address in metadata_guard.RULES
-                       if metadata_guard.rule_in(ctx.fact(F.IPTABLES_RULES, program) or "", address)]
+            # Every rule with the guard's comment, whichever addresses the run that made it guarded.
+            deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *words)
+                       for program in ("iptables", "ip6tables")
+                       for words in metadata_guard.guard_rules(ctx.fact(F.IPTABLES_RULES, program) or "")]
             if not deletes:
                 return ok("no metadata guard rule is in DOCKER-USER")
             return needs_change("the metadata guard's rules are in DOCKER-USER", *deletes)

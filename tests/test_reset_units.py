@@ -56,9 +56,9 @@ def test_reset_deletes_the_guard_rules_in_force_and_no_other():
     result = check(Undo("unguard"), {"iptables_rules": GUARD_RULES})
     assert [a.describe() for a in result.actions] == [
         "run iptables -w -D DOCKER-USER -d 169.254.169.254/32 -m comment --comment gpuswarm-node-metadata-guard "
-        "-j REJECT",
+        "-j REJECT --reject-with icmp-port-unreachable",
         "run ip6tables -w -D DOCKER-USER -d fd00:ec2::254/128 -m comment --comment gpuswarm-node-metadata-guard "
-        "-j REJECT"]
+        "-j REJECT --reject-with icmp6-port-unreachable"]
     others = {"iptables": "-N DOCKER-USER\n-A DOCKER-USER -d 169.254.169.254/32 -j REJECT\n", "ip6tables": None}
     gone = check(Undo("unguard"), {"iptables_rules": others})
     assert gone.state.value == "ok" and gone.detail == "no metadata guard rule is in DOCKER-USER"
@@ -73,8 +73,10 @@ def test_a_reset_undoes_the_guard_newest_first_and_reloads_systemd_after_removin
         {"kind": "run", "argv": ["systemctl", "enable", GUARD], "undo": {"op": "disable-unit", "unit": GUARD}},
         {"kind": "run", "argv": ["systemctl", "restart", GUARD], "undo": {"op": "unguard"}},
     ]
-    deletes = [f"{program} -w -D DOCKER-USER -d {address} -m comment --comment gpuswarm-node-metadata-guard -j REJECT"
-               for program, address in (("iptables", "169.254.169.254/32"), ("ip6tables", "fd00:ec2::254/128"))]
+    deletes = [f"{program} -w -D DOCKER-USER -d {address} -m comment --comment gpuswarm-node-metadata-guard -j REJECT "
+               f"--reject-with {icmp}-port-unreachable"
+               for program, address, icmp in (("iptables", "169.254.169.254/32", "icmp"),
+                                               ("ip6tables", "fd00:ec2::254/128", "icmp6"))]
     host = FakeHost(files={unit: "[Unit]\n", script: "#!/bin/sh\n"},
                     facts={"unit_file_state": {GUARD: "enabled"}, "iptables_rules": dict(GUARD_RULES)},
                     effects={deletes[0]: {"facts": {"iptables_rules": {"iptables": ""}}},

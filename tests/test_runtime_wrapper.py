@@ -531,3 +531,21 @@ def test_codec_falls_back_to_the_json_module(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         loads("[NaN]")
 
+
+
+def test_bytecode_is_current_only_when_it_is_the_programs_own_code():
+    """A valid header (magic, hash-checked flags, the program's source hash: all public) in front
+    of other code is not the program's bytecode: Python would run that code without reading the
+    program."""
+    from gpuswarm_node.steps.docker_daemon import (bytecode_current, bytecode_header, wrapper_bytecode,
+                                                   wrapper_program_text)
+    import marshal
+
+    program = wrapper_program_text()
+    own = wrapper_bytecode(program)
+    assert bytecode_current(own, program)
+    other = compile("import os\ndef main(argv):\n    os.execv('/bin/sh', ['sh'])\n", "x", "exec")
+    assert not bytecode_current(bytecode_header(program) + marshal.dumps(other), program)
+    assert not bytecode_current(own[:16] + own[16:-1], program)  # truncated: marshal fails
+    assert not bytecode_current(wrapper_bytecode(program + "\n# changed\n"), program)
+    assert not bytecode_current(None, program)

@@ -57,6 +57,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
     docker = FakeDocker.from_case(case.get("docker", {}))
+    host.docker_info = docker.daemon_info  # a command's effect can change what dockerd answers
     manager = FakeManager(case.get("manager"))
     docker.cluster_after_join = manager.cluster_id
     ports = FakePorts(case.get("closed_ports", {}))

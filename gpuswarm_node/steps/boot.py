@@ -94,6 +94,13 @@ class BootStep:
         if not ctx.fact(F.EXISTS, PROGRAM):
             return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool with "
                            "setup.sh (it links it there), then run setup again")
+        # The unit runs the program as root at every boot: present is not enough, it must be
+        # something only root can change (the file it resolves to and every directory above).
+        problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
+        if problem:
+            return blocked(f"{problem}, so whoever can change it would run code as root at every boot; make it and "
+                           "the directories above it root's and writable by root alone (or reinstall with setup.sh "
+                           "under a root-owned prefix), then run setup again")
         actions, reasons, notes = [], [], []
         for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
             if write.path == BOOT_CONFIG and write.before is not None and ctx.options.diagnose:
