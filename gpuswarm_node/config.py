@@ -254,6 +254,9 @@ class DockerConfig:
     metadata_addresses: str = key("", "More addresses the metadata guard rejects containers' packets to, comma-separated "
                                       "IP addresses (no names, no prefixes), beside those of the cloud the machine is "
                                       "found on (cloud-init's cloud id, else DMI).")
+    accept_advisories: str = key("", "Container-escape advisories (CVE ids, comma-separated) the operator accepts for "
+                                     "runc and nvidia-container-toolkit where no fixed package can be installed: "
+                                     "those steps are then ok, naming each accepted advisory, instead of failing.")
 
 
 @dataclass(frozen=True)
@@ -524,6 +527,13 @@ def _validate(cfg: Config) -> None:
         raise bad("docker", "metadata_addresses", f"must be IP addresses separated by commas, got {str(exc)!r}",
                   "Write each address as digits (169.254.169.254, fd00:ec2::254), not a name or a network, "
                   "and run again.") from None
+    from .floors import ADVISORIES, accepted
+
+    unknown = [a for a in accepted(cfg.docker.accept_advisories) if a not in ADVISORIES]
+    if unknown:
+        raise bad("docker", "accept_advisories", f"names {', '.join(unknown)}, which no minimum version of this tool "
+                  f"closes (known: {', '.join(sorted(ADVISORIES))})",
+                  "Name only the advisories a step reports as lacking, as it spells them, and run again.")
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "

@@ -65,6 +65,32 @@ FLOORS = (
 # CVE-2024-41110) are not container escapes in this setup (no authorization plugin, no user
 # namespaces); the escape runs through runc, which docker-ce ships inside containerd.io.
 
+# Every advisory a floor closes: what docker.accept_advisories may name.
+ADVISORIES = frozenset(a for f in FLOORS for a in f.advisories)
+
+
+def accepted(setting: str) -> tuple[str, ...]:
+    """docker.accept_advisories as advisory ids, upper-cased, blanks and empty items dropped."""
+    return tuple(item.strip().upper() for item in setting.split(",") if item.strip())
+
+
+def unaccepted(lacking: "Missing | None", setting: str) -> "Missing | None":
+    """What of `lacking` the operator did not accept (docker.accept_advisories); None when all of
+    it is accepted or nothing lacks."""
+    if lacking is None:
+        return None
+    left = tuple(a for a in lacking.advisories if a not in accepted(setting))
+    return None if not left else Missing(lacking.component, lacking.version, left, lacking.fixed)
+
+
+def acceptance_note(lacking: "Missing | None") -> str:
+    """The words a step that is ok adds for advisories it lacks and the operator accepted."""
+    if lacking is None:
+        return ""
+    return (f"; {lacking.sentence()}: accepted by docker.accept_advisories, so containers can still escape "
+            f"through it until it is upgraded")
+
+
 # Distribution packages whose backports carry a fix at a lower upstream version: (package,
 # advisory) -> the first fixed Debian version, per the Debian security tracker.
 DISTRO_FIXED = {

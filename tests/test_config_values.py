@@ -311,6 +311,23 @@ def test_apt_lock_timeout_within_bounds(value):
     assert config.from_tables({"apt": {"lock_timeout": value}}).apt.lock_timeout == value
 
 
+@pytest.mark.parametrize("value", ["CVE-2019-5736", "CVE-2025-31133,CVE-2099-1", "all", "CVE-2025-31133;rm -rf /"])
+def test_accepting_an_advisory_no_floor_closes_is_refused(value):
+    error = refused("docker", "accept_advisories", value)
+    assert "which no minimum version of this tool closes" in error.message() and "CVE-2025-23266" in error.message()
+
+
+@pytest.mark.parametrize("value, advisories", [
+    ("", ()), ("CVE-2025-31133", ("CVE-2025-31133",)),
+    (" cve-2025-52565 , CVE-2025-52881,", ("CVE-2025-52565", "CVE-2025-52881")),
+])
+def test_accepted_advisories_are_read_as_ids(value, advisories):
+    from gpuswarm_node.floors import accepted
+
+    cfg = config.from_tables({"docker": {"accept_advisories": value}})
+    assert accepted(cfg.docker.accept_advisories) == advisories
+
+
 # --- what a hurried operator types, and a message that names the right fix ----------------------------
 
 @pytest.mark.parametrize("tables, key, fix", [

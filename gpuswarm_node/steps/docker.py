@@ -45,6 +45,7 @@ RUNC_VERSION = F.fact("runc_version", F.COMMAND, lambda _a: ["runc", "--version"
                       lambda r, _a: (r.stdout.splitlines() or [""])[0].rpartition(" ")[2]
                       if r.ok and r.stdout.startswith("runc version ") else "", takes_arg=False)
 RUNC_FLOOR_AFTER_UPGRADE = "check the upgraded runc against the advisories' minimum versions"
+RUNC_FLOOR_AFTER_INSTALL = "check the installed runc against the advisories' minimum versions"
 
 
 def runc_lacks(ctx: Context) -> tuple[floors.Missing | None, str]:
@@ -65,11 +66,13 @@ def runc_lacks(ctx: Context) -> tuple[floors.Missing | None, str]:
 
 
 def runc_floor_after_upgrade(ctx: Context) -> None:
-    lacking, _package = runc_lacks(ctx)
+    lacking = floors.unaccepted(runc_lacks(ctx)[0], ctx.config.docker.accept_advisories)
     if lacking is not None:
         raise StepFailed(f"{lacking.sentence()}, and the configured source offers nothing newer.",
                          f'Set docker.source = "docker-ce" (Docker\'s containerd.io ships a fixed runc) or install runc '
-                         f"{lacking.fixed} or later from your distribution's backports, then run setup again.")
+                         f"{lacking.fixed} or later from your distribution's backports, then run setup again; only "
+                         f"if every notebook user is trusted, accept the risk with docker.accept_advisories = "
+                         f"\"{','.join(lacking.advisories)}\".")
 
 
 class DockerStep:
@@ -117,14 +120,16 @@ class DockerStep:
             actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
+            actions.append(Call(RUNC_FLOOR_AFTER_INSTALL, runc_floor_after_upgrade))
         else:
-            lacking, package = runc_lacks(ctx)
+            found, package = runc_lacks(ctx)
+            lacking = floors.unaccepted(found, ctx.config.docker.accept_advisories)
             if lacking is not None and not package:
                 return blocked(f"{lacking.sentence()}; that runc is not from a package this tool installs: upgrade "
                                f"it to {lacking.fixed} or later, then run setup again")
             enabled, active = ctx.fact(F.UNIT_ENABLED, "docker"), ctx.fact(F.UNIT_ACTIVE, "docker")
             if enabled and active and lacking is None:
-                return ok(f"{installed[0]} installed, docker.service enabled and running")
+                return ok(f"{installed[0]} installed, docker.service enabled and running" + floors.acceptance_note(found))
             reasons = [lacking.sentence()] if lacking is not None else []
             if lacking is not None:
                 # A container escape is never ok: upgrade from the configured source, in this run.

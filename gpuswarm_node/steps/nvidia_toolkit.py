@@ -169,12 +169,15 @@ RELEASE_PACKAGES = (PACKAGE, "nvidia-container-toolkit-base", "libnvidia-contain
 FLOOR_AFTER_UPGRADE = "check the upgraded toolkit packages against the advisories' minimum versions"
 
 
-def lacking_fixes(ctx: Context) -> tuple[list[str], list[floors.Missing]]:
+def lacking_fixes(ctx: Context, accepted_too: bool = False) -> tuple[list[str], list[floors.Missing]]:
     """The installed packages of the toolkit's release, and what each lacks (floors.FLOORS),
-    one Missing per package."""
+    one Missing per package, less the advisories docker.accept_advisories accepts (all of them
+    with `accepted_too`)."""
     installed = [p for p in RELEASE_PACKAGES if ctx.fact(F.PACKAGE_VERSION, p)]
     lacking = [floors.merged(p, floors.missing("nvidia-container-toolkit", ctx.fact(F.PACKAGE_VERSION, p), p))
                for p in installed]
+    if not accepted_too:
+        lacking = [floors.unaccepted(m, ctx.config.docker.accept_advisories) for m in lacking]
     return installed, [m for m in lacking if m is not None]
 
 
@@ -184,7 +187,9 @@ def floor_after_upgrade(ctx: Context) -> None:
     if lacking:
         raise StepFailed(f"{'; '.join(m.sentence() for m in lacking)}, and the configured source offers nothing newer.",
                          f"Point nvidia.toolkit_apt_source at a repository with {PACKAGE} {lacking[-1].fixed} or later "
-                         "(NVIDIA's libnvidia-container repository has it), then run setup again.")
+                         "(NVIDIA's libnvidia-container repository has it), then run setup again; only if every "
+                         "notebook user is trusted, accept the risk with docker.accept_advisories = "
+                         f"\"{','.join(a for m in lacking for a in m.advisories)}\".")
 
 
 def fix_mode_after_install(ctx: Context) -> None:
@@ -249,5 +254,6 @@ class NvidiaToolkitStep:
             actions.append(verdict.fix)
         if actions:
             return needs_change("; ".join(reasons), *actions)
+        accepted = [floors.acceptance_note(m)[2:] for m in lacking_fixes(ctx, accepted_too=True)[1]]
         return ok("; ".join([f"{PACKAGE} {verdict.version} installed, runtime at {runtime}, mode {verdict.mode}"]
-                            + notes))
+                            + notes + accepted))
