@@ -303,6 +303,68 @@ def test_on_a_stand_in_a100_with_mig_the_slices_are_the_mig_devices(tmp_path, nv
     assert (tmp_path / "smi-calls").read_text() == "-q -x\n-L\n"
 
 
+# Stand-ins for the frameworks on a GPU machine, modelled on what they report: CUDA shows the
+# devices CUDA_VISIBLE_DEVICES names that exist (FAKE_CUDA_DEVICES), torch prints a UUID without
+# its GPU- prefix; XLA's allocator refuses past XLA_PYTHON_CLIENT_MEM_FRACTION of the device.
+FAKE_TORCH = """__version__ = "0-stand-in"
+import os, types
+def _visible():
+    present = os.environ.get("FAKE_CUDA_DEVICES", "").split(",")
+    wanted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return present if wanted is None else [d for d in wanted.split(",") if d in present]
+cuda = types.SimpleNamespace(
+    device_count=lambda: len(_visible()),
+    get_device_properties=lambda i: types.SimpleNamespace(uuid=_visible()[i].split("-", 1)[1]))
+"""
+FAKE_JAX = """__version__ = "0-stand-in"
+import os
+def devices():
+    return ["cuda:0"]
+"""
+FAKE_JNP = """import os
+_held = [0]
+class _Array:
+    def block_until_ready(self):
+        return self
+def ones(shape, dtype=None):
+    limit = float(os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * int(os.environ["FAKE_TOTAL_MIB"]) * 2**20
+    if _held[0] + shape[0] * 4 > limit:
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 268435456 bytes.")
+    _held[0] += shape[0] * 4
+    return _Array()
+float32 = "float32"
+"""
+
+
+def test_cuda_and_jax_parts_with_stand_in_frameworks(tmp_path, nvml_lib_dir):
+    env = stand_in_gpu(tmp_path, nvml_lib_dir, H100_NVML, H100_XML, "", "550.54.15", 12040)
+    frameworks = tmp_path / "frameworks"
+    (frameworks / "jax" / "numpy").mkdir(parents=True)
+    (frameworks / "torch").mkdir()
+    (frameworks / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (frameworks / "jax" / "__init__.py").write_text(FAKE_JAX)
+    (frameworks / "jax" / "numpy" / "__init__.py").write_text(FAKE_JNP)
+    env.update(PYTHONPATH=str(frameworks), FAKE_CUDA_DEVICES=H100_UUID, FAKE_TOTAL_MIB="81559")
+    rc, report, summary = run_check(tmp_path, env)
+    cuda = report["parts"]["slice-cuda"]
+    assert cuda["status"] == "passed", cuda
+    assert {f["check"]: f["measured"] for f in cuda["findings"]} == {
+        "wrapper + hook model, the slice: devices": [H100_UUID], "wrapper + hook model, no slice: devices": [],
+        "cuda-env, the slice": H100_UUID, "cuda-env, no slice": "",
+        "CUDA (torch 0-stand-in), the slice: device count": 1, "CUDA, the slice: the device's UUID": H100_UUID[4:],
+        "CUDA (torch 0-stand-in), no slice: device count": 0}
+    jax = report["parts"]["jax-memory"]
+    found = {f["check"]: f for f in jax["findings"]}
+    assert jax["data"]["share"] == pytest.approx(1 / 3) and jax["data"]["device_memory_mib"] == 81559
+    assert found["JAX: allocations past the share are refused"]["ok"]
+    assert found["JAX: what it allocated before the refusal is within the share"]["measured"] == 27136
+    # The fake NVML has no per-process figures: the finding fails and says why.
+    nvml = found["NVML: the process's memory at half the share is within the share plus the CUDA context"]
+    assert not nvml["ok"] and "NVML unreadable" in nvml["measured"]
+    assert jax["status"] == "failed" and rc == 1
+    assert "mps" in json.dumps(jax["data"]).lower()
+
+
 def test_a_disagreement_with_nvidia_smi_fails_the_check(tmp_path, nvml_lib_dir):
     wrong = [fake_nvml.FakeGpu(H100_UUID, "NVIDIA H100 80GB HBM3", 81520, pci_bus_id="00000000:19:00.0",
                                mig_mode="off")]

@@ -52,6 +52,50 @@ MPS_CONTROL = "nvidia-cuda-mps-control"  # looked up on PATH only; never started
 DAEMON_JSON = "/etc/docker/daemon.json"
 SLICE_MAP = "/etc/gpuswarm-node/slices.json"
 MIB = 1 << 20
+CONTEXT_ALLOWANCE_MIB = 1024  # the CUDA context and library workspaces, outside XLA's allocator
+# Run by --cuda-python with the slice's settings in its environment: argv total MiB, share. Takes
+# 256 MiB arrays up to 1.2 x the share (small arrays: XLA kernels index large ones with 32 bits);
+# reads NVML's per-process figure once half the share is held; prints one JSON line.
+JAX_PROBE = r"""
+import json, os, sys
+import jax, jax.numpy as jnp
+total_mib, share = int(sys.argv[1]), float(sys.argv[2])
+out = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "refused": None,
+       "nvml_used_at_half_mib": None}
+def nvml_used():
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            mine = 0
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                # The unversioned call is _v3 (drivers from R510); older drivers have _v2 only.
+                try:
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                except pynvml.NVMLLibraryMismatchError:
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(handle)
+                for p in procs:
+                    if p.pid == os.getpid() and p.usedGpuMemory:
+                        mine += p.usedGpuMemory
+            return mine >> 20
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:
+        out["nvml_error"] = f"NVML unreadable: {type(exc).__name__}: {exc}"
+        return None
+chunk_mib, held = 256, []
+while len(held) * chunk_mib < total_mib * share * 1.2:
+    if out["nvml_used_at_half_mib"] is None and len(held) * chunk_mib >= total_mib * share * 0.5:
+        out["nvml_used_at_half_mib"] = nvml_used()
+    try:
+        held.append(jnp.ones((chunk_mib << 18,), dtype=jnp.float32).block_until_ready())
+    except Exception as exc:
+        out["refused"] = str(exc).splitlines()[0][:200]
+        break
+out["allocated_mib"] = len(held) * chunk_mib
+print(json.dumps(out))
+"""
 
 
 class Unavailable(Exception):
@@ -355,11 +399,14 @@ def imports(python: str, module: str, env: dict) -> bool:
         return False
 
 
-def has_module(name: str) -> bool:
-    """Whether this Python could import `name`, without importing it (TensorFlow takes seconds)."""
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+def has_module(python: str, name: str, env: dict) -> bool:
+    """Whether `python` could import `name`, without importing it (TensorFlow takes seconds)."""
+    try:
+        return subprocess.run([python, "-c", "import importlib.util, sys; "
+                               "sys.exit(importlib.util.find_spec(sys.argv[1]) is None)", name],
+                              env=env, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def prepare_tool(wheel_dir: Path | None, work: Path, env: dict) -> Tool:
@@ -407,6 +454,7 @@ class Check:
         self.probe: dict | None = None
         self.slice_map: dict | None = None
         self.parts: dict[str, dict] = {}
+        self.cuda_python = args.cuda_python or sys.executable
 
     # what every part needs -------------------------------------------------------------
     def gather(self) -> None:
@@ -574,12 +622,12 @@ except ImportError:
         out["framework"] = None
 print(json.dumps(out))
 """
-        result = run([sys.executable, "-c", code], deadline, env=env, cap=60)
+        result = run([self.cuda_python, "-c", code], deadline, env=env, cap=60)
         if result.returncode != 0:
             raise RuntimeError(f"the CUDA probe exited {result.returncode}: {result.stderr.strip()[-600:]}")
         answer = json.loads(result.stdout.strip().splitlines()[-1])
         if not answer.get("framework"):
-            raise Unavailable(f"neither torch nor cupy imports with {sys.executable}")
+            raise Unavailable(f"neither torch nor cupy imports with {self.cuda_python}")
         return answer
 
     def wrapper_node(self, deadline: Deadline) -> "WrapperNode":
@@ -635,54 +683,30 @@ print(json.dumps(out))
         data = {"slice": slice_id, "share": share, "device_memory_mib": total,
                 "mps_control": mps or f"{MPS_CONTROL} is not on PATH",
                 "mps_note": "presence only; the check starts no MPS daemon",
-                "tensorflow": "installed, not exercised here (TF_FORCE_GPU_ALLOW_GROWTH)" if has_module("tensorflow")
+                "tensorflow": "installed, not exercised here (TF_FORCE_GPU_ALLOW_GROWTH)" if has_module(self.cuda_python, "tensorflow", self.env)
                 else "not installed: its setting is not checked"}
-        code = r"""
-import json, os, sys
-import jax, jax.numpy as jnp
-import pynvml
-total = int(sys.argv[1]) << 20
-share = float(sys.argv[2])
-out = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
-def used():
-    pynvml.nvmlInit()
-    try:
-        mine = 0
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                if p.pid == os.getpid() and p.usedGpuMemory:
-                    mine += p.usedGpuMemory
-        return mine
-    finally:
-        pynvml.nvmlShutdown()
-small = jnp.ones((int(total * share * 0.5) // 4,), dtype=jnp.float32).block_until_ready()
-out["after_half_share_mib"] = used() >> 20
-try:
-    big = jnp.ones((int(total * share * 1.2) // 4,), dtype=jnp.float32).block_until_ready()
-    out["over_share"] = "allocated"
-    out["after_over_share_mib"] = used() >> 20
-except Exception as exc:
-    out["over_share"] = "refused: " + str(exc).splitlines()[0][:200]
-print(json.dumps(out))
-"""
-        if not imports(sys.executable, "jax", self.env):
-            raise Unavailable(f"jax does not import with {sys.executable}")
+        if not imports(self.cuda_python, "jax", self.env):
+            return [], data, f"jax does not import with {self.cuda_python}"
+        if not total:
+            raise RuntimeError(f"nvidia-smi gives no memory total for {device}")
         env = {**self.env, "CUDA_VISIBLE_DEVICES": device, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
                "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{share:.3f}"}
-        result = run([sys.executable, "-c", code, str(total), str(share)], deadline, env=env, cap=80)
+        result = run([self.cuda_python, "-c", JAX_PROBE, str(total), f"{share:.3f}"], deadline, env=env, cap=80)
         if result.returncode != 0:
             raise RuntimeError(f"the JAX probe exited {result.returncode}: {result.stderr.strip()[-600:]}")
         answer = json.loads(result.stdout.strip().splitlines()[-1])
         data["jax"] = answer
-        bound = int(total * share)
+        bound = int(total * float(f"{share:.3f}"))
+        peak = answer.get("nvml_used_at_half_mib")
         findings = [
-            finding("JAX, half the share: NVML's per-process memory stays within the share",
-                    0 < answer["after_half_share_mib"] <= bound, f"<= {bound} MiB", answer["after_half_share_mib"],
-                    "includes the CUDA context"),
-            finding("JAX, 1.2 x the share: refused", answer["over_share"].startswith("refused"),
-                    "refused", answer["over_share"],
-                    "XLA_PYTHON_CLIENT_MEM_FRACTION bounds XLA's allocator also without preallocation"),
+            finding("JAX: allocations past the share are refused", answer["refused"] is not None,
+                    f"refused before {int(bound * 1.2)} MiB", answer["refused"] or f"{answer['allocated_mib']} MiB allocated"),
+            finding("JAX: what it allocated before the refusal is within the share",
+                    answer["allocated_mib"] <= bound, f"<= {bound} MiB", answer["allocated_mib"]),
+            finding("NVML: the process's memory at half the share is within the share plus the CUDA context",
+                    peak is not None and 0 < peak <= bound + CONTEXT_ALLOWANCE_MIB,
+                    f"<= {bound} + {CONTEXT_ALLOWANCE_MIB} MiB", peak if peak is not None else answer.get("nvml_error"),
+                    "nvmlDeviceGetComputeRunningProcesses, this process's usedGpuMemory"),
         ]
         return findings, data
 
@@ -834,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel-dir", metavar="DIR", help="gpuswarm-node's wheel and its dependencies' "
                         "(pip wheel . -w DIR); without it, the machine's Python or this source tree")
     parser.add_argument("--out", metavar="DIR", required=True, help="where report.json and summary.md go")
+    parser.add_argument("--cuda-python", metavar="PYTHON", help="the Python with PyTorch or CuPy, JAX and "
+                        "nvidia-ml-py that the CUDA and JAX parts run (default: the one running this)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per timing (default 5)")
     parser.add_argument("--budget", type=float, default=TOTAL_BUDGET_S, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
