@@ -189,6 +189,47 @@ def test_the_summary_names_each_part_and_what_failed():
     assert "- GPU 0 memory (MiB): expected 81559, measured 81558" in text
 
 
+@pytest.mark.parametrize("statuses, code", [
+    (["passed", "unavailable"], 0), (["passed", "failed"], 1), (["passed", "error"], 1),
+    (["unavailable", "unavailable"], 1),  # a GPU, but nothing could run: nothing is proven
+])
+def test_exit_status(statuses, code):
+    assert check.overall_exit({str(n): {"status": s} for n, s in enumerate(statuses)}) == code
+    assert check.overall_exit({"a": {"status": "unavailable", "no_gpu": True}}) == check.EXIT_NO_GPU
+
+
+def test_a_part_that_breaks_or_hangs_is_reported_and_the_next_still_runs(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(check, "PART_LIMITS_S", {**check.PART_LIMITS_S, "render": 0.2})
+    monkeypatch.setattr(check, "JOIN_GRACE_S", 0.1)
+    run = check.Check(check.argparse.Namespace(out=str(tmp_path), budget=60, cuda_python=None, wheel_dir=None,
+                                               repeat=1))
+    monkeypatch.setattr(run, "no_gpu_reason", lambda: "")
+    release = threading.Event()
+
+    def breaks(deadline):
+        raise KeyError("uuid")
+
+    run.part("inventory", breaks)
+    run.part("render", lambda deadline: release.wait(10))
+    run.part("status", lambda deadline: ([check.finding("x", True)], {}))
+    run.part("timings", lambda deadline: ([check.finding("x", True)], {}, "CUDA was not checked"))
+    release.set()
+    parts = run.parts
+    assert parts["inventory"]["status"] == "error" and "KeyError: 'uuid'" in parts["inventory"]["error"]
+    assert parts["render"]["status"] == "error" and parts["render"]["reason"].startswith("timed out")
+    assert parts["status"]["status"] == "passed"
+    assert (parts["timings"]["status"], parts["timings"]["reason"]) == ("unavailable", "CUDA was not checked")
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        check.main(["--out", str(tmp_path), "--wheel-dir", str(tmp_path / "none")])
+    assert exc.value.code == check.EXIT_USAGE == 2
+    assert "pip wheel . -w DIR" in capsys.readouterr().err
+
+
 # --- it only reads the GPU -----------------------------------------------------------------------
 
 def test_the_check_calls_nvidia_smi_only_to_read():
@@ -239,7 +280,9 @@ def clean_env(path: str) -> dict:
 
 
 def test_without_a_gpu_every_part_is_unavailable_and_the_exit_status_is_3(tmp_path):
-    rc, report, summary = run_check(tmp_path, clean_env("/usr/sbin:/usr/bin:/sbin:/bin"))
+    (tmp_path / "wheels").mkdir()  # no wheel in it: the check says so and uses the installed tool
+    rc, report, summary = run_check(tmp_path, clean_env("/usr/sbin:/usr/bin:/sbin:/bin"),
+                                    "--wheel-dir", str(tmp_path / "wheels"))
     assert rc == check.EXIT_NO_GPU == report["exit_status"] == 3
     assert list(report["parts"]) == ["inventory", "render", "status", "slice-cuda", "jax-memory", "timings"]
     for part in report["parts"].values():
@@ -247,6 +290,7 @@ def test_without_a_gpu_every_part_is_unavailable_and_the_exit_status_is_3(tmp_pa
         assert "no NVIDIA GPU found: nvidia-smi is not on PATH" in part["reason"]
         assert "no NVIDIA GPU on this machine" in part["reason"]  # what `gpus --json` said
     assert report["tool"]["how"].startswith("the installed gpuswarm_node")
+    assert f"the wheels in {tmp_path / 'wheels'} did not install" in report["tool"]["how"]
     assert "| inventory | unavailable |" in summary
 
 

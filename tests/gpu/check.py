@@ -16,8 +16,9 @@ inventory, render, status, slice-cuda, jax-memory, timings. A part's status is "
 "failed" (a finding did not hold), "error" (the part itself broke: the error is in the report) or
 "unavailable" (a prerequisite is missing: the reason is in the report).
 
-Exit status: 0 every part that could run passed; 1 a part failed or broke; 2 bad usage;
-3 no NVIDIA GPU was found (no nvidia-smi, or NVML sees none): nothing could be checked.
+Exit status: 0 every part that could run passed, and at least one did; 1 a part failed or broke,
+or none could run; 2 bad usage; 3 no NVIDIA GPU was found (no nvidia-smi, or NVML sees none):
+nothing could be checked.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
 TOTAL_BUDGET_S = 280  # under the five minutes a GPU machine is lent for this check
+JOIN_GRACE_S = 5  # a part's subprocesses have timeouts of their own; this is the last resort
 PART_LIMITS_S = {"inventory": 40, "render": 30, "status": 40, "slice-cuda": 90, "jax-memory": 90, "timings": 60}
 
 NVIDIA_SMI = "nvidia-smi"
@@ -332,9 +334,12 @@ def summarize(report: dict) -> str:
 
 
 def overall_exit(parts: dict) -> int:
+    """3 when no GPU was found; 0 when no part failed or broke and at least one passed (a check
+    in which nothing could run proves nothing); else 1."""
     if parts and all(p["status"] == "unavailable" and p.get("no_gpu") for p in parts.values()):
         return EXIT_NO_GPU
-    return EXIT_FAILED if any(p["status"] in ("failed", "error") for p in parts.values()) else EXIT_OK
+    statuses = [p["status"] for p in parts.values()]
+    return EXIT_OK if "passed" in statuses and not {"failed", "error"} & set(statuses) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,16 +419,28 @@ def prepare_tool(wheel_dir: Path | None, work: Path, env: dict) -> Tool:
     tried = []
     if wheel_dir is not None:
         venv = work / "venv"
+        python = str(venv / "bin" / "python")
+        install = ["install", "--quiet", "--no-index", "--disable-pip-version-check", "--find-links",
+                   str(wheel_dir), "gpuswarm-node"]
         # The machine's own packages stay visible: a wheel built for another Python (cffi,
-        # markupsafe) is then not needed where the machine has that package already.
-        made = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                              capture_output=True, text=True, timeout=60)
-        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
-                              "--disable-pip-version-check", "--find-links", str(wheel_dir), "gpuswarm-node"],
-                             capture_output=True, text=True, timeout=120) if made.returncode == 0 else made
-        if pip.returncode == 0:
-            return Tool(str(venv / "bin" / "python"), f"wheels from {wheel_dir} in a temporary venv", env)
-        tried.append(f"the wheels in {wheel_dir} did not install: {(pip.stdout + pip.stderr).strip()[-400:]}")
+        # markupsafe) is then not needed where the machine has that package already. This
+        # Python's pip installs into the venv (pip 22.3's --python), which spares the venv a pip
+        # of its own (ensurepip takes 20 s on a small machine); else the venv gets one.
+        result = subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode == 0:
+            result = subprocess.run([sys.executable, "-m", "pip", "--python", python, *install],
+                                    capture_output=True, text=True, timeout=120)
+        if result.returncode != 0 and ("no such option" in result.stderr + result.stdout
+                                       or "No module named pip" in result.stderr):
+            shutil.rmtree(venv, ignore_errors=True)
+            result = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                                    capture_output=True, text=True, timeout=60)
+            if result.returncode == 0:
+                result = subprocess.run([python, "-m", "pip", *install], capture_output=True, text=True, timeout=120)
+        if result.returncode == 0:
+            return Tool(python, f"wheels from {wheel_dir} in a temporary venv", env)
+        tried.append(f"the wheels in {wheel_dir} did not install: {(result.stdout + result.stderr).strip()[-400:]}")
     fallback = f" ({tried[0]})" if tried else ""
     if imports(sys.executable, "gpuswarm_node.cli", env):
         return Tool(sys.executable, f"the installed gpuswarm_node of {sys.executable}{fallback}", env)
@@ -458,28 +475,36 @@ class Check:
 
     # what every part needs -------------------------------------------------------------
     def gather(self) -> None:
+        """The tool, nvidia-smi's answer and the tool's inventory; what fails is kept as the reason
+        the parts that need it give (a report is written whatever happens here)."""
         try:
             self.tool = prepare_tool(Path(self.args.wheel_dir) if self.args.wheel_dir else None, self.work, self.env)
-        except Unavailable as exc:
+        except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
             self.tool_error = str(exc)
         try:
             smi = parse_nvidia_smi_xml(nvidia_smi(("-q", "-x"), self.deadline))
             if any(not m["uuid"] for g in smi["gpus"] for m in g["mig_devices"]):
                 merge_mig_uuids(smi, parse_nvidia_smi_list(nvidia_smi(("-L",), self.deadline)))
             self.smi = smi
-        except (Unavailable, ValueError) as exc:
+        except (Unavailable, ValueError, OSError, subprocess.TimeoutExpired, TimeoutError) as exc:
             self.smi_error = str(exc)
         if self.tool is not None:
-            result = self.tool.cli(["gpus", "--json"], self.deadline)
-            if result.returncode == 0:
-                self.inventory = json.loads(result.stdout)
-            else:
-                self.tool_error = f"gpus --json exited {result.returncode}: {result.stderr.strip()[-400:]}"
-            probe = self.tool.code("import json, dataclasses\nfrom gpuswarm_node.probes.gpu import read_inventory\n"
-                                   "try:\n    print(json.dumps(dataclasses.asdict(read_inventory())))\n"
-                                   "except Exception as exc:\n    print(json.dumps({'error': str(exc)}))\n",
-                                   self.deadline)
-            self.probe = json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr[-400:]}
+            try:
+                self.read_inventory()
+            except (ValueError, OSError, subprocess.TimeoutExpired, TimeoutError) as exc:
+                self.tool_error = f"the tool's inventory: {type(exc).__name__}: {exc}"
+
+    def read_inventory(self) -> None:
+        result = self.tool.cli(["gpus", "--json"], self.deadline)
+        if result.returncode == 0:
+            self.inventory = json.loads(result.stdout)
+        else:
+            self.tool_error = f"gpus --json exited {result.returncode}: {result.stderr.strip()[-400:]}"
+        probe = self.tool.code("import json, dataclasses\nfrom gpuswarm_node.probes.gpu import read_inventory\n"
+                               "try:\n    print(json.dumps(dataclasses.asdict(read_inventory())))\n"
+                               "except Exception as exc:\n    print(json.dumps({'error': str(exc)}))\n",
+                               self.deadline)
+        self.probe = json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr[-400:]}
 
     def no_gpu_reason(self) -> str:
         """Why nothing can be checked, or "" when a GPU is here."""
@@ -521,7 +546,7 @@ class Check:
 
             worker = threading.Thread(target=target, daemon=True)
             worker.start()
-            worker.join(limit + 5)
+            worker.join(limit + JOIN_GRACE_S)
             if worker.is_alive():
                 record.update(status="error", reason=f"timed out after {limit:.0f} s",
                               error=f"the part did not finish within {limit:.0f} s")
@@ -853,7 +878,7 @@ class WrapperNode:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Exit status: 0 passed; 1 a part failed or broke; 2 bad usage; "
+                                     epilog="Exit status: 0 passed; 1 a part failed or broke, or none ran; 2 bad usage; "
                                             "3 no NVIDIA GPU found. See tests/gpu/README.md.")
     parser.add_argument("--wheel-dir", metavar="DIR", help="gpuswarm-node's wheel and its dependencies' "
                         "(pip wheel . -w DIR); without it, the machine's Python or this source tree")
