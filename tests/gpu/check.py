@@ -629,7 +629,8 @@ try:
     import torch
     out["framework"] = "torch " + torch.__version__
     out["count"] = torch.cuda.device_count()
-    out["uuids"] = [str(torch.cuda.get_device_properties(i).uuid) for i in range(out["count"])]
+    # cudaDeviceProp.uuid, printed without the GPU-/MIG- prefix (torch 2.0 and later have it)
+    out["uuids"] = [str(getattr(torch.cuda.get_device_properties(i), "uuid", "")) for i in range(out["count"])]
 except ImportError:
     try:
         import cupy
@@ -677,7 +678,7 @@ print(json.dumps(out))
             node.close()
         missing = ""
         for label, resource, want_count in (("the slice", slice_id, 1), ("no slice", None, 0)):
-            env = {"DOCKER_RESOURCE_GPU": resource} if resource else {}
+            env = {self.slice_map["variable"]: resource} if resource else {}
             shown = self.tool.cli(["cuda-env"], deadline, env=env)
             match = re.fullmatch(r"export CUDA_VISIBLE_DEVICES=(\S*)\n", shown.stdout)
             value = match.group(1).strip("'") if match else None
@@ -811,8 +812,9 @@ class WrapperNode:
         root.mkdir(parents=True)
         self.root = root
         slice_map = root / "slices.json"
-        slice_map.write_text(json.dumps(check.slice_map or {"kind": "gpu", "variable": "DOCKER_RESOURCE_GPU",
-                                                              "slices": {}}))
+        given = check.slice_map or {"kind": "gpu", "variable": "DOCKER_RESOURCE_GPU", "slices": {}}
+        self.variable = given["variable"]
+        slice_map.write_text(json.dumps(given))
         slice_map.chmod(0o644)
         self.engine = FakeEngine(root / "docker.sock")
         program = root / "gpuswarm-runtime.py"
@@ -845,7 +847,7 @@ class WrapperNode:
     def create(self, resource: str | None) -> subprocess.CompletedProcess:
         spec = json.loads(self.spec_text)
         env = [e for e in spec["process"]["env"] if not e.startswith("DOCKER_RESOURCE_")]
-        spec["process"]["env"] = env + ([f"DOCKER_RESOURCE_GPU={resource}"] if resource else [])
+        spec["process"]["env"] = env + ([f"{self.variable}={resource}"] if resource else [])
         self.config.write_text(json.dumps(spec))
         return self.call("create", "--bundle", str(self.bundle), "c0ffee")
 
