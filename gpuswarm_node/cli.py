@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_errors
     from click.globals import get_current_context
 
-from . import __version__
+from . import version as tool_version
 from .errors import GpuswarmError
 
 PROG = "gpuswarm-node"
@@ -65,6 +65,11 @@ class State:
 state = State()
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: dict) -> None:
+    """Print one --json object, which names the tool's version and commit first ("version")."""
+    out.print_json(json.dumps({"version": tool_version(), **data}))
 
 
 def fail(exc: GpuswarmError) -> None:
@@ -177,7 +182,7 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
             report = run_plan(plan, ctx)
             log_run(report)
     if json_out:
-        out.print_json(json.dumps(report.as_json()))
+        print_json(report.as_json())
     elif dry_run:
         print_plan(out, report)
         if hint:
@@ -195,7 +200,7 @@ def exit_code(report) -> int:
 
 def print_version(value: bool) -> None:
     if value:
-        out.print(f"{PROG} {__version__}")
+        out.print(f"{PROG} {tool_version()}")
         raise typer.Exit(0)
 
 
@@ -294,7 +299,7 @@ def status(
 
             write_metrics(report, str(prometheus))
         if json_out:
-            out.print_json(json.dumps(report.as_json()))
+            print_json(report.as_json())
         elif plain_wanted(sys.stdout):
             sys.stdout.write(status_text(report))
         else:
@@ -348,8 +353,7 @@ def gpus(
                                     "distribution's driver.") from None
             line = f"no NVIDIA GPU on this machine: none on the PCI bus ({exc.reason})"
             if json_out:
-                out.print_json(json.dumps({"driver_version": None, "gpus": [], "node_generic_resources": [],
-                                           "notes": [line]}))
+                print_json({"driver_version": None, "gpus": [], "node_generic_resources": [], "notes": [line]})
             else:
                 out.print(line, markup=False)
             return 0
@@ -357,9 +361,8 @@ def gpus(
         why_not = notes(inventory.gpus, cfg.gpu)
         resources = generic_resources(cfg.gpu.resource, slices)
         if json_out:
-            out.print_json(json.dumps({"driver_version": inventory.driver_version,
-                                       "gpus": [asdict(g) for g in inventory.gpus],
-                                       "node_generic_resources": resources, "notes": why_not}))
+            print_json({"driver_version": inventory.driver_version, "gpus": [asdict(g) for g in inventory.gpus],
+                        "node_generic_resources": resources, "notes": why_not})
         else:
             out.print(inventory_table(inventory, slices))
             out.print(f"{len(slices)} slice(s) advertised as node-generic-resources:")
@@ -780,8 +783,8 @@ def reset(
         code = 0
         if not undo:
             if json_out and not purge:
-                out.print_json(json.dumps({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
-                                           "steps": [], "preflight": []}))
+                print_json({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
+                            "steps": [], "preflight": []})
             else:
                 out.print(f"nothing to revert: no changes recorded in {journal.path}")
             if not purge:
@@ -844,7 +847,7 @@ def print_purge_plan(plan) -> None:
 @app.command(epilog=epilog(f"{PROG} version", f"0; {USAGE_EXIT}", "none."))
 def version() -> None:
     """Print the version."""
-    out.print(f"{PROG} {__version__}")
+    out.print(f"{PROG} {tool_version()}")
 
 
 class Shell(str, Enum):
@@ -891,7 +894,7 @@ def show_config(
                          "origin": cfg.origins.get(dotted, "default"), "environment": env_name(section, name),
                          "help": help_text})
         if json_out:
-            out.print_json(json.dumps({"file": str(path), "file_read": cfg.source != "defaults", "keys": rows}))
+            print_json({"file": str(path), "file_read": cfg.source != "defaults", "keys": rows})
             return 0
         lines = [f"# {PROG} configuration: each key's meaning, its value, and where the value came from.",
                  "# Flags (--set) win over the environment (GPUSWARM_<SECTION>_<KEY>), the environment over the",
