@@ -116,11 +116,17 @@ class ConfigSource:
     def path(self) -> Optional[Path]:
         return self.given or state.config
 
-    def load(self):
-        """The validated configuration (config.load: file, then environment, then --set)."""
-        from .config import load
+    def load(self, remember: bool = False):
+        """The validated configuration (config.load: file, then environment, then --set).
+        `remember`: a command that acts on this node (setup, status, leave, reset, config) reads
+        the configuration of the last setup where no file is named, and says so on stderr."""
+        from .config import load, remembered_note
 
-        return load(self.path, overrides=self.overrides, warn=warn)
+        cfg = load(self.path, overrides=self.overrides, warn=warn, remember=remember)
+        note = remembered_note(cfg) if remember else None
+        if note:
+            err.print(f"note: {note}", markup=False)
+        return cfg
 
 
 def with_config(command: Callable) -> Callable:
@@ -245,7 +251,7 @@ def setup(
         from . import steps
         from .preflight import setup_plan
 
-        cfg = source.load()
+        cfg = source.load(remember=True)
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
@@ -285,7 +291,7 @@ def status(
         from .table import plain_wanted, status_text
         from .ui import status_table
 
-        cfg = source.load()
+        cfg = source.load(remember=True)
         from .render import use_cache
 
         use_cache()
@@ -516,7 +522,7 @@ def leave(
         from .lifecycle import leave_plan, run_then, then_argv
 
         after = then_argv(then) if then is not None else None  # a usage error before anything changes
-        cfg = source.load()
+        cfg = source.load(remember=True)
         ctx = make_context(cfg, json_out, changes=not dry_run, drain_timeout=timeout)
         report = apply_plan(leave_plan(), ctx, dry_run, json_out)
         if after is None or dry_run or not report.ok:
@@ -790,7 +796,7 @@ def reset(
             if not purge:
                 return 0
         else:
-            cfg = source.load()
+            cfg = source.load(remember=True)
             ctx = make_context(cfg, json_out, allow_restart=allow_restart, drain=drain)
             flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                           ("--purge", purge)) if on)
@@ -882,8 +888,9 @@ def show_config(
     def body() -> int:
         from .config import DEFAULT_CONFIG_PATH, env_name, reference
 
-        cfg = source.load()
-        path = source.path or os.environ.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH
+        cfg = source.load(remember=True)
+        path = source.path or os.environ.get("GPUSWARM_CONFIG") or (
+            cfg.source if cfg.source != "defaults" else DEFAULT_CONFIG_PATH)
         rows = []
         for section, name, default, help_text in reference():
             dotted = f"{section}.{name}"

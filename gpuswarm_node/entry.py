@@ -93,11 +93,14 @@ def _status(config: str | None, json_out: bool) -> int | None:
 
     warnings: list[str] = []
     try:
-        cfg = load(Path(config) if config is not None else None, overrides=[], warn=warnings.append)
+        cfg = load(Path(config) if config is not None else None, overrides=[], warn=warnings.append, remember=True)
     except GpuswarmError:
         return None
     if warnings:
         return None
+    from .config import remembered_note
+
+    note = remembered_note(cfg)
 
     from . import render, steps
     from .context import Context, RunOptions
@@ -125,6 +128,8 @@ def _status(config: str | None, json_out: bool) -> int | None:
         def say_error(line: str) -> None:  # as the CLI says it where rich adds no colour
             sys.stderr.write(line + "\n")
 
+    if note:  # as the CLI says it (cli.ConfigSource.load)
+        sys.stderr.write(f"note: {note}\n")
     ctx = Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True))
     try:
         report = run_status(steps.ALL_STEPS, ctx)

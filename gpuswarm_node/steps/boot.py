@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from ..config import from_tables, tables, to_toml, tomllib
+from ..config import LAST_SETUP_CONFIG, from_tables, tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
@@ -28,7 +28,7 @@ PROGRAM = "/usr/local/bin/gpuswarm-node"  # setup.sh's link: it stays across upg
 UNIT_NAME = "gpuswarm-node-boot.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 STATE_DIR = "/var/lib/gpuswarm-node"
-BOOT_CONFIG = f"{STATE_DIR}/boot-config.toml"
+BOOT_CONFIG = str(LAST_SETUP_CONFIG)  # status, setup and leave read it where no config is named
 REBOOT_MARKER = f"{STATE_DIR}/auto-reboot"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 

@@ -1,0 +1,102 @@
+"""What a new user meets first: a node that remembers the configuration of its last setup, and
+user-input errors that are one sentence with the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuswarm_node import config
+
+
+def remember(tmp_path: Path, text: str) -> Path:
+    """The boot config a setup wrote, as the CLI run by `gsn` sees it: in the upper layer of its
+    private /var/lib (conftest.private_state)."""
+    path = tmp_path / "host-state" / "var" / "lib" / "upper" / "gpuswarm-node" / "boot-config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+# --- the configuration of the last setup ----------------------------------------------------------
+
+@pytest.fixture
+def last_setup(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "boot-config.toml"
+    monkeypatch.setattr(config, "LAST_SETUP_CONFIG", path)
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    path.write_text('[swarm]\nmanager = "hub.example.org"\n')
+    return path
+
+
+def test_without_a_named_file_a_node_command_reads_the_last_setups_configuration(last_setup):
+    cfg = config.load(env={}, remember=True)
+    assert cfg.swarm.manager == "hub.example.org" and cfg.source == str(last_setup)
+    assert str(last_setup) in config.remembered_note(cfg)
+
+
+def test_a_named_file_the_environment_and_set_win_over_the_last_setup(last_setup, tmp_path):
+    other = tmp_path / "node.toml"
+    other.write_text('[swarm]\nmanager = "other.example.org"\n')
+    assert config.load(other, env={}, remember=True).swarm.manager == "other.example.org"
+    assert config.load(env={"GPUSWARM_CONFIG": str(other)}, remember=True).swarm.manager == "other.example.org"
+    cfg = config.load(env={}, overrides=["swarm.manager=flag.example.org"], remember=True)
+    assert cfg.swarm.manager == "flag.example.org" and config.remembered_note(cfg)
+
+
+def test_the_default_file_wins_over_the_last_setup_and_commands_off_the_node_never_read_it(last_setup, monkeypatch,
+                                                                                           tmp_path):
+    assert config.load(env={}).source == "defaults"  # hub-config, gpus, render: not this node's record
+    default = tmp_path / "config.toml"
+    default.write_text('[swarm]\nmanager = "default.example.org"\n')
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", default)
+    cfg = config.load(env={}, remember=True)
+    assert cfg.swarm.manager == "default.example.org" and config.remembered_note(cfg) is None
+
+
+@pytest.mark.parametrize("module", ["gpuswarm_node.entry", "gpuswarm_node.cli"])
+def test_status_without_config_checks_the_last_setups_configuration_and_says_so(gsn, tmp_path, module):
+    """After `setup.sh --config ~/node.toml`, a plain `sudo gpuswarm-node status` checks that
+    configuration (its fast path and the CLI alike), and says where it came from on stderr."""
+    scratch = tmp_path / "scratch-of-the-last-setup"
+    remember(tmp_path, f'[tmpfs]\npath = "{scratch}"\n')
+    result = gsn("status", "--json", module=module)
+    assert result.returncode in (0, 1), result.stderr
+    [note] = result.stderr.splitlines()
+    assert note.startswith("note: using the configuration of the last setup (/var/lib/gpuswarm-node/boot-config.toml)")
+    tmpfs = next(s for s in json.loads(result.stdout)["steps"] if s["name"] == "tmpfs")
+    assert str(scratch) in tmpfs["detail"]
+
+
+def test_config_shows_the_last_setups_values_and_a_named_file_or_set_wins(gsn, tmp_path):
+    remember(tmp_path, '[gpu]\nslices_per_gpu = 5\n')
+    shown = json.loads(gsn("config", "--json").stdout)
+    key = next(k for k in shown["keys"] if k["key"] == "gpu.slices_per_gpu")
+    assert key["value"] == 5 and "boot-config.toml" in key["origin"]
+    assert shown["file"] == "/var/lib/gpuswarm-node/boot-config.toml"
+    flagged = gsn("config", "--json", "--set", "gpu.slices_per_gpu=2")
+    assert next(k for k in json.loads(flagged.stdout)["keys"] if k["key"] == "gpu.slices_per_gpu")["value"] == 2
+    named = tmp_path / "node.toml"
+    named.write_text("")
+    result = gsn("config", "--json", "--config", str(named))
+    assert "last setup" not in result.stderr
+    assert next(k for k in json.loads(result.stdout)["keys"] if k["key"] == "gpu.slices_per_gpu")["value"] == 3
+
+
+@pytest.mark.parametrize("argv", [("setup", "--dry-run", "--only", "tmpfs"), ("leave", "--dry-run"),
+                                  ("reset",)])
+def test_setup_leave_and_reset_without_config_use_the_last_setups_configuration(gsn, tmp_path, argv):
+    scratch = tmp_path / "scratch-of-the-last-setup"
+    remember(tmp_path, f'[tmpfs]\npath = "{scratch}"\n')
+    result = gsn(*argv, "--json")
+    notes = [line for line in result.stderr.splitlines() if "configuration of the last setup" in line]
+    if argv[0] == "reset":  # nothing recorded to revert: no configuration is read at all
+        assert notes == [] and result.returncode == 0, result.stderr
+        return
+    assert len(notes) == 1, result.stderr
+    if argv[0] == "setup":
+        [tmpfs] = json.loads(result.stdout)["steps"]
+        assert str(scratch) in tmpfs["detail"] + json.dumps(tmpfs["actions"])
