@@ -77,6 +77,19 @@ def fail(exc: GpuswarmError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def need_root(command: str) -> None:
+    """Setup, status, leave and reset read root's files (the boot config, the journal), the Docker
+    socket and iptables, and setup changes the machine: without root they would report what they
+    cannot see as wrong, or fail half-way. A usage error (exit 2), before anything is read."""
+    if os.geteuid() != 0:
+        import shlex
+
+        from .errors import ConfigError
+
+        raise ConfigError(f"{command} needs root: it reads root's files, the Docker socket and iptables.",
+                          f"Run it as `sudo {shlex.join([PROG, *sys.argv[1:]])}`.")
+
+
 def guarded(fn: Callable[[], int]) -> None:
     """Run a command body: domain errors become one line and an exit code, never a traceback."""
     try:
@@ -248,6 +261,7 @@ def setup(
     """Converge this machine into a ready Swarm worker (safe to re-run)."""
 
     def body() -> int:
+        need_root("setup")
         from . import steps
         from .preflight import setup_plan
 
@@ -286,6 +300,7 @@ def status(
     """Check every step without changing anything; exit 1 when the node is not converged."""
 
     def body() -> int:
+        need_root("status")
         from . import steps
         from .engine import run_status
         from .table import plain_wanted, status_text
@@ -519,6 +534,7 @@ def leave(
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
     def body() -> int:
+        need_root("leave")
         from .lifecycle import leave_plan, run_then, then_argv
 
         after = then_argv(then) if then is not None else None  # a usage error before anything changes
@@ -775,6 +791,7 @@ def reset(
     """Best-effort revert of everything setup changed, from the tool's own record of changes."""
 
     def body() -> int:
+        need_root("reset")
         from . import reset as resetting
         from .journal import Journal
 

@@ -82,6 +82,8 @@ def exit_now(code: int | str | None) -> None:
 def _status(config: str | None, json_out: bool) -> int | None:
     """Run status and print its table or JSON; the exit status, or None to leave the command to
     the CLI (before anything was printed)."""
+    if os.geteuid() != 0:
+        return None  # the CLI says status needs root (cli.need_root)
     from pathlib import Path
 
     from .probes.docker import begin_info

@@ -100,3 +100,24 @@ def test_setup_leave_and_reset_without_config_use_the_last_setups_configuration(
     if argv[0] == "setup":
         [tmpfs] = json.loads(result.stdout)["steps"]
         assert str(scratch) in tmpfs["detail"] + json.dumps(tmpfs["actions"])
+
+
+# --- root ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["gpuswarm_node.entry", "gpuswarm_node.cli"])
+@pytest.mark.parametrize("argv", [("status",), ("status", "--json"), ("setup", "--dry-run"), ("setup",),
+                                  ("leave", "--dry-run"), ("reset",)])
+def test_a_node_command_without_root_says_so_in_one_line_and_exits_2(argv, module):
+    """Not misleading tables, not `internal error: PermissionError`: one line naming the fix.
+    Run as `nobody` (setpriv), which can change nothing here even where the check is missing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                             "-m", module, *argv], cwd=Path(__file__).resolve().parent.parent, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout
+    assert result.stderr == (f"error: {argv[0]} needs root: it reads root's files, the Docker socket and iptables. "
+                             f"Run it as `sudo gpuswarm-node {' '.join(argv)}`.\n")
