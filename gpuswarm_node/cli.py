@@ -416,15 +416,24 @@ def render(
         cfg = source.load()
         ctx = make_context(cfg, json_mode=False)
         if inventory is not None:
+            from . import trust
             from .probes.gpu import inventory_from_json
 
+            fix = f"Save what `{PROG} gpus --json` prints on a GPU node to a file and give that."
+            raw = trust.read(inventory, "--inventory")  # ConfigError: missing, unreadable, not to be trusted
             try:
-                from . import trust
-
-                given = inventory_from_json(json.loads(trust.read(inventory, "--inventory")))
-            except (OSError, ValueError) as exc:  # json's errors are ValueErrors too
-                raise ConfigError(f"--inventory {inventory}: {exc}.",
-                                  f"Give the output of `{PROG} gpus --json`.") from None
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"--inventory {inventory} is not UTF-8 text (byte {exc.start}).", fix) from None
+            try:
+                data = json.loads(text)
+            except ValueError as exc:  # json.JSONDecodeError
+                raise ConfigError(f"--inventory {inventory} is not JSON ({exc.msg} at line {exc.lineno}, "
+                                  f"column {exc.colno}).", fix) from None
+            try:
+                given = inventory_from_json(data)
+            except ValueError as exc:
+                raise ConfigError(f"--inventory {inventory} is not a GPU inventory: {exc}.", fix) from None
             ctx.inventory_reader = lambda: given
         missing = []
         shown: set[str] = set()

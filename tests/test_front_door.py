@@ -121,3 +121,48 @@ def test_a_node_command_without_root_says_so_in_one_line_and_exits_2(argv, modul
     assert (result.returncode, result.stdout) == (2, ""), result.stdout
     assert result.stderr == (f"error: {argv[0]} needs root: it reads root's files, the Docker socket and iptables. "
                              f"Run it as `sudo gpuswarm-node {' '.join(argv)}`.\n")
+
+
+# --- user-input errors: one sentence with the fix --------------------------------------------------
+
+def one_usage_error(result) -> str:
+    """The one line a usage error prints (exit 2, nothing on stdout, no traceback)."""
+    assert (result.returncode, result.stdout) == (2, ""), (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and "Traceback" not in line and "Errno" not in line
+    return line[len("error: "):]
+
+
+INVENTORY_FIX = "Save what `gpuswarm-node gpus --json` prints on a GPU node to a file and give that."
+
+
+@pytest.mark.parametrize("content, cause", [
+    (b"\xff\xfe", "is not UTF-8 text (byte 0)"),
+    ("not json", "is not JSON (Expecting value at line 1, column 1)"),
+    ("[]", 'is not a GPU inventory: it is not an object with a "gpus" list'),
+    ('{"gpus": [{"name": "x"}]}', 'is not a GPU inventory: gpus[0] has no "uuid"'),
+    ('{"gpus": [7]}', "is not a GPU inventory: gpus[0] is 7, not an object"),
+    ('{"gpus": [{"uuid": "GPU-1", "memory_bytes": "12"}]}',
+     'is not a GPU inventory: gpus[0].memory_bytes is "12", not a whole number'),
+    ('{"gpus": [{"uuid": "GPU-1", "memory_bytes": 1, "mig_devices": [{"uuid": "MIG-1"}]}]}',
+     'is not a GPU inventory: gpus[0].mig_devices[0] has no "memory_bytes"'),
+])
+def test_render_with_a_bad_inventory_file_says_what_is_wrong_and_the_fix(gsn, tmp_path, content, cause):
+    path = tmp_path / "gpus.json"
+    if content == "directory":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    assert one_usage_error(gsn("render", "--inventory", str(path))) == f"--inventory {path} {cause}. {INVENTORY_FIX}"
+
+
+@pytest.mark.parametrize("make, line", [
+    (lambda path: None, "--inventory {path} cannot be read: does not exist. Check the path."),
+    (lambda path: path.mkdir(), "--inventory {path} is not a regular file; refusing to trust it."),
+])
+def test_render_with_an_inventory_file_that_is_missing_or_no_file_says_so_in_one_sentence(gsn, tmp_path, make, line):
+    path = tmp_path / "gpus.json"
+    make(path)
+    assert one_usage_error(gsn("render", "--inventory", str(path))).startswith(line.format(path=path))
