@@ -166,3 +166,81 @@ def test_render_with_an_inventory_file_that_is_missing_or_no_file_says_so_in_one
     path = tmp_path / "gpus.json"
     make(path)
     assert one_usage_error(gsn("render", "--inventory", str(path))).startswith(line.format(path=path))
+
+
+def keygen(path: Path, *options: str) -> Path:
+    """A key pair made by ssh-keygen (PATH and PATH.pub); `options`, e.g. -N passphrase or -m PEM."""
+    import subprocess
+
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "worker", "-f", str(path), *options]
+    if "-N" in options:
+        argv[5:7] = []
+    if "-t" in options:
+        argv[3:5] = []
+    subprocess.run(argv, check=True)
+    return path
+
+
+@pytest.mark.parametrize("options", [(), ("-t", "rsa", "-b", "2048", "-m", "PEM"), ("-N", "secret"),
+                                     ("-t", "ecdsa", "-m", "PKCS8")])
+def test_hub_authorize_given_a_private_key_names_its_kind_and_the_pub_file(gsn, tmp_path, options):
+    """Not 'holds 7 keys': the private key is named as such, and nothing is written."""
+    key = keygen(tmp_path / "worker", *options)
+    target = tmp_path / "authorized_keys"
+    line = one_usage_error(gsn("hub", "authorize", "--key", str(key), "--node", "worker-7",
+                               "--authorized-keys", str(target), "--program", "/usr/local/bin/gpuswarm-node"))
+    assert line == (f"--key {key} is a private key, not a public one. Give the .pub file beside it (ssh-keygen "
+                    "writes KEY and KEY.pub), and keep the private key where it is.")
+    assert not target.exists()
+
+
+def test_hub_authorize_given_an_rfc4716_public_key_says_how_to_convert_it(gsn, tmp_path):
+    import subprocess
+
+    key = keygen(tmp_path / "worker")
+    ssh2 = tmp_path / "worker.ssh2"
+    ssh2.write_text(subprocess.run(["ssh-keygen", "-e", "-f", f"{key}.pub"], capture_output=True, text=True,
+                                   check=True).stdout)
+    line = one_usage_error(gsn("hub", "authorize", "--key", str(ssh2), "--node", "worker-7", "--authorized-keys",
+                               str(tmp_path / "authorized_keys"), "--program", "/usr/local/bin/gpuswarm-node"))
+    assert line.startswith(f"--key {ssh2} is an RFC 4716 (SSH2) public key") and "ssh-keygen -i -f" in line
+
+
+def ssh_key_preflight(path: Path) -> str | None:
+    from gpuswarm_node import preflight
+    from gpuswarm_node.context import Context
+
+    from .fakes import FakeDocker, FakeHost
+
+    docker = FakeDocker.from_case({"reachable": False})  # a fresh machine: the join comes later in the run
+    cfg = config.from_tables({"swarm": {"manager": "hub.example.org", "ssh_key": str(path),
+                                        "host_key_fingerprint": "SHA256:" + "A" * 43}})
+    ctx = Context(config=cfg, host=FakeHost(), docker_factory=lambda: docker)
+    return preflight.ssh_key_problem(ctx, {"swarm-join"})
+
+
+@pytest.mark.parametrize("options, make, problem", [
+    ((), lambda key: key, None),
+    (("-t", "rsa", "-b", "2048", "-m", "PEM"), lambda key: key, None),
+    ((), lambda key: key.with_name(key.name + ".pub"), "is a public key, not the private key"),
+    (("-N", "secret"), lambda key: key, "is protected by a passphrase"),
+    (("-N", "secret", "-t", "rsa", "-b", "2048", "-m", "PEM"), lambda key: key, "is protected by a passphrase"),
+    (("-N", "secret", "-t", "ecdsa", "-m", "PKCS8"), lambda key: key, "is protected by a passphrase"),
+])
+def test_the_ssh_key_preflight_refuses_a_public_or_passphrase_protected_key_with_the_fix(tmp_path, options, make,
+                                                                                         problem):
+    key = make(keygen(tmp_path / "node-key", *options))
+    key.chmod(0o600)
+    found = ssh_key_preflight(key)
+    if problem is None:
+        assert found is None
+    else:
+        assert found.startswith(f"swarm.ssh_key {key} {problem}") and ": " in found, found
+
+
+def test_the_ssh_key_preflight_refuses_a_file_that_holds_no_key(tmp_path):
+    key = tmp_path / "node-key"
+    key.write_text("hub.example.org ssh-ed25519\n")
+    key.chmod(0o600)
+    assert ssh_key_preflight(key) == (f"swarm.ssh_key {key} holds no private key: give the OpenSSH private key file "
+                                      "(ssh-keygen writes it)")
