@@ -513,7 +513,16 @@ def hub_config(
 
         side = HubSide(hub_address=hub_address, network=network, slice_wait=slice_wait,
                        start_timeout=start_timeout, http_timeout=http_timeout)
-        config_text = text(source.load(), side)
+        cfg = source.load()
+        if not cfg.image.name:
+            from .errors import ConfigError
+
+            # Without one the spawner starts its own default image, not the one the workers
+            # pulled: every spawn would pull gigabytes, and the notebooks lack the node's CUDA stack.
+            raise ConfigError("hub-config needs the notebook image, and image.name is empty.",
+                              "Set it with --set image.name=REGISTRY/IMAGE:TAG, GPUSWARM_IMAGE_NAME or [image] name "
+                              "in the --config file (the workers' image).")
+        config_text = text(cfg, side)
         if profiles:
             from .hub import hub_profiles, swarm_nodes
 

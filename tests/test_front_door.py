@@ -244,3 +244,14 @@ def test_the_ssh_key_preflight_refuses_a_file_that_holds_no_key(tmp_path):
     key.chmod(0o600)
     assert ssh_key_preflight(key) == (f"swarm.ssh_key {key} holds no private key: give the OpenSSH private key file "
                                       "(ssh-keygen writes it)")
+
+
+def test_hub_config_without_an_image_is_an_error_naming_the_key_and_how_to_set_it(gsn, tmp_path):
+    line = one_usage_error(gsn("hub-config"))
+    assert line == ("hub-config needs the notebook image, and image.name is empty. Set it with --set "
+                    "image.name=REGISTRY/IMAGE:TAG, GPUSWARM_IMAGE_NAME or [image] name in the --config file "
+                    "(the workers' image).")
+    result = gsn("hub-config", "--set", "image.name=hub.example.org:5000/nb:latest")
+    assert result.returncode == 0 and "c.SwarmSpawner.image = 'hub.example.org:5000/nb:latest'\n" in result.stdout
+    result = gsn("hub-config", env={"GPUSWARM_IMAGE_NAME": "hub.example.org:5000/nb:latest"})
+    assert result.returncode == 0, result.stderr
