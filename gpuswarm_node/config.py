@@ -33,7 +33,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/gpuswarm-node/config.toml")
 LAST_SETUP_CONFIG = Path("/var/lib/gpuswarm-node/boot-config.toml")
 ENV_PREFIX = "GPUSWARM_"
 # Environment variables with our prefix that are not configuration keys.
-ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX"}  # GPUSWARM_PREFIX: setup.sh's install dir
+# GPUSWARM_PREFIX: setup.sh's install dir; GPUSWARM_INSTALLING: set by setup.sh's dry run (steps/boot.py).
+ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX", "GPUSWARM_INSTALLING"}
 
 NVIDIA_TOOLKIT_SOURCE = (
     "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.asc] "
