@@ -42,13 +42,18 @@ def test_release_sh_builds_a_tarball_whose_checksum_verifies_and_that_holds_what
         committed = git("ls-tree", "-r", "--name-only", "HEAD", "--", "setup.sh", "pyproject.toml", "gpuswarm_node",
                         "templates").splitlines()
         assert "setup.sh" in committed and "gpuswarm_node/__init__.py" in committed
-        assert {f"{name}/{path}" for path in committed} <= names
-        assert {f"{name}/LICENSE", f"{name}/CHANGELOG.md", f"{name}/README.md"} <= names
-        assert tar.getmember(f"{name}/setup.sh").mode & 0o111
+        # At its top, as the quick start unpacks it (tar -xzf ... -C ~/gpuswarm-node).
+        assert set(committed) <= names
+        assert {"LICENSE", "CHANGELOG.md", "README.md"} <= names
+        assert tar.getmember("setup.sh").mode & 0o111
         # git archive wrote the commit in (export-subst): no .git is needed to name it.
-        assert tar.extractfile(f"{name}/gpuswarm_node/COMMIT").read().decode().strip()[:7] == head
+        assert tar.extractfile("gpuswarm_node/COMMIT").read().decode().strip()[:7] == head
         tar.extractall(tmp_path / "x", filter="data")
-    tree = tmp_path / "x" / name
+    tree = tmp_path / "x"
+    # hub bundle --tool takes it as the tool to put into a worker's user-data.
+    from gpuswarm_node.bundle import tool_bytes
+
+    assert tool_bytes(tarball) == tarball.read_bytes()
     shown = subprocess.run([sys.executable, "-c", "import gpuswarm_node; print(gpuswarm_node.version())"], cwd=tree,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert shown == f"{__version__} ({head})"

@@ -1,8 +1,10 @@
 #!/bin/sh
 # Build the release tarball of a commit (default HEAD) and its SHA-256:
-#   dist/gpuswarm-node-X.Y.Z.tar.gz         `git archive` of the commit; X.Y.Z is its
-#                                           gpuswarm_node.__version__, and gpuswarm_node/COMMIT
-#                                           holds its commit (.gitattributes: export-subst)
+#   dist/gpuswarm-node-X.Y.Z.tar.gz         `git archive` of the commit, setup.sh at its top (as
+#                                           the quick start unpacks it and `hub bundle --tool`
+#                                           wants it); X.Y.Z is its gpuswarm_node.__version__,
+#                                           and gpuswarm_node/COMMIT holds its commit
+#                                           (.gitattributes: export-subst)
 #   dist/gpuswarm-node-X.Y.Z.tar.gz.sha256  its checksum, as `sha256sum -c` reads it
 # Usage: tools/release.sh [-o DIR] [COMMIT]. Tagging the release is left to whoever publishes it.
 # The archive is made from the commit alone: changes not committed are not in it (this says so).
@@ -31,7 +33,7 @@ fi
 name=gpuswarm-node-$version
 mkdir -p "$out"
 # Written beside, then renamed: a killed build leaves no half tarball under the release's name.
-git archive --format=tar.gz --prefix="$name/" -o "$out/$name.tar.gz.new.$$" "$commit"
+git archive --format=tar.gz -o "$out/$name.tar.gz.new.$$" "$commit"
 mv -f "$out/$name.tar.gz.new.$$" "$out/$name.tar.gz"
 (cd "$out" && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256.new.$$" && mv -f "$name.tar.gz.sha256.new.$$" "$name.tar.gz.sha256")
 say "built $version ($short): $out/$name.tar.gz"
