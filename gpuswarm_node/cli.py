@@ -648,7 +648,7 @@ def hub_bundle(
     cloud_init: bool = typer.Option(False, "--cloud-init",
                                     help="Also write cloud-init user-data that installs the tool and runs setup."),
     tool: Optional[Path] = typer.Option(None, "--tool", metavar="TARBALL",
-                                        help="The tool's source tarball (git archive), for --cloud-init."),
+                                        help="The tool's release tarball (tools/release.sh), for --cloud-init."),
     tool_url: Optional[str] = typer.Option(None, "--tool-url", metavar="URL",
                                            help="With --cloud-init: the worker downloads --tool's tarball from this "
                                                 "https URL (checked by its SHA-256) instead of carrying it."),

@@ -10,6 +10,9 @@ ui.status_table printed by a rich console set as the CLI's, elsewhere the CLI's 
 it to a file or pipe (stdout must not be a terminal for it, where rich would colour it). The
 Engine API's /info, dockerd's slowest answer, is asked first and read while the rest loads
 (probes.docker.EarlyInfo).
+Without --config it reads the configuration of the last setup, as the CLI does (config.load's
+`remember`), and says so on stderr the same way. Not run as root, it leaves the command to the CLI,
+which says status needs root.
 Anything else, and any configuration that warns or fails to load, goes to the CLI, which then
 says it in its own words: the CLI stays the one source of the command's behaviour, and this path
 only skips its imports.

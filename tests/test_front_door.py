@@ -255,3 +255,22 @@ def test_hub_config_without_an_image_is_an_error_naming_the_key_and_how_to_set_i
     assert result.returncode == 0 and "c.SwarmSpawner.image = 'hub.example.org:5000/nb:latest'\n" in result.stdout
     result = gsn("hub-config", env={"GPUSWARM_IMAGE_NAME": "hub.example.org:5000/nb:latest"})
     assert result.returncode == 0, result.stderr
+
+
+# --- every --json names the version and its commit -------------------------------------------------
+
+@pytest.mark.parametrize("argv, module", [
+    (("status", "--json"), "gpuswarm_node.entry"), (("status", "--json"), "gpuswarm_node.cli"),
+    (("setup", "--dry-run", "--json", "--only", "tmpfs"), "gpuswarm_node.cli"),
+    (("leave", "--dry-run", "--json"), "gpuswarm_node.cli"), (("reset", "--json"), "gpuswarm_node.cli"),
+    (("gpus", "--json"), "gpuswarm_node.cli"), (("config", "--json"), "gpuswarm_node.cli"),
+])
+def test_every_json_output_names_the_version_and_commit_first(gsn, tmp_path, argv, module):
+    from gpuswarm_node import version
+
+    node = tmp_path / "node.toml"
+    node.write_text(f'[tmpfs]\npath = "{tmp_path / "scratch"}"\n')
+    result = gsn(*argv, "--config", str(node), module=module)
+    data = json.loads(result.stdout)
+    assert next(iter(data)) == "version" and data["version"] == version(), result.stderr
+    assert gsn("--version").stdout == f"gpuswarm-node {version()}\n"
