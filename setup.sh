@@ -260,7 +260,23 @@ if [ -d "$PREFIX" ] && [ -n "$(find "$PREFIX" -maxdepth 0 \( -perm /022 -o ! -us
                               find "$venv_dir" ! -type l \( -perm /022 -o ! -user 0 -o ! -group 0 \) -print -quit)" ]
 then
     unsafe=1
+    if [ -z "${dry_run:-}" ]; then  # a dry run changes nothing; it says what it would do (below)
+        say "making $PREFIX${venv_dir:+ and $venv_dir} owned and writable by root only"
+        chown -h root:root "$PREFIX"
+        chmod go-w "$PREFIX"
+        if [ -n "$venv_dir" ]; then
+            chown -R -h root:root "$venv_dir"
+            chmod -R go-w "$venv_dir"
+        fi
+        [ ! -L "$PREFIX/venv" ] || chown -h root:root "$PREFIX/venv"
+        if [ -f "$PREFIX/source.sha256" ]; then
+            chown -h root:root "$PREFIX/source.sha256"
+            chmod 0644 "$PREFIX/source.sha256"
+        fi
+        rebuild=1
+    fi
 fi
+
 # A hash of the installable source decides whether the installed copy is current. It is written
 # only once the environment built from that source is the one in use.
 src_hash=$(cd "$SRC" && find pyproject.toml gpuswarm_node templates -type f ! -name '*.pyc' \
@@ -290,22 +306,6 @@ if [ -n "$dry_run" ]; then
     dry_rc=0
     GPUSWARM_INSTALLING=1 "$dry_tmp/venv/bin/gpuswarm-node" setup "$@" || dry_rc=$?
     exit "$dry_rc"
-fi
-
-if [ -n "$unsafe" ]; then
-    say "making $PREFIX${venv_dir:+ and $venv_dir} owned and writable by root only"
-    chown -h root:root "$PREFIX"
-    chmod go-w "$PREFIX"
-    if [ -n "$venv_dir" ]; then
-        chown -R -h root:root "$venv_dir"
-        chmod -R go-w "$venv_dir"
-    fi
-    [ ! -L "$PREFIX/venv" ] || chown -h root:root "$PREFIX/venv"
-    if [ -f "$PREFIX/source.sha256" ]; then
-        chown -h root:root "$PREFIX/source.sha256"
-        chmod 0644 "$PREFIX/source.sha256"
-    fi
-    rebuild=1
 fi
 
 if [ -n "$rebuild" ] || [ ! -L "$PREFIX/venv" ] || [ -z "$venv_dir" ] \

@@ -397,3 +397,18 @@ def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_n
     boot = next(s for s in plan["steps"] if s["name"] == "boot")
     assert boot["state"] == "needs-change" and "setup.sh links /usr/local/bin/gpuswarm-node" in boot["detail"]
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_setup_sh_dry_run_leaves_an_install_open_to_others_as_it_is_and_says_it_would_fix_it(tmp_path):
+    """The repair of an install made under umask 000 is a change: a dry run only notes it."""
+    text = SETUP_SH.read_text()
+    function = re.search(r"^current_venv\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+    block = re.search(r"^# An install made under umask 000.*?^fi$", text, re.S | re.M).group(0)
+    prefix = tmp_path / "opt" / "gpuswarm-node"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    os.chmod(prefix, 0o777)
+    script = (f'set -eu\nPREFIX={prefix}\ndry_run=1\nsay() {{ printf "%s\\n" "$*"; }}\n{function}\n{block}\n'
+              'echo "unsafe=$unsafe rebuild=$rebuild"\n')
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "unsafe=1 rebuild=\n" and prefix.stat().st_mode & 0o777 == 0o777
