@@ -720,7 +720,7 @@ def hub_status(
 
             atomic_write(prometheus, fleet_mod.prometheus(fleet), 0o644)
         if json_out:
-            out.print_json(json.dumps(fleet.as_json()))
+            print_json(fleet.as_json())
             return 0 if fleet.can_take_a_user else 1
         from rich.table import Table
 
