@@ -163,7 +163,8 @@ def fingerprint(public_line: str) -> str:
 def tool_bytes(tool: Path) -> bytes:
     """The tool's source tarball (`git archive --format=tar.gz`), checked to be one: a gzip'd tar
     with setup.sh at its top. ConfigError otherwise."""
-    fix = "Give the tarball `git archive --format=tar.gz -o gpuswarm-node.tar.gz HEAD` makes in a checkout."
+    fix = ("Give the release tarball `tools/release.sh` builds in a checkout (or what "
+           "`git archive --format=tar.gz -o gpuswarm-node.tar.gz HEAD` makes there).")
     data = trust.read(tool, "--tool")
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:

@@ -28,9 +28,13 @@ else:  # pragma: no cover - Debian 12 and Ubuntu 22.04+ ship 3.11/3.10
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuswarm-node/config.toml")
+# The effective configuration of the last setup run, which its boot unit runs setup with
+# (steps/boot.py writes it): what `status`, `setup` and `leave` use when no file is named.
+LAST_SETUP_CONFIG = Path("/var/lib/gpuswarm-node/boot-config.toml")
 ENV_PREFIX = "GPUSWARM_"
 # Environment variables with our prefix that are not configuration keys.
-ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX"}  # GPUSWARM_PREFIX: setup.sh's install dir
+# GPUSWARM_PREFIX: setup.sh's install dir; GPUSWARM_INSTALLING: set by setup.sh's dry run (steps/boot.py).
+ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX", "GPUSWARM_INSTALLING"}
 
 NVIDIA_TOOLKIT_SOURCE = (
     "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.asc] "
@@ -732,14 +736,37 @@ def _read_config_file(path: Path) -> str:
         return handle.read().decode("utf-8")
 
 
+def remembered_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """LAST_SETUP_CONFIG when it is the file to read: nothing names one (no `path`, no
+    GPUSWARM_CONFIG), the default file is absent and a setup recorded its configuration; else None.
+    So a node checked or repaired after `setup --config FILE` keeps FILE's values, never the
+    built-in defaults."""
+    if path is not None or env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+        return None
+    return LAST_SETUP_CONFIG if LAST_SETUP_CONFIG.exists() else None
+
+
+def remembered_note(cfg: "Config") -> str | None:
+    """The line to print when `cfg` was read from LAST_SETUP_CONFIG (load(remember=True)), else None."""
+    if cfg.source != str(LAST_SETUP_CONFIG):
+        return None
+    return (f"using the configuration of the last setup ({LAST_SETUP_CONFIG}): no --config given; "
+            f"give --config FILE to use another")
+
+
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
-         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr) -> Config:
+         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr, remember: bool = False) -> Config:
     """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
-    path may be absent (defaults are used), an explicitly named file must exist. `warn` gets one
-    line per GPUSWARM_* environment variable that names no key (ignored)."""
+    path may be absent (defaults are used), an explicitly named file must exist. `remember`: where
+    nothing names a file and the default is absent, read LAST_SETUP_CONFIG (remembered_path;
+    remembered_note says so). `warn` gets one line per GPUSWARM_* environment variable that names
+    no key (ignored)."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("GPUSWARM_CONFIG"))
     named_by = "--config" if path is not None else "GPUSWARM_CONFIG"
+    if remember and not explicit:
+        path = remembered_path(path, env)
+        named_by = "the last setup"
     path = path or Path(env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH)
     values: dict[str, dict[str, Any]] = {}
     source = "defaults"

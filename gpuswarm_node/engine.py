@@ -38,6 +38,9 @@ class State(str, Enum):
     FAILED = "failed"
     BLOCKED = "blocked"
     SKIPPED = "skipped"
+    # A dry run's verdict on a step that is blocked only by what an earlier step of the same plan
+    # would change (no Docker yet, so no image can be pulled): applying the plan lifts the block.
+    PENDING = "pending"
 
 
 # --- actions: what a check plans and the runner carries out -------------------------------------
@@ -192,6 +195,8 @@ class Check:
     # people: a time, a count. Kept out of the detail's text so that the text stays the same from
     # one run to the next while the machine does (two status outputs can be diffed).
     data: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # A blocked check whose cause an earlier step removes (its names): no Docker yet for `docker`.
+    waits_for: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.state is State.NEEDS_CHANGE) != bool(self.actions):
@@ -211,8 +216,10 @@ def needs_change(detail: str, *actions: Action) -> Check:
     return Check(State.NEEDS_CHANGE, detail, tuple(actions))
 
 
-def blocked(detail: str, reboot_required: bool = False) -> Check:
-    return Check(State.BLOCKED, detail, reboot_required=reboot_required)
+def blocked(detail: str, reboot_required: bool = False, waits_for: tuple[str, ...] = ()) -> Check:
+    """`waits_for`: the earlier steps whose change would lift the block (a dry run then calls the
+    step pending on them when they would change)."""
+    return Check(State.BLOCKED, detail, reboot_required=reboot_required, waits_for=waits_for)
 
 
 def skipped(detail: str) -> Check:
@@ -458,7 +465,9 @@ class RunReport:
         return any(s.reboot_required for s in self.steps)
 
     def as_json(self) -> dict:
-        report: dict = {"ok": self.plan_ok if self.mode == "dry-run" else self.ok}
+        from . import version
+
+        report: dict = {"version": version(), "ok": self.plan_ok if self.mode == "dry-run" else self.ok}
         if self.mode != "status":
             report["dry_run"] = self.mode == "dry-run"
         report.update(changed=self.changed, reboot_required=self.reboot_required,
@@ -639,6 +648,12 @@ def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
             if check.state is State.NEEDS_CHANGE:  # what the engine would carry out
                 ctx.touched.update(a.path for a in flatten(check.actions) if isinstance(a, (WriteFile, RemoveFile)))
             report = _report(step, check, started)
+            earlier = [r.name for r in reports if r.name in check.waits_for
+                       and r.state in (State.NEEDS_CHANGE, State.PENDING)]
+            if check.state is State.BLOCKED and earlier:
+                # Not applied (a dry run, a refused preflight): what blocks it is what those steps change.
+                report.state = State.PENDING
+                report.detail = f"waits for {', '.join(earlier)}: {check.detail}"
         ctx.reporter.step_finished(report)
         reports.append(report)
         if report.state in (State.OK, State.SKIPPED):

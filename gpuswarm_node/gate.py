@@ -242,6 +242,11 @@ PROGRAM = re.compile(r"/[A-Za-z0-9/._+-]*")
 
 def parse_public_key(text: str, where: str) -> tuple[str, str]:
     """(key type, base64 blob) of the one public key in `text`; ConfigError naming `where`."""
+    from .keyfiles import public_key_problem
+
+    wrong_kind = public_key_problem(text, where)
+    if wrong_kind is not None:
+        raise ConfigError(*wrong_kind)
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     fix = "Give the .pub file ssh-keygen wrote (one line: type, key, comment)."
     if len(lines) != 1:

@@ -491,7 +491,7 @@ class DockerDaemonStep:
         try:
             inventory, slices, text, existing, merged, problems = self._settings(ctx)
         except NvmlUnavailable as exc:
-            return blocked(f"cannot discover GPUs to advertise: {exc.reason}")
+            return blocked(f"cannot discover GPUs to advertise: {exc.reason}", waits_for=("nvidia-driver",))
         if problems:
             return blocked("; ".join(problems))
         kind = ctx.config.gpu.resource

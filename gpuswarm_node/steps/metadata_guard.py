@@ -154,7 +154,8 @@ class MetadataGuardStep:
             return skipped("docker.metadata_guard is false: containers can reach the cloud metadata service "
                            "(a guard an earlier run installed stays until reset)")
         if ctx.fact(F.ON_PATH, "iptables") is None:
-            return blocked("iptables is not installed (Docker's package depends on it); run setup --only docker")
+            return blocked("iptables is not installed (Docker's package depends on it); run setup --only docker",
+                           waits_for=("docker",))
         writes = [w for w in map(lambda f: write_wanted(ctx, f), self.files(ctx)) if w is not None]
         actions: list = list(writes)
         if any(w.path == UNIT for w in writes):

@@ -119,12 +119,13 @@ class NodeLabelsStep:
         try:
             wanted = gpu_labels(ctx.inventory(), ctx.config.gpu)
         except NvmlUnavailable as exc:
-            return blocked(f"the GPUs cannot be read, so their labels cannot be known: {exc.reason}")
+            return blocked(f"the GPUs cannot be read, so their labels cannot be known: {exc.reason}",
+                           waits_for=("nvidia-driver",))
         if not wanted:
             return blocked("this node has no GPU to describe")
         reason = ctx.docker.unreachable_reason()
         if reason:
-            return blocked(reason)
+            return blocked(reason, waits_for=("docker",))
         membership = ctx.docker.swarm()
         action = Call(f"set the labels {describe(wanted)} on this node through {ctx.config.swarm.manager}",
                       lambda ctx: set_labels(ctx, wanted))
