@@ -224,7 +224,8 @@ def decide(prev: Verdict, obs: Observation, now: float, rules: Rules) -> tuple[V
         return replace(prev, streak=streak), None
     if prev.health == "ok":
         return Verdict("fault", obs.reason, now, 0, prev.drained_by_watch), Transition("drain", obs.reason)
-    return Verdict("ok", "ok", now, 0, False), Transition("activate", "ok")
+    # Who drained is kept until the activation is carried out (apply_transition reads it).
+    return Verdict("ok", "ok", now, 0, prev.drained_by_watch), Transition("activate", "ok")
 
 
 def hold(prev: Verdict, obs: Observation) -> Verdict:
@@ -237,10 +238,13 @@ def hold(prev: Verdict, obs: Observation) -> Verdict:
 # --- STATE ------------------------------------------------------------------------------------
 
 def state_text(verdict: Verdict, obs: Observation, checked_at: float, node_id: str = "",
-               last: dict | None = None) -> str:
-    """STATE's content: the verdict, this round's observation, and the last transition."""
+               last: dict | None = None, paused: str = "") -> str:
+    """STATE's content: the verdict, this round's observation (or why the round paused), and the
+    last transition."""
     data = {"verdict": asdict(verdict), "checked_at": round(checked_at, 3), "node_id": node_id,
             "observed": {"reason": obs.reason, "detail": obs.summary()}}
+    if paused:
+        data["observed"] = {"reason": "paused", "detail": f"{paused}: watch waits for it"}
     if last:
         data["last_transition"] = last
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -281,6 +285,7 @@ def apply_transition(session, node_id: str, transition: Transition, verdict: Ver
     else:
         if verdict.drained_by_watch:
             session.set_availability(node_id, "active")
+            verdict = replace(verdict, drained_by_watch=False)
             done.append(f"made node {node_id} active again")
         else:
             done.append(f"node {node_id} stays as it is: watch did not drain it")
@@ -307,6 +312,7 @@ class Seams:
     log: Callable[[dict], None]  # one run-log record
     say: Callable[[str], None] = print
     clock: Callable[[], float] = time.time
+    busy: Callable[[], str | None] = lambda: None  # who holds the run lock (setup, leave, reset), or None
 
 
 @dataclass
@@ -338,13 +344,25 @@ class Watcher:
         return judge(nvml, devices, docker_problem, free, min_free, tmpfs_problem, root)
 
     def round(self, wait_ms: int = 100) -> Transition | None:
-        """One round: observe, decide, act, record. Returns the transition carried out, if any."""
+        """One round: observe, decide, act, record. Returns the transition carried out, if any.
+
+        While setup, leave or reset runs (they hold the run lock) the round only records that it
+        paused: they restart Docker, install drivers and mount filesystems, so what watch would see
+        meanwhile is their work, not a fault; the streak neither grows nor resets."""
         s = self.seams
+        running = s.busy()
+        if running:
+            s.write_state(state_text(self.verdict, Observation(), s.clock(), self.node, self.last,
+                                     paused=running))
+            return None
         obs = self.observe(wait_ms)
         now = s.clock()
         nxt, transition = decide(self.verdict, obs, now, Rules.of(self.cfg.watch))
-        node = s.node_id() if transition is not None else self.node
-        self.node = node
+        if not self.node or transition is not None:
+            # Asked of the local Docker while it answers, and remembered: a fault that stops
+            # Docker must still be able to drain the node.
+            self.node = s.node_id() or self.node
+        node = self.node
         if transition is not None and not node:
             s.say(f"watch: {transition.kind} wanted ({obs.summary()}), but this node is in no swarm")
             nxt, transition = hold(self.verdict, obs), None
@@ -437,8 +455,10 @@ def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
         except OSError as exc:
             say(f"watch: {STATE} cannot be written: {exc.strerror}")
 
+    from .lock import running
+
     watched = host.read_text(SLICE_MAP) is not None
-    return Seams(nvml=nvml if watched else None, read_text=host.read_text, write_state=write_state,
+    return Seams(busy=running, nvml=nvml if watched else None, read_text=host.read_text, write_state=write_state,
                  docker_problem=lambda: EngineSocket(socket_path, timeout=2).unreachable_reason(),
                  free_bytes=free_bytes, node_id=node_id, manager_session=manager_session, log=log, say=say)
 
