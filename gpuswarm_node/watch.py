@@ -322,6 +322,7 @@ class Watcher:
     verdict: Verdict = field(default_factory=Verdict)
     last: dict = field(default_factory=dict)
     node: str = ""  # the node id last asked for (on a transition), for STATE
+    observed: Observation = field(default_factory=Observation)  # the last round's
 
     def load(self) -> None:
         self.verdict, data = parse_state(self.seams.read_text(STATE))
@@ -355,7 +356,7 @@ class Watcher:
             s.write_state(state_text(self.verdict, Observation(), s.clock(), self.node, self.last,
                                      paused=running))
             return None
-        obs = self.observe(wait_ms)
+        obs = self.observed = self.observe(wait_ms)
         now = s.clock()
         nxt, transition = decide(self.verdict, obs, now, Rules.of(self.cfg.watch))
         if not self.node or transition is not None:
@@ -464,9 +465,9 @@ def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
 
 
 def serve(cfg, interval: float, once: bool = False, seams: Seams | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> Watcher:
+          sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print) -> Watcher:
     """Run rounds every `interval` seconds until stopped (SIGTERM from systemd), or one round."""
-    watcher = Watcher(cfg, seams or local_seams(cfg))
+    watcher = Watcher(cfg, seams or local_seams(cfg, say))
     watcher.load()
     # Waiting for Xid events is part of the round: up to half the interval, at most a second.
     wait_ms = int(min(interval / 2, 1.0) * 1000)
