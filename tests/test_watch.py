@@ -453,6 +453,55 @@ def test_nvml_that_stops_answering_is_opened_again():
     assert not watch.read(10).problem and nv.inits == 2
 
 
+def test_nvml_watch_against_the_fake_library(tmp_path, nvml_lib_dir):
+    """The real pynvml against the lab's libnvidia-ml.so.1 stand-in, with faults injected through
+    its faults file while the session is open: as the lab injects them into a worker."""
+    from tests.lab import fake_nvml
+
+    gpus = [fake_nvml.FakeGpu(GPU_A + "-1111", "NVIDIA A100-SXM4-40GB", 40960),
+            fake_nvml.FakeGpu(GPU_B + "-2222", "NVIDIA A100-SXM4-40GB", 40960)]
+    conf = fake_nvml.write_config(tmp_path / "fake-nvml.conf", gpus)
+    faults = tmp_path / "faults"
+    env = fake_nvml.env_for(nvml_lib_dir, conf, base={"PATH": "/usr/bin:/bin"})
+    env[fake_nvml.FAULTS_ENV] = str(faults)
+    before = f"xid {gpus[0].uuid} 48\n"
+    during = (f"xid {gpus[0].uuid} 48\nxid {gpus[1].uuid} 79\nxid {gpus[1].uuid} 13\n"
+              f"remap-pending {gpus[0].uuid}\nlost {gpus[1].uuid}\n")
+    script = f"""
+import json, pathlib, sys
+from gpuswarm_node.probes.gpu_health import NvmlWatch
+faults = pathlib.Path({str(faults)!r})
+watch = NvmlWatch()
+def show(r):
+    print(json.dumps({{"problem": r.problem, "events": r.events, "xids": r.xids,
+                       "gpus": [[g.uuid, g.lost, g.retired_pages_pending, g.remap_pending, g.remap_failure]
+                                for g in r.gpus]}}))
+faults.write_text({before!r})  # before the session: not delivered
+show(watch.read(50))
+faults.write_text({during!r})
+show(watch.read(50))
+faults.unlink()
+show(watch.read(50))
+"""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, second, third = (json.loads(line) for line in done.stdout.splitlines())
+    a, b = gpus[0].uuid, gpus[1].uuid
+    assert first == {"problem": "", "events": True, "xids": [],
+                     "gpus": [[a, False, False, False, False], [b, False, False, False, False]]}
+    assert second["xids"] == [[b, 79], [b, 13]]
+    assert second["gpus"] == [[a, False, False, True, False], ["", True, None, None, None]]
+    assert third["xids"] == [[b, 79], [b, 13]] and third["gpus"][1] == [b, False, False, False, False]
+    assert judge(NvmlReading(gpus=tuple(GpuReading(i, g[0], g[1]) for i, g in enumerate(second["gpus"])),
+                             xids=tuple(map(tuple, second["xids"]))), {a, b}, None, None, 0, None).reason == "gpu-lost"
+
+
 # --- configuration ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, words", [
