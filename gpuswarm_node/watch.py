@@ -302,7 +302,7 @@ def apply_transition(session, node_id: str, transition: Transition, verdict: Ver
 class Seams:
     """What a round reads and where it acts; real ones from `local_seams`, stand-ins in tests."""
 
-    nvml: Callable[[int], object] | None  # wait_ms -> NvmlReading; None: no GPU to watch
+    nvml: Callable[[int], object] | None  # wait_ms -> NvmlReading; None: no GPU to watch, ever
     read_text: Callable[[str], str | None]
     write_state: Callable[[str], None]
     docker_problem: Callable[[], str | None]
@@ -333,8 +333,12 @@ class Watcher:
         from .steps.docker_daemon import SLICE_MAP
 
         s, cfg = self.seams, self.cfg
-        nvml = s.nvml(wait_ms) if s.nvml is not None else None
-        devices = slice_map_devices(s.read_text(SLICE_MAP)) if nvml is not None else frozenset()
+        # The GPUs are watched once the node advertises slices (the slice map is there): a node
+        # setup has not equipped yet has nothing to protect, and no driver to ask.
+        slice_map = s.read_text(SLICE_MAP)
+        watched = s.nvml is not None and slice_map is not None
+        nvml = s.nvml(wait_ms) if watched else None
+        devices = slice_map_devices(slice_map) if watched else frozenset()
         docker_problem = s.docker_problem()
         root = docker_root(s.read_text(DAEMON_JSON))
         min_free = cfg.watch.min_free_disk_bytes
@@ -395,13 +399,12 @@ class Watcher:
 
 
 def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
-    """The real seams: NVML (when the node advertises slices: a slice map is there), files, the
-    Engine API's socket, statvfs, the manager over SSH, the run log."""
+    """The real seams: NVML (opened once the node advertises slices), files, the Engine API's
+    socket, statvfs, the manager over SSH, the run lock, the run log."""
     import os
 
     from .host import LocalHost
     from .probes.docker import EngineSocket, docker_host, unix_socket_path
-    from .steps.docker_daemon import SLICE_MAP
 
     host = LocalHost()
     socket_path = unix_socket_path(docker_host()) or "/var/run/docker.sock"
@@ -458,8 +461,7 @@ def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
 
     from .lock import running
 
-    watched = host.read_text(SLICE_MAP) is not None
-    return Seams(busy=running, nvml=nvml if watched else None, read_text=host.read_text, write_state=write_state,
+    return Seams(busy=running, nvml=nvml, read_text=host.read_text, write_state=write_state,
                  docker_problem=lambda: EngineSocket(socket_path, timeout=2).unreachable_reason(),
                  free_bytes=free_bytes, node_id=node_id, manager_session=manager_session, log=log, say=say)
 

@@ -344,6 +344,16 @@ def test_a_restarted_watch_keeps_who_drained():
     assert "availability n1 active" not in node.manager.reads
 
 
+def test_gpus_are_watched_once_the_node_advertises_slices():
+    node = Node()
+    del node.files["/etc/gpuswarm-node/slices.json"]
+    node.nvml = NvmlReading(problem="NVML does not initialise (Driver Not Loaded)")  # not asked
+    w = watcher(node)
+    assert rounds(w, node, 3) == [None] * 3 and w.observed.healthy
+    node.files["/etc/gpuswarm-node/slices.json"] = SLICE_MAP
+    assert rounds(w, node, 2)[1].reason == "nvml-down"
+
+
 def test_no_swarm_no_action():
     node = Node()
     node.node = ""
@@ -521,3 +531,29 @@ def test_watch_config_defaults_and_off():
     cfg = config.from_tables({})
     assert cfg.watch.min_free_disk_bytes == 2 * 2**30 and cfg.watch.interval == 3.0
     assert config.from_tables({"watch": {"min_free_disk": "0"}}).watch.min_free_disk_bytes == 0
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def test_watch_once_from_the_command_line(gsn, tmp_path):
+    """One round of the real command: Docker does not answer (a socket that is not there), the
+    node is in no swarm, so nothing is drained; the round is in STATE and the exit status says a
+    fault was seen."""
+    args = ("watch", "--once", "--set", "tmpfs.enabled=false", "--set", "watch.min_free_disk=0",
+            "--set", "watch.fault_rounds=1")
+    done = gsn(*args, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert done.returncode == 1, done.stderr
+    assert "watch: verdict ok; this round: the Docker daemon does not answer" in done.stdout
+    assert "this node is in no swarm" in done.stderr and "Traceback" not in done.stderr
+    state = json.loads((tmp_path / "host-state/var/lib/upper/gpuswarm-node/watch.json").read_text())
+    assert state["observed"]["reason"] == "docker-down" and state["verdict"]["health"] == "ok"
+    assert (tmp_path / "host-state/var/lib/upper/gpuswarm-node/watch.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--interval", "0"), "--interval must be from 1 to 600 seconds, got 0."),
+    (("--set", "watch.clear_rounds=0"), "[watch] clear_rounds must be from 1 to 100 rounds"),
+])
+def test_watch_bad_usage_is_one_line(gsn, args, words):
+    done = gsn("watch", "--once", *args)
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
