@@ -307,7 +307,7 @@ class Seams:
     write_state: Callable[[str], None]
     docker_problem: Callable[[], str | None]
     free_bytes: Callable[[str], int | None]
-    node_id: Callable[[], str]  # "" when the node is in no swarm
+    node_id: Callable[[], str | None]  # "" when the node is in no swarm (or a manager), None: Docker does not say
     manager_session: Callable[[], object]  # a context manager yielding a ManagerSession
     log: Callable[[dict], None]  # one run-log record
     say: Callable[[str], None] = print
@@ -323,6 +323,7 @@ class Watcher:
     last: dict = field(default_factory=dict)
     node: str = ""  # the node id last asked for (on a transition), for STATE
     observed: Observation = field(default_factory=Observation)  # the last round's
+    failing: str = ""  # why the last transition could not be carried out, until one is
 
     def load(self) -> None:
         self.verdict, data = parse_state(self.seams.read_text(STATE))
@@ -364,9 +365,10 @@ class Watcher:
         now = s.clock()
         nxt, transition = decide(self.verdict, obs, now, Rules.of(self.cfg.watch))
         if not self.node or transition is not None:
-            # Asked of the local Docker while it answers, and remembered: a fault that stops
-            # Docker must still be able to drain the node.
-            self.node = s.node_id() or self.node
+            # Asked of the local Docker, and remembered for when it does not answer: a fault that
+            # stops Docker must still be able to drain the node. A node that left has none.
+            current = s.node_id()
+            self.node = self.node if current is None else current
         node = self.node
         if transition is not None and not node:
             s.say(f"watch: {transition.kind} wanted ({obs.summary()}), but this node is in no swarm")
@@ -378,9 +380,12 @@ class Watcher:
             except Exception as exc:  # noqa: BLE001 - the service must outlive a failing manager
                 message = exc.message() if hasattr(exc, "message") else f"{type(exc).__name__}: {exc}"
                 s.say(f"watch: {transition.kind} of node {node} failed, tried again next round: {message}")
-                s.log(self._record(transition, obs, now, [], error=message))
+                if message != self.failing:  # once per cause in the run log, not every round
+                    s.log(self._record(transition, obs, now, [], error=message))
+                self.failing = message
                 nxt, transition = hold(self.verdict, obs), None
             else:
+                self.failing = ""
                 self.last = {"kind": transition.kind, "reason": transition.reason, "at": utc(now),
                              "detail": obs.summary(), "actions": done}
                 s.say(f"watch: {transition.kind} ({transition.reason}): {obs.summary()}; {'; '.join(done)}")
@@ -430,11 +435,11 @@ def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
             return None
         return st.f_bavail * st.f_frsize
 
-    def node_id() -> str:
+    def node_id() -> str | None:
         try:
             info = EngineSocket(socket_path, timeout=5).get("/info")
         except Exception:  # noqa: BLE001 - Docker down is judged on its own
-            return ""
+            return None
         swarm = (info or {}).get("Swarm") or {} if isinstance(info, dict) else {}
         if swarm.get("LocalNodeState") != "active" or swarm.get("ControlAvailable"):
             return ""

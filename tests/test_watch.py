@@ -256,7 +256,7 @@ class Node:
     def seams(self) -> Seams:
         return Seams(nvml=lambda wait_ms: self.nvml, read_text=self.files.get, write_state=self.write,
                      docker_problem=lambda: self.docker, free_bytes=lambda path: self.free,
-                     node_id=lambda: "" if self.docker else self.node, manager_session=self.manager.session,
+                     node_id=lambda: None if self.docker else self.node, manager_session=self.manager.session,
                      log=self.logs.append, say=self.said.append, clock=lambda: self.now, busy=lambda: self.lock)
 
 
@@ -312,7 +312,7 @@ def test_a_manager_that_cannot_be_reached_is_tried_again_next_round():
     node.nvml = NvmlReading(problem="NVML does not initialise (Unknown Error)")
     assert rounds(w, node, 3) == [None, None, None]
     assert json.loads(node.files[STATE])["verdict"]["health"] == "ok"
-    assert node.logs[0]["error"] and node.logs[0]["changed"] is False
+    assert len(node.logs) == 1 and node.logs[0]["error"] and node.logs[0]["changed"] is False  # once a cause
     assert any("tried again next round" in line for line in node.said)
     node.manager.spec = {"labels": {}}
     assert rounds(w, node, 1)[0].kind == "drain"
@@ -352,6 +352,15 @@ def test_gpus_are_watched_once_the_node_advertises_slices():
     assert rounds(w, node, 3) == [None] * 3 and w.observed.healthy
     node.files["/etc/gpuswarm-node/slices.json"] = SLICE_MAP
     assert rounds(w, node, 2)[1].reason == "nvml-down"
+
+
+def test_a_node_that_left_is_not_drained_by_its_old_id():
+    node = Node()
+    w = watcher(node)
+    rounds(w, node, 1)
+    node.node = ""  # `leave`: Docker answers, in no swarm
+    node.nvml = healthy_nvml(GPU_A)
+    assert rounds(w, node, 3) == [None] * 3 and node.manager.reads == []
 
 
 def test_no_swarm_no_action():
