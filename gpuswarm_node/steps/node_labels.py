@@ -15,8 +15,8 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 
 Other labels of the `gpuswarm.` prefix are removed, except `gpuswarm.health`, which
 `gpuswarm-node watch` sets (watch.py) and this step keeps as it finds it; labels outside the
-prefix are never touched. They are
-set through the manager (a worker cannot label itself), through the hub's gate when it has one.
+prefix are never touched. They are set through the manager (a worker cannot label itself),
+through the hub's gate when it has one.
 
 setup records what the manager holds once it is right: RECORD, the node's id, the manager and the
 labels; the record's modification time is when the manager last said so. An SSH session to the
