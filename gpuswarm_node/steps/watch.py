@@ -57,6 +57,13 @@ class WatchStep:
         if not ctx.fact(F.EXISTS, PROGRAM):
             return blocked(f"{PROGRAM} is missing, so the unit could not run watch: install the tool with "
                            "setup.sh (it links it there), then run setup again")
+        # The unit runs the program as root, restarted always: as for the boot unit, it must be
+        # something only root can change (the file it resolves to and every directory above).
+        problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
+        if problem:
+            return blocked(f"{problem}, so whoever can change it would run code as root in {UNIT_NAME}; make it and "
+                           "the directories above it root's and writable by root alone (or reinstall with setup.sh "
+                           "under a root-owned prefix), then run setup again")
         actions, reasons = [], []
         write = write_wanted(ctx, self.files(ctx)[0])
         if write is not None:
