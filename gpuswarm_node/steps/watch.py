@@ -75,7 +75,7 @@ class WatchStep:
         active = ctx.fact(F.ACTIVE_STATE, UNIT_NAME) == "active"
         if write is not None or not active:
             # A changed unit runs its new command only once restarted.
-            actions.append(run_command("systemctl", "restart", UNIT_NAME))
+            actions.append(run_command("systemctl", "restart", UNIT_NAME, undo=Undo("stop-unit", unit=UNIT_NAME)))
             if not active:
                 reasons.append(f"{UNIT_NAME} is not running")
         line, data = verdict_line(ctx.fact(F.FILE_TEXT, STATE))
