@@ -30,7 +30,7 @@ PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
 STEP_NAMES = ("boot", "tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
-              "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels")
+              "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels", "watch")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
@@ -568,6 +568,46 @@ def leave(
             err.print(f"[bold red]error:[/] the node is out of the swarm, but the --then command exited {status}.")
             return 3
         return 0
+
+    guarded(body)
+
+
+@app.command(epilog=epilog(f"sudo {PROG} watch --once (setup runs it as gpuswarm-node-watch.service)",
+                           f"0 stopped (as a service: never by itself); with --once 0 the round saw no fault, 1 "
+                           f"it saw one (acted on or not yet, see the line printed), or watch cannot run; "
+                           f"{USAGE_EXIT}"))
+@with_config
+def watch(
+    once: bool = typer.Option(False, "--once", help="Run one round and exit."),
+    interval: Optional[float] = typer.Option(None, "--interval", metavar="S",
+                                             help="Seconds between rounds (default: watch.interval)."),
+    source: ConfigSource = None,
+) -> None:
+    """Drain this node through the manager while it cannot serve (GPU, Docker, disk, tmpfs faults)
+    and make it active again once the fault has cleared; each transition in the run log and status."""
+
+    def body() -> int:
+        from .config import MAX_WATCH_INTERVAL, MIN_WATCH_INTERVAL
+        from .errors import ConfigError, GpuswarmError
+        from .watch import serve
+
+        cfg = source.load()
+        every = cfg.watch.interval if interval is None else interval
+        if not MIN_WATCH_INTERVAL <= every <= MAX_WATCH_INTERVAL:
+            raise ConfigError(f"--interval must be from {MIN_WATCH_INTERVAL} to {MAX_WATCH_INTERVAL} seconds, "
+                              f"got {every:g}.", "Give a value within the range, or leave it out.")
+        if os.geteuid() != 0:
+            raise GpuswarmError("watch needs root: it reads NVML and Docker's socket and writes /var/lib/gpuswarm-node.",
+                                "Run it with sudo, or let setup run it as a service.")
+
+        def say(line: str) -> None:
+            err.print(line, markup=False, highlight=False)
+
+        watcher = serve(cfg, every, once=once, say=say)
+        verdict, seen = watcher.verdict, watcher.observed
+        out.print(f"watch: verdict {verdict.health}" + (f" ({verdict.reason})" if verdict.health == "fault" else "")
+                  + f"; this round: {seen.summary()}", markup=False, highlight=False)
+        return 0 if seen.healthy else 1
 
     guarded(body)
 

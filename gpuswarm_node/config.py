@@ -80,6 +80,11 @@ MAX_APT_LOCK_TIMEOUT = 3600
 # swarm.labels_recheck: labels someone removed on the manager keep notebooks off the node until
 # setup repairs them; longer than a week is no longer a repair.
 MAX_LABELS_RECHECK = 7 * 24 * 3600
+# watch: a round every 1 s to 10 min; confirmations and the hold between transitions bounded so a
+# typo cannot leave a broken node in service for days.
+MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 1, 600
+MAX_WATCH_ROUNDS = 100
+MAX_WATCH_HOLD = 24 * 3600
 
 # tmpfs.path may not be one of these, nor below SYSTEM_TREES: a tmpfs there hides the system's own
 # files (mounted over /etc, it hides the configuration of every program until it is unmounted).
@@ -321,6 +326,25 @@ class SwarmConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    interval: float = key(3.0, f"Seconds between two rounds of `gpuswarm-node watch`'s health checks ({MIN_WATCH_INTERVAL} "
+                               f"to {MAX_WATCH_INTERVAL}).")
+    fault_rounds: int = key(2, "Consecutive rounds a fault must be seen before watch drains the node (1 to "
+                               f"{MAX_WATCH_ROUNDS}).")
+    clear_rounds: int = key(6, "Consecutive rounds without a fault before watch makes the node it drained active "
+                               f"again (1 to {MAX_WATCH_ROUNDS}).")
+    min_transition_interval: float = key(60.0, "Seconds at least between two of watch's transitions (drain, "
+                                               f"activate), so a node never flaps (0 to {MAX_WATCH_HOLD}).")
+    min_free_disk: str = key("2GiB", "Free space Docker's image store (its data-root) must keep, e.g. \"2GiB\"; "
+                                     "less is a fault; 0 turns the check off.")
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        """0 when the check is off; validated when the configuration was built."""
+        return 0 if self.min_free_disk.strip() in ("", "0") else parse_size(self.min_free_disk)
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     tmpfs: TmpfsConfig = field(default_factory=TmpfsConfig)
@@ -332,6 +356,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     # Where the values came from, for messages; not a key.
     source: str = field(default="defaults", compare=False)
     # "section.key" -> where its value came from ("file PATH", "environment VAR", "flag --set"),
@@ -538,6 +563,7 @@ def _validate(cfg: Config) -> None:
         raise bad("docker", "accept_advisories", f"names {', '.join(unknown)}, which no minimum version of this tool "
                   f"closes (known: {', '.join(sorted(ADVISORIES))})",
                   "Name only the advisories a step reports as lacking, as it spells them, and run again.")
+    _validate_watch(cfg.watch, bad)
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "
@@ -564,6 +590,23 @@ def _validate_paths(cfg: Config, bad) -> None:
                                  ("swarm", "known_hosts", cfg.swarm.known_hosts)):
         if value and not value.startswith("/"):
             raise bad(section, name, f"must be an absolute path, got {value!r}")
+
+
+def _validate_watch(watch: WatchConfig, bad) -> None:
+    if not MIN_WATCH_INTERVAL <= watch.interval <= MAX_WATCH_INTERVAL:
+        raise bad("watch", "interval", f"must be from {MIN_WATCH_INTERVAL} to {MAX_WATCH_INTERVAL} seconds, "
+                  f"got {watch.interval}")
+    for name in ("fault_rounds", "clear_rounds"):
+        if not 1 <= getattr(watch, name) <= MAX_WATCH_ROUNDS:
+            raise bad("watch", name, f"must be from 1 to {MAX_WATCH_ROUNDS} rounds, got {getattr(watch, name)}")
+    if not 0 <= watch.min_transition_interval <= MAX_WATCH_HOLD:
+        raise bad("watch", "min_transition_interval", f"must be from 0 to {MAX_WATCH_HOLD} seconds (a day), "
+                  f"got {watch.min_transition_interval}")
+    try:
+        watch.min_free_disk_bytes
+    except ValueError:
+        raise bad("watch", "min_free_disk", "must be a size such as \"2GiB\", \"512MiB\" or a number of bytes "
+                  f"(units KiB, MiB, GiB, TiB), got {watch.min_free_disk!r}") from None
 
 
 def _validate_swarm(swarm: SwarmConfig, bad) -> None:

@@ -265,9 +265,10 @@ def _unit_show(result: CommandResult, _arg: str) -> str:
     return result.stdout if result.ok else ""
 
 
-# The units the steps look at (docker, boot, metadata-guard), shown by one process: `systemctl show`
+# The units the steps look at (docker, boot, metadata-guard, watch), shown by one process: `systemctl show`
 # prints one block of properties per unit, in the order given, with an empty line between blocks.
-SHOWN_TOGETHER = ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service")
+SHOWN_TOGETHER = ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service",
+                  "gpuswarm-node-watch.service")
 
 
 def _units_show(result: CommandResult, _arg: str) -> dict[str, str]:

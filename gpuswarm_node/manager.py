@@ -200,6 +200,16 @@ class ManagerSession:
                 return ""
         return self.run(f"docker node inspect {shlex.quote(node_id)} --format '{{{{.Status.State}}}}'")[1].strip()
 
+    def node_availability(self, node_id: str) -> str:
+        """The node's availability on the manager (active, pause, drain)."""
+        if self.gated:
+            try:
+                return str(json.loads(self.gate("node", node_id)).get("Availability", ""))
+            except ValueError:
+                raise ManagerUnreachable("the hub's gate answered `node` with something that is not JSON.",
+                                         "Check gpuswarm-node on the hub.") from None
+        return self.docker(f"docker node inspect {shlex.quote(node_id)} --format '{{{{.Spec.Availability}}}}'").strip()
+
     def remove_node(self, node_id: str) -> None:
         if self.gated:
             self.gate("remove", node_id)

@@ -379,6 +379,10 @@ class FakeManager:
                 fake.reads.append(f"set-labels {node_id}")
                 fake.spec = {**fake.spec, "labels": dict(labels)}
 
+            def node_availability(self, node_id: str) -> str:
+                fake.reads.append(f"availability? {node_id}")
+                return fake.availability.get(node_id, fake.spec.get("availability", "active"))
+
             def node_state(self, node_id: str) -> str:
                 fake.reads.append(f"state {node_id}")
                 return "down"  # a node that left, as the manager soon sees it

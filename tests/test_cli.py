@@ -16,7 +16,7 @@ from gpuswarm_node.steps import STEP_NAMES
 from .conftest import A100, T4
 
 ALL_STEPS = ["boot", "tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
-             "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels"]
+             "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels", "watch"]
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -16,12 +16,14 @@ from gpuswarm_node.journal import Undo
 from gpuswarm_node.steps.boot import BootStep
 from gpuswarm_node.steps.metadata_guard import MetadataGuardStep
 from gpuswarm_node.steps.shared_fs import SharedFsStep
+from gpuswarm_node.steps.watch import WatchStep
 
 from .fakes import FakeHost
 
 CASES = Path(__file__).parent / "steps"
 GUARD = "gpuswarm-metadata-guard.service"
 BOOT = "gpuswarm-node-boot.service"
+WATCH = "gpuswarm-node-watch.service"
 GUARD_RULES = json.loads((CASES / "metadata-guard" / "converged.json").read_text())["host"]["facts"]["iptables_rules"]
 
 
@@ -35,6 +37,7 @@ def undo_records(step, case: str) -> list[dict]:
 @pytest.mark.parametrize("step, case, records", [
     (MetadataGuardStep(), "fresh.json", [{"op": "disable-unit", "unit": GUARD}, {"op": "unguard"}]),
     (BootStep(), "fresh.json", [{"op": "disable-unit", "unit": BOOT}]),
+    (WatchStep(), "fresh.json", [{"op": "disable-unit", "unit": WATCH}, {"op": "stop-unit", "unit": WATCH}]),
     (SharedFsStep(), "one-mount-missing.json", [{"op": "umount", "path": "/srv/shared/data"}]),
 ])
 def test_what_setup_enables_and_puts_in_force_carries_its_undo(step, case, records):
@@ -50,6 +53,12 @@ def test_reset_disables_a_unit_setup_enabled_and_only_while_enabled():
     result = check(Undo("disable-unit", unit=BOOT), {"unit_file_state": {BOOT: "enabled"}})
     assert [a.describe() for a in result.actions] == [f"run systemctl disable {BOOT}"]
     assert check(Undo("disable-unit", unit=BOOT), {"unit_file_state": {BOOT: "disabled"}}).state.value == "ok"
+
+
+def test_reset_stops_the_watch_setup_started_and_only_while_it_runs():
+    result = check(Undo("stop-unit", unit=WATCH), {"active_state": {WATCH: "active"}})
+    assert [a.describe() for a in result.actions] == [f"run systemctl stop {WATCH}"]
+    assert check(Undo("stop-unit", unit=WATCH), {"active_state": {WATCH: "inactive"}}).state.value == "ok"
 
 
 def test_reset_deletes_the_guard_rules_in_force_and_no_other():
