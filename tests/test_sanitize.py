@@ -102,6 +102,9 @@ class Says:
     name: str = "hostile"
     description: str = "says what it was told"
 
+    def files(self, ctx):
+        return []  # writes nothing (every step states what it writes: engine.Step)
+
     def check(self, ctx):
         if self.how == "detail":  # an image's name and labels in a status detail
             return blocked(f"image {HOSTILE} has label org.opencontainers.image.title={HOSTILE}")

@@ -238,10 +238,12 @@ def engine_socket(settings: dict) -> str:
     return DOCKER_SOCKET
 
 
-def wrapper_program_text(docker_socket: str = DOCKER_SOCKET) -> str:
-    """The Python program the front starts for `create`."""
-    return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"],
-                  docker_socket=docker_socket, toolkit_configs=TOOLKIT_CONFIGS,
+def wrapper_program_text(docker_socket: str = DOCKER_SOCKET, slice_map: str = SLICE_MAP,
+                         toolkit_configs: tuple[str, ...] = TOOLKIT_CONFIGS) -> str:
+    """The Python program the front starts for `create` (`slice_map`, `toolkit_configs`: other
+    paths, for a check that runs it outside a node, tests/gpu/check.py)."""
+    return render("gpuswarm-runtime.j2", slice_map=slice_map, runtime=NVIDIA_RUNTIME["path"],
+                  docker_socket=docker_socket, toolkit_configs=toolkit_configs,
                   hook_policy=wrapper_policy())
 
 

@@ -819,12 +819,11 @@ class WrapperNode:
         self.engine = FakeEngine(root / "docker.sock")
         program = root / "gpuswarm-runtime.py"
         front = root / "gpuswarm-runtime"
-        code = ("import json, sys\nfrom gpuswarm_node.render import render\n"
-                "from gpuswarm_node.steps.docker_daemon import NVIDIA_RUNTIME, wrapper_text\n"
+        code = ("import json, sys\n"
+                "from gpuswarm_node.steps.docker_daemon import wrapper_program_text, wrapper_text\n"
                 "a = json.loads(sys.argv[1])\n"
-                "print(json.dumps({'program': render('gpuswarm-runtime.j2', slice_map=a['map'], "
-                "runtime=NVIDIA_RUNTIME['path'], docker_socket=a['socket'], toolkit_configs=()), "
-                "'front': wrapper_text(program=a['program'], python=a['python'])}))")
+                "print(json.dumps({'program': wrapper_program_text(docker_socket=a['socket'], slice_map=a['map'], "
+                "toolkit_configs=()), 'front': wrapper_text(program=a['program'], python=a['python'])}))")
         result = run([check.tool.python, "-c", code, json.dumps({"map": str(slice_map), "socket": str(self.engine.path),
                                                                  "program": str(program), "python": sys.executable})],
                      deadline, env=check.tool.env, cap=30)
