@@ -52,7 +52,8 @@ REFUSED = 126
 # Node ids are 25 lower-case base-36 characters (swarmkit identity.NewID).
 NODE_ID = re.compile(r"[a-z0-9]{25}")
 # A host name (RFC 1123 labels), as Docker reports the node's.
-NODE_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+NODE_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 LABEL_PREFIX = "gpuswarm."
 LABEL_KEY = re.compile(r"gpuswarm(\.[a-z0-9_]+)+")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]{1,128}")

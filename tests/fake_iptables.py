@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv[1:] if a != "-w"]
     op, rest = args[0], args[1:]
     if op == "-S":
-        shown = [l for l in lines if not rest or l.split()[1] == rest[0]]
+        shown = [line for line in lines if not rest or line.split()[1] == rest[0]]
         print("\n".join(shown))
         return 0
     chain = rest[0]
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         if "REJECT" in words and "--reject-with" not in words:
             words += ["--reject-with", "icmp6-port-unreachable" if program == "ip6tables" else "icmp-port-unreachable"]
         rule = " ".join(["-A", chain, *words])
-        rules = [i for i, l in enumerate(lines) if l.startswith(f"-A {chain} ")]
+        rules = [i for i, line in enumerate(lines) if line.startswith(f"-A {chain} ")]
         if op == "-C":
             return 0 if rule in lines else 1
         if op == "-D":

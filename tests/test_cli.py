@@ -216,7 +216,7 @@ def test_render_without_gpus_exits_1_naming_what_it_could_not_render(gsn, tmp_pa
     assert result.returncode == 1, result.stdout + result.stderr
     assert "# ==> /etc/fstab (tmpfs)" in result.stdout  # what needs no GPU is still printed
     assert "/etc/docker/daemon.json" not in result.stdout
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    [line] = [e for e in result.stderr.splitlines() if e.startswith("error:")]
     assert "could not render the files of docker-daemon (" in line and "--inventory" in line
     assert "Traceback" not in result.stderr
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpuswarm_node import config
-from gpuswarm_node.engine import Call, PlannedFile, State, WriteFile, blocked, needs_change, ok, run_setup
+from gpuswarm_node.engine import Call, PlannedFile, WriteFile, blocked, needs_change, ok, run_setup
 from gpuswarm_node.errors import StepFailed
 from gpuswarm_node.context import Context
 

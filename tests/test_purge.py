@@ -10,8 +10,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from gpuswarm_node import purge
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,8 +5,9 @@ its own apt-get, which waits for the locks another apt holds.
 Honest about what runs: the real setup.sh (`--install-only`, which stops before `gpuswarm-node setup`)
 as root in a temporary GPUSWARM_PREFIX; the real `python3 -m venv` and pip (run from the wheel the
 interpreter bundles for ensurepip), installing this project's dependencies from the package index
-pip is configured with on this machine (as on a real node) and copying its package in; /usr/local/bin is a temporary directory bind-mounted in a private mount namespace, so
-the link setup.sh makes lands there and nowhere else. A kill is SIGKILL to the whole process group:
+pip is configured with on this machine (as on a real node) and copying its package in;
+/usr/local/bin is a temporary directory bind-mounted in a private mount namespace, so the link
+setup.sh makes lands there and nowhere else. A kill is SIGKILL to the whole process group:
 setup.sh, venv and pip. The kill test takes 30-60 s.
 """
 
@@ -228,7 +229,8 @@ def test_setup_sh_says_what_pip_is_at_and_shows_its_whole_output_when_it_fails(t
     real = shutil.which("python3")
     # `python3 -m venv DIR` makes a DIR whose python is the fake pip above.
     (fake_bin / "python3").write_text(f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exec {shlex.quote(real)} "$@"\n'
-                                      f'for dir; do :; done; mkdir -p "$dir/bin" && cp {shlex.quote(str(tmp_path / "python"))} "$dir/bin/python"\n')
+                                      f'for dir; do :; done; mkdir -p "$dir/bin" && '
+                                      f'cp {shlex.quote(str(tmp_path / "python"))} "$dir/bin/python"\n')
     (fake_bin / "python3").chmod(0o755)
     script = (f"mount --bind {shlex.quote(str(installs.bin))} /usr/local/bin && "
               f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")

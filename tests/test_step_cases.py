@@ -4,7 +4,8 @@ A case says what the machine looks like (files, facts by name as gpuswarm_node.f
 GPUs, Docker, the manager) and what the step's check must answer. With "converges", the runner also
 applies the plan and re-checks: the step must end ok (or blocked on a reboot) with the machine state
 the case expects. Every needs-change case is applied; one that cannot converge in one run (or
-must not: a lock held past its timeout) says what it ends as, and "converges_note" why. A converged case must plan nothing and say why.
+must not: a lock held past its timeout) says what it ends as, and "converges_note" why. A converged
+case must plan nothing and say why.
 """
 
 from __future__ import annotations

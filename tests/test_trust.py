@@ -136,7 +136,8 @@ def test_each_trusted_config_file_is_refused_unless_it_follows_the_rule(key, tmp
 
 
 def test_the_ca_file_gives_only_its_certificates(tmp_path, ca_pem):
-    key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n"
+    key = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+           "-----END PRIVATE KEY-----\n")
     both = good_file(tmp_path, "ca.crt", "notes\n" + key + ca_pem + ca_pem, 0o644)
     pem, why = facts._certificate(str(both))(LocalHost())
     assert why == "" and "PRIVATE" not in pem and "notes" not in pem and pem.count("BEGIN CERTIFICATE") == 2

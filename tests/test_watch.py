@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpuswarm_node import config
-from gpuswarm_node.errors import ConfigError, ManagerUnreachable
+from gpuswarm_node.errors import ConfigError
 from gpuswarm_node.lock import holder_pid
 from gpuswarm_node.probes.gpu_health import GpuReading, NvmlReading, NvmlWatch
 from gpuswarm_node.watch import (APPLICATION_XIDS, HEALTH_LABEL, STATE, Fault, Observation, Rules, Seams, Verdict,

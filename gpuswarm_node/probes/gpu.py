@@ -6,7 +6,6 @@ import json
 
 from dataclasses import dataclass, field
 
-from ..config import MAX_SLICES_PER_GPU
 from ..errors import NvmlUnavailable
 
 

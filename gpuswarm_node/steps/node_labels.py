@@ -5,7 +5,7 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 
 | label | value |
 |---|---|
-| `gpuswarm.gpu.model` | the GPUs' model as NVML names it, each character outside `A-Za-z0-9._-` a `-` (as NVIDIA's GPU feature discovery writes `nvidia.com/gpu.product`); `mixed` when the node's GPUs differ |
+| `gpuswarm.gpu.model` | the GPUs' model as NVML names it, each character outside `A-Za-z0-9._-` a `-`; `mixed` when they differ |
 | `gpuswarm.gpu.count` | the number of GPUs |
 | `gpuswarm.gpu.memory_mib` | the memory of the node's smallest GPU, in MiB (NVML's total) |
 | `gpuswarm.slices` | the number of slices the node advertises |
@@ -13,7 +13,8 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 | `gpuswarm.driver.version` | the NVIDIA driver's version (NVML) |
 | `gpuswarm.cuda.version` | the newest CUDA the driver supports, `12.4` (NVML) |
 
-Other labels of the `gpuswarm.` prefix are removed, except `gpuswarm.health`, which
+The model is spelt as NVIDIA's GPU feature discovery writes `nvidia.com/gpu.product`. Other labels of
+the `gpuswarm.` prefix are removed, except `gpuswarm.health`, which
 `gpuswarm-node watch` sets (watch.py) and this step keeps as it finds it; labels outside the
 prefix are never touched. They are set through the manager (a worker cannot label itself),
 through the hub's gate when it has one.

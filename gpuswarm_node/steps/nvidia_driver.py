@@ -170,8 +170,6 @@ class NvidiaDriverStep:
 
     def _install(self, ctx: Context, why: str, gpus: list[PciGpu], pkgs: driver.DriverPackages, distro: str,
                  release: str) -> Check:
-        from ..probes import driver
-
         if distro == "ubuntu":
             partial = pkgs.drivers or pkgs.nvml
             if partial:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
 
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted

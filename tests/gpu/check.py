@@ -709,8 +709,8 @@ print(json.dumps(out))
         data = {"slice": slice_id, "share": share, "device_memory_mib": total,
                 "mps_control": mps or f"{MPS_CONTROL} is not on PATH",
                 "mps_note": "presence only; the check starts no MPS daemon",
-                "tensorflow": "installed, not exercised here (TF_FORCE_GPU_ALLOW_GROWTH)" if has_module(self.cuda_python, "tensorflow", self.env)
-                else "not installed: its setting is not checked"}
+                "tensorflow": "installed, not exercised here (TF_FORCE_GPU_ALLOW_GROWTH)"
+                if has_module(self.cuda_python, "tensorflow", self.env) else "not installed: its setting is not checked"}
         if not imports(self.cuda_python, "jax", self.env):
             return [], data, f"jax does not import with {self.cuda_python}"
         if not total:

@@ -704,9 +704,11 @@ def test_reboot_keeps_a_converged_node(worker, fresh_setup, manager):
     show = "systemctl show -p InvocationID -p ActiveState -p Result gpuswarm-node-boot.service"
     props = wait_for("the boot unit's setup to end",
                      lambda: (lambda p: p if p.get("InvocationID") and p["ActiveState"] in ("inactive", "failed")
-                              else None)(dict(l.split("=", 1) for l in worker.sh(show).stdout.splitlines())),
+                              else None)(dict(kv.split("=", 1) for kv in worker.sh(show).stdout.splitlines())),
                      timeout=600)
-    journal = lambda: worker.sh("journalctl -b -u gpuswarm-node-boot.service --no-pager | tail -n 40").stdout
+
+    def journal() -> str:
+        return worker.sh("journalctl -b -u gpuswarm-node-boot.service --no-pager | tail -n 40").stdout
     assert props["Result"] == "success", journal()
     code, states = wait_for("status ok after the reboot",
                             lambda: (lambda r: r if r[0] == 0 else None)(worker.status()), timeout=120,

@@ -213,7 +213,8 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
             machine.copy_in(manager.client_key_path, "/etc/gpuswarm-node/id_ed25519")
             machine.copy_in(manager.known_hosts_path, "/etc/gpuswarm-node/known_hosts")
             machine.copy_in(manager.ca_cert_path, "/etc/gpuswarm-node/registry-ca.crt")
-            machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"], input=node_toml(manager, address, slices_per_gpu, image))
+            machine.run(["sh", "-c", f"cat > {CONFIG} && chown {USER}: {CONFIG}"],
+                        input=node_toml(manager, address, slices_per_gpu, image))
         yield Worker(machine)
     finally:
         try:
