@@ -118,7 +118,7 @@ class Call:
     """An action carried out through a library seam (Docker SDK, SSH) rather than a command."""
 
     description: str
-    fn: Callable[[Context], None] = field(compare=False)
+    fn: Callable[[Context], object] = field(compare=False)  # what it returns is not used
     undo: Undo | None = None  # what reverses it, for the journal (None: nothing to undo)
 
     def describe(self) -> str:
@@ -259,6 +259,15 @@ class Step(Protocol):
         only files (and contents) its check may plan to write."""
 
 
+class ClosingStep(Step, Protocol):
+    """The closing step of a Bracket: in a dry run the opening step changed nothing, so its check
+    would say there is nothing to close; `planned` says what it would do after a real opening."""
+
+    def planned(self, ctx: Context) -> Check:
+        """What this step does in a dry run, where the opening step before it has not happened."""
+        ...
+
+
 def undeclared_writes(step: Step, ctx: Context, check: Check) -> list[str]:
     """The files a check plans to write with content its step's files() does not state: render
     would show something else than setup writes. Empty for a correct step."""
@@ -349,7 +358,7 @@ class Bracket:
 
     opening: Step
     steps: tuple[Step, ...]
-    closing: Step
+    closing: ClosingStep
 
 
 @dataclass(frozen=True)
