@@ -21,7 +21,7 @@ import time
 from ..config import LAST_SETUP_CONFIG, from_tables, tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
-from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
+from ..engine import Action, Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
 from ..journal import Undo
 from ..render import render
 
@@ -94,7 +94,9 @@ class BootStep:
         return [PlannedFile(BOOT_CONFIG, boot_config_text(ctx), 0o600), PlannedFile(UNIT, unit_text())]
 
     def check(self, ctx: Context) -> Check:
-        actions, reasons, notes = [], [], []
+        actions: list[Action] = []
+        reasons: list[str] = []
+        notes: list[str] = []
         if not ctx.fact(F.EXISTS, PROGRAM):
             if not os.environ.get(INSTALLING_ENV):
                 return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool "
@@ -110,7 +112,8 @@ class BootStep:
                                "and the directories above it root's and writable by root alone (or reinstall with "
                                "setup.sh under a root-owned prefix), then run setup again")
         for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
-            if write.path == BOOT_CONFIG and write.before is not None and ctx.options.diagnose:
+            # The boot config is text, so what it held is text (None: no file).
+            if write.path == BOOT_CONFIG and isinstance(write.before, str) and ctx.options.diagnose:
                 # status: the boot runs use the recorded configuration, so it only has to be usable.
                 problem, differs = recorded_config_problem(write.before, boot_config_text(ctx))
                 if problem is None:

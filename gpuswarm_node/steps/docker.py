@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, perform, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
+from ..engine import Action, Call, Check, perform, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
 from .. import facts as F
 from .. import floors
 from ..errors import StepFailed
@@ -97,7 +97,7 @@ class DockerStep:
         if not ctx.fact(F.SYSTEMD_RUNNING):
             return blocked("systemd is not running on this machine; the tool runs docker as a systemd service")
         installed = self._installed(ctx)
-        actions = []
+        actions: list[Action] = []
         if not installed:
             wanted = DOCKER_CE_PACKAGES if ctx.config.docker.source == "docker-ce" else DISTRO_PACKAGES
             for planned in self.files(ctx):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import apt_sources
-from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Action, Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import NvmlUnavailable, StepFailed
 from .. import facts as F
 from ..context import Context
@@ -223,7 +223,7 @@ class NvidiaDriverStep:
             if problem_text:
                 return blocked(f"{why}; {problem_text}")
             reasons.append(f"nvidia-detect recommends {package}")
-            install = [apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)]
+            install: list[Action] = [apt.install(ctx, *headers, package, DEBIAN_FIRMWARE)]
         else:
             install = [apt.install(ctx, "nvidia-detect"), install_detected(gpus, headers)]
         return needs_change("; ".join(reasons), *writes, apt.update(ctx), *install)

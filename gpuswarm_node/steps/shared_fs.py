@@ -16,7 +16,7 @@ lacks them (mounted by hand, or before this rule) is remounted with them.
 from __future__ import annotations
 
 from ..config import SharedMount
-from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Action, Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
 from ..journal import Undo
 from .. import facts as F
@@ -109,7 +109,9 @@ class SharedFsStep:
         mounts = ctx.config.shared.mounts
         if not mounts:
             return skipped("no [[shared.mounts]] configured, so no shared filesystem is kept")
-        actions, reasons, remounts = [], [], []
+        actions: list[Action] = []
+        reasons: list[str] = []
+        remounts: list[Action] = []
         if not ctx.fact(F.PACKAGE_INSTALLED, PACKAGE):
             actions += [apt.update(ctx), apt.install(ctx, PACKAGE)]
             reasons.append(f"{PACKAGE} (the NFS client) is not installed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine import Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import Action, Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
 from ..errors import StepFailed
 from .. import facts as F
 from ..probes import osfacts
@@ -97,7 +97,8 @@ class TmpfsStep:
         if problem:
             return blocked(problem)
 
-        actions, reasons = [], []
+        actions: list[Action] = []
+        reasons: list[str] = []
         if not ctx.fact(F.EXISTS, path):
             actions.append(MakeDir(path))
         fstab = self.files(ctx)[0]
