@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from typing import Protocol, Sequence, TypeVar
 
 from . import facts as F
 from .engine import Action, Call
@@ -38,6 +39,16 @@ SWARM_INCOMPATIBLE_FLAGS = {"live-restore": "Docker refuses swarm mode with live
                                                  "with it)"}
 
 
+class _Argument(Protocol):
+    """A dockerd argument as the unit probe gives it (probes.dockerd.Arg): its text and more."""
+
+    @property
+    def text(self) -> str: ...
+
+
+ArgT = TypeVar("ArgT", bound=_Argument)
+
+
 def flag_key(arg: str) -> str | None:
     """The daemon.json key a dockerd argument sets, or None when it is not a flag."""
     if not arg.startswith("-") or arg in ("-", "--"):
@@ -46,19 +57,19 @@ def flag_key(arg: str) -> str | None:
     return FLAG_KEYS.get(name, name.lstrip("-"))
 
 
-def conflicting_args(settings: dict, args: list) -> list[tuple[str, object]]:
+def conflicting_args(settings: dict, args: Sequence[ArgT]) -> list[tuple[str, ArgT]]:
     """(key, argument) for every argument (with `.text`) that sets a key daemon.json sets too."""
-    out = []
+    out: list[tuple[str, ArgT]] = []
     for arg in args:
         key = flag_key(arg.text)
-        if key in settings and key not in MERGED_KEYS:
+        if key is not None and key in settings and key not in MERGED_KEYS:
             out.append((key, arg))
     return out
 
 
-def swarm_incompatible_args(args: list) -> list[tuple[str, object]]:
+def swarm_incompatible_args(args: Sequence[ArgT]) -> list[tuple[str, ArgT]]:
     """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode."""
-    out = []
+    out: list[tuple[str, ArgT]] = []
     for arg in args:
         key = flag_key(arg.text)
         if key in SWARM_INCOMPATIBLE_FLAGS and not (key == "live-restore" and arg.text.endswith("=false")):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..engine import Alongside, Step
 from ..errors import ConfigError
 from .boot import BootStep
@@ -43,7 +45,7 @@ ALONGSIDE: tuple[Alongside, ...] = (
 )
 
 
-def select(only: list[str] = (), skip: list[str] = ()) -> list[Step]:
+def select(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Step]:
     for name in [*only, *skip]:
         if name not in STEP_NAMES:
             raise ConfigError(f"Unknown step {name!r}.", f"Valid steps: {', '.join(STEP_NAMES)}.")

@@ -15,11 +15,12 @@ import json
 import posixpath
 import re
 import sys
+from collections.abc import Set as AbstractSet
 
 from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command, write_wanted)
 from ..errors import NvmlUnavailable, StepFailed
-from ..host import FileStatus, Host, dir_repair_commands, unsafe
+from ..host import FileStatus, dir_repair_commands, unsafe
 from .. import facts as F
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory
@@ -59,7 +60,13 @@ TOOL_KEYS = ("runtimes", "default-runtime", "node-generic-resources")
 START_TIME_SLACK = 2.0
 
 
-def read_daemon_json(host: Host) -> tuple[str | None, dict]:
+def _text(planned: PlannedFile) -> str:
+    """A planned text file's content: every file of this step but the wrapper's bytecode is text."""
+    assert isinstance(planned.content, str), f"{planned.path} is planned as bytes"
+    return planned.content
+
+
+def read_daemon_json(host: F.FileReads) -> tuple[str | None, dict]:
     text = host.read_text(DAEMON_JSON)
     if text is None or not text.strip():
         return text, {}
@@ -96,7 +103,7 @@ KEY_TYPES = {
 SWARM_INCOMPATIBLE_KEYS = ("cluster-store", "cluster-advertise")
 
 
-def daemon_json_problems(existing: dict, kind: str, devices: set[str] = frozenset()) -> list[str]:
+def daemon_json_problems(existing: dict, kind: str, devices: AbstractSet[str] = frozenset()) -> list[str]:
     """What in daemon.json stops the tool from merging its keys, or dockerd from starting as a
     swarm worker with them; each names the key. Checked before anything is written."""
     problems = []
@@ -133,7 +140,7 @@ def daemon_json_problems(existing: dict, kind: str, devices: set[str] = frozense
     return problems
 
 
-def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[str] = frozenset()) -> dict:
+def merge_settings(existing: dict, kind: str, slices: list[str], devices: AbstractSet[str] = frozenset()) -> dict:
     """existing daemon.json settings with the tool's keys set; everything else kept as it was.
 
     Entries of another kind whose value is one of this node's devices or slices are GPU slices
@@ -247,7 +254,7 @@ def wrapper_program_text(docker_socket: str = DOCKER_SOCKET, slice_map: str = SL
                   hook_policy=wrapper_policy())
 
 
-def read_slice_map(host: Host) -> tuple[str | None, dict]:
+def read_slice_map(host: F.FileReads) -> tuple[str | None, dict]:
     """The slice map's text and content ({} when missing or not a JSON object)."""
     text = host.read_text(SLICE_MAP)
     try:
@@ -409,7 +416,8 @@ class DockerDaemonStep:
         if write := write_wanted(ctx, wanted[SLICE_MAP]):
             actions.append(write)
             variable = current.get("variable")
-            mapped = current.get("slices") if isinstance(current.get("slices"), dict) else {}
+            listed = current.get("slices")
+            mapped = listed if isinstance(listed, dict) else {}
             gone = sorted({d for d in mapped.values() if isinstance(d, str)} - devices)
             if have_map is None:
                 reasons.append(f"slice map {SLICE_MAP} is missing")
@@ -511,9 +519,9 @@ class DockerDaemonStep:
         restart_for: list = []
         previous: dict[str, str | None] = {}
         unit = docker_unit(ctx.facts)
-        want_dropin = wanted[DROPIN].content if DROPIN in wanted else None
+        want_dropin = _text(wanted[DROPIN]) if DROPIN in wanted else None
         have_dropin = ctx.fact(F.FILE_TEXT, DROPIN)
-        if want_dropin != have_dropin and not unit.matches_loaded():
+        if want_dropin != have_dropin and unit.loaded is not None and not unit.matches_loaded():
             return blocked(f"docker.service's files ({', '.join(p for p, _ in unit.files)}) give another command "
                            f"than the one systemd has loaded ({unit.loaded.argv}); run `systemctl daemon-reload` "
                            "(or undo the edit), then setup again")
@@ -525,7 +533,7 @@ class DockerDaemonStep:
         # Compared as settings, not text: a hand-formatted daemon.json that says the same stays.
         if existing != merged:
             daemon_json = wanted[DAEMON_JSON]
-            restart_for += [restart.validate_action(daemon_json.content),
+            restart_for += [restart.validate_action(_text(daemon_json)),
                             WriteFile(DAEMON_JSON, daemon_json.content, text, daemon_json.mode)]
             previous[DAEMON_JSON] = text
             reasons += self._daemon_reasons(existing, merged, kind, devices, text)

@@ -138,6 +138,7 @@ class NodeLabelsStep:
             return needs_change("this node is not yet a worker of the manager's swarm; label it once it is", action)
         manager = ctx.config.swarm.manager
         record = _record(ctx)  # files()'s own statement of RECORD: every condition for it holds here
+        assert record is not None, "a manager, GPUs and an active worker membership give a record"
         trusted = record_trusted(ctx)
         recorded = trusted and ctx.fact(F.FILE_TEXT, RECORD) == record.content
         if recorded and ctx.options.diagnose:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import facts as F
 from ..context import Context
-from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
+from ..engine import Action, Check, PlannedFile, blocked, needs_change, ok, run_command, skipped, write_wanted
 from ..journal import Undo
 from ..render import render
 from ..watch import STATE, parse_state, utc
@@ -64,7 +64,8 @@ class WatchStep:
             return blocked(f"{problem}, so whoever can change it would run code as root in {UNIT_NAME}; make it and "
                            "the directories above it root's and writable by root alone (or reinstall with setup.sh "
                            "under a root-owned prefix), then run setup again")
-        actions, reasons = [], []
+        actions: list[Action] = []
+        reasons: list[str] = []
         write = write_wanted(ctx, self.files(ctx)[0])
         if write is not None:
             actions += [write, run_command("systemctl", "daemon-reload")]
