@@ -315,7 +315,7 @@ def _open_record(path: Path, flags: int, mode: int, what: str) -> int | None:
         if flags & os.O_CREAT:
             raise
         return None
-    if problem is None:
+    if fd is not None:  # opened: no problem yet
         bits = stat.S_IMODE(os.fstat(fd).st_mode)
         if bits & 0o022:
             os.close(fd)
@@ -330,6 +330,7 @@ def append_record(path: Path, text: str, mode: int, what: str, sync: bool = Fals
     """Append whole lines with one O_APPEND write (concurrent readers never see half a record) to a
     file that gets `mode` whatever the umask."""
     fd = _open_record(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, what)
+    assert fd is not None, "O_CREAT opens or raises"
     try:
         os.fchmod(fd, mode)
         os.write(fd, text.encode())
@@ -465,6 +466,7 @@ def run_logged(argv: list[str], env: Mapping[str, str], timeout: float | None, l
     path = Path(log)
     checked_dir(path.parent, 0o755, "log directory")
     fd = _open_record(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, LOG_MODE, "command log")
+    assert fd is not None, "O_CREAT opens or raises"
     try:
         os.fchmod(fd, LOG_MODE)
         os.write(fd, f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {shlex.join(argv)}\n".encode())
@@ -482,6 +484,10 @@ def run_logged(argv: list[str], env: Mapping[str, str], timeout: float | None, l
     if returncode != 0:
         raise CommandFailed(list(argv), returncode, output)
     return CommandResult(tuple(argv), 0, output, "")
+
+
+def _ignore_line(line: str) -> None:
+    pass
 
 
 def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, out_fd: int,
@@ -506,6 +512,8 @@ def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, ou
             os.close(write_fd)
             write_fd = -1
         pending = b""
+        # Only called with the status pipe open, which apt_status opened.
+        report: Callable[[str], None] = apt_status if apt_status is not None else _ignore_line
 
         def take(drain: bool) -> bool:
             """Read what the pipe holds now (drain: all of it); True once no writer is left."""
@@ -519,7 +527,7 @@ def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, ou
                     return True
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
-                    apt_status(line.decode(errors="replace"))
+                    report(line.decode(errors="replace"))
                 if not drain:
                     return False
 
@@ -545,7 +553,7 @@ def _run_into(argv: list[str], env: Mapping[str, str], timeout: float | None, ou
         if read_fd >= 0:
             take(drain=True)
             if pending:
-                apt_status(pending.decode(errors="replace"))
+                report(pending.decode(errors="replace"))
         return proc.returncode
     finally:
         for fd in (read_fd, write_fd):

@@ -25,7 +25,7 @@ def _open_lock(lock: Path) -> int:
     regular file with one link (it is truncated and written below): another user's could be held
     open by them to stop every setup. Mode 0600, so nobody else can open it to hold the lock."""
     fd, problem = open_owned(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    if problem:
+    if fd is None:  # refused: problem says why
         raise GpuswarmError(f"the run lock {lock} {problem}, so another user could hold or redirect it.",
                             f"Remove it (rm {lock}) and run again.")
     os.fchmod(fd, 0o600)
