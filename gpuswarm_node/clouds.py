@@ -114,14 +114,14 @@ def parse_instance_data(text: str | None) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(v1, dict):
         return None, None
-    values = [v1.get(k) for k in ("cloud_name", "platform")]
-    return tuple(v if isinstance(v, str) else None for v in values)  # type: ignore[return-value]
+    name, platform = v1.get("cloud_name"), v1.get("platform")
+    return name if isinstance(name, str) else None, platform if isinstance(platform, str) else None
 
 
 def detect(cloud_id: str | None, instance_data: str | None, dmi: dict[str, str | None]) -> tuple[str | None, str]:
     """(the cloud, how it was found) from cloud-init's files and the DMI strings ({file: text});
     (None, what was looked at) when none names a cloud of the table."""
-    if canonical(cloud_id):
+    if cloud_id is not None and canonical(cloud_id):
         return canonical(cloud_id), f"cloud-init's cloud id {cloud_id.strip()!r}"
     name, platform = parse_instance_data(instance_data)
     for label, value in (("cloud_name", name), ("platform", platform)):

@@ -268,7 +268,7 @@ def prometheus(fleet: Fleet, now: float | None = None) -> str:
 
 def table_rows(fleet: Fleet) -> list[tuple[str, ...]]:
     """(node, state, GPU model, slices used/total, servers) per node, for the table."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for w in fleet.workers:
         state = w.state if w.availability == "active" else f"{w.state}, {w.availability}"
         health = w.labels.get("gpuswarm.health", "ok")

@@ -115,17 +115,24 @@ def _order(c: str) -> int:
     return ord(c) + 256 if c else 0
 
 
+def _leading(pattern: str, text: str) -> str:
+    """The start of `text` that `pattern`, which matches the empty string, matches."""
+    match = re.match(pattern, text)
+    assert match is not None, f"{pattern} matches the empty string"
+    return match.group()
+
+
 def _compare_part(a: str, b: str) -> int:
     while a or b:
-        na = re.match(r"[^0-9]*", a).group()
-        nb = re.match(r"[^0-9]*", b).group()
+        na = _leading(r"[^0-9]*", a)
+        nb = _leading(r"[^0-9]*", b)
         a, b = a[len(na):], b[len(nb):]
         for i in range(max(len(na), len(nb))):
             ca, cb = _order(na[i] if i < len(na) else ""), _order(nb[i] if i < len(nb) else "")
             if ca != cb:
                 return -1 if ca < cb else 1
-        da = re.match(r"[0-9]*", a).group()
-        db = re.match(r"[0-9]*", b).group()
+        da = _leading(r"[0-9]*", a)
+        db = _leading(r"[0-9]*", b)
         a, b = a[len(da):], b[len(db):]
         if int(da or 0) != int(db or 0):
             return -1 if int(da or 0) < int(db or 0) else 1
@@ -178,9 +185,9 @@ def missing(component: str, version: str, package: str = "", is_upstream: bool =
     up = as_debian(version if is_upstream else upstream(version))
     found = []
     groups: dict[tuple[str, ...], list[Floor]] = {}
-    for floor in FLOORS:
-        if floor.component == component:
-            groups.setdefault(floor.advisories, []).append(floor)
+    for known in FLOORS:
+        if known.component == component:
+            groups.setdefault(known.advisories, []).append(known)
     for advisories, floors in groups.items():
         line = _line(up)
         floor = next((f for f in floors if f.branch in ("", line)), None)

@@ -355,7 +355,7 @@ def _options(options: str) -> list[tuple[str, str]]:
     """[(lower-case name, dequoted value or "")] of an options field."""
     found, i = [], 0
     while i < len(options):
-        name = re.match(r"[^=,]*", options[i:]).group(0)
+        name = re.split(r"[=,]", options[i:], maxsplit=1)[0]
         i += len(name)
         value = ""
         if options[i:i + 2] == '="':
@@ -369,7 +369,7 @@ def _options(options: str) -> list[tuple[str, str]]:
             value = "".join(chars)
             i += 1
         elif options[i:i + 1] == "=":
-            value = re.match(r"[^,]*", options[i + 1:]).group(0)
+            value = options[i + 1:].split(",", 1)[0]
             i += 1 + len(value)
         found.append((name.lower(), value))
         if options[i:i + 1] == ",":
@@ -382,7 +382,7 @@ def gate_nodes(line: str) -> set[str]:
     `--node=NAME`, quoted or behind `exec`), whatever other options stand before or after it."""
     import shlex
 
-    nodes = set()
+    nodes: set[str] = set()
     for name, value in _options(_split_options(line)[0]):
         if name != "command":
             continue

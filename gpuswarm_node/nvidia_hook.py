@@ -41,9 +41,10 @@ class Problem:
 
 
 def _table(data: dict, keys: tuple[str, ...]) -> dict:
+    table: object = data
     for name in keys:
-        data = data.get(name) if isinstance(data, dict) else None
-    return data if isinstance(data, dict) else {}
+        table = table.get(name) if isinstance(table, dict) else None
+    return table if isinstance(table, dict) else {}
 
 
 def problems(path: str, data: dict) -> list[Problem]:

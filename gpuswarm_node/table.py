@@ -15,14 +15,14 @@ each (rich measures East Asian wide characters as two).
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Mapping
 
 HEADER = ("step", "state", "detail")
 DEFAULT_WIDTH = 80
 MIN_DETAIL_WIDTH = 10
 
 
-def plain_wanted(stream, environ: dict | None = None) -> bool:
+def plain_wanted(stream, environ: Mapping[str, str] | None = None) -> bool:
     """Whether status's table goes to `stream` as plain text: rich would not treat it as a terminal
     (TTY_COMPATIBLE, then FORCE_COLOR, then isatty, as rich.console.Console.is_terminal decides)
     and it takes UTF-8 (elsewhere rich draws its ASCII box, and this module draws none)."""
@@ -48,7 +48,7 @@ def status_text(report, width: int | None = None) -> str:
                   width_from_env() if width is None else width)
 
 
-def width_from_env(environ: dict | None = None) -> int:
+def width_from_env(environ: Mapping[str, str] | None = None) -> int:
     """The width to draw at, as rich's Console.size finds it: COLUMNS when it is a positive
     integer; else the size of the first of stdin, stdout and stderr that is a terminal (`status |
     less` draws as wide as the terminal); else 80."""

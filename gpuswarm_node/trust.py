@@ -87,7 +87,7 @@ def read(path: str | Path, what: str, secret: bool = False) -> bytes:
     """The bytes of the trust file `path`, which `what` names (a config key or a flag);
     ConfigError naming the problem and the fix when it does not follow the rule."""
     fd, why = open_checked(path, secret)
-    if why == "does not exist" or (why or "").startswith("cannot be opened"):
+    if why is not None and (why == "does not exist" or why.startswith("cannot be opened")):
         raise ConfigError(f"{what} {path} cannot be read: {why.replace('cannot be opened: ', '')}.",
                           "Check the path.")
     if fd is None:

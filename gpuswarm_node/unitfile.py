@@ -194,7 +194,7 @@ def parse_command(value: str, unit: str = "docker.service") -> list[Command]:
             return commands
         if first == ";":
             continue
-        prefix = re.match(r"[-@:+!]*", first).group(0)
+        prefix = first[:len(first) - len(first.lstrip("-@:+!"))]  # ExecStart='s special prefixes
         path = resolve_specifiers(first[len(prefix):], unit)
         args: list[str] = []
         while True:
