@@ -12,11 +12,15 @@ import re
 import shlex
 import socket
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .config import SwarmConfig
 from .errors import ManagerUnreachable, StepFailed
 from .gate import SWARM_INFO_FORMAT
 from .secrets import looks_like_join_token, redact
+
+if TYPE_CHECKING:
+    import paramiko
 
 JOIN_TOKEN_COMMAND = "docker swarm join-token -q worker"
 
@@ -47,7 +51,7 @@ class ManagerSession:
     def __init__(self, cfg: SwarmConfig, timeout: float = 15.0) -> None:
         self.cfg, self.timeout = cfg, timeout
         self.where = f"{cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}"
-        self.client = None
+        self.client: paramiko.SSHClient | None = None  # connected by __enter__
         self._gated: bool | None = None
 
     def __enter__(self) -> "ManagerSession":
@@ -127,6 +131,7 @@ class ManagerSession:
         """(exit status, stdout, stderr) of a command on the manager."""
         import paramiko
 
+        assert self.client is not None, "run inside `with ManagerSession(...)`"
         try:
             _stdin, stdout, stderr = self.client.exec_command(command, timeout=self.timeout)
             out = stdout.read().decode(errors="replace")
@@ -380,7 +385,8 @@ def port_problem(host: str, port: int, timeout: float = 3.0) -> str | None:
 def resolve_addresses(host: str) -> set[str]:
     """Every address a host name stands for (an address stands for itself)."""
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)} | {host}
+        # str(): an AF_INET or AF_INET6 address is one already (typeshed allows AF_PACKET's int).
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host}
     except OSError:
         return {host}
 
@@ -412,7 +418,7 @@ def open_trust_file(path: str, key: str, secret: bool) -> int:
     """A read-only fd of the file `key` names, checked with fstat; ManagerUnreachable when it is
     missing, a link, not owned by root, or open to others (to read, for a secret; else to write)."""
     fd, problem = _trust_problem(path, secret)
-    if problem:
+    if fd is None:  # refused: problem says why
         refused, fix = TRUST_FILES[key]
         raise ManagerUnreachable(f"{key} {path} {problem}; refusing to {refused}.", fix)
     return fd
