@@ -82,9 +82,8 @@ def worker_config(template: Path | None, overrides: list[str], ssh_user: str) ->
     as setup validates it; ConfigError when swarm.manager is missing or a value is bad. The hub's
     GPUSWARM_* environment is not read: it configures the hub, not its workers."""
     explicit = template is not None
-    path = template or DEFAULT_WORKER_CONFIG
-    if not explicit and not path.exists():
-        path = None
+    chosen = template or DEFAULT_WORKER_CONFIG
+    path = chosen if explicit or chosen.exists() else None
     cfg = config_mod.load(path if path is not None else Path(os.devnull), env={}, overrides=list(overrides))
     data = config_mod.tables(cfg)
     swarm = data.setdefault("swarm", {})
@@ -274,7 +273,7 @@ def make(node: str, out: Path, cfg: config_mod.Config, host_keys: list[Path], re
                           "Make it with `git archive --format=tar.gz -o gpuswarm-node.tar.gz HEAD` in a checkout.")
     known = known_hosts_text(cfg.swarm.manager, cfg.swarm.ssh_port, host_keys)
     ca = registry_ca_text(cfg, registry_ca)
-    source = tool_bytes(tool) if cloud_init else None
+    source = tool_bytes(tool) if cloud_init and tool is not None else None  # --cloud-init needs --tool
     config_text = (f"# gpuswarm-node worker {node}: made by `gpuswarm-node hub bundle`.\n"
                    + config_mod.to_toml(config_mod.tables(cfg)))
     private, public = new_key_pair(node)
@@ -286,7 +285,7 @@ def make(node: str, out: Path, cfg: config_mod.Config, host_keys: list[Path], re
                  f"{ETC}/known_hosts": (files["known_hosts"], 0o644)}
     if ca is not None:
         on_worker[f"{ETC}/registry-ca.crt"] = (files["registry-ca.crt"], 0o644)
-    user_data = user_data_text(node, on_worker, source, tool_url).encode() if cloud_init else None
+    user_data = user_data_text(node, on_worker, source, tool_url).encode() if source is not None else None
     if user_data is not None:
         files["user-data"] = user_data
 

@@ -87,10 +87,19 @@ class Facts:
                 self._answers[key] = value
             return value
 
+    def docker_api(self) -> Any:
+        """The Docker API these facts read (probes.docker.DockerApi); ValueError for facts made
+        without one (they answer Docker facts only from `given`)."""
+        if self.docker is None:
+            raise ValueError("these facts were made without a Docker API")
+        return self.docker()
+
     def _read(self, fact: Fact, arg: str) -> Any:
         if fact.kind == DERIVED:
             return fact.parse(self, arg)
-        source = fact.source(arg) if fact.source is not None else None
+        if fact.source is None:
+            raise ValueError(f"fact {fact.name}: a {fact.kind} fact needs a source")
+        source = fact.source(arg)
         host = self.host
         if fact.kind == COMMAND:
             raw: Any = host.query(list(source))
@@ -105,7 +114,7 @@ class Facts:
         elif fact.kind == HOST:
             raw = source(host)
         elif fact.kind == DOCKER:
-            raw = source(self.docker())
+            raw = source(self.docker_api())
         else:
             raise ValueError(f"fact {fact.name}: unknown kind {fact.kind}")
         return fact.parse(raw, arg)
@@ -447,7 +456,7 @@ class DockerReads:
 
     def _change(self, method: str, *args):
         try:
-            return getattr(self._facts.docker(), method)(*args)
+            return getattr(self._facts.docker_api(), method)(*args)
         finally:
             self._facts.forget()
 
