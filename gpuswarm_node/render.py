@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 # (CPython's _sha256, _sha2 from 3.12): hashlib would load OpenSSL first, about 2 ms of a status
 # on the benchmark's node; the digest is the same.
 try:
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]  # CPython's private module: no stub
 except ImportError:  # pragma: no cover - another interpreter
     try:
-        from _sha2 import sha256
+        from _sha2 import sha256  # type: ignore[import-not-found]  # CPython's private module: no stub
     except ImportError:
         from hashlib import sha256
 
@@ -118,9 +118,10 @@ def _key(template: str, values: dict) -> str | None:
 
 
 def render(template: str, **values) -> str:
-    key = _key(template, values) if _cache is not None else None
-    if key is not None and key in _cache:
-        text = _cache[key]
+    cache = _cache
+    key = _key(template, values) if cache is not None else None
+    if cache is not None and key is not None and key in cache:
+        text = cache[key]
     else:
         text = _environment().get_template(template).render(**values)
     if key is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -78,7 +78,7 @@ def status_table(report: RunReport) -> Table:
 
 def print_preflight(console: Console, report: RunReport) -> None:
     for check in report.refused:
-        console.print(f"[bold red]preflight {check.name} failed:[/] {escape(check.problem)}")
+        console.print(f"[bold red]preflight {check.name} failed:[/] {escape(check.problem or '')}")  # refused: set
 
 
 def print_kept(console: Console, report: RunReport) -> None:
@@ -118,8 +118,8 @@ def print_plan(console: Console, report: RunReport) -> None:
     console.print(escape(line + "nothing was changed."))
 
 
-def print_summary(console: Console, report: RunReport, backups: list[tuple[str, str]] = (),
-                  logs: list[str] = ()) -> None:
+def print_summary(console: Console, report: RunReport, backups: Sequence[tuple[str, str]] = (),
+                  logs: Sequence[str] = ()) -> None:
     """The end of every run that may change the machine (setup, leave, reset)."""
     print_preflight(console, report)
     if report.refused:

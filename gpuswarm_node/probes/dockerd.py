@@ -68,7 +68,9 @@ class Loaded:
 def parse_show(text: str) -> Loaded:
     """`systemctl show --property=...` output (Name=value lines; ExecStart and EnvironmentFiles
     once per entry)."""
-    fragment, dropins, argv, environment, env_files = "", (), None, (), []
+    fragment, argv, env_files = "", None, []
+    dropins: tuple[str, ...] = ()
+    environment: tuple[str, ...] = ()
     for line in text.splitlines():
         name, _, value = line.partition("=")
         if name == "FragmentPath":

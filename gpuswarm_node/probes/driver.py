@@ -202,9 +202,10 @@ def installed_since_boot(facts: Facts, packages: list[Package]) -> bool | None:
     host = facts.files
     boot = parse_boot_time(host.read_text("/proc/stat") or "")
     times = [host.mtime(f"{DPKG_INFO}/{p.info or p.name}.list") for p in packages]
-    if boot is None or not times or any(t is None for t in times):
+    known = [t for t in times if t is not None]
+    if boot is None or not times or len(known) != len(times):
         return None
-    return max(times) > boot
+    return max(known) > boot
 
 
 def parse_boot_time(text: str) -> int | None:
