@@ -8,7 +8,7 @@ import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, NoReturn, Optional, Sequence
 
 from enum import Enum
 
@@ -20,8 +20,9 @@ try:  # typer 0.2x carries its own click; earlier ones use the click package
     from typer._click import exceptions as click_errors
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older typer
-    from click import exceptions as click_errors
-    from click.globals import get_current_context
+    # mypy reads typer._click above; these redefine the same names for an older typer.
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+    from click.globals import get_current_context  # type: ignore[no-redef]
 
 from . import version as tool_version
 from .errors import GpuswarmError
@@ -122,7 +123,7 @@ class ConfigSource:
     """Where a command's configuration comes from: --config (the command's, else the one given
     before the command), and each --set override, in order."""
 
-    def __init__(self, config: Optional[Path], overrides: List[str]) -> None:
+    def __init__(self, config: Optional[Path], overrides: Sequence[str]) -> None:
         self.given, self.overrides = config, list(overrides)
 
     @property
@@ -142,6 +143,10 @@ class ConfigSource:
         return cfg
 
 
+# No --config, no --set: a command's default, which with_config replaces by the options given.
+DEFAULT_SOURCE = ConfigSource(None, [])
+
+
 def with_config(command: Callable) -> Callable:
     """A command that reads the configuration declares `source: ConfigSource`; this gives it the
     options --config and --set in that parameter's place (one definition for every command)."""
@@ -158,10 +163,11 @@ def with_config(command: Callable) -> Callable:
             params.append(param.replace(kind=param.KEYWORD_ONLY))
 
     @functools.wraps(command)
-    def wrapper(*, config: Optional[Path] = None, overrides: List[str] = (), **kwargs):
+    def wrapper(*, config: Optional[Path] = None, overrides: Sequence[str] = (), **kwargs):
         return command(source=ConfigSource(config, overrides), **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=params)
+    # inspect.signature reads __signature__, which typeshed does not declare on a function.
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     del wrapper.__wrapped__  # typer reads the signature above, not the command's
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper
@@ -250,7 +256,7 @@ def setup(
     skip: List[str] = typer.Option([], "--skip", metavar="STEP",
                                    help=f"Do not run this step (repeatable): {STEP_LIST}."),
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
     force_rejoin: bool = typer.Option(False, "--force-rejoin",
                                       help="Leave another swarm this node is in, to join the configured one."),
     allow_restart: bool = typer.Option(False, "--allow-restart",
@@ -293,7 +299,7 @@ def setup(
 @with_config
 def status(
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
     prometheus: Optional[Path] = typer.Option(None, "--prometheus", metavar="FILE",
                                               help="Also write node-exporter textfile metrics to FILE."),
 ) -> None:
@@ -346,7 +352,7 @@ def list_steps() -> None:
 @with_config
 def gpus(
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Show the GPUs NVML reports and the Swarm slices they yield."""
 
@@ -402,7 +408,7 @@ def gpus(
                            f"--inventory: the files that need them), the others are printed; {USAGE_EXIT}"))
 @with_config
 def render(
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
     inventory: Optional[Path] = typer.Option(None, "--inventory", metavar="FILE",
                                              help="Render for the GPUs in FILE (what `gpus --json` prints on a GPU "
                                                   "node) instead of this machine's."),
@@ -427,7 +433,7 @@ def render(
                 raise ConfigError(f"--inventory {inventory} is not UTF-8 text (byte {exc.start}).", fix) from None
             try:
                 data = json.loads(text)
-            except ValueError as exc:  # json.JSONDecodeError
+            except json.JSONDecodeError as exc:
                 raise ConfigError(f"--inventory {inventory} is not JSON ({exc.msg} at line {exc.lineno}, "
                                   f"column {exc.colno}).", fix) from None
             try:
@@ -467,7 +473,7 @@ def render(
                                       f"DOCKER_RESOURCE_<KIND> (set by Swarm in the container); {CONFIG_ENV}"))
 @with_config
 def cuda_env(
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Print sh setting CUDA_VISIBLE_DEVICES from this container's DOCKER_RESOURCE_<KIND>; eval it."""
 
@@ -501,7 +507,7 @@ def hub_config(
     slice_wait: int = typer.Option(60, "--slice-wait", help="Seconds a spawn waits for a free GPU slice."),
     start_timeout: int = typer.Option(600, "--start-timeout", help="JupyterHub's Spawner.start_timeout, seconds."),
     http_timeout: int = typer.Option(120, "--http-timeout", help="JupyterHub's Spawner.http_timeout, seconds."),
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
     profiles: bool = typer.Option(False, "--profiles",
                                   help="Also print a GPU profile per GPU model in the swarm (from the workers' "
                                        "node labels), for the spawn form; run it on the manager."),
@@ -547,7 +553,7 @@ def leave(
                                             "is out of the swarm, e.g. the cloud CLI call that terminates it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be done; change nothing."),
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
@@ -581,7 +587,7 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Run one round and exit."),
     interval: Optional[float] = typer.Option(None, "--interval", metavar="S",
                                              help="Seconds between rounds (default: watch.interval)."),
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Drain this node through the manager while it cannot serve (GPU, Docker, disk, tmpfs faults)
     and make it active again once the fault has cleared; each transition in the run log and status."""
@@ -836,7 +842,7 @@ def reset(
     yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
     allow_restart: bool = typer.Option(False, "--allow-restart",
                                        help="Restart Docker even though containers are running on this node."),
     drain: bool = typer.Option(False, "--drain",
@@ -956,7 +962,7 @@ def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) ->
 @with_config
 def show_config(
     json_out: bool = JsonOption,
-    source: ConfigSource = None,
+    source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Print every configuration key: its meaning, its value and where that came from (file, environment, flag, default)."""
 
@@ -1010,7 +1016,7 @@ def usage_error_line(exc) -> str:
     return message
 
 
-def main() -> None:
+def main() -> NoReturn:  # exits with the command's status
     # Before anything is created: under umask 000 (some cloud-init setups) every file and directory
     # would otherwise start group- and world-writable. The tool sets explicit modes too.
     os.umask(0o022)

@@ -18,7 +18,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -798,7 +798,7 @@ def remembered_note(cfg: "Config") -> str | None:
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
-         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr, remember: bool = False) -> Config:
+         overrides: Sequence[str] = (), warn: Callable[[str], None] = _warn_stderr, remember: bool = False) -> Config:
     """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
     path may be absent (defaults are used), an explicitly named file must exist. `remember`: where
     nothing names a file and the default is absent, read LAST_SETUP_CONFIG (remembered_path;
