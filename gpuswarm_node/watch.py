@@ -33,7 +33,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .manager import ManagerSession
+    from .probes.gpu_health import NvmlReading
 
 HEALTH_LABEL = "gpuswarm.health"
 STATE = "/var/lib/gpuswarm-node/watch.json"
@@ -302,13 +307,13 @@ def apply_transition(session, node_id: str, transition: Transition, verdict: Ver
 class Seams:
     """What a round reads and where it acts; real ones from `local_seams`, stand-ins in tests."""
 
-    nvml: Callable[[int], object] | None  # wait_ms -> NvmlReading; None: no GPU to watch, ever
+    nvml: Callable[[int], NvmlReading] | None  # wait_ms -> the reading; None: no GPU to watch, ever
     read_text: Callable[[str], str | None]
     write_state: Callable[[str], None]
     docker_problem: Callable[[], str | None]
     free_bytes: Callable[[str], int | None]
     node_id: Callable[[], str | None]  # "" when the node is in no swarm (or a manager), None: Docker does not say
-    manager_session: Callable[[], object]  # a context manager yielding a ManagerSession
+    manager_session: Callable[[], ContextManager[ManagerSession]]
     log: Callable[[dict], None]  # one run-log record
     say: Callable[[str], None] = print
     clock: Callable[[], float] = time.time
@@ -317,7 +322,7 @@ class Seams:
 
 @dataclass
 class Watcher:
-    cfg: object  # config.Config
+    cfg: Config
     seams: Seams
     verdict: Verdict = field(default_factory=Verdict)
     last: dict = field(default_factory=dict)
@@ -338,7 +343,7 @@ class Watcher:
         # setup has not equipped yet has nothing to protect, and no driver to ask.
         slice_map = s.read_text(SLICE_MAP)
         watched = s.nvml is not None and slice_map is not None
-        nvml = s.nvml(wait_ms) if watched else None
+        nvml = s.nvml(wait_ms) if s.nvml is not None and watched else None
         devices = slice_map_devices(slice_map) if watched else frozenset()
         docker_problem = s.docker_problem()
         root = docker_root(s.read_text(DAEMON_JSON))
