@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..errors import NvmlUnavailable
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def inventory_from_json(data: object) -> Inventory:
     if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
         raise ValueError('it is not an object with a "gpus" list')
 
-    def field_of(item: dict, key: str, kind: type, where: str, default: object = None) -> object:
+    def field_of(item: dict, key: str, kind: type[_T], where: str, default: _T | None = None) -> _T:
         if key not in item:
             if default is None:
                 raise ValueError(f'{where} has no "{key}"')
@@ -124,7 +127,7 @@ def inventory_from_json(data: object) -> Inventory:
         where = f"gpus[{n}]"
         if not isinstance(item, dict):
             raise ValueError(f"{where} is {json.dumps(item)}, not an object")
-        migs = []
+        migs: list[MigDevice] = []
         for m, mig in enumerate(field_of(item, "mig_devices", list, where, []) or ()):
             if not isinstance(mig, dict):
                 raise ValueError(f"{where}.mig_devices[{m}] is {json.dumps(mig)}, not an object")

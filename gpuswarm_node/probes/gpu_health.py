@@ -18,6 +18,7 @@ fault:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 XID_CRITICAL_ERROR = 0x8  # nvmlEventTypeXidCriticalError (nvml.h)
 GPU_IS_LOST = 15  # NVML_ERROR_GPU_IS_LOST
@@ -62,7 +63,7 @@ class NvmlWatch:
     """An NVML session across rounds: `read()` once a round; `close()` at the end. A round in
     which NVML stops answering closes the session, and the next round opens a new one."""
 
-    nvml: object = None  # the pynvml module (a stand-in in tests)
+    nvml: Any = None  # the pynvml module (a stand-in in tests); pynvml has no type information
     _open: bool = False
     _events: object = None
     _handles: dict = field(default_factory=dict)  # address of a handle -> GPU uuid, for events
