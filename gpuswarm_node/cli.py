@@ -436,6 +436,9 @@ def render(
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--inventory {inventory} is not JSON ({exc.msg} at line {exc.lineno}, "
                                   f"column {exc.colno}).", fix) from None
+            except ValueError as exc:  # valid JSON Python refuses: an integer past sys.get_int_max_str_digits()
+                raise ConfigError(f"--inventory {inventory} is not JSON this tool reads "
+                                  f"({str(exc).split(';')[0]}).", fix) from None
             try:
                 given = inventory_from_json(data)
             except ValueError as exc:

@@ -13,7 +13,8 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge
 from gpuswarm_node.errors import StepFailed
-from gpuswarm_node.steps.docker_daemon import DAEMON_JSON, DockerDaemonStep, parse_process_start, without_host_flags
+from gpuswarm_node.steps.docker_daemon import (DAEMON_JSON, SLICE_MAP, DockerDaemonStep, parse_process_start,
+                                               read_slice_map, without_host_flags)
 from gpuswarm_node.context import Context
 
 from .fakes import FakeDocker, FakeHost, inventory_from_case
@@ -52,6 +53,19 @@ def test_invalid_json_converge_fails_and_writes_nothing() -> None:
     assert report.changed is False and report.actions == []
     assert host.actions == []
     assert host.files[DAEMON_JSON] == BROKEN
+
+
+def test_json_with_an_integer_python_refuses_fails_naming_the_file_and_writes_nothing() -> None:
+    # json.loads raises a plain ValueError (not a JSONDecodeError) past sys.get_int_max_str_digits().
+    ctx, host = context('{"max-concurrent-downloads": ' + "1" * 5000 + "}\n")
+    report = converge(DockerDaemonStep(), ctx)
+    assert report.state is State.FAILED
+    assert f"{DAEMON_JSON} is not JSON this tool reads (Exceeds the limit" in report.detail
+    assert "Traceback" not in report.detail and "set_int_max_str_digits" not in report.detail
+    assert host.actions == []
+    ctx, host = context("{}")
+    host.files[SLICE_MAP] = '{"slices": {"s0": ' + "1" * 5000 + "}}"
+    assert read_slice_map(host)[1] == {}  # unreadable, as a damaged slice map is
 
 
 def test_json_that_is_not_an_object_is_refused() -> None:

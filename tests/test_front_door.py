@@ -139,6 +139,9 @@ INVENTORY_FIX = "Save what `gpuswarm-node gpus --json` prints on a GPU node to a
 @pytest.mark.parametrize("content, cause", [
     (b"\xff\xfe", "is not UTF-8 text (byte 0)"),
     ("not json", "is not JSON (Expecting value at line 1, column 1)"),
+    # Valid JSON that Python's json refuses with a plain ValueError, not a JSONDecodeError.
+    ('{"gpus": [' + "1" * 5000 + "]}", "is not JSON this tool reads (Exceeds the limit (4300 digits) for integer "
+                                       "string conversion: value has 5000 digits)"),
     ("[]", 'is not a GPU inventory: it is not an object with a "gpus" list'),
     ('{"gpus": [{"name": "x"}]}', 'is not a GPU inventory: gpus[0] has no "uuid"'),
     ('{"gpus": [7]}', "is not a GPU inventory: gpus[0] is 7, not an object"),

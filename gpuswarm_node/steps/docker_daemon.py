@@ -75,6 +75,9 @@ def read_daemon_json(host: F.FileReads) -> tuple[str | None, dict]:
     except json.JSONDecodeError as exc:
         raise StepFailed(f"{DAEMON_JSON} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                          "nothing was written.", "Fix or remove the file, then run setup again.") from None
+    except ValueError as exc:  # valid JSON Python refuses: an integer past sys.get_int_max_str_digits()
+        raise StepFailed(f"{DAEMON_JSON} is not JSON this tool reads ({str(exc).split(';')[0]}); nothing was "
+                         "written.", "Fix or remove the file, then run setup again.") from None
     if not isinstance(data, dict):
         raise StepFailed(f"{DAEMON_JSON} holds a JSON {type(data).__name__}, not an object; nothing was written.",
                          "Fix or remove the file, then run setup again.")
@@ -259,7 +262,7 @@ def read_slice_map(host: F.FileReads) -> tuple[str | None, dict]:
     text = host.read_text(SLICE_MAP)
     try:
         data = json.loads(text) if text else {}
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer past sys.get_int_max_str_digits(): unreadable
         data = {}
     return text, data if isinstance(data, dict) else {}
 
