@@ -407,6 +407,62 @@ def test_setuid_files_and_device_nodes_on_a_share_give_nothing(hub, workers, man
     stop_every_server(hub, manager)
 
 
+# What an image may set for the NVIDIA hook (gpuswarm_node/nvidia_hook.py HOOK_INPUTS, every
+# variable the wrapper pins or strips), each asking for the most a tenant could get.
+HOSTILE_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all,display",
+               "NVIDIA_MIG_CONFIG_DEVICES": "all", "NVIDIA_MIG_MONITOR_DEVICES": "all",
+               "NVIDIA_IMEX_CHANNELS": "0,1", "NVIDIA_GDS": "enabled", "NVIDIA_MOFED": "enabled",
+               "NVIDIA_NVSWITCH": "enabled", "NVIDIA_GDRCOPY": "enabled", "NVIDIA_REQUIRE_JETPACK": "csv-mounts=all"}
+
+
+def test_an_image_that_sets_every_hook_input_gets_its_slice_and_nothing_shared(hub, workers, manager, notebook_image):
+    """An image whose ENV sets every hook input the wrapper decides: as a service with a slice it
+    gets exactly its slice's GPU, as `docker run` (no slice) no GPU; neither gets what every
+    tenant of the node would share (MIG config or monitor, IMEX channels, GDS, MOFED, NVSwitch,
+    GDRCopy, Jetson CSV mounts, the display capability). Judged by the hook model on the spec the
+    stand-in NVIDIA runtime received, after the wrapper."""
+    from gpuswarm_node.nvidia_hook import HOOK_INPUTS
+
+    assert {i.name for i in HOOK_INPUTS if i.kind == "env" and i.action in ("pin", "strip")} <= set(HOSTILE_ENV)
+    stop_every_server(hub, manager)
+    worker = workers["gsn-h1"]
+    base = worker.sh(f"docker create {notebook_image} true").stdout.strip()
+    changes = " ".join(f"--change 'ENV {k}={v}'" for k, v in HOSTILE_ENV.items())
+    worker.sh(f"docker commit {changes} {base} gsn/hostile:1 && docker rm {base}")
+    nothing_shared = {"mig_config": "", "mig_monitor": "", "imex_channels": [], "gated": [], "csv_mounts_all": False,
+                      "cdi_annotations": []}
+
+    # docker run: no slice, so no GPU and nothing shared.
+    cid = worker.sh("docker run -d gsn/hostile:1 true").stdout.strip()
+    worker.sh(f"docker wait {cid} && docker rm {cid}")
+    grants = runtime_create(worker, cid)["hook_grants"]
+    assert grants["devices"] == [] and {k: grants[k] for k in nothing_shared} == nothing_shared, grants
+
+    # A service with one slice: that slice's GPU only.
+    import docker
+
+    service = manager.docker.services.create(
+        "gsn/hostile:1", ["sleep", "600"], name="hostile",
+        resources=docker.types.Resources(generic_resources={"gpu": 1}),
+        constraints=["node.hostname==gsn-h1"])
+    try:
+        def running() -> dict | None:
+            return next((t for t in service.tasks() if t["Status"]["State"] == "running"), None)
+
+        task = wait_for("the hostile service's task running", running, timeout=120)
+        name, slice_id = placement(manager, workers, task)
+        call = runtime_create(workers[name], task["Status"]["ContainerStatus"]["ContainerID"])
+        grants = call["hook_grants"]
+        assert grants["devices"] == [slice_id.split("::")[0]], call
+        assert {k: grants[k] for k in nothing_shared} == nothing_shared, grants
+        assert "display" not in grants["capabilities"], grants
+        assert not {"NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_IMEX_CHANNELS", "NVIDIA_GDS"} & set(call["env"]), call["env"]
+    finally:
+        service.remove()
+        wait_for("the hostile service's container gone",
+                 lambda: not worker.sh("docker ps -aq --filter label=com.docker.swarm.service.name=hostile").stdout.strip())
+
+
 def test_a_wrapper_that_maps_a_slice_to_the_wrong_gpu_fails_the_scenario(hub, workers, manager):
     """The scenario's check can fail: with the two slices of the remaining worker swapped in its
     slice map (the map the runtime wrapper reads on every container start), a new server starts
