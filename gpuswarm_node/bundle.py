@@ -190,7 +190,7 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
     lines = ["#cloud-config",
              f"# gpuswarm-node worker {node}, made by `gpuswarm-node hub bundle` on the hub.",
              "# It holds the worker's SSH key: the instance's metadata service serves it to anyone on the",
-             "# instance (containers are kept out by the metadata-guard step); see README, Fleet.",
+             "# instance (containers are kept out by the metadata-guard step); see docs/hub.md, Fleet.",
              "write_files:"]
     entries = dict(files)
     if tool_url is None:

@@ -2,7 +2,7 @@
 overridden by `--set section.key=value` flags; validated once into frozen dataclasses.
 
 Every key is declared exactly once, in the dataclasses below (type, default and the one-line help
-that the README's reference is checked against). An unknown section or key in the file or a --set
+that docs/reference.md is checked against). An unknown section or key in the file or a --set
 is an error; a GPUSWARM_* environment variable that names no key is ignored with a warning (other
 programs' settings and a shell's leftovers should not stop every command).
 """
@@ -373,7 +373,7 @@ SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else glo
 
 
 def reference() -> list[tuple[str, str, Any, str]]:
-    """(section, key, default, help) for every key, in declaration order: the README's table."""
+    """(section, key, default, help) for every key, in declaration order: docs/reference.md's table."""
     rows = []
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
