@@ -29,15 +29,6 @@ FLAG_KEYS = {"-H": "hosts", "--host": "hosts", "-D": "debug", "-l": "log-level",
              "--default-ulimit": "default-ulimits", "--node-generic-resource": "node-generic-resources"}
 # Keys dockerd merges from both places instead of refusing (skipDuplicates in moby's daemon/config).
 MERGED_KEYS = frozenset({"runtimes"})
-# Flags swarm mode refuses (IsSwarmCompatible in moby's daemon/config; cluster-store and
-# cluster-advertise are gone since Docker 23, whose dockerd then does not start at all).
-SWARM_INCOMPATIBLE_FLAGS = {"live-restore": "Docker refuses swarm mode with live-restore on",
-                            "cluster-store": "swarm mode refuses a cluster store (and Docker 23 and later do not "
-                                             "start with one)",
-                            "cluster-advertise": "swarm mode refuses it (and Docker 23 and later do not start "
-                                                 "with it)"}
-
-
 def flag_key(arg: str) -> str | None:
     """The daemon.json key a dockerd argument sets, or None when it is not a flag."""
     if not arg.startswith("-") or arg in ("-", "--"):
@@ -56,14 +47,16 @@ def conflicting_args(settings: dict, args: list) -> list[tuple[str, object]]:
     return out
 
 
-def swarm_incompatible_args(args: list) -> list[tuple[str, object]]:
-    """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode."""
-    out = []
-    for arg in args:
-        key = flag_key(arg.text)
-        if key in SWARM_INCOMPATIBLE_FLAGS and not (key == "live-restore" and arg.text.endswith("=false")):
-            out.append((SWARM_INCOMPATIBLE_FLAGS[key], arg))
-    return out
+def swarm_incompatible_args(args: list, daemon_json: dict | None = None,
+                            version: tuple[int, int] | None = None) -> list[tuple[str, object]]:
+    """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode,
+    with daemon.json's settings (`daemon_json`) read together with the flags, as dockerd does
+    (swarm_compat.REFUSED holds what each Docker version refuses)."""
+    from . import swarm_compat
+
+    flags = swarm_compat.flag_settings([arg.text for arg in args])
+    return [(swarm_compat.why(rule), args[index]) for rule, where, index in
+            swarm_compat.refused(daemon_json or {}, flags, version) if where == "flag"]
 
 
 def validate(ctx: Context, content: str) -> None:
