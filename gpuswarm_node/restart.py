@@ -150,11 +150,13 @@ def restart_action(previous: dict[str, str | None], reload: bool = False) -> Act
                 lambda ctx: restart_with_rollback(ctx, previous, reload))
 
 
-def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this") -> str | None:
+def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this",
+                    effect: str = "restarts Docker, which would stop", verb: str = "restart") -> str | None:
     """Why Docker must not be restarted now, or None. `command` is what the operator runs again
-    with --drain or --allow-restart; `change` what restarts Docker. --drain permits the restart
-    only where the node can be drained: otherwise the containers would stop all the same.
-    (live-restore cannot keep them: setup removes it, since Swarm refuses it.)"""
+    with --drain or --allow-restart; `change` what restarts Docker, `effect` what it does to the
+    containers, `verb` what --allow-restart lets happen (a reboot stops them the same way).
+    --drain permits it only where the node can be drained: otherwise the containers would stop
+    all the same. (live-restore cannot keep them: setup removes it, since Swarm refuses it.)"""
     if ctx.docker.unreachable_reason() is not None:
         return None
     running = ctx.docker.running_containers()
@@ -164,7 +166,7 @@ def restart_refusal(ctx: Context, command: str = "setup", change: str = "applyin
     if ctx.options.drain and cannot_drain is None:
         return None
     shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
-    stop = f"{change} restarts Docker, which would stop {len(running)} running container(s): {shown}"
+    stop = f"{change} {effect} {len(running)} running container(s): {shown}"
     if cannot_drain:
-        return f"{stop}; --drain cannot move them ({cannot_drain}): run {command} --allow-restart to restart anyway"
-    return f"{stop}; run {command} --drain to move swarm tasks off first, or --allow-restart to restart anyway"
+        return f"{stop}; --drain cannot move them ({cannot_drain}): run {command} --allow-restart to {verb} anyway"
+    return f"{stop}; run {command} --drain to move swarm tasks off first, or --allow-restart to {verb} anyway"
