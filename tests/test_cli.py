@@ -186,8 +186,9 @@ def test_gpus_on_a_machine_without_nvidia_gpu_says_so(gsn):
 def test_status_with_gpus_sees_the_driver(gsn, tmp_path):
     result = gsn("status", "--json", "--config", str(safe_config(tmp_path)), gpus=[A100])
     states = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
-    assert states["nvidia-driver"]["state"] == "ok"
-    assert "550.54.15" in states["nvidia-driver"]["detail"]
+    # ok, or needs-change only for the unattended-upgrades drop-in, which this machine need not have
+    assert states["nvidia-driver"]["state"] in ("ok", "needs-change")
+    assert states["nvidia-driver"]["detail"].startswith("driver 550.54.15, 1 GPU(s); ")
 
 
 def test_render_prints_every_file_setup_would_write(gsn, tmp_path):

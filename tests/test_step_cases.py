@@ -21,6 +21,7 @@ from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.steps.boot import unit_text as boot_unit
 from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
+from gpuswarm_node.steps.nvidia_driver import unattended_dropin_text
 from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
@@ -35,7 +36,8 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered gpuswarm-runtime.py>": wrapper_program_text,
                 "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text()),
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
-                "<rendered gpuswarm-node-boot.service>": boot_unit}
+                "<rendered gpuswarm-node-boot.service>": boot_unit,
+                "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text}
 
 
 def tagged(text: str) -> str:
