@@ -79,7 +79,7 @@ def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
     plan = json.loads(result.stdout)
     assert list(plan) == ["ok", "dry_run", "changed", "reboot_required", "steps", "preflight"]
     assert [p["name"] for p in plan["preflight"]] == ["config", "ssh-key", "known-hosts", "manager-host-key",
-                                                      "registry-ca"]
+                                                      "registry-ca", "node-name"]
     assert all(p["ok"] for p in plan["preflight"])
     assert plan["ok"] is False and plan["dry_run"] is True and plan["changed"] == []
     assert plan["reboot_required"] is False
@@ -134,7 +134,7 @@ def test_setup_json_selected_steps(gsn, tmp_path):
          "actions": []},
         {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)", "actions": []}],
         "preflight": [{"name": n, "ok": True} for n in ("config", "ssh-key", "known-hosts", "manager-host-key",
-                                                         "registry-ca")]}
+                                                         "registry-ca", "node-name")]}
 
 
 def test_skip_removes_steps(gsn, tmp_path):
