@@ -188,7 +188,7 @@ def test_status_with_gpus_sees_the_driver(gsn, tmp_path):
     states = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
     # ok, or needs-change only for the unattended-upgrades drop-in, which this machine need not have
     assert states["nvidia-driver"]["state"] in ("ok", "needs-change")
-    assert states["nvidia-driver"]["detail"].startswith("driver 550.54.15, 1 GPU(s); ")
+    assert states["nvidia-driver"]["detail"].startswith("driver 550.54.15, 1 GPU(s), CUDA initialises; ")
 
 
 def test_render_prints_every_file_setup_would_write(gsn, tmp_path):

@@ -24,7 +24,7 @@ from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit
 from gpuswarm_node.steps.nvidia_driver import unattended_dropin_text
 from gpuswarm_node.context import Context, RunOptions
 
-from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
+from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, cuda_from_case, inventory_from_case
 
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
@@ -65,6 +65,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
+                  cuda_reader=cuda_from_case(case.get("cuda"), case.get("gpus")),
                   manager_reader=manager.read, port_prober=ports.problem,
                   manager_session_factory=manager.session, given_facts=host.facts)
     return ctx, host, docker, manager, ports

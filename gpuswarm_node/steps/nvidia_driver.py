@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import apt_sources
-from ..engine import (Call, Check, State, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped,
+from ..engine import (Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped,
                       write_wanted)
 from ..errors import NvmlUnavailable, StepFailed
 from .. import facts as F
@@ -127,10 +127,14 @@ class NvidiaDriverStep:
 
     def files(self, ctx: Context) -> list[PlannedFile]:
         # Debian's apt sources, when the driver's components are missing from them; the
-        # unattended-upgrades drop-in once a driver runs.
-        check = self.check(ctx)
-        planned = [PlannedFile(a.path, a.content) for a in check.actions if isinstance(a, WriteFile)]
-        if check.state is State.OK:
+        # unattended-upgrades drop-in once a driver runs (NVML answers), as the check writes it
+        # once nothing else blocks.
+        planned = [PlannedFile(a.path, a.content) for a in self.check(ctx).actions if isinstance(a, WriteFile)]
+        try:
+            ctx.inventory()
+        except NvmlUnavailable:
+            return planned
+        if not any(p.path == UNATTENDED_DROPIN for p in planned):
             planned.append(PlannedFile(UNATTENDED_DROPIN, unattended_dropin_text()))
         return planned
 
@@ -141,7 +145,20 @@ class NvidiaDriverStep:
             return self._without_nvml(ctx, exc)
         if not inv.gpus:
             return blocked(f"driver {inv.driver_version} is loaded but NVML reports no GPU")
-        serving = f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)"
+        # NVML answering is not serving: a MIG-mode GPU without MIG devices yields no slice, and
+        # CUDA can fail while NVML answers (probes.cuda). Each is blocked with its fix.
+        empty = [g for g in inv.gpus if g.mig_enabled and not g.mig_devices]
+        if empty:
+            return blocked("; ".join(
+                f"GPU {g.index} ({g.name}) is in MIG mode but has no MIG devices (they do not survive a reboot), so "
+                f"no notebook can use it: create them (`nvidia-smi mig -i {g.index} -cgi <profiles> -C`), or turn "
+                f"MIG off (`nvidia-smi -i {g.index} -mig 0`, then reset the GPU or reboot)" for g in empty))
+        from ..probes.cuda import problem as cuda_problem
+
+        refused = cuda_problem(ctx.cuda(), inv.driver_version)
+        if refused:
+            return blocked(refused)
+        serving = f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s), CUDA initialises"
         # The driver runs: from now on only a deliberate upgrade (and its reboot) may change it.
         write = write_wanted(ctx, PlannedFile(UNATTENDED_DROPIN, unattended_dropin_text()))
         if write:
