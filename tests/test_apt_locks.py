@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -91,47 +90,86 @@ def test_the_holder_of_a_lock_is_named_and_a_free_or_missing_file_has_none(lock_
     assert lock_holder(lock_file) is None  # the kernel releases a dead process's lock
 
 
-def test_looking_at_a_lock_never_takes_it(lock_file):
+def test_looking_at_a_lock_never_takes_it(lock_file, tmp_path):
     # Another apt taking and releasing the lock in a tight loop must never find it taken because
-    # setup looked (probing by taking the lock for a moment would make apt fail at once).
+    # setup looked (probing by taking the lock for a moment would make apt fail at once). The two
+    # loops overlap by construction: the taker runs from its first try until the looks are done.
+    stop = tmp_path / "stop"
     taker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import fcntl, time
+        import fcntl, os
         f = open({str(lock_file)!r}, "r+")
-        refused, end = 0, time.monotonic() + 1.0
-        while time.monotonic() < end:
+        tries = refused = 0
+        while not os.path.exists({str(stop)!r}):
+            tries += 1
             try:
                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 refused += 1
             else:
                 fcntl.lockf(f, fcntl.LOCK_UN)
-        print(refused)
+            if tries == 1:
+                print("trying", flush=True)
+        print(tries, refused)
     """)], stdout=subprocess.PIPE, text=True)
-    looks = 0
-    while taker.poll() is None:
-        lock_holder(lock_file)
-        looks += 1
-    assert looks > 100
-    assert taker.stdout.read().strip() == "0"
+    assert taker.stdout.readline() == "trying\n"
+    for _ in range(2000):
+        lock_holder(lock_file)  # may well find the taker holding it: that is a look, not a take
+    stop.touch()
+    tries, refused = taker.stdout.read().split()
+    assert taker.wait(60) == 0 and int(tries) >= 1
+    assert refused == "0"
 
 
-def test_waiting_ends_when_the_holder_lets_go(lock_file, hold, monkeypatch):
-    monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
-    hold(1.0)
-    started = time.monotonic()
-    apt.wait_until_free(LocalHost(), (str(lock_file),), started + 30, 30)
-    assert 0.5 < time.monotonic() - started < 10
+class FakeTime:
+    """apt's clock (apt.time): sleep() moves it on at once, and runs each callback given to at()
+    once the clock reaches its time. The locks stay real; only the waiting is not."""
+
+    def __init__(self) -> None:
+        self.now, self.slept, self.events = 1000.0, 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        for event in [e for e in self.events if e[0] <= self.now]:
+            self.events.remove(event)
+            event[1]()
+
+    def at(self, seconds: float, callback) -> None:
+        self.events.append((self.now + seconds, callback))
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(apt, "time", fake)
+    monkeypatch.setattr(apt, "POLL_SECONDS", 0.25)
+    return fake
+
+
+def let_go(child: subprocess.Popen):
+    """The holder ends: the kernel releases its lock."""
+    def end() -> None:
+        child.kill()
+        child.wait()
+    return end
+
+
+def test_waiting_ends_when_the_holder_lets_go(lock_file, hold, clock):
+    clock.at(1.0, let_go(hold(60)))
+    apt.wait_until_free(LocalHost(), (str(lock_file),), clock.now + 30, 30)
+    assert clock.slept == 1.0  # it waited exactly until the holder let go, polling
     assert lock_holder(lock_file) is None
 
 
-def test_waiting_gives_up_at_the_deadline_naming_lock_and_holder(lock_file, hold, monkeypatch):
-    monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
+def test_waiting_gives_up_at_the_deadline_naming_lock_and_holder(lock_file, hold, clock, monkeypatch):
     monkeypatch.setitem(apt.LOCK_NAMES, str(lock_file), "the package lists lock")
     child = hold(60)
-    started = time.monotonic()
     with pytest.raises(StepFailed) as failure:
-        apt.wait_until_free(LocalHost(), (str(lock_file),), started + 0.5, 0.5)
-    assert 0.5 <= time.monotonic() - started < 5
+        apt.wait_until_free(LocalHost(), (str(lock_file),), clock.now + 0.5, 0.5)
+    assert clock.slept == 0.5  # the whole time it was given, and no more
     assert (f"the package lists lock ({lock_file}) is still held by process {child.pid} ({comm(child.pid)})"
             in failure.value.message())
     assert "apt.lock_timeout" in failure.value.message()
@@ -146,27 +184,25 @@ def apt_command(tmp_path: Path, lock_file: Path, lock_timeout: int) -> apt.AptCo
 
 
 def test_an_apt_command_waits_for_a_held_lock_then_runs_once_with_the_time_left(lock_file, hold, tmp_path,
-                                                                                monkeypatch):
-    monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
+                                                                                clock):
     ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")),
                   log_dir=str(tmp_path / "log"))
-    hold(1.5)
+    clock.at(1.5, let_go(hold(60)))
     apt_command(tmp_path, lock_file, 20).execute(ctx)
     [argv] = [line for line in (tmp_path / "ran.jsonl").read_text().splitlines()]
-    # apt's own wait for dpkg's locks gets what is left of apt.lock_timeout, not all of it again
-    assert argv in ('["-o", "DPkg::Lock::Timeout=19", "update"]', '["-o", "DPkg::Lock::Timeout=18", "update"]')
+    # apt's own wait for dpkg's locks gets what is left of apt.lock_timeout (20 - 1.5, rounded up),
+    # not all of it again
+    assert argv == '["-o", "DPkg::Lock::Timeout=19", "update"]'
 
 
 def test_an_apt_command_still_refused_at_the_deadline_fails_naming_the_holder(lock_file, hold, tmp_path,
-                                                                              monkeypatch):
-    monkeypatch.setattr(apt, "POLL_SECONDS", 0.05)
+                                                                              clock):
     ctx = Context(config=config.from_tables({}), host=LocalHost(backup_dir=str(tmp_path / "bk")),
                   log_dir=str(tmp_path / "log"))
     child = hold(60)
-    started = time.monotonic()
     with pytest.raises(StepFailed) as failure:
         apt_command(tmp_path, lock_file, 1).execute(ctx)
-    assert 1 <= time.monotonic() - started < 10
+    assert clock.slept == 1.0
     assert f"is still held by process {child.pid}" in failure.value.message()
     assert not (tmp_path / "ran.jsonl").exists()
 

@@ -38,13 +38,41 @@ def context() -> Context:
     return Context(config=config.from_tables({}), host=FakeHost(), inventory_reader=lambda: None)
 
 
+@dataclass
+class Meeting:
+    """A check that returns only once `meeting.parties` checks are in their check at the same
+    time: it can pass only where the checks run at once, whatever the machine's speed (the
+    timeout is for a failure only). Counts how many were ever in at once."""
+
+    name: str
+    meeting: threading.Barrier
+    counts: dict
+
+    description = "meets the others"
+
+    def check(self, ctx):
+        with self.counts["lock"]:
+            self.counts["in"] += 1
+            self.counts["most"] = max(self.counts["most"], self.counts["in"])
+        try:
+            self.meeting.wait()
+        finally:
+            with self.counts["lock"]:
+                self.counts["in"] -= 1
+        return ok(f"{self.name} met {self.meeting.parties - 1} others")
+
+    def files(self, ctx):
+        return []
+
+
 def test_checks_run_at_once_on_at_most_four_threads_and_the_report_keeps_their_order():
-    seen: list[str] = []
-    steps = [Slow(f"s{i}", 0.2 if i % 2 else 0.01, seen) for i in range(8)]
+    meeting = threading.Barrier(4, timeout=60)
+    counts = {"lock": threading.Lock(), "in": 0, "most": 0}
+    steps = [Meeting(f"s{i}", meeting, counts) for i in range(8)]
     report = run_status(steps, context())
     assert [s.name for s in report.steps] == [f"s{i}" for i in range(8)]
-    assert all(s.state.value == "ok" for s in report.steps)
-    assert 2 <= len(set(seen)) <= 4  # more than one thread, never more than the workers
+    assert all(s.state.value == "ok" for s in report.steps), [s.detail for s in report.steps]
+    assert counts["most"] == 4  # four at once, never more than the workers
 
 
 def test_a_check_that_raises_is_reported_failed_and_the_others_still_run():

@@ -122,7 +122,8 @@ def wait_until(what: str, condition, proc: subprocess.Popen, timeout: float = 12
 
 
 def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_path):
-    seed = int(os.environ.get("GSN_KILL_SEED", time.time_ns() % 100000))
+    # A fixed seed, so that two runs of the suite try the same delays; GSN_KILL_SEED tries others.
+    seed = int(os.environ.get("GSN_KILL_SEED", 20261207))
     rng = random.Random(seed)
     installs = Installs(tmp_path)
     # Where every run failed before: a venv cut short while it was created (python, no pip).
@@ -168,12 +169,10 @@ def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_pa
     for path in [installs.prefix, *(installs.prefix / target).rglob("*")]:
         assert path.is_symlink() or not path.lstat().st_mode & 0o022, path  # umask 022 kept
 
-    started = time.monotonic()
     proc = installs.start()
     again = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "installing" not in again, again  # current: nothing rebuilt
-    assert os.readlink(installs.prefix / "venv") == target
-    assert time.monotonic() - started < 10
+    assert os.readlink(installs.prefix / "venv") == target and installs.builds() == [target], installs.builds()
 
 
 def test_a_failed_install_keeps_the_environment_in_use(tmp_path):
@@ -281,6 +280,11 @@ def test_the_installed_package_is_the_source_without_links_or_bytecode(tmp_path)
         if path.is_file():
             assert (package / "templates" / path.relative_to(REPO / "templates")).is_file(), path
     assert not [p for p in package.rglob("*") if p.is_symlink()]
+    # Installed from a checkout: the commit --version names is the checkout's (git archive writes
+    # it into a release tarball instead).
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert (package / "COMMIT").read_text() == head + "\n"
     assert (venv / "bin" / "gpuswarm-node").read_text().startswith(f"#!{installs.prefix / os.readlink(venv)}/bin/python\n")
     # The tool renders from its installed templates, not from the source tree.
     result = subprocess.run([str(venv / "bin" / "python"), "-c",
@@ -321,10 +325,10 @@ def test_setup_sh_apt_get_waits_for_the_lists_lock_then_runs(lock_file, hold, tm
             "It is held by process") in result.stderr
     assert result.stderr.count("waiting") == 1  # said once, not once a second
     [argv] = (tmp_path / "ran.jsonl").read_text().splitlines()
-    # apt gets what is left of the 30 s: less by the wait (1.5 s) and whatever a loaded machine adds.
+    # apt gets what is left of the 30 s: less by the wait (at least 1 s), however long that took.
     assert json.loads(argv)[-2:] == ["update", "-qq"]
     option, _, left = json.loads(argv)[1].partition("=")
-    assert option == "DPkg::Lock::Timeout" and 20 <= int(left) <= 29
+    assert option == "DPkg::Lock::Timeout" and 0 <= int(left) <= 29
     child.wait()
 
 
@@ -333,7 +337,7 @@ def test_setup_sh_apt_get_gives_up_at_its_timeout_with_apts_message(lock_file, h
     started = time.monotonic()
     result = setup_sh_apt_get(tmp_path, lock_file, 1, "update", "-qq")
     assert result.returncode == 100
-    assert 1 <= time.monotonic() - started < 10
+    assert time.monotonic() - started >= 1  # it waited its whole timeout first
     assert f"E: Could not get lock {lock_file}" in result.stderr
     assert "gave up waiting after 1 s (GPUSWARM_APT_LOCK_TIMEOUT)" in result.stderr
     assert not (tmp_path / "ran.jsonl").exists()
@@ -342,12 +346,69 @@ def test_setup_sh_apt_get_gives_up_at_its_timeout_with_apts_message(lock_file, h
 def test_setup_sh_apt_get_does_not_retry_other_failures(tmp_path):
     fake = tmp_path / "bin" / "apt-get"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "E: Unable to locate package python3-venv" >&2\nexit 100\n')
+    runs = tmp_path / "runs"
+    fake.write_text(f'#!/bin/sh\necho run >> {runs}\necho "E: Unable to locate package python3-venv" >&2\nexit 100\n')
     fake.chmod(0o755)
-    started = time.monotonic()
     script = f"set -eu\nAPT_LOCK_TIMEOUT=30\n{apt_get_function()}\napt_get install python3-venv"
     result = subprocess.run(["sh", "-c", script],
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
     assert result.returncode == 100 and "Unable to locate package" in result.stderr
-    assert time.monotonic() - started < 5
+    assert runs.read_text() == "run\n"  # once: a failure that is no lock is not waited out
+
+
+# --- --help and --dry-run change nothing -----------------------------------------------------------
+
+def untouched_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path, Path]:
+    """setup.sh ARGS as root with its PREFIX, /usr/local/bin and TMPDIR in `tmp_path`, and the
+    host's state directories overlaid (conftest.private_state): (result, prefix, bin, tmpdir)."""
+    from .conftest import private_state
+
+    prefix, bin_dir, tmp = tmp_path / "opt" / "gpuswarm-node", tmp_path / "usr-local-bin", tmp_path / "tmp"
+    bin_dir.mkdir(parents=True)
+    tmp.mkdir()
+    script = f"mount --bind {shlex.quote(str(bin_dir))} /usr/local/bin && exec sh {shlex.quote(str(SETUP_SH))} " \
+             + " ".join(map(shlex.quote, args))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))},
+           "GPUSWARM_PREFIX": str(prefix), "TMPDIR": str(tmp)}
+    result = subprocess.run([*private_state(tmp_path / "host-state"), "sh", "-c", script], env=env,
+                            capture_output=True, text=True, timeout=600)
+    return result, prefix, bin_dir, tmp
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_setup_sh_help_prints_its_usage_and_installs_nothing(tmp_path, flag):
+    result, prefix, bin_dir, tmp = untouched_run(tmp_path, "--config", "node.toml", flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: sudo ./setup.sh [SETUP OPTIONS]") and "--install-only" in result.stdout
+    assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_nothing(tmp_path):
+    """The plan comes from the tool built into TMPDIR, which is gone afterwards; nothing lands in
+    PREFIX or /usr/local/bin, and the boot step knows setup.sh would link the tool first."""
+    node = tmp_path / "node.toml"
+    node.write_text(f'[tmpfs]\npath = "{tmp_path / "scratch"}"\n')
+    result, prefix, bin_dir, tmp = untouched_run(tmp_path, "--dry-run", "--json", "--config", str(node))
+    assert result.returncode in (0, 1), result.stderr  # 1: this test machine runs no systemd, say
+    assert "setup.sh: dry run: would install gpuswarm-node into" in result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and re.fullmatch(r"\d+\.\d+\.\d+ \([0-9a-f]{7}\)", plan["version"])
+    boot = next(s for s in plan["steps"] if s["name"] == "boot")
+    assert boot["state"] == "needs-change" and "setup.sh links /usr/local/bin/gpuswarm-node" in boot["detail"]
+    assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_setup_sh_dry_run_leaves_an_install_open_to_others_as_it_is_and_says_it_would_fix_it(tmp_path):
+    """The repair of an install made under umask 000 is a change: a dry run only notes it."""
+    text = SETUP_SH.read_text()
+    function = re.search(r"^current_venv\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+    block = re.search(r"^# An install made under umask 000.*?^fi$", text, re.S | re.M).group(0)
+    prefix = tmp_path / "opt" / "gpuswarm-node"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    os.chmod(prefix, 0o777)
+    script = (f'set -eu\nPREFIX={prefix}\ndry_run=1\nsay() {{ printf "%s\\n" "$*"; }}\n{function}\n{block}\n'
+              'echo "unsafe=$unsafe rebuild=$rebuild"\n')
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "unsafe=1 rebuild=\n" and prefix.stat().st_mode & 0o777 == 0o777

@@ -20,6 +20,7 @@ from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.steps.boot import unit_text as boot_unit
+from gpuswarm_node.steps.watch import unit_text as watch_unit
 from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
 from gpuswarm_node.steps.nvidia_driver import unattended_dropin_text
 from gpuswarm_node.context import Context, RunOptions
@@ -37,7 +38,8 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text()),
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
                 "<rendered gpuswarm-node-boot.service>": boot_unit,
-                "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text}
+                "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text,
+                "<rendered gpuswarm-node-watch.service>": watch_unit}
 
 
 def tagged(text: str) -> str:
@@ -59,6 +61,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
     docker = FakeDocker.from_case(case.get("docker", {}))
+    host.docker_info = docker.daemon_info  # a command's effect can change what dockerd answers
     manager = FakeManager(case.get("manager"))
     docker.cluster_after_join = manager.cluster_id
     ports = FakePorts(case.get("closed_ports", {}))
@@ -82,6 +85,7 @@ def test_step_case(path: Path, monkeypatch) -> None:
 
     assert check.state.value == expect["state"], check.detail
     assert tagged(expect["detail"]) in check.detail
+    assert dict(check.data) == expect.get("data", {})  # what --json carries beside the detail
     assert [a.describe() for a in flatten(check.actions)] == [tagged(a) for a in expect.get("actions", [])]
     assert host.actions == [] and docker.calls == [], "a check changed the machine"
     assert not any("token" in read for read in manager.reads), "a check fetched a join token"

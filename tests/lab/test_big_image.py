@@ -12,7 +12,6 @@ import json
 import ssl
 import subprocess
 import tarfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.lab import big_image
 from tests.lab.tlsca import TestCA
+from tests.lab.util import wait_for
 
 LAYERS = (1, 2)
 
@@ -83,12 +83,15 @@ http:
         registry = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         context = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt"))
-        for _ in range(100):
+
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(f"https://{address}/v2/", context=context, timeout=5)
-                break
+                return True
             except OSError:
-                time.sleep(0.1)
+                return False
+
+        wait_for("the registry answering", answers, interval=0.1)
         name = big_image.push(image, address, tmp_path / "ca" / "ca.crt", "gsn/big", "t")
         assert name == f"{address}/gsn/big:t"
         assert big_image.push(image, address, tmp_path / "ca" / "ca.crt", "gsn/big", "t") == name  # blobs known

@@ -1,6 +1,8 @@
 """Kill the tool at every step boundary and in the middle of every step on a fresh machine, and
-setup.sh while it builds the tool's own environment (python3 -m venv, pip), then run it again: it must always converge to the same final state, with no duplicate fstab lines,
-group entries, drop-ins or daemon.json entries, and no half-configured dpkg.
+setup.sh while it builds the tool's own environment (python3 -m venv, pip), then run it again: it
+must always converge to the same final state, with no duplicate fstab lines, group entries,
+drop-ins or daemon.json entries, and no half-configured dpkg. Where it crashes is named by what the
+run is doing (crash_points.py), so the same run always offers the same points.
 
 "Kill" is a crash: SIGKILL to the tool and to the apt-get and dpkg it started, so a package
 install cut off half-way is among the cases.
@@ -15,6 +17,9 @@ import time
 
 import pytest
 
+from gpuswarm_node.steps import STEP_NAMES
+
+from .crash_points import BUILD_POINT, MARKS, point_of, points_of
 from .util import timed
 from .worker import CONFIG, EXPECTED_SLICES, HOME, TMPFS, USER, provisioned_worker
 
@@ -44,7 +49,6 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 """
 CRASH = ["python3", "-c", CRASH_PY]
 # setup.sh building the tool's environment: killed at once, and later, while venv and pip work.
-BUILDING = re.compile(r"^setup\.sh: installing gpuswarm-node into ")
 BUILD_KILLS_AFTER = (0.0, 1.0, 3.0, 6.0)
 
 
@@ -55,26 +59,9 @@ def worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
         yield w
 
 
-# Progress lines (gpuswarm_node/progress.py: a pull's and apt's plain lines every few seconds)
-# change with every byte: as events they would never run out. A crash inside a long apt run is
-# SLOW_ACTION's "@later" kill.
-PROGRESS = re.compile(r"^(pulling|pulled) |\d%|: done in |still working")
-
-
-def event_key(line: str) -> str | None:
-    """A step boundary ("changed tmpfs ..." / "ok docker ...") or an action line, without timings;
-    setup.sh's start of its environment build."""
-    text = re.sub(r"\(\d+\.\d+ s\)", "", line).strip()
-    if BUILDING.match(text):
-        return "setup.sh builds the tool's environment"
-    if not text or text.startswith(("setup.sh:", "WARNING")) or PROGRESS.search(text):
-        return None
-    return re.sub(r"\s+", " ", text)
-
-
 def kill_points(key: str) -> list[tuple[str, float]]:
     """Where to crash at this event: (point, seconds after the event)."""
-    if key.startswith("setup.sh "):
+    if key == BUILD_POINT:
         return [(f"{key} @{delay:g}s", delay) for delay in BUILD_KILLS_AFTER]
     if SLOW_ACTION.search(key):
         return [(key, 0.0), (key + " @later", SLOW_KILL_AFTER)]
@@ -92,16 +79,23 @@ def tool_state(worker) -> str:
     return "complete"
 
 
-def run_until_new_event(worker, killed_at: set[str]) -> tuple[str | None, subprocess.Popen]:
-    """Start setup; crash it at the first event not crashed at before. None: it ran to the end."""
-    machine = worker.machine
-    argv = ["nsenter", "-t", str(machine.init_pid), "-a", "-r", "-w",
-            "runuser", "-u", USER, "--", "bash", "-lc",
-            f"cd {HOME}/gpuswarm-node && sudo ./setup.sh --config {CONFIG}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+# No action's description is wrapped onto a second line (crash_points reads the first): sudo keeps
+# a variable set on its command line for a user allowed to run any command, as the lab's user is.
+SETUP = f"cd {HOME}/gpuswarm-node && sudo COLUMNS=1000 ./setup.sh --config {CONFIG}"
+
+
+def start_setup(worker) -> subprocess.Popen:
+    argv = ["nsenter", "-t", str(worker.machine.init_pid), "-a", "-r", "-w",
+            "runuser", "-u", USER, "--", "bash", "-lc", SETUP]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+
+
+def run_until_new_point(worker, killed_at: set[str]) -> tuple[str | None, subprocess.Popen]:
+    """Start setup; crash it at the first point not crashed at before. None: it ran to the end."""
+    proc = start_setup(worker)
     for line in proc.stdout:
-        key = event_key(line)
+        key = point_of(line)
         if key is None:
             continue
         for point, delay in kill_points(key):
@@ -109,30 +103,44 @@ def run_until_new_event(worker, killed_at: set[str]) -> tuple[str | None, subpro
                 continue
             killed_at.add(point)
             time.sleep(delay)
-            machine.run(CRASH, check=False)
+            worker.machine.run(CRASH, check=False)
             proc.wait(60)
             return point, proc
     proc.wait(1800)
     return None, proc
 
 
+def points_of_a_whole_run(worker) -> tuple[list[str], str]:
+    proc = start_setup(worker)
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out
+    return points_of(out), out
+
+
+# Each crash is at a point never crashed at before, and points come from a finite vocabulary: each
+# step's boundary in each of its marks, its actions (as many again, a slow one twice), and
+# setup.sh's build kills. A run past this bound is making points up: they are not stable.
+MAX_CRASHES = len(BUILD_KILLS_AFTER) + 2 * len(STEP_NAMES) * len(MARKS)
+
+
 def test_crash_anywhere_then_rerun_converges_without_duplicates(worker, manager):
     killed_at: set[str] = set()
     crashes = []
     with timed("fault injection: crash at every boundary and re-run"):
-        for _ in range(150):
-            point, proc = run_until_new_event(worker, killed_at)
+        for _ in range(MAX_CRASHES):
+            point, proc = run_until_new_point(worker, killed_at)
             if point is None:
                 break
             crashes.append(point)
-            if point.startswith("setup.sh "):
+            if point.startswith(BUILD_POINT):
                 tool_state(worker)  # never a half-built environment behind the link
         else:
-            pytest.fail(f"setup never ran to its end after {len(crashes)} crashes; the last ones: {crashes[-10:]}")
-    print(f"\ncrashed setup at {len(crashes)} points, then it converged")
+            pytest.fail(f"setup never ran to its end after {len(crashes)} crashes (points are not stable); "
+                        f"they were: {crashes}")
+    print(f"\ncrashed setup at {len(crashes)} points, then it converged:\n  " + "\n  ".join(crashes))
     assert proc.returncode == 0
     assert len(crashes) >= 9 + 9  # at least every step boundary and one action in each changing step
-    assert len([c for c in crashes if c.startswith("setup.sh ")]) == len(BUILD_KILLS_AFTER)
+    assert len([c for c in crashes if c.startswith(BUILD_POINT)]) == len(BUILD_KILLS_AFTER)
     assert tool_state(worker) == "complete"
     # Nothing of the killed builds is left: one environment, its link and the source hash.
     entries = sorted(worker.sh("ls -A /opt/gpuswarm-node").stdout.split())
@@ -158,3 +166,10 @@ def test_crash_anywhere_then_rerun_converges_without_duplicates(worker, manager)
     leftovers = worker.sh("find /etc /etc/docker /etc/gpuswarm-node /usr/local/lib/gpuswarm-node "
                           "-maxdepth 1 -name '.*.tmp'").stdout.split()
     assert leftovers == []
+
+    # Two more runs of the converged node do the same thing, though their text may differ (the
+    # steps' times): they give the same points, each step's boundary among them.
+    first, first_text = points_of_a_whole_run(worker)
+    second, second_text = points_of_a_whole_run(worker)
+    assert first == second, (first_text, second_text)
+    assert {p.split(" ", 1)[1] for p in first if " " in p and p.split(" ", 1)[0] in MARKS} == set(STEP_NAMES), first

@@ -415,8 +415,11 @@ def test_labels_removed_on_the_manager_are_repaired_once_the_record_is_due(worke
         assert result.returncode == 0, result.stdout + result.stderr
         return json.loads(result.stdout)
 
+    def labels_step(report: dict) -> dict:
+        return next(s for s in report["steps"] if s["name"] == "node-labels")
+
     def detail(report: dict) -> str:
-        return next(s["detail"] for s in report["steps"] if s["name"] == "node-labels")
+        return labels_step(report)["detail"]
 
     node_id = worker.node_id()
     model = model_label()
@@ -429,7 +432,11 @@ def test_labels_removed_on_the_manager_are_repaired_once_the_record_is_due(worke
     # The record is fresh: setup believes it and asks nobody, so the label stays missing.
     worker.sh(f"touch -d '10 minutes ago' {LABELS_RECORD}")
     trusted = setup()
-    assert trusted["changed"] == [] and "said 10 min ago" in detail(trusted), detail(trusted)
+    assert trusted["changed"] == [] and "said at " in detail(trusted), detail(trusted)
+    # The time of the manager's answer (the record's), not an age: the text is the same a second later.
+    recorded_at = worker.sh(f"date -u -r {LABELS_RECORD} +%Y-%m-%dT%H:%M:%SZ").stdout.strip()
+    assert labels_step(trusted)["data"]["labels_confirmed_at"] == recorded_at, trusted
+    assert recorded_at in detail(trusted) and detail(setup()) == detail(trusted)
     assert model_label() is None
 
     # An hour and more: setup asks the manager, which lacks the label, and sets it again.
@@ -441,7 +448,7 @@ def test_labels_removed_on_the_manager_are_repaired_once_the_record_is_due(worke
     # Due again, and the manager agrees: nothing changed, the record's time renewed.
     worker.sh(f"touch -d '2 hours ago' {LABELS_RECORD}")
     confirmed = setup()
-    assert confirmed["changed"] == [] and "ago" not in detail(confirmed), detail(confirmed)
+    assert confirmed["changed"] == [] and "said at" not in detail(confirmed), detail(confirmed)
     age = float(worker.sh(f"echo $(( $(date +%s) - $(stat -c %Y {LABELS_RECORD}) ))").stdout)
     assert 0 <= age < 60
     assert worker.sh(f"stat -c '%U %a' {LABELS_RECORD}").stdout.split() == ["root", "644"]

@@ -111,6 +111,17 @@ def hub_config(manager, lab_tmp, image: str, *args: str) -> str:
     return result.stdout
 
 
+def hub_status(manager, lab_tmp) -> tuple[int, dict]:
+    """`gpuswarm-node hub status --json`, as the hub's admin runs it on the manager: its exit code
+    and its report."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))}
+    env["DOCKER_HOST"] = manager.dockerd.url
+    result = subprocess.run([*private_state(lab_tmp / "hub-status-state"), sys.executable, "-m", "gpuswarm_node.cli",
+                             "hub", "status", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode in (0, 1) and not result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
 def hub(manager, workers, lab_tmp, notebook_image):
     text = hub_config(manager, lab_tmp, notebook_image)
@@ -247,7 +258,7 @@ def test_one_user_more_than_slices_is_refused_and_nothing_runs_without_a_slice(h
     assert sorted(s for r in running.values() for s in r) == sorted(s for _n, s in SLICES)
 
 
-def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, manager):
+def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, manager, lab_tmp):
     freed = placement(manager, workers, task_of(manager, USERS[0]))
     spawn(hub, EXTRA)
 
@@ -256,6 +267,20 @@ def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, man
         return [t for s in services for t in s.tasks() if t["Status"]["State"] == "pending"]
 
     wait_for(f"{EXTRA}'s task waiting for a slice", pending, timeout=60)
+    # The operator's view: every slice of both workers in use, each by its user's server, and the
+    # extra user's server waiting for lack of one, with Swarm's reason; a new user would wait (1).
+    code, fleet = hub_status(manager, lab_tmp)
+    workers_seen = {w["hostname"]: w for w in fleet["workers"] if w["role"] == "worker"}
+    assert code == 1 and fleet["ok"] is False and fleet["free_slices"] == 0, fleet
+    assert set(workers_seen) == set(WORKERS), fleet
+    for name, seen in workers_seen.items():
+        assert seen["state"] == "ready" and seen["availability"] == "active", seen
+        assert seen["slices"] == {"total": 2, "used": 2, "free": 0} and seen["gpu_model"] == "NVIDIA-L4", seen
+        assert len(seen["servers"]) == 2, seen
+    assert sorted(s for w in workers_seen.values() for s in w["servers"]) == sorted(
+        f"jupyter-{u}" for u in USERS if task_of(manager, u)), fleet
+    [waiting] = fleet["pending"]
+    assert waiting["service"] == f"jupyter-{EXTRA}" and "insufficient resources" in waiting["reason"], waiting
     status, _ = hub.api("DELETE", f"/users/{USERS[0]}/server")
     assert status in (202, 204), status
     wait_ready(hub, EXTRA)
@@ -264,7 +289,7 @@ def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, man
     assert server(hub, USERS[0]) is None and task_of(manager, USERS[0]) is None
 
 
-def test_leave_moves_running_servers_to_another_worker(hub, workers, manager):
+def test_leave_moves_running_servers_to_another_worker(hub, workers, manager, lab_tmp):
     running = [u for u in USERS[1:] + [EXTRA] if task_of(manager, u)]
     on = {u: placement(manager, workers, task_of(manager, u))[0] for u in running}
     # One server per worker, so the other worker has a slice free for the one that moves.
@@ -297,6 +322,12 @@ def test_leave_moves_running_servers_to_another_worker(hub, workers, manager):
     after = wait_for(f"{mover}'s server answering again", lambda: _status_or_none(hub, mover), timeout=120)
     assert after["started"] != before
     assert NODE_IDS[leaving] not in {n["ID"] for n in manager.nodes()}  # left and removed from the manager
+    # The operator's view after the leave: one worker, holding both kept servers (the moved one
+    # too) on its two slices, so a new user would wait (1).
+    code, fleet = hub_status(manager, lab_tmp)
+    [seen] = [w for w in fleet["workers"] if w["role"] == "worker"]
+    assert seen["hostname"] == staying and seen["servers"] == sorted(f"jupyter-{u}" for u in keep.values()), fleet
+    assert code == 1 and seen["slices"] == {"total": 2, "used": 2, "free": 0} and fleet["down"] == [], fleet
 
 
 def _status_or_none(hub: LabHub, user: str) -> dict | None:
