@@ -315,8 +315,8 @@ def make(node: str, out: Path, cfg: config_mod.Config, host_keys: list[Path], re
 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700
     try:
-        for name, data in files.items():
-            _write(work / name, data)
+        for name, content in files.items():
+            _write(work / name, content)
         authorised = authorize(public, "the bundle's new key", node, authorized_keys, program)
         os.rename(work, out)
     except BaseException:

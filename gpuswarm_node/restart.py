@@ -69,7 +69,7 @@ def swarm_incompatible_args(args: Sequence[ArgT], daemon_json: dict | None = Non
 
     flags = swarm_compat.flag_settings([arg.text for arg in args])
     return [(swarm_compat.why(rule), args[index]) for rule, where, index in
-            swarm_compat.refused(daemon_json or {}, flags, version) if where == "flag"]
+            swarm_compat.refused(daemon_json or {}, flags, version) if where == "flag" and index is not None]
 
 
 def validate(ctx: Context, content: str) -> None:

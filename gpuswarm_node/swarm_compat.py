@@ -57,7 +57,8 @@ def _on(value: object) -> bool:
 def _nftables(settings: dict, version: Version | None) -> bool:
     if settings.get("firewall-backend") != "nftables" or settings.get("iptables", True) is False:
         return False
-    features = settings.get("features") if isinstance(settings.get("features"), dict) else {}
+    given = settings.get("features")
+    features = given if isinstance(given, dict) else {}
     # The feature counts only where dockerd knows it; an unknown version (Docker not installed
     # yet) is judged again once it is.
     return not (features.get("swarm-nftables") is True and (version is None or version >= (29, 6)))
@@ -109,7 +110,7 @@ def flag_settings(words: list[str]) -> dict[str, tuple[object, int]]:
     only after "=" (strconv.ParseBool's words); a string flag takes "=value" or the next word;
     --feature takes NAME or NAME=BOOL (dockerd's NamedSetOpts, docker-v29), and may repeat."""
     out: dict[str, tuple[object, int]] = {}
-    features: dict[str, bool] = {}
+    features: dict[str, bool | str] = {}  # a word ParseBool does not take stays as it is
     i = 0
     while i < len(words):
         word = words[i]
@@ -137,7 +138,7 @@ def refused(daemon_json: dict, flags: dict[str, tuple[object, int]],
     index of the flag's word (None for daemon.json). The settings are dockerd's effective ones:
     daemon.json and the flags together (dockerd refuses a key set in both; that is reported apart)."""
     settings = {**daemon_json, **{k: v for k, (v, _i) in flags.items()}}
-    out = []
+    out: list[tuple[Refused, str, int | None]] = []
     for rule in REFUSED:
         if not rule.refused(settings, version):
             continue

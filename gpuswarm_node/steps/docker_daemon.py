@@ -305,6 +305,7 @@ def swarm_refusals(settings: dict, args: list[Arg], version: swarm_compat.Versio
         if where == "daemon.json":
             problems.append(f"{DAEMON_JSON} sets {rule.key!r}: {swarm_compat.why(rule)}; {rule.fix}")
             continue
+        assert index is not None, "a flag's rule has its word's index"
         arg = args[index]
         problems.append(f"docker.service starts dockerd with {shown(arg)} ({arg.where}): {swarm_compat.why(rule)}; "
                         f"{_remove(arg)}")
