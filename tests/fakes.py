@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
-from gpuswarm_node.host import CommandResult, FileStatus, LockHolder
+from gpuswarm_node.host import CommandResult, FileStatus, LockHolder, PathAnswer
 from gpuswarm_node.probes.docker import SwarmMembership
 from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
 
@@ -43,6 +43,8 @@ class FakeHost:
     An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
     runs, in order, before it succeeds. `locks` are the fcntl locks other processes hold:
     {path: {"pid": 812, "command": "apt-get", "probes": 2}}, held for that many looks (default: always).
+    `hung` are paths whose bounded reads do not answer (on an NFS share whose server is gone);
+    `immutable` the directories that carry chattr's +i (an effect may add to both: "immutable").
     """
 
     files: dict[str, str | bytes] = field(default_factory=dict)
@@ -57,6 +59,8 @@ class FakeHost:
     stats: dict[str, FileStatus] = field(default_factory=dict)
     locks: dict[str, dict] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
+    hung: set[str] = field(default_factory=set)
+    immutable: set[str] = field(default_factory=set)
     actions: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
@@ -71,7 +75,8 @@ class FakeHost:
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
                    locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
-                   downloads=dict(spec.get("downloads", {})))
+                   downloads=dict(spec.get("downloads", {})),
+                   hung=set(spec.get("hung", [])), immutable=set(spec.get("immutable", [])))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -102,6 +107,8 @@ class FakeHost:
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))
         self.stats.update(stats_from_case(effect.get("stats", {})))
+        self.immutable.update(effect.get("immutable", []))
+        self.hung.difference_update(effect.get("answers", []))
         return CommandResult(tuple(argv), 0, "", "")
 
     def read_text(self, path: str) -> str | None:
@@ -169,6 +176,11 @@ class FakeHost:
         if path in self.dirs or any(p.startswith(prefix) for p in [*self.files, *self.dirs]):
             return FileStatus(0, 0, 0o755, False, is_dir=True, is_regular=False)
         return None
+
+    def bounded_status(self, path: str, timeout: float) -> PathAnswer:
+        if path in self.hung:
+            return PathAnswer(None, problem=f"does not answer within {timeout:g} s")
+        return PathAnswer(self.file_status(path), path in self.immutable)
 
     def os_release(self) -> dict[str, str]:
         # The parser platform.freedesktop_os_release() uses, over the case's files.
