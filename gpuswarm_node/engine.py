@@ -359,7 +359,7 @@ class RunReport:
 
     @property
     def refused(self) -> list[PreflightReport]:
-        """The preflight checks that failed: then no action ran."""
+        """The preflight checks that failed: then no action ran but those of plan.regardless."""
         return [p for p in self.preflight if p.problem is not None]
 
     @property

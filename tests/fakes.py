@@ -330,6 +330,12 @@ class FakeManager:
         if self.spec is None:
             raise AssertionError("the case does not say what the manager answers")
         self.reads.append("info" + ("+nodes" if node_id else "") + ("+token" if token else ""))
+        if self.spec.get("fails_first"):  # the network's failures, as manager._explain marks them
+            error = ManagerUnreachable(f"cannot reach the manager at {cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}: "
+                                       f"{self.spec['fails_first'].pop(0)}.",
+                                       "Check swarm.manager, swarm.ssh_port and the network.")
+            error.transient = True
+            raise error
         if "unreachable" in self.spec:
             raise ManagerUnreachable(f"cannot reach the manager at {cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}: "
                                      f"{self.spec['unreachable']}.", "Check swarm.manager, swarm.ssh_port and the network.")
