@@ -20,8 +20,9 @@ Three rules keep a share from hanging the tool or lying to notebooks:
   and shows in `systemctl cat docker`. A share that fails to mount at boot then fails Docker's
   start ("dependency failed") instead of starting notebooks on an empty directory; the boot unit's
   setup run mounts it and starts Docker again;
-- an unmounted mount point is immutable (chattr +i, FS_IMMUTABLE_FL): a notebook's bind mount of it
-  fails to write, even as root, instead of filling the local disk with what belongs on the share.
+- an unmounted mount point is immutable (chattr +i, FS_IMMUTABLE_FL; mode 0000 where its filesystem
+  has no such attribute): a notebook's bind mount of it fails to write, even as root, instead of
+  filling the local disk with what belongs on the share.
   Mounting over an immutable directory works; the attribute is set before every mount the step
   makes, and status reports a mount point that is neither mounted nor immutable.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 from ..config import SharedMount
 from ..engine import (Call, Check, MakeDir, PlannedFile, WriteFile, blocked, needs_change, ok, run_command,
                       skipped, write_wanted)
-from ..errors import StepFailed
+from ..errors import CommandFailed, StepFailed
 from ..journal import Undo
 from .. import facts as F
 from ..probes import osfacts
@@ -121,10 +122,25 @@ def dropin_text(mounts) -> str:
     return render("docker-shares-dropin.conf.j2", paths=" ".join(unit_path(m.path) for m in mounts))
 
 
-def protect(path: str):
-    """chattr +i on the empty mount point, so that nothing (a bind mount, root) writes into it
-    while the share is not mounted over it."""
-    return run_command("chattr", "+i", path)
+def protect(path: str) -> Call:
+    """chattr +i on the mount point, so that nothing (a bind mount, root) writes into it while the
+    share is not mounted over it. A filesystem without inode attributes (chattr: "Operation not
+    supported") gets mode 0000 instead, root's: notebook users (not root) cannot write there."""
+    def run(ctx: Context) -> None:
+        try:
+            ctx.host.run(["chattr", "+i", path])
+        except CommandFailed as exc:
+            if "Operation not supported" not in exc.output and "Inappropriate ioctl" not in exc.output:
+                raise
+            ctx.host.run(["chmod", "0000", path])
+
+    return Call(f"make {path} immutable while nothing is mounted there (chattr +i)", run)
+
+
+def protected(answer) -> bool:
+    """Whether an unmounted mount point refuses writes: immutable, or (where the filesystem has no
+    such attribute) root's with mode 0000."""
+    return answer.immutable or (answer.status is not None and answer.status.uid == 0 and answer.status.mode == 0)
 
 
 def _verify(ctx: Context, entries: list[str]) -> None:
@@ -171,14 +187,14 @@ class SharedFsStep:
                 point = ctx.fact(SHARE_PATH, mount.path)
                 if point.status is None:
                     actions.append(MakeDir(mount.path))
-                if point.status is None or not point.immutable:
+                if point.status is None or not protected(point):
                     reasons.append(f"nothing mounted at {mount.path}"
                                    + ("" if point.status is None else
                                       ", and it is a writable directory that a notebook's bind mount would fill "
                                       "instead of the share"))
                     remounts += [protect(mount.path), mount_it]
                 else:
-                    reasons.append(f"nothing mounted at {mount.path} (the directory is immutable meanwhile)")
+                    reasons.append(f"nothing mounted at {mount.path} (its directory refuses writes meanwhile)")
                     remounts.append(mount_it)
                 continue
             stale = ctx.fact(FILESYSTEM_PROBLEM, mount.path)
