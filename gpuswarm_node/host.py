@@ -676,7 +676,7 @@ class LocalHost:
             if result.returncode == 127 and result.stderr == f"{argv[0]}: not found":
                 raise StepFailed(f"`{argv[0]}` is not installed on this machine.", "Install it and run setup again.")
             if result.returncode == 124 and result.stderr.endswith(f"did not answer within {timeout:g} s"):
-                raise StepFailed(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s.",
+                raise StepFailed(f"`{shlex.join(argv)}` did not finish within {timeout:g} s.",
                                  "Find out what it waits for and run setup again.")
         else:
             try:

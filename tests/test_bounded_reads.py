@@ -20,6 +20,8 @@ def unkillable(monkeypatch) -> list[int]:
     the process groups it was asked to kill (the test ends them itself)."""
     asked: list[int] = []
     monkeypatch.setattr(bounded.os, "killpg", lambda pgid, sig: asked.append(pgid))
+    # subprocess's own kill (what subprocess.run(timeout=) and timeout(1) do before they wait).
+    monkeypatch.setattr(subprocess.Popen, "send_signal", lambda self, sig: asked.append(self.pid))
     return asked
 
 
@@ -106,10 +108,18 @@ def test_a_path_read_sees_chattr_immutable(tmp_path) -> None:
 
 
 def test_query_and_timed_run_use_the_bound(monkeypatch) -> None:
+    import pytest
+
+    from gpuswarm_node.errors import StepFailed
+
     groups = unkillable(monkeypatch)
     monkeypatch.setattr(host_mod, "QUERY_TIMEOUT", 0.5)
+    started = time.monotonic()
     try:
-        result = LocalHost().query([sys.executable, "-c", "import time; time.sleep(60)"])
+        result = LocalHost().query([sys.executable, "-c", "import time; time.sleep(20)"])
+        with pytest.raises(StepFailed, match="did not finish within 0.5 s"):
+            LocalHost().run([sys.executable, "-c", "import time; time.sleep(20)"], timeout=0.5)
     finally:
-        end(groups)
+        end([pid for pid in groups if pid > 0])
     assert result.returncode == 124
+    assert time.monotonic() - started < 8  # not the children's 20 s each
