@@ -3,7 +3,8 @@
 # `gpuswarm-node setup` with this script's arguments (`./setup.sh --install-only`: install, do not
 # run setup). Safe to re-run and to kill at any moment: the tool is rebuilt only when this source
 # tree changed, beside the environment in use, which is switched only once the new one works; and
-# setup itself changes only what is not yet right.
+# setup itself changes only what is not yet right. `--help` and `--dry-run` change nothing: a dry
+# run uses the installed tool when it is current, else a temporary copy it removes afterwards.
 set -eu
 # Before anything is created: under umask 000 (some cloud-init setups) the venv, and everything
 # pip and the tool put in place, would be writable by every local user.
@@ -17,13 +18,38 @@ NETWORK_RETRY=${GPUSWARM_NODE_NETWORK_RETRY:-120}
 
 say() { printf 'setup.sh: %s\n' "$*" >&2; }
 
+usage() {
+    cat <<EOF
+Usage: sudo ./setup.sh [SETUP OPTIONS]     install gpuswarm-node, then run \`gpuswarm-node setup\`
+       sudo ./setup.sh --install-only     install it (into $PREFIX, linked as $BIN_LINK), nothing else
+       sudo ./setup.sh --dry-run [...]    show what setup would change; change nothing (not even the install)
+
+SETUP OPTIONS go to \`gpuswarm-node setup\`: --config FILE, --set SECTION.KEY=VALUE, --dry-run,
+--only STEP, --skip STEP, --json, ... (\`gpuswarm-node setup --help\` lists them all).
+Environment: GPUSWARM_PREFIX (the install directory), GPUSWARM_APT_LOCK_TIMEOUT (seconds to wait for
+another apt), and the tool's GPUSWARM_CONFIG and GPUSWARM_<SECTION>_<KEY>.
+EOF
+}
+
 install_only=
+help=
+dry_run=
 if [ "${1:-}" = "--install-only" ]; then
     if [ "$#" -ne 1 ]; then
         say "--install-only takes no other arguments"
         exit 2
     fi
     install_only=1
+fi
+for arg in "$@"; do
+    case $arg in
+        -h | --help) help=1 ;;
+        --dry-run) dry_run=1 ;;
+    esac
+done
+if [ -n "$help" ]; then  # before anything else: help changes nothing and needs no root
+    usage
+    exit 0
 fi
 case $APT_LOCK_TIMEOUT in
     '' | *[!0-9]*) say "GPUSWARM_APT_LOCK_TIMEOUT must be a whole number of seconds, not '$APT_LOCK_TIMEOUT'"; exit 2 ;;
@@ -82,8 +108,8 @@ apt_get() {
     done
 }
 
-# Debian and Ubuntu ship venv separately from python3.
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+# Debian and Ubuntu ship venv separately from python3 (a dry run installs nothing: see below).
+if [ -z "$dry_run" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     say "installing python3-venv"
     apt_get update -qq
     apt_get install -y -qq --no-install-recommends python3-venv
@@ -224,6 +250,12 @@ build_venv() {
         find "$package" -name __pycache__ -prune -exec rm -rf {} + \
             -o ! -type d ! -type f -exec rm -f {} + -o -name '*.pyc' -exec rm -f {} + &&
         chmod -R u=rwX,go=rX "$package" || return 1
+    # The commit the tool names in --version and --json (gpuswarm_node.commit()): `git archive`
+    # wrote it into a release tarball already; from a checkout, git says it.
+    if grep -q '^\$Format' "$package/COMMIT" 2>/dev/null; then
+        commit=$(git -C "$SRC" rev-parse --short=7 HEAD 2>/dev/null) || commit=
+        [ -z "$commit" ] || printf '%s\n' "$commit" > "$package/COMMIT" || return 1
+    fi
     printf '#!%s\nimport sys\nfrom gpuswarm_node.entry import main\nsys.exit(main())\n' "$venv/bin/python" \
         > "$venv/bin/gpuswarm-node" && chmod 0755 "$venv/bin/gpuswarm-node"
 }
@@ -234,29 +266,60 @@ build_venv() {
 # write may have been changed, so it is rebuilt from this source too.
 venv_dir=$(current_venv)
 rebuild=
+unsafe=
 if [ -d "$PREFIX" ] && [ -n "$(find "$PREFIX" -maxdepth 0 \( -perm /022 -o ! -user 0 \) -print
                               [ -z "$venv_dir" ] ||
                               find "$venv_dir" ! -type l \( -perm /022 -o ! -user 0 -o ! -group 0 \) -print -quit)" ]
 then
-    say "making $PREFIX${venv_dir:+ and $venv_dir} owned and writable by root only"
-    chown -h root:root "$PREFIX"
-    chmod go-w "$PREFIX"
-    if [ -n "$venv_dir" ]; then
-        chown -R -h root:root "$venv_dir"
-        chmod -R go-w "$venv_dir"
+    unsafe=1
+    if [ -z "${dry_run:-}" ]; then  # a dry run changes nothing; it says what it would do (below)
+        say "making $PREFIX${venv_dir:+ and $venv_dir} owned and writable by root only"
+        chown -h root:root "$PREFIX"
+        chmod go-w "$PREFIX"
+        if [ -n "$venv_dir" ]; then
+            chown -R -h root:root "$venv_dir"
+            chmod -R go-w "$venv_dir"
+        fi
+        [ ! -L "$PREFIX/venv" ] || chown -h root:root "$PREFIX/venv"
+        if [ -f "$PREFIX/source.sha256" ]; then
+            chown -h root:root "$PREFIX/source.sha256"
+            chmod 0644 "$PREFIX/source.sha256"
+        fi
+        rebuild=1
     fi
-    [ ! -L "$PREFIX/venv" ] || chown -h root:root "$PREFIX/venv"
-    if [ -f "$PREFIX/source.sha256" ]; then
-        chown -h root:root "$PREFIX/source.sha256"
-        chmod 0644 "$PREFIX/source.sha256"
-    fi
-    rebuild=1
 fi
 
 # A hash of the installable source decides whether the installed copy is current. It is written
 # only once the environment built from that source is the one in use.
 src_hash=$(cd "$SRC" && find pyproject.toml gpuswarm_node templates -type f ! -name '*.pyc' \
            | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1)
+
+# A dry run changes nothing: the installed tool's own dry run where it is current and safe, else
+# the dry run of a temporary copy built from this source, removed when it ends. The tool knows
+# (GPUSWARM_INSTALLING) that a real run of this script links it at BIN_LINK first.
+if [ -n "$dry_run" ]; then
+    if [ -z "$unsafe" ] && [ -L "$PREFIX/venv" ] && [ -n "$venv_dir" ] && [ -x "$venv_dir/bin/gpuswarm-node" ] \
+       && [ "$(cat "$PREFIX/source.sha256" 2>/dev/null)" = "$src_hash" ] \
+       && [ "$(readlink "$BIN_LINK" 2>/dev/null || true)" = "$PREFIX/venv/bin/gpuswarm-node" ]; then
+        exec "$BIN_LINK" setup "$@"
+    fi
+    say "dry run: would ${unsafe:+make $PREFIX owned and writable by root only, }install gpuswarm-node into $PREFIX (python3 -m venv, then pip) and link $BIN_LINK; the plan below comes from a temporary copy, removed afterwards"
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        say "dry run: python3-venv is not installed (a real run installs it with apt-get), so the tool cannot run without changing this machine; install python3-venv, or run without --dry-run"
+        exit 1
+    fi
+    dry_tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpuswarm-node-dry-run.XXXXXX")
+    trap 'rm -rf "$dry_tmp"' EXIT
+    trap 'exit 130' INT TERM
+    if ! { build_venv "$dry_tmp/venv" && "$dry_tmp/venv/bin/gpuswarm-node" version >/dev/null; }; then
+        say "dry run: building the temporary copy of the tool failed (see above); nothing was changed"
+        exit 1
+    fi
+    dry_rc=0
+    GPUSWARM_INSTALLING=1 "$dry_tmp/venv/bin/gpuswarm-node" setup "$@" || dry_rc=$?
+    exit "$dry_rc"
+fi
+
 if [ -n "$rebuild" ] || [ ! -L "$PREFIX/venv" ] || [ -z "$venv_dir" ] \
    || [ ! -x "$venv_dir/bin/gpuswarm-node" ] || [ "$(cat "$PREFIX/source.sha256" 2>/dev/null)" != "$src_hash" ]; then
     mkdir -p "$PREFIX"

@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from gpuswarm_node.nvidia_hook import wrapper_policy  # noqa: E402
 from gpuswarm_node.render import render  # noqa: E402
 from gpuswarm_node.slices import slice_map_text  # noqa: E402
 from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,  # noqa: E402
@@ -73,7 +74,8 @@ def main() -> None:
         # a stand-in answers on a unix socket (dockerd answers these two calls about as fast).
         engine = FakeEngine(tmp / "docker.sock")
         program_text = render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"],
-                              docker_socket=str(engine.path), toolkit_configs=(str(tmp / "toolkit.toml"),))
+                              docker_socket=str(engine.path), toolkit_configs=(str(tmp / "toolkit.toml"),),
+                              hook_policy=wrapper_policy())
         program = tmp / "gpuswarm-runtime.py"
         program.write_text(program_text)
         # As setup installs it: the program's bytecode where Python's import finds it.

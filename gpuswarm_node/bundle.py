@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
+from . import trust
 from .errors import ConfigError, GpuswarmError
 
 ETC = "/etc/gpuswarm-node"
@@ -115,9 +116,9 @@ def known_hosts_text(manager: str, port: int, host_keys: list[Path]) -> str:
     lines = []
     for path in host_keys:
         try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--host-key {path} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
+            text = trust.read(path, "--host-key").decode()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--host-key {path} cannot be read: {exc}.",
                               "Give the hub's public host key files (/etc/ssh/ssh_host_*_key.pub).") from None
         key_type, blob = parse_public_key(text, f"host key {path}")
         lines.append(f"{name} {key_type} {blob}\n")
@@ -133,15 +134,11 @@ def registry_ca_text(cfg: config_mod.Config, ca: Path | None) -> str | None:
     if ca is None:
         raise ConfigError(f"the worker's registry is {cfg.registry.address} but no CA certificate is given.",
                           "Give --registry-ca FILE: the PEM CA that signed the registry's certificate.")
-    try:
-        text = ca.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--registry-ca {ca} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
-                          "Give the registry's PEM CA certificate.") from None
-    if "-----BEGIN CERTIFICATE-----" not in text or "PRIVATE KEY" in text:
+    text = trust.read(ca, "--registry-ca").decode(errors="replace")
+    if not trust.certificates(text) or "PRIVATE KEY" in text:
         raise ConfigError(f"--registry-ca {ca} is not a PEM certificate (or also holds a private key).",
                           "Give the CA certificate alone (ca.crt), never its key.")
-    return text
+    return trust.certificates(text)
 
 
 def new_key_pair(node: str) -> tuple[bytes, str]:
@@ -166,11 +163,9 @@ def fingerprint(public_line: str) -> str:
 def tool_bytes(tool: Path) -> bytes:
     """The tool's source tarball (`git archive --format=tar.gz`), checked to be one: a gzip'd tar
     with setup.sh at its top. ConfigError otherwise."""
-    fix = "Give the tarball `git archive --format=tar.gz -o gpuswarm-node.tar.gz HEAD` makes in a checkout."
-    try:
-        data = tool.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"--tool {tool} cannot be read: {exc.strerror}.", fix) from None
+    fix = ("Give the release tarball `tools/release.sh` builds in a checkout (or what "
+           "`git archive --format=tar.gz -o gpuswarm-node.tar.gz HEAD` makes there).")
+    data = trust.read(tool, "--tool")
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             names = {n.lstrip("./") for n in tar.getnames()}

@@ -23,14 +23,14 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_errors
     from click.globals import get_current_context
 
-from . import __version__
+from . import version as tool_version
 from .errors import GpuswarmError
 
 PROG = "gpuswarm-node"
 # The steps' names, for help and completion without importing the steps (tests/test_cli_help.py
 # checks them against gpuswarm_node.steps.STEP_NAMES).
 STEP_NAMES = ("boot", "tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
-              "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels")
+              "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels", "watch")
 
 CONFIG_ENV = ("GPUSWARM_CONFIG (the config file); GPUSWARM_<SECTION>_<KEY> for any key, e.g. "
               "GPUSWARM_SWARM_MANAGER (`gpuswarm-node config` lists them).")
@@ -67,9 +67,27 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def print_json(data: dict) -> None:
+    """Print one --json object, which names the tool's version and commit first ("version")."""
+    out.print_json(json.dumps({"version": tool_version(), **data}))
+
+
 def fail(exc: GpuswarmError) -> None:
     err.print(f"[bold red]error:[/] {escape(exc.message())}")
     raise typer.Exit(exc.exit_code)
+
+
+def need_root(command: str) -> None:
+    """Setup, status, leave and reset read root's files (the boot config, the journal), the Docker
+    socket and iptables, and setup changes the machine: without root they would report what they
+    cannot see as wrong, or fail half-way. A usage error (exit 2), before anything is read."""
+    if os.geteuid() != 0:
+        import shlex
+
+        from .errors import ConfigError
+
+        raise ConfigError(f"{command} needs root: it reads root's files, the Docker socket and iptables.",
+                          f"Run it as `sudo {shlex.join([PROG, *sys.argv[1:]])}`.")
 
 
 def guarded(fn: Callable[[], int]) -> None:
@@ -88,7 +106,10 @@ def guarded(fn: Callable[[], int]) -> None:
     except Exception as exc:
         if state.debug:
             err.print(traceback.format_exc(), markup=False)
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. Re-run with --debug for the traceback.")
+        from .sanitize import clean
+
+        err.print(f"[bold red]internal error:[/] {escape(clean(f'{type(exc).__name__}: {exc}'))}. Re-run with --debug for "
+                  "the traceback.")
         raise typer.Exit(1)
     raise typer.Exit(code)
 
@@ -108,11 +129,17 @@ class ConfigSource:
     def path(self) -> Optional[Path]:
         return self.given or state.config
 
-    def load(self):
-        """The validated configuration (config.load: file, then environment, then --set)."""
-        from .config import load
+    def load(self, remember: bool = False):
+        """The validated configuration (config.load: file, then environment, then --set).
+        `remember`: a command that acts on this node (setup, status, leave, reset, config) reads
+        the configuration of the last setup where no file is named, and says so on stderr."""
+        from .config import load, remembered_note
 
-        return load(self.path, overrides=self.overrides, warn=warn)
+        cfg = load(self.path, overrides=self.overrides, warn=warn, remember=remember)
+        note = remembered_note(cfg) if remember else None
+        if note:
+            err.print(f"note: {note}", markup=False)
+        return cfg
 
 
 def with_config(command: Callable) -> Callable:
@@ -174,7 +201,7 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
             report = run_plan(plan, ctx)
             log_run(report)
     if json_out:
-        out.print_json(json.dumps(report.as_json()))
+        print_json(report.as_json())
     elif dry_run:
         print_plan(out, report)
         if hint:
@@ -192,7 +219,7 @@ def exit_code(report) -> int:
 
 def print_version(value: bool) -> None:
     if value:
-        out.print(f"{PROG} {__version__}")
+        out.print(f"{PROG} {tool_version()}")
         raise typer.Exit(0)
 
 
@@ -234,10 +261,11 @@ def setup(
     """Converge this machine into a ready Swarm worker (safe to re-run)."""
 
     def body() -> int:
+        need_root("setup")
         from . import steps
         from .preflight import setup_plan
 
-        cfg = source.load()
+        cfg = source.load(remember=True)
         selected = steps.select(only, skip)
         ctx = make_context(cfg, json_out, changes=not dry_run, force_rejoin=force_rejoin,
                            allow_restart=allow_restart, drain=drain)
@@ -272,12 +300,13 @@ def status(
     """Check every step without changing anything; exit 1 when the node is not converged."""
 
     def body() -> int:
+        need_root("status")
         from . import steps
         from .engine import run_status
         from .table import plain_wanted, status_text
         from .ui import status_table
 
-        cfg = source.load()
+        cfg = source.load(remember=True)
         from .render import use_cache
 
         use_cache()
@@ -291,7 +320,7 @@ def status(
 
             write_metrics(report, str(prometheus))
         if json_out:
-            out.print_json(json.dumps(report.as_json()))
+            print_json(report.as_json())
         elif plain_wanted(sys.stdout):
             sys.stdout.write(status_text(report))
         else:
@@ -345,8 +374,7 @@ def gpus(
                                     "distribution's driver.") from None
             line = f"no NVIDIA GPU on this machine: none on the PCI bus ({exc.reason})"
             if json_out:
-                out.print_json(json.dumps({"driver_version": None, "gpus": [], "node_generic_resources": [],
-                                           "notes": [line]}))
+                print_json({"driver_version": None, "gpus": [], "node_generic_resources": [], "notes": [line]})
             else:
                 out.print(line, markup=False)
             return 0
@@ -354,9 +382,8 @@ def gpus(
         why_not = notes(inventory.gpus, cfg.gpu)
         resources = generic_resources(cfg.gpu.resource, slices)
         if json_out:
-            out.print_json(json.dumps({"driver_version": inventory.driver_version,
-                                       "gpus": [asdict(g) for g in inventory.gpus],
-                                       "node_generic_resources": resources, "notes": why_not}))
+            print_json({"driver_version": inventory.driver_version, "gpus": [asdict(g) for g in inventory.gpus],
+                        "node_generic_resources": resources, "notes": why_not})
         else:
             out.print(inventory_table(inventory, slices))
             out.print(f"{len(slices)} slice(s) advertised as node-generic-resources:")
@@ -389,13 +416,24 @@ def render(
         cfg = source.load()
         ctx = make_context(cfg, json_mode=False)
         if inventory is not None:
+            from . import trust
             from .probes.gpu import inventory_from_json
 
+            fix = f"Save what `{PROG} gpus --json` prints on a GPU node to a file and give that."
+            raw = trust.read(inventory, "--inventory")  # ConfigError: missing, unreadable, not to be trusted
             try:
-                given = inventory_from_json(json.loads(inventory.read_text()))
-            except (OSError, ValueError) as exc:  # json's errors are ValueErrors too
-                raise ConfigError(f"--inventory {inventory}: {exc}.",
-                                  f"Give the output of `{PROG} gpus --json`.") from None
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"--inventory {inventory} is not UTF-8 text (byte {exc.start}).", fix) from None
+            try:
+                data = json.loads(text)
+            except ValueError as exc:  # json.JSONDecodeError
+                raise ConfigError(f"--inventory {inventory} is not JSON ({exc.msg} at line {exc.lineno}, "
+                                  f"column {exc.colno}).", fix) from None
+            try:
+                given = inventory_from_json(data)
+            except ValueError as exc:
+                raise ConfigError(f"--inventory {inventory} is not a GPU inventory: {exc}.", fix) from None
             ctx.inventory_reader = lambda: given
         missing = []
         shown: set[str] = set()
@@ -475,7 +513,16 @@ def hub_config(
 
         side = HubSide(hub_address=hub_address, network=network, slice_wait=slice_wait,
                        start_timeout=start_timeout, http_timeout=http_timeout)
-        config_text = text(source.load(), side)
+        cfg = source.load()
+        if not cfg.image.name:
+            from .errors import ConfigError
+
+            # Without one the spawner starts its own default image, not the one the workers
+            # pulled: every spawn would pull gigabytes, and the notebooks lack the node's CUDA stack.
+            raise ConfigError("hub-config needs the notebook image, and image.name is empty.",
+                              "Set it with --set image.name=REGISTRY/IMAGE:TAG, GPUSWARM_IMAGE_NAME or [image] name "
+                              "in the --config file (the workers' image).")
+        config_text = text(cfg, side)
         if profiles:
             from .hub import hub_profiles, swarm_nodes
 
@@ -505,10 +552,11 @@ def leave(
     """Drain this node through the manager, wait for its tasks to move, then leave the swarm."""
 
     def body() -> int:
+        need_root("leave")
         from .lifecycle import leave_plan, run_then, then_argv
 
         after = then_argv(then) if then is not None else None  # a usage error before anything changes
-        cfg = source.load()
+        cfg = source.load(remember=True)
         ctx = make_context(cfg, json_out, changes=not dry_run, drain_timeout=timeout)
         report = apply_plan(leave_plan(), ctx, dry_run, json_out)
         if after is None or dry_run or not report.ok:
@@ -520,6 +568,46 @@ def leave(
             err.print(f"[bold red]error:[/] the node is out of the swarm, but the --then command exited {status}.")
             return 3
         return 0
+
+    guarded(body)
+
+
+@app.command(epilog=epilog(f"sudo {PROG} watch --once (setup runs it as gpuswarm-node-watch.service)",
+                           f"0 stopped (as a service: never by itself); with --once 0 the round saw no fault, 1 "
+                           f"it saw one (acted on or not yet, see the line printed), or watch cannot run; "
+                           f"{USAGE_EXIT}"))
+@with_config
+def watch(
+    once: bool = typer.Option(False, "--once", help="Run one round and exit."),
+    interval: Optional[float] = typer.Option(None, "--interval", metavar="S",
+                                             help="Seconds between rounds (default: watch.interval)."),
+    source: ConfigSource = None,
+) -> None:
+    """Drain this node through the manager while it cannot serve (GPU, Docker, disk, tmpfs faults)
+    and make it active again once the fault has cleared; each transition in the run log and status."""
+
+    def body() -> int:
+        from .config import MAX_WATCH_INTERVAL, MIN_WATCH_INTERVAL
+        from .errors import ConfigError, GpuswarmError
+        from .watch import serve
+
+        cfg = source.load()
+        every = cfg.watch.interval if interval is None else interval
+        if not MIN_WATCH_INTERVAL <= every <= MAX_WATCH_INTERVAL:
+            raise ConfigError(f"--interval must be from {MIN_WATCH_INTERVAL} to {MAX_WATCH_INTERVAL} seconds, "
+                              f"got {every:g}.", "Give a value within the range, or leave it out.")
+        if os.geteuid() != 0:
+            raise GpuswarmError("watch needs root: it reads NVML and Docker's socket and writes /var/lib/gpuswarm-node.",
+                                "Run it with sudo, or let setup run it as a service.")
+
+        def say(line: str) -> None:
+            err.print(line, markup=False, highlight=False)
+
+        watcher = serve(cfg, every, once=once, say=say)
+        verdict, seen = watcher.verdict, watcher.observed
+        out.print(f"watch: verdict {verdict.health}" + (f" ({verdict.reason})" if verdict.health == "fault" else "")
+                  + f"; this round: {seen.summary()}", markup=False, highlight=False)
+        return 0 if seen.healthy else 1
 
     guarded(body)
 
@@ -548,9 +636,11 @@ def hub_authorize(
         from .errors import ConfigError
         from .gate import authorize, default_program
 
+        from . import trust
+
         try:
-            text = key.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            text = trust.read(key, "--key").decode()
+        except UnicodeDecodeError as exc:
             raise ConfigError(f"--key {key} cannot be read: {getattr(exc, 'strerror', None) or exc}.",
                               "Give the worker's .pub file.") from None
         target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
@@ -598,7 +688,7 @@ def hub_bundle(
     cloud_init: bool = typer.Option(False, "--cloud-init",
                                     help="Also write cloud-init user-data that installs the tool and runs setup."),
     tool: Optional[Path] = typer.Option(None, "--tool", metavar="TARBALL",
-                                        help="The tool's source tarball (git archive), for --cloud-init."),
+                                        help="The tool's release tarball (tools/release.sh), for --cloud-init."),
     tool_url: Optional[str] = typer.Option(None, "--tool-url", metavar="URL",
                                            help="With --cloud-init: the worker downloads --tool's tarball from this "
                                                 "https URL (checked by its SHA-256) instead of carrying it."),
@@ -624,20 +714,21 @@ def hub_bundle(
 
 @hub_app.command("revoke", epilog=epilog(
     f"{PROG} hub revoke --node worker-7",
-    f"0 no key of the node is left in authorized_keys; {USAGE_EXIT}",
-    "HOME (the default authorized_keys is ~/.ssh/authorized_keys)."))
+    f"0 no key of the node is left in any authorized_keys searched; 1 a file could not be read or written, or "
+    f"a key of the node is still in one; {USAGE_EXIT}",
+    "HOME (~/.ssh/authorized_keys is searched with every other user's)."))
 def hub_revoke(
     node: str = typer.Option(..., "--node", metavar="NAME", help="The node whose gated keys are removed."),
-    authorized_keys: Optional[Path] = typer.Option(None, "--authorized-keys", metavar="FILE",
-                                                   help="Default: ~/.ssh/authorized_keys of the user running this."),
+    authorized_keys: List[Path] = typer.Option([], "--authorized-keys", metavar="FILE",
+                                               help="Search only this file (repeatable). Default: "
+                                                    "~/.ssh/authorized_keys of every user of this host."),
 ) -> None:
     """Remove a worker's gated keys from authorized_keys (after its workshop, or when its bundle leaked)."""
 
     def body() -> int:
-        from .gate import revoke
+        from .gate import revoke, revoke_targets
 
-        target = authorized_keys or Path(os.path.expanduser("~/.ssh/authorized_keys"))
-        for line in revoke(node, target):
+        for line in revoke(node, revoke_targets(list(authorized_keys))):
             out.print(line, markup=False)
         return 0
 
@@ -669,7 +760,7 @@ def hub_status(
 
             atomic_write(prometheus, fleet_mod.prometheus(fleet), 0o644)
         if json_out:
-            out.print_json(json.dumps(fleet.as_json()))
+            print_json(fleet.as_json())
             return 0 if fleet.can_take_a_user else 1
         from rich.table import Table
 
@@ -758,6 +849,7 @@ def reset(
     """Best-effort revert of everything setup changed, from the tool's own record of changes."""
 
     def body() -> int:
+        need_root("reset")
         from . import reset as resetting
         from .journal import Journal
 
@@ -772,14 +864,14 @@ def reset(
         code = 0
         if not undo:
             if json_out and not purge:
-                out.print_json(json.dumps({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
-                                           "steps": [], "preflight": []}))
+                print_json({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
+                            "steps": [], "preflight": []})
             else:
                 out.print(f"nothing to revert: no changes recorded in {journal.path}")
             if not purge:
                 return 0
         else:
-            cfg = source.load()
+            cfg = source.load(remember=True)
             ctx = make_context(cfg, json_out, allow_restart=allow_restart, drain=drain)
             flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                           ("--purge", purge)) if on)
@@ -836,7 +928,7 @@ def print_purge_plan(plan) -> None:
 @app.command(epilog=epilog(f"{PROG} version", f"0; {USAGE_EXIT}", "none."))
 def version() -> None:
     """Print the version."""
-    out.print(f"{PROG} {__version__}")
+    out.print(f"{PROG} {tool_version()}")
 
 
 class Shell(str, Enum):
@@ -871,8 +963,9 @@ def show_config(
     def body() -> int:
         from .config import DEFAULT_CONFIG_PATH, env_name, reference
 
-        cfg = source.load()
-        path = source.path or os.environ.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH
+        cfg = source.load(remember=True)
+        path = source.path or os.environ.get("GPUSWARM_CONFIG") or (
+            cfg.source if cfg.source != "defaults" else DEFAULT_CONFIG_PATH)
         rows = []
         for section, name, default, help_text in reference():
             dotted = f"{section}.{name}"
@@ -883,7 +976,7 @@ def show_config(
                          "origin": cfg.origins.get(dotted, "default"), "environment": env_name(section, name),
                          "help": help_text})
         if json_out:
-            out.print_json(json.dumps({"file": str(path), "file_read": cfg.source != "defaults", "keys": rows}))
+            print_json({"file": str(path), "file_read": cfg.source != "defaults", "keys": rows})
             return 0
         lines = [f"# {PROG} configuration: each key's meaning, its value, and where the value came from.",
                  "# Flags (--set) win over the environment (GPUSWARM_<SECTION>_<KEY>), the environment over the",

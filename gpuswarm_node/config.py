@@ -28,9 +28,13 @@ else:  # pragma: no cover - Debian 12 and Ubuntu 22.04+ ship 3.11/3.10
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuswarm-node/config.toml")
+# The effective configuration of the last setup run, which its boot unit runs setup with
+# (steps/boot.py writes it): what `status`, `setup` and `leave` use when no file is named.
+LAST_SETUP_CONFIG = Path("/var/lib/gpuswarm-node/boot-config.toml")
 ENV_PREFIX = "GPUSWARM_"
 # Environment variables with our prefix that are not configuration keys.
-ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX"}  # GPUSWARM_PREFIX: setup.sh's install dir
+# GPUSWARM_PREFIX: setup.sh's install dir; GPUSWARM_INSTALLING: set by setup.sh's dry run (steps/boot.py).
+ENV_RESERVED = {"GPUSWARM_CONFIG", "GPUSWARM_PREFIX", "GPUSWARM_INSTALLING"}
 
 NVIDIA_TOOLKIT_SOURCE = (
     "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.asc] "
@@ -79,6 +83,11 @@ MAX_NETWORK_RETRY = 1800
 # swarm.labels_recheck: labels someone removed on the manager keep notebooks off the node until
 # setup repairs them; longer than a week is no longer a repair.
 MAX_LABELS_RECHECK = 7 * 24 * 3600
+# watch: a round every 1 s to 10 min; confirmations and the hold between transitions bounded so a
+# typo cannot leave a broken node in service for days.
+MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 1, 600
+MAX_WATCH_ROUNDS = 100
+MAX_WATCH_HOLD = 24 * 3600
 
 # tmpfs.path may not be one of these, nor below SYSTEM_TREES: a tmpfs there hides the system's own
 # files (mounted over /etc, it hides the configuration of every program until it is unmounted).
@@ -203,8 +212,10 @@ def registry_address_problem(address: str) -> str | None:
     return None
 
 
-def key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def key(default: Any, help: str, choices: tuple[str, ...] = (), trust: str = "") -> Any:
+    """A configuration key. trust: "secret" or "public" for a file the tool reads as root and
+    trusts (trust.py's rule applies to it; a secret is also readable by root only)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "trust": trust})
 
 
 @dataclass(frozen=True)
@@ -245,7 +256,8 @@ class SharedMount:
 class SharedConfig:
     mounts: tuple = key((), "NFS mounts (AWS EFS is NFS 4.1) every worker keeps, as [[shared.mounts]] tables in the "
                             "file: source = \"host:/export\", path = an absolute mount point, options = extra mount "
-                            "options (\"ro\"); none means the shared-fs step is skipped.")
+                            "options (\"ro\"; never suid, dev or defaults: shares are always nosuid,nodev); "
+                            "none means the shared-fs step is skipped.")
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,12 @@ class DockerConfig:
                       choices=("distro", "docker-ce"))
     metadata_guard: bool = key(True, "Whether containers are kept from the cloud metadata service (169.254.169.254, "
                                      "fd00:ec2::254) by rules in Docker's DOCKER-USER chain; the host still reaches it.")
+    metadata_addresses: str = key("", "More addresses the metadata guard rejects containers' packets to, comma-separated "
+                                      "IP addresses (no names, no prefixes), beside those of the cloud the machine is "
+                                      "found on (cloud-init's cloud id, else DMI).")
+    accept_advisories: str = key("", "Container-escape advisories (CVE ids, comma-separated) the operator accepts for "
+                                     "runc and nvidia-container-toolkit where no fixed package can be installed: "
+                                     "those steps are then ok, naming each accepted advisory, instead of failing.")
 
 
 @dataclass(frozen=True)
@@ -286,7 +304,7 @@ class GpuConfig:
 @dataclass(frozen=True)
 class RegistryConfig:
     address: str = key("", "host:port of the hub's private TLS registry; empty means none.")
-    ca_cert: str = key("", "Path of the PEM CA certificate that signed the registry's certificate.")
+    ca_cert: str = key("", "Path of the PEM CA certificate that signed the registry's certificate.", trust="public")
 
 
 @dataclass(frozen=True)
@@ -301,15 +319,35 @@ class SwarmConfig:
                            "node's own.")
     ssh_user: str = key("root", "SSH user on the manager; it must be allowed to run docker.")
     ssh_port: int = key(22, "SSH port of the manager.")
-    ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.")
+    ssh_key: str = key("/etc/gpuswarm-node/id_ed25519", "Private key used for SSH to the manager.", trust="secret")
     known_hosts: str = key("/etc/gpuswarm-node/known_hosts",
-                           "known_hosts file holding the manager's host key; unknown keys are refused.")
+                           "known_hosts file holding the manager's host key; unknown keys are refused.",
+                           trust="public")
     host_key_fingerprint: str = key("", "Pinned SHA256 fingerprint of the manager's host key (as ssh-keygen -lf "
                                         "prints it), instead of known_hosts.")
     advertise_addr: str = key("", "Address other nodes reach this node on; empty lets Docker choose.")
     labels_recheck: int = key(3600, "Seconds setup trusts the node labels it last found right on the manager "
                                     "(/var/lib/gpuswarm-node/node-labels.json) before it asks the manager again "
                                     "(an SSH session); 0 asks at every run.")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    interval: float = key(3.0, f"Seconds between two rounds of `gpuswarm-node watch`'s health checks ({MIN_WATCH_INTERVAL} "
+                               f"to {MAX_WATCH_INTERVAL}).")
+    fault_rounds: int = key(2, "Consecutive rounds a fault must be seen before watch drains the node (1 to "
+                               f"{MAX_WATCH_ROUNDS}).")
+    clear_rounds: int = key(6, "Consecutive rounds without a fault before watch makes the node it drained active "
+                               f"again (1 to {MAX_WATCH_ROUNDS}).")
+    min_transition_interval: float = key(60.0, "Seconds at least between two of watch's transitions (drain, "
+                                               f"activate), so a node never flaps (0 to {MAX_WATCH_HOLD}).")
+    min_free_disk: str = key("2GiB", "Free space Docker's image store (its data-root) must keep, e.g. \"2GiB\"; "
+                                     "less is a fault; 0 turns the check off.")
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        """0 when the check is off; validated when the configuration was built."""
+        return 0 if self.min_free_disk.strip() in ("", "0") else parse_size(self.min_free_disk)
 
 
 @dataclass(frozen=True)
@@ -324,6 +362,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     # Where the values came from, for messages; not a key.
     source: str = field(default="defaults", compare=False)
     # "section.key" -> where its value came from ("file PATH", "environment VAR", "flag --set"),
@@ -412,6 +451,9 @@ MOUNT_KEYS = ("source", "path", "options")
 # absolute path of printable characters without spaces (fstab separates fields by them).
 NFS_SOURCE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(/[!-~]*)")
 MOUNT_OPTION = re.compile(r"[a-z][a-z0-9_]*(=[A-Za-z0-9._:/-]+)?")
+# Options that would undo the nosuid,nodev every share gets (mount(8): defaults is
+# rw,suid,dev,exec,auto,nouser,async).
+SHARE_OPTIONS_REFUSED = ("suid", "dev", "defaults")
 
 
 def _coerce_mounts(raw: Any, where: str) -> tuple:
@@ -446,6 +488,11 @@ def _coerce_mounts(raw: Any, where: str) -> tuple:
         if options and not all(MOUNT_OPTION.fullmatch(o) for o in options.split(",")):
             raise ConfigError(f"{at} options must be comma-separated mount options such as ro or actimeo=30, got "
                               f"{options!r}.", "Fix the value and run again.")
+        reopened = [o for o in options.split(",") if o in SHARE_OPTIONS_REFUSED]
+        if reopened:
+            raise ConfigError(f"{at} options must not contain {reopened[0]!r}: shares are always mounted nosuid,nodev, "
+                              "so that a setuid file or device node written from a notebook gives nothing on a worker.",
+                              f"Remove {reopened[0]!r} from the options and run again.")
         mounts.append(SharedMount(source, normal_path(path), options))
     paths = [m.path for m in mounts]
     for m in mounts:
@@ -510,6 +557,22 @@ def _validate(cfg: Config) -> None:
         raise bad("image", "name", f"must be a Docker image reference such as hub.example.org:5000/notebook:tag "
                   f"(lower-case repository, no spaces, not starting with '-'), got {cfg.image.name!r}")
     _validate_swarm(cfg.swarm, bad)
+    try:
+        from .clouds import parse_addresses
+
+        parse_addresses(cfg.docker.metadata_addresses)
+    except ValueError as exc:
+        raise bad("docker", "metadata_addresses", f"must be IP addresses separated by commas, got {str(exc)!r}",
+                  "Write each address as digits (169.254.169.254, fd00:ec2::254), not a name or a network, "
+                  "and run again.") from None
+    from .floors import ADVISORIES, accepted
+
+    unknown = [a for a in accepted(cfg.docker.accept_advisories) if a not in ADVISORIES]
+    if unknown:
+        raise bad("docker", "accept_advisories", f"names {', '.join(unknown)}, which no minimum version of this tool "
+                  f"closes (known: {', '.join(sorted(ADVISORIES))})",
+                  "Name only the advisories a step reports as lacking, as it spells them, and run again.")
+    _validate_watch(cfg.watch, bad)
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "
@@ -536,6 +599,23 @@ def _validate_paths(cfg: Config, bad) -> None:
                                  ("swarm", "known_hosts", cfg.swarm.known_hosts)):
         if value and not value.startswith("/"):
             raise bad(section, name, f"must be an absolute path, got {value!r}")
+
+
+def _validate_watch(watch: WatchConfig, bad) -> None:
+    if not MIN_WATCH_INTERVAL <= watch.interval <= MAX_WATCH_INTERVAL:
+        raise bad("watch", "interval", f"must be from {MIN_WATCH_INTERVAL} to {MAX_WATCH_INTERVAL} seconds, "
+                  f"got {watch.interval}")
+    for name in ("fault_rounds", "clear_rounds"):
+        if not 1 <= getattr(watch, name) <= MAX_WATCH_ROUNDS:
+            raise bad("watch", name, f"must be from 1 to {MAX_WATCH_ROUNDS} rounds, got {getattr(watch, name)}")
+    if not 0 <= watch.min_transition_interval <= MAX_WATCH_HOLD:
+        raise bad("watch", "min_transition_interval", f"must be from 0 to {MAX_WATCH_HOLD} seconds (a day), "
+                  f"got {watch.min_transition_interval}")
+    try:
+        watch.min_free_disk_bytes
+    except ValueError:
+        raise bad("watch", "min_free_disk", "must be a size such as \"2GiB\", \"512MiB\" or a number of bytes "
+                  f"(units KiB, MiB, GiB, TiB), got {watch.min_free_disk!r}") from None
 
 
 def _validate_swarm(swarm: SwarmConfig, bad) -> None:
@@ -690,19 +770,60 @@ def _split_env_name(var: str) -> tuple[str, str]:
     return rest.partition("_")[0], rest.partition("_")[2]
 
 
+def _read_config_file(path: Path) -> str:
+    """The configuration's text, read as a trust file (trust.read: root's, not writable by others,
+    not a link), so that no one but root chooses what setup does as root; /dev/null reads empty.
+    FileNotFoundError when it does not exist."""
+    from . import trust
+
+    if os.path.abspath(path) == os.devnull:
+        return ""
+    fd, why = trust.open_checked(path)
+    if why == "does not exist":
+        raise FileNotFoundError(path)
+    if fd is None:
+        raise ConfigError(f"Config file {path} {why}; refusing to trust it.",
+                          "Make it root's and writable only by root (chown root:root; chmod 644), not a link.")
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read().decode("utf-8")
+
+
+def remembered_path(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """LAST_SETUP_CONFIG when it is the file to read: nothing names one (no `path`, no
+    GPUSWARM_CONFIG), the default file is absent and a setup recorded its configuration; else None.
+    So a node checked or repaired after `setup --config FILE` keeps FILE's values, never the
+    built-in defaults."""
+    if path is not None or env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+        return None
+    return LAST_SETUP_CONFIG if LAST_SETUP_CONFIG.exists() else None
+
+
+def remembered_note(cfg: "Config") -> str | None:
+    """The line to print when `cfg` was read from LAST_SETUP_CONFIG (load(remember=True)), else None."""
+    if cfg.source != str(LAST_SETUP_CONFIG):
+        return None
+    return (f"using the configuration of the last setup ({LAST_SETUP_CONFIG}): no --config given; "
+            f"give --config FILE to use another")
+
+
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,
-         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr) -> Config:
+         overrides: list[str] = (), warn: Callable[[str], None] = _warn_stderr, remember: bool = False) -> Config:
     """Build the configuration. `path` None means GPUSWARM_CONFIG or the default path; the default
-    path may be absent (defaults are used), an explicitly named file must exist. `warn` gets one
-    line per GPUSWARM_* environment variable that names no key (ignored)."""
+    path may be absent (defaults are used), an explicitly named file must exist. `remember`: where
+    nothing names a file and the default is absent, read LAST_SETUP_CONFIG (remembered_path;
+    remembered_note says so). `warn` gets one line per GPUSWARM_* environment variable that names
+    no key (ignored)."""
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("GPUSWARM_CONFIG"))
     named_by = "--config" if path is not None else "GPUSWARM_CONFIG"
+    if remember and not explicit:
+        path = remembered_path(path, env)
+        named_by = "the last setup"
     path = path or Path(env.get("GPUSWARM_CONFIG") or DEFAULT_CONFIG_PATH)
     values: dict[str, dict[str, Any]] = {}
     source = "defaults"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_config_file(path)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}): TOML files are UTF-8.",
                           "Save it as UTF-8 and run again.") from None

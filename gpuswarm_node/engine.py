@@ -18,6 +18,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from .errors import GpuswarmError, StepFailed
+from .sanitize import clean
 from .facts import Facts
 from .journal import Undo
 
@@ -37,6 +38,9 @@ class State(str, Enum):
     FAILED = "failed"
     BLOCKED = "blocked"
     SKIPPED = "skipped"
+    # A dry run's verdict on a step that is blocked only by what an earlier step of the same plan
+    # would change (no Docker yet, so no image can be pulled): applying the plan lifts the block.
+    PENDING = "pending"
 
 
 # --- actions: what a check plans and the runner carries out -------------------------------------
@@ -191,6 +195,8 @@ class Check:
     # people: a time, a count. Kept out of the detail's text so that the text stays the same from
     # one run to the next while the machine does (two status outputs can be diffed).
     data: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # A blocked check whose cause an earlier step removes (its names): no Docker yet for `docker`.
+    waits_for: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.state is State.NEEDS_CHANGE) != bool(self.actions):
@@ -210,8 +216,10 @@ def needs_change(detail: str, *actions: Action) -> Check:
     return Check(State.NEEDS_CHANGE, detail, tuple(actions))
 
 
-def blocked(detail: str, reboot_required: bool = False) -> Check:
-    return Check(State.BLOCKED, detail, reboot_required=reboot_required)
+def blocked(detail: str, reboot_required: bool = False, waits_for: tuple[str, ...] = ()) -> Check:
+    """`waits_for`: the earlier steps whose change would lift the block (a dry run then calls the
+    step pending on them when they would change)."""
+    return Check(State.BLOCKED, detail, reboot_required=reboot_required, waits_for=waits_for)
 
 
 def skipped(detail: str) -> Check:
@@ -259,6 +267,68 @@ def undeclared_writes(step: Step, ctx: Context, check: Check) -> list[str]:
         return []
     declared = {(p.path, p.content) for p in step.files(ctx)}
     return [w.path for w in writes if (w.path, w.content) not in declared]
+
+
+def file_rule(step: Step, ctx: Context, check: Check) -> Check:
+    """The rule for every file a step installs (its files()), which root later runs or reads: the
+    file is not a symlink, is root's, writable by root alone and has no mode bit beyond its
+    planned mode (nor lacks the execute bits a program needs); its directory is root's and
+    writable by root alone, and not a symlink. A file whose content is right but breaks the rule
+    is written again with the same content (root's, with its mode; the write replaces a symlink);
+    a directory gets chown/chmod; a symlinked directory blocks the step (it cannot be repaired in
+    place). A check that is ok or needs a change gets these added; files its actions write or
+    remove already are theirs. The same rule the runtime wrapper's own check applies
+    (docker_daemon._ownership_actions), for every file of every step."""
+    import posixpath
+
+    from .facts import FILE_BYTES, FILE_STATUS, FILE_TEXT
+    from .host import dir_repair_commands, unsafe
+
+    if check.state not in (State.OK, State.NEEDS_CHANGE):
+        return check
+    planned = flatten(check.actions)
+    handled = {a.path for a in planned if isinstance(a, (WriteFile, RemoveFile))}
+    commands = {tuple(a.argv) for a in planned if isinstance(a, RunCommand)}
+    handled |= {argv[-1] for argv in commands if argv[0] in ("chmod", "chown")}  # the step repairs it itself
+    dir_fixes: list[Action] = []
+    file_fixes: list[Action] = []
+    reasons: list[str] = []
+    for wanted in step.files(ctx):
+        directory = posixpath.dirname(wanted.path)
+        status = ctx.fact(FILE_STATUS, directory)
+        if status is not None and status.is_symlink:
+            return blocked(f"directory {directory} of {wanted.path} is a symlink, so whoever controls its target "
+                           "could change what root runs or reads; make it a directory owned by root")
+        problem = unsafe(status)
+        if problem:
+            for argv in dir_repair_commands(directory, status):
+                if argv not in commands:
+                    commands.add(argv)
+                    dir_fixes.append(run_command(*argv))
+            reasons.append(f"directory {directory} {problem}")
+        if wanted.path in handled:
+            continue
+        status = ctx.fact(FILE_STATUS, wanted.path)
+        problem = unsafe(status)
+        if status is not None and problem is None:
+            extra, missing_x = status.mode & ~wanted.mode & 0o7777, wanted.mode & 0o111 & ~status.mode
+            if extra:
+                problem = f"has mode {status.mode:04o}, more than {wanted.mode:04o}"
+            elif missing_x:
+                problem = f"has mode {status.mode:04o}, not executable as {wanted.mode:04o}"
+        if problem is None:
+            continue
+        have = ctx.fact(FILE_BYTES if isinstance(wanted.content, bytes) else FILE_TEXT, wanted.path)
+        if have != wanted.content:
+            continue  # the step keeps content of its own choosing there (boot's recorded config)
+        file_fixes.append(WriteFile(wanted.path, wanted.content, have, wanted.mode))
+        reasons.append(f"{wanted.path} {problem}")
+    if not reasons:
+        return check
+    # Directories first: nothing is written into one that someone else can still change.
+    actions = (*dir_fixes, *check.actions, *file_fixes)
+    detail = "; ".join(reasons) if check.state is State.OK else f"{check.detail}; {'; '.join(reasons)}"
+    return Check(State.NEEDS_CHANGE, detail, actions, check.reboot_required)
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -334,6 +404,15 @@ class StepReport:
     started: float = 0.0
     data: Mapping[str, Any] = field(default_factory=dict)  # Check.data of the verdict reported
 
+    def __setattr__(self, name: str, value) -> None:
+        # What every output (console, --json, the run log) takes a step's words from: outside
+        # text in them (an image's name, Docker's or the manager's answer) is cleaned here.
+        if name == "detail":
+            value = clean(value)
+        elif name == "actions":
+            value = [clean(a) for a in value]
+        object.__setattr__(self, name, value)
+
     def as_json(self) -> dict:
         diffs = self.diffs + [""] * (len(self.actions) - len(self.diffs))
         return {"name": self.name, "state": self.state.value, "detail": self.detail,
@@ -345,6 +424,10 @@ class StepReport:
 class PreflightReport:
     name: str
     problem: str | None
+
+    def __post_init__(self) -> None:
+        if self.problem is not None:
+            self.problem = clean(self.problem)  # as StepReport's detail
 
     def as_json(self) -> dict:
         return {"name": self.name, "ok": self.problem is None, **({"detail": self.problem} if self.problem else {})}
@@ -386,7 +469,9 @@ class RunReport:
         return any(s.reboot_required for s in self.steps)
 
     def as_json(self) -> dict:
-        report: dict = {"ok": self.plan_ok if self.mode == "dry-run" else self.ok}
+        from . import version
+
+        report: dict = {"version": version(), "ok": self.plan_ok if self.mode == "dry-run" else self.ok}
         if self.mode != "status":
             report["dry_run"] = self.mode == "dry-run"
         report.update(changed=self.changed, reboot_required=self.reboot_required,
@@ -400,7 +485,7 @@ def safe_check(step: Step, ctx: Context) -> Check:
     """A check that raised is a failed step, reported, never a crash of the whole run; so is one
     that plans to write a file its step does not declare (render would not show it)."""
     try:
-        check = step.check(ctx)
+        check = file_rule(step, ctx, step.check(ctx))
         undeclared = undeclared_writes(step, ctx, check) if check.state is State.NEEDS_CHANGE else []
         if undeclared:
             return Check(State.FAILED, f"internal error: the plan writes {', '.join(undeclared)} other than "
@@ -567,6 +652,12 @@ def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
             if check.state is State.NEEDS_CHANGE:  # what the engine would carry out
                 ctx.touched.update(a.path for a in flatten(check.actions) if isinstance(a, (WriteFile, RemoveFile)))
             report = _report(step, check, started)
+            earlier = [r.name for r in reports if r.name in check.waits_for
+                       and r.state in (State.NEEDS_CHANGE, State.PENDING)]
+            if check.state is State.BLOCKED and earlier:
+                # Not applied (a dry run, a refused preflight): what blocks it is what those steps change.
+                report.state = State.PENDING
+                report.detail = f"waits for {', '.join(earlier)}: {check.detail}"
         ctx.reporter.step_finished(report)
         reports.append(report)
         if report.state in (State.OK, State.SKIPPED):

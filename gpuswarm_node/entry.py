@@ -10,6 +10,9 @@ ui.status_table printed by a rich console set as the CLI's, elsewhere the CLI's 
 it to a file or pipe (stdout must not be a terminal for it, where rich would colour it). The
 Engine API's /info, dockerd's slowest answer, is asked first and read while the rest loads
 (probes.docker.EarlyInfo).
+Without --config it reads the configuration of the last setup, as the CLI does (config.load's
+`remember`), and says so on stderr the same way. Not run as root, it leaves the command to the CLI,
+which says status needs root.
 Anything else, and any configuration that warns or fails to load, goes to the CLI, which then
 says it in its own words: the CLI stays the one source of the command's behaviour, and this path
 only skips its imports.
@@ -82,6 +85,8 @@ def exit_now(code: int | str | None) -> None:
 def _status(config: str | None, json_out: bool) -> int | None:
     """Run status and print its table or JSON; the exit status, or None to leave the command to
     the CLI (before anything was printed)."""
+    if os.geteuid() != 0:
+        return None  # the CLI says status needs root (cli.need_root)
     from pathlib import Path
 
     from .probes.docker import begin_info
@@ -93,16 +98,20 @@ def _status(config: str | None, json_out: bool) -> int | None:
 
     warnings: list[str] = []
     try:
-        cfg = load(Path(config) if config is not None else None, overrides=[], warn=warnings.append)
+        cfg = load(Path(config) if config is not None else None, overrides=[], warn=warnings.append, remember=True)
     except GpuswarmError:
         return None
     if warnings:
         return None
+    from .config import remembered_note
+
+    note = remembered_note(cfg)
 
     from . import render, steps
     from .context import Context, RunOptions
     from .engine import run_status
     from .host import LocalHost
+    from .sanitize import clean
 
     from .table import plain_wanted
 
@@ -124,6 +133,8 @@ def _status(config: str | None, json_out: bool) -> int | None:
         def say_error(line: str) -> None:  # as the CLI says it where rich adds no colour
             sys.stderr.write(line + "\n")
 
+    if note:  # as the CLI says it (cli.ConfigSource.load)
+        sys.stderr.write(f"note: {note}\n")
     ctx = Context(config=cfg, host=LocalHost(), options=RunOptions(diagnose=True))
     try:
         report = run_status(steps.ALL_STEPS, ctx)
@@ -131,7 +142,7 @@ def _status(config: str | None, json_out: bool) -> int | None:
         say_error(f"error: {exc.message()}")
         return exc.exit_code
     except Exception as exc:
-        say_error(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback.")
+        say_error(clean(f"internal error: {type(exc).__name__}: {exc}. Re-run with --debug for the traceback."))
         return 1
     if json_out:
         import json

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .sanitize import clean
+
 
 class GpuswarmError(Exception):
     """Base of every error the tool reports to the user without a traceback."""
@@ -9,6 +11,9 @@ class GpuswarmError(Exception):
     exit_code = 1
 
     def __init__(self, cause: str, fix: str = "") -> None:
+        # The message may quote outside text (Docker's error, the manager's answer, apt's last
+        # line): made safe to print and log here, where every error passes (sanitize.py).
+        cause, fix = clean(cause), clean(fix)
         super().__init__(cause)
         self.cause = cause
         self.fix = fix

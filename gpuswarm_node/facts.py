@@ -148,6 +148,13 @@ ON_PATH = fact("which", WHICH, lambda program: program)        # str | None
 
 def _certificate(path: str) -> Callable[[Host], tuple[str | None, str]]:
     def read(host: Host) -> tuple[str | None, str]:
+        from . import trust
+
+        # A trust file: Docker trusts whatever CA it holds for the registry (trust.problem),
+        # checked before it is opened (a FIFO would hang the read).
+        status = host.file_status(path)
+        if status is not None and (why := trust.problem(status)):
+            return None, f"{why}; refusing to trust it"
         try:
             data = host.read_bytes(path)
         except OSError as exc:  # a directory, no permission
@@ -158,13 +165,15 @@ def _certificate(path: str) -> Callable[[Host], tuple[str | None, str]]:
             text = data.decode()
         except UnicodeDecodeError:  # binary, e.g. a DER certificate
             text = ""
-        if "-----BEGIN CERTIFICATE-----" not in text:
+        pem = trust.certificates(text)
+        if not pem:
             return None, "holds no PEM certificate"
-        return text, ""
+        return pem, ""
     return read
 
 
-# A PEM certificate file an operator names (registry.ca_cert): (its text, "") or (None, why not).
+# A PEM certificate file an operator names (registry.ca_cert): (its certificates alone, never a
+# private key or anything else it holds, "") or (None, why not).
 CERTIFICATE = fact("certificate", HOST, _certificate)
 
 
@@ -173,6 +182,17 @@ def _host_exists(path: str) -> Callable[[Host], bool]:
 
 
 EXISTS = fact("exists", HOST, _host_exists)  # bool: a file or directory is there
+
+
+def _trusted_path(facts: "Facts", path: str) -> str | None:
+    from .host import trusted_path_problem
+
+    return trusted_path_problem(path, facts.get(REALPATH, path), lambda p: facts.get(FILE_STATUS, p))
+
+
+REALPATH = fact("realpath", HOST, lambda path: lambda host: host.realpath(path))  # str: symlinks resolved
+# Why a program root runs could be replaced by another user (host.trusted_path_problem), or None.
+TRUSTED_PATH_PROBLEM = fact("trusted_path_problem", DERIVED, parse=_trusted_path)
 
 
 # --- the operating system -----------------------------------------------------------------------
@@ -245,9 +265,10 @@ def _unit_show(result: CommandResult, _arg: str) -> str:
     return result.stdout if result.ok else ""
 
 
-# The units the steps look at (docker, boot, metadata-guard), shown by one process: `systemctl show`
+# The units the steps look at (docker, boot, metadata-guard, watch), shown by one process: `systemctl show`
 # prints one block of properties per unit, in the order given, with an empty line between blocks.
-SHOWN_TOGETHER = ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service")
+SHOWN_TOGETHER = ("docker", "gpuswarm-node-boot.service", "gpuswarm-metadata-guard.service",
+                  "gpuswarm-node-watch.service")
 
 
 def _units_show(result: CommandResult, _arg: str) -> dict[str, str]:
@@ -357,6 +378,18 @@ IPTABLES_RULES = fact("iptables_rules", COMMAND, lambda program: [program, "-w",
 # The same listing read again, the n-th time ("iptables 1"): for a check that must tell a state
 # another program passes through for a moment from one that stays (steps/metadata_guard.py).
 IPTABLES_RULES_AGAIN = fact("iptables_rules_again", COMMAND, lambda arg: [arg.split()[0], "-w", "-S"], _rules)
+
+
+def _metadata_cloud(facts: Facts, _arg: str) -> tuple[str | None, str]:
+    from . import clouds
+
+    dmi = {name: facts.get(FILE_TEXT, f"{clouds.DMI_DIR}/{name}") for name in clouds.DMI_FILES}
+    return clouds.detect(facts.get(FILE_TEXT, clouds.CLOUD_ID), facts.get(FILE_TEXT, clouds.INSTANCE_DATA), dmi)
+
+
+# The cloud this machine runs on and how that was found (clouds.detect: cloud-init's cloud id,
+# its instance data, the DMI strings); (None, what was looked at) when unknown.
+METADATA_CLOUD = fact("metadata_cloud", DERIVED, parse=_metadata_cloud, takes_arg=False)
 
 
 def chain_rules(listing: str | None, chain: str) -> list[list[str]]:

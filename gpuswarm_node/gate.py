@@ -242,6 +242,11 @@ PROGRAM = re.compile(r"/[A-Za-z0-9/._+-]*")
 
 def parse_public_key(text: str, where: str) -> tuple[str, str]:
     """(key type, base64 blob) of the one public key in `text`; ConfigError naming `where`."""
+    from .keyfiles import public_key_problem
+
+    wrong_kind = public_key_problem(text, where)
+    if wrong_kind is not None:
+        raise ConfigError(*wrong_kind)
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     fix = "Give the .pub file ssh-keygen wrote (one line: type, key, comment)."
     if len(lines) != 1:
@@ -319,32 +324,171 @@ def authorize(pub_text: str, pub_where: str, node: str, authorized_keys: Path, p
     return done
 
 
-def revoke(node: str, authorized_keys: Path) -> list[str]:
-    """Remove every gated line for `node` (those whose forced command is `... hub gate --node NODE`)
-    from `authorized_keys`, every other line kept; what was done, as sentences. ConfigError on a
-    bad node name or file, nothing written."""
+# --- revoke ---------------------------------------------------------------------------------
+#
+# How sshd reads a line of authorized_keys (OpenSSH auth2-pubkey.c check_authkey_line, sshkey.c
+# sshkey_advance_past_options, auth-options.c sshauthopt_parse): leading blanks are skipped, empty
+# lines and `#` lines ignored; a line that does not start with a key type starts with options, which
+# run to the first blank outside double quotes (`\"` inside quotes is a quote, not its end); options
+# are separated by commas, their names match without regard to case (opt_match: strncasecmp), and a
+# value is a double-quoted string. So an operator may add `from="10.0.0.0/8",no-pty,` before our
+# `restrict,command="..."`, reorder them, or write `COMMAND=`; all of these are the same key.
+
+def _split_options(line: str) -> tuple[str, list[str]]:
+    """(options, the words after them) of one authorized_keys line; ("", words) when it has none."""
+    text = line.lstrip(" \t")
+    words = text.split()
+    if not words or words[0].lower().startswith(("ssh-", "ecdsa-", "sk-")):
+        return "", words
+    quoted, i = False, 0
+    while i < len(text) and (quoted or text[i] not in " \t"):
+        if text[i] == "\\" and text[i + 1:i + 2] == '"':
+            i += 1
+        elif text[i] == '"':
+            quoted = not quoted
+        i += 1
+    return text[:i], text[i:].split()
+
+
+def _options(options: str) -> list[tuple[str, str]]:
+    """[(lower-case name, dequoted value or "")] of an options field."""
+    found, i = [], 0
+    while i < len(options):
+        name = re.match(r"[^=,]*", options[i:]).group(0)
+        i += len(name)
+        value = ""
+        if options[i:i + 2] == '="':
+            i += 2
+            chars = []
+            while i < len(options) and options[i] != '"':
+                if options[i] == "\\" and options[i + 1:i + 2] == '"':
+                    i += 1
+                chars.append(options[i])
+                i += 1
+            value = "".join(chars)
+            i += 1
+        elif options[i:i + 1] == "=":
+            value = re.match(r"[^,]*", options[i + 1:]).group(0)
+            i += 1 + len(value)
+        found.append((name.lower(), value))
+        if options[i:i + 1] == ",":
+            i += 1
+    return found
+
+
+def gate_nodes(line: str) -> set[str]:
+    """The node names whose gate a line's forced command runs (`... hub gate --node NAME`, also
+    `--node=NAME`, quoted or behind `exec`), whatever other options stand before or after it."""
+    import shlex
+
+    nodes = set()
+    for name, value in _options(_split_options(line)[0]):
+        if name != "command":
+            continue
+        try:
+            argv = shlex.split(value)
+        except ValueError:
+            argv = value.replace('"', " ").replace("'", " ").split()
+        for i in range(len(argv) - 1):
+            if argv[i] == "hub" and argv[i + 1] == "gate":
+                rest = argv[i + 2:]
+                nodes.update(rest[j + 1] for j, word in enumerate(rest[:-1]) if word == "--node")
+                nodes.update(word[len("--node="):] for word in rest if word.startswith("--node="))
+    return nodes
+
+
+def _key_blob(line: str) -> str | None:
+    words = _split_options(line)[1]
+    return words[1] if len(words) >= 2 else None
+
+
+def _is_nodes(line: str, node: str, blobs: set[str]) -> bool:
+    """Whether the line lets one of node's keys in: its gate, our comment for it, or a key revoked."""
+    if not line.strip() or line.lstrip().startswith("#"):
+        return False
+    words = _split_options(line)[1]
+    return (node in gate_nodes(line) or f"gpuswarm-node:{node}" in words[2:]
+            or (len(words) >= 2 and words[1] in blobs))
+
+
+def revoke_targets(given: list[Path]) -> list[Path]:
+    """The authorized_keys files `hub revoke` searches: those given, else every file `hub authorize`
+    and `hub bundle` write by default, ~USER/.ssh/authorized_keys of every user of this host (the
+    running user's, and any swarm.ssh_user's)."""
+    import pwd
+
+    if given:
+        paths = [Path(p) for p in given]
+    else:
+        paths = [Path(os.path.expanduser("~/.ssh/authorized_keys"))]
+        paths += [Path(entry.pw_dir) / ".ssh" / "authorized_keys" for entry in pwd.getpwall()
+                  if entry.pw_dir.startswith("/")]
+    seen, unique = set(), []
+    for path in paths:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(Path(key))
+    return unique
+
+
+def revoke(node: str, authorized_keys: Path | list[Path]) -> list[str]:
+    """Remove every line that lets a key of `node` log in, from each file of `authorized_keys`: a
+    line whose forced command is that node's gate (with whatever options an operator added around
+    it), a line with our comment `gpuswarm-node:NODE`, and any other line of the same keys. Every
+    other line is kept. What was done, as sentences. ConfigError on a bad node name; GpuswarmError
+    (after removing what it could) when a file cannot be read or written, or a key of the node is
+    still in one afterwards: a revocation either revokes or fails."""
     from .host import atomic_write
 
     if not NODE_NAME.fullmatch(node):
         raise ConfigError(f"--node {node[:80]!r} is not a host name.", "Give the node name the key was authorised for.")
-    path = Path(authorized_keys)
-    if path.is_symlink():
-        raise ConfigError(f"{path} is a symbolic link; refusing to write through it.",
-                          "Replace the link with the file itself.")
-    if not path.is_file():
-        return [f"{path} does not exist; no key to revoke for node {node}"]
-    old = path.read_text()
-    # The options field (no spaces but inside the command's quotes) names the gate for this node.
-    forced = re.compile(r'(?:[^\s"]*,)?command="/[^"]* hub gate --node ' + re.escape(node) + r'"(?:,[^\s"]*)?\s')
-    kept = [line for line in old.splitlines() if not forced.match(line)]
-    removed = len(old.splitlines()) - len(kept)
-    if not removed:
-        return [f"no key of node {node} in {path}; nothing changed"]
-    st = path.stat()
-    try:
-        atomic_write(path, "".join(line + "\n" for line in kept), mode=0o600, owner=(st.st_uid, st.st_gid))
-    except OSError as exc:
-        raise GpuswarmError(f"{path} cannot be written: {exc.strerror}.", "Run this as the SSH user (or root).") \
-            from None
-    return [f"revoked {removed} key(s) of node {node} in {path}: they no longer log in (open SSH sessions "
-            "end by themselves; the node stays in the swarm until it leaves or `docker node rm`)"]
+    paths = [Path(authorized_keys)] if isinstance(authorized_keys, (str, os.PathLike)) else list(authorized_keys)
+    texts: dict[Path, str] = {}
+    problems: list[str] = []
+    for path in paths:
+        if path.is_symlink():
+            problems.append(f"{path} is a symbolic link (not followed; replace it with the file itself)")
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                texts[path] = handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            problems.append(f"{path} cannot be read: {exc.strerror}")
+    # The node's keys: those of its gated lines anywhere, then every line of those keys anywhere.
+    blobs = {b for text in texts.values() for line in text.splitlines()
+             if _is_nodes(line, node, set()) and (b := _key_blob(line))}
+    done = []
+    for path, text in texts.items():
+        lines = text.splitlines()
+        kept = [line for line in lines if not _is_nodes(line, node, blobs)]
+        if len(kept) == len(lines):
+            continue
+        st = path.stat()
+        try:
+            atomic_write(path, "".join(line + "\n" for line in kept).encode("utf-8", "surrogateescape"),
+                         mode=0o600, owner=(st.st_uid, st.st_gid))
+        except OSError as exc:
+            problems.append(f"{path} cannot be written: {exc.strerror}")
+            continue
+        done.append(f"revoked {len(lines) - len(kept)} key(s) of node {node} in {path}")
+    # Read back: what sshd would read now.
+    for path in texts:
+        try:
+            left = [line for line in path.read_text(errors="surrogateescape").splitlines()
+                    if _is_nodes(line, node, blobs)]
+        except OSError as exc:
+            problems.append(f"{path} cannot be read back: {exc.strerror}")
+            continue
+        if left:
+            problems.append(f"{path} still lets {len(left)} key(s) of node {node} in")
+    if problems:
+        raise GpuswarmError("the revocation is not complete: " + "; ".join([*done, *problems]) + ".",
+                            "Run it as root (or the SSH user), or give --authorized-keys FILE for each file, "
+                            "and revoke again.")
+    if not done:
+        return [f"no key of node {node} in {', '.join(str(p) for p in paths)}; nothing changed"]
+    return [*done, "they no longer log in (open SSH sessions end by themselves; the node stays in the swarm "
+            "until it leaves or `docker node rm`)"]

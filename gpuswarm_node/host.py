@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import posixpath
 import re
 import selectors
 import shlex
@@ -88,6 +89,9 @@ class Host(Protocol):
 
     def file_status(self, path: str) -> FileStatus | None:
         """The path's own owner and mode, a symlink not followed; None when it does not exist."""
+
+    def realpath(self, path: str) -> str:
+        """The path with every symlink in it resolved (os.path.realpath)."""
 
     def verify_fstab(self, entries: str) -> str | None:
         """What `findmnt --verify` finds wrong with these fstab lines, or None."""
@@ -260,6 +264,31 @@ def unsafe(status: FileStatus | None, owner: int = 0) -> str | None:
         return f"is writable by others (mode {status.mode:04o})"
     if status.mode & 0o020:
         return f"is writable by group {status.gid} (mode {status.mode:04o})"
+    return None
+
+
+def trusted_path_problem(path: str, resolved: str, status_of: Callable[[str], FileStatus | None]) -> str | None:
+    """Why a program root runs at `path` (which resolves to `resolved`) could be replaced by
+    someone else, or None: the file it resolves to is not a regular file, or it, a directory
+    above it, or a directory above the link is not root's or is writable by group or others
+    (OpenSSH's safe_path rule for what it trusts as root). `status_of` is lstat."""
+    target = status_of(resolved)
+    if target is None:
+        return f"{path} resolves to {resolved}, which does not exist"
+    if not target.is_regular:
+        return f"{path} resolves to {resolved}, which is not a regular file"
+    problem = unsafe(target)
+    if problem:
+        return f"{path} resolves to {resolved}, which {problem}"
+    for start in dict.fromkeys((resolved, path)):
+        directory = posixpath.dirname(start)
+        while True:
+            problem = unsafe(status_of(directory))
+            if problem:
+                return f"directory {directory} (above {start}) {problem}"
+            if directory == "/":
+                break
+            directory = posixpath.dirname(directory)
     return None
 
 
@@ -730,6 +759,9 @@ class LocalHost:
 
     def file_status(self, path: str) -> FileStatus | None:
         return file_status(path)
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

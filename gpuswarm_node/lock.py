@@ -58,3 +58,42 @@ def run_lock(path: str | None = None, command: str = "setup") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock, also when the process dies
+
+
+def holder_pid(proc_locks: str, device: tuple[int, int], inode: int) -> int | None:
+    """The pid holding an flock on the file (`device` as (major, minor), `inode`) according to
+    /proc/locks's text, or None. Each line (proc(5), /proc/locks): `N: FLOCK ADVISORY WRITE PID
+    MAJ:MIN:INODE START END`, the major and minor in hex; a blocked waiter's line has `->`."""
+    for line in proc_locks.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK":
+            continue
+        parts = fields[5].split(":")
+        try:
+            if (int(parts[0], 16), int(parts[1], 16), int(parts[2])) == (*device, inode):
+                return int(fields[4])
+        except (ValueError, IndexError):
+            continue
+    return None
+
+
+def running(path: str | None = None) -> str | None:
+    """Who holds the run lock ("setup is running (pid N)"), or None; without taking it (a lock
+    taken only to look could make a setup starting at that moment refuse)."""
+    lock = Path(path or LOCK_PATH)
+    try:
+        st = os.stat(lock, follow_symlinks=False)
+        proc_locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    pid = holder_pid(proc_locks, (os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino)
+    if pid is None:
+        return None
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return f"gpuswarm-node command is running (pid {pid})"
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)

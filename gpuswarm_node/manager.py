@@ -6,13 +6,11 @@ impostor would hand this node to the impostor's swarm. Unknown or changed host k
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shlex
 import socket
-import stat
 from dataclasses import dataclass, field, replace
 
 from .config import SwarmConfig
@@ -226,6 +224,16 @@ class ManagerSession:
                 return ""
         return self.run(f"docker node inspect {shlex.quote(node_id)} --format '{{{{.Status.State}}}}'")[1].strip()
 
+    def node_availability(self, node_id: str) -> str:
+        """The node's availability on the manager (active, pause, drain)."""
+        if self.gated:
+            try:
+                return str(json.loads(self.gate("node", node_id)).get("Availability", ""))
+            except ValueError:
+                raise ManagerUnreachable("the hub's gate answered `node` with something that is not JSON.",
+                                         "Check gpuswarm-node on the hub.") from None
+        return self.docker(f"docker node inspect {shlex.quote(node_id)} --format '{{{{.Spec.Availability}}}}'").strip()
+
     def remove_node(self, node_id: str) -> None:
         if self.gated:
             self.gate("remove", node_id)
@@ -417,35 +425,11 @@ def _fd_path(fd: int) -> str:
 
 
 def _trust_problem(path: str, secret: bool) -> tuple[int | None, str | None]:
-    """(an open fd, None) when the file is safe to trust, else (None, why not)."""
-    # O_NOFOLLOW: a symbolic link is refused, not followed; whoever can change the link or what it
-    # points to (a directory anywhere on the way) would choose the key or the host keys we trust.
-    # O_NONBLOCK: a FIFO must not hang the open; fstat then refuses it as not a regular file.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None, "does not exist"
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and os.path.islink(path):
-            return None, "is a symbolic link"
-        return None, f"cannot be opened: {exc.strerror}"
-    st = os.fstat(fd)
-    mode = stat.S_IMODE(st.st_mode)
-    problem = None
-    if not stat.S_ISREG(st.st_mode):
-        problem = "is not a regular file"
-    elif st.st_uid != 0:
-        problem = "is not owned by root"
-    elif secret and mode & 0o077:
-        access = "readable by" if mode & 0o044 else "accessible to"
-        problem = f"is {access} other users (mode {mode:o})"
-    elif not secret and mode & 0o022:
-        problem = f"is writable by other users (mode {mode:o})"
-    if problem:
-        os.close(fd)
-        return None, problem
-    return fd, None
+    """(an open fd, None) when the file is safe to trust, else (None, why not): trust.open_checked,
+    the one rule of every trust file."""
+    from .trust import open_checked
+
+    return open_checked(path, secret)
 
 
 def open_trust_file(path: str, key: str, secret: bool) -> int:

@@ -60,9 +60,21 @@ def _trust_file(path: str, key: str, secret: bool) -> str | None:
 
 
 def ssh_key_problem(ctx: Context, names: set[str]) -> str | None:
+    """swarm.ssh_key is root's, readable by root only, and an unencrypted private key (the boot
+    unit runs setup with nobody to type a passphrase)."""
     if not _joins(ctx, names) or not ctx.config.swarm.ssh_key:
         return None
-    return _trust_file(ctx.config.swarm.ssh_key, "swarm.ssh_key", secret=True)
+    from .keyfiles import private_key_problem
+
+    path = ctx.config.swarm.ssh_key
+    fd = open_trust_file(path, "swarm.ssh_key", secret=True)  # raises ManagerUnreachable, naming the problem
+    try:
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8", "replace")  # a key is a few KiB
+    except OSError as exc:
+        return f"swarm.ssh_key {path} cannot be read: {exc.strerror}"
+    problem = private_key_problem(text)
+    return f"swarm.ssh_key {path} {problem}" if problem else None
 
 
 def known_hosts_problem(ctx: Context, names: set[str]) -> str | None:
@@ -78,8 +90,8 @@ def manager_problem(ctx: Context, names: set[str]) -> str | None:
     if not _joins(ctx, names):
         return None
     try:
-        ssh_key_problem(ctx, names)
-        known_hosts_problem(ctx, names)
+        if ssh_key_problem(ctx, names) or known_hosts_problem(ctx, names):
+            return None  # moot, as below
     except GpuswarmError:
         return None  # moot: ssh-key or known-hosts names the cause, and no SSH is tried without them
     ctx.manager_swarm()  # raises ManagerUnreachable with the cause (host key, SSH key, network)

@@ -34,6 +34,8 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TaskProgressColumn, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
+from .sanitize import clean, clean_event
+
 PLAIN_INTERVAL = 5.0  # seconds between two plain lines
 REFRESH_INTERVAL = 0.1  # seconds between two redraws of the bars
 
@@ -218,9 +220,11 @@ def pull_view(console: Console, image: str, clock: Clock = time.monotonic,
     if console.quiet:
         yield lambda event: None
         return
-    view = (TerminalPullView if console.is_terminal and not plain else PlainPullView)(console, image, clock)
+    # Docker relays the registry's words (an error, a status): cleaned as they enter (sanitize.py).
+    view = (TerminalPullView if console.is_terminal and not plain else PlainPullView)(
+        console, clean(image, lines=False), clock)
     try:
-        yield view.feed
+        yield lambda event: view.feed(clean_event(event))
     except BaseException:
         if isinstance(view, TerminalPullView):
             view.progress.stop()
@@ -338,7 +342,8 @@ def apt_view(console: Console, label: str, clock: Clock = time.monotonic) -> Ite
         return
     view = (TerminalAptView if console.is_terminal else PlainAptView)(console, label, clock)
     try:
-        yield view.feed
+        # apt's and dpkg's words (a package's name, a maintainer script's error): cleaned as they enter.
+        yield lambda line: view.feed(clean(line, lines=False))
     except BaseException:
         if isinstance(view, TerminalAptView):
             view.progress.stop()

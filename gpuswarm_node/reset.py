@@ -107,6 +107,7 @@ def describe(undo: Undo) -> str:
         "remove-image": f"remove image {undo.image}",
         "leave-swarm": "leave the swarm",
         "disable-unit": f"disable {undo.unit}",
+        "stop-unit": f"stop {undo.unit}",
         "unguard": "delete the metadata guard's firewall rules",
         "keep": undo.note,
     }[undo.op]
@@ -185,10 +186,16 @@ class UndoStep:
             if ctx.fact(F.UNIT_FILE_STATE, u.unit) != "enabled":
                 return ok(f"{u.unit} is not enabled")
             return needs_change(f"setup enabled {u.unit}", run_command("systemctl", "disable", u.unit))
+        if u.op == "stop-unit":
+            # A service setup started (watch) would otherwise run on after its unit file is gone.
+            if ctx.fact(F.ACTIVE_STATE, u.unit) not in ("active", "activating", "reloading"):
+                return ok(f"{u.unit} is not running")
+            return needs_change(f"setup started {u.unit}", run_command("systemctl", "stop", u.unit))
         if u.op == "unguard":
-            deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *metadata_guard.rule_args(address))
-                       for program, address in metadata_guard.RULES
-                       if metadata_guard.rule_in(ctx.fact(F.IPTABLES_RULES, program) or "", address)]
+            # Every rule with the guard's comment, whichever addresses the run that made it guarded.
+            deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *words)
+                       for program in ("iptables", "ip6tables")
+                       for words in metadata_guard.guard_rules(ctx.fact(F.IPTABLES_RULES, program) or "")]
             if not deletes:
                 return ok("no metadata guard rule is in DOCKER-USER")
             return needs_change("the metadata guard's rules are in DOCKER-USER", *deletes)

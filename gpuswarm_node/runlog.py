@@ -35,3 +35,12 @@ def append(report: RunReport, path: str = RUN_LOG) -> None:
     log = Path(path)
     checked_dir(log.parent, 0o755, "run log directory")
     append_json_lines(log, records, 0o640, "run log")
+
+
+def append_records(records: list[dict], path: str = RUN_LOG) -> None:
+    """Append records of a command that runs no plan (watch's transitions), in the same file and
+    form: one JSON object a line, with "time", "mode", "step", "before", "after", "actions"."""
+    run_id = uuid.uuid4().hex[:12]
+    log = Path(path)
+    checked_dir(log.parent, 0o755, "run log directory")
+    append_json_lines(log, [{"run": run_id, **r} for r in records], 0o640, "run log")

@@ -14,7 +14,7 @@ from .engine import RunReport, State, StepReport
 from .probes.gpu import Inventory
 
 STYLE = {State.OK: "green", State.NEEDS_CHANGE: "yellow", State.FAILED: "bold red",
-         State.BLOCKED: "red", State.SKIPPED: "dim"}
+         State.BLOCKED: "red", State.SKIPPED: "dim", State.PENDING: "cyan"}
 
 
 def state_text(state: State) -> str:
@@ -98,10 +98,15 @@ def print_plan(console: Console, report: RunReport) -> None:
             if step.diff:
                 console.print(escape(step.diff), highlight=False, markup=False)
     print_kept(console, report)
+    waiting = [s for s in report.steps if s.state is State.PENDING]
+    for step in waiting:
+        console.print(f"[cyan]{step.name} pending[/]: {escape(step.detail)}")
     for step in report.stoppers:
         console.print(f"[bold red]{step.name} {step.state.value}:[/] {escape(step.detail)}")
     pending = [s.name for s in report.steps if s.state is State.NEEDS_CHANGE]
     line = f"dry run: {len(pending)} step(s) would change: {', '.join(pending) or 'none'}; "
+    if waiting:
+        line += f"{len(waiting)} step(s) pending on those: {', '.join(s.name for s in waiting)}; "
     stoppers = [f"{s.name} ({s.state.value})" for s in report.stoppers]
     if report.refused:
         line += (f"refused by preflight check(s) {', '.join(p.name for p in report.refused)}, so {report.command} "

@@ -57,6 +57,8 @@ class FakeHost:
     fstab_problem: str | None = None
     docker_config_problem: str | None = None
     stats: dict[str, FileStatus] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # symlink -> its target, for realpath
+    docker_info: dict = field(default_factory=dict)  # shared with FakeDocker.daemon_info (an effect's "docker_info")
     locks: dict[str, dict] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     hung: set[str] = field(default_factory=set)
@@ -75,7 +77,7 @@ class FakeHost:
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
                    locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
-                   downloads=dict(spec.get("downloads", {})),
+                   downloads=dict(spec.get("downloads", {})), links=dict(spec.get("links", {})),
                    hung=set(spec.get("hung", [])), immutable=set(spec.get("immutable", [])))
 
     def query(self, argv: list[str]) -> CommandResult:
@@ -109,6 +111,9 @@ class FakeHost:
         self.stats.update(stats_from_case(effect.get("stats", {})))
         self.immutable.update(effect.get("immutable", []))
         self.hung.difference_update(effect.get("answers", []))
+        if "docker_info" in effect:  # what the Docker daemon answers GET /info with from now on
+            self.docker_info.clear()
+            self.docker_info.update(effect["docker_info"])
         return CommandResult(tuple(argv), 0, "", "")
 
     def read_text(self, path: str) -> str | None:
@@ -149,6 +154,7 @@ class FakeHost:
         self.dirs.add(path)
 
     def exists(self, path: str) -> bool:
+        path = self.realpath(path)  # as os.path.exists, a symlink is followed
         return path in self.files or path in self.dirs
 
     def which(self, program: str) -> str | None:
@@ -166,6 +172,17 @@ class FakeHost:
         if path in self.files:
             self.mtimes[path] = time.time()
             self.actions.append(f"touch {path}")
+
+    def realpath(self, path: str) -> str:
+        """`path` with the case's `links` ({link: target}) resolved, a prefix at a time."""
+        for _ in range(40):
+            for link, target in self.links.items():
+                if path == link or path.startswith(link.rstrip("/") + "/"):
+                    path = target + path[len(link):]
+                    break
+            else:
+                return path
+        return path
 
     def file_status(self, path: str) -> FileStatus | None:
         if path in self.stats:
@@ -250,6 +267,7 @@ class FakeDocker:
     calls: list[str] = field(default_factory=list)
     own_nodes: int = 1  # a manager's swarm: its nodes and services
     own_services: list[str] = field(default_factory=list)
+    daemon_info: dict = field(default_factory=dict)  # GET /info's answer (the case's "info")
 
     @classmethod
     def from_case(cls, spec: Mapping[str, Any]) -> "FakeDocker":
@@ -261,13 +279,14 @@ class FakeDocker:
                    manager_addr_after_join=spec.get("manager_addr_after_join", ""),
                    cluster_id=swarm.get("cluster_id", ""),
                    containers=list(spec.get("containers", [])),
-                   own_nodes=int(swarm.get("nodes", 1)), own_services=list(swarm.get("services", [])))
+                   own_nodes=int(swarm.get("nodes", 1)), own_services=list(swarm.get("services", [])),
+                   daemon_info=dict(spec.get("info", {})))
 
     def unreachable_reason(self) -> str | None:
         return None if self.reachable else "the Docker daemon does not answer at unix:///var/run/docker.sock"
 
     def info(self) -> dict:
-        return {}
+        return dict(self.daemon_info)
 
     def image_present(self, name: str) -> bool:
         return name in self.images
@@ -377,6 +396,10 @@ class FakeManager:
             def set_labels(self, node_id: str, labels: dict[str, str]) -> None:
                 fake.reads.append(f"set-labels {node_id}")
                 fake.spec = {**fake.spec, "labels": dict(labels)}
+
+            def node_availability(self, node_id: str) -> str:
+                fake.reads.append(f"availability? {node_id}")
+                return fake.availability.get(node_id, fake.spec.get("availability", "active"))
 
             def node_state(self, node_id: str) -> str:
                 fake.reads.append(f"state {node_id}")

@@ -23,6 +23,19 @@ from __future__ import annotations
 import posixpath
 
 DEVICE_MOUNT_ROOT = "/var/run/nvidia-container-devices"
+# Every variable of the container's environment the hook or the runtime's modifiers read
+# (nvidia-container-toolkit 1.14 to 1.20: internal/config/image/envvars.go, container_config.go,
+# internal/modifier/{gated,gds,mofed,csv,cdi,graphics}.go), and prefixes of families of them.
+ENV_READ = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "NVIDIA_MIG_CONFIG_DEVICES",
+            "NVIDIA_MIG_MONITOR_DEVICES", "NVIDIA_IMEX_CHANNELS", "NVIDIA_GDS", "NVIDIA_MOFED", "NVIDIA_NVSWITCH",
+            "NVIDIA_GDRCOPY", "NVIDIA_REQUIRE_JETPACK", "NVIDIA_DISABLE_REQUIRE", "CUDA_VERSION")
+ENV_PREFIXES_READ = ("NVIDIA_REQUIRE_",)
+# internal/config/image/capabilities.go: every driver capability, and the default.
+SUPPORTED_CAPABILITIES = ("compat32", "compute", "display", "graphics", "ngx", "utility", "video")
+DEFAULT_CAPABILITIES = ("compute", "utility")
+GATED = ("NVIDIA_GDS", "NVIDIA_MOFED", "NVIDIA_NVSWITCH", "NVIDIA_GDRCOPY")
+# The runtime's default annotation prefix, and the one the toolkit's NRI plugin reads.
+CDI_ANNOTATION_PREFIXES = ("cdi.k8s.io/", "nvidia.cdi.k8s.io/")
 
 
 def go_fold(key: str) -> str:
@@ -125,3 +138,39 @@ def config_path(version: str, exists) -> str:
     if major_minor < (1, 18) and exists(driver):
         return driver
     return "/etc/nvidia-container-runtime/config.toml"
+
+
+def driver_capabilities(env: dict) -> list[str]:
+    """getDriverCapabilities: every supported one for a legacy image without the variable, the
+    default when it is unset or empty, else the ones named ("all": every one)."""
+    legacy = "CUDA_VERSION" in env and "NVIDIA_REQUIRE_CUDA" not in env
+    if "NVIDIA_DRIVER_CAPABILITIES" not in env:
+        return list(SUPPORTED_CAPABILITIES) if legacy else list(DEFAULT_CAPABILITIES)
+    asked = [c.strip() for c in env["NVIDIA_DRIVER_CAPABILITIES"].split(",") if c.strip()]
+    if not asked:
+        return list(DEFAULT_CAPABILITIES)
+    return list(SUPPORTED_CAPABILITIES) if "all" in asked else asked
+
+
+def grants(spec: dict, config: dict) -> dict:
+    """Everything the hook and the runtime's modifiers would give the container: its GPUs
+    ("devices"), the driver capabilities, and each thing every tenant of the node shares
+    (empty when not granted)."""
+    env = env_map(go_field(go_field(spec, "process"), "env"))
+    devices = visible_devices(spec, config)
+    mounted = [go_clean(str(go_field(m, "destination") or "")) for m in go_field(spec, "mounts") or []
+               if go_clean(str(go_field(m, "source") or "")) == "/dev/null"]
+    imex = [d for d in env.get("NVIDIA_IMEX_CHANNELS", "").split(",") if d.strip() and d.strip() != "all"]
+    if config.get("accept-nvidia-visible-devices-as-volume-mounts", False) is True:
+        imex += [m for m in mounted if m.startswith(DEVICE_MOUNT_ROOT + "/imex/")]
+    annotations = go_field(spec, "annotations") or {}
+    return {
+        "devices": devices,
+        "capabilities": driver_capabilities(env) if devices else [],
+        "mig_config": env.get("NVIDIA_MIG_CONFIG_DEVICES", ""),
+        "mig_monitor": env.get("NVIDIA_MIG_MONITOR_DEVICES", ""),
+        "imex_channels": imex,
+        "gated": [v for v in GATED if env.get(v) == "enabled"] if devices else [],
+        "csv_mounts_all": env.get("NVIDIA_REQUIRE_JETPACK") == "csv-mounts=all",
+        "cdi_annotations": [k for k in annotations if any(k.startswith(p) for p in CDI_ANNOTATION_PREFIXES)],
+    }

@@ -16,7 +16,7 @@ from gpuswarm_node.steps import STEP_NAMES
 from .conftest import A100, T4
 
 ALL_STEPS = ["boot", "tmpfs", "docker-group", "docker", "registry-trust", "nvidia-driver", "nvidia-toolkit",
-             "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels"]
+             "docker-daemon", "metadata-guard", "image", "shared-fs", "swarm-join", "node-labels", "watch"]
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -45,9 +45,9 @@ def test_steps_lists_the_nine_in_order(gsn):
 
 
 def test_version(gsn):
-    from gpuswarm_node import __version__
+    from gpuswarm_node import version
 
-    assert gsn("version").stdout.strip() == f"gpuswarm-node {__version__}"
+    assert gsn("version").stdout.strip() == f"gpuswarm-node {version()}"
 
 
 def test_dry_run_prints_a_plan_and_changes_nothing(gsn, tmp_path):
@@ -77,7 +77,7 @@ def test_dry_run_json_is_the_full_plan(gsn, tmp_path):
     result = gsn("setup", "--dry-run", "--json", "--config", str(safe_config(tmp_path)))
     assert result.returncode == 1
     plan = json.loads(result.stdout)
-    assert list(plan) == ["ok", "dry_run", "changed", "reboot_required", "steps", "preflight"]
+    assert list(plan) == ["version", "ok", "dry_run", "changed", "reboot_required", "steps", "preflight"]
     assert [p["name"] for p in plan["preflight"]] == ["config", "ssh-key", "known-hosts", "manager-host-key",
                                                       "registry-ca"]
     assert all(p["ok"] for p in plan["preflight"])
@@ -102,13 +102,13 @@ def test_status_json_shape_and_exit_code(gsn, tmp_path):
     result = gsn("--config", str(safe_config(tmp_path)), "status", "--json")
     assert result.returncode == 1  # no Docker here, so not converged
     report = json.loads(result.stdout)
-    assert set(report) == {"ok", "changed", "reboot_required", "steps"}
+    assert set(report) == {"version", "ok", "changed", "reboot_required", "steps"}
     assert report["ok"] is False and report["changed"] == []
     assert [s["name"] for s in report["steps"]] == ALL_STEPS
     for step in report["steps"]:
         assert set(step) == {"name", "state", "detail", "actions"}
         assert bool(step["actions"]) == (step["state"] == "needs-change")  # what setup would run
-        assert step["state"] in {"ok", "needs-change", "failed", "blocked", "skipped"}
+        assert step["state"] in {"ok", "needs-change", "failed", "blocked", "skipped", "pending"}
         assert step["detail"]
     states = {s["name"]: s["state"] for s in report["steps"]}
     # One blocked step does not hide the others: each got its own verdict.
@@ -129,7 +129,9 @@ def test_setup_json_selected_steps(gsn, tmp_path):
                  "--config", str(safe_config(tmp_path)))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report == {"ok": True, "dry_run": False, "changed": [], "reboot_required": False, "steps": [
+    from gpuswarm_node import version
+
+    assert report == {"version": version(), "ok": True, "dry_run": False, "changed": [], "reboot_required": False, "steps": [
         {"name": "registry-trust", "state": "skipped", "detail": "no registry configured (registry.address is empty)",
          "actions": []},
         {"name": "image", "state": "skipped", "detail": "no image configured (image.name is empty)", "actions": []}],

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from gpuswarm_node import __version__
+from gpuswarm_node import version
 from gpuswarm_node.cli import STEP_NAMES as HELP_STEP_NAMES
 from gpuswarm_node.steps import STEP_NAMES
 
@@ -47,7 +47,7 @@ def test_bare_command_shows_help(gsn):
 
 def test_version_flag(gsn):
     result = gsn("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"gpuswarm-node {__version__}"
+    assert result.returncode == 0 and result.stdout.strip() == f"gpuswarm-node {version()}"
 
 
 @pytest.mark.parametrize("command", COMMANDS)

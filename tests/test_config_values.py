@@ -311,6 +311,23 @@ def test_apt_lock_timeout_within_bounds(value):
     assert config.from_tables({"apt": {"lock_timeout": value}}).apt.lock_timeout == value
 
 
+@pytest.mark.parametrize("value", ["CVE-2019-5736", "CVE-2025-31133,CVE-2099-1", "all", "CVE-2025-31133;rm -rf /"])
+def test_accepting_an_advisory_no_floor_closes_is_refused(value):
+    error = refused("docker", "accept_advisories", value)
+    assert "which no minimum version of this tool closes" in error.message() and "CVE-2025-23266" in error.message()
+
+
+@pytest.mark.parametrize("value, advisories", [
+    ("", ()), ("CVE-2025-31133", ("CVE-2025-31133",)),
+    (" cve-2025-52565 , CVE-2025-52881,", ("CVE-2025-52565", "CVE-2025-52881")),
+])
+def test_accepted_advisories_are_read_as_ids(value, advisories):
+    from gpuswarm_node.floors import accepted
+
+    cfg = config.from_tables({"docker": {"accept_advisories": value}})
+    assert accepted(cfg.docker.accept_advisories) == advisories
+
+
 # --- what a hurried operator types, and a message that names the right fix ----------------------------
 
 @pytest.mark.parametrize("tables, key, fix", [
@@ -379,6 +396,23 @@ def test_bad_shared_mounts_are_refused_naming_the_table(mount, says):
     with pytest.raises(ConfigError, match=re.escape(says)) as raised:
         config.from_tables({"shared": {"mounts": [mount]}})
     assert "[[shared.mounts]] number 1" in raised.value.message()
+
+
+@pytest.mark.parametrize("options, reopened", [("suid", "suid"), ("ro,dev", "dev"), ("defaults", "defaults"),
+                                               ("nosuid,suid", "suid")])
+def test_share_options_that_undo_nosuid_nodev_are_refused(options, reopened):
+    with pytest.raises(ConfigError) as raised:
+        config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/srv/x", "options": options}]}})
+    message = raised.value.message()
+    assert f"must not contain {reopened!r}" in message and "nosuid,nodev" in message
+    assert message.count(". ") <= 2  # one sentence and its fix
+
+
+@pytest.mark.parametrize("options", ["ro", "exec,actimeo=30", "nosuid,nodev", "noexec"])
+def test_share_options_that_keep_nosuid_nodev_are_accepted(options):
+    cfg = config.from_tables({"shared": {"mounts": [{"source": f"{EFS}:/", "path": "/srv/x", "options": options}]}})
+    from gpuswarm_node.steps.shared_fs import options as mount_options
+    assert {"nosuid", "nodev"} <= set(mount_options(cfg.shared.mounts[0]).split(","))
 
 
 def test_shared_mounts_need_mount_points_of_their_own():

@@ -23,6 +23,7 @@ DOCKER_BLOCK = ("LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nMa
                 "FragmentPath=/lib/systemd/system/docker.service\n")
 BOOT_BLOCK = "LoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\nMainPID=0\n"
 GUARD_BLOCK = "LoadState=not-found\nActiveState=inactive\nUnitFileState=\nMainPID=0\n"
+WATCH_BLOCK = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nMainPID=977\n"
 
 
 def test_dpkg_status_file_says_what_dpkg_query_says():
@@ -36,7 +37,7 @@ def test_dpkg_status_file_says_what_dpkg_query_says():
 
 
 def test_one_systemctl_show_answers_every_property_of_every_unit_the_steps_look_at_and_is_read_once():
-    host = FakeHost(commands={SHOW: {"stdout": "\n".join([DOCKER_BLOCK, BOOT_BLOCK, GUARD_BLOCK])}})
+    host = FakeHost(commands={SHOW: {"stdout": "\n".join([DOCKER_BLOCK, BOOT_BLOCK, GUARD_BLOCK, WATCH_BLOCK])}})
     queries = []
     query = host.query
     host.query = lambda argv: queries.append(argv) or query(argv)
@@ -45,7 +46,8 @@ def test_one_systemctl_show_answers_every_property_of_every_unit_the_steps_look_
             for unit in F.SHOWN_TOGETHER] * 4
     with ThreadPoolExecutor(4) as pool:  # status's checks ask at once
         answers = list(pool.map(lambda ask: facts.get(*ask), asks))
-    assert answers == [True, False, False, True, True, False, 812, 0, 0, True, True, False] * 4
+    assert answers == [True, False, False, True, True, True, False, True, 812, 0, 0, 977,
+                       True, True, False, True] * 4
     assert len(queries) == 1
 
 
@@ -56,9 +58,9 @@ def test_a_unit_no_step_names_is_shown_by_itself():
 
 
 def test_the_steps_units_are_the_ones_shown_together():
-    from gpuswarm_node.steps import boot, metadata_guard
+    from gpuswarm_node.steps import boot, metadata_guard, watch
 
-    assert {"docker", boot.UNIT_NAME, metadata_guard.UNIT_NAME} == set(F.SHOWN_TOGETHER)
+    assert {"docker", boot.UNIT_NAME, metadata_guard.UNIT_NAME, watch.UNIT_NAME} == set(F.SHOWN_TOGETHER)
 
 
 def test_no_systemd_means_not_active_and_not_enabled():

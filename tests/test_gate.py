@@ -67,6 +67,19 @@ def test_labels_are_set_exactly_and_only_gpuswarm_ones(hub):
         assert status == REFUSED and "refused" in err, bad
 
 
+def test_the_health_label_is_allowed_for_the_own_node_only(hub):
+    """watch sets gpuswarm.health=<slug> (and =ok) on its own node through the gate; the gate's
+    ownership rule covers it like every gpuswarm.* label."""
+    gate = Gate("worker-1", hub)
+    assert gate.serve(f"gpuswarm-gate labels {OWN} gpuswarm.gpu.count=1 gpuswarm.health=xid-79")[0] == 0
+    assert hub.calls[-1] == ["node", "update", "--label-add", "gpuswarm.gpu.count=1",
+                             "--label-add", "gpuswarm.health=xid-79", OWN]
+    status, _out, err = gate.serve(f"gpuswarm-gate labels {OTHER} gpuswarm.health=ok")
+    assert status == REFUSED and "not worker-1" in err
+    status, out, _err = gate.serve(f"gpuswarm-gate node {OWN}")
+    assert json.loads(out)["Availability"] == "active"  # what watch reads to know who drained
+
+
 @pytest.mark.parametrize("request_", [
     None, "", "id", "docker ps", "sh -c id", "gpuswarm-gate", "gpuswarm-gate shell",
     f"gpuswarm-gate drain {OTHER}", f"gpuswarm-gate remove {OTHER}", f"gpuswarm-gate tasks {OTHER}",

@@ -252,3 +252,45 @@ def test_a_dry_run_or_a_failed_preflight_renews_no_record():
         host.files[Confirms.record] = "{}"
         run_plan(Plan("setup", (Confirms(),), preflight), ctx, dry_run=dry_run)
         assert host.actions == [] and Confirms.record not in host.mtimes
+
+
+@dataclass
+class NoDockerYet:
+    """The docker step on a fresh machine: docker.io is not installed, so it would install it."""
+
+    name: str = "docker"
+    description: str = "docker.io installed and running"
+
+    def check(self, ctx):
+        return needs_change("docker.io is not installed", Call("install docker.io", lambda c: None))
+
+    def files(self, ctx):
+        return []
+
+
+def test_a_dry_run_on_a_fresh_machine_shows_the_steps_docker_would_unblock_as_pending_on_it():
+    """Without Docker, image and swarm-join cannot look; the docker step before them installs it.
+    The dry run says they wait for it and that the plan can converge (exit 0), not `blocked`."""
+    from gpuswarm_node.cli import exit_code
+    from gpuswarm_node.steps.image import ImageStep
+    from gpuswarm_node.steps.swarm_join import SwarmJoinStep
+
+    ctx, _host, docker = context({"image": {"name": "hub:5000/notebook:latest"}, **MANAGER})
+    docker.reachable = False
+    report = run_plan(Plan("setup", (NoDockerYet(), ImageStep(), SwarmJoinStep())), ctx, dry_run=True)
+    states = {s.name: (s.state.value, s.detail) for s in report.steps}
+    assert states["image"][0] == "pending" and states["image"][1].startswith("waits for docker: ")
+    assert states["swarm-join"][0] == "pending" and states["swarm-join"][1].startswith("waits for docker: ")
+    assert report.plan_ok and exit_code(report) == 0 and not report.stoppers
+    assert report.as_json()["steps"][1]["state"] == "pending"
+
+
+def test_without_the_step_it_waits_for_in_the_plan_a_step_stays_blocked():
+    """`--skip docker` on a machine without Docker: nothing in this run brings it, so it is blocked."""
+    from gpuswarm_node.cli import exit_code
+    from gpuswarm_node.steps.image import ImageStep
+
+    ctx, _host, docker = context({"image": {"name": "hub:5000/notebook:latest"}})
+    docker.reachable = False
+    report = run_plan(Plan("setup", (ImageStep(),)), ctx, dry_run=True)
+    assert report.steps[0].state.value == "blocked" and exit_code(report) == 1

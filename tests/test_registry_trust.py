@@ -46,7 +46,7 @@ def test_ca_file_missing_is_blocked(tmp_path: Path) -> None:
 def test_ca_path_is_a_directory_is_blocked(tmp_path: Path) -> None:
     ctx, _host = context(tmp_path)
     check = RegistryTrustStep().check(ctx)
-    assert check.state is State.BLOCKED and "cannot be read" in check.detail
+    assert check.state is State.BLOCKED and "is not a regular file" in check.detail
 
 
 @pytest.mark.parametrize("content", ["not a certificate\n", "", DER], ids=["text", "empty", "der"])

@@ -16,12 +16,14 @@ from gpuswarm_node.journal import Undo
 from gpuswarm_node.steps.boot import BootStep
 from gpuswarm_node.steps.metadata_guard import MetadataGuardStep
 from gpuswarm_node.steps.shared_fs import SharedFsStep
+from gpuswarm_node.steps.watch import WatchStep
 
 from .fakes import FakeHost
 
 CASES = Path(__file__).parent / "steps"
 GUARD = "gpuswarm-metadata-guard.service"
 BOOT = "gpuswarm-node-boot.service"
+WATCH = "gpuswarm-node-watch.service"
 GUARD_RULES = json.loads((CASES / "metadata-guard" / "converged.json").read_text())["host"]["facts"]["iptables_rules"]
 
 
@@ -35,6 +37,7 @@ def undo_records(step, case: str) -> list[dict]:
 @pytest.mark.parametrize("step, case, records", [
     (MetadataGuardStep(), "fresh.json", [{"op": "disable-unit", "unit": GUARD}, {"op": "unguard"}]),
     (BootStep(), "fresh.json", [{"op": "disable-unit", "unit": BOOT}]),
+    (WatchStep(), "fresh.json", [{"op": "disable-unit", "unit": WATCH}, {"op": "stop-unit", "unit": WATCH}]),
     (SharedFsStep(), "one-mount-missing.json", [{"op": "umount", "path": "/srv/shared/data"}]),
 ])
 def test_what_setup_enables_and_puts_in_force_carries_its_undo(step, case, records):
@@ -52,13 +55,19 @@ def test_reset_disables_a_unit_setup_enabled_and_only_while_enabled():
     assert check(Undo("disable-unit", unit=BOOT), {"unit_file_state": {BOOT: "disabled"}}).state.value == "ok"
 
 
+def test_reset_stops_the_watch_setup_started_and_only_while_it_runs():
+    result = check(Undo("stop-unit", unit=WATCH), {"active_state": {WATCH: "active"}})
+    assert [a.describe() for a in result.actions] == [f"run systemctl stop {WATCH}"]
+    assert check(Undo("stop-unit", unit=WATCH), {"active_state": {WATCH: "inactive"}}).state.value == "ok"
+
+
 def test_reset_deletes_the_guard_rules_in_force_and_no_other():
     result = check(Undo("unguard"), {"iptables_rules": GUARD_RULES})
     assert [a.describe() for a in result.actions] == [
         "run iptables -w -D DOCKER-USER -d 169.254.169.254/32 -m comment --comment gpuswarm-node-metadata-guard "
-        "-j REJECT",
+        "-j REJECT --reject-with icmp-port-unreachable",
         "run ip6tables -w -D DOCKER-USER -d fd00:ec2::254/128 -m comment --comment gpuswarm-node-metadata-guard "
-        "-j REJECT"]
+        "-j REJECT --reject-with icmp6-port-unreachable"]
     others = {"iptables": "-N DOCKER-USER\n-A DOCKER-USER -d 169.254.169.254/32 -j REJECT\n", "ip6tables": None}
     gone = check(Undo("unguard"), {"iptables_rules": others})
     assert gone.state.value == "ok" and gone.detail == "no metadata guard rule is in DOCKER-USER"
@@ -73,8 +82,10 @@ def test_a_reset_undoes_the_guard_newest_first_and_reloads_systemd_after_removin
         {"kind": "run", "argv": ["systemctl", "enable", GUARD], "undo": {"op": "disable-unit", "unit": GUARD}},
         {"kind": "run", "argv": ["systemctl", "restart", GUARD], "undo": {"op": "unguard"}},
     ]
-    deletes = [f"{program} -w -D DOCKER-USER -d {address} -m comment --comment gpuswarm-node-metadata-guard -j REJECT"
-               for program, address in (("iptables", "169.254.169.254/32"), ("ip6tables", "fd00:ec2::254/128"))]
+    deletes = [f"{program} -w -D DOCKER-USER -d {address} -m comment --comment gpuswarm-node-metadata-guard -j REJECT "
+               f"--reject-with {icmp}-port-unreachable"
+               for program, address, icmp in (("iptables", "169.254.169.254/32", "icmp"),
+                                               ("ip6tables", "fd00:ec2::254/128", "icmp6"))]
     host = FakeHost(files={unit: "[Unit]\n", script: "#!/bin/sh\n"},
                     facts={"unit_file_state": {GUARD: "enabled"}, "iptables_rules": dict(GUARD_RULES)},
                     effects={deletes[0]: {"facts": {"iptables_rules": {"iptables": ""}}},

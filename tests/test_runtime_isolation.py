@@ -18,7 +18,7 @@ import pytest
 
 from . import nvidia_hook_model as hook
 from .fake_engine import CONTAINER_ID, IMAGE_ENV, IMAGE_ID
-from .test_runtime_wrapper import G0, G1, MIG, Node, resource_env
+from .test_runtime_wrapper import BUNDLE_CONFIG, G0, G1, MIG, Node, load_wrapper, resource_env
 
 
 @pytest.fixture
@@ -264,3 +264,194 @@ def test_every_combination_gives_reserved_devices_or_no_start(node):
             assert set(got) == allowed
         (node.record / "argv").unlink()
     assert starts > 50  # the guard is not simply refusing everything
+
+
+# --- every container-settable input of the hook (nvidia_hook.HOOK_INPUTS) ------------------------
+
+from gpuswarm_node import nvidia_hook as policy  # noqa: E402
+
+# What a hostile image or service sets for each input of HOOK_INPUTS: (env, mounts, annotations).
+HOSTILE = {
+    "NVIDIA_VISIBLE_DEVICES": (["NVIDIA_VISIBLE_DEVICES=all"], [], {}),
+    "DOCKER_RESOURCE_": (["DOCKER_RESOURCE_FOO=all"], [], {}),
+    "NVIDIA_DRIVER_CAPABILITIES": (["NVIDIA_DRIVER_CAPABILITIES=all"], [], {}),
+    "NVIDIA_MIG_CONFIG_DEVICES": (["NVIDIA_MIG_CONFIG_DEVICES=all"], [], {}),
+    "NVIDIA_MIG_MONITOR_DEVICES": (["NVIDIA_MIG_MONITOR_DEVICES=all"], [], {}),
+    "NVIDIA_IMEX_CHANNELS": (["NVIDIA_IMEX_CHANNELS=0,1"], [], {}),
+    "NVIDIA_GDS": (["NVIDIA_GDS=enabled"], [], {}),
+    "NVIDIA_MOFED": (["NVIDIA_MOFED=enabled"], [], {}),
+    "NVIDIA_NVSWITCH": (["NVIDIA_NVSWITCH=enabled"], [], {}),
+    "NVIDIA_GDRCOPY": (["NVIDIA_GDRCOPY=enabled"], [], {}),
+    "NVIDIA_REQUIRE_JETPACK": (["NVIDIA_REQUIRE_JETPACK=csv-mounts=all"], [], {}),
+    "NVIDIA_REQUIRE_": (["NVIDIA_REQUIRE_ARCH=arch=x86_64"], [], {}),
+    "NVIDIA_DISABLE_REQUIRE": (["NVIDIA_DISABLE_REQUIRE=true"], [], {}),
+    "CUDA_VERSION": (["CUDA_VERSION=12.1"], [], {}),
+    "/var/run/nvidia-container-devices": ([], ["/var/run/nvidia-container-devices/imex/0",
+                                               "/run/nvidia-container-devices/cdi/nvidia.com/gpu/all"], {}),
+    "cdi.k8s.io/": ([], [], {"cdi.k8s.io/x": "nvidia.com/gpu=all", "nvidia.cdi.k8s.io/y": "nvidia.com/gpu=all"}),
+    "CAP_SYS_ADMIN": ([], [], {}),
+}
+ALL_CONFIG = {"accept-nvidia-visible-devices-as-volume-mounts": True}
+NOTHING_SHARED = {"mig_config": "", "mig_monitor": "", "imex_channels": [], "gated": [], "csv_mounts_all": False,
+                  "cdi_annotations": []}
+
+
+def test_the_list_is_complete_and_sourced():
+    """Every variable the hook model reads is decided, and each decision names where in which
+    toolkit versions the input is read."""
+    names = {i.name for i in policy.HOOK_INPUTS}
+    assert set(hook.ENV_READ) | set(hook.ENV_PREFIXES_READ) <= names
+    assert names == set(HOSTILE)
+    for entry in policy.HOOK_INPUTS:
+        assert entry.action in (policy.STRIP, policy.PIN, policy.REFUSE, policy.KEEP)
+        assert "v1.14.0" in entry.source or "v1.15.0" in entry.source or "v1.16.0" in entry.source, entry
+        assert "v1.20.0" in entry.source or "v1.17.8" in entry.source, entry
+        assert ".go" in entry.source and entry.why
+
+
+def hostile_spec(node: Node, reserved: str | None, name: str, privileged: bool = False) -> dict:
+    env, mounts, annotations = HOSTILE[name]
+    base = [e for e in resource_env(reserved) if not e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    spec = node.spec(base + env)
+    for destination in mounts:
+        spec["mounts"].append({"destination": destination, "type": "bind", "source": "/dev/null",
+                               "options": ["rbind"]})
+    if annotations:
+        spec["annotations"] = annotations
+    if privileged:
+        spec["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+    node.config.write_text(json.dumps(spec))
+    return spec
+
+
+@pytest.mark.parametrize("entry", policy.HOOK_INPUTS, ids=lambda e: e.name)
+@pytest.mark.parametrize("reserved", [None, f"{G0}::1"], ids=["none", "one-slice"])
+def test_each_input_gives_the_slice_and_nothing_shared(node, entry, reserved):
+    hostile_spec(node, reserved, entry.name, privileged=entry.name == "CAP_SYS_ADMIN")
+    if entry.name == "DOCKER_RESOURCE_":  # read only where swarm-resource names it
+        node.toolkit_config.write_text('swarm-resource = "DOCKER_RESOURCE_FOO"\n')
+    result = node.create()
+    if entry.action == policy.REFUSE:
+        refused(result)
+        assert node.forwarded() is None
+        return
+    assert result.returncode == 0, result.stderr
+    got = hook.grants(json.loads(node.config.read_text()), ALL_CONFIG)
+    assert got["devices"] == ([G0] if reserved else [])
+    assert set(got["capabilities"]) <= set(policy.ALLOWED_CAPABILITIES)
+    assert {k: got[k] for k in NOTHING_SHARED} == NOTHING_SHARED
+    env = node.env_after()
+    if entry.action == policy.STRIP:
+        assert not [e for e in env if e.partition("=")[0] == entry.name]
+    if entry.action == policy.KEEP and entry.kind == "env" or entry.name == "NVIDIA_REQUIRE_":
+        assert set(HOSTILE[entry.name][0]) <= set(env)  # kept: the image's own constraints still apply
+
+
+def test_without_the_wrapper_the_model_grants_what_is_shared(node):
+    """The model is not blind: the same hostile spec, not passed through the wrapper, is read by
+    it as a request for everything the list strips."""
+    spec = node.spec(resource_env(f"{G0}::1") + [e for n in ("NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES",
+                                                            "NVIDIA_IMEX_CHANNELS", "NVIDIA_GDS", "NVIDIA_MOFED",
+                                                            "NVIDIA_NVSWITCH", "NVIDIA_GDRCOPY",
+                                                            "NVIDIA_REQUIRE_JETPACK", "NVIDIA_DRIVER_CAPABILITIES")
+                                                 for e in HOSTILE[n][0]])
+    spec["annotations"] = HOSTILE["cdi.k8s.io/"][2]
+    got = hook.grants(spec, ALL_CONFIG)
+    assert all(got[k] for k in NOTHING_SHARED), got
+    assert "display" in got["capabilities"]
+
+
+@pytest.mark.parametrize("asked, pinned", [
+    (None, "compute,utility"),
+    ("", "compute,utility"),
+    ("all", "compute,compat32,graphics,utility,video"),
+    ("display,compute", "compute"),
+    ("display", "compute,utility"),
+    ("utility,video,bogus", "utility,video"),
+], ids=["unset", "empty", "all", "display-dropped", "only-display", "unknown-dropped"])
+def test_driver_capabilities_are_pinned(node, asked, pinned):
+    env = [e for e in resource_env(f"{G0}::1") if not e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    node.spec(env + ([f"NVIDIA_DRIVER_CAPABILITIES={asked}"] if asked is not None else []) + ["CUDA_VERSION=12.1"])
+    assert node.create().returncode == 0
+    caps = [e for e in node.env_after() if e.startswith("NVIDIA_DRIVER_CAPABILITIES")]
+    assert caps == [f"NVIDIA_DRIVER_CAPABILITIES={pinned}"]
+
+
+def test_stripped_variables_go_in_every_spelling_the_hook_reads(node):
+    # No "=" (Docker passes a bare name on) and repeats (Go's map keeps the last) both go.
+    node.spec(resource_env(f"{G0}::1") + ["NVIDIA_GDS", "NVIDIA_IMEX_CHANNELS=0", "NVIDIA_IMEX_CHANNELS=1"])
+    assert node.create().returncode == 0
+    assert not [e for e in node.env_after() if e.startswith(("NVIDIA_GDS", "NVIDIA_IMEX"))]
+
+
+# --- shares in notebooks: a bind keeps nosuid/nodev of its source --------------------------------
+
+SHARE = "/srv/shared/data"
+
+
+@pytest.mark.parametrize("options", [["rbind", "ro", "rprivate"], ["rbind", "rprivate"]], ids=["ro", "rw"])
+def test_a_bind_keeps_nosuid_nodev_of_its_source(tmp_path, monkeypatch, options):
+    """A share is mounted nosuid,nodev on the worker; Docker's bind of it into a notebook carries
+    options without them, and runc's read-only remount would set exactly those. The wrapper adds
+    the source's flags (statvfs), for a share and for nothing else."""
+    module = load_wrapper(tmp_path)
+    real = os.statvfs
+
+    def statvfs(path):
+        if path == SHARE:  # as the shared-fs step mounts it
+            return os.statvfs_result((4096, 4096, 1, 1, 1, 1, 1, 1, os.ST_NOSUID | os.ST_NODEV | os.ST_RELATIME, 255))
+        return real(path)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    spec = json.loads(BUNDLE_CONFIG.read_text())
+    spec["mounts"] += [{"destination": "/efs", "type": "bind", "source": SHARE, "options": list(options)},
+                       {"destination": "/missing", "type": "bind", "source": str(tmp_path / "gone"),
+                        "options": list(options)}]
+    before = json.loads(json.dumps(spec))
+    assert module.keep_source_flags(spec) is True
+    by_destination = {m["destination"]: m for m in spec["mounts"]}
+    assert by_destination["/efs"]["options"] == options + ["nosuid", "nodev"]
+    assert by_destination["/missing"]["options"] == options
+    for old, new in zip(before["mounts"], spec["mounts"]):
+        if old["destination"] not in ("/efs",):
+            flags = real(old["source"]).f_flag if old["type"] == "bind" and os.path.exists(old["source"]) else 0
+            added = [o for bit, o in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"))
+                     if flags & bit and o not in old["options"]]
+            assert new["options"] == old["options"] + added
+    assert module.keep_source_flags(spec) is False  # once is enough
+
+
+def test_the_wrapper_rewrites_binds_of_a_share(node, monkeypatch):
+    # Through the front, end to end: the spec Docker wrote for a notebook binds a directory; the
+    # options that reach runc carry what the source's mount has (nothing added where it has none).
+    spec = node.spec(resource_env(f"{G0}::1"))
+    binds = [m for m in spec["mounts"] if m["type"] == "bind"]
+    assert node.create().returncode == 0
+    after = {m["destination"]: m for m in json.loads(node.config.read_text())["mounts"]}
+    for mount in binds:
+        flags = os.statvfs(mount["source"]).f_flag if os.path.exists(mount["source"]) else 0
+        wanted = {o for bit, o in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev")) if flags & bit}
+        assert set(after[mount["destination"]]["options"]) == set(mount["options"]) | wanted
+
+
+# --- nothing of the image's environment reaches what runs on the host ------------------------------
+
+LOADER_VARIABLES = ["LD_PRELOAD=/proc/self/cwd/evil.so", "LD_LIBRARY_PATH=.:/proc/self/cwd", "LD_AUDIT=evil.so",
+                    "GCONV_PATH=/proc/self/cwd", "PYTHONPATH=/proc/self/cwd", "PYTHONSTARTUP=/proc/self/cwd/x.py"]
+
+
+def test_the_images_loader_variables_never_reach_the_host_side(node):
+    """The wrapper runs on the host with the runtime's environment and hands nvidia-container-runtime
+    the same: an image's LD_PRELOAD-style variables stay in process.env (the container's own),
+    and the NVIDIA hooks get their own environment from toolkit 1.17.8 on (CVE-2025-23266; the
+    floor in gpuswarm_node/floors.py)."""
+    runtime = node.tmp / "bin" / "nvidia-container-runtime"
+    runtime.write_text('#!/bin/sh\nprintf \'%s\\0\' "$0" "$@" > "$RECORD/argv"\nenv > "$RECORD/env"\n')
+    node.spec(resource_env(f"{G0}::1") + LOADER_VARIABLES)
+    result = node.create(extra_env={"LANG": "C"})
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.partition("=")[::2] for line in (node.record / "env").read_text().splitlines())
+    assert not {v.partition("=")[0] for v in LOADER_VARIABLES} & set(seen)
+    assert {k: seen[k] for k in ("PATH", "RECORD", "LANG")} == {"PATH": node.path, "RECORD": str(node.record),
+                                                                "LANG": "C"}
+    assert set(LOADER_VARIABLES) <= set(node.env_after())  # the container keeps its own

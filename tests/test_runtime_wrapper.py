@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuswarm_node.nvidia_hook import wrapper_policy
 from gpuswarm_node.render import render
 from gpuswarm_node.slices import slice_map_text
 from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,
@@ -49,7 +50,8 @@ sys.exit(99)
 
 def render_program(slice_map: Path, docker_socket: Path, toolkit_configs: tuple[str, ...] = ()) -> str:
     return render("gpuswarm-runtime.j2", slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"],
-                  docker_socket=str(docker_socket), toolkit_configs=toolkit_configs)
+                  docker_socket=str(docker_socket), toolkit_configs=toolkit_configs,
+                  hook_policy=wrapper_policy())
 
 
 class Node:
@@ -153,9 +155,12 @@ def test_reserved_slices_become_exactly_their_devices(node, value, visible):
     result = node.create()
     assert result.returncode == 0, result.stderr
     assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={visible}"]
-    # The image's NVIDIA_VISIBLE_DEVICES=all is gone; everything else is as it was, in order.
-    old_env = [e for e in before["process"]["env"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
-    assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}"]
+    # The image's NVIDIA_VISIBLE_DEVICES=all is gone, its driver capabilities pinned (as the
+    # image asked: compute,utility); everything else is as it was, in order.
+    old_env = [e for e in before["process"]["env"]
+               if not e.startswith(("NVIDIA_VISIBLE_DEVICES=", "NVIDIA_DRIVER_CAPABILITIES="))]
+    assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}",
+                                          "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
     after = json.loads(node.config.read_text())
     for spec in (before, after):
         del spec["process"]["env"]
@@ -526,3 +531,21 @@ def test_codec_falls_back_to_the_json_module(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         loads("[NaN]")
 
+
+
+def test_bytecode_is_current_only_when_it_is_the_programs_own_code():
+    """A valid header (magic, hash-checked flags, the program's source hash: all public) in front
+    of other code is not the program's bytecode: Python would run that code without reading the
+    program."""
+    from gpuswarm_node.steps.docker_daemon import (bytecode_current, bytecode_header, wrapper_bytecode,
+                                                   wrapper_program_text)
+    import marshal
+
+    program = wrapper_program_text()
+    own = wrapper_bytecode(program)
+    assert bytecode_current(own, program)
+    other = compile("import os\ndef main(argv):\n    os.execv('/bin/sh', ['sh'])\n", "x", "exec")
+    assert not bytecode_current(bytecode_header(program) + marshal.dumps(other), program)
+    assert not bytecode_current(own[:16] + own[16:-1], program)  # truncated: marshal fails
+    assert not bytecode_current(wrapper_bytecode(program + "\n# changed\n"), program)
+    assert not bytecode_current(None, program)

@@ -280,6 +280,11 @@ def test_the_installed_package_is_the_source_without_links_or_bytecode(tmp_path)
         if path.is_file():
             assert (package / "templates" / path.relative_to(REPO / "templates")).is_file(), path
     assert not [p for p in package.rglob("*") if p.is_symlink()]
+    # Installed from a checkout: the commit --version names is the checkout's (git archive writes
+    # it into a release tarball instead).
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert (package / "COMMIT").read_text() == head + "\n"
     assert (venv / "bin" / "gpuswarm-node").read_text().startswith(f"#!{installs.prefix / os.readlink(venv)}/bin/python\n")
     # The tool renders from its installed templates, not from the source tree.
     result = subprocess.run([str(venv / "bin" / "python"), "-c",
@@ -376,3 +381,58 @@ def test_setup_sh_apt_get_retries_a_mirror_that_fails_within_the_network_window(
     assert said == (["setup.sh: apt-get update -qq failed on a mirror (E: Failed to fetch "
                      "http://archive.ubuntu.com/ubuntu/dists/jammy/InRelease  Temporary failure resolving "
                      "'archive.ubuntu.com'); trying again in 2 s (GPUSWARM_NODE_NETWORK_RETRY)"] if window else [])
+# --- --help and --dry-run change nothing -----------------------------------------------------------
+
+def untouched_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path, Path]:
+    """setup.sh ARGS as root with its PREFIX, /usr/local/bin and TMPDIR in `tmp_path`, and the
+    host's state directories overlaid (conftest.private_state): (result, prefix, bin, tmpdir)."""
+    from .conftest import private_state
+
+    prefix, bin_dir, tmp = tmp_path / "opt" / "gpuswarm-node", tmp_path / "usr-local-bin", tmp_path / "tmp"
+    bin_dir.mkdir(parents=True)
+    tmp.mkdir()
+    script = f"mount --bind {shlex.quote(str(bin_dir))} /usr/local/bin && exec sh {shlex.quote(str(SETUP_SH))} " \
+             + " ".join(map(shlex.quote, args))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))},
+           "GPUSWARM_PREFIX": str(prefix), "TMPDIR": str(tmp)}
+    result = subprocess.run([*private_state(tmp_path / "host-state"), "sh", "-c", script], env=env,
+                            capture_output=True, text=True, timeout=600)
+    return result, prefix, bin_dir, tmp
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_setup_sh_help_prints_its_usage_and_installs_nothing(tmp_path, flag):
+    result, prefix, bin_dir, tmp = untouched_run(tmp_path, "--config", "node.toml", flag)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: sudo ./setup.sh [SETUP OPTIONS]") and "--install-only" in result.stdout
+    assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_nothing(tmp_path):
+    """The plan comes from the tool built into TMPDIR, which is gone afterwards; nothing lands in
+    PREFIX or /usr/local/bin, and the boot step knows setup.sh would link the tool first."""
+    node = tmp_path / "node.toml"
+    node.write_text(f'[tmpfs]\npath = "{tmp_path / "scratch"}"\n')
+    result, prefix, bin_dir, tmp = untouched_run(tmp_path, "--dry-run", "--json", "--config", str(node))
+    assert result.returncode in (0, 1), result.stderr  # 1: this test machine runs no systemd, say
+    assert "setup.sh: dry run: would install gpuswarm-node into" in result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and re.fullmatch(r"\d+\.\d+\.\d+ \([0-9a-f]{7}\)", plan["version"])
+    boot = next(s for s in plan["steps"] if s["name"] == "boot")
+    assert boot["state"] == "needs-change" and "setup.sh links /usr/local/bin/gpuswarm-node" in boot["detail"]
+    assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+def test_setup_sh_dry_run_leaves_an_install_open_to_others_as_it_is_and_says_it_would_fix_it(tmp_path):
+    """The repair of an install made under umask 000 is a change: a dry run only notes it."""
+    text = SETUP_SH.read_text()
+    function = re.search(r"^current_venv\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+    block = re.search(r"^# An install made under umask 000.*?^fi$", text, re.S | re.M).group(0)
+    prefix = tmp_path / "opt" / "gpuswarm-node"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    os.chmod(prefix, 0o777)
+    script = (f'set -eu\nPREFIX={prefix}\ndry_run=1\nsay() {{ printf "%s\\n" "$*"; }}\n{function}\n{block}\n'
+              'echo "unsafe=$unsafe rebuild=$rebuild"\n')
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "unsafe=1 rebuild=\n" and prefix.stat().st_mode & 0o777 == 0o777

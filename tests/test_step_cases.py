@@ -20,6 +20,7 @@ from gpuswarm_node.engine import State, converge, flatten
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.steps.boot import unit_text as boot_unit
+from gpuswarm_node.steps.watch import unit_text as watch_unit
 from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
 from gpuswarm_node.context import Context, RunOptions
 
@@ -35,7 +36,8 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered gpuswarm-runtime.py>": wrapper_program_text,
                 "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text()),
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
-                "<rendered gpuswarm-node-boot.service>": boot_unit}
+                "<rendered gpuswarm-node-boot.service>": boot_unit,
+                "<rendered gpuswarm-node-watch.service>": watch_unit}
 
 
 def tagged(text: str) -> str:
@@ -57,6 +59,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
     docker = FakeDocker.from_case(case.get("docker", {}))
+    host.docker_info = docker.daemon_info  # a command's effect can change what dockerd answers
     manager = FakeManager(case.get("manager"))
     docker.cluster_after_join = manager.cluster_id
     ports = FakePorts(case.get("closed_ports", {}))

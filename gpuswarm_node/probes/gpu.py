@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 
 from ..config import MAX_SLICES_PER_GPU
@@ -98,17 +100,43 @@ def _read_gpu(pynvml, index: int, handle) -> Gpu:
 
 def inventory_from_json(data: object) -> Inventory:
     """The inventory `gpus --json` printed, read back (for `render --inventory`). Raises ValueError
-    naming what is wrong."""
+    with one clause naming the first field that is wrong, e.g. 'gpus[0] has no "uuid"'."""
     if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
-        raise ValueError('expected an object with a "gpus" list, as `gpuswarm-node gpus --json` prints')
+        raise ValueError('it is not an object with a "gpus" list')
+
+    def field_of(item: dict, key: str, kind: type, where: str, default: object = None) -> object:
+        if key not in item:
+            if default is None:
+                raise ValueError(f'{where} has no "{key}"')
+            return default
+        value = item[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{where}.{key} is {json.dumps(value)}, not a whole number")
+        if kind is str and not isinstance(value, str):
+            raise ValueError(f"{where}.{key} is {json.dumps(value)}, not a string")
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{where}.{key} is {json.dumps(value)}, not true or false")
+        if kind is list and not isinstance(value, list):
+            raise ValueError(f"{where}.{key} is {json.dumps(value)}, not a list")
+        return value
+
     gpus = []
     for n, item in enumerate(data["gpus"]):
-        try:
-            migs = tuple(MigDevice(str(m["uuid"]), int(m["memory_bytes"])) for m in item.get("mig_devices") or ())
-            gpus.append(Gpu(index=int(item.get("index", n)), uuid=str(item["uuid"]), name=str(item.get("name", "")),
-                            memory_bytes=int(item["memory_bytes"]), pci_bus_id=str(item.get("pci_bus_id", "")),
-                            mig_enabled=bool(item.get("mig_enabled", False)), mig_devices=migs))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"gpus[{n}] is not a GPU as `gpus --json` prints one ({type(exc).__name__}: {exc})") \
-                from None
+        where = f"gpus[{n}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is {json.dumps(item)}, not an object")
+        migs = []
+        for m, mig in enumerate(field_of(item, "mig_devices", list, where, []) or ()):
+            if not isinstance(mig, dict):
+                raise ValueError(f"{where}.mig_devices[{m}] is {json.dumps(mig)}, not an object")
+            migs.append(MigDevice(field_of(mig, "uuid", str, f"{where}.mig_devices[{m}]"),
+                                  field_of(mig, "memory_bytes", int, f"{where}.mig_devices[{m}]")))
+        gpus.append(Gpu(index=field_of(item, "index", int, where, n), uuid=field_of(item, "uuid", str, where),
+                        name=field_of(item, "name", str, where, ""),
+                        memory_bytes=field_of(item, "memory_bytes", int, where),
+                        pci_bus_id=field_of(item, "pci_bus_id", str, where, ""),
+                        mig_enabled=field_of(item, "mig_enabled", bool, where, False), mig_devices=tuple(migs)))
+    driver = data.get("driver_version")
+    if driver is not None and not isinstance(driver, str):
+        raise ValueError(f"driver_version is {json.dumps(driver)}, not a string")
     return Inventory(str(data.get("driver_version") or ""), tuple(gpus))

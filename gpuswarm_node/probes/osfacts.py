@@ -14,6 +14,8 @@ class Mount:
     fstype: str
     options: dict[str, str]  # super-block options, e.g. {"size": "1048576k", "mode": "1777"}
     source: str = ""  # what is mounted, e.g. "tmpfs" or "fs-1.efs.eu-west-1.amazonaws.com:/"
+    # Per-mount options (mountinfo's sixth field), e.g. ("rw", "nosuid", "nodev", "relatime").
+    mount_options: tuple[str, ...] = ()
 
 
 _OCTAL = re.compile(r"\\([0-3][0-7]{2})")
@@ -43,7 +45,8 @@ def parse_mountinfo(text: str) -> list[Mount]:
         for opt in tail[2].split(","):
             name, _, value = opt.partition("=")
             options[name] = value
-        mounts.append(Mount(unescape_mount(fields[4]), tail[0], options, unescape_mount(tail[1])))
+        mounts.append(Mount(unescape_mount(fields[4]), tail[0], options, unescape_mount(tail[1]),
+                            tuple(fields[5].split(",")) if len(fields) > 5 else ()))
     return mounts
 
 

@@ -17,16 +17,17 @@ from .registry_trust import RegistryTrustStep
 from .shared_fs import SharedFsStep
 from .swarm_join import SwarmJoinStep
 from .tmpfs import TmpfsStep
+from .watch import WatchStep
 
 # The boot unit first, so that whatever fails later is retried at the next boot. The image is
 # pulled and the shared filesystem mounted before the join, so no notebook lands on a node without
 # its image or the directories its service binds; the labels are set once the node is in the
-# swarm. The registry's CA comes right after Docker: the pull needs it, and nothing else (dockerd
+# swarm, and watch (which drains the node through the manager) runs once the node is in it. The registry's CA comes right after Docker: the pull needs it, and nothing else (dockerd
 # reads certs.d at each pull, no restart).
 ALL_STEPS: tuple[Step, ...] = (
     BootStep(), TmpfsStep(), DockerGroupStep(), DockerStep(), RegistryTrustStep(), NvidiaDriverStep(),
     NvidiaToolkitStep(), DockerDaemonStep(), MetadataGuardStep(), ImageStep(), SharedFsStep(), SwarmJoinStep(),
-    NodeLabelsStep(),
+    NodeLabelsStep(), WatchStep(),
 )
 STEP_NAMES = tuple(s.name for s in ALL_STEPS)
 

@@ -15,9 +15,10 @@ still does not load after its reboot stops there, blocked, instead of rebooting 
 
 from __future__ import annotations
 
+import os
 import time
 
-from ..config import from_tables, tables, to_toml, tomllib
+from ..config import LAST_SETUP_CONFIG, from_tables, tables, to_toml, tomllib
 from ..context import Context
 from .. import facts as F
 from ..engine import Check, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
@@ -25,10 +26,12 @@ from ..journal import Undo
 from ..render import render
 
 PROGRAM = "/usr/local/bin/gpuswarm-node"  # setup.sh's link: it stays across upgrades
+# Set by setup.sh's dry run, which runs a temporary copy of the tool before PROGRAM exists.
+INSTALLING_ENV = "GPUSWARM_INSTALLING"
 UNIT_NAME = "gpuswarm-node-boot.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 STATE_DIR = "/var/lib/gpuswarm-node"
-BOOT_CONFIG = f"{STATE_DIR}/boot-config.toml"
+BOOT_CONFIG = str(LAST_SETUP_CONFIG)  # status, setup and leave read it where no config is named
 REBOOT_MARKER = f"{STATE_DIR}/auto-reboot"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -91,10 +94,21 @@ class BootStep:
         return [PlannedFile(BOOT_CONFIG, boot_config_text(ctx), 0o600), PlannedFile(UNIT, unit_text())]
 
     def check(self, ctx: Context) -> Check:
-        if not ctx.fact(F.EXISTS, PROGRAM):
-            return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool with "
-                           "setup.sh (it links it there), then run setup again")
         actions, reasons, notes = [], [], []
+        if not ctx.fact(F.EXISTS, PROGRAM):
+            if not os.environ.get(INSTALLING_ENV):
+                return blocked(f"{PROGRAM} is missing, so a unit could not run setup at boot: install the tool "
+                               "with setup.sh (it links it there), then run setup again")
+            # setup.sh's dry run, from a temporary copy: its real run links the tool there first.
+            reasons.append(f"setup.sh links {PROGRAM} before setup runs")
+        else:
+            # The unit runs the program as root at every boot: present is not enough, it must be
+            # something only root can change (the file it resolves to and every directory above).
+            problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
+            if problem:
+                return blocked(f"{problem}, so whoever can change it would run code as root at every boot; make it "
+                               "and the directories above it root's and writable by root alone (or reinstall with "
+                               "setup.sh under a root-owned prefix), then run setup again")
         for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
             if write.path == BOOT_CONFIG and write.before is not None and ctx.options.diagnose:
                 # status: the boot runs use the recorded configuration, so it only has to be usable.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..engine import Call, Check, perform, PlannedFile, blocked, needs_change, ok, run_command, write_wanted
 from .. import facts as F
+from .. import floors
+from ..errors import StepFailed
 from ..render import render
 from ..context import Context
 from ..shared_facts import TOOLKIT_PACKAGE, joint_nfs_client, joint_toolkit_install, toolkit_source_file
@@ -36,6 +38,41 @@ def install_split_client(ctx: Context) -> None:
         return
     if ctx.fact(F.APT_SHOWS, "docker-cli"):
         perform(ctx, apt.install(ctx, "docker-cli"))
+
+
+# `runc --version` prints "runc version 1.3.3" first (runc's main.go); "" when it cannot run.
+RUNC_VERSION = F.fact("runc_version", F.COMMAND, lambda _a: ["runc", "--version"],
+                      lambda r, _a: (r.stdout.splitlines() or [""])[0].rpartition(" ")[2]
+                      if r.ok and r.stdout.startswith("runc version ") else "", takes_arg=False)
+RUNC_FLOOR_AFTER_UPGRADE = "check the upgraded runc against the advisories' minimum versions"
+RUNC_FLOOR_AFTER_INSTALL = "check the installed runc against the advisories' minimum versions"
+
+
+def runc_lacks(ctx: Context) -> tuple[floors.Missing | None, str]:
+    """What the runc that Docker starts containers with lacks (floors.FLOORS), and the package
+    that ships it ("" when it is not from a package this step installs). The distribution's
+    runc package is judged by its Debian version (backports count); docker-ce's containerd.io
+    bundles runc under containerd's version, so its runc is judged by `runc --version`."""
+    version = ctx.fact(F.PACKAGE_VERSION, "runc")
+    if version:
+        return floors.merged("runc", floors.missing("runc", version, "runc")), "runc"
+    if ctx.fact(F.ON_PATH, "runc") is None:
+        return None, ""  # Docker brings its runtime; nothing to judge before it is installed
+    version = ctx.fact(RUNC_VERSION)
+    package = "containerd.io" if ctx.fact(F.PACKAGE_VERSION, "containerd.io") else ""
+    if not version:
+        return None, package
+    return floors.merged("runc", floors.missing("runc", version, is_upstream=True)), package
+
+
+def runc_floor_after_upgrade(ctx: Context) -> None:
+    lacking = floors.unaccepted(runc_lacks(ctx)[0], ctx.config.docker.accept_advisories)
+    if lacking is not None:
+        raise StepFailed(f"{lacking.sentence()}, and the configured source offers nothing newer.",
+                         f'Set docker.source = "docker-ce" (Docker\'s containerd.io ships a fixed runc) or install runc '
+                         f"{lacking.fixed} or later from your distribution's backports, then run setup again; only "
+                         f"if every notebook user is trusted, accept the risk with docker.accept_advisories = "
+                         f"\"{','.join(lacking.advisories)}\".")
 
 
 class DockerStep:
@@ -83,12 +120,25 @@ class DockerStep:
             actions += [*apt.repair_interrupted(ctx), apt.update(ctx), apt.install(ctx, *wanted)]
             if ctx.config.docker.source != "docker-ce":
                 actions.append(Call(CLIENT_LABEL, install_split_client))
+            actions.append(Call(RUNC_FLOOR_AFTER_INSTALL, runc_floor_after_upgrade))
         else:
+            found, package = runc_lacks(ctx)
+            lacking = floors.unaccepted(found, ctx.config.docker.accept_advisories)
+            if lacking is not None and not package:
+                return blocked(f"{lacking.sentence()}; that runc is not from a package this tool installs: upgrade "
+                               f"it to {lacking.fixed} or later, then run setup again")
             enabled, active = ctx.fact(F.UNIT_ENABLED, "docker"), ctx.fact(F.UNIT_ACTIVE, "docker")
-            if enabled and active:
-                return ok(f"{installed[0]} installed, docker.service enabled and running")
-            reason = "docker.service is " + " and ".join(
-                w for w, bad in (("not enabled", not enabled), ("not running", not active)) if bad)
+            if enabled and active and lacking is None:
+                return ok(f"{installed[0]} installed, docker.service enabled and running" + floors.acceptance_note(found))
+            reasons = [lacking.sentence()] if lacking is not None else []
+            if lacking is not None:
+                # A container escape is never ok: upgrade from the configured source, in this run.
+                actions += [apt.update(ctx), apt.install(ctx, package),
+                            Call(RUNC_FLOOR_AFTER_UPGRADE, runc_floor_after_upgrade)]
+            if not (enabled and active):
+                reasons.append("docker.service is " + " and ".join(
+                    w for w, bad in (("not enabled", not enabled), ("not running", not active)) if bad))
+            reason = "; ".join(reasons)
         actions.append(run_command("systemctl", "enable", "--now", "docker", timeout=300,
                                    progress="starting docker", undo=keep("docker left enabled and running")))
         return needs_change(reason, *actions)

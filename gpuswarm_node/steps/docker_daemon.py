@@ -25,7 +25,7 @@ from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory
 from .. import restart
 from ..lifecycle import activate_action, can_drain, drain_action
-from ..nvidia_hook import TOOLKIT_CONFIGS
+from ..nvidia_hook import TOOLKIT_CONFIGS, wrapper_policy
 from ..render import render
 from ..slices import (device_of, env_variable, for_config, generic_resources, known_devices, notes,
                       parse_generic_resource, slice_map_text, slices_of)
@@ -194,17 +194,38 @@ def wrapper_bytecode(program_text: str, program: str = WRAPPER_PROGRAM) -> bytes
 
 
 def bytecode_current(data: bytes | None, program_text: str) -> bool:
-    """Whether `data` is bytecode Python would run for this program text: the header matches and
-    the rest loads as a code object (a damaged file would fail the import, not fall back)."""
+    """Whether `data` is the program's own bytecode: what `wrapper_bytecode` compiles from this
+    program text, byte for byte (its SHA-256), or else a code object equal to it (marshal's
+    output can differ in its reference flags while the code is the same). A header alone proves
+    nothing: its source hash is public, so anyone who could write the file could put any code
+    behind a valid one, and Python runs it without reading the program."""
+    import hashlib
     import marshal
-    import types
 
     if data is None or data[:16] != bytecode_header(program_text):
         return False
+    own = wrapper_bytecode(program_text)
+    if hashlib.sha256(data).digest() == hashlib.sha256(own).digest():
+        return True
     try:
-        return isinstance(marshal.loads(data[16:]), types.CodeType)
+        return marshal.loads(data[16:]) == marshal.loads(own[16:])
     except (EOFError, ValueError, TypeError):
         return False
+
+
+def loaded_runtime_problem(ctx: Context) -> str | None:
+    """Why the running dockerd does not use the wrapper as its default runtime, by its own
+    answer (GET /info: DefaultRuntime, Runtimes), or None (also when it cannot be asked: then the
+    start-time check above is all there is)."""
+    if ctx.docker.unreachable_reason():
+        return None
+    info = ctx.docker.info() or {}
+    default, runtimes = info.get("DefaultRuntime"), info.get("Runtimes")
+    if default is not None and default != RUNTIME_NAME:
+        return f"dockerd runs with default runtime {default}, not {RUNTIME_NAME} (it has not loaded daemon.json)"
+    if isinstance(runtimes, dict) and RUNTIME_NAME not in runtimes:
+        return f"dockerd knows no runtime {RUNTIME_NAME} (it has not loaded daemon.json)"
+    return None
 
 
 def engine_socket(settings: dict) -> str:
@@ -217,10 +238,13 @@ def engine_socket(settings: dict) -> str:
     return DOCKER_SOCKET
 
 
-def wrapper_program_text(docker_socket: str = DOCKER_SOCKET) -> str:
-    """The Python program the front starts for `create`."""
-    return render("gpuswarm-runtime.j2", slice_map=SLICE_MAP, runtime=NVIDIA_RUNTIME["path"],
-                  docker_socket=docker_socket, toolkit_configs=TOOLKIT_CONFIGS)
+def wrapper_program_text(docker_socket: str = DOCKER_SOCKET, slice_map: str = SLICE_MAP,
+                         toolkit_configs: tuple[str, ...] = TOOLKIT_CONFIGS) -> str:
+    """The Python program the front starts for `create` (`slice_map`, `toolkit_configs`: other
+    paths, for a check that runs it outside a node, tests/gpu/check.py)."""
+    return render("gpuswarm-runtime.j2", slice_map=slice_map, runtime=NVIDIA_RUNTIME["path"],
+                  docker_socket=docker_socket, toolkit_configs=toolkit_configs,
+                  hook_policy=wrapper_policy())
 
 
 def read_slice_map(host: Host) -> tuple[str | None, dict]:
@@ -469,7 +493,7 @@ class DockerDaemonStep:
         try:
             inventory, slices, text, existing, merged, problems = self._settings(ctx)
         except NvmlUnavailable as exc:
-            return blocked(f"cannot discover GPUs to advertise: {exc.reason}")
+            return blocked(f"cannot discover GPUs to advertise: {exc.reason}", waits_for=("nvidia-driver",))
         if problems:
             return blocked("; ".join(problems))
         kind = ctx.config.gpu.resource
@@ -524,6 +548,13 @@ class DockerDaemonStep:
                 started, changed = dockerd_start_time(ctx.facts), ctx.fact(F.MTIME, DAEMON_JSON)
                 if started is not None and changed is not None and started + START_TIME_SLACK < changed:
                     reasons.append("dockerd started before daemon.json last changed")
+                    restart_needed = True
+            if not restart_needed:
+                # What dockerd runs with, not what its file says (GET /info: DefaultRuntime,
+                # Runtimes): a file dockerd never loaded gives containers no wrapper.
+                loaded = loaded_runtime_problem(ctx)
+                if loaded:
+                    reasons.append(loaded)
                     restart_needed = True
             if restart_needed:
                 refusal = restart.restart_refusal(ctx)

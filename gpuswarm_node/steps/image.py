@@ -40,7 +40,7 @@ class ImageStep:
             return skipped("no image configured (image.name is empty)")
         reason = ctx.docker.unreachable_reason()
         if reason:
-            return blocked(reason)
+            return blocked(reason, waits_for=("docker",))
         if ctx.docker.image_present(name):
             return ok(f"{name} is present")
 

@@ -13,8 +13,10 @@ The labels, all of them strings (Docker's node labels are), their names stable:
 | `gpuswarm.driver.version` | the NVIDIA driver's version (NVML) |
 | `gpuswarm.cuda.version` | the newest CUDA the driver supports, `12.4` (NVML) |
 
-Other labels of the `gpuswarm.` prefix are removed; labels outside it are never touched. They are
-set through the manager (a worker cannot label itself), through the hub's gate when it has one.
+Other labels of the `gpuswarm.` prefix are removed, except `gpuswarm.health`, which
+`gpuswarm-node watch` sets (watch.py) and this step keeps as it finds it; labels outside the
+prefix are never touched. They are set through the manager (a worker cannot label itself),
+through the hub's gate when it has one.
 
 setup records what the manager holds once it is right: RECORD, the node's id, the manager and the
 labels; the record's modification time is when the manager last said so. An SSH session to the
@@ -46,6 +48,7 @@ from ..slices import for_config, slices_of
 from ..context import Context
 
 MODEL = "gpuswarm.gpu.model"
+HEALTH = "gpuswarm.health"  # watch's, kept as found (watch.HEALTH_LABEL)
 MIB = 2**20
 RECORD = "/var/lib/gpuswarm-node/node-labels.json"
 
@@ -119,12 +122,13 @@ class NodeLabelsStep:
         try:
             wanted = gpu_labels(ctx.inventory(), ctx.config.gpu)
         except NvmlUnavailable as exc:
-            return blocked(f"the GPUs cannot be read, so their labels cannot be known: {exc.reason}")
+            return blocked(f"the GPUs cannot be read, so their labels cannot be known: {exc.reason}",
+                           waits_for=("nvidia-driver",))
         if not wanted:
             return blocked("this node has no GPU to describe")
         reason = ctx.docker.unreachable_reason()
         if reason:
-            return blocked(reason)
+            return blocked(reason, waits_for=("docker",))
         membership = ctx.docker.swarm()
         action = Call(f"set the labels {describe(wanted)} on this node through {ctx.config.swarm.manager}",
                       lambda ctx: set_labels(ctx, wanted))
@@ -154,13 +158,17 @@ class NodeLabelsStep:
         except GpuswarmError as exc:
             return blocked(f"the manager cannot be asked for this node's labels: {exc.message()}")
         write = write_wanted(ctx, record, force=not trusted)
-        if have == wanted:
+        kept = {HEALTH: have[HEALTH]} if HEALTH in have else {}
+        if {k: v for k, v in have.items() if k != HEALTH} == wanted:
             if write is not None:
                 return needs_change(f"labelled {describe(have)}; {RECORD} does not say so yet"
                                     + ("" if trusted else " (or is not root's alone)"), write)
             ctx.confirmed.append(RECORD)
             return ok(f"labelled {describe(have)}")
-        stale = {k: v for k, v in have.items() if wanted.get(k) != v}
+        stale = {k: v for k, v in have.items() if wanted.get(k) != v and k != HEALTH}
+        if kept:  # set with the labels, so that setting them does not remove it
+            action = Call(f"set the labels {describe(wanted)} on this node through {manager} (keeping "
+                          f"{describe(kept)})", lambda ctx: set_labels(ctx, {**wanted, **kept}))
         return needs_change(f"the manager's labels for this node are {describe(have)}"
                             + (f" (stale: {', '.join(sorted(stale))})" if stale else ""),
                             action, *([write] if write is not None else []))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..config import tomllib
 from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
-from .. import nvidia_hook
+from .. import floors, nvidia_hook
 from .. import facts as F
 from ..render import render
 from ..context import Context
@@ -162,6 +162,36 @@ def device_selection(ctx: Context) -> tuple[list[nvidia_hook.Problem], list[str]
     return found, notes
 
 
+# The packages of one toolkit release (one version number); a fix may be in any of them
+# (CVE-2024-0132 and CVE-2025-23359 were in libnvidia-container), so each installed one is judged
+# and upgraded.
+RELEASE_PACKAGES = (PACKAGE, "nvidia-container-toolkit-base", "libnvidia-container-tools", "libnvidia-container1")
+FLOOR_AFTER_UPGRADE = "check the upgraded toolkit packages against the advisories' minimum versions"
+
+
+def lacking_fixes(ctx: Context, accepted_too: bool = False) -> tuple[list[str], list[floors.Missing]]:
+    """The installed packages of the toolkit's release, and what each lacks (floors.FLOORS),
+    one Missing per package, less the advisories docker.accept_advisories accepts (all of them
+    with `accepted_too`)."""
+    installed = [p for p in RELEASE_PACKAGES if ctx.fact(F.PACKAGE_VERSION, p)]
+    lacking = [floors.merged(p, floors.missing("nvidia-container-toolkit", ctx.fact(F.PACKAGE_VERSION, p), p))
+               for p in installed]
+    if not accepted_too:
+        lacking = [floors.unaccepted(m, ctx.config.docker.accept_advisories) for m in lacking]
+    return installed, [m for m in lacking if m is not None]
+
+
+def floor_after_upgrade(ctx: Context) -> None:
+    """apt installs what the configured source has: a version still below a floor fails the run."""
+    _installed, lacking = lacking_fixes(ctx)
+    if lacking:
+        raise StepFailed(f"{'; '.join(m.sentence() for m in lacking)}, and the configured source offers nothing newer.",
+                         f"Point nvidia.toolkit_apt_source at a repository with {PACKAGE} {lacking[-1].fixed} or later "
+                         "(NVIDIA's libnvidia-container repository has it), then run setup again; only if every "
+                         "notebook user is trusted, accept the risk with docker.accept_advisories = "
+                         f"\"{','.join(a for m in lacking for a in m.advisories)}\".")
+
+
 def fix_mode_after_install(ctx: Context) -> None:
     """Which version apt installs is known only once it has: decide then, in the same run."""
     verdict = mode_verdict(ctx)
@@ -204,6 +234,15 @@ class NvidiaToolkitStep:
             actions.append(apt.install(ctx, "--reinstall", PACKAGE) if installed else apt.install(ctx, PACKAGE))
             actions.append(Call(MODE_AFTER_INSTALL, fix_mode_after_install))
             return needs_change("; ".join(reasons), *actions)
+        upgrade, lacking = lacking_fixes(ctx)
+        if lacking:
+            # A container escape is never ok: upgrade from the configured source, in this run.
+            reasons.append("; ".join(m.sentence() for m in lacking))
+            if before == wanted:
+                actions.append(apt.update(ctx))
+            actions += [apt.install(ctx, *upgrade), Call(FLOOR_AFTER_UPGRADE, floor_after_upgrade),
+                        Call(MODE_AFTER_INSTALL, fix_mode_after_install)]
+            return needs_change("; ".join(reasons), *actions)
         problems, notes = device_selection(ctx)
         if problems:
             return blocked(" ".join(p.sentence() for p in problems))
@@ -215,5 +254,6 @@ class NvidiaToolkitStep:
             actions.append(verdict.fix)
         if actions:
             return needs_change("; ".join(reasons), *actions)
+        accepted = [floors.acceptance_note(m)[2:] for m in lacking_fixes(ctx, accepted_too=True)[1]]
         return ok("; ".join([f"{PACKAGE} {verdict.version} installed, runtime at {runtime}, mode {verdict.mode}"]
-                            + notes))
+                            + notes + accepted))

@@ -41,7 +41,9 @@ class RegistryTrustStep:
             return skipped("no registry configured (registry.address is empty)")
         pem = read_ca(ctx)
         if pem is None:
-            return blocked(f"registry.ca_cert {source} cannot be read; copy the hub's CA certificate there")
+            why = ctx.fact(F.CERTIFICATE, source)[1]
+            return blocked(f"registry.ca_cert {source} {why}; copy the hub's CA certificate there, owned by root "
+                           "and writable only by root")
         if pem == "":
             return blocked(f"registry.ca_cert {source} holds no PEM certificate; give the hub's CA certificate")
         planned = self.files(ctx)[0]

@@ -7,6 +7,11 @@ systems using the NFS client", recommended NFS mount options): nfsvers=4.1, rsiz
 wsize=1048576, hard, timeo=600, retrans=2, noresvport; plus nofail and _netdev, so that a share that
 does not answer at boot never stops the boot, and systemd mounts it after the network is up.
 
+Every share is mounted nosuid,nodev, whatever the config adds (config.py refuses suid, dev and
+defaults): any notebook's root can write a setuid-root file or a device node onto the share, and
+without these flags any local user of any worker could run or open it on the host. A mount that
+lacks them (mounted by hand, or before this rule) is remounted with them.
+
 Three rules keep a share from hanging the tool or lying to notebooks:
 
 - every read of a share's path (its mount point and the directories on the way, its statfs) runs in
@@ -45,14 +50,18 @@ from ..shared_facts import NFS_CLIENT_PACKAGE as PACKAGE
 FSTYPE = "nfs4"
 EFS_OPTIONS = ("nfsvers=4.1", "rsize=1048576", "wsize=1048576", "hard", "timeo=600", "retrans=2", "noresvport")
 BOOT_OPTIONS = ("nofail", "_netdev")
+# Per-mount flags every share has on every worker (mount(8): nosuid ignores set-user-ID and
+# set-group-ID bits and file capabilities; nodev does not interpret device nodes).
+SECURITY_OPTIONS = ("nosuid", "nodev")
 # A hard mount whose server is gone blocks every stat for ever: a check gives it this long.
 STAT_TIMEOUT = 10
 DOCKER_DROPIN = "/etc/systemd/system/docker.service.d/gpuswarm-shared-fs.conf"
 
 
 def options(mount: SharedMount) -> str:
-    extra = [o for o in mount.options.split(",") if o]
-    return ",".join([*EFS_OPTIONS, *BOOT_OPTIONS, *extra])
+    always = [*EFS_OPTIONS, *BOOT_OPTIONS, *SECURITY_OPTIONS]
+    extra = [o for o in mount.options.split(",") if o and o not in always]
+    return ",".join([*always, *extra])
 
 
 def entry(mount: SharedMount) -> str:
@@ -197,7 +206,12 @@ class SharedFsStep:
                     reasons.append(f"nothing mounted at {mount.path} (its directory refuses writes meanwhile)")
                     remounts.append(mount_it)
                 continue
+            missing = [o for o in SECURITY_OPTIONS if o not in mounted.mount_options]
             stale = ctx.fact(FILESYSTEM_PROBLEM, mount.path)
+            if missing and not stale:
+                reasons.append(f"{mount.path} is mounted without {','.join(missing)}")
+                remounts.append(run_command("mount", "-o", "remount," + ",".join(SECURITY_OPTIONS), mount.path,
+                                            timeout=120, progress=f"remounting {mount.path}"))
             if stale:
                 reasons.append(f"{mount.source} at {mount.path} is stale: {stale}")
                 # Lazy: a hung hard mount cannot be unmounted otherwise; the next mount is fresh.
@@ -225,7 +239,7 @@ class SharedFsStep:
         if actions:
             return needs_change("; ".join(reasons), *actions)
         shown = ", ".join(f"{m.source} at {m.path}" + (" (read-only)" if m.read_only else "") for m in mounts)
-        return ok(f"{shown}: mounted, answering, in {FSTAB}; Docker starts after them")
+        return ok(f"{shown}: mounted nosuid,nodev, answering, in {FSTAB}; Docker starts after them")
 
     @staticmethod
     def _reload(ctx: Context) -> list:

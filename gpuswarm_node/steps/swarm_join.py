@@ -91,7 +91,7 @@ class SwarmJoinStep:
         cfg = ctx.config.swarm
         reason = ctx.docker.unreachable_reason()
         if reason:
-            return blocked(reason)
+            return blocked(reason, waits_for=("docker",))
         membership = ctx.docker.swarm()
         if not cfg.manager:
             if membership.state == "active":

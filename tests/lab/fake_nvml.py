@@ -22,6 +22,10 @@ SOURCE = Path(__file__).resolve().parent / "fake_nvml" / "fake_nvml.c"
 SONAME = "libnvidia-ml.so.1"
 CONFIG_ENV = "FAKE_NVML_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/fake-nvml/config"
+# Faults a test injects while the process runs (fake_nvml.c's header: lost, xid, retired-pending,
+# remap-pending, remap-failure lines); read again at every call concerned, no file: no fault.
+FAULTS_ENV = "FAKE_NVML_FAULTS"
+DEFAULT_FAULTS_PATH = "/etc/fake-nvml/faults"
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-Wl,-soname,{SONAME}")
 
 Mode = Literal["ok", "driver-not-loaded", "no-permission", "version-mismatch"]

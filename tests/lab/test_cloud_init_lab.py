@@ -29,7 +29,7 @@ from . import machine as lab_machine
 from .machine import FreshMachine
 from .dockerd import kill_and_wait, lab_env
 from .util import gate_program, wait_for
-from .worker import GPUS, PRESEEDED_DAEMON_JSON
+from .worker import ACCEPTED_ADVISORIES, GPUS, PRESEEDED_DAEMON_JSON
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, ADDRESS = "gsn-c1", "198.18.0.51"
@@ -130,7 +130,7 @@ def bundle(manager, lab_tmp, tool_url):
             "--set", "nvidia.toolkit_apt_source=deb [trusted=yes] file:/srv/toolkit-repo ./",
             # The lab's addresses: Docker would pick another interface's otherwise.
             "--set", f"swarm.advertise_addr={ADDRESS}",
-            "--set", "node.reboot=auto"]
+            "--set", "node.reboot=auto", "--set", f"docker.accept_advisories={ACCEPTED_ADVISORIES}"]
     try:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr

@@ -269,3 +269,21 @@ def test_a_lone_single_node_swarm_is_left_for_the_managers_without_force(fleet, 
     assert refused.returncode == 2 and "no-such-terminate-call is not an executable program" in refused.stderr
     assert worker.swarm()["LocalNodeState"] == "active"
     assert_no_secrets(manager, alone.stdout, joined.stdout, joined.stderr, refused.stderr)
+
+
+def test_a_revoked_key_no_longer_logs_in_however_its_line_was_hardened(fleet, manager):
+    worker = fleet("gsn-g3")
+    authorized = manager.client_key_path.parent / "authorized_keys"
+    # An operator hardens the worker's line the way sshd(8) allows: options before and around ours.
+    authorized.write_text("".join(
+        (f'from="{worker.address}",no-pty,' + line.replace("restrict,command=", "Restrict,COMMAND=")
+         if line.endswith("gpuswarm-node:gsn-g3") else line) + "\n"
+        for line in authorized.read_text().splitlines()))
+    hello = worker.ssh(manager, "gpuswarm-gate hello")
+    assert hello.returncode == 0 and "node=gsn-g3" in hello.stdout, hello.stderr  # sshd still reads it
+    revoked = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub", "revoke", "--node", "gsn-g3",
+                              "--authorized-keys", str(authorized)], cwd=REPO, capture_output=True, text=True)
+    assert revoked.returncode == 0 and "revoked 1 key(s) of node gsn-g3" in revoked.stdout, revoked.stderr
+    refused = worker.ssh(manager, "gpuswarm-gate hello")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    assert fleet("gsn-g1").ssh(manager, "gpuswarm-gate hello").returncode == 0  # the others stay

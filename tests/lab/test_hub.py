@@ -258,7 +258,7 @@ def test_one_user_more_than_slices_is_refused_and_nothing_runs_without_a_slice(h
     assert sorted(s for r in running.values() for s in r) == sorted(s for _n, s in SLICES)
 
 
-def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, manager):
+def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, manager, lab_tmp):
     freed = placement(manager, workers, task_of(manager, USERS[0]))
     spawn(hub, EXTRA)
 
@@ -289,7 +289,7 @@ def test_a_stopped_server_frees_its_slice_for_the_waiting_user(hub, workers, man
     assert server(hub, USERS[0]) is None and task_of(manager, USERS[0]) is None
 
 
-def test_leave_moves_running_servers_to_another_worker(hub, workers, manager):
+def test_leave_moves_running_servers_to_another_worker(hub, workers, manager, lab_tmp):
     running = [u for u in USERS[1:] + [EXTRA] if task_of(manager, u)]
     on = {u: placement(manager, workers, task_of(manager, u))[0] for u in running}
     # One server per worker, so the other worker has a slice free for the one that moves.

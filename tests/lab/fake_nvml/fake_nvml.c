@@ -19,6 +19,18 @@
  * such as "off/on" (a mode change waiting for a GPU reset).  "mig" lines
  * describe the MIG devices of the "gpu" line above them.
  *
+ * Faults, for health checks: a second file, $FAKE_NVML_FAULTS or
+ * /etc/fake-nvml/faults, read again at every call that it concerns (a test
+ * writes it while the process runs; no file means no fault), one a line:
+ *
+ *   lost <GPU-uuid>            calls on the GPU answer NVML_ERROR_GPU_IS_LOST
+ *   xid <GPU-uuid> <xid>       one Xid event (nvmlEventTypeXidCriticalError),
+ *                              delivered once to each event set created
+ *                              before the line was written
+ *   retired-pending <GPU-uuid> nvmlDeviceGetRetiredPagesPendingStatus: yes
+ *   remap-pending <GPU-uuid>   nvmlDeviceGetRemappedRows: a pending remapping
+ *   remap-failure <GPU-uuid>   nvmlDeviceGetRemappedRows: a failed remapping
+ *
  * Return codes follow nvml.h; where nvml.h leaves a case open (calls on MIG
  * device handles that only make sense for whole GPUs) we answer
  * NVML_ERROR_NOT_SUPPORTED.
@@ -29,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 
@@ -42,6 +55,8 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
+    NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
     NVML_ERROR_UNKNOWN = 999,
@@ -346,12 +361,76 @@ static int valid(nvmlDevice_t d)
     return 0;
 }
 
+/* ---- faults ---------------------------------------------------------- */
+
+static const char *faults_path(void)
+{
+    const char *path = getenv("FAKE_NVML_FAULTS");
+    return path && *path ? path : "/etc/fake-nvml/faults";
+}
+
+/* Whether the faults file has the line "<kind> <uuid>" (extra words after
+   the uuid allowed). */
+static int fault(const char *kind, const char *uuid)
+{
+    char line[256];
+    int found = 0;
+    FILE *f = fopen(faults_path(), "r");
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *rest = line, *k, *u;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        k = next_token(&rest);
+        u = k ? next_token(&rest) : NULL;
+        found = k && u && !strcmp(k, kind) && !strcmp(u, uuid);
+    }
+    fclose(f);
+    return found;
+}
+
+/* The xid lines of the faults file: how many there are; the `want`th
+   (0-based) copied out when there is one. */
+static unsigned xid_line(unsigned want, char *uuid, size_t size, unsigned long long *xid)
+{
+    char line[256];
+    unsigned n = 0;
+    FILE *f = fopen(faults_path(), "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        char *rest = line, *k, *u, *x, *end;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        if (!(k = next_token(&rest)) || strcmp(k, "xid") || !(u = next_token(&rest)) ||
+            !(x = next_token(&rest)))
+            continue;
+        if (n == want && uuid) {
+            snprintf(uuid, size, "%s", u);
+            *xid = strtoull(x, &end, 10);
+        }
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static int lost(nvmlDevice_t d)
+{
+    return fault("lost", (d->is_mig ? d->parent : d)->uuid);
+}
+
 #define CHECK_DEVICE(d)                                                        \
     do {                                                                       \
         if (!ready())                                                          \
             return NVML_ERROR_UNINITIALIZED;                                   \
         if (!valid(d))                                                         \
             return NVML_ERROR_INVALID_ARGUMENT;                                \
+        if (lost(d))                                                           \
+            return NVML_ERROR_GPU_IS_LOST;                                     \
     } while (0)
 
 static nvmlReturn_t copy_out(char *dst, unsigned int size, const char *src)
@@ -672,4 +751,129 @@ nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mig,
         return NVML_ERROR_INVALID_ARGUMENT;
     *device = mig->parent;
     return NVML_SUCCESS;
+}
+
+/* ---- health: retired pages, row remapping, Xid events ---------------- */
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device, int *pending)
+{
+    CHECK_DEVICE(device);
+    if (!pending)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (device->is_mig)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *pending = fault("retired-pending", device->uuid); /* NVML_FEATURE_ENABLED is 1 */
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corr, unsigned int *unc,
+                                       unsigned int *pending, unsigned int *failure)
+{
+    CHECK_DEVICE(device);
+    if (!corr || !unc || !pending || !failure)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (device->is_mig)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *pending = (unsigned)fault("remap-pending", device->uuid);
+    *failure = (unsigned)fault("remap-failure", device->uuid);
+    *corr = 0;
+    *unc = *pending || *failure;
+    return NVML_SUCCESS;
+}
+
+#define XID_CRITICAL_ERROR 0x8ULL /* nvmlEventTypeXidCriticalError */
+
+struct nvmlEventSet_st {
+    unsigned long long types[MAX_GPUS]; /* registered per GPU index */
+    unsigned seen;                       /* xid lines already delivered */
+};
+typedef struct nvmlEventSet_st *nvmlEventSet_t;
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
+{
+    if (!ready())
+        return NVML_ERROR_UNINITIALIZED;
+    if (!set)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *set = calloc(1, sizeof(**set));
+    if (!*set)
+        return NVML_ERROR_UNKNOWN;
+    /* Events from before the set existed are not delivered. */
+    (*set)->seen = xid_line(0, NULL, 0, NULL);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
+{
+    if (!set)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    free(set);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types)
+{
+    CHECK_DEVICE(device);
+    if (!types)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *types = device->is_mig ? 0 : XID_CRITICAL_ERROR;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set)
+{
+    CHECK_DEVICE(device);
+    if (!set || device->is_mig)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (types & ~XID_CRITICAL_ERROR)
+        return NVML_ERROR_NOT_SUPPORTED;
+    set->types[device->index] |= types;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms)
+{
+    unsigned waited = 0;
+    if (!ready())
+        return NVML_ERROR_UNINITIALIZED;
+    if (!set || !data)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    for (;;) {
+        char uuid[UUID_LEN];
+        unsigned long long xid = 0;
+        while (set->seen < xid_line(set->seen, uuid, sizeof(uuid), &xid)) {
+            unsigned i;
+            set->seen++;
+            for (i = 0; i < gpu_count; i++) {
+                if (!strcmp(gpus[i].uuid, uuid) && (set->types[i] & XID_CRITICAL_ERROR)) {
+                    memset(data, 0, sizeof(*data));
+                    data->device = &gpus[i];
+                    data->eventType = XID_CRITICAL_ERROR;
+                    data->eventData = xid;
+                    return NVML_SUCCESS;
+                }
+            }
+            /* an Xid of a GPU this set does not watch: skipped */
+        }
+        if (waited >= timeout_ms)
+            return NVML_ERROR_TIMEOUT;
+        {
+            struct timespec step = {0, 20 * 1000 * 1000};
+            nanosleep(&step, NULL);
+        }
+        waited += 20;
+    }
+}
+
+nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms)
+{
+    return nvmlEventSetWait_v2(set, data, timeout_ms);
 }
