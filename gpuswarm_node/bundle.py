@@ -17,7 +17,9 @@ its name: a bundle on disk always holds a key the hub accepts, gated. Every file
 user's with mode 0600, the directory 0700, the tarball 0600; nothing secret is printed.
 
 The user-data is `#cloud-config` (cloud-init's "Cloud config examples" and its module reference
-for `write_files` and `runcmd`): `write_files` puts the files above in place with their modes and
+for `set_hostname`, `write_files` and `runcmd`): the instance's host name is set to NAME, the name
+the gate knows the worker by (config.toml records it as swarm.node_name, which setup's preflight
+compares with the host name); `write_files` puts the files above in place with their modes and
 the tool's source tarball beside it; `runcmd` unpacks it to
 /usr/local/src/gpuswarm-node and runs its `setup.sh` (first boot only: runcmd is per instance;
 later boots are the job of the boot unit setup installs). The tarball is embedded base64 (about
@@ -181,16 +183,31 @@ def _b64(data: bytes, indent: str) -> str:
     return "\n".join(indent + text[i:i + 76] for i in range(0, len(text), 76))
 
 
+def hostname_keys(node: str) -> list[str]:
+    """cloud-init keys that make the instance's host name `node` exactly (cc_set_hostname and
+    cc_update_hostname, at every boot; cc_update_etc_hosts so that it resolves): the hub's gate
+    acts only on the node whose host name is the key's node name, and a cloud's own name
+    (ip-10-0-0-5) would never be it. A name with a dot is given as the fqdn too, and preferred:
+    cloud-init otherwise cuts a dotted `hostname` at its first dot (util.get_hostname_fqdn)."""
+    dotted = "." in node
+    return ["preserve_hostname: false", f"hostname: {node}",
+            *([f"fqdn: {node}"] if dotted else []),
+            f"prefer_fqdn_over_hostname: {'true' if dotted else 'false'}",
+            "manage_etc_hosts: localhost"]
+
+
 def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, tool_url: str | None) -> str:
-    """#cloud-config user-data: `files` ({path on the worker: (content, mode)}) and the tool's
-    tarball written by write_files (base64: no YAML quoting of content), then runcmd installs the
-    tool and runs setup. With `tool_url` the tarball is fetched from there instead, and checked
-    against the SHA-256 of `tool`."""
+    """#cloud-config user-data: the instance's host name set to `node` (hostname_keys), `files`
+    ({path on the worker: (content, mode)}) and the tool's tarball written by write_files (base64:
+    no YAML quoting of content), then runcmd installs the tool and runs setup. With `tool_url`
+    the tarball is fetched from there instead, and checked against the SHA-256 of `tool`."""
     digest = hashlib.sha256(tool).hexdigest()
     lines = ["#cloud-config",
              f"# gpuswarm-node worker {node}, made by `gpuswarm-node hub bundle` on the hub.",
              "# It holds the worker's SSH key: the instance's metadata service serves it to anyone on the",
-             "# instance (containers are kept out by the metadata-guard step); see README, Fleet.",
+             "# instance (containers are kept out by the metadata-guard step); see docs/hub.md, Fleet.",
+             "# The host name is the node name the key is authorised for: the hub's gate knows the worker by it.",
+             *hostname_keys(node),
              "write_files:"]
     entries = dict(files)
     if tool_url is None:
@@ -266,6 +283,10 @@ def make(node: str, out: Path, cfg: config_mod.Config, host_keys: list[Path], re
     if not NODE_NAME.fullmatch(node):
         raise ConfigError(f"--node {node[:80]!r} is not a host name.",
                           "Give the worker's host name (what `hostname` will print on it).")
+    if len(node) > config_mod.HOST_NAME_MAX:
+        raise ConfigError(f"--node {node[:80]!r} is {len(node)} characters; a machine's host name has at most "
+                          f"{config_mod.HOST_NAME_MAX}, so no worker could be that node.",
+                          "Give a shorter node name.")
     out = Path(os.path.abspath(out))
     tarball = out.with_name(out.name + ".tar.gz")
     for path in (out, tarball):
@@ -283,8 +304,11 @@ def make(node: str, out: Path, cfg: config_mod.Config, host_keys: list[Path], re
     known = known_hosts_text(cfg.swarm.manager, cfg.swarm.ssh_port, host_keys)
     ca = registry_ca_text(cfg, registry_ca)
     source = tool_bytes(tool) if cloud_init else None
+    data = config_mod.tables(cfg)
+    # The name the key is authorised for: setup's preflight compares it with the host name.
+    data.setdefault("swarm", {})["node_name"] = node
     config_text = (f"# gpuswarm-node worker {node}: made by `gpuswarm-node hub bundle`.\n"
-                   + config_mod.to_toml(config_mod.tables(cfg)))
+                   + config_mod.to_toml(data))
     private, public = new_key_pair(node)
     files: dict[str, bytes] = {"config.toml": config_text.encode(), KEY_NAME: private,
                                f"{KEY_NAME}.pub": public.encode(), "known_hosts": known.encode()}

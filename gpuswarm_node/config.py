@@ -2,7 +2,7 @@
 overridden by `--set section.key=value` flags; validated once into frozen dataclasses.
 
 Every key is declared exactly once, in the dataclasses below (type, default and the one-line help
-that the README's reference is checked against). An unknown section or key in the file or a --set
+that docs/reference.md is checked against). An unknown section or key in the file or a --set
 is an error; a GPUSWARM_* environment variable that names no key is ignored with a warning (other
 programs' settings and a shell's leftovers should not stop every command).
 """
@@ -156,6 +156,10 @@ def forbidden_char(text: str) -> tuple[int, str] | None:
 
 def valid_user_name(name: str) -> bool:
     return len(name) <= USER_NAME_MAX and USER_NAME.fullmatch(name) is not None
+
+
+# Linux's limit on a machine's host name (HOST_NAME_MAX, uname's nodename field: 64 bytes).
+HOST_NAME_MAX = 64
 
 
 def host_name_problem(host: str, underscore: bool = False) -> str | None:
@@ -329,6 +333,9 @@ class SwarmConfig:
     labels_recheck: int = key(3600, "Seconds setup trusts the node labels it last found right on the manager "
                                     "(/var/lib/gpuswarm-node/node-labels.json) before it asks the manager again "
                                     "(an SSH session); 0 asks at every run.")
+    node_name: str = key("", "The node name the hub authorised swarm.ssh_key for (hub bundle writes it): the "
+                             "manager's gate acts only on the node whose host name it is, so setup refuses to join "
+                             "while this machine's host name differs; empty: not checked.")
 
 
 @dataclass(frozen=True)
@@ -379,7 +386,7 @@ SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else glo
 
 
 def reference() -> list[tuple[str, str, Any, str]]:
-    """(section, key, default, help) for every key, in declaration order: the README's table."""
+    """(section, key, default, help) for every key, in declaration order: docs/reference.md's table."""
     rows = []
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -653,6 +660,11 @@ def _validate_swarm(swarm: SwarmConfig, bad) -> None:
             raise bad("swarm", name, f"must not start with '-' or hold spaces, got {value!r}")
     if not swarm.ssh_user:
         raise bad("swarm", "ssh_user", "must name the SSH user on the manager")
+    if swarm.node_name:
+        problem = host_name_problem(swarm.node_name)
+        if problem or len(swarm.node_name) > HOST_NAME_MAX:
+            raise bad("swarm", "node_name", f"must be a host name of at most {HOST_NAME_MAX} characters, got "
+                      f"{swarm.node_name[:80]!r}" + (f": {problem}" if problem else ""))
     if swarm.host_key_fingerprint and not swarm.host_key_fingerprint.startswith("SHA256:"):
         raise bad("swarm", "host_key_fingerprint", "must be a SHA256:... fingerprint as ssh-keygen -lf prints it")
 

@@ -12,6 +12,7 @@ from .facts import DockerReads, Fact, Facts
 from .host import LOG_DIR, Host, LocalHost
 from .journal import Journal
 from .probes.docker import DockerApi, SdkDocker
+from .probes.cuda import CudaState, read_cuda
 from .probes.gpu import Inventory, read_inventory
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class Context:
     host: Host = field(default_factory=LocalHost)
     docker_factory: Callable[[], DockerApi] = SdkDocker
     inventory_reader: Callable[[], Inventory] = read_inventory
+    cuda_reader: Callable[[], CudaState] = read_cuda  # the CUDA driver API's answer (probes.cuda)
     # What the manager says (ManagerSwarm), over SSH unless a test stands in: (config, token, node_id).
     manager_reader: Callable[..., "ManagerSwarm"] | None = None
     # Why host:port cannot be reached over TCP from here, or None (a short connect test).
@@ -106,6 +108,7 @@ class Context:
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
     _inventory_generation: int = field(default=0, init=False)
+    _cuda: tuple[int, CudaState] | None = field(default=None, init=False)
     # The manager's answer, asked once a run (token dropped), and the node id it was asked about.
     _manager: "tuple[ManagerSwarm | None, str]" = field(default=(None, ""), init=False)
     swarm_joined_at: str = field(default="", init=False)  # set by swarm-join: where it joined and why
@@ -152,6 +155,13 @@ class Context:
         if isinstance(self._inventory, NvmlUnavailable):
             raise self._inventory
         return self._inventory
+
+    def cuda(self) -> CudaState:
+        """Whether CUDA works (cuInit, cuDeviceGetCount), asked once per run and again after an
+        action changed the machine."""
+        if self._cuda is None or self._cuda[0] != self.facts.generation:
+            self._cuda = (self.facts.generation, self.cuda_reader())
+        return self._cuda[1]
 
     def manager_swarm(self, token: bool = False, node_id: str = "") -> "ManagerSwarm":
         """The manager's swarm (cluster id, join address), read once per run over SSH. With `token`,

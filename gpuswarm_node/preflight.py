@@ -11,6 +11,9 @@ at what the selected steps need:
 - `manager-host-key`: the manager answers SSH with the expected host key, takes the key, and runs
   a swarm (asked once; the swarm-join step reuses the answer).
 - `registry-ca`: registry.ca_cert exists and holds a PEM certificate.
+- `node-name`: this machine's host name is swarm.node_name, the node the hub authorised the key
+  for (`hub bundle` writes it): the hub's gate acts only on the node whose host name that is, so
+  a worker under another name would join and then be refused its labels, drain and leave.
 
 The SSH checks are left out where the node is already a member of the manager's swarm (the join
 has nothing to do) and where no manager is configured.
@@ -110,8 +113,25 @@ def registry_ca_problem(ctx: Context, names: set[str]) -> str | None:
     return f"registry.ca_cert {cfg.ca_cert} {problem}: {fix}"
 
 
+HOSTNAME = "/proc/sys/kernel/hostname"  # the kernel's host name: what Docker reports as the node's
+
+
+def node_name_problem(ctx: Context, names: set[str]) -> str | None:
+    want = ctx.config.swarm.node_name
+    if not want or not _joins(ctx, names):
+        return None
+    have = (ctx.fact(F.FILE_TEXT, HOSTNAME) or "").strip()
+    if have == want:
+        return None
+    return (f"this machine's host name is {have or 'unknown'}, but swarm.ssh_key is authorised for node {want} "
+            f"(swarm.node_name), and the hub's gate acts only on the node of that name: set the host name "
+            f"(`hostnamectl set-hostname {want}`; `hub bundle --cloud-init` user-data sets it at boot), or make a "
+            f"bundle for {have or 'this machine'} on the hub (`hub bundle --node {have or 'NAME'}`)")
+
+
 CHECKS = (("config", config_problem), ("ssh-key", ssh_key_problem), ("known-hosts", known_hosts_problem),
-          ("manager-host-key", manager_problem), ("registry-ca", registry_ca_problem))
+          ("manager-host-key", manager_problem), ("registry-ca", registry_ca_problem),
+          ("node-name", node_name_problem))
 
 
 def setup_plan(steps: Sequence[Step]) -> Plan:

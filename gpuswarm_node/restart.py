@@ -29,15 +29,6 @@ FLAG_KEYS = {"-H": "hosts", "--host": "hosts", "-D": "debug", "-l": "log-level",
              "--default-ulimit": "default-ulimits", "--node-generic-resource": "node-generic-resources"}
 # Keys dockerd merges from both places instead of refusing (skipDuplicates in moby's daemon/config).
 MERGED_KEYS = frozenset({"runtimes"})
-# Flags swarm mode refuses (IsSwarmCompatible in moby's daemon/config; cluster-store and
-# cluster-advertise are gone since Docker 23, whose dockerd then does not start at all).
-SWARM_INCOMPATIBLE_FLAGS = {"live-restore": "Docker refuses swarm mode with live-restore on",
-                            "cluster-store": "swarm mode refuses a cluster store (and Docker 23 and later do not "
-                                             "start with one)",
-                            "cluster-advertise": "swarm mode refuses it (and Docker 23 and later do not start "
-                                                 "with it)"}
-
-
 def flag_key(arg: str) -> str | None:
     """The daemon.json key a dockerd argument sets, or None when it is not a flag."""
     if not arg.startswith("-") or arg in ("-", "--"):
@@ -56,14 +47,16 @@ def conflicting_args(settings: dict, args: list) -> list[tuple[str, object]]:
     return out
 
 
-def swarm_incompatible_args(args: list) -> list[tuple[str, object]]:
-    """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode."""
-    out = []
-    for arg in args:
-        key = flag_key(arg.text)
-        if key in SWARM_INCOMPATIBLE_FLAGS and not (key == "live-restore" and arg.text.endswith("=false")):
-            out.append((SWARM_INCOMPATIBLE_FLAGS[key], arg))
-    return out
+def swarm_incompatible_args(args: list, daemon_json: dict | None = None,
+                            version: tuple[int, int] | None = None) -> list[tuple[str, object]]:
+    """(why, argument) for every argument (with `.text`) that keeps this node out of swarm mode,
+    with daemon.json's settings (`daemon_json`) read together with the flags, as dockerd does
+    (swarm_compat.REFUSED holds what each Docker version refuses)."""
+    from . import swarm_compat
+
+    flags = swarm_compat.flag_settings([arg.text for arg in args])
+    return [(swarm_compat.why(rule), args[index]) for rule, where, index in
+            swarm_compat.refused(daemon_json or {}, flags, version) if where == "flag"]
 
 
 def validate(ctx: Context, content: str) -> None:
@@ -157,11 +150,13 @@ def restart_action(previous: dict[str, str | None], reload: bool = False) -> Act
                 lambda ctx: restart_with_rollback(ctx, previous, reload))
 
 
-def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this") -> str | None:
+def restart_refusal(ctx: Context, command: str = "setup", change: str = "applying this",
+                    effect: str = "restarts Docker, which would stop", verb: str = "restart") -> str | None:
     """Why Docker must not be restarted now, or None. `command` is what the operator runs again
-    with --drain or --allow-restart; `change` what restarts Docker. --drain permits the restart
-    only where the node can be drained: otherwise the containers would stop all the same.
-    (live-restore cannot keep them: setup removes it, since Swarm refuses it.)"""
+    with --drain or --allow-restart; `change` what restarts Docker, `effect` what it does to the
+    containers, `verb` what --allow-restart lets happen (a reboot stops them the same way).
+    --drain permits it only where the node can be drained: otherwise the containers would stop
+    all the same. (live-restore cannot keep them: setup removes it, since Swarm refuses it.)"""
     if ctx.docker.unreachable_reason() is not None:
         return None
     running = ctx.docker.running_containers()
@@ -171,7 +166,7 @@ def restart_refusal(ctx: Context, command: str = "setup", change: str = "applyin
     if ctx.options.drain and cannot_drain is None:
         return None
     shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
-    stop = f"{change} restarts Docker, which would stop {len(running)} running container(s): {shown}"
+    stop = f"{change} {effect} {len(running)} running container(s): {shown}"
     if cannot_drain:
-        return f"{stop}; --drain cannot move them ({cannot_drain}): run {command} --allow-restart to restart anyway"
-    return f"{stop}; run {command} --drain to move swarm tasks off first, or --allow-restart to restart anyway"
+        return f"{stop}; --drain cannot move them ({cannot_drain}): run {command} --allow-restart to {verb} anyway"
+    return f"{stop}; run {command} --drain to move swarm tasks off first, or --allow-restart to {verb} anyway"

@@ -17,6 +17,7 @@ from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
 from gpuswarm_node.host import CommandResult, FileStatus, LockHolder, PathAnswer
 from gpuswarm_node.probes.docker import SwarmMembership
 from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
+from gpuswarm_node.probes.cuda import CudaState
 
 
 def _result(argv: list[str], spec: Mapping[str, Any]) -> CommandResult:
@@ -444,7 +445,25 @@ def inventory_from_case(spec: Mapping[str, Any] | None) -> Callable[[], Inventor
         for i, g in enumerate(spec.get("gpus", [])):
             migs = tuple(MigDevice(m["uuid"], int(m.get("memory_gib", 5) * 2**30)) for m in g.get("mig", []))
             gpus.append(Gpu(i, g["uuid"], g.get("name", "NVIDIA Test GPU"), int(g.get("memory_gib", 12) * 2**30),
-                            mig_enabled=bool(migs), mig_devices=migs))
+                            mig_enabled=g.get("mig_enabled", bool(migs)), mig_devices=migs))
         return Inventory(spec.get("driver", "550.54.15"), tuple(gpus))
+
+    return read
+
+
+def cuda_from_case(spec: Mapping[str, Any] | None, gpus: Mapping[str, Any] | None = None) -> Callable[[], CudaState]:
+    """What cuInit and cuDeviceGetCount answer: `{"error": 802}` (a CUresult), `{"missing": "why"}`
+    (libcuda.so.1 not loadable), `{"devices": N}`; by default CUDA works and sees the case's GPUs."""
+
+    def read() -> CudaState:
+        from gpuswarm_node.probes.cuda import CAUSES
+
+        if spec is None:
+            return CudaState(devices=len((gpus or {}).get("gpus", [])))
+        if "missing" in spec:
+            return CudaState(error=-1, detail=spec["missing"])
+        if "error" in spec:
+            return CudaState(error=spec["error"], detail=CAUSES.get(spec["error"], ("",))[0])
+        return CudaState(devices=spec.get("devices", 0))
 
     return read

@@ -69,6 +69,7 @@ def test_bundle_writes_the_workers_files_root_only_and_authorises_its_key(gsn, h
     assert (cfg.registry.address, cfg.registry.ca_cert) == ("hub.example.org:5000",
                                                             "/etc/gpuswarm-node/registry-ca.crt")
     assert cfg.image.name == "hub.example.org:5000/notebook:latest" and cfg.node.reboot == "auto"
+    assert cfg.swarm.node_name == "worker-7"  # the key's node: setup's preflight compares the host name
     # The hub's host keys, under the name and port the worker connects to.
     known = (out / "known_hosts").read_text().splitlines()
     assert [line.split()[0] for line in known] == ["[hub.example.org]:2222"] * 2
@@ -112,6 +113,8 @@ def test_user_data_is_cloud_config_with_the_files_modes_and_the_tool(gsn, hub):
     assert decoded["/etc/gpuswarm-node/config.toml"] == (out / "config.toml").read_bytes()
     assert decoded["/usr/local/src/gpuswarm-node.tar.gz"] == hub["tool"].read_bytes()
     assert all(f["owner"] == "root:root" and f["encoding"] == "b64" for f in files.values())
+    # The instance's host name is the node name the key is authorised for (the gate's name for it).
+    assert (data["hostname"], data["preserve_hostname"], data["prefer_fqdn_over_hostname"]) == ("worker-7", False, False)
     (command,) = data["runcmd"]
     assert command[:2] == ["sh", "-c"] and command[2].endswith(
         "/usr/local/src/gpuswarm-node/setup.sh --config /etc/gpuswarm-node/config.toml")
@@ -133,6 +136,7 @@ def test_user_data_can_fetch_the_tool_by_url_checked_by_its_digest(hub):
 
 @pytest.mark.parametrize("change,says", [
     (["--node", "bad name"], "not a host name"),
+    (["--node", "w" * 30 + "." + "w" * 34], "a machine's host name has at most 64"),
     (["--manager", ""], "swarm.manager is not set"),
     (["--registry-ca", "/nonexistent/ca.crt"], "cannot be read"),
     (["--set", "swarm.manager=hub.example.org\nevil"], "control character"),

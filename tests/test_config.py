@@ -1,4 +1,4 @@
-"""Configuration: layering, validation, and the README's reference kept true to the code."""
+"""Configuration: layering, validation, and the reference (docs/reference.md) kept true to the code."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from gpuswarm_node import config
 from gpuswarm_node.errors import ConfigError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
 
-def test_readme_reference_matches_the_code():
-    text = README.read_text()
+def test_reference_matches_the_code():
+    text = REFERENCE.read_text()
     block = text.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     rows = [line for line in block.strip().splitlines()[2:]]
     expected = [f"| `[{section}] {key}` | `{json.dumps(default)}` | {help} |"

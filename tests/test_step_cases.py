@@ -22,9 +22,10 @@ from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_
 from gpuswarm_node.steps.boot import unit_text as boot_unit
 from gpuswarm_node.steps.watch import unit_text as watch_unit
 from gpuswarm_node.steps.metadata_guard import script_text as guard_script, unit_text as guard_unit
+from gpuswarm_node.steps.nvidia_driver import unattended_dropin_text
 from gpuswarm_node.context import Context, RunOptions
 
-from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, inventory_from_case
+from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, cuda_from_case, inventory_from_case
 
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
@@ -37,6 +38,7 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<compiled gpuswarm-runtime.py>": lambda: wrapper_bytecode(wrapper_program_text()),
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
                 "<rendered gpuswarm-node-boot.service>": boot_unit,
+                "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text,
                 "<rendered gpuswarm-node-watch.service>": watch_unit}
 
 
@@ -66,6 +68,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     ctx = Context(config=config.from_tables(case.get("config", {})), host=host,
                   options=RunOptions(**case.get("options", {})),
                   docker_factory=lambda: docker, inventory_reader=inventory_from_case(case.get("gpus")),
+                  cuda_reader=cuda_from_case(case.get("cuda"), case.get("gpus")),
                   manager_reader=manager.read, port_prober=ports.problem,
                   manager_session_factory=manager.session, given_facts=host.facts)
     return ctx, host, docker, manager, ports

@@ -11,11 +11,18 @@ When a run ends with a reboot required (nvidia-driver installed a driver) and `n
 `auto`, `reboot_if_allowed` reboots the machine, once: it writes REBOOT_MARKER first, and while the
 marker is there no run reboots again; a run that converges removes it. So a driver that
 still does not load after its reboot stops there, blocked, instead of rebooting in a loop.
+
+A reboot stops every container as a Docker restart does, so it obeys the same rules
+(restart.restart_refusal): while containers (notebooks) run on the node it is refused, unless
+setup was given --allow-restart, or --drain where the node can be drained: then the node is
+drained through the manager first, the marker records it, and the run that converges after the
+reboot makes the node active again. A node that does not converge stays drained: it cannot serve.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from ..config import LAST_SETUP_CONFIG, from_tables, tables, to_toml, tomllib
@@ -138,14 +145,17 @@ class BootStep:
 
 def reboot_if_allowed(report, ctx: Context) -> str | None:
     """After a setup run (`report`, engine.RunReport): reboot the machine when a step requires it,
-    node.reboot is "auto", the boot unit will resume setup, and no earlier run rebooted for the
-    same cause (REBOOT_MARKER). Removes the marker when the run converged. Returns the line
-    to print, or None when there is nothing to say."""
+    node.reboot is "auto", the boot unit will resume setup, no earlier run rebooted for the
+    same cause (REBOOT_MARKER), and no container runs here (or --allow-restart, or --drain and the
+    node was drained first). Removes the marker when the run converged, making a node the reboot
+    drained active again. Returns the line to print, or None when there is nothing to say."""
     host = ctx.host
     marker = host.read_text(REBOOT_MARKER)
     if not report.reboot_required:
         if marker is not None and report.ok:  # converged: the reboot did its work
+            line = _activate_after_reboot(ctx, marker)
             host.remove(REBOOT_MARKER)
+            return line
         return None
     if ctx.config.node.reboot != "auto":
         return None
@@ -157,9 +167,48 @@ def reboot_if_allowed(report, ctx: Context) -> str | None:
     if boot is None or boot.state.value != "ok":
         return (f"not rebooting by itself: {UNIT_NAME} is not in place to resume setup after the reboot "
                 "(the boot step is not ok); reboot, then run setup again")
+    from .. import restart
+    from ..errors import GpuswarmError
+    from ..lifecycle import activate, drain_and_wait
+
+    refusal = restart.restart_refusal(ctx, "setup", "the automatic reboot (node.reboot = auto)", "would stop",
+                                      "reboot")
+    if refusal:
+        return f"not rebooting by itself: {refusal}"
+    drained = ""
+    if ctx.options.drain and not ctx.options.allow_restart and ctx.docker.unreachable_reason() is None \
+            and ctx.docker.running_containers():
+        try:
+            drain_and_wait(ctx)
+        except GpuswarmError as exc:
+            try:
+                activate(ctx)  # a drain that timed out leaves the node drained: undo it, nothing rebooted
+            except (GpuswarmError, KeyError):
+                pass
+            return f"not rebooting by itself: draining this node first failed: {exc.message()}"
+        drained = f", drained {ctx.outcomes['drained']}"
     boot_id = (host.read_text(BOOT_ID) or "").strip()
-    host.write_text(REBOOT_MARKER, f"boot {boot_id or 'unknown'}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n",
-                    mode=0o600)
+    host.write_text(REBOOT_MARKER, f"boot {boot_id or 'unknown'}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+                    f"{drained}\n", mode=0o600)
     host.run(["systemctl", "reboot"])
     return (f"rebooting now (node.reboot = auto) for {', '.join(s.name for s in report.steps if s.reboot_required)}; "
-            f"{UNIT_NAME} runs setup again after the reboot")
+            f"{UNIT_NAME} runs setup again after the reboot"
+            + (" and makes this node active again once it converges" if drained else ""))
+
+
+def _activate_after_reboot(ctx: Context, marker: str) -> str | None:
+    """Make the node an automatic reboot drained (REBOOT_MARKER's "drained NODE_ID") active again;
+    the line to print, or None when it was not drained."""
+    match = re.search(r", drained (\S+)", marker)
+    if not match:
+        return None
+    from ..errors import GpuswarmError
+    from ..lifecycle import activate
+
+    ctx.outcomes["drained"] = match.group(1)
+    try:
+        activate(ctx)
+    except GpuswarmError as exc:
+        return (f"could not make node {match.group(1)} active again after the automatic reboot: {exc.message()} "
+                f"Run `docker node update --availability active {match.group(1)}` on the manager.")
+    return f"node {match.group(1)} is active again: the automatic reboot that drained it is done"

@@ -15,6 +15,7 @@ import json
 import posixpath
 import re
 import sys
+from typing import Callable
 
 from ..engine import (Check, Paired, PlannedFile, RemoveFile, WriteFile, blocked, needs_change, ok,
                       run_command, write_wanted)
@@ -23,7 +24,7 @@ from ..host import FileStatus, Host, dir_repair_commands, unsafe
 from .. import facts as F
 from ..probes.dockerd import Arg, DockerUnit, docker_unit
 from ..probes.gpu import Inventory
-from .. import restart
+from .. import restart, swarm_compat
 from ..lifecycle import activate_action, can_drain, drain_action
 from ..nvidia_hook import TOOLKIT_CONFIGS, wrapper_policy
 from ..render import render
@@ -91,9 +92,11 @@ KEY_TYPES = {
     "live-restore": (lambda v: isinstance(v, bool), "true or false"),
     "cluster-store": (lambda v: isinstance(v, str), "a string"),
     "cluster-advertise": (lambda v: isinstance(v, str), "a string"),
+    "firewall-backend": (lambda v: isinstance(v, str), 'a string ("iptables" or "nftables")'),
+    "iptables": (lambda v: isinstance(v, bool), "true or false"),
+    "features": (lambda v: isinstance(v, dict) and all(isinstance(f, bool) for f in v.values()),
+                 'an object of true/false by feature name, e.g. {"containerd-snapshotter": true}'),
 }
-# Keys that keep a node out of swarm mode (IsSwarmCompatible in moby's daemon/config).
-SWARM_INCOMPATIBLE_KEYS = ("cluster-store", "cluster-advertise")
 
 
 def daemon_json_problems(existing: dict, kind: str, devices: set[str] = frozenset()) -> list[str]:
@@ -105,11 +108,6 @@ def daemon_json_problems(existing: dict, kind: str, devices: set[str] = frozense
             problems.append(f"{DAEMON_JSON}: {key!r} is {_json_type(existing[key])}; it must be {want}")
     if problems:
         return problems
-    for key in SWARM_INCOMPATIBLE_KEYS:
-        if existing.get(key):
-            problems.append(f"{DAEMON_JSON} sets {key!r}, which swarm mode refuses (Docker 23 and later do not "
-                            f"start with it at all): it belongs to the legacy overlay networking with an external "
-                            f"key-value store; remove it")
     if "runc" in existing.get("runtimes", {}):
         problems.append(f"{DAEMON_JSON} defines the runtime 'runc' in 'runtimes', a name dockerd reserves "
                         "(it refuses to start); remove it")
@@ -138,9 +136,9 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
 
     Entries of another kind whose value is one of this node's devices or slices are GPU slices
     advertised under a kind the runtime does not read (left from an earlier gpu.resource): a
-    service reserving them would get no GPU, so they go. live-restore goes too: swarm mode
-    refuses it, and the tool always makes the node a swarm member. The caller has checked the
-    types (daemon_json_problems).
+    service reserving them would get no GPU, so they go. So do the settings swarm mode refuses
+    that the tool may take away (swarm_compat.REFUSED, `removed`: live-restore): the tool always
+    makes the node a swarm member. The caller has checked the types (daemon_json_problems).
     """
     merged = dict(existing)
     merged["runtimes"] = {**existing.get("runtimes", {}), "nvidia": NVIDIA_RUNTIME, RUNTIME_NAME: SLICE_RUNTIME}
@@ -149,8 +147,9 @@ def merge_settings(existing: dict, kind: str, slices: list[str], devices: set[st
     others = [r for r in existing.get("node-generic-resources", [])
               if parse_generic_resource(r)[0] != kind and device_of(parse_generic_resource(r)[1]) not in devices]
     merged["node-generic-resources"] = others + generic_resources(kind, slices)
-    if merged.get("live-restore") is True:
-        del merged["live-restore"]
+    for rule, where, _index in swarm_compat.refused(existing, {}, None):
+        if rule.removed and where == "daemon.json":
+            del merged[rule.key]
     return merged
 
 
@@ -273,20 +272,41 @@ def without_host_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def flag_refusal(settings: dict, args: list[Arg]) -> str | None:
-    """Why dockerd would not start as a swarm worker with these arguments and daemon.json
-    settings, naming each flag and the file it is in; None when it would."""
-    # dockerd takes no positional arguments: a word after a flag without "=" is its value.
+def _shown(args: list[Arg]) -> Callable[[Arg], str]:
+    """How an argument is quoted in a message: with its value when that is the next word (dockerd
+    takes no positional arguments, so a word after a flag without "=" is its value)."""
     following = {id(arg): nxt.text for arg, nxt in zip(args, args[1:])}
 
     def shown(arg: Arg) -> str:
         value = following.get(id(arg), "")
         with_value = "=" not in arg.text and value and not value.startswith("-")
         return f"`{arg.text} {value}`" if with_value else f"`{arg.text}`"
+    return shown
 
+
+def swarm_refusals(settings: dict, args: list[Arg], version: swarm_compat.Version | None = None) -> list[str]:
+    """What in these daemon.json settings and dockerd arguments swarm mode refuses (Docker
+    `version`, (major, minor), None when unknown): one sentence each, naming the key or the flag
+    and the file it is in, with the fix (swarm_compat.REFUSED)."""
+    shown = _shown(args)
     problems = []
-    for why, arg in restart.swarm_incompatible_args(args):
-        problems.append(f"docker.service starts dockerd with {shown(arg)} ({arg.where}): {why}; {_remove(arg)}")
+    flags = swarm_compat.flag_settings([arg.text for arg in args])
+    for rule, where, index in swarm_compat.refused(settings, flags, version):
+        if where == "daemon.json":
+            problems.append(f"{DAEMON_JSON} sets {rule.key!r}: {swarm_compat.why(rule)}; {rule.fix}")
+            continue
+        arg = args[index]
+        problems.append(f"docker.service starts dockerd with {shown(arg)} ({arg.where}): {swarm_compat.why(rule)}; "
+                        f"{_remove(arg)}")
+    return problems
+
+
+def flag_refusal(settings: dict, args: list[Arg], version: swarm_compat.Version | None = None) -> str | None:
+    """Why dockerd would not start as a swarm worker with these arguments and daemon.json
+    settings (Docker `version`, (major, minor), None when unknown), naming each flag and the file
+    it is in, or the daemon.json key; None when it would."""
+    shown = _shown(args)
+    problems = swarm_refusals(settings, args, version)
     by_key: dict[str, list[Arg]] = {}
     for key, arg in restart.conflicting_args(settings, args):
         by_key.setdefault(key, []).append(arg)
@@ -483,10 +503,11 @@ class DockerDaemonStep:
             if have is not None and have != merged["runtimes"][name]:
                 reasons.append(f"runtime {name} is {json.dumps(have)}; gpuswarm-node owns that name and sets it to "
                                f"{json.dumps(merged['runtimes'][name])}")
-        if existing.get("live-restore") is True:
-            reasons.append("live-restore is on, which swarm mode refuses (dockerd: \"--live-restore daemon "
-                           "configuration is incompatible with swarm mode\"): it is removed from daemon.json, so "
-                           "containers stop when Docker restarts")
+        for rule, where, _index in swarm_compat.refused(existing, {}, None):
+            if rule.removed and where == "daemon.json" and rule.key not in merged:
+                reasons.append(f"{DAEMON_JSON} sets {rule.key!r}: {swarm_compat.why(rule)}; it is removed "
+                               "from daemon.json" + (", so containers stop when Docker restarts"
+                                                     if rule.key == "live-restore" else ""))
         return reasons
 
     def check(self, ctx: Context) -> Check:
@@ -519,7 +540,7 @@ class DockerDaemonStep:
                            "(or undo the edit), then setup again")
         # dockerd as it will start once this is applied: refused here, before anything changes.
         args, _origin = (unit.replaced(DROPIN, want_dropin) if want_dropin != have_dropin else unit).dockerd_args()
-        refusal = flag_refusal(merged, args)
+        refusal = flag_refusal(merged, args, swarm_compat.docker_version(ctx.facts))
         if refusal:
             return blocked(refusal)
         # Compared as settings, not text: a hand-formatted daemon.json that says the same stays.

@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import apt_sources
-from ..engine import Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped
+from ..engine import (Call, Check, perform, PlannedFile, WriteFile, blocked, needs_change, ok, run_command, skipped,
+                      write_wanted)
 from ..errors import NvmlUnavailable, StepFailed
 from .. import facts as F
 from ..context import Context
+from ..render import render
 from ..shared_facts import gpu_presence
 from ..journal import keep
 from . import apt
@@ -29,6 +31,41 @@ if TYPE_CHECKING:
 
 STEP = "nvidia-driver"
 DEBIAN_FIRMWARE = "firmware-misc-nonfree"
+
+# unattended-upgrades keeps these back (Unattended-Upgrade::Package-Blacklist: Python regular
+# expressions, each tried with re.match on a package name, in unattended-upgrades'
+# is_pkgname_in_blacklist; the lists of every apt.conf.d file add up). NVIDIA's driver installation
+# guide ("Version locking") pins a branch; what breaks notebooks is any upgrade of the driver's
+# userspace while the old module stays loaded, which only the unattended path does unannounced.
+# So this holds back unattended upgrades only, not the operator's `apt-get upgrade` nor the tool's
+# own installs (apt-mark hold would refuse those too). Debian's, Ubuntu's and NVIDIA's CUDA
+# repository's names; linux-modules-nvidia-* stay out (per kernel ABI, they must follow the kernel).
+UNATTENDED_DROPIN = "/etc/apt/apt.conf.d/51gpuswarm-node-nvidia-driver"
+DRIVER_UPGRADE_PATTERNS = (
+    r"nvidia-driver(-.*)?$",            # nvidia-driver-535-server[-open]; Debian's nvidia-driver, -bin, -libs
+    r"nvidia-headless-.*",              # nvidia-headless[-no-dkms]-535-server
+    r"nvidia-dkms-.*",                  # nvidia-dkms-535[-server][-open]
+    r"nvidia-(.+-)?kernel(-open)?-(dkms|support|source|common).*",  # nvidia-kernel-common-535-server, nvidia-kernel-dkms
+    r"nvidia-(tesla|legacy)-.*",        # nvidia-tesla-470-driver and its libraries
+    r"nvidia-(compute-)?utils-.*",      # nvidia-utils-535-server, nvidia-compute-utils-535-server
+    r"nvidia-(smi|alternative|persistenced)$",
+    r"nvidia-firmware-.*",              # nvidia-firmware-535-server-535.216.01
+    r"firmware-nvidia-gsp.*",           # Debian's GSP firmware, of the driver's version
+    r"nvidia-fabricmanager(-.*)?$",     # must match the loaded driver's version exactly
+    # libnvidia-compute-535-server, libnvidia-ml1, libnvidia-nscq-535; not the container toolkit's
+    # libnvidia-container*, which follows no driver version (and whose security fixes must come in)
+    r"libnvidia-(?!container).*",
+    r"libcuda1$",
+    r"libnv(cuvid|optix)1$",
+    r"lib(gl|egl|gles|glx)[0-9]*-nvidia.*",
+    r"xserver-xorg-video-nvidia.*",
+    r"cuda-drivers.*",
+    r"nvidia-open(-[0-9]+)?$",
+)
+
+
+def unattended_dropin_text() -> str:
+    return render("unattended-upgrades-nvidia-driver.conf.j2", patterns=DRIVER_UPGRADE_PATTERNS)
 
 
 def _module(module: driver.LoadedModule) -> str:
@@ -89,8 +126,17 @@ class NvidiaDriverStep:
     description = "NVIDIA driver loaded: NVML reports a driver version"
 
     def files(self, ctx: Context) -> list[PlannedFile]:
-        # Only Debian's apt sources, when the driver's components are missing from them.
-        return [PlannedFile(a.path, a.content) for a in self.check(ctx).actions if isinstance(a, WriteFile)]
+        # Debian's apt sources, when the driver's components are missing from them; the
+        # unattended-upgrades drop-in once a driver runs (NVML answers), as the check writes it
+        # once nothing else blocks.
+        planned = [PlannedFile(a.path, a.content) for a in self.check(ctx).actions if isinstance(a, WriteFile)]
+        try:
+            ctx.inventory()
+        except NvmlUnavailable:
+            return planned
+        if not any(p.path == UNATTENDED_DROPIN for p in planned):
+            planned.append(PlannedFile(UNATTENDED_DROPIN, unattended_dropin_text()))
+        return planned
 
     def check(self, ctx: Context) -> Check:
         try:
@@ -99,7 +145,27 @@ class NvidiaDriverStep:
             return self._without_nvml(ctx, exc)
         if not inv.gpus:
             return blocked(f"driver {inv.driver_version} is loaded but NVML reports no GPU")
-        return ok(f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s)")
+        # NVML answering is not serving: a MIG-mode GPU without MIG devices yields no slice, and
+        # CUDA can fail while NVML answers (probes.cuda). Each is blocked with its fix.
+        empty = [g for g in inv.gpus if g.mig_enabled and not g.mig_devices]
+        if empty:
+            return blocked("; ".join(
+                f"GPU {g.index} ({g.name}) is in MIG mode but has no MIG devices (they do not survive a reboot), so "
+                f"no notebook can use it: create them (`nvidia-smi mig -i {g.index} -cgi <profiles> -C`), or turn "
+                f"MIG off (`nvidia-smi -i {g.index} -mig 0`, then reset the GPU or reboot)" for g in empty))
+        from ..probes.cuda import problem as cuda_problem
+
+        refused = cuda_problem(ctx.cuda(), inv.driver_version)
+        if refused:
+            return blocked(refused)
+        serving = f"driver {inv.driver_version}, {len(inv.gpus)} GPU(s), CUDA initialises"
+        # The driver runs: from now on only a deliberate upgrade (and its reboot) may change it.
+        write = write_wanted(ctx, PlannedFile(UNATTENDED_DROPIN, unattended_dropin_text()))
+        if write:
+            what = "is missing" if write.before is None else "differs"
+            return needs_change(f"{serving}; {UNATTENDED_DROPIN} {what}, so unattended-upgrades may upgrade the driver "
+                                "under its loaded module (then NVML and CUDA fail until a reboot)", write)
+        return ok(f"{serving}; unattended-upgrades leaves the driver's packages alone ({UNATTENDED_DROPIN})")
 
     def _without_nvml(self, ctx: Context, exc: NvmlUnavailable) -> Check:
         from ..probes import driver

@@ -10,6 +10,7 @@ manager's read over SSH and the node's from its swarm certificate (ctx.docker.no
 
 from __future__ import annotations
 
+from .. import swarm_compat
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok
 from ..errors import ManagerUnreachable, StepFailed
 from ..manager import ManagerSwarm, join_host_port, old_enforcer_problem, resolve_addresses, split_host_port
@@ -57,6 +58,28 @@ def choose_join_address(ctx: Context, swarm: ManagerSwarm) -> tuple[str, str]:
                      "setup again.")
 
 
+def settings_refusal(ctx: Context) -> str | None:
+    """Why Docker would refuse to init or join a swarm with the settings dockerd is given now
+    (daemon.json and its flags, swarm_compat.REFUSED), or None. What the docker-daemon step takes
+    out of daemon.json itself (live-restore) is left out: it runs before this step. A daemon.json
+    that cannot be read is the docker-daemon step's to report."""
+    from .docker_daemon import read_daemon_json, swarm_refusals
+    from ..probes.dockerd import docker_unit
+
+    try:
+        _text, settings = read_daemon_json(ctx.facts.files)
+    except StepFailed:
+        return None
+    removed = {rule.key for rule, where, _i in swarm_compat.refused(settings, {}, None)
+               if rule.removed and where == "daemon.json"}
+    args, _origin = docker_unit(ctx.facts).dockerd_args()
+    problems = swarm_refusals({k: v for k, v in settings.items() if k not in removed}, args,
+                              swarm_compat.docker_version(ctx.facts))
+    if not problems:
+        return None
+    return "Docker would refuse the swarm: " + "; ".join(problems) + "; then run setup again"
+
+
 def join_action(ctx: Context, leave: str = "") -> Call:
     """Fetch the token, cluster id and join address in one SSH session, pick the address, and only
     then (with `leave`) leave the current swarm: a manager that cannot be reached or a swarm port
@@ -99,6 +122,9 @@ class SwarmJoinStep:
                 return ok(f"this node is a swarm {role} (no swarm.manager configured)")
             if membership.state != "inactive":
                 return blocked(f"swarm state is {membership.state} {membership.error}".strip())
+            refusal = settings_refusal(ctx)
+            if refusal:
+                return blocked(refusal)
             return needs_change("not in a swarm; no swarm.manager configured, so this node starts its own",
                                 Call("initialise a single-node swarm",
                                      lambda ctx: ctx.docker.init(cfg.advertise_addr), Undo("leave-swarm")))
@@ -115,6 +141,9 @@ class SwarmJoinStep:
             problem = None  # the join says why, with the token read
         if problem:
             return blocked(problem)
+        refusal = settings_refusal(ctx)
+        if refusal:
+            return blocked(refusal)
         return needs_change(f"not in a swarm; join the swarm managed at {cfg.manager}", join_action(ctx))
 
     @staticmethod
@@ -153,6 +182,9 @@ class SwarmJoinStep:
                       f"{managers}){joined}")
         theirs = f"cluster {local}, managers: {managers}" if local else f"managers: {managers}"
         lone = self.lone_swarm(ctx, membership, local)
+        refusal = settings_refusal(ctx) if lone or ctx.options.force_rejoin else None
+        if refusal:
+            return blocked(refusal)
         if lone:
             # The embedded default (no manager: a swarm of its own) must not trap a box that is
             # later given a manager: leaving a swarm that holds nothing but this node loses nothing.

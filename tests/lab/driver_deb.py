@@ -16,6 +16,7 @@ Debian 12's (gpuswarm_node/probes/driver.py reads the roles from the names):
 - libnvidia-ml1: the lab's fake libnvidia-ml.so.1 (fake_nvml.py), so NVML answers once the driver
   is installed and not before; the GPUs it reports come from /etc/fake-nvml/config, which stands
   for the hardware and is written when the machine is made;
+- libcuda1: the same library as libcuda.so.1, which answers cuInit once the driver is installed;
 - linux-headers-<running kernel> (and Debian's flavour metapackage when the kernel has one) and
   firmware-misc-nonfree: empty.
 
@@ -152,12 +153,14 @@ def build_repo(out_dir: Path, nvml_lib_dir: Path, kernel_release: str,
     _deb(repo, "nvidia-detect", "all", "nvidia-detect: which driver the NVIDIA GPUs need",
          files={"/usr/bin/nvidia-detect": (nvidia_detect_script().encode(), 0o755)})
     _deb(repo, "nvidia-driver", arch, "NVIDIA driver metapackage",
-         depends=f"nvidia-kernel-dkms (= {VERSION}), libnvidia-ml1 (= {VERSION})")
+         depends=f"nvidia-kernel-dkms (= {VERSION}), libnvidia-ml1 (= {VERSION}), libcuda1 (= {VERSION})")
     _deb(repo, "nvidia-kernel-dkms", arch, "NVIDIA kernel module, built by DKMS at install",
          files={f"/lib/systemd/system/{MODULE_UNIT_NAME}": (MODULE_UNIT.encode(), 0o644)},
          postinst=dkms_postinst(kernel_release, build_seconds))
     _deb(repo, "libnvidia-ml1", arch, "NVIDIA Management Library (the lab's fake)",
          files={f"/usr/lib/{fake_nvml.multiarch()}/{fake_nvml.SONAME}": (lib, 0o644)})
+    _deb(repo, "libcuda1", arch, "NVIDIA CUDA driver library (the lab's fake: the same library)",
+         files={f"/usr/lib/{fake_nvml.multiarch()}/{fake_nvml.CUDA_NAME}": (lib, 0o644)})
     for name in headers_packages(kernel_release, "debian"):
         _deb(repo, name, arch, f"kernel headers ({name})")
     _deb(repo, "firmware-misc-nonfree", "all", "firmware for NVIDIA GPUs and others")

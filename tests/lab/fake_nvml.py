@@ -20,6 +20,9 @@ from typing import Literal
 
 SOURCE = Path(__file__).resolve().parent / "fake_nvml" / "fake_nvml.c"
 SONAME = "libnvidia-ml.so.1"
+# The same library answers the CUDA driver API's readiness calls (cuInit, cuDeviceGetCount) as
+# libcuda.so.1: a link to it beside it, and a copy of it installed beside NVML.
+CUDA_NAME = "libcuda.so.1"
 CONFIG_ENV = "FAKE_NVML_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/fake-nvml/config"
 # Faults a test injects while the process runs (fake_nvml.c's header: lost, xid, retired-pending,
@@ -66,7 +69,11 @@ def build(out_dir: Path) -> Path:
     # a half-written library.
     tmp = lib_dir / f".{SONAME}.{os.getpid()}"
     subprocess.run(["gcc", *CFLAGS, "-o", str(tmp), str(SOURCE)], check=True)
-    os.replace(tmp, lib)
+    link = lib_dir / f".{CUDA_NAME}.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(SONAME)
+    os.replace(link, lib_dir / CUDA_NAME)
+    os.replace(tmp, lib)  # last: its presence says the directory is complete
     return lib_dir
 
 
@@ -103,13 +110,16 @@ def render_config(
     driver_version: str = "550.54.15",
     cuda_version: int = 12040,
     mode: Mode = "ok",
+    cuda_init: int = 0,
 ) -> str:
-    """The config text the C library parses (format in fake_nvml.c)."""
+    """The config text the C library parses (format in fake_nvml.c); `cuda_init` is the CUresult
+    cuInit answers (802: an NVSwitch machine without Fabric Manager)."""
     lines = [
         "# fake libnvidia-ml.so.1 config, written by tests/lab/fake_nvml.py",
         f"mode {_check_token('mode', mode)}",
         f"driver {_check_token('driver_version', driver_version)}",
         f"cuda {int(cuda_version)}",
+        *([f"cuda-init {int(cuda_init)}"] if cuda_init else []),
     ]
     for index, gpu in enumerate(gpus):
         bus_id = gpu.pci_bus_id or f"00000000:{index + 1:02X}:00.0"
@@ -133,11 +143,12 @@ def write_config(
     driver_version: str = "550.54.15",
     cuda_version: int = 12040,
     mode: Mode = "ok",
+    cuda_init: int = 0,
 ) -> Path:
     """Write a config for the fake library; return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_config(gpus, driver_version, cuda_version, mode))
+    path.write_text(render_config(gpus, driver_version, cuda_version, mode, cuda_init))
     return path
 
 
@@ -181,6 +192,9 @@ def install_into(
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(lib_dir) / SONAME, target)
     target.chmod(0o644)
+    cuda = target.with_name(CUDA_NAME)
+    shutil.copyfile(Path(lib_dir) / SONAME, cuda)
+    cuda.chmod(0o644)
     config = root / DEFAULT_CONFIG_PATH.lstrip("/")
     write_config(config, gpus, driver_version, cuda_version, mode)
     config.chmod(0o644)

@@ -74,3 +74,38 @@ def test_setup_reboots_by_itself_once_and_the_boot_unit_finishes_the_node(worker
                                   and n["Status"]["State"] == "ready"), None))
     advertised = [r["NamedResourceSpec"]["Value"] for r in node["Description"]["Resources"]["GenericResources"]]
     assert sorted(advertised) == sorted(EXPECTED_SLICES)
+
+
+NAME2, ADDRESS2 = "gsn-w6", "198.18.0.16"
+
+
+@pytest.fixture(scope="module")
+def busy_worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir):
+    """A second fresh machine with no driver, node.reboot = "auto", on which a first setup without
+    the nvidia-driver step installed Docker and joined the swarm, so that a container runs on it
+    when the driver's setup asks for the reboot."""
+    repo = driver_deb.build_repo(lab_tmp / "driver-repo-busy-reboot", nvml_lib_dir, platform.release(),
+                                 build_seconds=2)
+    with provisioned_worker(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, name=NAME2, address=ADDRESS2,
+                            first=False, driver_repo=repo) as w:
+        w.sh(f"printf '\\n[node]\\nreboot = \"auto\"\\n' >> {CONFIG}")
+        w.as_user(f"sudo ./setup.sh --config {CONFIG} --skip nvidia-driver")
+        yield w
+
+
+def test_the_automatic_reboot_is_refused_while_a_notebook_runs(busy_worker, manager):
+    # Before: setup rebooted the machine under the running container, as no Docker restart may.
+    worker = busy_worker
+    worker.sh(f"docker run -d --name notebook-alice {manager.image} sleep 3600")
+    boot_id = worker.sh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    result = worker.gsn("setup", "--config", CONFIG)
+    out = result.stdout + result.stderr
+    assert ("not rebooting by itself: the automatic reboot (node.reboot = auto) would stop 1 running container(s): "
+            "notebook-alice; run setup --drain to move swarm tasks off first, or --allow-restart to reboot anyway") \
+        in out, out[-3000:]
+    # Nothing rebooted, nothing was marked: the next run (the notebook gone) may still reboot once.
+    assert worker.sh("cat /proc/sys/kernel/random/boot_id").stdout.strip() == boot_id
+    assert worker.sh(f"test -e {MARKER}", check=False).returncode == 1
+    assert worker.sh("docker inspect -f '{{.State.Running}}' notebook-alice").stdout.strip() == "true"
+    report = json.loads(worker.gsn("status", "--json", "--config", CONFIG).stdout)
+    assert report["reboot_required"] is True

@@ -336,11 +336,131 @@ def _status_or_none(hub: LabHub, user: str) -> dict | None:
 
 
 def stop_every_server(hub: LabHub, manager) -> None:
-    users = USERS + [EXTRA, "gus"]
+    users = USERS + [EXTRA, "gus", "sam"]
     for user in users:
         if server(hub, user):
             hub.api("DELETE", f"/users/{user}/server")
     wait_for("every task gone", lambda: not any(task_of(manager, u) for u in users), timeout=120)
+
+
+SHARE_USER = "sam"
+
+
+def mount_options(worker, path: str, container: str = "") -> list[str]:
+    """Per-mount options of the mount at `path`, on the worker or inside `container`."""
+    prefix = f"docker exec {container} " if container else ""
+    text = worker.sh(f"{prefix}cat /proc/self/mountinfo").stdout
+    [line] = [line for line in text.splitlines() if line.split()[4] == path][-1:]
+    return line.split()[5].split(",")
+
+
+def test_setuid_files_and_device_nodes_on_a_share_give_nothing(hub, workers, manager):
+    """A share cannot become a root door: a setuid-root file and a device node written onto a
+    share from a notebook give nothing to a local user of the worker, nor to another container.
+    The lab's kernel has no NFS, so each share is a local directory mounted as the shared-fs step
+    mounts a share: on itself, with nosuid,nodev (read-only for the tutorial share). The controls
+    show the machine honours a setuid bit and a device node where the flags are absent."""
+    stop_every_server(hub, manager)
+    for name, worker in workers.items():
+        if NODE_IDS.get(name) not in {n["ID"] for n in manager.nodes()}:
+            continue  # left the swarm (the leave test)
+        for path, mode in SHARED.items():
+            options = ",".join(["remount", "bind", "nosuid", "nodev"] + (["ro"] if mode == "ro" else []))
+            worker.machine.run(["sh", "-c", f"mount --bind {path} {path} && mount -o {options} {path}"])
+            assert {"nosuid", "nodev"} <= set(mount_options(worker, path))
+    spawn(hub, SHARE_USER)
+    wait_ready(hub, SHARE_USER, manager)
+    task = task_of(manager, SHARE_USER)
+    [name] = [n for n, node_id in NODE_IDS.items() if node_id == task["NodeID"]]
+    worker = workers[name]
+    cid = task["Status"]["ContainerStatus"]["ContainerID"]
+
+    # Inside the notebook, both shares keep nosuid,nodev (the tutorial one is also read-only).
+    for path in SHARED:
+        assert {"nosuid", "nodev"} <= set(mount_options(worker, path, cid)), path
+
+    # The notebook's root writes a setuid-root program and a world-openable device node.
+    worker.sh(f"docker exec -u 0 {cid} sh -c 'cp \"$(command -v id)\" /srv/shared/data/id-suid && "
+              "chown 0:0 /srv/shared/data/id-suid && chmod 4755 /srv/shared/data/id-suid && "
+              "mknod -m 666 /srv/shared/data/null-node c 1 3'")
+
+    # Controls: the same on the worker's own /tmp is honoured, so the checks below can fail.
+    worker.sh("install -m 4755 -o 0 -g 0 /srv/shared/data/id-suid /tmp/id-suid && "
+              "cp -a /srv/shared/data/null-node /tmp/null-node")
+    assert worker.as_user("/tmp/id-suid -u").stdout.strip() == "0"
+    assert worker.as_user(": < /tmp/null-node").returncode == 0
+
+    # A local user of the worker gets nothing from the share.
+    assert worker.as_user("/srv/shared/data/id-suid -u").stdout.strip() != "0"
+    opened = worker.as_user(": < /srv/shared/data/null-node")
+    assert opened.returncode != 0 and "Permission denied" in opened.stderr
+
+    # Nor does a non-root process of another container: a plain docker run, the share read-only.
+    image = worker.sh(f"docker inspect --format '{{{{.Config.Image}}}}' {cid}").stdout.strip()
+    run = worker.sh(f"docker run --rm -u 1000 -v /srv/shared/data:/data:ro {image} "
+                    "sh -c 'grep \" /data \" /proc/self/mountinfo; /data/id-suid -u'")
+    mountinfo, euid = run.stdout.strip().splitlines()[-2:]
+    assert {"nosuid", "nodev"} <= set(mountinfo.split()[5].split(","))
+    assert euid != "0"
+
+    worker.sh("rm -f /tmp/id-suid /tmp/null-node /srv/shared/data/id-suid /srv/shared/data/null-node")
+    stop_every_server(hub, manager)
+
+
+# What an image may set for the NVIDIA hook (gpuswarm_node/nvidia_hook.py HOOK_INPUTS, every
+# variable the wrapper pins or strips), each asking for the most a tenant could get.
+HOSTILE_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all,display",
+               "NVIDIA_MIG_CONFIG_DEVICES": "all", "NVIDIA_MIG_MONITOR_DEVICES": "all",
+               "NVIDIA_IMEX_CHANNELS": "0,1", "NVIDIA_GDS": "enabled", "NVIDIA_MOFED": "enabled",
+               "NVIDIA_NVSWITCH": "enabled", "NVIDIA_GDRCOPY": "enabled", "NVIDIA_REQUIRE_JETPACK": "csv-mounts=all"}
+
+
+def test_an_image_that_sets_every_hook_input_gets_its_slice_and_nothing_shared(hub, workers, manager, notebook_image):
+    """An image whose ENV sets every hook input the wrapper decides: as a service with a slice it
+    gets exactly its slice's GPU, as `docker run` (no slice) no GPU; neither gets what every
+    tenant of the node would share (MIG config or monitor, IMEX channels, GDS, MOFED, NVSwitch,
+    GDRCopy, Jetson CSV mounts, the display capability). Judged by the hook model on the spec the
+    stand-in NVIDIA runtime received, after the wrapper."""
+    from gpuswarm_node.nvidia_hook import HOOK_INPUTS
+
+    assert {i.name for i in HOOK_INPUTS if i.kind == "env" and i.action in ("pin", "strip")} <= set(HOSTILE_ENV)
+    stop_every_server(hub, manager)
+    worker = workers["gsn-h1"]
+    base = worker.sh(f"docker create {notebook_image} true").stdout.strip()
+    changes = " ".join(f"--change 'ENV {k}={v}'" for k, v in HOSTILE_ENV.items())
+    worker.sh(f"docker commit {changes} {base} gsn/hostile:1 && docker rm {base}")
+    nothing_shared = {"mig_config": "", "mig_monitor": "", "imex_channels": [], "gated": [], "csv_mounts_all": False,
+                      "cdi_annotations": []}
+
+    # docker run: no slice, so no GPU and nothing shared.
+    cid = worker.sh("docker run -d gsn/hostile:1 true").stdout.strip()
+    worker.sh(f"docker wait {cid} && docker rm {cid}")
+    grants = runtime_create(worker, cid)["hook_grants"]
+    assert grants["devices"] == [] and {k: grants[k] for k in nothing_shared} == nothing_shared, grants
+
+    # A service with one slice: that slice's GPU only.
+    import docker
+
+    service = manager.docker.services.create(
+        "gsn/hostile:1", ["sleep", "600"], name="hostile",
+        resources=docker.types.Resources(generic_resources={"gpu": 1}),
+        constraints=["node.hostname==gsn-h1"])
+    try:
+        def running() -> dict | None:
+            return next((t for t in service.tasks() if t["Status"]["State"] == "running"), None)
+
+        task = wait_for("the hostile service's task running", running, timeout=120)
+        name, slice_id = placement(manager, workers, task)
+        call = runtime_create(workers[name], task["Status"]["ContainerStatus"]["ContainerID"])
+        grants = call["hook_grants"]
+        assert grants["devices"] == [slice_id.split("::")[0]], call
+        assert {k: grants[k] for k in nothing_shared} == nothing_shared, grants
+        assert "display" not in grants["capabilities"], grants
+        assert not {"NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_IMEX_CHANNELS", "NVIDIA_GDS"} & set(call["env"]), call["env"]
+    finally:
+        service.remove()
+        wait_for("the hostile service's container gone",
+                 lambda: not worker.sh("docker ps -aq --filter label=com.docker.swarm.service.name=hostile").stdout.strip())
 
 
 def test_a_wrapper_that_maps_a_slice_to_the_wrong_gpu_fails_the_scenario(hub, workers, manager):

@@ -112,6 +112,7 @@ def describe(argv):
             try:
                 call["hook_config"], config = hook_config()
                 call["hook_devices"] = visible_devices(spec, config)
+                call["hook_grants"] = grants(spec, config)
             except Exception as exc:
                 call["hook_error"] = repr(exc)
     return call

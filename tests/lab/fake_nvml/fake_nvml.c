@@ -14,10 +14,18 @@
  *   cuda 12040
  *   gpu <GPU-uuid> <memory MiB> <pci bus id> <mig> <name, rest of the line>
  *   mig <MIG-uuid> <memory MiB> [<profile, e.g. 1g.10gb>]
+ *   cuda-init <CUresult>    what cuInit answers (default 0: success)
  *
  * <mig> is "none" (GPU cannot do MIG), "on", "off", or "<current>/<pending>"
  * such as "off/on" (a mode change waiting for a GPU reset).  "mig" lines
  * describe the MIG devices of the "gpu" line above them.
+ *
+ * The same library is libcuda.so.1 too (fake_nvml.py links that name to it):
+ * cuInit, cuDeviceGetCount and cuGetErrorName of the CUDA driver API, on the
+ * same config.  cuInit fails with the "cuda-init" code, with 100
+ * (CUDA_ERROR_NO_DEVICE) where NVML finds no driver, and with 803
+ * (CUDA_ERROR_SYSTEM_DRIVER_MISMATCH) in mode version-mismatch; the device
+ * count is the number of "gpu" lines.
  *
  * Faults, for health checks: a second file, $FAKE_NVML_FAULTS or
  * /etc/fake-nvml/faults, read again at every call that it concerns (a test
@@ -110,6 +118,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned init_count;
 static char driver_version[VERSION_LEN];
 static int cuda_version;
+static int cuda_init_result; /* "cuda-init": what cuInit answers */
+static int cuda_ready;       /* cuInit succeeded */
 static unsigned gpu_count;
 static struct nvmlDevice_st gpus[MAX_GPUS];
 static struct nvmlDevice_st migs[MAX_GPUS][MAX_MIG];
@@ -278,6 +288,7 @@ static nvmlReturn_t load_config(void)
         path = "/etc/fake-nvml/config";
     gpu_count = 0;
     cuda_version = 12040;
+    cuda_init_result = 0;
     set_str(driver_version, VERSION_LEN, "550.54.15");
 
     f = fopen(path, "r");
@@ -311,6 +322,12 @@ static nvmlReturn_t load_config(void)
             if (*end || v <= 0 || v > 1000000)
                 err = "cuda version must be a number like 12040";
             cuda_version = (int)v;
+        } else if (!strcmp(key, "cuda-init")) {
+            char *end;
+            long v = strtol(value, &end, 10);
+            if (*end || v < 0 || v > 100000)
+                err = "cuda-init must be a CUresult, e.g. 802";
+            cuda_init_result = (int)v;
         } else if (!strcmp(key, "mode")) {
             if (!strcmp(value, "ok"))
                 status = NVML_SUCCESS;
@@ -876,4 +893,65 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsi
 nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms)
 {
     return nvmlEventSetWait_v2(set, data, timeout_ms);
+}
+
+/* ---- the CUDA driver API (as libcuda.so.1) ---------------------------- */
+
+typedef int CUresult;
+
+CUresult cuInit(unsigned int flags)
+{
+    nvmlReturn_t status = NVML_SUCCESS;
+    CUresult result;
+    (void)flags;
+    pthread_mutex_lock(&lock);
+    /* The config is NVML's while NVML is initialised; read it otherwise. */
+    if (init_count == 0)
+        status = load_config();
+    if (status == NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+        result = 803;
+    else if (status != NVML_SUCCESS)
+        result = 100;
+    else
+        result = cuda_init_result;
+    cuda_ready = result == 0;
+    pthread_mutex_unlock(&lock);
+    return result;
+}
+
+CUresult cuDeviceGetCount(int *count)
+{
+    CUresult result = 0;
+    if (!count)
+        return 1; /* CUDA_ERROR_INVALID_VALUE */
+    pthread_mutex_lock(&lock);
+    if (!cuda_ready)
+        result = 3; /* CUDA_ERROR_NOT_INITIALIZED */
+    else
+        *count = (int)gpu_count;
+    pthread_mutex_unlock(&lock);
+    return result;
+}
+
+CUresult cuGetErrorName(CUresult error, const char **name)
+{
+    static const struct { CUresult code; const char *name; } names[] = {
+        {0, "CUDA_SUCCESS"}, {1, "CUDA_ERROR_INVALID_VALUE"}, {3, "CUDA_ERROR_NOT_INITIALIZED"},
+        {34, "CUDA_ERROR_STUB_LIBRARY"}, {35, "CUDA_ERROR_INSUFFICIENT_DRIVER"},
+        {46, "CUDA_ERROR_DEVICE_UNAVAILABLE"}, {100, "CUDA_ERROR_NO_DEVICE"},
+        {304, "CUDA_ERROR_OPERATING_SYSTEM"}, {802, "CUDA_ERROR_SYSTEM_NOT_READY"},
+        {803, "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH"}, {804, "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE"},
+        {999, "CUDA_ERROR_UNKNOWN"},
+    };
+    unsigned i;
+    if (!name)
+        return 1;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (names[i].code == error) {
+            *name = names[i].name;
+            return 0;
+        }
+    }
+    *name = NULL;
+    return 1;
 }
