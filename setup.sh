@@ -14,6 +14,7 @@ PREFIX=${GPUSWARM_PREFIX:-/opt/gpuswarm-node}
 BIN_LINK=/usr/local/bin/gpuswarm-node
 SRC=$(cd "$(dirname "$0")" && pwd)
 APT_LOCK_TIMEOUT=${GPUSWARM_APT_LOCK_TIMEOUT:-600}
+NETWORK_RETRY=${GPUSWARM_NODE_NETWORK_RETRY:-120}
 
 say() { printf 'setup.sh: %s\n' "$*" >&2; }
 
@@ -67,9 +68,13 @@ fi
 # on a first boot), up to GPUSWARM_APT_LOCK_TIMEOUT (the tool's apt.lock_timeout) seconds in all:
 # apt waits for dpkg's locks itself (DPkg::Lock::Timeout gets the time left) but fails at once
 # (exit 100) on the package lists' and the download directory's, so it is run again until they are
-# free. apt's own message names who holds the lock.
+# free. apt's own message names who holds the lock. A mirror that failed (apt's words for a name
+# that does not resolve yet, a connection, a server error; the tool's steps/apt.py MIRROR_TRANSIENT)
+# is tried again with backoff for GPUSWARM_NODE_NETWORK_RETRY (the tool's node.network_retry) seconds.
 apt_get() {
     apt_deadline=$(( $(date +%s) + APT_LOCK_TIMEOUT ))
+    apt_net_deadline=$(( $(date +%s) + ${NETWORK_RETRY:-120} ))
+    apt_wait=2
     apt_said=
     while :; do
         apt_left=$(( apt_deadline - $(date +%s) ))
@@ -82,6 +87,13 @@ apt_get() {
             return 0
         fi
         apt_held=$(printf '%s\n' "$apt_out" | sed -n 's/^E: \(Could not get lock .*\)/\1/p' | head -n 1)
+        apt_net=$(printf '%s\n' "$apt_out" | grep -m 1 -E 'Temporary failure resolving|Could not resolve|Could not connect to|Connection (timed out|failed|refused|reset)|Unable to connect to|Network is unreachable|No route to host| (500|502|503|504) |Bad Gateway|Service Unavailable|Hash Sum mismatch' || true)
+        if [ -z "$apt_held" ] && [ -n "$apt_net" ] && [ "$(date +%s)" -lt "$apt_net_deadline" ]; then
+            say "apt-get $* failed on a mirror ($apt_net); trying again in $apt_wait s (GPUSWARM_NODE_NETWORK_RETRY)"
+            sleep "$apt_wait"
+            apt_wait=$(( apt_wait * 2 > 30 ? 30 : apt_wait * 2 ))
+            continue
+        fi
         # -gt: date counts whole seconds, so the wait is at least the timeout, at most 1 s more.
         if [ -z "$apt_held" ] || [ "$(date +%s)" -gt "$apt_deadline" ]; then
             printf '%s\n' "$apt_out" >&2

@@ -216,11 +216,19 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
                   "    encoding: b64", "    content: |", _b64(content, "      ")]
     fetch = []
     if tool_url is not None:
-        # First boot: the network (or the server) may answer a little later; a minute of tries,
-        # and the digest check says it when none worked.
-        fetch = [f"for try in 1 2 3 4 5 6 7 8 9 10; do python3 -c 'import sys, urllib.request; "
-                 f"urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' {shlex.quote(tool_url)} {TOOL_ON_WORKER} "
-                 "&& break; sleep 6; done",
+        # First boot: the network (or the server) may answer a little later: tries for about two
+        # minutes (node.network_retry's default), each bounded (a server that accepts and never
+        # answers), each failure one line (no traceback), then one line naming cause and fix; the
+        # digest check refuses anything else than the tarball made here.
+        quoted = shlex.quote(tool_url)
+        fetch = [f"for try in $(seq 1 20); do python3 -c 'import shutil, sys, urllib.request as u; "
+                 "sys.excepthook = lambda t, e, b: print(\"gpuswarm-node: fetching the tool failed:\", e, "
+                 "file=sys.stderr); shutil.copyfileobj(u.urlopen(sys.argv[1], timeout=30), open(sys.argv[2], \"wb\"))' "
+                 f"{quoted} {TOOL_ON_WORKER} && break; echo \"gpuswarm-node: try $try of 20; trying again in 6 s\" >&2; "
+                 "sleep 6; done",
+                 f"{{ [ -s {TOOL_ON_WORKER} ] || {{ echo \"gpuswarm-node: could not fetch the tool for 2 minutes; "
+                 "check that the hub serves its URL, then run cloud-init's runcmd again or replace the instance\" "
+                 ">&2; false; }; }",
                  f"echo '{digest}  {TOOL_ON_WORKER}' | sha256sum -c -"]
     install = [*fetch,
                f"rm -rf {SOURCE_ON_WORKER}", f"install -d -m 0755 {SOURCE_ON_WORKER}",

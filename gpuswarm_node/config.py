@@ -77,6 +77,9 @@ MIN_SLICE_MEMORY_TEXT = "256MiB"
 # not hours; a longer wait hides a lock nobody will release (a hung dpkg) behind a setup that
 # seems to hang.
 MAX_APT_LOCK_TIMEOUT = 3600
+# node.network_retry: a first boot rides out a hub, registry or mirror that is back within minutes
+# (a reboot, a DNS record that is not out yet); longer hides an outage behind a setup that seems to hang.
+MAX_NETWORK_RETRY = 1800
 # swarm.labels_recheck: labels someone removed on the manager keep notebooks off the node until
 # setup repairs them; longer than a week is no longer a repair.
 MAX_LABELS_RECHECK = 7 * 24 * 3600
@@ -224,6 +227,9 @@ class NodeConfig:
     user: str = key("", "User added to the docker group; empty means $SUDO_USER.")
     reboot: str = key("off", "Whether setup may reboot the machine by itself, once, when the NVIDIA driver it "
                              "installed needs a reboot (auto), or only says so (off).", choices=("off", "auto"))
+    network_retry: int = key(120, "Seconds setup keeps retrying, with backoff, what it reaches over the network (the "
+                                  "manager over SSH, the registry's image pull, the apt mirrors) after a transient "
+                                  f"failure, per operation (0 to {MAX_NETWORK_RETRY}; 0: no retry).")
 
 
 @dataclass(frozen=True)
@@ -535,6 +541,9 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.apt.lock_timeout <= MAX_APT_LOCK_TIMEOUT:
         raise bad("apt", "lock_timeout", f"must be from 0 to {MAX_APT_LOCK_TIMEOUT} seconds, got {cfg.apt.lock_timeout}",
                   "Find out what holds the apt lock for longer, or set a value within the range, and run again.")
+    if not 0 <= cfg.node.network_retry <= MAX_NETWORK_RETRY:
+        raise bad("node", "network_retry", f"must be from 0 to {MAX_NETWORK_RETRY} seconds, got {cfg.node.network_retry}",
+                  "Set a value within the range and run again.")
     if cfg.node.user and not valid_user_name(cfg.node.user):
         # usermod and getent take "-..." for an option and a number for a uid.
         raise bad("node", "user", f"must be a user name (a letter or '_', then letters, digits, '_' or '-', at most "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol, TypeVar
 
 from .config import Config
 from .errors import NvmlUnavailable
@@ -17,6 +17,8 @@ from .probes.gpu import Inventory, read_inventory
 
 if TYPE_CHECKING:
     from .manager import ManagerSwarm
+
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -99,6 +101,9 @@ class Context:
     # Facts stated instead of read from the machine ({fact name: {argument: value}}): a test's;
     # by default those its host states (a fake host's `facts`), none for a real one.
     given_facts: dict | None = None
+    # The clock and the sleep of network retries (gpuswarm_node.retry; None: the time module's).
+    clock: Callable[[], float] | None = None
+    sleep: Callable[[float], None] | None = None
     facts: Facts = field(init=False)
     _docker: DockerApi | None = field(default=None, init=False)
     _inventory: Inventory | NvmlUnavailable | None = field(default=None, init=False)
@@ -167,22 +172,50 @@ class Context:
         cached, asked = self._manager
         if token or cached is None or (node_id and node_id != asked):
             if self.manager_reader is not None:
-                answer = self.manager_reader(self.config.swarm, token, node_id)
+                reader = self.manager_reader
             else:
                 from .manager import read_manager_swarm
 
-                answer = read_manager_swarm(self.config.swarm, token=token, node_id=node_id)
+                def reader(cfg, token, node_id):
+                    return read_manager_swarm(cfg, token=token, node_id=node_id)
+            answer = self.network(f"SSH to the manager {self.config.swarm.manager}",
+                                  lambda: reader(self.config.swarm, token, node_id))
             self._manager = (replace(answer, token=""), node_id)
             return answer
         return cached
 
-    def manager_session(self) -> ContextManager:
-        """A verified SSH session to swarm.manager (manager.ManagerSession), as a context manager."""
-        if self.manager_session_factory is not None:
-            return self.manager_session_factory()
-        from .manager import ManagerSession
+    @contextlib.contextmanager
+    def manager_session(self) -> Iterator:
+        """A verified SSH session to swarm.manager (manager.ManagerSession), as a context manager;
+        opening it is retried like every network read (`network`)."""
+        def make() -> ContextManager:
+            if self.manager_session_factory is not None:
+                return self.manager_session_factory()
+            from .manager import ManagerSession
 
-        return ManagerSession(self.config.swarm)
+            return ManagerSession(self.config.swarm)
+
+        def enter():
+            opened = make()
+            return opened, opened.__enter__()
+
+        opened, session = self.network(f"SSH to the manager {self.config.swarm.manager}", enter)
+        with contextlib.ExitStack() as stack:
+            stack.push(opened.__exit__)
+            yield session
+
+    def network(self, what: str, attempt: Callable[[], "T"],
+                transient: "Callable[[BaseException], bool] | None" = None) -> "T":
+        """`attempt()`, retried after a transient failure for node.network_retry seconds, each retry
+        said in one line (gpuswarm_node.retry). A status run (`diagnose`) reports the state as it
+        is now, so it tries once."""
+        from . import retry
+
+        window = 0 if self.options.diagnose else self.config.node.network_retry
+        if window <= 0:
+            return attempt()
+        return retry.retrying(what, attempt, window, lambda line: self.reporter.action(self.step or "network", line),
+                              transient or retry.is_transient, self.clock, self.sleep)
 
     def port_problem(self, host: str, port: int) -> str | None:
         if self.port_prober is not None:

@@ -387,6 +387,10 @@ class Plan:
     # Steps independent of each other (reset's undo records): a failed one does not stop the next.
     best_effort: bool = False
     alongside: tuple[Alongside, ...] = ()
+    # Steps applied even after a refused preflight (never in a dry run): what makes a later run
+    # happen by itself (setup's boot unit), so that a zero-touch boot whose manager did not answer
+    # tries again at the next boot instead of staying as it is for good.
+    regardless: tuple[str, ...] = ()
 
 
 # --- the runner ---------------------------------------------------------------------------------
@@ -447,7 +451,7 @@ class RunReport:
 
     @property
     def refused(self) -> list[PreflightReport]:
-        """The preflight checks that failed: then no action ran."""
+        """The preflight checks that failed: then no action ran but those of plan.regardless."""
         return [p for p in self.preflight if p.problem is not None]
 
     @property
@@ -673,7 +677,7 @@ def run_plan(plan: Plan, ctx: Context, dry_run: bool = False) -> RunReport:
 
     for item in plan.steps:
         if not isinstance(item, Bracket):
-            one(item, not stop)
+            one(item, not stop or (not dry_run and not reports and item.name in plan.regardless))
             continue
         opened = one(item.opening, not stop)
         # What the bracket protects (a drain before a restart) did not happen: touch nothing more.

@@ -96,6 +96,10 @@ class Host(Protocol):
     def verify_fstab(self, entries: str) -> str | None:
         """What `findmnt --verify` finds wrong with these fstab lines, or None."""
 
+    def bounded_status(self, path: str, timeout: float) -> PathAnswer:
+        """The path's own status and immutable attribute, read in a child process given `timeout`
+        seconds (a path on a hung NFS share blocks in the kernel; see gpuswarm_node.bounded)."""
+
     def validate_docker_config(self, content: str) -> str | None:
         """What `dockerd --validate` finds wrong with this daemon.json, or None (also when the
         installed dockerd cannot validate)."""
@@ -116,6 +120,7 @@ class Host(Protocol):
 
 BACKUP_DIR = "/var/backups/gpuswarm-node"
 LOG_DIR = "/var/log/gpuswarm-node"  # the run log and the command logs
+QUERY_TIMEOUT = 30  # seconds a read-only command (a fact) may take
 ROOT = (0, 0)
 # Temp files without a pid in their name come from versions before it was there; a writer holds
 # its temp file for well under a second, so one this old has no writer left.
@@ -140,6 +145,66 @@ def file_status(path: str | Path) -> FileStatus | None:
         return None
     return FileStatus(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), stat.S_ISLNK(st.st_mode),
                       stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode))
+
+
+class PathAnswer(NamedTuple):
+    """What a bounded read of a path found: its lstat (None: no such path), whether it carries
+    the immutable attribute (FS_IMMUTABLE_FL, chattr(1) +i; False where the filesystem has no
+    such attributes), or why it could not be read ("does not answer within 10 s", "Stale file
+    handle"; then the other fields say nothing)."""
+
+    status: FileStatus | None
+    immutable: bool = False
+    problem: str = ""
+
+
+# The child that reads one path for `bounded_status`: lstat(2), then, for a directory, the inode
+# flags through the FS_IOC_GETFLAGS ioctl (what lsattr(1) reads). One JSON line on stdout.
+_PATH_PROBE = r"""
+import errno, fcntl, json, os, stat, struct, sys
+path = sys.argv[1]
+try:
+    st = os.lstat(path)
+except (FileNotFoundError, NotADirectoryError):
+    print(json.dumps(None)); sys.exit(0)
+except OSError as exc:
+    print(json.dumps({"problem": exc.strerror})); sys.exit(0)
+flags = 0
+if stat.S_ISDIR(st.st_mode):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, b"\0" * 8))[0]
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+print(json.dumps({"uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode, "flags": flags}))
+"""
+FS_IMMUTABLE_FL = 0x10  # linux/fs.h
+
+
+def bounded_status(path: str, timeout: float) -> PathAnswer:
+    """Host.bounded_status on this machine: `_PATH_PROBE` run by this Python, isolated (-I)."""
+    import sys
+
+    from . import bounded
+
+    result = bounded.call([sys.executable, "-I", "-S", "-c", _PATH_PROBE, path], timeout)
+    if result.returncode == 124:
+        return PathAnswer(None, problem=f"does not answer within {timeout:g} s")
+    try:
+        data = json.loads(result.stdout) if result.ok else {"problem": result.stderr.strip() or "unreadable"}
+    except ValueError:
+        data = {"problem": "unreadable"}
+    if data is None:
+        return PathAnswer(None)
+    if "problem" in data:
+        return PathAnswer(None, problem=str(data["problem"]))
+    mode = int(data["mode"])
+    status = FileStatus(int(data["uid"]), int(data["gid"]), stat.S_IMODE(mode), stat.S_ISLNK(mode),
+                        stat.S_ISDIR(mode), stat.S_ISREG(mode))
+    return PathAnswer(status, bool(int(data["flags"]) & FS_IMMUTABLE_FL))
 
 
 class LockHolder(NamedTuple):
@@ -627,14 +692,11 @@ class LocalHost:
         return str(backup)
 
     def query(self, argv: list[str]) -> CommandResult:
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                  env={**os.environ, "LC_ALL": "C"})
-        except FileNotFoundError:
-            return CommandResult(tuple(argv), 127, "", f"{argv[0]}: not found")
-        except subprocess.TimeoutExpired:
-            return CommandResult(tuple(argv), 124, "", f"{argv[0]}: timed out after 30 s")
-        return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        # Bounded even against a child the kernel holds (a stat on a hung NFS share, findmnt
+        # --verify of a share's mount point): see gpuswarm_node.bounded.
+        from . import bounded
+
+        return bounded.call(argv, QUERY_TIMEOUT, env={**os.environ, "LC_ALL": "C"})
 
     def run(self, argv: list[str], env: Mapping[str, str] | None = None,
             timeout: float | None = None, log: str | None = None,
@@ -642,18 +704,26 @@ class LocalHost:
         full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
         if log is not None:
             return run_logged(argv, full_env, timeout, log, apt_status)
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=full_env,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise StepFailed(f"`{argv[0]}` is not installed on this machine.",
-                             "Install it and run setup again.") from None
-        except subprocess.TimeoutExpired:
-            raise StepFailed(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s.",
-                             "Find out what it waits for and run setup again.") from None
-        result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        if timeout is not None:
+            # A command with a time limit (mount, umount of a share) is killed and, should the
+            # kernel hold it, abandoned at its limit instead of waited for (gpuswarm_node.bounded).
+            from . import bounded
+
+            result = bounded.call(argv, timeout, env=full_env)
+            if result.returncode == 127 and result.stderr == f"{argv[0]}: not found":
+                raise StepFailed(f"`{argv[0]}` is not installed on this machine.", "Install it and run setup again.")
+            if result.returncode == 124 and result.stderr.endswith(f"did not answer within {timeout:g} s"):
+                raise StepFailed(f"`{shlex.join(argv)}` did not finish within {timeout:g} s.",
+                                 "Find out what it waits for and run setup again.")
+        else:
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, stdin=subprocess.DEVNULL)
+            except FileNotFoundError:
+                raise StepFailed(f"`{argv[0]}` is not installed on this machine.",
+                                 "Install it and run setup again.") from None
+            result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         if not result.ok:
-            raise CommandFailed(list(argv), proc.returncode, proc.stdout + proc.stderr)
+            raise CommandFailed(list(argv), result.returncode, result.stdout + result.stderr)
         return result
 
     def read_text(self, path: str) -> str | None:
@@ -750,6 +820,9 @@ class LocalHost:
 
     def memory_bytes(self) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def bounded_status(self, path: str, timeout: float) -> PathAnswer:
+        return bounded_status(path, timeout)
 
     def verify_fstab(self, entries: str) -> str | None:
         with tempfile.NamedTemporaryFile("w", prefix="gpuswarm-fstab.", suffix=".tab") as tab:

@@ -45,6 +45,26 @@ class PinnedFingerprint:
             raise FingerprintMismatch(seen)
 
 
+def _transient(exc: ManagerUnreachable) -> ManagerUnreachable:
+    """Mark a failure as the network's, which a retry may get past (gpuswarm_node.retry); refused
+    keys and unknown or changed host keys are never marked: trying them again changes nothing."""
+    exc.transient = True
+    return exc
+
+
+def quiet_paramiko() -> None:
+    """paramiko logs what it hits in its transport thread ("Exception (client): Error reading SSH
+    protocol banner" and the traceback) through `logging`; with no handler configured, Python's
+    last-resort handler prints that to stderr. The tool says the cause itself (ManagerUnreachable),
+    so paramiko's loggers are given a handler that drops everything, and do not propagate."""
+    import logging
+
+    logger = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+
+
 class ManagerSession:
     """One verified SSH connection to the manager, for running docker commands there."""
 
@@ -57,6 +77,7 @@ class ManagerSession:
     def __enter__(self) -> "ManagerSession":
         import paramiko
 
+        quiet_paramiko()
         cfg = self.cfg
         pinned = cfg.host_key_fingerprint
         # Both files are opened and checked before anything is sent, and paramiko reads the checked
@@ -119,11 +140,14 @@ class ManagerSession:
                 return ManagerUnreachable(f"the manager {cfg.manager} is not in {cfg.known_hosts}; refusing an "
                                           "unknown host key.",
                                           "Add its host key there after checking the fingerprint.")
-            return ManagerUnreachable(f"SSH to {self.where} failed: {exc}.", "Check the manager's SSH server.")
-        if isinstance(exc, (OSError, socket.timeout)):
+            # The SSH server is not answering as one yet (no banner: sshd starting, MaxStartups).
+            return _transient(ManagerUnreachable(f"SSH to {self.where} failed: {exc}.",
+                                                 "Check the manager's SSH server."))
+        if isinstance(exc, (OSError, socket.timeout, EOFError)):
+            # Refused, reset, timed out, no route, a name that does not resolve (yet): the network's.
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            return ManagerUnreachable(f"cannot reach the manager at {self.where}: {reason}.",
-                                      "Check swarm.manager, swarm.ssh_port and the network.")
+            return _transient(ManagerUnreachable(f"cannot reach the manager at {self.where}: {reason}.",
+                                                 "Check swarm.manager, swarm.ssh_port and the network."))
         return ManagerUnreachable(f"SSH to {self.where} failed: {type(exc).__name__}: {exc}.",
                                   "Check the manager's SSH server.")
 

@@ -139,4 +139,4 @@ def setup_plan(steps: Sequence[Step]) -> Plan:
     checks = [Preflight(name, (lambda fn: lambda ctx: fn(ctx, names))(fn)) for name, fn in CHECKS]
     from .steps import ALONGSIDE
 
-    return Plan("setup", tuple(steps), tuple(checks), alongside=ALONGSIDE)
+    return Plan("setup", tuple(steps), tuple(checks), alongside=ALONGSIDE, regardless=("boot",))

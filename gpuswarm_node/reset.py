@@ -52,6 +52,16 @@ def undo_of(entry: dict) -> Undo | None:
     return None
 
 
+def _rmdir(ctx: Context, path: str) -> None:
+    """rmdir, clearing the immutable attribute the shared-fs step gives an unmounted mount point
+    (chattr +i; rmdir(2) fails with EPERM while it is set)."""
+    try:
+        os.rmdir(path)
+    except PermissionError:
+        ctx.host.run(["chattr", "-i", path])
+        os.rmdir(path)
+
+
 def _legacy_command(argv: list[str]) -> Undo | None:
     if argv[:1] == ["mount"]:
         return Undo("umount", argv[-1])
@@ -162,7 +172,7 @@ class UndoStep:
                 return ok(f"{u.path} is gone")
             if ctx.fact(F.DIR_ENTRIES, u.path):
                 return skipped(f"{u.path} holds files now, so it stays")
-            return needs_change(f"setup created {u.path}", Call(what, lambda ctx: os.rmdir(u.path)))
+            return needs_change(f"setup created {u.path}", Call(what, lambda ctx: _rmdir(ctx, u.path)))
         if u.op == "umount":
             if osfacts.mount_at(ctx.fact(F.MOUNTS), u.path) is None:
                 return ok(f"nothing mounted at {u.path}")

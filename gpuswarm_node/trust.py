@@ -1,8 +1,8 @@
 """Trust files: every file the configuration or a flag names that the tool reads as root and
 acts on (a key, the host keys it trusts, a CA, the configuration itself, what it bundles for a
 worker) follows one rule, `problem`: a regular file, not a symbolic link, owned by root (or by
-the user running the tool, when that is not root), writable by nobody else, and for a secret
-readable by nobody else. Whoever could change such a file would choose what root trusts.
+the user running the tool, or by the user who ran it through sudo), writable by nobody else, and
+for a secret readable by nobody else. Whoever could change such a file would choose what root trusts.
 
 Files are opened once (O_NOFOLLOW, O_NONBLOCK so a FIFO cannot hang the open), checked with
 fstat on the open descriptor, and read from it, so nothing can swap the file between the check
@@ -49,15 +49,24 @@ def problem(status: FileStatus | None, secret: bool = False, owner: int | None =
         return "is a symbolic link"
     if not status.is_regular:
         return "is not a regular file"
-    allowed = {0, os.geteuid() if owner is None else owner}
+    allowed = {0, os.geteuid() if owner is None else owner} | invoking_user()
     if status.uid not in allowed:
-        return "is not owned by root"
+        return "is owned by neither root nor the user running the tool"
     if secret and status.mode & 0o077:
         access = "readable by" if status.mode & 0o044 else "accessible to"
         return f"is {access} other users (mode {status.mode:o})"
     if status.mode & 0o022:
         return f"is writable by other users (mode {status.mode:o})"
     return None
+
+
+def invoking_user() -> set[int]:
+    """The uid of whoever ran the tool through sudo (SUDO_UID, which sudo sets; only when running
+    as root): a file of theirs that nobody else may write is as trustworthy as their sudo command.
+    Empty otherwise (the boot unit and cloud-init run without it, so files their runs read must be
+    root's)."""
+    value = os.environ.get("SUDO_UID", "")
+    return {int(value)} if os.geteuid() == 0 and value.isdigit() else set()
 
 
 def _status(st: os.stat_result) -> FileStatus:

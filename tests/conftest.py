@@ -49,6 +49,15 @@ def fake_pci(directory: Path, devices: list[tuple[str, str, str, str]]) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def no_real_retry_waits(monkeypatch) -> None:
+    """A network retry (gpuswarm_node.retry) in a unit test moves a fake clock instead of waiting."""
+    from gpuswarm_node import retry
+    from tests.fakes import FakeClock
+
+    monkeypatch.setattr(retry, "time", FakeClock())
+
+
 @pytest.fixture(scope="session")
 def nvml_lib_dir(tmp_path_factory) -> Path:
     return fake_nvml.build(tmp_path_factory.mktemp("fake-nvml"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from gpuswarm_node.errors import CommandFailed, NvmlUnavailable
-from gpuswarm_node.host import CommandResult, FileStatus, LockHolder
+from gpuswarm_node.host import CommandResult, FileStatus, LockHolder, PathAnswer
 from gpuswarm_node.probes.docker import SwarmMembership
 from gpuswarm_node.probes.gpu import Gpu, Inventory, MigDevice
 from gpuswarm_node.probes.cuda import CudaState
@@ -44,6 +44,8 @@ class FakeHost:
     An effect's "fails_first": [{"rc": 100, "stderr": "..."}] are the command's answers to its first
     runs, in order, before it succeeds. `locks` are the fcntl locks other processes hold:
     {path: {"pid": 812, "command": "apt-get", "probes": 2}}, held for that many looks (default: always).
+    `hung` are paths whose bounded reads do not answer (on an NFS share whose server is gone);
+    `immutable` the directories that carry chattr's +i (an effect may add to both: "immutable").
     """
 
     files: dict[str, str | bytes] = field(default_factory=dict)
@@ -60,6 +62,8 @@ class FakeHost:
     docker_info: dict = field(default_factory=dict)  # shared with FakeDocker.daemon_info (an effect's "docker_info")
     locks: dict[str, dict] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
+    hung: set[str] = field(default_factory=set)
+    immutable: set[str] = field(default_factory=set)
     actions: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
@@ -74,7 +78,8 @@ class FakeHost:
                    docker_config_problem=spec.get("docker_config_problem"),
                    stats=stats_from_case(spec.get("stats", {})),
                    locks={path: dict(lock) for path, lock in spec.get("locks", {}).items()},
-                   downloads=dict(spec.get("downloads", {})), links=dict(spec.get("links", {})))
+                   downloads=dict(spec.get("downloads", {})), links=dict(spec.get("links", {})),
+                   hung=set(spec.get("hung", [])), immutable=set(spec.get("immutable", [])))
 
     def query(self, argv: list[str]) -> CommandResult:
         line = shlex.join(argv)
@@ -105,6 +110,8 @@ class FakeHost:
         self.dirs.update(effect.get("dirs", []))
         self.programs.update(effect.get("which", {}))
         self.stats.update(stats_from_case(effect.get("stats", {})))
+        self.immutable.update(effect.get("immutable", []))
+        self.hung.difference_update(effect.get("answers", []))
         if "docker_info" in effect:  # what the Docker daemon answers GET /info with from now on
             self.docker_info.clear()
             self.docker_info.update(effect["docker_info"])
@@ -187,6 +194,11 @@ class FakeHost:
         if path in self.dirs or any(p.startswith(prefix) for p in [*self.files, *self.dirs]):
             return FileStatus(0, 0, 0o755, False, is_dir=True, is_regular=False)
         return None
+
+    def bounded_status(self, path: str, timeout: float) -> PathAnswer:
+        if path in self.hung:
+            return PathAnswer(None, problem=f"does not answer within {timeout:g} s")
+        return PathAnswer(self.file_status(path), path in self.immutable)
 
     def os_release(self) -> dict[str, str]:
         # The parser platform.freedesktop_os_release() uses, over the case's files.
@@ -338,6 +350,12 @@ class FakeManager:
         if self.spec is None:
             raise AssertionError("the case does not say what the manager answers")
         self.reads.append("info" + ("+nodes" if node_id else "") + ("+token" if token else ""))
+        if self.spec.get("fails_first"):  # the network's failures, as manager._explain marks them
+            error = ManagerUnreachable(f"cannot reach the manager at {cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}: "
+                                       f"{self.spec['fails_first'].pop(0)}.",
+                                       "Check swarm.manager, swarm.ssh_port and the network.")
+            error.transient = True
+            raise error
         if "unreachable" in self.spec:
             raise ManagerUnreachable(f"cannot reach the manager at {cfg.ssh_user}@{cfg.manager}:{cfg.ssh_port}: "
                                      f"{self.spec['unreachable']}.", "Check swarm.manager, swarm.ssh_port and the network.")

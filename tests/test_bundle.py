@@ -211,3 +211,28 @@ def test_shared_mounts_round_trip_through_toml_as_arrays_of_tables():
     assert "[[shared.mounts]]" in text
     assert config.from_tables(tomllib.loads(text)) == cfg
     assert config.from_tables(tomllib.loads(config.to_toml(config.tables(cfg, every_key=True)))) == cfg
+
+
+def test_user_data_fetch_says_each_failed_try_in_one_line_and_the_fix_at_the_end(hub, tmp_path):
+    import socket
+    import subprocess
+
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()  # nobody answers there: every try fails
+    text = user_data_text("w", {"/etc/gpuswarm-node/config.toml": (b"[swarm]\n", 0o644)}, hub["tool"].read_bytes(),
+                          f"http://127.0.0.1:{port}/gpuswarm-node.tar.gz")
+    script = yaml.safe_load(text)["runcmd"][0][2]
+    assert "$(seq 1 20)" in script and "sleep 6;" in script and "timeout=30" in script
+    # Two tries without their waits, into a scratch path: the same commands, quickly.
+    target = tmp_path / "tool.tar.gz"
+    script = script.replace("$(seq 1 20)", "1 2").replace("sleep 6;", "true;").replace(
+        "/usr/local/src/gpuswarm-node.tar.gz", str(target)).split(" && echo '")[0]
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["gpuswarm-node"] * 5
+    assert "fetching the tool failed: <urlopen error [Errno 111] Connection refused>" in lines[0]
+    assert lines[1] == "gpuswarm-node: try 1 of 20; trying again in 6 s"
+    assert lines[-1].startswith("gpuswarm-node: could not fetch the tool for 2 minutes; check that the hub serves")

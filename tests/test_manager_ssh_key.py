@@ -22,7 +22,7 @@ def key_file(tmp_path, mode: int, uid: int = 0):
 @pytest.mark.parametrize("mode, uid, fragment", [
     (0o644, 0, "readable by other users (mode 644)"),
     (0o640, 0, "readable by other users (mode 640)"),
-    (0o600, 65534, "is not owned by root"),
+    (0o600, 65534, "is owned by neither root nor the user running the tool"),
 ])
 def test_loose_key_is_refused(tmp_path, mode, uid, fragment):
     key = key_file(tmp_path, mode, uid)

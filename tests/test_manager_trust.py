@@ -71,7 +71,7 @@ def test_known_hosts_writable_by_others_is_refused(files, no_connect, mode):
 def test_known_hosts_not_owned_by_root_is_refused(files, no_connect):
     key, known = files
     os.chown(known, 65534, 0)
-    assert f"swarm.known_hosts {known} is not owned by root" in refusal(swarm(key, known))
+    assert f"swarm.known_hosts {known} is owned by neither root nor the user running the tool" in refusal(swarm(key, known))
 
 
 @pytest.mark.parametrize("target_mode", [0o644, 0o666])

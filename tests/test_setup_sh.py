@@ -359,6 +359,30 @@ def test_setup_sh_apt_get_does_not_retry_other_failures(tmp_path):
     assert runs.read_text() == "run\n"  # once: a failure that is no lock is not waited out
 
 
+def mirror_fails_then_answers(tmp_path: Path, failures: int) -> tuple[Path, Path]:
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    runs = tmp_path / "runs"
+    fake.write_text(f'#!/bin/sh\necho run >> {runs}\n[ "$(wc -l < {runs})" -gt {failures} ] && exit 0\n'
+                    "echo \"E: Failed to fetch http://archive.ubuntu.com/ubuntu/dists/jammy/InRelease  "
+                    "Temporary failure resolving 'archive.ubuntu.com'\" >&2\nexit 100\n")
+    fake.chmod(0o755)
+    return fake, runs
+
+
+@pytest.mark.parametrize("window, runs_wanted, rc", [(120, 2, 0), (0, 1, 100)])
+def test_setup_sh_apt_get_retries_a_mirror_that_fails_within_the_network_window(tmp_path, window, runs_wanted, rc):
+    fake, runs = mirror_fails_then_answers(tmp_path, 1)
+    script = (f"set -eu\nAPT_LOCK_TIMEOUT=30\nNETWORK_RETRY={window}\nsay() {{ printf 'setup.sh: %s\\n' \"$*\" >&2; }}\n"
+              f"{apt_get_function()}\napt_get update -qq")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert result.returncode == rc, result.stderr
+    assert runs.read_text() == "run\n" * runs_wanted
+    said = [line for line in result.stderr.splitlines() if line.startswith("setup.sh:")]
+    assert said == (["setup.sh: apt-get update -qq failed on a mirror (E: Failed to fetch "
+                     "http://archive.ubuntu.com/ubuntu/dists/jammy/InRelease  Temporary failure resolving "
+                     "'archive.ubuntu.com'); trying again in 2 s (GPUSWARM_NODE_NETWORK_RETRY)"] if window else [])
 # --- --help and --dry-run change nothing -----------------------------------------------------------
 
 def untouched_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path, Path]:

@@ -93,7 +93,7 @@ def ca_pem(tmp_path_factory) -> str:
 
 
 REASONS = {"group-writable": "is writable by other users (mode 664)",
-           "world-writable": "is writable by other users (mode 646)", "other owner": "is not owned by root",
+           "world-writable": "is writable by other users (mode 646)", "other owner": "is owned by neither root nor the user running the tool",
            "symlink": "is a symbolic link", "fifo": "is not a regular file"}
 
 
@@ -190,3 +190,24 @@ def test_each_trusted_option_refuses_a_file_that_others_could_change(gsn, hub, t
     link = good.with_name(good.name + ".link")
     result = gsn(*[str(link) if a == "FILE" else a for a in argv])
     assert result.returncode == 2 and "symbolic link" in result.stderr, (option, result.stderr)
+
+
+@pytest.mark.parametrize("sudo_uid, mode, verdict", [
+    ("1000", 0o644, None),  # the operator's own node.toml, given to `sudo setup --config`
+    ("1000", 0o600, None),
+    ("1001", 0o644, "is owned by neither root nor the user running the tool"),  # another user's
+    ("", 0o644, "is owned by neither root nor the user running the tool"),  # the boot unit, cloud-init
+    ("1000", 0o664, "is writable by other users (mode 664)"),
+    ("1000", 0o666, "is writable by other users (mode 666)"),
+])
+def test_a_file_of_the_user_who_ran_sudo_is_theirs_to_vouch_for(monkeypatch, sudo_uid, mode, verdict):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("SUDO_UID", sudo_uid)
+    status = trust.FileStatus(uid=1000, gid=1000, mode=mode, is_symlink=False)
+    assert trust.problem(status) == verdict
+
+
+def test_sudo_uid_counts_only_for_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1002)
+    monkeypatch.setenv("SUDO_UID", "1000")
+    assert trust.problem(trust.FileStatus(uid=1000, gid=1000, mode=0o644, is_symlink=False)) is not None

@@ -48,6 +48,18 @@ LOCK_REFUSED = re.compile(
     r"|Unable to lock the administration directory"
     r"|(?:dpkg frontend lock|dpkg status database) (?:was|is) locked by another process")
 POLL_SECONDS = 1.0
+# apt's words (apt 1.x-3.x, C locale) for a mirror it could not reach or that failed to serve:
+# resolution, connection, time-outs, server errors, and a Hash Sum mismatch (a mirror in the middle
+# of a sync). A package apt does not know, a signature it refuses, a broken dpkg are not among them.
+MIRROR_TRANSIENT = re.compile(
+    r"Temporary failure resolving|Could not resolve|Could not connect to|Connection timed out|Connection failed"
+    r"|Unable to connect to|Network is unreachable|No route to host|Connection refused|Connection reset"
+    r"|\b(?:500|502|503|504) |Bad Gateway|Service Unavailable|Hash Sum mismatch|File has unexpected size")
+
+
+def mirror_transient(exc: BaseException) -> bool:
+    """Whether a failed apt-get (errors.CommandFailed with its output) failed on a mirror's account."""
+    return isinstance(exc, CommandFailed) and bool(MIRROR_TRANSIENT.search(exc.output))
 
 
 def held_lock(host: Host, locks: tuple[str, ...]) -> tuple[str, LockHolder] | None:
@@ -94,6 +106,11 @@ class AptCommand(RunCommand):
     lock_timeout: int = 0
 
     def execute(self, ctx: Context) -> None:
+        # A mirror that does not answer yet (first boot) is tried again within node.network_retry;
+        # the lock waits below have their own bound (apt.lock_timeout).
+        ctx.network(self.describe()[len("run "):], lambda: self._execute(ctx), mirror_transient)
+
+    def _execute(self, ctx: Context) -> None:
         deadline = time.monotonic() + self.lock_timeout
         log = f"{ctx.log_dir}/{APT_LOG}"
         if log not in ctx.logs:
@@ -161,11 +178,17 @@ def install(ctx: Context, *packages: str) -> RunCommand:
 
 def download_key(url: str, path: str) -> Call:
     def fetch(ctx: Context) -> None:
-        try:
-            key = ctx.host.download(url).decode(errors="replace")
-        except OSError as exc:
-            raise StepFailed(f"downloading the signing key {url} failed: {exc}.",
-                             "Check this machine's HTTPS access, or use an apt source line that needs no key.") from None
+        def attempt() -> bytes:
+            try:
+                return ctx.host.download(url)
+            except OSError as exc:
+                failure = StepFailed(f"downloading the signing key {url} failed: {exc}.",
+                                     "Check this machine's HTTPS access, or use an apt source line that needs no key.")
+                # urllib's HTTPError is an OSError too: a 4xx is the URL's, not the network's.
+                failure.transient = getattr(exc, "code", 500) >= 500
+                raise failure from None
+
+        key = ctx.network(f"downloading {url}", attempt).decode(errors="replace")
         if "BEGIN PGP PUBLIC KEY BLOCK" not in key:
             raise StepFailed(f"{url} did not return an armored PGP key.", "Check the URL.")
         ctx.host.write_text(path, key, 0o644)

@@ -33,14 +33,15 @@ def debs(repo: Path) -> dict[str, Path]:
 
 def test_the_packages_the_debian_path_installs_play_their_roles(repo: Path) -> None:
     names = set(debs(repo))
-    assert names == {"nvidia-detect", "nvidia-driver", "nvidia-kernel-dkms", "libnvidia-ml1",
+    assert names == {"nvidia-detect", "nvidia-driver", "nvidia-kernel-dkms", "libnvidia-ml1", "libcuda1",
                      f"linux-headers-{RELEASE}", "linux-headers-cloud-amd64", "firmware-misc-nonfree"}
     roles = {name: driver.package_role(name) for name in names}
     assert roles["nvidia-kernel-dkms"] == driver.DKMS
     assert roles["libnvidia-ml1"] == driver.NVML
     assert roles["nvidia-driver"] == driver.DRIVER
     assert run("dpkg-deb", "-f", str(debs(repo)["nvidia-driver"]), "Depends").strip() == (
-        f"nvidia-kernel-dkms (= {driver_deb.VERSION}), libnvidia-ml1 (= {driver_deb.VERSION})")
+        f"nvidia-kernel-dkms (= {driver_deb.VERSION}), libnvidia-ml1 (= {driver_deb.VERSION}), "
+        f"libcuda1 (= {driver_deb.VERSION})")
 
 
 def test_nvidia_detect_recommends_nvidia_driver_in_debians_words(repo: Path, tmp_path: Path) -> None:

@@ -233,7 +233,8 @@ def test_a_service_constrained_to_a_gpu_model_lands_on_that_model(fleet, manager
 
     # On the hub: one spawn-form profile per model, from the same labels.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "DOCKER_"))}
-    printed = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub-config", "--profiles"], cwd=REPO,
+    printed = subprocess.run([sys.executable, "-m", "gpuswarm_node.cli", "hub-config", "--profiles",
+                              "--set", f"image.name={manager.image}"], cwd=REPO,
                              env={**env, "DOCKER_HOST": manager.dockerd.url}, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr
     # Loaded as JupyterHub loads it: in the lab hub's environment (dockerspawner, traitlets), with
