@@ -9,6 +9,8 @@ class GpuswarmError(Exception):
     """Base of every error the tool reports to the user without a traceback."""
 
     exit_code = 1
+    # A failure of the network that a retry may get past (retry.is_transient); set where it is made.
+    transient = False
 
     def __init__(self, cause: str, fix: str = "") -> None:
         # The message may quote outside text (Docker's error, the manager's answer, apt's last

@@ -93,7 +93,8 @@ def ca_pem(tmp_path_factory) -> str:
 
 
 REASONS = {"group-writable": "is writable by other users (mode 664)",
-           "world-writable": "is writable by other users (mode 646)", "other owner": "is owned by neither root nor the user running the tool",
+           "world-writable": "is writable by other users (mode 646)",
+           "other owner": "is owned by neither root nor the user running the tool",
            "symlink": "is a symbolic link", "fifo": "is not a regular file"}
 
 
