@@ -8,9 +8,11 @@ API's answers and checks the verdict. The shapes used:
 - a node's slices are its `Description.Resources.GenericResources` of kind `gpu`, each a
   `NamedResourceSpec` (`{"Kind": "gpu", "Value": "GPU-…::1"}`) as the worker's daemon.json
   advertises them (`node-generic-resources`);
-- a task holds the slices in `AssignedGenericResources` (same shape) from the moment the scheduler
-  placed it; a task that asks for one has `Spec.Resources.Reservations.GenericResources` with a
-  `DiscreteResourceSpec` of kind `gpu`;
+- a task holds the slices in `GenericResources` (same shape) from the moment the scheduler placed
+  it: that is the Engine's JSON name (moby api/types/swarm/task.go, `Task.GenericResources`),
+  where its swagger and swarmkit say `AssignedGenericResources` (read too); a task that asks for
+  one has `Spec.Resources.Reservations.GenericResources` with a `DiscreteResourceSpec` of kind
+  `gpu`;
 - a task the scheduler cannot place stays `pending` with the reason in `Status.Err` ("no suitable
   node (insufficient resources on 2 nodes)", swarmkit's manager/scheduler/scheduler.go).
 """
@@ -154,7 +156,7 @@ def fleet_from(nodes: list[dict], tasks: list[dict], services: list[dict]) -> Fl
             continue  # being shut down, or history
         state = (task.get("Status") or {}).get("State", "")
         service = names.get(task.get("ServiceID", ""), task.get("ServiceID", ""))
-        held = _gpu_values(task.get("AssignedGenericResources"))
+        held = _gpu_values(task.get("GenericResources") or task.get("AssignedGenericResources"))
         if held and state in HOLDING and task.get("NodeID"):
             used[task["NodeID"]] = used.get(task["NodeID"], 0) + len(held)
             servers.setdefault(task["NodeID"], []).append(service)

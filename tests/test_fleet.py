@@ -31,8 +31,8 @@ def task(task_id: str, service_id: str, node_id: str = "", state: str = "running
          "Status": {"State": state, "Message": state}}
     if node_id:
         t["NodeID"] = node_id
-    if slice_value:
-        t["AssignedGenericResources"] = [{"NamedResourceSpec": {"Kind": "gpu", "Value": slice_value}}]
+    if slice_value:  # the Engine's JSON name (moby api/types/swarm/task.go), not the swagger's
+        t["GenericResources"] = [{"NamedResourceSpec": {"Kind": "gpu", "Value": slice_value}}]
     if err:
         t["Status"]["Err"] = err
     return t
@@ -136,3 +136,10 @@ def test_an_api_failure_is_one_sentence():
         fleet.read_fleet(Broken())
     assert failure.value.message() == ("the manager's Docker did not answer: socket closed. "
                                        "Check `docker node ls` on the manager.")
+
+
+def test_the_swaggers_name_for_a_tasks_slices_is_read_too():
+    held = task("t1", "svc1", "w1", slice_value="GPU-gsn-h1-0::1")
+    held["AssignedGenericResources"] = held.pop("GenericResources")
+    f = fleet.fleet_from([node("w1", "gsn-h1", 1)], [held], SERVICES)
+    assert f.workers[0].slices_used == 1 and f.free_slices == 0

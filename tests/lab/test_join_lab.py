@@ -189,9 +189,13 @@ def test_wrong_ssh_key_is_refused(outsider, manager, lab_tmp):
 
 def test_unreachable_manager(outsider, manager, lab_tmp):
     config = write_config(lab_tmp / "unreachable.toml", manager, "198.18.0.25", manager="198.18.0.99")
-    result = run_join(outsider, config)
+    # A manager that does not answer is tried again within node.network_retry (a first boot's bad
+    # minute), saying so, then named: 20 s here instead of the default 120 s.
+    result = outsider.cli("--debug", "setup", "--only", "swarm-join", "--set", "node.network_retry=20",
+                          "--config", str(config))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "cannot reach the manager at root@198.18.0.99:22" in result.stdout
+    assert "trying again in" in result.stdout + result.stderr, result.stdout + result.stderr
     assert outsider.swarm_state() == "inactive"
 
 
