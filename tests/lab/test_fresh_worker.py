@@ -486,7 +486,8 @@ def test_status_on_a_converged_node_starts_few_processes(worker, fresh_setup):
     started = result.stderr.split("STARTED\n", 1)[1].splitlines()
     print(f"\nstatus started {len(started)} processes: {started}")
     show = ("systemctl show --property=LoadState,ActiveState,UnitFileState,MainPID,FragmentPath,DropInPaths,"
-            "ExecStart,Environment,EnvironmentFiles docker gpuswarm-node-boot.service gpuswarm-metadata-guard.service")
+            "ExecStart,Environment,EnvironmentFiles docker gpuswarm-node-boot.service gpuswarm-metadata-guard.service "
+            "gpuswarm-node-watch.service")
     allowed = {show, "iptables -w -S", "ip6tables -w -S"}
     assert show in started and set(started) <= allowed and len(started) == len(set(started)), started
 
