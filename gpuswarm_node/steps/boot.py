@@ -92,6 +92,17 @@ def recorded_config_problem(recorded: str, wanted: str) -> tuple[str | None, lis
     return None, names
 
 
+def untrusted_program(ctx: Context, runs: str) -> str | None:
+    """Why a unit must not run PROGRAM as root (`runs`: when it would, e.g. "at every boot"), with
+    the fix; None when PROGRAM and every directory above what it resolves to are root's alone."""
+    problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
+    if not problem:
+        return None
+    return (f"{problem}, so whoever can change it would run code as root {runs}; make it and the directories above "
+            "it root's and writable by root alone (or reinstall with setup.sh under a root-owned prefix), then run "
+            "setup again")
+
+
 class BootStep:
     name = "boot"
     description = f"setup runs again at every boot ({UNIT_NAME})"
@@ -113,11 +124,9 @@ class BootStep:
         else:
             # The unit runs the program as root at every boot: present is not enough, it must be
             # something only root can change (the file it resolves to and every directory above).
-            problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
-            if problem:
-                return blocked(f"{problem}, so whoever can change it would run code as root at every boot; make it "
-                               "and the directories above it root's and writable by root alone (or reinstall with "
-                               "setup.sh under a root-owned prefix), then run setup again")
+            untrusted = untrusted_program(ctx, "at every boot")
+            if untrusted:
+                return blocked(untrusted)
         for write in filter(None, (write_wanted(ctx, f) for f in self.files(ctx))):
             # The boot config is text, so what it held is text (None: no file).
             if write.path == BOOT_CONFIG and isinstance(write.before, str) and ctx.options.diagnose:

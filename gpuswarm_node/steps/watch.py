@@ -15,7 +15,7 @@ from ..engine import Action, Check, PlannedFile, blocked, needs_change, ok, run_
 from ..journal import Undo
 from ..render import render
 from ..watch import STATE, parse_state, utc
-from .boot import BOOT_CONFIG, PROGRAM
+from .boot import BOOT_CONFIG, PROGRAM, untrusted_program
 
 UNIT_NAME = "gpuswarm-node-watch.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
@@ -59,11 +59,9 @@ class WatchStep:
                            "setup.sh (it links it there), then run setup again")
         # The unit runs the program as root, restarted always: as for the boot unit, it must be
         # something only root can change (the file it resolves to and every directory above).
-        problem = ctx.fact(F.TRUSTED_PATH_PROBLEM, PROGRAM)
-        if problem:
-            return blocked(f"{problem}, so whoever can change it would run code as root in {UNIT_NAME}; make it and "
-                           "the directories above it root's and writable by root alone (or reinstall with setup.sh "
-                           "under a root-owned prefix), then run setup again")
+        untrusted = untrusted_program(ctx, f"in {UNIT_NAME}")
+        if untrusted:
+            return blocked(untrusted)
         actions: list[Action] = []
         reasons: list[str] = []
         write = write_wanted(ctx, self.files(ctx)[0])
