@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import posixpath
 import stat
 import subprocess
 import sys
@@ -549,3 +551,54 @@ def test_bytecode_is_current_only_when_it_is_the_programs_own_code():
     assert not bytecode_current(own[:16] + own[16:-1], program)  # truncated: marshal fails
     assert not bytecode_current(wrapper_bytecode(program + "\n# changed\n"), program)
     assert not bytecode_current(None, program)
+
+
+# --- what it costs: posix instead of os -------------------------------------------------------------
+
+def test_a_create_with_slices_imports_only_what_it_needs(node):
+    """Every module a create loads is paid on every container start: beyond what Python starts
+    with, only the program, errno and the C modules for JSON and the Engine API's socket (no os,
+    json or socket). The wrapper's own Python, as the front runs it."""
+    node.spec(resource_env(f"{G0}::1"))
+    code = (f"import sys; before = set(sys.modules); sys.path.append({str(node.tmp)!r}); "
+            f"__import__('gpuswarm-runtime').restrict({str(node.bundle)!r}); "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([WRAPPER_PYTHON, "-IS", "-B", "-c", code], capture_output=True, text=True,
+                            env={"PATH": node.path}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G0}"]
+    loaded = set(result.stdout.split())
+    has_c_normpath = subprocess.run([WRAPPER_PYTHON, "-IS", "-c", "import posix; print(hasattr(posix, '_path_normpath'))"],
+                                    capture_output=True, text=True).stdout.strip() == "True"
+    assert has_c_normpath, "this test's Python has posix._path_normpath (3.11 and later)"
+    assert loaded == {"gpuswarm-runtime", "errno", "_json", "_socket"}
+
+
+@pytest.mark.parametrize("path", ["/", "//", "///a//b/", "/a/./b/../c", "a/../../b", "", ".", "/..", "x/y/..",
+                                  "/var/run/../run/nvidia-container-devices/./GPU-1", "/\u00e9/\udcff/..//z"])
+def test_normpath_is_os_paths(tmp_path, path):
+    module = load_wrapper(tmp_path)
+    assert module.normpath(path) == posixpath.normpath(path)
+    assert module.normpath("/" + path).lstrip("/") == posixpath.normpath("/" + path).lstrip("/")
+
+
+@pytest.mark.parametrize("head", ["", "/", "/bundle", "/bundle/", "rel", "a//b"])
+def test_join_is_os_paths_for_a_relative_tail(tmp_path, head):
+    module = load_wrapper(tmp_path)
+    for tail in ("config.json", "nvidia-container-runtime/config.toml"):
+        assert module.join(head, tail) == os.path.join(head, tail)
+
+
+def test_getenv_decodes_as_os_environ_does(tmp_path):
+    name = "GPUSWARM_WRAPPER_TEST"
+    value = "caf\u00e9 \udcff"
+    code = (f"import sys; sys.path.append({str(tmp_path)!r}); m = __import__('gpuswarm_runtime'); "
+            f"import os; print(ascii(m.getenv({name!r})), ascii(os.environ.get({name!r})), m.getenv('UNSET_X'), sep='|')")
+    load_wrapper(tmp_path)
+    env = {name: value, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([WRAPPER_PYTHON, "-IS", "-c", code], capture_output=True, text=True,
+                            env={k: os.fsencode(v) for k, v in env.items()}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    mine, theirs, unset = result.stdout.strip().split("|")
+    assert mine == theirs == ascii(value)
+    assert unset == "None"
