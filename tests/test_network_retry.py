@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -235,7 +236,45 @@ def test_a_closed_port_is_transient(swarm_files) -> None:
     cfg = config.SwarmConfig(manager=MANAGER, ssh_port=port, ssh_key=str(key), known_hosts=str(known))
     with pytest.raises(ManagerUnreachable) as info:
         read_manager_swarm(cfg, timeout=2)
-    assert info.value.transient is True and "Unable to connect to port" in info.value.cause
+    # The kernel's reason, not paramiko's fixed "Unable to connect to port P on A" (connect_reason).
+    assert info.value.transient is True and info.value.cause.endswith(f"127.0.0.1:{port}: Connection refused.")
+
+
+def os_error(number: int) -> OSError:
+    return OSError(number, os.strerror(number))
+
+
+@pytest.mark.parametrize("raised, said", [
+    # paramiko's wrapper of every address's ECONNREFUSED / EHOSTUNREACH (paramiko/client.py)
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED)}),
+     "Connection refused"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.EHOSTUNREACH)}),
+     "No route to host"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED),
+                                                     ("2001:db8::1", 22, 0, 0): os_error(errno.ECONNREFUSED)}),
+     "Connection refused"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED),
+                                                     ("2001:db8::1", 22, 0, 0): os_error(errno.EHOSTUNREACH)}),
+     "198.18.0.1: Connection refused, 2001:db8::1: No route to host"),
+    # what paramiko raises as it is: the other errnos, a time out, a name that does not resolve (yet)
+    (os_error(errno.ENETUNREACH), "Network is unreachable"),
+    (socket.timeout("timed out"), "timed out"),
+    (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "Temporary failure in name resolution"),
+    (EOFError(), "EOFError"),
+])
+def test_an_unreachable_manager_is_said_in_the_kernels_words_and_retried(swarm_files, monkeypatch, raised,
+                                                                          said) -> None:
+    key, known = swarm_files
+
+    def connect(self, *args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    cfg = config.SwarmConfig(manager=MANAGER, ssh_key=str(key), known_hosts=str(known))
+    with pytest.raises(ManagerUnreachable) as info:
+        read_manager_swarm(cfg, timeout=2)
+    assert info.value.transient is True
+    assert info.value.cause == f"cannot reach the manager at root@{MANAGER}:22: {said}."
 
 
 @pytest.mark.parametrize("raised, said", [
