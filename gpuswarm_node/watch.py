@@ -24,8 +24,10 @@ The faults, in the order the label names the first of them:
 | `row-remap-pending` | a remapping waits for a GPU reset |
 | `retired-pages-pending` | nvmlDeviceGetRetiredPagesPendingStatus: retired pages wait for a reboot |
 | `docker-down` | the Engine API does not answer GET /_ping on its socket |
+| `containerd-down` | containerd's socket is there and nobody answers on it (Docker cannot start a container) |
 | `image-disk-full` | Docker's data-root has less free space than watch.min_free_disk |
 | `tmpfs-missing` | the configured tmpfs is not mounted |
+| `share-missing` | a [[shared.mounts]] share is not mounted, or does not answer a statfs within SHARE_TIMEOUT |
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ STATE = "/var/lib/gpuswarm-node/watch.json"
 DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_ROOT = "/var/lib/docker"  # dockerd's default data-root
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# containerd's socket: the system's (Debian's docker.io, docker-ce's containerd.io), then the one
+# dockerd starts itself when it manages containerd (under its exec-root).
+CONTAINERD_SOCKETS = ("/run/containerd/containerd.sock", "/var/run/docker/containerd/containerd.sock")
+SHARE_TIMEOUT = 5.0  # seconds a share's statfs may take (in a child process: bounded.py says why)
 
 # Xids an application causes on a healthy GPU: not a reason to drain. NVIDIA's device plugin skips
 # the same (k8s-device-plugin, internal/rm/health.go, "Application errors: the GPU should still be
@@ -133,11 +139,13 @@ def size_text(n: int) -> str:
 
 
 def judge(nvml, slice_devices: Iterable[str], docker_problem: str | None, free_bytes: int | None,
-          min_free: int, tmpfs_problem: str | None, docker_root_path: str = DOCKER_ROOT) -> Observation:
+          min_free: int, tmpfs_problem: str | None, docker_root_path: str = DOCKER_ROOT,
+          containerd_problem: str | None = None, share_problems: tuple[str, ...] = ()) -> Observation:
     """The faults in one round's facts: `nvml` (probes.gpu_health.NvmlReading, or None on a node
     without GPUs to watch), the slice map's devices, why Docker does not answer (or None), the
     image store's free bytes (None: unknown) against `min_free` (0: not checked), why the tmpfs
-    is not there (or None)."""
+    is not there (or None), why containerd does not answer (or None), what is wrong with each
+    share (none: all there and answering)."""
     faults: list[Fault] = []
     if nvml is not None:
         if nvml.problem:
@@ -167,11 +175,15 @@ def judge(nvml, slice_devices: Iterable[str], docker_problem: str | None, free_b
                     faults.append(Fault(slug, f"{what} on {', '.join(hit)}"))
     if docker_problem:
         faults.append(Fault("docker-down", docker_problem))
+    if containerd_problem and not docker_problem:
+        faults.append(Fault("containerd-down", containerd_problem))
     if min_free and free_bytes is not None and free_bytes < min_free:
         faults.append(Fault("image-disk-full", f"Docker's image store {docker_root_path} has {size_text(free_bytes)} "
                             f"free, less than watch.min_free_disk ({size_text(min_free)})"))
     if tmpfs_problem:
         faults.append(Fault("tmpfs-missing", tmpfs_problem))
+    if share_problems:
+        faults.append(Fault("share-missing", "; ".join(share_problems)))
     return Observation(tuple(faults))
 
 
@@ -321,6 +333,9 @@ class Seams:
     say: Callable[[str], None] = print
     clock: Callable[[], float] = time.time
     busy: Callable[[], str | None] = lambda: None  # who holds the run lock (setup, leave, reset), or None
+    containerd_problem: Callable[[], str | None] = lambda: None
+    # A share's mount point -> why it does not answer (None: it answered), asked only of mounted shares.
+    share_problem: Callable[[str], str | None] = lambda path: None
     # The cloud's spot and maintenance notices (notices.read_notices's answer); None: not read.
     notices: Callable[[float], tuple[list[Notice], str | None]] | None = None
     # Leave the swarm as `gpuswarm-node leave --timeout S` does: S -> (exit status, one line).
@@ -477,10 +492,18 @@ class Watcher:
         root = docker_root(s.read_text(DAEMON_JSON))
         min_free = cfg.watch.min_free_disk_bytes
         free = s.free_bytes(root) if min_free else None
+        mountinfo = s.read_text("/proc/self/mountinfo")
         tmpfs_problem = None
-        if cfg.tmpfs.enabled and not is_mounted(s.read_text("/proc/self/mountinfo"), cfg.tmpfs.path, "tmpfs"):
+        if cfg.tmpfs.enabled and not is_mounted(mountinfo, cfg.tmpfs.path, "tmpfs"):
             tmpfs_problem = f"no tmpfs is mounted at {cfg.tmpfs.path} (setup mounts it: tmpfs.path)"
-        return judge(nvml, devices, docker_problem, free, min_free, tmpfs_problem, root)
+        shares = []
+        for mount in cfg.shared.mounts:
+            if not is_mounted(mountinfo, mount.path):
+                shares.append(f"the share {mount.source} is not mounted at {mount.path}")
+            elif (problem := s.share_problem(mount.path)) is not None:
+                shares.append(f"the share at {mount.path} does not answer: {problem}")
+        return judge(nvml, devices, docker_problem, free, min_free, tmpfs_problem, root,
+                     s.containerd_problem() if docker_problem is None else None, tuple(shares))
 
     def round(self, wait_ms: int = 100) -> Transition | None:
         """One round: observe, decide, act, record. Returns the transition carried out, if any.
@@ -601,6 +624,12 @@ def local_seams(cfg, say: Callable[[str], None] = print, config_args: tuple[str,
 
     from .lock import running
 
+    def share_problem(path: str) -> str | None:
+        from .bounded import call
+
+        done = call(["stat", "-f", "-c", "%T", path], SHARE_TIMEOUT)
+        return None if done.returncode == 0 else (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+
     cloud = notices_cloud(cfg.watch.notices, host.read_text)
     read_cloud_notices = None
     if cloud is not None:
@@ -614,7 +643,32 @@ def local_seams(cfg, say: Callable[[str], None] = print, config_args: tuple[str,
     return Seams(busy=running, nvml=nvml, read_text=host.read_text, write_state=write_state,
                  docker_problem=lambda: EngineSocket(socket_path, timeout=2).unreachable_reason(),
                  free_bytes=free_bytes, node_id=node_id, manager_session=manager_session, log=log, say=say,
-                 notices=read_cloud_notices, leave=lambda timeout: run_leave(timeout, config_args))
+                 notices=read_cloud_notices, leave=lambda timeout: run_leave(timeout, config_args),
+                 containerd_problem=containerd_problem, share_problem=share_problem)
+
+
+def containerd_problem(sockets: tuple[str, ...] = CONTAINERD_SOCKETS) -> str | None:
+    """Why containerd does not answer: its socket is there and a connection is refused (the daemon
+    is gone, its socket left). None when one answers, and when none is there: a layout not known
+    here is not taken for a fault."""
+    import errno
+    import socket as socket_mod
+
+    for path in sockets:
+        sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+            return None
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ETIMEDOUT) or isinstance(exc, TimeoutError):
+                return f"containerd does not answer at {path} ({exc.strerror or 'timed out'}): Docker cannot start containers"
+            continue
+        finally:
+            sock.close()
+    return None
 
 
 def notices_cloud(setting: str, read_text: Callable[[str], str | None]) -> str | None:

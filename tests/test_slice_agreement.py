@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuswarm_node.slices import cuda_env, cuda_visible_devices, device_of, slice_map_text, well_formed
+from gpuswarm_node.slices import (cuda_env, cuda_visible_devices, device_of, memory_share_env, slice_map_text,
+                                  well_formed)
 from gpuswarm_node.steps.docker_daemon import wrapper_program_text
 
 from .test_runtime_wrapper import Node, resource_env
@@ -178,8 +179,16 @@ def python_answer(value: str) -> tuple[str, str]:
         with pytest.raises(ValueError):
             cuda_env({VARIABLE: value}, "gpu")
         return ("malformed", as_the_hook_shows(bad))
-    assert cuda_env({VARIABLE: value}, "gpu") == f"export CUDA_VISIBLE_DEVICES={shlex.quote(devices)}\n"
+    assert cuda_env({VARIABLE: value}, "gpu") == cuda_env_text(value, devices)
     return ("devices", devices)
+
+
+def cuda_env_text(value: str, devices: str) -> str:
+    """What cuda-env prints for a well-formed value: the devices, then for a slice of a GPU the
+    frameworks' memory settings that need no share (slices.memory_share_env)."""
+    memory = [f"export {name}={shlex.quote(v)}\n" for name, v in memory_share_env(None, ())] \
+        if any("::" in item for item in value.split(",")) else []
+    return f"export CUDA_VISIBLE_DEVICES={shlex.quote(devices)}\n" + "".join(memory)
 
 
 def wrapper_answer(program: types.ModuleType, slices: dict, value: str) -> tuple[str, str]:
@@ -348,7 +357,7 @@ def test_the_cuda_env_command_agrees_on_a_sample(gsn):
         result = gsn("cuda-env", env={VARIABLE: value})
         kind, answer = expected = python_answer(value)
         if kind == "devices":
-            ok = result.returncode == 0 and result.stdout == f"export CUDA_VISIBLE_DEVICES={shlex.quote(answer)}\n"
+            ok = result.returncode == 0 and result.stdout == cuda_env_text(value, answer)
         else:
             ok = result.returncode == 1 and result.stdout == "" and "is malformed" in result.stderr
         if not ok:

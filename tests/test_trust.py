@@ -23,7 +23,8 @@ from gpuswarm_node.manager import open_trust_file
 from .test_bundle import bundle_args, hub  # noqa: F401  (the fixture)
 
 # Keys whose value is a path the tool never reads as a file.
-NOT_READ = {"tmpfs.path": "a mount point setup creates and mounts on"}
+NOT_READ = {"tmpfs.path": "a mount point setup creates and mounts on",
+            "watch.metadata_url": "a URL (its help says it has no path), never a file"}
 
 
 def schema_keys() -> dict[str, dataclasses.Field]:

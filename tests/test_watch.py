@@ -566,3 +566,56 @@ def test_watch_once_from_the_command_line(gsn, tmp_path):
 def test_watch_bad_usage_is_one_line(gsn, args, words):
     done = gsn("watch", "--once", *args)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+
+
+# --- containerd and the shares ----------------------------------------------------------------------
+
+def test_containerd_and_share_faults_and_their_order():
+    from gpuswarm_node.watch import judge
+
+    obs = judge(None, (), None, None, 0, "no tmpfs", containerd_problem="containerd does not answer",
+                share_problems=("the share fs-1:/ is not mounted at /home/shared",))
+    assert [f.slug for f in obs.faults] == ["containerd-down", "tmpfs-missing", "share-missing"]
+    # With Docker down, containerd is not judged apart: one fault, the one that says most.
+    assert [f.slug for f in judge(None, (), "docker down", None, 0, None, containerd_problem="x").faults] == \
+        ["docker-down"]
+
+
+def test_a_share_not_mounted_or_not_answering_drains_the_node():
+    node = Node()
+    share = "/home/shared"
+    w = watcher(node)
+    w.cfg = config.from_tables({"watch": {"fault_rounds": 2, "clear_rounds": 2, "min_transition_interval": 10},
+                                "shared": {"mounts": [{"source": "fs-1.efs.example:/", "path": share}]}})
+    drained = rounds(w, node, 2)
+    assert drained[1] is not None and drained[1].reason == "share-missing"
+    assert "the share fs-1.efs.example:/ is not mounted at /home/shared" in node.logs[0]["detail"]
+    # Mounted, but a statfs does not come back in time (a server gone): still a fault.
+    node.files["/proc/self/mountinfo"] = MOUNTINFO + f"120 29 0:50 / {share} rw,nosuid,nodev - nfs4 fs-1:/ rw\n"
+    w.seams.share_problem = lambda path: "stat: did not answer within 5 s"
+    assert w.observe(0).summary() == "the share at /home/shared does not answer: stat: did not answer within 5 s"
+    w.seams.share_problem = lambda path: None
+    assert w.observe(0).healthy
+
+
+def test_containerd_is_a_fault_only_when_its_socket_refuses(tmp_path):
+    import socket
+
+    from gpuswarm_node.watch import containerd_problem
+
+    listening = tmp_path / "up.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(listening))
+    server.listen(1)
+    left = tmp_path / "left.sock"  # a socket file nobody listens on: the daemon died, its socket stayed
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(left))
+    stale.close()
+    try:
+        assert containerd_problem((str(listening),)) is None
+        assert containerd_problem((str(tmp_path / "missing.sock"), str(listening))) is None
+        assert containerd_problem((str(tmp_path / "missing.sock"),)) is None  # a layout not known: no fault
+        problem = containerd_problem((str(left), str(listening)))
+        assert problem == f"containerd does not answer at {left} (Connection refused): Docker cannot start containers"
+    finally:
+        server.close()

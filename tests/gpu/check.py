@@ -680,7 +680,7 @@ print(json.dumps(out))
         for label, resource, want_count in (("the slice", slice_id, 1), ("no slice", None, 0)):
             env = {self.slice_map["variable"]: resource} if resource else {}
             shown = self.tool.cli(["cuda-env"], deadline, env=env)
-            match = re.fullmatch(r"export CUDA_VISIBLE_DEVICES=(\S*)\n", shown.stdout)
+            match = re.match(r"export CUDA_VISIBLE_DEVICES=(\S*)\n", shown.stdout)  # first line; memory settings follow
             value = match.group(1).strip("'") if match else None
             findings.append(finding(f"cuda-env, {label}", value == (device if resource else ""),
                                     device if resource else "", value, shown.stderr.strip()[-300:]))
