@@ -357,6 +357,24 @@ class WatchConfig:
         return 0 if self.min_free_disk.strip() in ("", "0") else parse_size(self.min_free_disk)
 
 
+HUB_DIR = "/etc/gpuswarm-node/hub"  # the hub's own CA, certificate and registry configuration
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    name: str = key("", "DNS name (or IP address) workers and browsers reach the hub at: the registry is "
+                        "NAME:registry_port and its certificate's first name; empty: this machine's host name.")
+    addresses: str = key("", "More DNS names and IP addresses the registry's certificate carries, comma-separated "
+                             "(swarm.advertise_addr is added when it is an IP address).")
+    registry_port: int = key(5000, "TCP port of the hub's TLS registry (Debian's docker-registry, run by systemd).")
+    network: str = key("jupyterhub", "Attachable overlay network of the hub and the notebook servers.")
+    tls_cert: str = key("", "The operator's own PEM certificate for the registry, instead of one the hub's own CA "
+                            f"({HUB_DIR}/ca.crt) issues; with tls_key and tls_ca.", trust="public")
+    tls_key: str = key("", "The private key of hub.tls_cert (root's, readable by root only).", trust="secret")
+    tls_ca: str = key("", "The PEM CA certificate that signed hub.tls_cert: what workers trust for the registry "
+                          "(registry.ca_cert).", trust="public")
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -370,6 +388,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     # Where the values came from, for messages; not a key.
     source: str = field(default="defaults", compare=False)
     # "section.key" -> where its value came from ("file PATH", "environment VAR", "flag --set"),
@@ -580,6 +599,7 @@ def _validate(cfg: Config) -> None:
                   f"closes (known: {', '.join(sorted(ADVISORIES))})",
                   "Name only the advisories a step reports as lacking, as it spells them, and run again.")
     _validate_watch(cfg.watch, bad)
+    _validate_hub(cfg.hub, bad)
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "
@@ -623,6 +643,57 @@ def _validate_watch(watch: WatchConfig, bad) -> None:
     except ValueError:
         raise bad("watch", "min_free_disk", "must be a size such as \"2GiB\", \"512MiB\" or a number of bytes "
                   f"(units KiB, MiB, GiB, TiB), got {watch.min_free_disk!r}") from None
+
+
+def certificate_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one of the names a TLS certificate carries for the hub (a DNS name,
+    RFC 5280's preferred name syntax: letters, digits and inner '-', no '_'; an IPv4 address; an
+    IPv6 address without brackets), or None."""
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    if ":" in name or name.startswith("["):
+        return f"{name!r} is not an IP address (write an IPv6 address without brackets)"
+    return host_name_problem(name)
+
+
+def hub_addresses(hub: HubConfig) -> list[str]:
+    """hub.addresses as a list, without empty items or surrounding spaces."""
+    return [a.strip() for a in hub.addresses.split(",") if a.strip()]
+
+
+def _validate_hub(hub: HubConfig, bad) -> None:
+    fix = "Give the name workers and browsers reach the hub at (letters, digits and '-' in dot-separated labels, " \
+          "or an IP address), and run again."
+    if hub.name:
+        problem = certificate_name_problem(hub.name)
+        if problem:
+            raise bad("hub", "name", f"cannot be carried by the registry's certificate, got {hub.name!r}: {problem}",
+                      fix)
+    for item in hub_addresses(hub):
+        problem = certificate_name_problem(item)
+        if problem:
+            raise bad("hub", "addresses", f"holds {item!r}, which the registry's certificate cannot carry: {problem}",
+                      fix)
+    if not 1 <= hub.registry_port <= 65535:
+        raise bad("hub", "registry_port", f"must be a TCP port (1-65535), got {hub.registry_port}")
+    from .hub import NETWORK_NAME  # Docker's network names
+
+    if not NETWORK_NAME.fullmatch(hub.network):
+        raise bad("hub", "network", f"must be a Docker network name (letters, digits, '_', '.' and '-', starting with "
+                  f"a letter or digit), got {hub.network!r}")
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        value = getattr(hub, name)
+        if value and not value.startswith("/"):
+            raise bad("hub", name, f"must be an absolute path, got {value!r}")
+    given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(hub, name)]
+    if given and len(given) != 3:
+        missing = [f"hub.{name}" for name in ("tls_cert", "tls_key", "tls_ca") if name not in given]
+        raise bad("hub", given[0], f"is set, but {' and '.join(missing)} not: the operator's own certificate comes "
+                  "with its private key and the CA that signed it", f"Set {' and '.join(missing)} too, or leave all "
+                  "three empty (the hub's own CA issues the certificate), and run again.")
 
 
 def _validate_swarm(swarm: SwarmConfig, bad) -> None:
