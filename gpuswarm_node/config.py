@@ -688,6 +688,10 @@ def _validate_hub(hub: HubConfig, bad) -> None:
         value = getattr(hub, name)
         if value and not value.startswith("/"):
             raise bad("hub", name, f"must be an absolute path, got {value!r}")
+        # The registry's systemd drop-in names it (LoadCredential=), where a space ends the value
+        # and '%' starts a specifier.
+        if any(c.isspace() or c == "%" for c in value):
+            raise bad("hub", name, f"must be a path without spaces or '%', got {value!r}")
     given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(hub, name)]
     if given and len(given) != 3:
         missing = [f"hub.{name}" for name in ("tls_cert", "tls_key", "tls_ca") if name not in given]

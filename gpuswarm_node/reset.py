@@ -109,6 +109,7 @@ def describe(undo: Undo) -> str:
         "disable-unit": f"disable {undo.unit}",
         "stop-unit": f"stop {undo.unit}",
         "unguard": "delete the metadata guard's firewall rules",
+        "remove-network": f"remove Docker network {undo.network}",
         "keep": undo.note,
     }[undo.op]
 
@@ -202,6 +203,13 @@ class UndoStep:
         reason = ctx.docker.unreachable_reason()
         if reason:
             return skipped(f"{reason}, so there is nothing to {what}")
+        if u.op == "remove-network":
+            from .steps.hub_swarm import NETWORK
+
+            if ctx.fact(NETWORK, u.network) is None:
+                return ok(f"network {u.network} is gone")
+            return needs_change(f"hub init created network {u.network}",
+                                run_command("docker", "network", "rm", "--", u.network))
         if u.op == "remove-image":
             if not ctx.docker.image_present(u.image):
                 return ok(f"image {u.image} is gone")

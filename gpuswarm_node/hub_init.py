@@ -1,0 +1,322 @@
+"""`hub init`: the hub as a plan of the same engine as `setup` (engine.Plan): preflight checks,
+then its steps, each checked, applied and checked again, every change in the hub's own journal for
+`hub reset`.
+
+The steps, in order (their names are part of the interface, as setup's are):
+
+- `docker`: Docker Engine, the worker's own step (steps/docker.py); the manager needs 23.0.2 or
+  later, which `hub-swarm` checks once Docker runs (and the `docker-version` preflight check before
+  anything is installed, where apt already knows the candidate).
+- `hub-swarm`: this node manages a swarm, initialised at swarm.advertise_addr.
+- `hub-network`: the attachable overlay network (hub.network) of the hub and the servers.
+- `hub-ca`: the hub's own CA (unless the operator gives a certificate: hub.tls_*).
+- `hub-certificate`: the registry's server certificate for the hub's names and addresses.
+- `hub-registry`: Debian's docker-registry, configured by the tool, run by systemd.
+- `hub-registry-trust`: the hub's own Docker trusts its registry (the CA `hub bundle` ships).
+
+Preflight checks, by stable name: `hub-name` (the name the certificate carries), `docker-version`,
+`swarm-role` (not a worker of another swarm), `registry-port` (free, or the registry's own),
+`tls-files` (the operator's certificate, key and CA follow the trust-file rule and belong together).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+
+from . import facts as F
+from .config import HUB_DIR, Config, certificate_name_problem, hub_addresses
+from .context import Context
+
+PRIVATE_DIR = f"{HUB_DIR}/private"  # root's, 0700: the keys
+CA_CERT = f"{HUB_DIR}/ca.crt"  # what every worker trusts (registry.ca_cert; `hub bundle --registry-ca`)
+CA_KEY = f"{PRIVATE_DIR}/ca.key"
+REGISTRY_CERT = f"{HUB_DIR}/registry.crt"
+REGISTRY_KEY = f"{PRIVATE_DIR}/registry.key"
+REGISTRY_CONFIG = f"{HUB_DIR}/registry.yml"
+REGISTRY_UNIT = "docker-registry.service"  # Debian's docker-registry package
+REGISTRY_PACKAGE = "docker-registry"
+REGISTRY_DROPIN = "/etc/systemd/system/docker-registry.service.d/gpuswarm-node.conf"
+# Where `reset` finds what `hub init` changed: a journal of the hub's own, so that a worker's
+# `reset` on the same machine never undoes the hub, nor `hub reset` the worker.
+HUB_JOURNAL = "/var/lib/gpuswarm-node/hub-changes.jsonl"
+HOSTNAME = "/proc/sys/kernel/hostname"
+
+
+def hub_name(ctx: Context) -> str:
+    """hub.name, else this machine's host name (the kernel's)."""
+    return ctx.config.hub.name or (ctx.fact(F.FILE_TEXT, HOSTNAME) or "").strip()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def certificate_names(ctx: Context) -> list[str]:
+    """The names and addresses the registry's certificate carries, the hub's name first: hub.name
+    (or the host name), hub.addresses, and swarm.advertise_addr when it is an IP address."""
+    names = [hub_name(ctx), *hub_addresses(ctx.config.hub)]
+    advertise = ctx.config.swarm.advertise_addr
+    if advertise and _is_ip(advertise):
+        names.append(advertise)
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def registry_address(ctx: Context) -> str:
+    """host:port of the registry as image names spell it (an IPv6 address in brackets)."""
+    name = hub_name(ctx)
+    host = f"[{name}]" if ":" in name else name
+    return f"{host}:{ctx.config.hub.registry_port}"
+
+
+def own_tls(cfg: Config) -> bool:
+    """Whether the hub's own CA issues the registry's certificate (no hub.tls_* given)."""
+    return not cfg.hub.tls_cert
+
+
+def tls_paths(cfg: Config) -> tuple[str, str, str]:
+    """(certificate, key, CA) the registry serves and workers trust."""
+    if own_tls(cfg):
+        return REGISTRY_CERT, REGISTRY_KEY, CA_CERT
+    return cfg.hub.tls_cert, cfg.hub.tls_key, cfg.hub.tls_ca
+
+
+def _summary(facts, arg: str):
+    from .hub_tls import summary
+
+    cert, key, ca = (arg.split(" ") + ["", ""])[:3]
+    return summary(facts.get(F.FILE_TEXT, cert), facts.get(F.FILE_BYTES, key) if key else None,
+                   facts.get(F.FILE_TEXT, ca) if ca else None)
+
+
+# A certificate and its key as `hub_tls.summary` describes them (None: neither file is there); the
+# argument is "CERT KEY [CA]" (paths have no spaces: config validates hub.tls_*).
+CERTIFICATE_SUMMARY = F.fact("certificate_summary", F.DERIVED, parse=_summary)
+# What the TLS server at "host:port" presents: {"sha256": fingerprint} or {"problem": why}.
+SERVED_CERTIFICATE = F.fact("served_certificate", F.HOST, lambda arg: lambda host: _served(arg))
+
+
+def _served(arg: str) -> dict:
+    from .hub_tls import served_fingerprint
+
+    host, _, port = arg.rpartition(":")
+    return served_fingerprint(host.strip("[]"), int(port))
+
+
+def hub_steps():
+    """The steps of `hub init`, in order."""
+    from .steps.docker import DockerStep
+    from .steps.hub_registry import HubRegistryStep, HubRegistryTrustStep
+    from .steps.hub_swarm import HubNetworkStep, HubSwarmStep
+    from .steps.hub_tls import HubCaStep, HubCertificateStep
+
+    return (DockerStep(), HubSwarmStep(), HubNetworkStep(), HubCaStep(), HubCertificateStep(), HubRegistryStep(),
+            HubRegistryTrustStep())
+
+
+HUB_STEP_NAMES = ("docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
+                  "hub-registry-trust")
+
+
+def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, list[str], str | None]:
+    """(actions, reasons, refusal) that make `path` a directory root alone may enter (0700): a
+    directory of another owner or mode is repaired; a symlink or a file there is refused."""
+    from .engine import Call, run_command
+
+    status = ctx.fact(F.FILE_STATUS, path)
+    if status is None:
+        return [Call(f"create directory {path} (root's, mode 0700)",
+                     lambda ctx: ctx.host.makedirs(path, 0o700))], [f"{path} is missing"], None
+    if status.is_symlink or not status.is_dir:
+        return [], [], (f"{path} is {'a symlink' if status.is_symlink else 'not a directory'}, so the hub's private "
+                        f"keys cannot be kept there safely; move it aside")
+    actions, reasons = [], []
+    if status.uid != 0 or status.gid != 0:
+        actions.append(run_command("chown", "root:root", path))
+    if status.mode & 0o7777 != 0o700:
+        actions.append(run_command("chmod", "0700", path))
+    if actions:
+        reasons.append(f"{path} is not root's with mode 0700 (owner uid {status.uid}, mode {status.mode:04o})")
+    return actions, reasons, None
+
+
+def key_file_commands(ctx: Context, path: str) -> tuple[list, list[str], str | None]:
+    """(actions, reasons, refusal) that make a private key root's with mode 0600."""
+    from .engine import run_command
+
+    status = ctx.fact(F.FILE_STATUS, path)
+    if status is None:
+        return [], [], None
+    if status.is_symlink or not status.is_regular:
+        return [], [], f"{path} is {'a symlink' if status.is_symlink else 'not a regular file'}; move it aside"
+    actions = []
+    if status.uid != 0 or status.gid != 0:
+        actions.append(run_command("chown", "root:root", path))
+    if status.mode & 0o7777 != 0o600:
+        actions.append(run_command("chmod", "0600", path))
+    reasons = [f"{path} is not root's with mode 0600 (owner uid {status.uid}, mode {status.mode:04o})"] if actions else []
+    return actions, reasons, None
+
+
+def public_file_commands(ctx: Context, path: str) -> tuple[list, list[str], str | None]:
+    """(actions, reasons, refusal) that make a certificate root's and writable by root only (0644)."""
+    from .engine import run_command
+    from .host import unsafe
+
+    status = ctx.fact(F.FILE_STATUS, path)
+    if status is None:
+        return [], [], None
+    if status.is_symlink or not status.is_regular:
+        return [], [], f"{path} is {'a symlink' if status.is_symlink else 'not a regular file'}; move it aside"
+    problem = unsafe(status)
+    if problem is None and not status.mode & 0o7133:
+        return [], [], None
+    actions = [run_command("chown", "root:root", path)] if status.uid != 0 else []
+    actions.append(run_command("chmod", "0644", path))
+    return actions, [f"{path} {problem or f'has mode {status.mode:04o}, not 0644'}"], None
+
+
+def hub_dir_commands(ctx: Context) -> tuple[list, list[str], str | None]:
+    """The hub's directory (and /etc/gpuswarm-node above it) root's and writable by root only."""
+    from .engine import run_command
+    from .host import dir_repair_commands, unsafe
+
+    actions, reasons = [], []
+    for directory in (posixpath.dirname(HUB_DIR), HUB_DIR):
+        status = ctx.fact(F.FILE_STATUS, directory)
+        if status is not None and status.is_symlink:
+            return [], [], (f"directory {directory} is a symlink, so whoever controls its target could change the "
+                            "CA every worker trusts; make it a directory owned by root")
+        problem = unsafe(status)
+        if problem:
+            actions += [run_command(*argv) for argv in dir_repair_commands(directory, status)]
+            reasons.append(f"directory {directory} {problem}")
+    return actions, reasons, None
+
+
+# --- preflight -------------------------------------------------------------------------------------
+
+def _listening(facts, _arg: str) -> set[int]:
+    """The TCP ports something listens on, IPv4 and IPv6 (/proc/net/tcp, tcp6: state 0A is
+    LISTEN; the local address is hex ADDRESS:PORT; proc(5))."""
+    ports: set[int] = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in (facts.get(F.FILE_TEXT, path) or "").splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":
+                try:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+                except ValueError:
+                    continue
+    return ports
+
+
+LISTENING_PORTS = F.fact("listening_ports", F.DERIVED, parse=_listening, takes_arg=False)  # set[int]
+
+
+def _candidate(result, _arg: str) -> str:
+    for line in result.stdout.splitlines() if result.ok else []:
+        key, _, value = line.strip().partition(":")
+        if key == "Candidate":
+            value = value.strip()
+            return "" if value == "(none)" else value
+    return ""
+
+
+# The version apt would install of a package ("" when its lists have none): `apt-cache policy`.
+APT_CANDIDATE = F.fact("apt_candidate", F.COMMAND, lambda package: ["apt-cache", "policy", "--", package], _candidate)
+
+
+def hub_name_problem(ctx: Context) -> str | None:
+    name = hub_name(ctx)
+    if ctx.config.hub.name:
+        return None  # validated with the configuration
+    problem = certificate_name_problem(name) if name else "it is unknown"
+    if problem is None:
+        return None
+    return (f"hub.name is empty, so the registry's certificate would carry this machine's host name {name!r}, but "
+            f"{problem}: set hub.name to the DNS name (or IP address) workers and browsers reach the hub at")
+
+
+def docker_version_problem(ctx: Context) -> str | None:
+    """Docker 23.0.2 or later, as far as it can be told before anything is installed: the running
+    daemon's version, else the installed package's, else the version apt would install."""
+    from .steps.hub_swarm import old_docker
+
+    fixed = "upgrade Docker to 23.0.2 or later"
+    if ctx.docker.unreachable_reason() is None:
+        version = str(ctx.docker.info().get("ServerVersion", ""))
+        what, fix = f"the running Docker is {version}", ""
+    else:
+        installed = [p for p in ("docker-ce", "docker.io") if ctx.fact(F.PACKAGE_INSTALLED, p)]
+        if installed:
+            version = ctx.fact(F.PACKAGE_VERSION, installed[0])
+            what = f"the installed {installed[0]} is Docker {version}"
+            fix = (f"{fixed}: remove docker.io (`apt-get purge docker.io`) and set docker.source = \"docker-ce\" "
+                   "(Docker's own packages)" if installed[0] == "docker.io" else "")
+        elif ctx.config.docker.source == "distro":
+            version = ctx.fact(APT_CANDIDATE, "docker.io")
+            what = f"apt would install the distribution's docker.io {version}"
+            fix = 'set docker.source = "docker-ce" (Docker\'s own packages)'
+        else:
+            return None  # docker-ce: Docker's current release
+    # Debian's versions may carry an epoch ("5:28.5.2-1~debian.12~bookworm").
+    bare = version.partition(":")[2] if ":" in version.split(".")[0] else version
+    return old_docker(bare, what, fix)
+
+
+def swarm_role_problem(ctx: Context) -> str | None:
+    if ctx.docker.unreachable_reason() is not None:
+        return None
+    membership = ctx.docker.swarm()
+    if membership.state == "active" and not membership.is_manager:
+        managers = ", ".join(membership.manager_addrs) or "unknown"
+        return (f"this node is a worker of another swarm (managers: {managers}); a hub manages its own: run hub init "
+                "on that swarm's manager, or leave it (`docker swarm leave`) first")
+    return None
+
+
+def registry_port_problem(ctx: Context) -> str | None:
+    port = ctx.config.hub.registry_port
+    if port not in ctx.fact(LISTENING_PORTS):
+        return None
+    if ctx.fact(F.UNIT_ACTIVE, REGISTRY_UNIT):
+        return None  # the registry itself (hub init converges its configuration)
+    return (f"TCP port {port} is in use by another program (`ss -ltnp 'sport = :{port}'` names it): stop it, or set "
+            "hub.registry_port to a free port")
+
+
+def tls_files_problem(ctx: Context) -> str | None:
+    """The operator's certificate, key and CA follow the trust-file rule (the key as a secret)."""
+    import os
+
+    from . import trust
+
+    hub = ctx.config.hub
+    if own_tls(ctx.config):
+        return None
+    for key, path, secret in (("hub.tls_cert", hub.tls_cert, False), ("hub.tls_key", hub.tls_key, True),
+                              ("hub.tls_ca", hub.tls_ca, False)):
+        fd, why = trust.open_checked(path, secret=secret)
+        if fd is None:
+            fix = "readable by root only" if secret else "writable only by root"
+            return f"{key} {path} {why}; make it a file of root's, {fix}"
+        os.close(fd)
+    return None
+
+
+PREFLIGHT = (("hub-name", hub_name_problem), ("docker-version", docker_version_problem),
+             ("swarm-role", swarm_role_problem), ("registry-port", registry_port_problem),
+             ("tls-files", tls_files_problem))
+
+
+def init_plan(steps=None):
+    """The plan of `hub init`: its preflight checks, then its steps (hub_steps)."""
+    from .engine import Plan, Preflight
+
+    return Plan("hub init", tuple(steps if steps is not None else hub_steps()),
+                tuple(Preflight(name, fn) for name, fn in PREFLIGHT))
