@@ -23,10 +23,10 @@ def old_docker(version: str, what: str = "", fix: str = "") -> str | None:
     if found is None or found >= FIXED_ENFORCER:
         return None
     fixed = ".".join(map(str, FIXED_ENFORCER))
-    return (f"{what or f'this machine runs Docker {version}'}, and a swarm manager before Docker {fixed} rejects "
-            f"every notebook task that reserves a GPU slice whenever its node's record changes (moby/moby#44378): "
-            f"{fix or f'upgrade Docker to {fixed} or later (docker.source = "docker-ce" installs Docker' + chr(39) + 's own)'}"
-            ", then run hub init again")
+    what = what or f"this machine runs Docker {version}"
+    fix = fix or f"upgrade Docker to {fixed} or later (docker.source = \"docker-ce\" installs Docker's own packages)"
+    return (f"{what}, and a swarm manager before Docker {fixed} rejects every notebook task that reserves a GPU slice "
+            f"whenever its node's record changes (moby/moby#44378): {fix}, then run hub init again")
 
 
 class HubSwarmStep:
