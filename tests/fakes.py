@@ -153,6 +153,8 @@ class FakeHost:
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.actions.append(f"mkdir {path}")
         self.dirs.add(path)
+        if mode != 0o755:  # as LocalHost: the directory is root's with this mode
+            self.stats[path] = FileStatus(0, 0, mode, False, is_dir=True, is_regular=False)
 
     def exists(self, path: str) -> bool:
         path = self.realpath(path)  # as os.path.exists, a symlink is followed

@@ -18,6 +18,7 @@ import pytest
 
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge, flatten
+from gpuswarm_node.hub_init import hub_steps
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.steps.boot import unit_text as boot_unit
@@ -28,8 +29,36 @@ from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, cuda_from_case, inventory_from_case
 
+def hub_tls_placeholders() -> dict:
+    """The hub's CA, another CA and server certificates, made once per test run with the code
+    `hub init` makes them with: "<hub CA cert>", "<hub CA key>", "<other CA cert>", "<other CA
+    key>", "<hub cert NAMES by CA>" and "<hub key NAMES by CA>" (NAMES comma-separated, CA "hub" or
+    "other")."""
+    import functools
+
+    from gpuswarm_node import hub_tls
+
+    ca = functools.cache(lambda which: hub_tls.make_ca(f"test {which} CA"))
+    issued = functools.cache(lambda names, which: hub_tls.issue(ca(which)[0], ca(which)[1], names.split(",")))
+    out = {}
+    for which in ("hub", "other"):
+        out[f"<{which} CA cert>"] = functools.partial(lambda w: ca(w)[0], which)
+        out[f"<{which} CA key>"] = functools.partial(lambda w: ca(w)[1], which)
+        for names in ("hub.example.org", "hub.example.org,10.0.0.5"):
+            out[f"<hub cert {names} by {which}>"] = functools.partial(lambda n, w: issued(n, w)[0], names, which)
+            out[f"<hub key {names} by {which}>"] = functools.partial(lambda n, w: issued(n, w)[1], names, which)
+    from gpuswarm_node.hub_init import REGISTRY_CERT, REGISTRY_CONFIG, REGISTRY_DROPIN, REGISTRY_KEY
+    from gpuswarm_node.render import render
+
+    # As hub init writes them for hub.name = "hub.example.org" and the default port.
+    out["<rendered hub-registry.yml>"] = lambda: render("hub-registry.yml.j2", port=5000, dropin=REGISTRY_DROPIN)
+    out["<rendered hub-registry.conf>"] = lambda: render("hub-registry.conf.j2", address="hub.example.org:5000",
+                                                         config=REGISTRY_CONFIG, cert=REGISTRY_CERT, key=REGISTRY_KEY)
+    return out
+
+
 CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
-STEPS = {s.name: s for s in ALL_STEPS}
+STEPS = {s.name: s for s in (*ALL_STEPS, *hub_steps())}  # setup's and hub init's
 # A case names the rendered runtime wrapper (its sh front and its Python program) instead of
 # spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
 # Its bytecode likewise, and in paths `<cache tag>` is this Python's (cpython-311): the name under
@@ -40,7 +69,7 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
                 "<rendered gpuswarm-node-boot.service>": boot_unit,
                 "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text,
-                "<rendered gpuswarm-node-watch.service>": watch_unit}
+                "<rendered gpuswarm-node-watch.service>": watch_unit, **hub_tls_placeholders()}
 
 
 def tagged(text: str) -> str:
