@@ -290,23 +290,44 @@ def registry_port_problem(ctx: Context) -> str | None:
             "hub.registry_port to a free port")
 
 
+TLS_KEYS = (("hub.tls_cert", "tls_cert", False), ("hub.tls_key", "tls_key", True), ("hub.tls_ca", "tls_ca", False))
+
+
+def open_tls_file(path: str, key: str, secret: bool) -> int:
+    """An open read-only descriptor of one of the operator's TLS files (hub.tls_cert, tls_key,
+    tls_ca), which must follow the trust-file rule (trust.problem; the key as a secret); raises
+    ConfigError naming the key, the problem and the fix."""
+    from . import trust
+    from .errors import ConfigError
+
+    fd, why = trust.open_checked(path, secret=secret)
+    if fd is None:
+        fix = "readable by root only" if secret else "writable only by root"
+        raise ConfigError(f"{key} {path} {why}; refusing to trust it.", f"Make it a file of root's, {fix}, not a link.")
+    return fd
+
+
 def tls_files_problem(ctx: Context) -> str | None:
     """The operator's certificate, key and CA follow the trust-file rule (the key as a secret)."""
     import os
 
-    from . import trust
-
-    hub = ctx.config.hub
     if own_tls(ctx.config):
         return None
-    for key, path, secret in (("hub.tls_cert", hub.tls_cert, False), ("hub.tls_key", hub.tls_key, True),
-                              ("hub.tls_ca", hub.tls_ca, False)):
-        fd, why = trust.open_checked(path, secret=secret)
-        if fd is None:
-            fix = "readable by root only" if secret else "writable only by root"
-            return f"{key} {path} {why}; make it a file of root's, {fix}"
-        os.close(fd)
+    for key, name, secret in TLS_KEYS:
+        os.close(open_tls_file(getattr(ctx.config.hub, name), key, secret))  # ConfigError: the preflight's problem
     return None
+
+
+def _trust_problem(arg: str):
+    from . import trust
+
+    kind, _, path = arg.partition(" ")
+    return lambda host: trust.problem(host.file_status(path), secret=kind == "secret")
+
+
+# Why a file named by the configuration must not be trusted (trust.problem), or None; the argument
+# is "secret PATH" or "public PATH".
+TRUST_PROBLEM = F.fact("trust_problem", F.HOST, _trust_problem)
 
 
 PREFLIGHT = (("hub-name", hub_name_problem), ("docker-version", docker_version_problem),

@@ -12,7 +12,8 @@ from __future__ import annotations
 from ..context import Context
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, skipped
 from ..errors import StepFailed
-from ..hub_init import (CA_CERT, CA_KEY, CERTIFICATE_SUMMARY, REGISTRY_CERT, REGISTRY_KEY, certificate_names,
+from ..hub_init import (CA_CERT, CA_KEY, CERTIFICATE_SUMMARY, REGISTRY_CERT, REGISTRY_KEY, TLS_KEYS, TRUST_PROBLEM,
+                        certificate_names,
                         hub_dir_commands, hub_name, key_file_commands, own_tls, private_dir_commands,
                         public_file_commands)
 from .. import hub_tls
@@ -128,6 +129,11 @@ class HubCertificateStep:
 
     def _operator(self, ctx: Context, names: list[str]) -> Check:
         hub = ctx.config.hub
+        for key, name, secret in TLS_KEYS:
+            why = ctx.fact(TRUST_PROBLEM, f"{'secret' if secret else 'public'} {getattr(hub, name)}")
+            if why:
+                fix = "readable by root only" if secret else "writable only by root"
+                return blocked(f"{key} {getattr(hub, name)} {why}; refusing to trust it: make it a file of root's, {fix}")
         summary = ctx.fact(CERTIFICATE_SUMMARY, f"{hub.tls_cert} {hub.tls_key} {hub.tls_ca}")
         if summary is None or not summary.get("cert") or not summary.get("key") or "problem" in summary:
             return blocked(f"hub.tls_cert {hub.tls_cert} and hub.tls_key {hub.tls_key} are not a readable certificate "
