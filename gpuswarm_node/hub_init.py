@@ -97,14 +97,12 @@ def _summary(facts, arg: str):
 # argument is "CERT KEY [CA]" (paths have no spaces: config validates hub.tls_*).
 CERTIFICATE_SUMMARY = F.fact("certificate_summary", F.DERIVED, parse=_summary)
 # What the TLS server at "host:port" presents: {"sha256": fingerprint} or {"problem": why}.
-SERVED_CERTIFICATE = F.fact("served_certificate", F.HOST, lambda arg: lambda host: _served(arg))
+SERVED_CERTIFICATE = F.fact("served_certificate", F.HOST, lambda arg: lambda host: _served(host, arg))
 
 
-def _served(arg: str) -> dict:
-    from .hub_tls import served_fingerprint
-
-    host, _, port = arg.rpartition(":")
-    return served_fingerprint(host.strip("[]"), int(port))
+def _served(host, arg: str) -> dict:
+    address, _, port = arg.rpartition(":")
+    return host.served_certificate(address.strip("[]"), int(port))
 
 
 def hub_steps():
@@ -247,26 +245,24 @@ def docker_version_problem(ctx: Context) -> str | None:
     daemon's version, else the installed package's, else the version apt would install."""
     from .steps.hub_swarm import old_docker
 
-    fixed = "upgrade Docker to 23.0.2 or later"
+    def bare(version: str) -> str:  # Debian's versions may carry an epoch ("5:28.5.2-1~debian.12~bookworm")
+        return version.partition(":")[2] if ":" in version.split(".")[0] else version
+
     if ctx.docker.unreachable_reason() is None:
         version = str(ctx.docker.info().get("ServerVersion", ""))
-        what, fix = f"the running Docker is {version}", ""
-    else:
-        installed = [p for p in ("docker-ce", "docker.io") if ctx.fact(F.PACKAGE_INSTALLED, p)]
-        if installed:
-            version = ctx.fact(F.PACKAGE_VERSION, installed[0])
-            what = f"the installed {installed[0]} is Docker {version}"
-            fix = (f"{fixed}: remove docker.io (`apt-get purge docker.io`) and set docker.source = \"docker-ce\" "
-                   "(Docker's own packages)" if installed[0] == "docker.io" else "")
-        elif ctx.config.docker.source == "distro":
-            version = ctx.fact(APT_CANDIDATE, "docker.io")
-            what = f"apt would install the distribution's docker.io {version}"
-            fix = 'set docker.source = "docker-ce" (Docker\'s own packages)'
-        else:
-            return None  # docker-ce: Docker's current release
-    # Debian's versions may carry an epoch ("5:28.5.2-1~debian.12~bookworm").
-    bare = version.partition(":")[2] if ":" in version.split(".")[0] else version
-    return old_docker(bare, what, fix)
+        return old_docker(version, f"the running Docker is {version}")
+    installed = [p for p in ("docker-ce", "docker.io") if ctx.fact(F.PACKAGE_INSTALLED, p)]
+    if installed:
+        package = installed[0]
+        version = bare(ctx.fact(F.PACKAGE_VERSION, package))
+        fix = ("remove docker.io (`apt-get purge docker.io`) and set docker.source = \"docker-ce\" (Docker's own "
+               "packages)" if package == "docker.io" else "upgrade it (`apt-get install --only-upgrade docker-ce`)")
+        return old_docker(version, f"the installed {package} is Docker {version}", fix)
+    if ctx.config.docker.source == "distro":
+        version = bare(ctx.fact(APT_CANDIDATE, "docker.io"))
+        return old_docker(version, f"apt would install the distribution's docker.io {version}",
+                          'set docker.source = "docker-ce" (Docker\'s own packages)')
+    return None  # docker-ce: Docker's current release
 
 
 def swarm_role_problem(ctx: Context) -> str | None:
