@@ -58,7 +58,7 @@ def make_ca(common_name: str, days: int = CA_DAYS) -> tuple[str, bytes]:
 def _san(names: list[str]):
     from cryptography import x509
 
-    entries = []
+    entries: list[x509.GeneralName] = []
     for name in names:
         try:
             entries.append(x509.IPAddress(ipaddress.ip_address(name)))
@@ -78,6 +78,8 @@ def issue(ca_cert_pem: str, ca_key_pem: bytes, names: list[str], days: int = CER
 
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):  # make_ca's
+        raise ValueError(f"the CA's key is a {type(ca_key).__name__}, not an ECDSA key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca_cert.subject)

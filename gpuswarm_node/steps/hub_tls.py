@@ -159,6 +159,11 @@ def _issue(ctx: Context, names: list[str]) -> None:
     ca_cert, ca_key = ctx.host.read_text(CA_CERT), ctx.host.read_bytes(CA_KEY)
     if ca_cert is None or ca_key is None:
         raise StepFailed(f"the hub's CA ({CA_CERT}, {CA_KEY}) is gone.", "Run hub init again.")
-    cert, key = hub_tls.issue(ca_cert, ca_key, names)
+    try:
+        cert, key = hub_tls.issue(ca_cert, ca_key, names)
+    except ValueError as exc:  # a CA of another kind put there by hand
+        raise StepFailed(f"the hub's CA cannot sign the certificate: {exc}.",
+                         f"Move {CA_CERT} and {CA_KEY} aside, run hub init again, and give every worker the new "
+                         "CA (hub bundle).") from None
     ctx.host.write_text(REGISTRY_KEY, key, 0o600)
     ctx.host.write_text(REGISTRY_CERT, cert, 0o644)
