@@ -677,7 +677,8 @@ def hub_bundle(
                                           help="swarm.manager: the name workers reach this hub's SSH on."),
     registry: Optional[str] = typer.Option(None, "--registry", metavar="HOST:PORT", help="registry.address."),
     registry_ca: Optional[Path] = typer.Option(None, "--registry-ca", metavar="FILE",
-                                               help="The registry's PEM CA certificate."),
+                                               help="The registry's PEM CA certificate (default: the CA hub init "
+                                                    "made, /etc/gpuswarm-node/hub/ca.crt, when it is there)."),
     image: Optional[str] = typer.Option(None, "--image", metavar="NAME", help="image.name."),
     ssh_user: Optional[str] = typer.Option(None, "--ssh-user", metavar="USER",
                                            help="swarm.ssh_user (default: the user running this)."),
@@ -713,7 +714,8 @@ def hub_bundle(
         target = authorized_keys or bundle.authorized_keys_of(cfg.swarm.ssh_user)
         from .gate import default_program
 
-        made = bundle.make(node, out_dir, cfg, list(host_keys) or bundle.default_host_keys(), registry_ca, target,
+        made = bundle.make(node, out_dir, cfg, list(host_keys) or bundle.default_host_keys(),
+                           bundle.default_registry_ca(cfg, registry_ca), target,
                            program or default_program(), cloud_init=cloud_init, tool=tool, tool_url=tool_url)
         for line in bundle.report_lines(made, node):
             out.print(line, markup=False)

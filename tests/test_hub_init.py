@@ -13,7 +13,6 @@ import pytest
 from gpuswarm_node import config, hub_init, hub_tls
 from gpuswarm_node.context import Context
 from gpuswarm_node.engine import State, run_plan
-from gpuswarm_node.errors import ConfigError
 from gpuswarm_node.hub_init import (CA_CERT, REGISTRY_CERT, REGISTRY_UNIT, HUB_STEP_NAMES, PREFLIGHT, hub_steps,
                                     init_plan)
 from gpuswarm_node.journal import Journal, Undo
@@ -280,6 +279,15 @@ def test_hub_reset_with_nothing_recorded(gsn):
     assert done.stdout.strip() == "nothing to revert: no changes recorded in /var/lib/gpuswarm-node/hub-changes.jsonl"
 
 
-def test_config_error_class_is_usage():
-    with pytest.raises(ConfigError):
-        config.from_tables({"hub": {"name": "-hub"}})
+def test_hub_bundle_ships_the_ca_hub_init_made_unless_told_otherwise(tmp_path):
+    from pathlib import Path
+
+    from gpuswarm_node.bundle import default_registry_ca
+
+    worker = config.from_tables({"registry": {"address": "hub.example.org:5000", "ca_cert": "/etc/gpuswarm-node/r.crt"}})
+    own = tmp_path / "ca.crt"
+    assert default_registry_ca(worker, None, str(own)) is None  # no hub init here: bundle asks for --registry-ca
+    own.write_text(hub_tls.make_ca("hub")[0])
+    assert default_registry_ca(worker, None, str(own)) == own
+    assert default_registry_ca(worker, Path("/given.crt"), str(own)) == Path("/given.crt")
+    assert default_registry_ca(config.from_tables({}), None, str(own)) is None  # a worker without a registry
