@@ -273,6 +273,18 @@ def test_a_port_in_use_refuses_hub_init_before_anything_changes(gsn, tmp_path):
     assert not (state / "hub-changes.jsonl").exists()
 
 
+def test_status_checks_every_hub_step_and_changes_nothing(gsn, tmp_path):
+    import json
+
+    done = gsn("hub", "init", "--status", "--json", "--config", os.devnull, "--set", "hub.name=hub.example.org")
+    assert done.returncode in (0, 1), done.stderr
+    report = json.loads(done.stdout)
+    assert [s["name"] for s in report["steps"]] == list(HUB_STEP_NAMES)
+    assert all(s["detail"] for s in report["steps"]) and "dry_run" not in report
+    assert done.returncode == (0 if report["ok"] else 1)
+    assert not (tmp_path / "host-state" / "var" / "lib" / "upper" / "gpuswarm-node" / "hub-changes.jsonl").exists()
+
+
 def test_hub_reset_with_nothing_recorded(gsn):
     done = gsn("hub", "reset", "--config", os.devnull)
     assert done.returncode == 0, done.stderr
