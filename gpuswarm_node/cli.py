@@ -863,7 +863,7 @@ def hub_reset(
             return 0
         cfg = source.load()
         ctx = make_context(cfg, json_out)
-        plan = dataclasses.replace(resetting.reset_plan(ctx, undo), command="hub reset")
+        plan = dataclasses.replace(resetting.reset_plan(ctx, undo, by="hub init"), command="hub reset")
         report = apply_plan(plan, ctx, looking, json_out, hint="run `gpuswarm-node hub reset --yes` to do this.")
         if not looking and report.ok:
             journal.archive()  # a second hub reset finds nothing to undo
