@@ -803,8 +803,8 @@ def hub_init(
     json_out: bool = JsonOption,
     source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
-    """Converge this machine into the hub: Docker, a swarm it manages, the overlay network, and a TLS
-    registry with its own CA (safe to re-run)."""
+    """Converge this machine into the hub: Docker, a swarm it manages, the overlay network, a TLS
+    registry with its own CA, and the notebook image in it (safe to re-run)."""
 
     def body() -> int:
         need_root("hub init")

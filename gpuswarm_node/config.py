@@ -373,6 +373,10 @@ class HubConfig:
     tls_key: str = key("", "The private key of hub.tls_cert (root's, readable by root only).", trust="secret")
     tls_ca: str = key("", "The PEM CA certificate that signed hub.tls_cert: what workers trust for the registry "
                           "(registry.ca_cert).", trust="public")
+    notebook_base: str = key("quay.io/jupyter/base-notebook:2025-03-14",
+                             "The image hub init builds the notebook image from (with the GPU slice hook added) and "
+                             "pushes to its registry as notebook:<tag>: the Jupyter Docker Stacks' base-notebook or "
+                             "an image built on it; empty: no notebook image is built.")
 
 
 @dataclass(frozen=True)
@@ -692,6 +696,9 @@ def _validate_hub(hub: HubConfig, bad) -> None:
         # and '%' starts a specifier.
         if any(c.isspace() or c == "%" for c in value):
             raise bad("hub", name, f"must be a path without spaces or '%', got {value!r}")
+    if hub.notebook_base and not IMAGE_REFERENCE.fullmatch(hub.notebook_base):
+        raise bad("hub", "notebook_base", f"must be a Docker image reference such as quay.io/jupyter/base-notebook:tag, "
+                  f"got {hub.notebook_base!r}")
     given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(hub, name)]
     if given and len(given) != 3:
         missing = [f"hub.{name}" for name in ("tls_cert", "tls_key", "tls_ca") if name not in given]

@@ -13,6 +13,8 @@ The steps, in order (their names are part of the interface, as setup's are):
 - `hub-certificate`: the registry's server certificate for the hub's names and addresses.
 - `hub-registry`: Debian's docker-registry, configured by the tool, run by systemd.
 - `hub-registry-trust`: the hub's own Docker trusts its registry (the CA `hub bundle` ships).
+- `hub-notebook-image`: the notebook image, built from hub.notebook_base with the GPU slice hook,
+  pushed to the registry.
 
 Preflight checks, by stable name: `hub-name` (the name the certificate carries), `docker-version`,
 `swarm-role` (not a worker of another swarm), `registry-port` (free, or the registry's own),
@@ -110,14 +112,15 @@ def hub_steps():
     from .steps.docker import DockerStep
     from .steps.hub_registry import HubRegistryStep, HubRegistryTrustStep
     from .steps.hub_swarm import HubNetworkStep, HubSwarmStep
+    from .steps.hub_notebook import HubNotebookImageStep
     from .steps.hub_tls import HubCaStep, HubCertificateStep
 
     return (DockerStep(), HubSwarmStep(), HubNetworkStep(), HubCaStep(), HubCertificateStep(), HubRegistryStep(),
-            HubRegistryTrustStep())
+            HubRegistryTrustStep(), HubNotebookImageStep())
 
 
 HUB_STEP_NAMES = ("docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
-                  "hub-registry-trust")
+                  "hub-registry-trust", "hub-notebook-image")
 
 
 def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, list[str], str | None]:
@@ -337,3 +340,19 @@ def init_plan(steps=None):
 
     return Plan("hub init", tuple(steps if steps is not None else hub_steps()),
                 tuple(Preflight(name, fn) for name, fn in PREFLIGHT))
+
+
+NOTEBOOK_CONTEXT = f"{HUB_DIR}/notebook"  # the notebook image's build context
+NOTEBOOK_REPOSITORY = "notebook"
+
+
+def _manifest(arg: str):
+    from .hub_tls import manifest_digest
+
+    address, repository, tag, cafile = arg.split(" ")
+    return lambda host: manifest_digest(address, repository, tag, cafile)
+
+
+# What the hub's registry holds under a tag, asked over TLS with the CA workers trust:
+# "ADDRESS REPOSITORY TAG CAFILE" -> {"digest": ...}, {"missing": ...} or {"problem": ...}.
+REGISTRY_MANIFEST = F.fact("registry_manifest", F.HOST, _manifest)

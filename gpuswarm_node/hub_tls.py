@@ -196,3 +196,32 @@ def served_fingerprint(host: str, port: int, timeout: float = 5.0) -> dict[str, 
     except (OSError, ssl.SSLError) as exc:
         return {"problem": f"no TLS answer at {host}:{port} ({getattr(exc, 'strerror', None) or exc})"}
     return {"sha256": fingerprint(der or b"")}
+
+
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json"))
+
+
+def manifest_digest(address: str, repository: str, tag: str, cafile: str, timeout: float = 10.0) -> dict[str, str]:
+    """What the registry at `address` (host:port, TLS verified with `cafile`) holds under
+    repository:tag: {"digest": "sha256:..."} (its Docker-Content-Digest header, distribution's
+    HEAD /v2/<name>/manifests/<reference>), {"missing": "..."} for a 404, or {"problem": why it
+    cannot be asked}."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"https://{address}/v2/{repository}/manifests/{tag}", method="HEAD",
+                                     headers={"Accept": MANIFEST_TYPES})
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return {"digest": response.headers.get("Docker-Content-Digest", "")}
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return {"missing": f"the registry has no {repository}:{tag}"}
+        return {"problem": f"the registry answered {exc.code} {exc.reason}"}
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return {"problem": f"the registry at {address} cannot be asked ({getattr(exc, 'reason', None) or exc})"}

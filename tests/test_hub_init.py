@@ -18,6 +18,7 @@ from gpuswarm_node.hub_init import (CA_CERT, REGISTRY_CERT, REGISTRY_UNIT, HUB_S
 from gpuswarm_node.journal import Journal, Undo
 from gpuswarm_node.reset import UndoStep, plan as undo_plan
 from gpuswarm_node.steps import apt
+from gpuswarm_node.steps.hub_notebook import notebook_image, notebook_tag
 
 from .fakes import FakeClock, FakeDocker, FakeHost
 
@@ -49,6 +50,11 @@ def hub_machine(tables=None, docker_running=True, **facts):
     docker = FakeDocker(reachable=docker_running, daemon_info={"ServerVersion": "26.1.5"})
     ctx = Context(config=config.from_tables(HUB if tables is None else tables), host=host, docker_factory=lambda: docker,
                   given_facts=host.facts)
+    # The registry holds no notebook image until it is pushed.
+    image, tag = notebook_image(ctx), notebook_tag(ctx)
+    asked = f"{hub_init.registry_address(ctx)} notebook {tag} {CA_CERT}"
+    host.facts.setdefault("registry_manifest", {})[asked] = {"missing": f"the registry has no notebook:{tag}"}
+    host.effects[f"docker push -- {image}"] = {"facts": {"registry_manifest": {asked: {"digest": "sha256:0123"}}}}
     return ctx, host, docker
 
 
@@ -83,7 +89,8 @@ def test_a_dry_run_on_a_fresh_machine_says_what_it_would_do_and_changes_nothing(
     states = {s.name: s.state for s in report.steps}
     assert states == {"docker": State.NEEDS_CHANGE, "hub-swarm": State.PENDING, "hub-network": State.PENDING,
                       "hub-ca": State.NEEDS_CHANGE, "hub-certificate": State.PENDING,
-                      "hub-registry": State.NEEDS_CHANGE, "hub-registry-trust": State.PENDING}
+                      "hub-registry": State.NEEDS_CHANGE, "hub-registry-trust": State.PENDING,
+                      "hub-notebook-image": State.PENDING}
     assert report.plan_ok and not report.refused
     assert host.actions == [] and docker.calls == []
     registry = next(s for s in report.steps if s.name == "hub-registry")
@@ -96,7 +103,7 @@ def test_a_machine_with_docker_converges_and_a_second_run_changes_nothing():
     report = run_plan(init_plan(), ctx)
     assert report.ok, [(s.name, s.state.value, s.detail) for s in report.stoppers]
     assert report.changed == ["hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
-                              "hub-registry-trust"]
+                              "hub-registry-trust", "hub-notebook-image"]
     assert docker.calls == ["init"]
     summary = hub_tls.summary(host.files[REGISTRY_CERT], host.read_bytes(hub_init.REGISTRY_KEY), host.files[CA_CERT])
     assert summary["names"] == ["hub.example.org"] and summary["signed_by_ca"] and summary["key_matches"]
@@ -126,8 +133,10 @@ def test_the_run_journals_what_hub_reset_undoes(tmp_path):
     registry_serves_its_file(host)
     assert run_plan(init_plan(), ctx).ok
     undo = undo_plan(ctx.journal.entries())
-    ops = [(u.op, u.unit or u.network or u.note) for u in undo]
-    assert ops == [("stop-unit", REGISTRY_UNIT), ("disable-unit", REGISTRY_UNIT),
+    ops = [(u.op, u.unit or u.network or u.image or u.note) for u in undo]
+    image = notebook_image(ctx)
+    assert ops == [("keep", f"{image} left in the hub's registry"), ("remove-image", image),
+                   ("stop-unit", REGISTRY_UNIT), ("disable-unit", REGISTRY_UNIT),
                ("keep", "packages left installed: docker-registry (remove with apt-get purge)"),
                ("remove-network", "jupyterhub"), ("leave-swarm", "")]
     # The network is still there: hub reset removes it, then finds it gone.

@@ -54,6 +54,12 @@ def hub_tls_placeholders() -> dict:
     out["<rendered hub-registry.yml>"] = lambda: render("hub-registry.yml.j2", port=5000, dropin=REGISTRY_DROPIN)
     out["<rendered hub-registry.conf>"] = lambda: render("hub-registry.conf.j2", address="hub.example.org:5000",
                                                          config=REGISTRY_CONFIG, cert=REGISTRY_CERT, key=REGISTRY_KEY)
+    from gpuswarm_node.steps.hub_notebook import HOOK, build_files
+
+    notebook = {p.path.rsplit("/", 1)[1]: p.content
+                for p in build_files(Context(config=config.from_tables({}), host=FakeHost()))}
+    out["<rendered notebook Dockerfile>"] = lambda: notebook["Dockerfile"]
+    out["<the cuda-env hook>"] = lambda: notebook[HOOK]
     return out
 
 
@@ -72,8 +78,17 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered gpuswarm-node-watch.service>": watch_unit, **hub_tls_placeholders()}
 
 
+def notebook_tag() -> str:
+    """The tag hub init gives the notebook image it builds from the default hub.notebook_base."""
+    from gpuswarm_node.steps.hub_notebook import notebook_tag as tag
+
+    return tag(Context(config=config.from_tables({}), host=FakeHost()))
+
+
 def tagged(text: str) -> str:
-    return text.replace("<cache tag>", sys.implementation.cache_tag)
+    """`<cache tag>`: this Python's; `<notebook tag>`: the notebook image's (hub init)."""
+    text = text.replace("<cache tag>", sys.implementation.cache_tag)
+    return text.replace("<notebook tag>", notebook_tag()) if "<notebook tag>" in text else text
 
 
 def expand(files: dict[str, str]) -> dict[str, str | bytes]:
@@ -86,7 +101,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     if "SUDO_USER" not in case.get("env", {}):
         monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setattr(apt, "time", FakeClock())  # waiting for a lock takes no time here
-    host_spec = dict(case.get("host", {}))
+    host_spec = json.loads(tagged(json.dumps(case.get("host", {}))))  # tags in facts and effects too
     host_spec["files"] = expand(host_spec.get("files", {}))
     host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
@@ -106,7 +121,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
 def test_step_case(path: Path, monkeypatch) -> None:
-    case = json.loads(path.read_text())
+    case = json.loads(tagged(path.read_text()))
     step = STEPS[path.parent.name]
     expect = case["expect"]
     ctx, host, docker, manager, ports = build(case, monkeypatch)

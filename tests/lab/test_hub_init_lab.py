@@ -6,7 +6,9 @@ it survives, and `hub reset`.
 
 Debian 13: its docker.io (26) is recent enough for a manager (Debian 12's 20.10 is not; the lab
 reaches no docker-ce). The registry is Debian's docker-registry package, so no image from the
-internet is needed. hub.name is the machine's address, so no DNS is needed either.
+internet is needed; the notebook image's build (which pulls its base from quay.io) is turned off
+(hub.notebook_base empty) and a one-file image is pushed instead. hub.name is the machine's
+address, so no DNS is needed either.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ REGISTRY = f"{ADDRESS}:5000"
 HUB_TOML = f"""\
 [hub]
 name = "{ADDRESS}"
+notebook_base = ""  # the lab may reach no image registry; a one-file image is pushed below instead
 
 [swarm]
 advertise_addr = "{ADDRESS}"
