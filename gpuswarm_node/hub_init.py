@@ -15,6 +15,7 @@ The steps, in order (their names are part of the interface, as setup's are):
 - `hub-registry-trust`: the hub's own Docker trusts its registry (the CA `hub bundle` ships).
 - `hub-notebook-image`: the notebook image, built from hub.notebook_base with the GPU slice hook,
   pushed to the registry.
+- `hub-gate`: the gate that workers' keys are forced to run is where `hub authorize` names it.
 
 Preflight checks, by stable name: `hub-name` (the name the certificate carries), `docker-version`,
 `swarm-role` (not a worker of another swarm), `registry-port` (free, or the registry's own),
@@ -112,15 +113,16 @@ def hub_steps():
     from .steps.docker import DockerStep
     from .steps.hub_registry import HubRegistryStep, HubRegistryTrustStep
     from .steps.hub_swarm import HubNetworkStep, HubSwarmStep
+    from .steps.hub_gate import HubGateStep
     from .steps.hub_notebook import HubNotebookImageStep
     from .steps.hub_tls import HubCaStep, HubCertificateStep
 
     return (DockerStep(), HubSwarmStep(), HubNetworkStep(), HubCaStep(), HubCertificateStep(), HubRegistryStep(),
-            HubRegistryTrustStep(), HubNotebookImageStep())
+            HubRegistryTrustStep(), HubNotebookImageStep(), HubGateStep())
 
 
 HUB_STEP_NAMES = ("docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
-                  "hub-registry-trust", "hub-notebook-image")
+                  "hub-registry-trust", "hub-notebook-image", "hub-gate")
 
 
 def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, list[str], str | None]:

@@ -30,7 +30,9 @@ NETWORK = "docker network create --driver overlay --attachable -- jupyterhub"
 def hub_machine(tables=None, docker_running=True, **facts):
     """A machine as hub init finds it: systemd, Docker 26 installed and running (or not yet), in
     no swarm, nothing of the hub's; the registry's effects as systemd and apt would leave them."""
-    host = FakeHost(dirs={"/run/systemd/system"}, facts={
+    # The tool as setup.sh installs it (the gate workers' keys are forced to run).
+    host = FakeHost(dirs={"/run/systemd/system"}, files={"/opt/gpuswarm-node/venv/bin/gpuswarm-node": "#!python\n"},
+                    links={"/usr/local/bin/gpuswarm-node": "/opt/gpuswarm-node/venv/bin/gpuswarm-node"}, facts={
         "package_installed": {"docker.io": docker_running, "docker-ce": False, "docker-registry": False},
         "unit_file_state": {"docker": "enabled" if docker_running else "disabled", REGISTRY_UNIT: "disabled"},
         "active_state": {"docker": "active" if docker_running else "inactive", REGISTRY_UNIT: "inactive"},
@@ -90,7 +92,7 @@ def test_a_dry_run_on_a_fresh_machine_says_what_it_would_do_and_changes_nothing(
     assert states == {"docker": State.NEEDS_CHANGE, "hub-swarm": State.PENDING, "hub-network": State.PENDING,
                       "hub-ca": State.NEEDS_CHANGE, "hub-certificate": State.PENDING,
                       "hub-registry": State.NEEDS_CHANGE, "hub-registry-trust": State.PENDING,
-                      "hub-notebook-image": State.PENDING}
+                      "hub-notebook-image": State.PENDING, "hub-gate": State.OK}
     assert report.plan_ok and not report.refused
     assert host.actions == [] and docker.calls == []
     registry = next(s for s in report.steps if s.name == "hub-registry")
