@@ -377,6 +377,27 @@ class HubConfig:
                              "The image hub init builds the notebook image from (with the GPU slice hook added) and "
                              "pushes to its registry as notebook:<tag>: the Jupyter Docker Stacks' base-notebook or "
                              "an image built on it; empty: no notebook image is built.")
+    jupyterhub_base: str = key("python:3.12-slim-bookworm",
+                               "The image hub init builds JupyterHub's image from (a Debian-based Python image: "
+                               "JupyterHub, dockerspawner, configurable-http-proxy, the authenticators and the idle "
+                               "culler are installed on it); empty: no JupyterHub service.")
+    port: int = key(8000, "TCP port the hub's JupyterHub answers browsers on (published on this node).")
+    authenticator: str = key("native", "Who may log in: native (users sign up, an admin in hub.admin_users "
+                                       "authorises them), dummy (any user name with the one password in "
+                                       "hub.secret_file: trials only), github (GitHub OAuth, members of "
+                                       "hub.github_org; hub.secret_file holds the OAuth app's client secret).",
+                             choices=("native", "dummy", "github"))
+    admin_users: str = key("", "JupyterHub's admins, comma-separated user names (with native: who authorises "
+                               "sign-ups).")
+    secret_file: str = key("", "The authenticator's secret, read by the hub's service only (root's, readable by "
+                               "root only; never in the configuration or output): the shared password (dummy) or "
+                               "the GitHub OAuth client secret (github).", trust="secret")
+    github_client_id: str = key("", "The GitHub OAuth app's client id (authenticator = github).")
+    github_org: str = key("", "The GitHub organisation whose members may log in (authenticator = github).")
+    idle_timeout: int = key(3600, "Seconds a server may be idle before jupyterhub-idle-culler stops it, freeing "
+                                  "its GPU slice (300 to 604800).")
+    max_age: int = key(43200, "Seconds at most a server runs, idle or not, before the culler stops it (0: no "
+                              "limit; else at least 600).")
 
 
 @dataclass(frozen=True)
@@ -649,6 +670,12 @@ def _validate_watch(watch: WatchConfig, bad) -> None:
                   f"(units KiB, MiB, GiB, TiB), got {watch.min_free_disk!r}") from None
 
 
+# JupyterHub user names as the tool writes them into the hub's configuration (admin_users).
+JUPYTERHUB_USER = re.compile(r"[A-Za-z0-9_@.][A-Za-z0-9_@.-]{0,63}")
+GITHUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?")
+GITHUB_CLIENT_ID = re.compile(r"[A-Za-z0-9.]{8,64}")
+
+
 def certificate_name_problem(name: str) -> str | None:
     """Why `name` cannot be one of the names a TLS certificate carries for the hub (a DNS name,
     RFC 5280's preferred name syntax: letters, digits and inner '-', no '_'; an IPv4 address; an
@@ -688,7 +715,7 @@ def _validate_hub(hub: HubConfig, bad) -> None:
     if not NETWORK_NAME.fullmatch(hub.network):
         raise bad("hub", "network", f"must be a Docker network name (letters, digits, '_', '.' and '-', starting with "
                   f"a letter or digit), got {hub.network!r}")
-    for name in ("tls_cert", "tls_key", "tls_ca"):
+    for name in ("tls_cert", "tls_key", "tls_ca", "secret_file"):
         value = getattr(hub, name)
         if value and not value.startswith("/"):
             raise bad("hub", name, f"must be an absolute path, got {value!r}")
@@ -696,6 +723,36 @@ def _validate_hub(hub: HubConfig, bad) -> None:
         # and '%' starts a specifier.
         if any(c.isspace() or c == "%" for c in value):
             raise bad("hub", name, f"must be a path without spaces or '%', got {value!r}")
+    if hub.jupyterhub_base and not IMAGE_REFERENCE.fullmatch(hub.jupyterhub_base):
+        raise bad("hub", "jupyterhub_base", f"must be a Docker image reference such as python:3.12-slim-bookworm, "
+                  f"got {hub.jupyterhub_base!r}")
+    if not 1 <= hub.port <= 65535:
+        raise bad("hub", "port", f"must be a TCP port (1-65535), got {hub.port}")
+    if hub.port == hub.registry_port:
+        raise bad("hub", "port", f"must differ from hub.registry_port ({hub.registry_port})",
+                  "Give JupyterHub and the registry ports of their own, and run again.")
+    for user in [u.strip() for u in hub.admin_users.split(",") if u.strip()]:
+        if not JUPYTERHUB_USER.fullmatch(user):
+            raise bad("hub", "admin_users", f"holds {user[:80]!r}, which is not a user name (letters, digits, '.', "
+                      "'_', '-' and '@', not starting with '-')")
+    if hub.github_org and not GITHUB_NAME.fullmatch(hub.github_org):
+        raise bad("hub", "github_org", f"must be a GitHub organisation name (letters, digits and inner '-'), got "
+                  f"{hub.github_org[:80]!r}")
+    if hub.github_client_id and not GITHUB_CLIENT_ID.fullmatch(hub.github_client_id):
+        raise bad("hub", "github_client_id", f"must be a GitHub OAuth app's client id (letters and digits), got "
+                  f"{hub.github_client_id[:80]!r}")
+    if hub.authenticator == "github" and not (hub.github_client_id and hub.github_org):
+        raise bad("hub", "github_client_id" if not hub.github_client_id else "github_org",
+                  "must be set with authenticator = github", "Set hub.github_client_id and hub.github_org (the "
+                  "OAuth app's id and the organisation whose members may log in), and run again.")
+    if hub.authenticator in ("dummy", "github") and not hub.secret_file:
+        what = "the shared password" if hub.authenticator == "dummy" else "the OAuth app's client secret"
+        raise bad("hub", "secret_file", f"must name the file holding {what} (authenticator = {hub.authenticator})",
+                  "Write it to a file of root's, readable by root only, name it in hub.secret_file, and run again.")
+    if not 300 <= hub.idle_timeout <= 604800:
+        raise bad("hub", "idle_timeout", f"must be from 300 to 604800 seconds, got {hub.idle_timeout}")
+    if hub.max_age and not 600 <= hub.max_age <= 31 * 86400:
+        raise bad("hub", "max_age", f"must be 0 or from 600 to {31 * 86400} seconds, got {hub.max_age}")
     if hub.notebook_base and not IMAGE_REFERENCE.fullmatch(hub.notebook_base):
         raise bad("hub", "notebook_base", f"must be a Docker image reference such as quay.io/jupyter/base-notebook:tag, "
                   f"got {hub.notebook_base!r}")

@@ -15,11 +15,15 @@ The steps, in order (their names are part of the interface, as setup's are):
 - `hub-registry-trust`: the hub's own Docker trusts its registry (the CA `hub bundle` ships).
 - `hub-notebook-image`: the notebook image, built from hub.notebook_base with the GPU slice hook,
   pushed to the registry.
+- `hub-jupyterhub-image`: JupyterHub's image, built from PyPI and npm, pushed to the registry.
 - `hub-gate`: the gate that workers' keys are forced to run is where `hub authorize` names it.
+- `hub-jupyterhub`: JupyterHub as a Swarm service on this manager: hub-config's configuration, the
+  authenticator chosen in [hub], the idle culler, TLS.
 
 Preflight checks, by stable name: `hub-name` (the name the certificate carries), `docker-version`,
 `swarm-role` (not a worker of another swarm), `registry-port` (free, or the registry's own),
-`tls-files` (the operator's certificate, key and CA follow the trust-file rule and belong together).
+`tls-files` (the operator's certificate, key and CA follow the trust-file rule), `authenticator`
+(its secret file is there, a secret's, and not empty), `hub-port` (free, or the hub's own).
 """
 
 from __future__ import annotations
@@ -114,15 +118,16 @@ def hub_steps():
     from .steps.hub_registry import HubRegistryStep, HubRegistryTrustStep
     from .steps.hub_swarm import HubNetworkStep, HubSwarmStep
     from .steps.hub_gate import HubGateStep
-    from .steps.hub_notebook import HubNotebookImageStep
+    from .steps.hub_jupyterhub import HubJupyterhubStep
+    from .steps.hub_notebook import HubJupyterhubImageStep, HubNotebookImageStep
     from .steps.hub_tls import HubCaStep, HubCertificateStep
 
     return (DockerStep(), HubSwarmStep(), HubNetworkStep(), HubCaStep(), HubCertificateStep(), HubRegistryStep(),
-            HubRegistryTrustStep(), HubNotebookImageStep(), HubGateStep())
+            HubRegistryTrustStep(), HubNotebookImageStep(), HubJupyterhubImageStep(), HubGateStep(), HubJupyterhubStep())
 
 
 HUB_STEP_NAMES = ("docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
-                  "hub-registry-trust", "hub-notebook-image", "hub-gate")
+                  "hub-registry-trust", "hub-notebook-image", "hub-jupyterhub-image", "hub-gate", "hub-jupyterhub")
 
 
 def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, list[str], str | None]:
@@ -294,10 +299,10 @@ def registry_port_problem(ctx: Context) -> str | None:
 TLS_KEYS = (("hub.tls_cert", "tls_cert", False), ("hub.tls_key", "tls_key", True), ("hub.tls_ca", "tls_ca", False))
 
 
-def open_tls_file(path: str, key: str, secret: bool) -> int:
-    """An open read-only descriptor of one of the operator's TLS files (hub.tls_cert, tls_key,
-    tls_ca), which must follow the trust-file rule (trust.problem; the key as a secret); raises
-    ConfigError naming the key, the problem and the fix."""
+def open_hub_file(path: str, key: str, secret: bool) -> int:
+    """An open read-only descriptor of one of the operator's files the hub uses (hub.tls_cert,
+    tls_key, tls_ca, secret_file), which must follow the trust-file rule (trust.problem; a key or
+    secret readable by root only); raises ConfigError naming the key, the problem and the fix."""
     from . import trust
     from .errors import ConfigError
 
@@ -315,8 +320,38 @@ def tls_files_problem(ctx: Context) -> str | None:
     if own_tls(ctx.config):
         return None
     for key, name, secret in TLS_KEYS:
-        os.close(open_tls_file(getattr(ctx.config.hub, name), key, secret))  # ConfigError: the preflight's problem
+        os.close(open_hub_file(getattr(ctx.config.hub, name), key, secret))  # ConfigError: the preflight's problem
     return None
+
+
+def authenticator_problem(ctx: Context) -> str | None:
+    """The authenticator's secret file (dummy: the shared password; github: the OAuth client
+    secret) follows the trust-file rule as a secret and holds something; read here, never shown."""
+    import os
+
+    hub = ctx.config.hub
+    if hub.authenticator == "native" or not hub.jupyterhub_base:
+        return None
+    what = "the shared password" if hub.authenticator == "dummy" else "the GitHub OAuth app's client secret"
+    fd = open_hub_file(hub.secret_file, "hub.secret_file", secret=True)  # ConfigError: the preflight's problem
+    with os.fdopen(fd, "rb") as secret:
+        held = secret.read(1 << 16).strip()
+    if not held:
+        return (f"hub.secret_file {hub.secret_file} is empty, but the {hub.authenticator} authenticator needs {what} "
+                "there: write it into the file")
+    return None
+
+
+def hub_port_problem(ctx: Context) -> str | None:
+    from .steps.hub_jupyterhub import SERVICE, SERVICE_INSPECT
+
+    port = ctx.config.hub.port
+    if not ctx.config.hub.jupyterhub_base or port not in ctx.fact(LISTENING_PORTS):
+        return None
+    if ctx.docker.unreachable_reason() is None and ctx.fact(SERVICE_INSPECT, SERVICE) is not None:
+        return None  # the hub's own service publishes it
+    return (f"TCP port {port} is in use by another program (`ss -ltnp 'sport = :{port}'` names it): stop it, or set "
+            "hub.port to a free port")
 
 
 def _trust_problem(arg: str):
@@ -333,7 +368,8 @@ TRUST_PROBLEM = F.fact("trust_problem", F.HOST, _trust_problem)
 
 PREFLIGHT = (("hub-name", hub_name_problem), ("docker-version", docker_version_problem),
              ("swarm-role", swarm_role_problem), ("registry-port", registry_port_problem),
-             ("tls-files", tls_files_problem))
+             ("tls-files", tls_files_problem), ("authenticator", authenticator_problem),
+             ("hub-port", hub_port_problem))
 
 
 def init_plan(steps=None):
@@ -344,8 +380,6 @@ def init_plan(steps=None):
                 tuple(Preflight(name, fn) for name, fn in PREFLIGHT))
 
 
-NOTEBOOK_CONTEXT = f"{HUB_DIR}/notebook"  # the notebook image's build context
-NOTEBOOK_REPOSITORY = "notebook"
 
 
 def _manifest(arg: str):

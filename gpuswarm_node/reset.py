@@ -110,6 +110,7 @@ def describe(undo: Undo, by: str = "setup") -> str:
         "stop-unit": f"stop {undo.unit}",
         "unguard": "delete the metadata guard's firewall rules",
         "remove-network": f"remove Docker network {undo.network}",
+        "remove-service": f"remove Swarm service {undo.service}",
         "keep": undo.note,
     }[undo.op]
 
@@ -210,6 +211,13 @@ class UndoStep:
                 return ok(f"network {u.network} is gone")
             return needs_change(f"hub init created network {u.network}",
                                 run_command("docker", "network", "rm", "--", u.network))
+        if u.op == "remove-service":
+            from .steps.hub_jupyterhub import SERVICE_INSPECT
+
+            if ctx.fact(SERVICE_INSPECT, u.service) is None:
+                return ok(f"service {u.service} is gone")
+            return needs_change(f"{by} created service {u.service}",
+                                run_command("docker", "service", "rm", "--", u.service))
         if u.op == "remove-image":
             if not ctx.docker.image_present(u.image):
                 return ok(f"image {u.image} is gone")

@@ -18,7 +18,7 @@ from gpuswarm_node.hub_init import (CA_CERT, REGISTRY_CERT, REGISTRY_UNIT, HUB_S
 from gpuswarm_node.journal import Journal, Undo
 from gpuswarm_node.reset import UndoStep, plan as undo_plan
 from gpuswarm_node.steps import apt
-from gpuswarm_node.steps.hub_notebook import notebook_image, notebook_tag
+from gpuswarm_node.steps.hub_notebook import HubJupyterhubImageStep, HubNotebookImageStep, notebook_image
 
 from .fakes import FakeClock, FakeDocker, FakeHost
 
@@ -52,12 +52,35 @@ def hub_machine(tables=None, docker_running=True, **facts):
     docker = FakeDocker(reachable=docker_running, daemon_info={"ServerVersion": "26.1.5"})
     ctx = Context(config=config.from_tables(HUB if tables is None else tables), host=host, docker_factory=lambda: docker,
                   given_facts=host.facts)
-    # The registry holds no notebook image until it is pushed.
-    image, tag = notebook_image(ctx), notebook_tag(ctx)
-    asked = f"{hub_init.registry_address(ctx)} notebook {tag} {CA_CERT}"
-    host.facts.setdefault("registry_manifest", {})[asked] = {"missing": f"the registry has no notebook:{tag}"}
-    host.effects[f"docker push -- {image}"] = {"facts": {"registry_manifest": {asked: {"digest": "sha256:0123"}}}}
+    # The registry holds neither image until it is pushed; the hub answers once its service is made.
+    for step in (HubNotebookImageStep(), HubJupyterhubImageStep()):
+        image, tag = step.image(ctx), step.tag(ctx)
+        asked = f"{hub_init.registry_address(ctx)} {step.repository} {tag} {CA_CERT}"
+        host.facts.setdefault("registry_manifest", {})[asked] = {"missing": f"the registry has no {step.repository}"}
+        host.effects[f"docker push -- {image}"] = {"facts": {"registry_manifest": {asked: {"digest": "sha256:0123"}}}}
+    host.facts["docker_service"] = {"jupyterhub": None}
+    host.facts["hub_api"] = {"127.0.0.1:8000": {"problem": "JupyterHub does not answer (Connection refused)"}}
+    swarm_runs_the_hub(host)
     return ctx, host, docker
+
+
+def swarm_runs_the_hub(host: FakeHost) -> None:
+    """`docker service create` makes the service with the label it was given, and JupyterHub then
+    answers; `docker service rm` removes it."""
+    run = host.run
+
+    def running(argv, **kw):
+        result = run(argv, **kw)
+        if argv[:3] == ["docker", "service", "create"]:
+            label = argv[argv.index("--label") + 1].partition("=")[2]
+            host.facts["docker_service"]["jupyterhub"] = {"Spec": {"Labels": {"org.gpuswarm-node.spec": label}}}
+            host.facts["hub_api"]["127.0.0.1:8000"] = {"version": "6.1.1"}
+        elif argv[:3] == ["docker", "service", "rm"]:
+            host.facts["docker_service"]["jupyterhub"] = None
+            host.facts["hub_api"]["127.0.0.1:8000"] = {"problem": "JupyterHub does not answer (Connection refused)"}
+        return result
+
+    host.run = running
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +105,7 @@ def registry_serves_its_file(host: FakeHost) -> None:
 def test_the_plan_names_its_steps_in_order():
     assert tuple(s.name for s in hub_steps()) == HUB_STEP_NAMES
     assert [name for name, _ in PREFLIGHT] == ["hub-name", "docker-version", "swarm-role", "registry-port",
-                                               "tls-files"]
+                                               "tls-files", "authenticator", "hub-port"]
 
 
 def test_a_dry_run_on_a_fresh_machine_says_what_it_would_do_and_changes_nothing():
@@ -92,7 +115,8 @@ def test_a_dry_run_on_a_fresh_machine_says_what_it_would_do_and_changes_nothing(
     assert states == {"docker": State.NEEDS_CHANGE, "hub-swarm": State.PENDING, "hub-network": State.PENDING,
                       "hub-ca": State.NEEDS_CHANGE, "hub-certificate": State.PENDING,
                       "hub-registry": State.NEEDS_CHANGE, "hub-registry-trust": State.PENDING,
-                      "hub-notebook-image": State.PENDING, "hub-gate": State.OK}
+                      "hub-notebook-image": State.PENDING, "hub-jupyterhub-image": State.PENDING,
+                      "hub-gate": State.OK, "hub-jupyterhub": State.PENDING}
     assert report.plan_ok and not report.refused
     assert host.actions == [] and docker.calls == []
     registry = next(s for s in report.steps if s.name == "hub-registry")
@@ -105,7 +129,7 @@ def test_a_machine_with_docker_converges_and_a_second_run_changes_nothing():
     report = run_plan(init_plan(), ctx)
     assert report.ok, [(s.name, s.state.value, s.detail) for s in report.stoppers]
     assert report.changed == ["hub-swarm", "hub-network", "hub-ca", "hub-certificate", "hub-registry",
-                              "hub-registry-trust", "hub-notebook-image"]
+                              "hub-registry-trust", "hub-notebook-image", "hub-jupyterhub-image", "hub-jupyterhub"]
     assert docker.calls == ["init"]
     summary = hub_tls.summary(host.files[REGISTRY_CERT], host.read_bytes(hub_init.REGISTRY_KEY), host.files[CA_CERT])
     assert summary["names"] == ["hub.example.org"] and summary["signed_by_ca"] and summary["key_matches"]
@@ -116,7 +140,7 @@ def test_a_machine_with_docker_converges_and_a_second_run_changes_nothing():
     assert all(s.detail for s in again.steps), "a converged step says why"
 
 
-def test_a_new_address_issues_the_certificate_again_and_restarts_the_registry():
+def test_a_new_address_issues_the_certificate_again_and_restarts_the_registry_and_the_hub():
     ctx, host, docker = hub_machine()
     registry_serves_its_file(host)
     assert run_plan(init_plan(), ctx).ok
@@ -124,7 +148,8 @@ def test_a_new_address_issues_the_certificate_again_and_restarts_the_registry():
     ctx.config = config.from_tables({"hub": {"name": "hub.example.org", "addresses": "10.0.0.5"}})
     ctx.facts.forget()
     report = run_plan(init_plan(), ctx)
-    assert report.ok and report.changed == ["hub-certificate", "hub-registry"]
+    assert report.ok and report.changed == ["hub-certificate", "hub-registry", "hub-jupyterhub"]
+    assert "run docker service rm -- jupyterhub" in host.actions  # JupyterHub serves the new certificate
     assert host.files[CA_CERT] == ca, "the CA workers trust is never replaced"
     assert hub_tls.summary(host.files[REGISTRY_CERT], None)["names"] == ["10.0.0.5", "hub.example.org"]
 
@@ -135,9 +160,11 @@ def test_the_run_journals_what_hub_reset_undoes(tmp_path):
     registry_serves_its_file(host)
     assert run_plan(init_plan(), ctx).ok
     undo = undo_plan(ctx.journal.entries())
-    ops = [(u.op, u.unit or u.network or u.image or u.note) for u in undo]
-    image = notebook_image(ctx)
-    assert ops == [("keep", f"{image} left in the hub's registry"), ("remove-image", image),
+    ops = [(u.op, u.unit or u.network or u.service or u.image or u.note) for u in undo]
+    image, hub_image = notebook_image(ctx), HubJupyterhubImageStep().image(ctx)
+    assert ops == [("remove-service", "jupyterhub"),
+                   ("keep", f"{hub_image} left in the hub's registry"), ("remove-image", hub_image),
+                   ("keep", f"{image} left in the hub's registry"), ("remove-image", image),
                    ("stop-unit", REGISTRY_UNIT), ("disable-unit", REGISTRY_UNIT),
                ("keep", "packages left installed: docker-registry (remove with apt-get purge)"),
                ("remove-network", "jupyterhub"), ("leave-swarm", "")]

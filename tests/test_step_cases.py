@@ -60,6 +60,20 @@ def hub_tls_placeholders() -> dict:
                 for p in build_files(Context(config=config.from_tables({}), host=FakeHost()))}
     out["<rendered notebook Dockerfile>"] = lambda: notebook["Dockerfile"]
     out["<the cuda-env hook>"] = lambda: notebook[HOOK]
+
+    def hub_config_text() -> str:
+        from gpuswarm_node.steps.hub_jupyterhub import config_text
+
+        return config_text(hub_case_context())
+
+    out["<rendered jupyterhub_config.py>"] = hub_config_text
+
+    def hub_dockerfile() -> str:
+        from gpuswarm_node.steps.hub_notebook import HubJupyterhubImageStep
+
+        return HubJupyterhubImageStep().build_files(hub_case_context())[0].content
+
+    out["<rendered jupyterhub Dockerfile>"] = hub_dockerfile
     return out
 
 
@@ -78,17 +92,31 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered gpuswarm-node-watch.service>": watch_unit, **hub_tls_placeholders()}
 
 
-def notebook_tag() -> str:
-    """The tag hub init gives the notebook image it builds from the default hub.notebook_base."""
-    from gpuswarm_node.steps.hub_notebook import notebook_tag as tag
+def hub_case_context() -> Context:
+    """hub init's cases: hub.name = "hub.example.org", the registry's certificate's fingerprint "aa11"."""
+    facts = {"certificate_summary": {"/etc/gpuswarm-node/hub/registry.crt /etc/gpuswarm-node/hub/private/registry.key":
+                                     {"cert": True, "key": True, "sha256": "aa11"}}}
+    return Context(config=config.from_tables({"hub": {"name": "hub.example.org"}}), host=FakeHost(), given_facts=facts)
 
-    return tag(Context(config=config.from_tables({}), host=FakeHost()))
+
+def hub_values() -> dict[str, str]:
+    """The values hub init derives that cases name by placeholder: the images' tags (hashes of
+    their build contexts) and the hub service's spec label."""
+    from gpuswarm_node.steps.hub_jupyterhub import spec_label
+    from gpuswarm_node.steps.hub_notebook import HubJupyterhubImageStep, HubNotebookImageStep
+
+    ctx = hub_case_context()
+    return {"<notebook tag>": HubNotebookImageStep().tag(ctx), "<jupyterhub tag>": HubJupyterhubImageStep().tag(ctx),
+            "<hub spec label>": spec_label(ctx)}
 
 
 def tagged(text: str) -> str:
-    """`<cache tag>`: this Python's; `<notebook tag>`: the notebook image's (hub init)."""
+    """`<cache tag>`: this Python's; hub init's derived values (hub_values)."""
     text = text.replace("<cache tag>", sys.implementation.cache_tag)
-    return text.replace("<notebook tag>", notebook_tag()) if "<notebook tag>" in text else text
+    if "<notebook tag>" in text or "<jupyterhub tag>" in text or "<hub spec label>" in text:
+        for placeholder, value in hub_values().items():
+            text = text.replace(placeholder, value)
+    return text
 
 
 def expand(files: dict[str, str]) -> dict[str, str | bytes]:
