@@ -804,7 +804,7 @@ def hub_init(
     source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
     """Converge this machine into the hub: Docker, a swarm it manages, the overlay network, a TLS
-    registry with its own CA, and the notebook image in it (safe to re-run)."""
+    registry with its own CA, the notebook image in it, and JupyterHub as a service (safe to re-run)."""
 
     def body() -> int:
         need_root("hub init")

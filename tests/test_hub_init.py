@@ -5,6 +5,7 @@ traceback, nothing written)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -58,7 +59,7 @@ def hub_machine(tables=None, docker_running=True, **facts):
         asked = f"{hub_init.registry_address(ctx)} {step.repository} {tag} {CA_CERT}"
         host.facts.setdefault("registry_manifest", {})[asked] = {"missing": f"the registry has no {step.repository}"}
         host.effects[f"docker push -- {image}"] = {"facts": {"registry_manifest": {asked: {"digest": "sha256:0123"}}}}
-    host.facts["docker_service"] = {"jupyterhub": None}
+    host.facts.setdefault("docker_service", {"jupyterhub": None})
     host.facts["hub_api"] = {"127.0.0.1:8000": {"problem": "JupyterHub does not answer (Connection refused)"}}
     swarm_runs_the_hub(host)
     return ctx, host, docker
@@ -268,6 +269,37 @@ def test_the_operators_tls_files_follow_the_trust_rule(tmp_path, as_root):
     assert problem("tls-files", ctx) is None
 
 
+@pytest.mark.parametrize("authenticator", ["dummy", "github"])
+def test_an_authenticator_without_its_secret_file_is_refused_before_anything_changes(tmp_path, as_root, authenticator):
+    secret = tmp_path / "secret"
+    tables = {"hub": {"name": "hub.example.org", "authenticator": authenticator, "secret_file": str(secret),
+                      **({"github_client_id": "Iv1abcdef12", "github_org": "my-org"} if authenticator == "github" else {})}}
+    ctx, host, docker = hub_machine(tables)
+    report = run_plan(init_plan(), ctx)
+    [refused] = report.refused
+    assert refused.name == "authenticator" and host.actions == [] and docker.calls == []
+    assert refused.problem == (f"hub.secret_file {secret} does not exist; refusing to trust it. Make it a file of "
+                               "root's, readable by root only, not a link.")
+    secret.write_text("\n")
+    os.chmod(secret, 0o600)
+    assert problem("authenticator", ctx).startswith(f"hub.secret_file {secret} is empty, but the {authenticator} "
+                                                    "authenticator needs")
+    secret.write_text("hunter2-but-longer\n")
+    assert problem("authenticator", ctx) is None
+    report = run_plan(init_plan(), ctx, dry_run=True)
+    hub = next(s for s in report.steps if s.name == "hub-jupyterhub")
+    assert "hunter2" not in json.dumps(report.as_json()), "a secret in the output"
+    assert hub.state is State.PENDING
+
+
+def test_the_hub_port_in_use_by_another_program():
+    ctx, *_ = hub_machine(listening_ports=[22, 8000])
+    assert problem("hub-port", ctx) == ("TCP port 8000 is in use by another program (`ss -ltnp 'sport = :8000'` names "
+                                        "it): stop it, or set hub.port to a free port")
+    ctx, *_ = hub_machine(listening_ports=[8000], docker_service={"jupyterhub": {"Spec": {"Name": "jupyterhub"}}})
+    assert problem("hub-port", ctx) is None  # the hub's own service publishes it
+
+
 # --- the command line ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sets, sentence", [
@@ -281,6 +313,15 @@ def test_the_operators_tls_files_follow_the_trust_rule(tmp_path, as_root):
     (["hub.tls_cert=/etc/ssl/hub.crt", "hub.tls_key=/etc/ssl/my key", "hub.tls_ca=/etc/ssl/ca.crt"],
      "[hub] tls_key must be a path without spaces or '%'"),
     (["hub.tls_cert=hub.crt", "hub.tls_key=/k", "hub.tls_ca=/c"], "[hub] tls_cert must be an absolute path"),
+    (["hub.authenticator=dummy"], "[hub] secret_file must name the file holding the shared password (authenticator "
+                                  "= dummy). Write it to a file of root's, readable by root only"),
+    (["hub.authenticator=github", "hub.github_org=my-org"], "[hub] github_client_id must be set with authenticator = "
+                                                             "github"),
+    (["hub.authenticator=ldap"], "[hub] authenticator (--set hub.authenticator) must be one of native, dummy, "
+                                 "github, got 'ldap'."),
+    (["hub.admin_users=alice,-rf"], "[hub] admin_users holds '-rf', which is not a user name"),
+    (["hub.port=5000"], "[hub] port must differ from hub.registry_port (5000)"),
+    (["hub.max_age=60"], "[hub] max_age must be 0 or from 600 to 2678400 seconds, got 60."),
 ])
 def test_bad_hub_configuration_is_one_sentence_with_the_fix_and_nothing_written(gsn, tmp_path, sets, sentence):
     args = [a for s in sets for a in ("--set", s)]
@@ -300,8 +341,6 @@ def test_a_port_in_use_refuses_hub_init_before_anything_changes(gsn, tmp_path):
         done = gsn("hub", "init", "--config", os.devnull, "--set", "hub.name=hub.example.org", "--set",
                    f"hub.registry_port={port}", "--json")
     assert done.returncode == 1, done.stderr
-    import json
-
     report = json.loads(done.stdout)
     refused = {p["name"]: p.get("detail") for p in report["preflight"] if not p["ok"]}
     assert refused["registry-port"] == (f"TCP port {port} is in use by another program (`ss -ltnp 'sport = :{port}'` "
@@ -312,8 +351,6 @@ def test_a_port_in_use_refuses_hub_init_before_anything_changes(gsn, tmp_path):
 
 
 def test_status_checks_every_hub_step_and_changes_nothing(gsn, tmp_path):
-    import json
-
     done = gsn("hub", "init", "--status", "--json", "--config", os.devnull, "--set", "hub.name=hub.example.org")
     assert done.returncode in (0, 1), done.stderr
     report = json.loads(done.stdout)

@@ -432,7 +432,8 @@ def test_setup_sh_hub_runs_the_hub_command_instead_of_setup(tmp_path):
     assert result.returncode in (0, 1), result.stderr  # 1: this test machine runs no systemd, say
     plan = json.loads(result.stdout)
     assert [s["name"] for s in plan["steps"]] == ["docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate",
-                                                  "hub-registry", "hub-registry-trust", "hub-notebook-image", "hub-gate"]
+                                                  "hub-registry", "hub-registry-trust", "hub-notebook-image", "hub-jupyterhub-image",
+                                                  "hub-gate", "hub-jupyterhub"]
     assert plan["dry_run"] is True and "hub-name" in [p["name"] for p in plan["preflight"]]
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
 

@@ -6,8 +6,9 @@ it survives, and `hub reset`.
 
 Debian 13: its docker.io (26) is recent enough for a manager (Debian 12's 20.10 is not; the lab
 reaches no docker-ce). The registry is Debian's docker-registry package, so no image from the
-internet is needed; the notebook image's build (which pulls its base from quay.io) is turned off
-(hub.notebook_base empty) and a one-file image is pushed instead. hub.name is the machine's
+internet is needed; the two image builds (bases from quay.io and Docker Hub) and so the JupyterHub
+service are turned off (hub.notebook_base, hub.jupyterhub_base empty) and a one-file image is
+pushed instead. hub.name is the machine's
 address, so no DNS is needed either.
 """
 
@@ -31,6 +32,7 @@ HUB_TOML = f"""\
 [hub]
 name = "{ADDRESS}"
 notebook_base = ""  # the lab may reach no image registry; a one-file image is pushed below instead
+jupyterhub_base = ""  # likewise: JupyterHub's image needs a Python image from Docker Hub
 
 [swarm]
 advertise_addr = "{ADDRESS}"
