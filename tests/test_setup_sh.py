@@ -431,9 +431,9 @@ def test_setup_sh_hub_runs_the_hub_command_instead_of_setup(tmp_path):
                                                  "--set", "hub.name=hub.example.org")
     assert result.returncode in (0, 1), result.stderr  # 1: this test machine runs no systemd, say
     plan = json.loads(result.stdout)
-    assert [s["name"] for s in plan["steps"]] == ["docker", "hub-swarm", "hub-network", "hub-ca", "hub-certificate",
-                                                  "hub-registry", "hub-registry-trust", "hub-notebook-image", "hub-jupyterhub-image",
-                                                  "hub-gate", "hub-jupyterhub"]
+    from gpuswarm_node.hub_init import HUB_STEP_NAMES
+
+    assert [s["name"] for s in plan["steps"]] == list(HUB_STEP_NAMES)
     assert plan["dry_run"] is True and "hub-name" in [p["name"] for p in plan["preflight"]]
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
 
