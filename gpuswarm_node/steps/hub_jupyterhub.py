@@ -28,7 +28,7 @@ from ..render import render
 from .hub_notebook import HubJupyterhubImageStep, HubNotebookImageStep
 
 SERVICE = "jupyterhub"
-CONFIG_DIR = f"{HUB_DIR}/jupyterhub"
+CONFIG_DIR = f"{HUB_DIR}/jupyterhub-config"  # apart from the image's build context
 CONFIG_FILE = f"{CONFIG_DIR}/jupyterhub_config.py"
 DATA_VOLUME = "jupyterhub-data"
 CONTAINER_PORT = 8000
