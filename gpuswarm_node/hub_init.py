@@ -112,6 +112,18 @@ def _served(host, arg: str) -> dict:
     return host.served_certificate(address.strip("[]"), int(port))
 
 
+def _manifest(arg: str):
+    from .hub_tls import manifest_digest
+
+    address, repository, tag, cafile = arg.split(" ")
+    return lambda host: manifest_digest(address, repository, tag, cafile)
+
+
+# What the hub's registry holds under a tag, asked over TLS with the CA workers trust:
+# "ADDRESS REPOSITORY TAG CAFILE" -> {"digest": ...}, {"missing": ...} or {"problem": ...}.
+REGISTRY_MANIFEST = F.fact("registry_manifest", F.HOST, _manifest)
+
+
 def hub_steps():
     """The steps of `hub init`, in order."""
     from .steps.docker import DockerStep
@@ -236,7 +248,7 @@ def _candidate(result, _arg: str) -> str:
 
 
 # The version apt would install of a package ("" when its lists have none): `apt-cache policy`.
-APT_CANDIDATE = F.fact("apt_candidate", F.COMMAND, lambda package: ["apt-cache", "policy", "--", package], _candidate)
+APT_CANDIDATE = F.fact("apt_candidate", F.COMMAND, lambda package: ["apt-cache", "policy", package], _candidate)
 
 
 def hub_name_problem(ctx: Context) -> str | None:
@@ -378,17 +390,3 @@ def init_plan(steps=None):
 
     return Plan("hub init", tuple(steps if steps is not None else hub_steps()),
                 tuple(Preflight(name, fn) for name, fn in PREFLIGHT))
-
-
-
-
-def _manifest(arg: str):
-    from .hub_tls import manifest_digest
-
-    address, repository, tag, cafile = arg.split(" ")
-    return lambda host: manifest_digest(address, repository, tag, cafile)
-
-
-# What the hub's registry holds under a tag, asked over TLS with the CA workers trust:
-# "ADDRESS REPOSITORY TAG CAFILE" -> {"digest": ...}, {"missing": ...} or {"problem": ...}.
-REGISTRY_MANIFEST = F.fact("registry_manifest", F.HOST, _manifest)
