@@ -378,3 +378,46 @@ def test_hub_bundle_ships_the_ca_hub_init_made_unless_told_otherwise(tmp_path):
     assert default_registry_ca(worker, None, str(own)) == own
     assert default_registry_ca(worker, Path("/given.crt"), str(own)) == Path("/given.crt")
     assert default_registry_ca(config.from_tables({}), None, str(own)) is None  # a worker without a registry
+
+
+def test_debians_registry_serves_tls_as_the_drop_in_runs_it(tmp_path):
+    """The configuration and the drop-in's ExecStart as hub-registry writes them, run with Debian's
+    docker-registry (the suite's prerequisite, tests/prepare.sh): TLS from the credentials directory
+    systemd makes, the certificate the files hold."""
+    import subprocess
+    import time
+
+    from gpuswarm_node.hub_init import REGISTRY_CONFIG, REGISTRY_DROPIN
+    from gpuswarm_node.steps.hub_registry import HubRegistryStep
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    ctx, *_ = hub_machine({"hub": {"name": "127.0.0.1", "registry_port": port}})
+    files = {p.path: p.content for p in HubRegistryStep().files(ctx)}
+    (tmp_path / "registry.yml").write_text(files[REGISTRY_CONFIG])
+    [exec_start] = [line.partition("=")[2] for line in files[REGISTRY_DROPIN].splitlines()
+                    if line.startswith("ExecStart=") and line != "ExecStart="]
+    ca_cert, ca_key = hub_tls.make_ca("test")
+    cert, key = hub_tls.issue(ca_cert, ca_key, ["127.0.0.1"])
+    credentials = tmp_path / "credentials"  # what LoadCredential= gives the service
+    credentials.mkdir()
+    (credentials / "registry.crt").write_text(cert)
+    (credentials / "registry.key").write_bytes(key)
+    (tmp_path / "ca.crt").write_text(ca_cert)
+    command = exec_start.replace(REGISTRY_CONFIG, str(tmp_path / "registry.yml"))
+    env = {"PATH": os.environ["PATH"], "CREDENTIALS_DIRECTORY": str(credentials),
+           "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "storage")}
+    with open(tmp_path / "registry.log", "wb") as log:
+        registry = subprocess.Popen(["sh", "-c", f"exec {command}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "sha256" not in (served := hub_tls.served_fingerprint("127.0.0.1", port, timeout=2)):
+            assert registry.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.2)
+        assert served == {"sha256": hub_tls.fingerprint(cert)}
+        assert hub_tls.manifest_digest(f"127.0.0.1:{port}", "notebook", "abc", str(tmp_path / "ca.crt")) == {
+            "missing": "the registry has no notebook:abc"}
+    finally:
+        registry.terminate()
+        registry.wait(10)
