@@ -14,7 +14,10 @@ link to `true`), so the difference is the wrapper alone. The bundle is a realist
 full rewrite. Calls alternate between the layouts, so drift in the machine's speed hits all
 alike; the rounds are repeated so that a noisy machine shows as a range instead of one figure.
 
-Not a test: it prints figures for the README and asserts nothing.
+With --baseline REV, the program as it was at git revision REV (front and bytecode as today's)
+is timed too, as the layout `front@REV`, in the same alternation: a change's effect side by side.
+
+Not a test: it prints figures for the docs and asserts nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gpuswarm_node.nvidia_hook import wrapper_policy  # noqa: E402
-from gpuswarm_node.render import render  # noqa: E402
+from gpuswarm_node.render import _environment, render  # noqa: E402
 from gpuswarm_node.slices import slice_map_text  # noqa: E402
 from gpuswarm_node.steps.docker_daemon import (NVIDIA_RUNTIME, WRAPPER_PYTHON, wrapper_bytecode,  # noqa: E402
                                                wrapper_text)
@@ -64,7 +67,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind per round (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each with its own median (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the round medians there (bench/run.py reads them)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the program of this git revision")
     options = parser.parse_args()
+    layouts = LAYOUTS + ((f"front@{options.baseline}",) if options.baseline else ())
 
     with tempfile.TemporaryDirectory(prefix="gpuswarm-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -106,6 +111,22 @@ def main() -> None:
         original = BUNDLE_CONFIG.read_text().replace("::2\"", f"::2,{SLICES[9]}\"")
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
         runtime = {"direct": stand_in, "front": front, "front-uncompiled": uncompiled, "python-only": python_only}
+        if options.baseline:
+            # The same front and bytecode layout, with the program's template as it was at REV.
+            old_template = subprocess.run(["git", "-C", str(REPO), "show", f"{options.baseline}:templates/gpuswarm-runtime.j2"],
+                                          check=True, capture_output=True, text=True).stdout
+            old_text = _environment().from_string(old_template).render(
+                slice_map=str(slice_map), runtime=NVIDIA_RUNTIME["path"], docker_socket=str(engine.path),
+                toolkit_configs=(str(tmp / "toolkit.toml"),), hook_policy=wrapper_policy())
+            old_dir = tmp / "baseline"
+            (old_dir / "__pycache__").mkdir(parents=True)
+            old_program = old_dir / "gpuswarm-runtime.py"
+            old_program.write_text(old_text)
+            (old_dir / "__pycache__" / bytecode.name).write_bytes(wrapper_bytecode(old_text, str(old_program)))
+            old_front = old_dir / "gpuswarm-runtime"
+            old_front.write_text(wrapper_text(program=str(old_program)))
+            old_front.chmod(0o755)
+            runtime[layouts[-1]] = old_front
 
         create = ["--root", "/run/docker/runtime-runc/moby", "--log", str(bundle / "log.json"),
                   "--log-format", "json", "create", "--bundle", str(bundle),
@@ -121,13 +142,13 @@ def main() -> None:
             results: dict[str, list[float]] = {}
             for i in range(options.runs + WARMUP):  # the first calls warm the caches, not counted
                 timings: dict[str, float] = {}
-                for layout in LAYOUTS:
+                for layout in layouts:
                     config.write_text(original)
                     timings[f"create {layout}"] = timed([str(runtime[layout]), *create], env)
                     if layout != "direct":
                         assert "NVIDIA_VISIBLE_DEVICES=GPU-00000000-1111-4222-8333-444444444444," \
                             in config.read_text(), layout
-                for layout in LAYOUTS:
+                for layout in layouts:
                     timings[f"start {layout}"] = timed([str(runtime[layout]), *start], env)
                 for name, argv in bare.items():
                     timings[name] = timed(argv, env)
@@ -159,7 +180,7 @@ def main() -> None:
         print(f"{key:<26}{cells}   {span(per_round(lambda r: r[key]))}")
     print()
     print(f"{'added to the direct call, ms':<50}median  (range over rounds)")
-    for layout in ("front", "front-uncompiled", "python-only"):
+    for layout in layouts[1:]:
         both = per_round(lambda r: sum(r[f"{c} {layout}"] - r[f"{c} direct"] for c in ("create", "start")))
         print(f"{layout + ': create':<50}{span(added(layout, 'create'))}")
         print(f"{layout + ': start':<50}{span(added(layout, 'start'))}")

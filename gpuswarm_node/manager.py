@@ -65,6 +65,24 @@ def quiet_paramiko() -> None:
     logger.propagate = False
 
 
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the C library's words ("Connection refused", "No route to host",
+    "timed out", "Temporary failure in name resolution"). paramiko's SSHClient.connect tries every
+    address of the name and, when each one refused or had no route, raises NoValidConnectionsError
+    (paramiko/client.py, ssh_exception.py): its own text is a fixed "Unable to connect to port P on
+    A" and its errno None, the real errors are in `errors` ({(address, port, ...): OSError}). Each
+    distinct reason is said; the addresses too where they differ ("192.0.2.1: Connection refused,
+    2001:db8::1: No route to host")."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict) and errors:
+        reasons = {str(addr[0] if isinstance(addr, tuple) else addr): connect_reason(error)
+                   for addr, error in errors.items()}
+        if len(set(reasons.values())) == 1:
+            return next(iter(reasons.values()))
+        return ", ".join(f"{address}: {reason}" for address, reason in reasons.items())
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 class ManagerSession:
     """One verified SSH connection to the manager, for running docker commands there."""
 
@@ -145,8 +163,7 @@ class ManagerSession:
                                                  "Check the manager's SSH server."))
         if isinstance(exc, (OSError, socket.timeout, EOFError)):
             # Refused, reset, timed out, no route, a name that does not resolve (yet): the network's.
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            return _transient(ManagerUnreachable(f"cannot reach the manager at {self.where}: {reason}.",
+            return _transient(ManagerUnreachable(f"cannot reach the manager at {self.where}: {connect_reason(exc)}.",
                                                  "Check swarm.manager, swarm.ssh_port and the network."))
         return ManagerUnreachable(f"SSH to {self.where} failed: {type(exc).__name__}: {exc}.",
                                   "Check the manager's SSH server.")
@@ -216,7 +233,7 @@ class ManagerSession:
 
     def set_availability(self, node_id: str, availability: str) -> None:
         if self.gated:
-            self.gate({"drain": "drain", "active": "activate"}[availability], node_id)
+            self.gate({"drain": "drain", "pause": "pause", "active": "activate"}[availability], node_id)
         else:
             self.docker(f"docker node update --availability {shlex.quote(availability)} {shlex.quote(node_id)}")
 

@@ -201,9 +201,13 @@ DEFAULT_CAPABILITIES = ("compute", "utility")
 
 def wrapper_policy() -> dict:
     """HOOK_INPUTS as the runtime wrapper's template takes them: {"strip": [names],
-    "annotation_markers": [substrings], "capabilities": [allowed], "default_capabilities": [..]}.
+    "annotation_markers": [substrings], "capabilities": [allowed], "default_capabilities": [..]},
+    and the frameworks' memory settings it adds ("memory_groups": slices.MEMORY_SHARE_GROUPS).
     PIN and the refusal of DOCKER_RESOURCE_* and of mounts are written out in the wrapper."""
+    from .slices import MEMORY_SHARE_GROUPS
+
     return {
+        "memory_groups": [list(group) for group in MEMORY_SHARE_GROUPS],
         "strip": [i.name for i in HOOK_INPUTS if i.kind == "env" and i.action == STRIP],
         "annotation_markers": [i.name for i in HOOK_INPUTS if i.kind == "annotation" and i.action == REFUSE],
         "capabilities": list(ALLOWED_CAPABILITIES),

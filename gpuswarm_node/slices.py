@@ -10,7 +10,7 @@ copy of the syntax check below; the tests hold the two to the same inputs.
 from __future__ import annotations
 
 import shlex
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from .config import MAX_SLICES_PER_GPU, GpuConfig
 from .probes.gpu import Gpu
@@ -134,8 +134,65 @@ def cuda_visible_devices(value: str, variable: str) -> str:
     return ",".join(devices)
 
 
+# How much of a GPU's memory the common frameworks take, by the variables they read. Slices of one
+# GPU share its memory, while TensorFlow maps nearly all of it at start and JAX 75 %: the first such
+# notebook on a GPU leaves its neighbours none (k8s-device-plugin #461). A group is the container's
+# own as soon as it sets any variable of it. Cooperation, not enforcement: code can still ask for
+# more (tf.config, jax's own options); only MIG, or MPS with a pinned memory limit, enforces.
+MEMORY_SHARE_GROUPS: tuple[tuple[str, ...], ...] = (
+    # TensorFlow: tensorflow/core/common_runtime/gpu/gpu_bfc_allocator.cc (GetAllowGrowthValue):
+    # allocate as needed instead of (nearly) all at start. It has no variable for a cap.
+    ("TF_FORCE_GPU_ALLOW_GROWTH",),
+    # JAX, "GPU memory allocation" (docs.jax.dev): the fraction it preallocates and, with its
+    # default BFC allocator, its limit; XLA_CLIENT_MEM_FRACTION is the newer name of the first.
+    ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE"),
+    # CuPy, "Environment variables" (docs.cupy.dev): its memory pool's limit, bytes or "N%".
+    ("CUPY_GPU_MEMORY_LIMIT",),
+)
+
+
+def memory_share_percent(held: Sequence[str], slice_devices: Mapping[str, str]) -> int:
+    """The share of its GPU's memory a container's slices stand for, in whole percent rounded down
+    (so that the shares of one GPU never add up to more than it has): for each device it holds,
+    its slices of that device over all the slices the node maps to it (`slice_devices`, slice ID
+    -> device, the slice map's "slices"), the smallest over its devices; at least 1. A MIG device
+    or all of a GPU's slices is 100."""
+    counts: dict[str, int] = {}
+    for slice_id in dict.fromkeys(held):
+        device = slice_devices.get(slice_id, device_of(slice_id))
+        counts[device] = counts.get(device, 0) + 1
+    totals: dict[str, int] = {}
+    for device in slice_devices.values():
+        totals[device] = totals.get(device, 0) + 1
+    return max(1, min((n * 100 // max(totals.get(d, n), n) for d, n in counts.items()), default=100))
+
+
+def memory_share_env(percent: int | None, present: Collection[str]) -> list[tuple[str, str]]:
+    """(variable, value) pairs that keep the common frameworks within a share of a GPU's memory
+    (MEMORY_SHARE_GROUPS), for the groups of which the container sets no variable (`present`: the
+    names it has). percent: from memory_share_percent; None where the share is not known (inside a
+    container, without the node's slice map): then only what needs no share (TensorFlow's growth,
+    JAX's on-demand allocation). Nothing at 100 %: the GPU is the container's own."""
+    if percent is not None and percent >= 100:
+        return []
+    fraction = f"{percent / 100:.2f}" if percent is not None else ""
+    values: tuple[list[tuple[str, str]], ...] = (
+        [("TF_FORCE_GPU_ALLOW_GROWTH", "true")],
+        [("XLA_PYTHON_CLIENT_MEM_FRACTION", fraction), ("XLA_CLIENT_MEM_FRACTION", fraction)] if fraction
+        else [("XLA_PYTHON_CLIENT_PREALLOCATE", "false")],
+        [("CUPY_GPU_MEMORY_LIMIT", f"{percent}%")] if fraction else [],
+    )
+    return [pair for group, pairs in zip(MEMORY_SHARE_GROUPS, values)
+            if not any(name in present for name in group) for pair in pairs]
+
+
 def cuda_env(environ: Mapping[str, str], kind: str) -> str:
-    """sh that sets CUDA_VISIBLE_DEVICES from this container's slices: `eval` it."""
+    """sh that sets CUDA_VISIBLE_DEVICES from this container's slices, and the frameworks' memory
+    settings that need no share (memory_share_env) when a slice is part of a GPU: `eval` it."""
     variable = env_variable(kind)
-    devices = cuda_visible_devices(environ.get(variable, ""), variable)
-    return f"export CUDA_VISIBLE_DEVICES={shlex.quote(devices)}\n"
+    value = environ.get(variable, "")
+    devices = cuda_visible_devices(value, variable)
+    lines = [f"export CUDA_VISIBLE_DEVICES={shlex.quote(devices)}\n"]
+    if any("::" in s for s in value.split(",")):  # a slice of a GPU: how many share it is not known here
+        lines += [f"export {name}={shlex.quote(v)}\n" for name, v in memory_share_env(None, environ)]
+    return "".join(lines)

@@ -123,12 +123,45 @@ def test_all_agree_on_malformed_slices(tmp_path, value):
     assert result.returncode == 1 and "is malformed" in result.stderr
 
 
+MEMORY = 'printf "TF=%s XLA=%s/%s/%s\\n" "${TF_FORCE_GPU_ALLOW_GROWTH-unset}" "${XLA_PYTHON_CLIENT_PREALLOCATE-unset}" ' \
+         '"${XLA_PYTHON_CLIENT_MEM_FRACTION-unset}" "${XLA_CLIENT_MEM_FRACTION-unset}"'
+
+
+@pytest.mark.parametrize("value, own, printed", [
+    (f"{G0}::2", "", "TF=true XLA=false/unset/unset"),
+    (f"{MIG},{G1}::1", "", "TF=true XLA=false/unset/unset"),
+    (MIG, "", "TF=unset XLA=unset/unset/unset"),                        # a MIG device is the notebook's own
+    ("", "", "TF=unset XLA=unset/unset/unset"),                         # no GPU
+    (f"{G0}::2", "TF_FORCE_GPU_ALLOW_GROWTH=false", "TF=false XLA=false/unset/unset"),
+    (f"{G0}::2", "TF_FORCE_GPU_ALLOW_GROWTH=", "TF= XLA=false/unset/unset"),
+    (f"{G0}::2", "XLA_CLIENT_MEM_FRACTION=.5", "TF=true XLA=unset/unset/.5"),
+    (f"{G0}::2", "XLA_PYTHON_CLIENT_MEM_FRACTION=.2", "TF=true XLA=unset/.2/unset"),
+])
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_hook_and_cuda_env_set_the_same_memory_settings(gsn, shell, value, own, printed):
+    """For a slice of a GPU, the settings that need no share, each group left to the image or
+    service that set any of it; the same from the hook (under set -e) and from cuda-env."""
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_RESOURCE_GPU": value}
+    if own:
+        env[own.partition("=")[0]] = own.partition("=")[2]
+    hooked = subprocess.run([shell, "-c", f'set -e; . "$1"; {MEMORY}', "hook", str(HOOK)], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert hooked.returncode == 0, hooked.stderr
+    assert hooked.stdout == printed + "\n"
+    lines = gsn("cuda-env", env={k: v for k, v in env.items() if k != "PATH"})
+    assert lines.returncode == 0, lines.stderr
+    evaluated = subprocess.run(["sh", "-c", f'eval "$1"; {MEMORY}', "sh", lines.stdout], env=env,
+                               capture_output=True, text=True, timeout=30)
+    assert evaluated.stdout == printed + "\n"
+
+
 # --- gpuswarm-node cuda-env -----------------------------------------------------------------------
 
 def test_cuda_env_command_prints_sh_to_eval(gsn):
     result = gsn("cuda-env", env={"DOCKER_RESOURCE_GPU": f"{G0}::1,{MIG},{G0}::2"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"export CUDA_VISIBLE_DEVICES={G0},{MIG}\n"
+    assert result.stdout == (f"export CUDA_VISIBLE_DEVICES={G0},{MIG}\n"
+                             "export TF_FORCE_GPU_ALLOW_GROWTH=true\nexport XLA_PYTHON_CLIENT_PREALLOCATE=false\n")
     evaluated = subprocess.run(["sh", "-c", 'eval "$1"; echo "$CUDA_VISIBLE_DEVICES"', "sh", result.stdout],
                                capture_output=True, text=True)
     assert evaluated.stdout == f"{G0},{MIG}\n"
@@ -136,10 +169,13 @@ def test_cuda_env_command_prints_sh_to_eval(gsn):
 
 def test_cuda_env_command_kind_and_no_reservation(gsn):
     assert gsn("cuda-env").stdout == "export CUDA_VISIBLE_DEVICES=''\n"
-    result = gsn("cuda-env", "--set", "gpu.resource=nvslice", env={"DOCKER_RESOURCE_NVSLICE": f"{G1}::3"})
+    assert gsn("cuda-env", env={"DOCKER_RESOURCE_GPU": MIG}).stdout == f"export CUDA_VISIBLE_DEVICES={MIG}\n"
+    result = gsn("cuda-env", "--set", "gpu.resource=nvslice", env={"DOCKER_RESOURCE_NVSLICE": f"{G1}::3",
+                                                                   "TF_FORCE_GPU_ALLOW_GROWTH": "false",
+                                                                   "XLA_CLIENT_MEM_FRACTION": ".5"})
     assert result.stdout == f"export CUDA_VISIBLE_DEVICES={G1}\n"
-    result = gsn("cuda-env", env={"GPUSWARM_GPU_RESOURCE": "nvslice", "DOCKER_RESOURCE_NVSLICE": f"{G1}::3"})
-    assert result.stdout == f"export CUDA_VISIBLE_DEVICES={G1}\n"
+    result = gsn("cuda-env", env={"GPUSWARM_GPU_RESOURCE": "nvslice", "DOCKER_RESOURCE_NVSLICE": MIG})
+    assert result.stdout == f"export CUDA_VISIBLE_DEVICES={MIG}\n"
 
 
 def test_cuda_env_command_malformed_is_one_line_and_prints_nothing_to_eval(gsn):

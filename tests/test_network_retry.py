@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -235,7 +236,45 @@ def test_a_closed_port_is_transient(swarm_files) -> None:
     cfg = config.SwarmConfig(manager=MANAGER, ssh_port=port, ssh_key=str(key), known_hosts=str(known))
     with pytest.raises(ManagerUnreachable) as info:
         read_manager_swarm(cfg, timeout=2)
-    assert info.value.transient is True and "Unable to connect to port" in info.value.cause
+    # The kernel's reason, not paramiko's fixed "Unable to connect to port P on A" (connect_reason).
+    assert info.value.transient is True and info.value.cause.endswith(f"127.0.0.1:{port}: Connection refused.")
+
+
+def os_error(number: int) -> OSError:
+    return OSError(number, os.strerror(number))
+
+
+@pytest.mark.parametrize("raised, said", [
+    # paramiko's wrapper of every address's ECONNREFUSED / EHOSTUNREACH (paramiko/client.py)
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED)}),
+     "Connection refused"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.EHOSTUNREACH)}),
+     "No route to host"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED),
+                                                     ("2001:db8::1", 22, 0, 0): os_error(errno.ECONNREFUSED)}),
+     "Connection refused"),
+    (paramiko.ssh_exception.NoValidConnectionsError({("198.18.0.1", 22): os_error(errno.ECONNREFUSED),
+                                                     ("2001:db8::1", 22, 0, 0): os_error(errno.EHOSTUNREACH)}),
+     "198.18.0.1: Connection refused, 2001:db8::1: No route to host"),
+    # what paramiko raises as it is: the other errnos, a time out, a name that does not resolve (yet)
+    (os_error(errno.ENETUNREACH), "Network is unreachable"),
+    (socket.timeout("timed out"), "timed out"),
+    (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "Temporary failure in name resolution"),
+    (EOFError(), "EOFError"),
+])
+def test_an_unreachable_manager_is_said_in_the_kernels_words_and_retried(swarm_files, monkeypatch, raised,
+                                                                          said) -> None:
+    key, known = swarm_files
+
+    def connect(self, *args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    cfg = config.SwarmConfig(manager=MANAGER, ssh_key=str(key), known_hosts=str(known))
+    with pytest.raises(ManagerUnreachable) as info:
+        read_manager_swarm(cfg, timeout=2)
+    assert info.value.transient is True
+    assert info.value.cause == f"cannot reach the manager at root@{MANAGER}:22: {said}."
 
 
 @pytest.mark.parametrize("raised, said", [
@@ -355,3 +394,67 @@ def test_the_boot_unit_runs_a_failed_setup_again_without_a_reboot() -> None:
     for line in ("Restart=on-failure", "RestartSec=2min", "StartLimitIntervalSec=1h", "StartLimitBurst=4",
                  "RestartPreventExitStatus=2"):
         assert line in text.splitlines()
+
+
+# setup's own plan on a fresh machine (Docker not installed yet), as a zero-touch first boot runs
+# it: whatever ends the run before the join, the boot unit is in place (written and enabled) and
+# nothing else was changed, so the next boot, or the unit's own restart, tries again.
+BOOT_ACTIONS = ["write /var/lib/gpuswarm-node/boot-config.toml", "write /etc/systemd/system/gpuswarm-node-boot.service",
+                "run systemctl daemon-reload", "run systemctl enable gpuswarm-node-boot.service"]
+
+
+def never_answers(cfg, token, node_id):
+    raise transient()
+
+
+def refuses_the_key(cfg, token, node_id):
+    raise ManagerUnreachable(f"the manager refused the SSH key {cfg.ssh_key} for root@198.18.0.1:22.",
+                             "Add the key's public half to the manager's authorized_keys.")
+
+
+def crashes(cfg, token, node_id):
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize("reader, hostname, refused_by, said", [
+    (never_answers, "gsn-c1", "manager-host-key", "Connection refused (tried "),
+    (refuses_the_key, "gsn-c1", "manager-host-key", "refused the SSH key"),
+    (crashes, "gsn-c1", "manager-host-key", "internal error: RuntimeError: a bug"),
+    (lambda cfg, token, node_id: FakeManager({"info": MANAGER_INFO}).read(cfg, token, node_id), "localhost",
+     "node-name", "but swarm.ssh_key is authorised for node gsn-c1"),
+])
+def test_whatever_refuses_a_first_boots_setup_the_boot_unit_is_installed_first(swarm_files, monkeypatch, reader,
+                                                                                hostname, refused_by, said) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gpuswarm_node.preflight import setup_plan
+    from gpuswarm_node.steps import ALL_STEPS
+
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    key, known = swarm_files
+    # A key the ssh-key preflight takes (an unencrypted OpenSSH private key), as `hub bundle` writes.
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    host = FakeHost.from_case({
+        "files": {"/usr/local/bin/gpuswarm-node": "#!/bin/sh\n", "/proc/sys/kernel/hostname": hostname + "\n"},
+        "effects": {"systemctl enable gpuswarm-node-boot.service":
+                    {"facts": {"unit_file_state": {"gpuswarm-node-boot.service": "enabled"}}}},
+        "facts": {"unit_file_state": {"gpuswarm-node-boot.service": ""}}})
+    lines = Lines()
+    cfg = config.from_tables({"swarm": {"manager": "198.18.0.1", "ssh_key": str(key), "known_hosts": str(known),
+                                        "node_name": "gsn-c1"}})
+    ctx = Context(config=cfg, host=host, reporter=lines, docker_factory=lambda: FakeDocker(reachable=False),
+                  manager_reader=reader, given_facts=host.facts)
+    report = run_plan(setup_plan(ALL_STEPS), ctx)
+    assert [p.name for p in report.refused] == [refused_by], report.refused
+    assert said in report.refused[0].problem
+    assert host.actions == BOOT_ACTIONS  # the boot unit, and nothing else
+    assert [(s.name, s.state) for s in report.steps][0] == ("boot", State.OK)
+    network = [line for line in lines.said if line.startswith("network: ")]
+    if reader is never_answers:  # each try said, for node.network_retry (120 s), then the unit installed
+        assert len(network) == 7 and all("Connection refused; trying again in" in line for line in network)
+        assert "(tried 8 times over 120 s)" in report.refused[0].problem
+        assert lines.said == network + [f"boot: {a.replace('write', 'create')}" for a in BOOT_ACTIONS]
+    else:  # a permanent refusal (or a bug) is not tried again
+        assert network == []

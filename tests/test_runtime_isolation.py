@@ -402,7 +402,7 @@ def test_a_bind_keeps_nosuid_nodev_of_its_source(tmp_path, monkeypatch, options)
             return os.statvfs_result((4096, 4096, 1, 1, 1, 1, 1, 1, os.ST_NOSUID | os.ST_NODEV | os.ST_RELATIME, 255))
         return real(path)
 
-    monkeypatch.setattr(os, "statvfs", statvfs)
+    monkeypatch.setattr(module.posix, "statvfs", statvfs)  # the posix module is os.statvfs's home
     spec = json.loads(BUNDLE_CONFIG.read_text())
     spec["mounts"] += [{"destination": "/efs", "type": "bind", "source": SHARE, "options": list(options)},
                        {"destination": "/missing", "type": "bind", "source": str(tmp_path / "gone"),

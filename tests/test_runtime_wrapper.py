@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import posixpath
 import stat
 import subprocess
 import sys
@@ -142,25 +144,37 @@ def node(tmp_path):
 
 # --- the rewrite, for every input class -----------------------------------------------------------
 
-@pytest.mark.parametrize("value, visible", [
-    (f"{G0}::2", G0),                                    # one slice
-    (f"{G0}::1,{G0}::3", G0),                            # several slices of one GPU: the GPU once
-    (f"{G1}::1,{G0}::2", f"{G1},{G0}"),                  # slices of several GPUs, in Swarm's order
-    (f"{G0}::1,{G1}::2,{G0}::3", f"{G0},{G1}"),
-    (MIG, MIG),                                          # a MIG device is its own device
-    (f"{MIG},{G1}::2", f"{MIG},{G1}"),
-], ids=["one", "two-on-one-gpu", "two-gpus", "three-on-two-gpus", "mig", "mig-and-gpu"])
-def test_reserved_slices_become_exactly_their_devices(node, value, visible):
+def share_env(percent: int | None) -> list[str]:
+    """The frameworks' memory settings the wrapper adds for a share of a GPU (None: none)."""
+    if percent is None:
+        return []
+    return ["TF_FORCE_GPU_ALLOW_GROWTH=true", f"XLA_PYTHON_CLIENT_MEM_FRACTION={percent / 100:.2f}",
+            f"XLA_CLIENT_MEM_FRACTION={percent / 100:.2f}", f"CUPY_GPU_MEMORY_LIMIT={percent}%"]
+
+
+# The node's map: three slices of each of G0 and G1, and a MIG device. The memory share is the
+# smallest over the container's GPUs, rounded down; a MIG device is a whole device.
+@pytest.mark.parametrize("value, visible, percent", [
+    (f"{G0}::2", G0, 33),                                    # one slice
+    (f"{G0}::1,{G0}::3", G0, 66),                            # several slices of one GPU: the GPU once
+    (f"{G1}::1,{G0}::2", f"{G1},{G0}", 33),                  # slices of several GPUs, in Swarm's order
+    (f"{G0}::1,{G1}::2,{G0}::3", f"{G0},{G1}", 33),
+    (MIG, MIG, None),                                        # a MIG device is its own device
+    (f"{MIG},{G1}::2", f"{MIG},{G1}", 33),
+    (f"{G1}::3,{G1}::1,{G1}::2", G1, None),                  # all of a GPU's slices: the whole GPU
+], ids=["one", "two-on-one-gpu", "two-gpus", "three-on-two-gpus", "mig", "mig-and-gpu", "whole-gpu"])
+def test_reserved_slices_become_exactly_their_devices(node, value, visible, percent):
     before = node.spec(resource_env(value))
     result = node.create()
     assert result.returncode == 0, result.stderr
     assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={visible}"]
     # The image's NVIDIA_VISIBLE_DEVICES=all is gone, its driver capabilities pinned (as the
-    # image asked: compute,utility); everything else is as it was, in order.
+    # image asked: compute,utility), the frameworks' memory settings added for a share of a GPU;
+    # everything else is as it was, in order.
     old_env = [e for e in before["process"]["env"]
                if not e.startswith(("NVIDIA_VISIBLE_DEVICES=", "NVIDIA_DRIVER_CAPABILITIES="))]
     assert node.env_after() == old_env + [f"NVIDIA_VISIBLE_DEVICES={visible}",
-                                          "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+                                          "NVIDIA_DRIVER_CAPABILITIES=compute,utility"] + share_env(percent)
     after = json.loads(node.config.read_text())
     for spec in (before, after):
         del spec["process"]["env"]
@@ -549,3 +563,92 @@ def test_bytecode_is_current_only_when_it_is_the_programs_own_code():
     assert not bytecode_current(own[:16] + own[16:-1], program)  # truncated: marshal fails
     assert not bytecode_current(wrapper_bytecode(program + "\n# changed\n"), program)
     assert not bytecode_current(None, program)
+
+
+# --- what it costs: posix instead of os -------------------------------------------------------------
+
+def test_a_create_with_slices_imports_only_what_it_needs(node):
+    """Every module a create loads is paid on every container start: beyond what Python starts
+    with, only the program, errno and the C modules for JSON and the Engine API's socket (no os,
+    json or socket). The wrapper's own Python, as the front runs it."""
+    node.spec(resource_env(f"{G0}::1"))
+    code = (f"import sys; before = set(sys.modules); sys.path.append({str(node.tmp)!r}); "
+            f"__import__('gpuswarm-runtime').restrict({str(node.bundle)!r}); "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([WRAPPER_PYTHON, "-IS", "-B", "-c", code], capture_output=True, text=True,
+                            env={"PATH": node.path}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert node.visible() == [f"NVIDIA_VISIBLE_DEVICES={G0}"]
+    loaded = set(result.stdout.split())
+    has_c_normpath = subprocess.run([WRAPPER_PYTHON, "-IS", "-c", "import posix; print(hasattr(posix, '_path_normpath'))"],
+                                    capture_output=True, text=True).stdout.strip() == "True"
+    assert has_c_normpath, "this test's Python has posix._path_normpath (3.11 and later)"
+    assert loaded == {"gpuswarm-runtime", "errno", "_json", "_socket"}
+
+
+@pytest.mark.parametrize("path", ["/", "//", "///a//b/", "/a/./b/../c", "a/../../b", "", ".", "/..", "x/y/..",
+                                  "/var/run/../run/nvidia-container-devices/./GPU-1", "/\u00e9/\udcff/..//z"])
+def test_normpath_is_os_paths(tmp_path, path):
+    module = load_wrapper(tmp_path)
+    assert module.normpath(path) == posixpath.normpath(path)
+    assert module.normpath("/" + path).lstrip("/") == posixpath.normpath("/" + path).lstrip("/")
+
+
+@pytest.mark.parametrize("head", ["", "/", "/bundle", "/bundle/", "rel", "a//b"])
+def test_join_is_os_paths_for_a_relative_tail(tmp_path, head):
+    module = load_wrapper(tmp_path)
+    for tail in ("config.json", "nvidia-container-runtime/config.toml"):
+        assert module.join(head, tail) == os.path.join(head, tail)
+
+
+def test_getenv_decodes_as_os_environ_does(tmp_path):
+    name = "GPUSWARM_WRAPPER_TEST"
+    value = "caf\u00e9 \udcff"
+    code = (f"import sys; sys.path.append({str(tmp_path)!r}); m = __import__('gpuswarm_runtime'); "
+            f"import os; print(ascii(m.getenv({name!r})), ascii(os.environ.get({name!r})), m.getenv('UNSET_X'), sep='|')")
+    load_wrapper(tmp_path)
+    env = {name: value, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([WRAPPER_PYTHON, "-IS", "-c", code], capture_output=True, text=True,
+                            env={k: os.fsencode(v) for k, v in env.items()}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    mine, theirs, unset = result.stdout.strip().split("|")
+    assert mine == theirs == ascii(value)
+    assert unset == "None"
+
+
+# --- the frameworks' memory settings ---------------------------------------------------------------
+
+@pytest.mark.parametrize("own, added", [
+    ([], share_env(33)),
+    (["TF_FORCE_GPU_ALLOW_GROWTH=false"], share_env(33)[1:]),
+    (["XLA_PYTHON_CLIENT_PREALLOCATE=false"], [share_env(33)[0], share_env(33)[3]]),
+    (["XLA_CLIENT_MEM_FRACTION=.9"], [share_env(33)[0], share_env(33)[3]]),
+    (["CUPY_GPU_MEMORY_LIMIT=1073741824", "TF_FORCE_GPU_ALLOW_GROWTH"], share_env(33)[1:3]),
+], ids=["none-set", "tensorflow-set", "jax-preallocate-set", "jax-new-name-set", "cupy-and-bare-tf-set"])
+def test_a_frameworks_setting_the_container_made_is_its_own(node, own, added):
+    """The image or the service sets a group's variable (even with no value): the group is left as
+    it is; the others are added."""
+    env = resource_env(f"{G0}::1") + own
+    node.spec(env)
+    assert node.create().returncode == 0
+    after = node.env_after()
+    assert [e for e in after if e not in env and not e.startswith("NVIDIA_")] == added
+    assert all(e in after for e in own)
+
+
+def test_the_wrapper_and_the_package_agree_on_memory_settings(tmp_path):
+    """The wrapper's memory_share is slices.memory_share_percent and memory_share_env, over maps of
+    one to seven slices per GPU, MIG devices, and every reservation of up to three slices."""
+    import itertools
+
+    from gpuswarm_node.slices import MEMORY_SHARE_GROUPS, memory_share_env, memory_share_percent
+
+    module = load_wrapper(tmp_path)
+    names = [name for group in MEMORY_SHARE_GROUPS for name in group]
+    for per_gpu in range(1, 8):
+        slices = {f"{g}::{n}": g for g in (G0, G1) for n in range(1, per_gpu + 1)} | {MIG: MIG}
+        for size in (1, 2, 3):
+            for held in itertools.combinations(slices, size):
+                for present in ((), names[:1], names[1:2], names[3:]):
+                    theirs = memory_share_env(memory_share_percent(held, slices), present)
+                    assert module.memory_share(list(held), slices, set(present)) == theirs, (held, present)

@@ -154,7 +154,8 @@ def test_cuda_visible_devices(value, want):
 
 def test_cuda_env_prints_sh_for_eval():
     assert slices.cuda_env({"DOCKER_RESOURCE_GPU": f"{uuid(0)}::1"}, "gpu") == \
-        f"export CUDA_VISIBLE_DEVICES={uuid(0)}\n"
+        f"export CUDA_VISIBLE_DEVICES={uuid(0)}\nexport TF_FORCE_GPU_ALLOW_GROWTH=true\n" \
+        "export XLA_PYTHON_CLIENT_PREALLOCATE=false\n"
     assert slices.cuda_env({}, "gpu") == "export CUDA_VISIBLE_DEVICES=''\n"
     assert slices.cuda_env({"DOCKER_RESOURCE_NVSLICE": "MIG-x1"}, "nvslice") == "export CUDA_VISIBLE_DEVICES=MIG-x1\n"
 
@@ -303,3 +304,32 @@ class _Config:
         section = type(name, (), {})()
         setattr(self, name, section)
         return section
+
+
+# --- the frameworks' memory settings ------------------------------------------------------------
+
+@pytest.mark.parametrize("per_gpu, percent, fraction", [
+    (1, None, None), (2, 50, "0.50"), (3, 33, "0.33"), (4, 25, "0.25"), (5, 20, "0.20"), (6, 16, "0.16"),
+    (7, 14, "0.14"), (48, 2, "0.02"),
+])
+def test_one_slice_gets_its_share_of_the_gpu_rounded_down(per_gpu, percent, fraction):
+    from gpuswarm_node.slices import memory_share_env, memory_share_percent
+
+    gpu = "GPU-00000000-1111-4222-8333-444444444444"
+    slices = {f"{gpu}::{n}": gpu for n in range(1, per_gpu + 1)}
+    assert memory_share_percent([f"{gpu}::1"], slices) == (percent or 100)
+    assert memory_share_percent(list(slices), slices) == 100  # every slice: the whole GPU
+    expected = [] if percent is None else [
+        ("TF_FORCE_GPU_ALLOW_GROWTH", "true"), ("XLA_PYTHON_CLIENT_MEM_FRACTION", fraction),
+        ("XLA_CLIENT_MEM_FRACTION", fraction), ("CUPY_GPU_MEMORY_LIMIT", f"{percent}%")]
+    assert memory_share_env(memory_share_percent([f"{gpu}::1"], slices), ()) == expected
+    # Shares of one GPU never add up to more than it has.
+    assert per_gpu * (percent or 100) <= 100
+
+
+def test_an_unknown_share_sets_only_what_needs_none():
+    from gpuswarm_node.slices import memory_share_env
+
+    assert memory_share_env(None, ()) == [("TF_FORCE_GPU_ALLOW_GROWTH", "true"),
+                                          ("XLA_PYTHON_CLIENT_PREALLOCATE", "false")]
+    assert memory_share_env(None, {"XLA_CLIENT_MEM_FRACTION"}) == [("TF_FORCE_GPU_ALLOW_GROWTH", "true")]

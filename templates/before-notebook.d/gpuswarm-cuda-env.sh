@@ -2,7 +2,8 @@
 #
 # For notebook images started on a node without gpuswarm-node's runtime (the old convention):
 # copy it into /usr/local/bin/before-notebook.d/, where the Jupyter Docker Stacks' start.sh
-# sources it. POSIX sh; it only sets CUDA_VISIBLE_DEVICES and leaves no other variable behind.
+# sources it. POSIX sh; it sets CUDA_VISIBLE_DEVICES and, for a slice of a GPU, the frameworks'
+# memory settings below, and leaves no other variable behind.
 #
 # Swarm puts the slices in DOCKER_RESOURCE_<KIND> (KIND: $GPUSWARM_GPU_RESOURCE, default gpu),
 # e.g. "GPU-<uuid>::2,MIG-<uuid>". The device of GPU-<uuid>::<n> is GPU-<uuid>; a GPU or MIG
@@ -34,11 +35,12 @@ _gsn_malformed() {
         "$(printf '%.80s' "$_gsn_slice" | tr -c "0123456789${_gsn_lower}${_gsn_upper}/:-" '?')" "$_gsn_var" >&2
 }
 _gsn_devices=
+_gsn_part=
 _gsn_rest=$_gsn_value
 while [ -n "$_gsn_value" ]; do
     _gsn_slice=${_gsn_rest%%,*}
     case $_gsn_slice in
-        GPU-?*::[123456789]*) _gsn_device=${_gsn_slice%%::*}; _gsn_n=${_gsn_slice#*::} ;;
+        GPU-?*::[123456789]*) _gsn_device=${_gsn_slice%%::*}; _gsn_n=${_gsn_slice#*::}; _gsn_part=1 ;;
         GPU-?* | MIG-?*) _gsn_device=$_gsn_slice; _gsn_n=1 ;;
         *) _gsn_device=; _gsn_n= ;;
     esac
@@ -59,6 +61,15 @@ while [ -n "$_gsn_value" ]; do
 done
 export CUDA_VISIBLE_DEVICES="$_gsn_devices"
 echo "gpuswarm-cuda-env: CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' (from $_gsn_var)" >&2
+# A slice of a GPU shares its memory with the notebooks holding the others, and how many they are is
+# not known here: the settings that need no share (gpuswarm_node/slices.py, memory_share_env, as
+# `gpuswarm-node cuda-env` prints them), each group left alone when the image or service set any of
+# it. TensorFlow then allocates as needed, JAX on demand, instead of most of the GPU at start.
+if [ -n "$_gsn_part" ]; then
+    [ -n "${TF_FORCE_GPU_ALLOW_GROWTH+x}" ] || export TF_FORCE_GPU_ALLOW_GROWTH=true
+    [ -n "${XLA_PYTHON_CLIENT_MEM_FRACTION+x}${XLA_CLIENT_MEM_FRACTION+x}${XLA_PYTHON_CLIENT_PREALLOCATE+x}" ] ||
+        export XLA_PYTHON_CLIENT_PREALLOCATE=false
+fi
 unset _gsn_upper _gsn_lower _gsn_ok _gsn_nl _gsn_kind _gsn_var _gsn_value _gsn_devices _gsn_rest _gsn_slice \
-    _gsn_device _gsn_n
+    _gsn_device _gsn_n _gsn_part
 unset -f _gsn_malformed

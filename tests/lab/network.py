@@ -20,6 +20,10 @@ Things learned the hard way:
   namespaces; ``cleanup_stale`` finds them by netns and kills them by pid.
 - The host's uplink may have a smaller MTU (1400 here) than the veths (1500);
   outbound NAT relies on path-MTU discovery working through the host.
+- A lab machine's own daemons (its dockerd, the tool's guard) write iptables
+  rules in its netns; a fault the lab injects (``PortBlock``) lives in the
+  *server's* netns, so the machine under test sees only what a real network
+  would show it.
 """
 
 from __future__ import annotations
@@ -69,20 +73,21 @@ class LabHost:
         return ["nsenter", f"--net={self.netns_path}"]
 
 
-def _tagged_rules(table: str) -> list[list[str]]:
-    """Delete-commands for every rule of ours in ``table``."""
-    out = _run("iptables", "-t", table, "-S", check=False).stdout
+def _tagged_rules(table: str, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Delete-commands for every rule of ours in ``table`` (of the netns ``prefix`` enters, or the
+    host's)."""
+    out = _run(*prefix, "iptables", "-w", "-t", table, "-S", check=False).stdout
     rules = []
     for line in out.splitlines():
         argv = shlex.split(line)
         if argv[:1] == ["-A"] and RULE_COMMENT in argv:
-            rules.append(["iptables", "-t", table, "-D", *argv[1:]])
+            rules.append([*prefix, "iptables", "-w", "-t", table, "-D", *argv[1:]])
     return rules
 
 
-def _remove_tagged_rules() -> None:
+def _remove_tagged_rules(prefix: tuple[str, ...] = ()) -> None:
     for table in ("filter", "nat"):
-        for argv in _tagged_rules(table):
+        for argv in _tagged_rules(table, prefix):
             _run(*argv, check=False)
 
 
@@ -127,6 +132,8 @@ def cleanup_stale() -> None:
     names = sorted(p.name for p in netns_dir.iterdir()) if netns_dir.is_dir() else []
     for name in names:
         if name.startswith(NETNS_PREFIX):
+            # A PortBlock left in place (its netns goes below too, unless something still holds it).
+            _remove_tagged_rules(("nsenter", f"--net={netns_dir / name}"))
             _kill_netns_processes(netns_dir / name)
             _delete_host(name)
     # veths whose netns vanished some other way
@@ -207,3 +214,47 @@ class LabNetwork(Started):
         if self._bridge_created and _link_exists(BRIDGE):
             _run("ip", "link", "del", BRIDGE, check=False)
         self._bridge_created = False
+
+
+class PortBlock(Started):
+    """TCP port ``port`` of lab host ``server`` refusing connections from lab host ``client``, as a
+    server whose daemon is down (sshd restarting, the hub rebooting) does: an iptables rule in the
+    server's netns, INPUT chain, first, that answers the client's SYN with a TCP reset (the client
+    sees ECONNREFUSED at once, as from a closed port; REJECT --reject-with tcp-reset, iptables-
+    extensions(8)). Every other host, and every other port of the server, is untouched.
+
+    ``start`` adds the rule, ``close`` removes it (safe to call twice); the rule is tagged
+    RULE_COMMENT, so ``cleanup_stale`` removes one a crashed run left. ``refused`` counts the
+    connection attempts it answered.
+    """
+
+    def __init__(self, server: LabHost, client: LabHost, port: int) -> None:
+        self.server, self.client, self.port = server, client, port
+        self.spec = ["-s", f"{client.address}/32", "-p", "tcp", "-m", "tcp", "--dport", str(port),
+                     "-m", "comment", "--comment", RULE_COMMENT, "-j", "REJECT", "--reject-with", "tcp-reset"]
+        self.blocked = False
+
+    def _iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(*self.server.nsenter_prefix(), "iptables", "-w", *args, check=check)
+
+    def start(self) -> "PortBlock":
+        self.blocked = True  # first: close() removes a rule whose insert failed half-way too
+        self._iptables("-I", "INPUT", "1", *self.spec)
+        return self
+
+    def refused(self) -> int:
+        """How many packets (the client's SYNs) the rule has answered with a reset so far."""
+        for line in self._iptables("-S", "INPUT", "-v").stdout.splitlines():
+            argv = shlex.split(line)
+            if "-c" not in argv:
+                continue
+            at = argv.index("-c")  # "-c PACKETS BYTES", where -v puts it among the matches
+            if argv[:at] + argv[at + 3:] == ["-A", "INPUT", *self.spec]:
+                return int(argv[at + 1])
+        return 0
+
+    def close(self) -> None:
+        if self.blocked:
+            while self._iptables("-D", "INPUT", *self.spec, check=False).returncode == 0:
+                pass  # one rule each start; a second would be a bug of the test, gone as well
+            self.blocked = False

@@ -4,6 +4,10 @@ lab's swarm through the gate and converges, with no command run inside it before
 (which only read). The user-data fits EC2's 16 KB limit. Then a reboot: the boot unit setup
 installed runs setup again by itself.
 
+That first boot also meets one bad minute: the hub's sshd refuses the machine from before it boots
+until a minute has passed and setup has met the refusal (HubOutage), then answers again. setup
+rides it out by itself (node.network_retry), saying each retry, with no traceback.
+
 The machine is the lab's (systemd-nspawn, fake GPUs behind the fake libnvidia-ml.so.1, the
 stand-in NVIDIA toolkit in a local apt repository), its root filesystem a cached variant with the
 `cloud-init` package. What a cloud would give it, the test puts in its root before the first boot:
@@ -20,6 +24,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +34,8 @@ from . import fake_nvml
 from . import machine as lab_machine
 from .machine import FreshMachine
 from .dockerd import kill_and_wait, lab_env
-from .util import gate_program, wait_for
+from .network import PortBlock
+from .util import TIMINGS, gate_program, wait_for
 from .worker import ACCEPTED_ADVISORIES, GPUS, PRESEEDED_DAEMON_JSON
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +68,71 @@ network: {config: disabled}
 # (en_US.UTF-8), so its update-locale would fail. C.UTF-8 is built into libc.
 locale: C.UTF-8
 """
+
+# The bad minute: the hub's sshd refuses the machine for at least this long from before its first
+# boot, and until setup has said this many retries of its SSH to the hub (setup starts after
+# cloud-init and pip, so a minute alone could be over before setup meets it).
+OUTAGE_SECONDS = 60.0
+OUTAGE_RETRIES = 2
+# setup's line for each retry (gpuswarm_node/retry.py, the "network" reporter action of its
+# preflight's SSH to the manager): (the cause, the wait in seconds).
+RETRY_LINE = re.compile(r"SSH to the manager \S+ failed: (.+); trying again in (\d+) s "
+                        r"\(retrying for \d+ s more, node\.network_retry\)")
+OUTPUT_LOG = "var/log/cloud-init-output.log"
+
+
+class HubOutage:
+    """The hub's SSH port refusing one machine (PortBlock) from `start`, before the machine boots,
+    until its boot (the console log's creation: nspawn starting) is OUTAGE_SECONDS old and its
+    cloud-init output log holds OUTAGE_RETRIES retry lines, or until `close`. Both logs are read
+    from the host, through the machine's disk. Records what it saw, in seconds from the boot."""
+
+    def __init__(self, block: PortBlock, console: Path, log: Path) -> None:
+        self.block, self.console, self.log = block, console, log
+        self.booted: float | None = None  # time.monotonic() when the boot began
+        self.lifted_after: float | None = None  # when the hub answered again
+        self.refused = 0  # connection attempts the hub refused meanwhile
+        self.retries_seen: list[float] = []  # when each retry line appeared, while the hub refused
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hub outage", daemon=True)
+
+    def start(self) -> "HubOutage":
+        self.block.start()
+        self._thread.start()
+        return self
+
+    def _since_boot(self) -> float:
+        return time.monotonic() - self.booted if self.booted is not None else 0.0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.booted is None:
+                if not self.console.exists():
+                    continue
+                self.booted = time.monotonic()
+            try:
+                seen = len(RETRY_LINE.findall(self.log.read_text(errors="replace")))
+            except OSError:
+                seen = 0  # not written yet
+            self.retries_seen += [round(self._since_boot(), 1)] * (seen - len(self.retries_seen))
+            if self._since_boot() >= OUTAGE_SECONDS and seen >= OUTAGE_RETRIES:
+                self._lift()
+                return
+
+    def _lift(self) -> None:
+        if self.lifted_after is None:
+            self.refused = self.block.refused()
+            self.block.close()
+            self.lifted_after = round(self._since_boot(), 1)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self._lift()
+        finally:
+            self.block.close()
 
 
 def slim_tool(dest: Path) -> Path:
@@ -172,8 +244,14 @@ def machine(network, manager, lab_tmp, toolkit_repo, nvml_lib_dir, bundle):
     # A Debian cloud image has locales too: without it cloud-init's locale module fails (update-locale).
     m = SeededMachine(host, lab_tmp / NAME, name=NAME, extra_packages=("cloud-init", "locales"))
     m.boot_timeout = FIRST_BOOT_TIMEOUT
+    m.hub_outage = HubOutage(PortBlock(manager.host, host, manager.ssh_port), m.console_log,
+                             m.rootfs / OUTPUT_LOG)
     try:
-        m.start()
+        m.hub_outage.start()
+        try:
+            m.start()
+        finally:
+            m.hub_outage.close()
         yield m
     finally:
         try:
@@ -191,7 +269,9 @@ def test_the_user_data_fits_ec2_and_passes_cloud_inits_own_schema_check(machine,
     assert size < 16384, f"user-data is {size} bytes"  # EC2's limit
     assert f"cloud-init user-data: {out / 'user-data'} ({size} bytes)" in made.stdout
     assert "over EC2" not in made.stdout
-    assert tool_url[0] in (out / "user-data").read_text()
+    # The first boot's script (which fetches the tool from the URL) is on the machine as written.
+    script = machine.run(["cat", "/usr/local/sbin/gpuswarm-node-firstboot"]).stdout
+    assert tool_url[0] in script and script.startswith("#!/bin/sh\n")
     done = machine.run(["cloud-init", "schema", "--config-file", f"/{SEED}/user-data"], check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Valid" in done.stdout
@@ -241,10 +321,40 @@ def test_first_boot_joins_and_converges_with_nothing_run_inside(machine, manager
     assert made.stdout.count("SHA256:") == 1 and key not in made.stdout
 
 
+def test_first_boot_rode_out_a_hub_that_did_not_answer_for_its_first_minute(machine):
+    outage = machine.hub_outage
+    log = machine.run(["cat", "/" + OUTPUT_LOG]).stdout
+    retries = RETRY_LINE.findall(log)
+    # The hub refused this machine's SSH from before its boot for the first minute at least, and
+    # until setup had met the refusal: its connections were refused, each retry said in one line.
+    assert outage.lifted_after is not None and outage.lifted_after >= OUTAGE_SECONDS, \
+        (outage.lifted_after, outage.retries_seen, outage.refused)
+    assert len(outage.retries_seen) >= OUTAGE_RETRIES and outage.refused >= OUTAGE_RETRIES, log[-4000:]
+    assert all(cause.endswith("Connection refused") for cause, _wait in retries), retries
+    # What the bad minute cost the boot: setup's waits between its tries (a refused try takes no time).
+    TIMINGS["cloud-init first boot, with the hub's bad minute"] = machine.timings["boot"]
+    TIMINGS["  of which setup waited for the hub (its retries)"] = sum(int(wait) for _cause, wait in retries)
+    TIMINGS["  setup's first retry, after the boot began"] = outage.retries_seen[0]
+    TIMINGS["  the hub answered again, after the boot began"] = outage.lifted_after
+    # No traceback from paramiko or any library, in setup's output nor anywhere in the boot's journal.
+    assert "Traceback" not in log, log[-4000:]
+    journal = machine.run(["journalctl", "-b", "--no-pager", "-o", "cat"]).stdout
+    assert "Traceback" not in journal and "Exception (client)" not in journal
+    # It converged by itself, in that one run: no setup ran again (the boot unit did not need to),
+    # and every step of the run is ok.
+    records = [json.loads(line) for line in machine.read_file("/var/log/gpuswarm-node/runs.jsonl").splitlines()]
+    assert len({r["run"] for r in records}) == 1, records
+    assert {r["step"]: r["after"] for r in records if r["after"] not in ("ok", "skipped")} == {}
+    assert any(r["step"] == "swarm-join" and r["changed"] for r in records)
+
+
 def test_after_a_reboot_the_boot_unit_runs_setup_again(machine, manager):
     before = machine.run(["systemctl", "show", "-p", "InvocationID", "--value",
                           "gpuswarm-node-boot.service"]).stdout.strip()
     assert machine.run(["systemctl", "is-enabled", "gpuswarm-node-boot.service"]).stdout.strip() == "enabled"
+    # The user-data's own unit, which would run the first boot's script again had it ended before
+    # setup installed its boot unit, is enabled too (cloud-init's runcmd does that first).
+    assert machine.run(["systemctl", "is-enabled", "gpuswarm-node-firstboot.service"]).stdout.strip() == "enabled"
     machine.boot_timeout = lab_machine.BOOT_TIMEOUT
     machine.reboot()
 
@@ -264,3 +374,12 @@ def test_after_a_reboot_the_boot_unit_runs_setup_again(machine, manager):
     assert node["Status"]["State"] == "ready"
     # setup's own reboot was not needed: the driver (fake NVML) was there from the start.
     assert machine.run(["test", "-e", "/var/lib/gpuswarm-node/auto-reboot"], check=False).returncode == 1
+    # The boot unit exists, so the first boot's unit stood aside: systemd checked its condition
+    # at this boot (no ordering cycle kept it from being considered) and did not run it.
+    firstboot = machine.run(["systemctl", "show", "-p", "ConditionResult", "-p", "ConditionTimestampMonotonic",
+                             "-p", "ExecMainStartTimestampMonotonic", "gpuswarm-node-firstboot.service"]).stdout
+    props = dict(line.split("=", 1) for line in firstboot.splitlines() if "=" in line)
+    assert props["ConditionResult"] == "no" and props["ConditionTimestampMonotonic"] != "0", props
+    assert props["ExecMainStartTimestampMonotonic"] == "0", props
+    cycle = machine.run(["journalctl", "-b", "--no-pager", "-o", "cat", "--grep", "ordering cycle"], check=False)
+    assert "firstboot" not in cycle.stdout, cycle.stdout

@@ -18,8 +18,8 @@ import pytest
 
 from . import toolkit_deb
 from .util import timed, wait_for
-from .worker import (ADDRESS, CONFIG, EXPECTED_SLICES, HOME, PRESEEDED_DAEMON_JSON, TMPFS, USER,
-                     provisioned_worker, quick_start_script)
+from .worker import (ADDRESS, CONFIG, EXPECTED_SLICES, HOME, PRESEEDED_DAEMON_JSON, SLICES_PER_GPU, TMPFS,
+                     USER, provisioned_worker, quick_start_script)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,12 @@ def running_tasks(services) -> list[dict]:
     return [t for s in services for t in s.tasks() if t["Status"]["State"] == "running"]
 
 
+# One slice of SLICES_PER_GPU, as the runtime wrapper sets it (slices.py: memory_share_env).
+SHARE = 100 // SLICES_PER_GPU
+SHARE_ENV = ["TF_FORCE_GPU_ALLOW_GROWTH=true", f"XLA_PYTHON_CLIENT_MEM_FRACTION={SHARE / 100:.2f}",
+             f"XLA_CLIENT_MEM_FRACTION={SHARE / 100:.2f}", f"CUPY_GPU_MEMORY_LIMIT={SHARE}%"]
+
+
 def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manager):
     node_id = worker.node_id()
     gpu_of = {s: s.split("::")[0] for s in EXPECTED_SLICES}
@@ -183,6 +189,10 @@ def test_services_fill_exactly_the_advertised_slices(worker, fresh_setup, manage
             # and that is what the NVIDIA hook acts on.
             assert calls[cid]["nvidia_visible_devices"] == gpu_of[slice_id]
             assert calls[cid]["hook_devices"] == [gpu_of[slice_id]]
+            # The notebook's own process (not a `docker exec`, which takes Docker's copy of the env)
+            # has the frameworks' memory settings of one slice in SLICES_PER_GPU.
+            init_env = worker.sh(f"docker exec {cid} cat /proc/1/environ").stdout.split("\0")
+            assert set(SHARE_ENV) <= set(init_env), init_env
         assert sorted(given) == sorted(EXPECTED_SLICES)  # one distinct slice each, all of them used
     finally:
         for service in services:
@@ -490,6 +500,61 @@ def test_status_on_a_converged_node_starts_few_processes(worker, fresh_setup):
             "gpuswarm-node-watch.service")
     allowed = {show, "iptables -w -S", "ip6tables -w -S"}
     assert show in started and set(started) <= allowed and len(started) == len(set(started)), started
+
+
+def watch_records(worker) -> list[dict]:
+    """watch's transitions (drains, activations, failures to carry one out) in the run log."""
+    lines = worker.sh("cat /var/log/gpuswarm-node/runs.jsonl").stdout.splitlines()
+    return [r for r in map(json.loads, lines) if r.get("mode") == "watch"]
+
+
+def test_watch_drains_the_node_on_a_lost_gpu_and_makes_it_active_again(worker, fresh_setup, manager):
+    """The watch service as setup installed it, with the README's configuration (a round every 3 s,
+    a fault confirmed in 2 rounds, a clear in 6, transitions 60 s apart): a GPU that falls off the
+    bus (the fake NVML's `lost` fault, NVML_ERROR_GPU_IS_LOST) drains the node on the manager
+    (the time it took is printed), with the reason in its gpuswarm.health label, and a notebook's task there is shut
+    down and waits for a slice; once the GPU answers again the node is made active and the task
+    runs there again. Until the fault, the whole module's run so far drained nothing."""
+    assert watch_records(worker) == [], "no transition before a fault was injected (no false drain)"
+    node_id = worker.node_id()
+    service = gpu_service(manager, "gsn-watch", node_id, restart="any")
+    faults = "/etc/fake-nvml/faults"
+    try:
+        wait_for("the notebook's task running", lambda: running_tasks([service]), timeout=120)
+        first = running_tasks([service])[0]["ID"]
+        worker.machine.run(["sh", "-c", f"cat > {faults}"], input=f"lost {EXPECTED_SLICES[0].split('::')[0]}\n")
+
+        def spec() -> dict:
+            return manager.docker.nodes.get(node_id).attrs["Spec"]
+
+        with timed("watch: GPU lost until the node is drained") as t:
+            wait_for("the node drained by watch", lambda: spec()["Availability"] == "drain", timeout=30, interval=0.5)
+        # A figure, not an assertion: on a quiet machine two rounds, so about 3 to 6 s.
+        print(f"\nwatch drained the node {t.seconds:.1f} s after the fault")
+        # The label follows the drain, in the same transition (a second call to the manager).
+        wait_for("the health label", lambda: spec()["Labels"].get("gpuswarm.health") == "gpu-lost", timeout=30)
+        [drain] = watch_records(worker)
+        assert (drain["before"], drain["after"], drain["reason"], drain["error"]) == ("ok", "fault", "gpu-lost", None)
+        assert f"drained node {node_id}" in drain["actions"]
+        report = json.loads(worker.gsn("status", "--json", "--config", CONFIG).stdout)
+        data = next(step for step in report["steps"] if step["name"] == "watch")["data"]
+        assert (data["watch_verdict"], data["watch_reason"]) == ("fault", "gpu-lost"), data
+        wait_for("the task shut down", lambda: not running_tasks([service]), timeout=60)
+        assert next(t for t in service.tasks() if t["ID"] == first)["DesiredState"] == "shutdown"
+
+        worker.sh(f"rm {faults}")
+        # min_transition_interval (60 s) after the drain, then clear_rounds (6 x 3 s) at most.
+        wait_for("the node active again", lambda: spec()["Availability"] == "active", timeout=120, interval=1)
+        wait_for("the health label ok", lambda: spec()["Labels"].get("gpuswarm.health") == "ok", timeout=30)
+        _drain, activate = watch_records(worker)
+        assert (activate["before"], activate["after"], activate["reason"]) == ("fault", "ok", "ok")
+        assert f"made node {node_id} active again" in activate["actions"]
+        wait_for("the notebook running on the node again", lambda: running_tasks([service]), timeout=120)
+    finally:
+        worker.sh(f"rm -f {faults}")
+        service.remove()
+        wait_for("the tasks to stop", lambda: worker.sh("docker ps -q").stdout.strip() == "", timeout=120)
+    assert worker.status()[0] == 0
 
 
 # --- 4. break and repair ----------------------------------------------------------------------
