@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install gpuswarm-node into its own virtual environment, put it on PATH, and run
 # `gpuswarm-node setup` with this script's arguments (`./setup.sh --install-only`: install, do not
-# run setup). Safe to re-run and to kill at any moment: the tool is rebuilt only when this source
+# run setup; `./setup.sh hub init ...`: run that hub command instead of setup). Safe to re-run and to kill at any moment: the tool is rebuilt only when this source
 # tree changed, beside the environment in use, which is switched only once the new one works; and
 # setup itself changes only what is not yet right. `--help` and `--dry-run` change nothing: a dry
 # run uses the installed tool when it is current, else a temporary copy it removes afterwards.
@@ -23,6 +23,7 @@ usage() {
 Usage: sudo ./setup.sh [SETUP OPTIONS]     install gpuswarm-node, then run \`gpuswarm-node setup\`
        sudo ./setup.sh --install-only     install it (into $PREFIX, linked as $BIN_LINK), nothing else
        sudo ./setup.sh --dry-run [...]    show what setup would change; change nothing (not even the install)
+       sudo ./setup.sh hub init [...]     install it, then run \`gpuswarm-node hub init\` (the hub; --dry-run too)
 
 SETUP OPTIONS go to \`gpuswarm-node setup\`: --config FILE, --set SECTION.KEY=VALUE, --dry-run,
 --only STEP, --skip STEP, --json, ... (\`gpuswarm-node setup --help\` lists them all).
@@ -41,6 +42,8 @@ if [ "${1:-}" = "--install-only" ]; then
     fi
     install_only=1
 fi
+# `./setup.sh hub ...` runs that command of the tool's hub group instead of setup.
+if [ "${1:-}" = "hub" ]; then command=; else command=setup; fi
 for arg in "$@"; do
     case $arg in
         -h | --help) help=1 ;;
@@ -301,7 +304,7 @@ if [ -n "$dry_run" ]; then
     if [ -z "$unsafe" ] && [ -L "$PREFIX/venv" ] && [ -n "$venv_dir" ] && [ -x "$venv_dir/bin/gpuswarm-node" ] \
        && [ "$(cat "$PREFIX/source.sha256" 2>/dev/null)" = "$src_hash" ] \
        && [ "$(readlink "$BIN_LINK" 2>/dev/null || true)" = "$PREFIX/venv/bin/gpuswarm-node" ]; then
-        exec "$BIN_LINK" setup "$@"
+        exec "$BIN_LINK" ${command:+"$command"} "$@"
     fi
     say "dry run: would ${unsafe:+make $PREFIX owned and writable by root only, }install gpuswarm-node into $PREFIX (python3 -m venv, then pip) and link $BIN_LINK; the plan below comes from a temporary copy, removed afterwards"
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -316,7 +319,7 @@ if [ -n "$dry_run" ]; then
         exit 1
     fi
     dry_rc=0
-    GPUSWARM_INSTALLING=1 "$dry_tmp/venv/bin/gpuswarm-node" setup "$@" || dry_rc=$?
+    GPUSWARM_INSTALLING=1 "$dry_tmp/venv/bin/gpuswarm-node" ${command:+"$command"} "$@" || dry_rc=$?
     exit "$dry_rc"
 fi
 
@@ -348,4 +351,4 @@ if [ -n "$install_only" ]; then
     say "gpuswarm-node is installed: $BIN_LINK"
     exit 0
 fi
-exec "$BIN_LINK" setup "$@"
+exec "$BIN_LINK" ${command:+"$command"} "$@"

@@ -133,6 +133,18 @@ def known_hosts_text(manager: str, port: int, host_keys: list[Path]) -> str:
     return "".join(lines)
 
 
+def default_registry_ca(cfg: config_mod.Config, given: Path | None, own: str | None = None) -> Path | None:
+    """--registry-ca, or where it is not given and the worker has a registry, the CA `hub init`
+    made on this hub (hub_init.CA_CERT), when it is there: the CA the hub's registry certificate
+    is signed with, so workers trust what the hub serves."""
+    if given is not None or not cfg.registry.address:
+        return given
+    from .hub_init import CA_CERT
+
+    path = CA_CERT if own is None else own
+    return Path(path) if os.path.lexists(path) else None
+
+
 def registry_ca_text(cfg: config_mod.Config, ca: Path | None) -> str | None:
     if not cfg.registry.address:
         if ca is not None:
@@ -141,7 +153,8 @@ def registry_ca_text(cfg: config_mod.Config, ca: Path | None) -> str | None:
         return None
     if ca is None:
         raise ConfigError(f"the worker's registry is {cfg.registry.address} but no CA certificate is given.",
-                          "Give --registry-ca FILE: the PEM CA that signed the registry's certificate.")
+                          "Give --registry-ca FILE: the PEM CA that signed the registry's certificate (on a hub "
+                          "made by hub init, /etc/gpuswarm-node/hub/ca.crt, taken by default).")
     text = trust.read(ca, "--registry-ca").decode(errors="replace")
     if not trust.certificates(text) or "PRIVATE KEY" in text:
         raise ConfigError(f"--registry-ca {ca} is not a PEM certificate (or also holds a private key).",

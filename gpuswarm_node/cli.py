@@ -173,8 +173,9 @@ def with_config(command: Callable) -> Callable:
     return wrapper
 
 
-def make_context(config, json_mode: bool, changes: bool = False, **options):
-    """`changes`: this run may change the machine, so it keeps a journal for `reset`."""
+def make_context(config, json_mode: bool, changes: bool = False, journal_path: Optional[str] = None, **options):
+    """`changes`: this run may change the machine, so it keeps a journal for `reset` (at
+    `journal_path`, default the worker's; `hub init` keeps its own)."""
     from .host import LocalHost
     from .journal import Journal
     from .context import Context, RunOptions
@@ -183,7 +184,7 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
     reporter = ConsoleReporter(err, debug=state.debug)
     if json_mode:
         reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
-    journal = Journal() if changes else None
+    journal = (Journal(journal_path) if journal_path else Journal()) if changes else None
     return Context(config=config, host=LocalHost(journal=journal), reporter=reporter, journal=journal,
                    options=RunOptions(**options))
 
@@ -678,7 +679,8 @@ def hub_bundle(
                                           help="swarm.manager: the name workers reach this hub's SSH on."),
     registry: Optional[str] = typer.Option(None, "--registry", metavar="HOST:PORT", help="registry.address."),
     registry_ca: Optional[Path] = typer.Option(None, "--registry-ca", metavar="FILE",
-                                               help="The registry's PEM CA certificate."),
+                                               help="The registry's PEM CA certificate (default: the CA hub init "
+                                                    "made, /etc/gpuswarm-node/hub/ca.crt, when it is there)."),
     image: Optional[str] = typer.Option(None, "--image", metavar="NAME", help="image.name."),
     ssh_user: Optional[str] = typer.Option(None, "--ssh-user", metavar="USER",
                                            help="swarm.ssh_user (default: the user running this)."),
@@ -714,7 +716,8 @@ def hub_bundle(
         target = authorized_keys or bundle.authorized_keys_of(cfg.swarm.ssh_user)
         from .gate import default_program
 
-        made = bundle.make(node, out_dir, cfg, list(host_keys) or bundle.default_host_keys(), registry_ca, target,
+        made = bundle.make(node, out_dir, cfg, list(host_keys) or bundle.default_host_keys(),
+                           bundle.default_registry_ca(cfg, registry_ca), target,
                            program or default_program(), cloud_init=cloud_init, tool=tool, tool_url=tool_url)
         for line in bundle.report_lines(made, node):
             out.print(line, markup=False)
@@ -785,6 +788,88 @@ def hub_status(
             out.print(f"waiting: {escape(waiting.service)} ({waiting.state}): {escape(waiting.reason)}")
         out.print(escape(fleet_mod.summary_line(fleet)))
         return 0 if fleet.can_take_a_user else 1
+
+    guarded(body)
+
+
+@hub_app.command("init", epilog=epilog(
+    f"sudo {PROG} hub init --config hub.toml --dry-run, then sudo {PROG} hub init --config hub.toml",
+    f"0 the hub converged (with --dry-run: applying the plan can converge it; with --status: it is converged); 1 a "
+    f"preflight check refused it, or a step failed or is blocked; {USAGE_EXIT}"))
+@with_config
+def hub_init(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
+    check_only: bool = typer.Option(False, "--status",
+                                    help="Check every step of the hub without changing anything (as `status` does "
+                                         "for a worker); exit 1 when it is not converged."),
+    json_out: bool = JsonOption,
+    source: ConfigSource = DEFAULT_SOURCE,
+) -> None:
+    """Converge this machine into the hub: Docker, a swarm it manages, the overlay network, a TLS
+    registry with its own CA, the notebook image in it, and JupyterHub as a service (safe to re-run)."""
+
+    def body() -> int:
+        need_root("hub init")
+        from .hub_init import HUB_JOURNAL, hub_steps, init_plan
+
+        cfg = source.load()
+        if check_only:
+            from .engine import run_status
+            from .table import plain_wanted, status_text
+            from .ui import status_table
+
+            report = run_status(hub_steps(), make_context(cfg, json_out, diagnose=True))
+            if json_out:
+                print_json(report.as_json())
+            elif plain_wanted(sys.stdout):
+                sys.stdout.write(status_text(report))
+            else:
+                out.print(status_table(report))
+            return 0 if report.ok else 1
+        ctx = make_context(cfg, json_out, changes=not dry_run, journal_path=HUB_JOURNAL)
+        report = apply_plan(init_plan(), ctx, dry_run, json_out)
+        return exit_code(report)
+
+    guarded(body)
+
+
+@hub_app.command("reset", epilog=epilog(f"sudo {PROG} hub reset, then sudo {PROG} hub reset --yes",
+                                        f"0 reverted, or the plan was printed and can be carried out; 1 something was "
+                                        f"not reverted; {USAGE_EXIT}"))
+@with_config
+def hub_reset(
+    yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
+    json_out: bool = JsonOption,
+    source: ConfigSource = DEFAULT_SOURCE,
+) -> None:
+    """Best-effort revert of everything hub init changed, from its own record of changes (packages stay)."""
+
+    def body() -> int:
+        need_root("hub reset")
+        import dataclasses
+
+        from . import reset as resetting
+        from .hub_init import HUB_JOURNAL
+        from .journal import Journal
+
+        journal = Journal(HUB_JOURNAL)
+        undo = resetting.plan(journal.entries())
+        looking = dry_run or not yes
+        if not undo:
+            if json_out:
+                print_json({"ok": True, "dry_run": looking, "changed": [], "reboot_required": False,
+                            "steps": [], "preflight": []})
+            else:
+                out.print(f"nothing to revert: no changes recorded in {journal.path}")
+            return 0
+        cfg = source.load()
+        ctx = make_context(cfg, json_out)
+        plan = dataclasses.replace(resetting.reset_plan(ctx, undo, by="hub init"), command="hub reset")
+        report = apply_plan(plan, ctx, looking, json_out, hint="run `gpuswarm-node hub reset --yes` to do this.")
+        if not looking and report.ok:
+            journal.archive()  # a second hub reset finds nothing to undo
+        return exit_code(report)
 
     guarded(body)
 

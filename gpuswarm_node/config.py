@@ -364,6 +364,49 @@ class WatchConfig:
         return 0 if self.min_free_disk.strip() in ("", "0") else parse_size(self.min_free_disk)
 
 
+HUB_DIR = "/etc/gpuswarm-node/hub"  # the hub's own CA, certificate and registry configuration
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    name: str = key("", "DNS name (or IP address) workers and browsers reach the hub at: the registry is "
+                        "NAME:registry_port and its certificate's first name; empty: this machine's host name.")
+    addresses: str = key("", "More DNS names and IP addresses the registry's certificate carries, comma-separated "
+                             "(swarm.advertise_addr is added when it is an IP address).")
+    registry_port: int = key(5000, "TCP port of the hub's TLS registry (Debian's docker-registry, run by systemd).")
+    network: str = key("jupyterhub", "Attachable overlay network of the hub and the notebook servers.")
+    tls_cert: str = key("", "The operator's own PEM certificate for the registry, instead of one the hub's own CA "
+                            f"({HUB_DIR}/ca.crt) issues; with tls_key and tls_ca.", trust="public")
+    tls_key: str = key("", "The private key of hub.tls_cert (root's, readable by root only).", trust="secret")
+    tls_ca: str = key("", "The PEM CA certificate that signed hub.tls_cert: what workers trust for the registry "
+                          "(registry.ca_cert).", trust="public")
+    notebook_base: str = key("quay.io/jupyter/base-notebook:2025-03-14",
+                             "The image hub init builds the notebook image from (with the GPU slice hook added) and "
+                             "pushes to its registry as notebook:<tag>: the Jupyter Docker Stacks' base-notebook or "
+                             "an image built on it; empty: no notebook image is built.")
+    jupyterhub_base: str = key("python:3.12-slim-bookworm",
+                               "The image hub init builds JupyterHub's image from (a Debian-based Python image: "
+                               "JupyterHub, dockerspawner, configurable-http-proxy, the authenticators and the idle "
+                               "culler are installed on it); empty: no JupyterHub service.")
+    port: int = key(8000, "TCP port the hub's JupyterHub answers browsers on (published on this node).")
+    authenticator: str = key("native", "Who may log in: native (users sign up, an admin in hub.admin_users "
+                                       "authorises them), dummy (any user name with the one password in "
+                                       "hub.secret_file: trials only), github (GitHub OAuth, members of "
+                                       "hub.github_org; hub.secret_file holds the OAuth app's client secret).",
+                             choices=("native", "dummy", "github"))
+    admin_users: str = key("", "JupyterHub's admins, comma-separated user names (with native: who authorises "
+                               "sign-ups).")
+    secret_file: str = key("", "The authenticator's secret, read by the hub's service only (root's, readable by "
+                               "root only; never in the configuration or output): the shared password (dummy) or "
+                               "the GitHub OAuth client secret (github).", trust="secret")
+    github_client_id: str = key("", "The GitHub OAuth app's client id (authenticator = github).")
+    github_org: str = key("", "The GitHub organisation whose members may log in (authenticator = github).")
+    idle_timeout: int = key(3600, "Seconds a server may be idle before jupyterhub-idle-culler stops it, freeing "
+                                  "its GPU slice (300 to 604800).")
+    max_age: int = key(43200, "Seconds at most a server runs, idle or not, before the culler stops it (0: no "
+                              "limit; else at least 600).")
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -377,6 +420,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     # Where the values came from, for messages; not a key.
     source: str = field(default="defaults", compare=False)
     # "section.key" -> where its value came from ("file PATH", "environment VAR", "flag --set"),
@@ -587,6 +631,7 @@ def _validate(cfg: Config) -> None:
                   f"closes (known: {', '.join(sorted(ADVISORIES))})",
                   "Name only the advisories a step reports as lacking, as it spells them, and run again.")
     _validate_watch(cfg.watch, bad)
+    _validate_hub(cfg.hub, bad)
     source = cfg.nvidia.toolkit_apt_source
     if not APT_SOURCE_LINE.fullmatch(source):
         raise bad("nvidia", "toolkit_apt_source", "must be one sources.list line: 'deb [options] URI suite "
@@ -635,6 +680,100 @@ def _validate_watch(watch: WatchConfig, bad) -> None:
     except ValueError:
         raise bad("watch", "min_free_disk", "must be a size such as \"2GiB\", \"512MiB\" or a number of bytes "
                   f"(units KiB, MiB, GiB, TiB), got {watch.min_free_disk!r}") from None
+
+
+# JupyterHub user names as the tool writes them into the hub's configuration (admin_users).
+JUPYTERHUB_USER = re.compile(r"[A-Za-z0-9_@.][A-Za-z0-9_@.-]{0,63}")
+GITHUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?")
+GITHUB_CLIENT_ID = re.compile(r"[A-Za-z0-9.]{8,64}")
+
+
+def certificate_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one of the names a TLS certificate carries for the hub (a DNS name,
+    RFC 5280's preferred name syntax: letters, digits and inner '-', no '_'; an IPv4 address; an
+    IPv6 address without brackets), or None."""
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    if ":" in name or name.startswith("["):
+        return f"{name!r} is not an IP address (write an IPv6 address without brackets)"
+    return host_name_problem(name)
+
+
+def hub_addresses(hub: HubConfig) -> list[str]:
+    """hub.addresses as a list, without empty items or surrounding spaces."""
+    return [a.strip() for a in hub.addresses.split(",") if a.strip()]
+
+
+def _validate_hub(hub: HubConfig, bad) -> None:
+    fix = "Give the name workers and browsers reach the hub at (letters, digits and '-' in dot-separated labels, " \
+          "or an IP address), and run again."
+    if hub.name:
+        problem = certificate_name_problem(hub.name)
+        if problem:
+            raise bad("hub", "name", f"cannot be carried by the registry's certificate, got {hub.name!r}: {problem}",
+                      fix)
+    for item in hub_addresses(hub):
+        problem = certificate_name_problem(item)
+        if problem:
+            raise bad("hub", "addresses", f"holds {item!r}, which the registry's certificate cannot carry: {problem}",
+                      fix)
+    if not 1 <= hub.registry_port <= 65535:
+        raise bad("hub", "registry_port", f"must be a TCP port (1-65535), got {hub.registry_port}")
+    from .hub import NETWORK_NAME  # Docker's network names
+
+    if not NETWORK_NAME.fullmatch(hub.network):
+        raise bad("hub", "network", f"must be a Docker network name (letters, digits, '_', '.' and '-', starting with "
+                  f"a letter or digit), got {hub.network!r}")
+    for name in ("tls_cert", "tls_key", "tls_ca", "secret_file"):
+        value = getattr(hub, name)
+        if value and not value.startswith("/"):
+            raise bad("hub", name, f"must be an absolute path, got {value!r}")
+        # The registry's systemd drop-in names it (LoadCredential=), where a space ends the value
+        # and '%' starts a specifier.
+        if any(c.isspace() or c == "%" for c in value):
+            raise bad("hub", name, f"must be a path without spaces or '%', got {value!r}")
+    if hub.jupyterhub_base and not IMAGE_REFERENCE.fullmatch(hub.jupyterhub_base):
+        raise bad("hub", "jupyterhub_base", f"must be a Docker image reference such as python:3.12-slim-bookworm, "
+                  f"got {hub.jupyterhub_base!r}")
+    if not 1 <= hub.port <= 65535:
+        raise bad("hub", "port", f"must be a TCP port (1-65535), got {hub.port}")
+    if hub.port == hub.registry_port:
+        raise bad("hub", "port", f"must differ from hub.registry_port ({hub.registry_port})",
+                  "Give JupyterHub and the registry ports of their own, and run again.")
+    for user in [u.strip() for u in hub.admin_users.split(",") if u.strip()]:
+        if not JUPYTERHUB_USER.fullmatch(user):
+            raise bad("hub", "admin_users", f"holds {user[:80]!r}, which is not a user name (letters, digits, '.', "
+                      "'_', '-' and '@', not starting with '-')")
+    if hub.github_org and not GITHUB_NAME.fullmatch(hub.github_org):
+        raise bad("hub", "github_org", f"must be a GitHub organisation name (letters, digits and inner '-'), got "
+                  f"{hub.github_org[:80]!r}")
+    if hub.github_client_id and not GITHUB_CLIENT_ID.fullmatch(hub.github_client_id):
+        raise bad("hub", "github_client_id", f"must be a GitHub OAuth app's client id (letters and digits), got "
+                  f"{hub.github_client_id[:80]!r}")
+    if hub.authenticator == "github" and not (hub.github_client_id and hub.github_org):
+        raise bad("hub", "github_client_id" if not hub.github_client_id else "github_org",
+                  "must be set with authenticator = github", "Set hub.github_client_id and hub.github_org (the "
+                  "OAuth app's id and the organisation whose members may log in), and run again.")
+    if hub.authenticator in ("dummy", "github") and not hub.secret_file:
+        what = "the shared password" if hub.authenticator == "dummy" else "the OAuth app's client secret"
+        raise bad("hub", "secret_file", f"must name the file holding {what} (authenticator = {hub.authenticator})",
+                  "Write it to a file of root's, readable by root only, name it in hub.secret_file, and run again.")
+    if not 300 <= hub.idle_timeout <= 604800:
+        raise bad("hub", "idle_timeout", f"must be from 300 to 604800 seconds, got {hub.idle_timeout}")
+    if hub.max_age and not 600 <= hub.max_age <= 31 * 86400:
+        raise bad("hub", "max_age", f"must be 0 or from 600 to {31 * 86400} seconds, got {hub.max_age}")
+    if hub.notebook_base and not IMAGE_REFERENCE.fullmatch(hub.notebook_base):
+        raise bad("hub", "notebook_base", f"must be a Docker image reference such as quay.io/jupyter/base-notebook:tag, "
+                  f"got {hub.notebook_base!r}")
+    given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(hub, name)]
+    if given and len(given) != 3:
+        missing = [f"hub.{name}" for name in ("tls_cert", "tls_key", "tls_ca") if name not in given]
+        raise bad("hub", given[0], f"is set, but {' and '.join(missing)} not: the operator's own certificate comes "
+                  "with its private key and the CA that signed it", f"Set {' and '.join(missing)} too, or leave all "
+                  "three empty (the hub's own CA issues the certificate), and run again.")
 
 
 def _validate_swarm(swarm: SwarmConfig, bad) -> None:

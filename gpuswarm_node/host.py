@@ -100,6 +100,10 @@ class Host(Protocol):
         """The path's own status and immutable attribute, read in a child process given `timeout`
         seconds (a path on a hung NFS share blocks in the kernel; see gpuswarm_node.bounded)."""
 
+    def served_certificate(self, host: str, port: int) -> dict[str, str]:
+        """{"sha256": fingerprint} of the certificate the TLS server at host:port of this machine
+        presents (hub_tls.served_fingerprint), or {"problem": why there is no TLS answer}."""
+
     def validate_docker_config(self, content: str) -> str | None:
         """What `dockerd --validate` finds wrong with this daemon.json, or None (also when the
         installed dockerd cannot validate)."""
@@ -794,6 +798,11 @@ class LocalHost:
             os.utime(path, follow_symlinks=False)
         except OSError:  # a record not renewed is asked about again next time; no run fails for it
             pass
+
+    def served_certificate(self, host: str, port: int) -> dict[str, str]:
+        from .hub_tls import served_fingerprint
+
+        return served_fingerprint(host, port)
 
     def validate_docker_config(self, content: str) -> str | None:
         # `dockerd --validate` came with Engine 23; Debian 12's docker.io is 20.10.

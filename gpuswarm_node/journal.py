@@ -21,9 +21,10 @@ JOURNAL = "/var/lib/gpuswarm-node/changes.jsonl"
 # What `reset` can do with an undo record: restore a file from its backup, remove a file the tool
 # created, remove a directory it created (when empty), unmount, take a user out of a group,
 # remove a pulled image, leave the swarm, disable a unit it enabled, stop a service it started,
-# delete the metadata guard's firewall rules, or keep something on purpose (said in `note`).
+# delete the metadata guard's firewall rules, remove a Docker network or service it created (hub
+# init), or keep something on purpose (said in `note`).
 UNDO_OPS = ("restore", "remove", "rmdir", "umount", "leave-group", "remove-image", "leave-swarm", "disable-unit",
-            "stop-unit", "unguard", "keep")
+            "stop-unit", "unguard", "remove-network", "remove-service", "keep")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Undo:
     group: str = ""
     image: str = ""
     unit: str = ""
+    network: str = ""
+    service: str = ""
     note: str = ""
 
     def __post_init__(self) -> None:

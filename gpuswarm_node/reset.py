@@ -97,10 +97,10 @@ def plan(entries: list[dict]) -> list[Undo]:
     return out
 
 
-def describe(undo: Undo) -> str:
+def describe(undo: Undo, by: str = "setup") -> str:
     return {
         "restore": f"restore {undo.path} from {undo.backup}",
-        "remove": f"remove {undo.path} (setup created it)",
+        "remove": f"remove {undo.path} ({by} created it)",
         "rmdir": f"remove directory {undo.path} if empty",
         "umount": f"unmount {undo.path}",
         "leave-group": f"take {undo.user} out of group {undo.group}",
@@ -109,6 +109,8 @@ def describe(undo: Undo) -> str:
         "disable-unit": f"disable {undo.unit}",
         "stop-unit": f"stop {undo.unit}",
         "unguard": "delete the metadata guard's firewall rules",
+        "remove-network": f"remove Docker network {undo.network}",
+        "remove-service": f"remove Swarm service {undo.service}",
         "keep": undo.note,
     }[undo.op]
 
@@ -143,16 +145,16 @@ def _restore(undo: Undo):
 class UndoStep:
     """One undo record as a step: its check says whether the change is still there."""
 
-    def __init__(self, undo: Undo) -> None:
-        self.undo = undo
+    def __init__(self, undo: Undo, by: str = "setup") -> None:
+        self.undo, self.by = undo, by  # by: the command whose change it reverts (setup, hub init)
         self.name = "kept" if undo.op == "keep" else undo.op
-        self.description = describe(undo)
+        self.description = describe(undo, by)
 
     def files(self, ctx: Context) -> list:
         return []
 
     def check(self, ctx: Context) -> Check:
-        u, host, what = self.undo, ctx.facts.files, describe(self.undo)
+        u, host, what, by = self.undo, ctx.facts.files, describe(self.undo, self.by), self.by
         if u.op == "keep":
             return skipped(u.note)
         if u.op == "restore":
@@ -160,37 +162,37 @@ class UndoStep:
             if not backup.is_file():
                 return blocked(f"the backup {u.backup} of {u.path} is gone; restore it by hand")
             if host.read_bytes(u.path) == backup.read_bytes():
-                return ok(f"{u.path} is as it was before setup")
+                return ok(f"{u.path} is as it was before {by}")
             return needs_change(f"{u.path} differs from its backup", Call(what, _restore(u)))
         if u.op == "remove":
             if host.read_bytes(u.path) is None and host.file_status(u.path) is None:
                 return ok(f"{u.path} is gone")
-            return needs_change(f"setup created {u.path}", RemoveFile(u.path))
+            return needs_change(f"{by} created {u.path}", RemoveFile(u.path))
         if u.op == "rmdir":
             status = ctx.fact(F.FILE_STATUS, u.path)
             if status is None or not status.is_dir or status.is_symlink:
                 return ok(f"{u.path} is gone")
             if ctx.fact(F.DIR_ENTRIES, u.path):
                 return skipped(f"{u.path} holds files now, so it stays")
-            return needs_change(f"setup created {u.path}", Call(what, lambda ctx: _rmdir(ctx, u.path)))
+            return needs_change(f"{by} created {u.path}", Call(what, lambda ctx: _rmdir(ctx, u.path)))
         if u.op == "umount":
             if osfacts.mount_at(ctx.fact(F.MOUNTS), u.path) is None:
                 return ok(f"nothing mounted at {u.path}")
-            return needs_change(f"setup mounted {u.path}", run_command("umount", u.path))
+            return needs_change(f"{by} mounted {u.path}", run_command("umount", u.path))
         if u.op == "leave-group":
             if u.user not in (ctx.fact(F.GROUP_MEMBERS, u.group) or []):
                 return ok(f"{u.user} is not in group {u.group}")
-            return needs_change(f"setup added {u.user} to group {u.group}",
+            return needs_change(f"{by} added {u.user} to group {u.group}",
                                 run_command("gpasswd", "--delete", u.user, "--", u.group))
         if u.op == "disable-unit":
             if ctx.fact(F.UNIT_FILE_STATE, u.unit) != "enabled":
                 return ok(f"{u.unit} is not enabled")
-            return needs_change(f"setup enabled {u.unit}", run_command("systemctl", "disable", u.unit))
+            return needs_change(f"{by} enabled {u.unit}", run_command("systemctl", "disable", u.unit))
         if u.op == "stop-unit":
             # A service setup started (watch) would otherwise run on after its unit file is gone.
             if ctx.fact(F.ACTIVE_STATE, u.unit) not in ("active", "activating", "reloading"):
                 return ok(f"{u.unit} is not running")
-            return needs_change(f"setup started {u.unit}", run_command("systemctl", "stop", u.unit))
+            return needs_change(f"{by} started {u.unit}", run_command("systemctl", "stop", u.unit))
         if u.op == "unguard":
             # Every rule with the guard's comment, whichever addresses the run that made it guarded.
             deletes = [run_command(program, "-w", "-D", "DOCKER-USER", *words)
@@ -202,13 +204,27 @@ class UndoStep:
         reason = ctx.docker.unreachable_reason()
         if reason:
             return skipped(f"{reason}, so there is nothing to {what}")
+        if u.op == "remove-network":
+            from .steps.hub_swarm import NETWORK
+
+            if ctx.fact(NETWORK, u.network) is None:
+                return ok(f"network {u.network} is gone")
+            return needs_change(f"hub init created network {u.network}",
+                                run_command("docker", "network", "rm", "--", u.network))
+        if u.op == "remove-service":
+            from .steps.hub_jupyterhub import SERVICE_INSPECT
+
+            if ctx.fact(SERVICE_INSPECT, u.service) is None:
+                return ok(f"service {u.service} is gone")
+            return needs_change(f"{by} created service {u.service}",
+                                run_command("docker", "service", "rm", "--", u.service))
         if u.op == "remove-image":
             if not ctx.docker.image_present(u.image):
                 return ok(f"image {u.image} is gone")
-            return needs_change(f"setup pulled {u.image}", Call(what, lambda ctx: ctx.docker.remove_image(u.image)))
+            return needs_change(f"{by} pulled {u.image}", Call(what, lambda ctx: ctx.docker.remove_image(u.image)))
         if ctx.docker.swarm().state == "inactive":  # leave-swarm
             return ok("this node is in no swarm")
-        return needs_change("setup joined this node to a swarm", Call(what, lambda ctx: ctx.docker.leave()))
+        return needs_change(f"{by} joined this node to a swarm", Call(what, lambda ctx: ctx.docker.leave()))
 
 
 def _restart(ctx: Context) -> None:
@@ -257,8 +273,9 @@ def _daemon_reload(ctx: Context) -> None:
     ctx.outcomes["systemd reloaded"] = "yes"
 
 
-def reset_plan(ctx: Context, undo: list[Undo]) -> Plan:
-    steps: list[Step] = [UndoStep(u) for u in undo]
+def reset_plan(ctx: Context, undo: list[Undo], by: str = "setup") -> Plan:
+    """`by`: the command whose journal `undo` comes from (setup; hub init for `hub reset`)."""
+    steps: list[Step] = [UndoStep(u, by) for u in undo]
     if any(u.op in FILE_OPS and u.path.startswith(UNIT_DIR) and not reads_docker(u.path) for u in undo):
         steps.append(SystemdReloadStep())
     if any(u.op in FILE_OPS and reads_docker(u.path) for u in undo):

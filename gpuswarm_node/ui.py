@@ -147,7 +147,9 @@ def print_summary(console: Console, report: RunReport, backups: Sequence[tuple[s
 
 
 DONE = {"setup": "node converged.", "leave": "node drained and out of the swarm.",
-        "reset": "everything setup recorded is reverted, or kept as said above."}
+        "reset": "everything setup recorded is reverted, or kept as said above.",
+        "hub init": "hub converged.",
+        "hub reset": "everything hub init recorded is reverted, or kept as said above."}
 
 
 def inventory_table(inventory: Inventory, slices: list[str]) -> Table:

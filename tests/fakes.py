@@ -64,6 +64,8 @@ class FakeHost:
     downloads: dict[str, str] = field(default_factory=dict)  # URL -> body; another URL cannot be reached
     hung: set[str] = field(default_factory=set)
     immutable: set[str] = field(default_factory=set)
+    # What a TLS server on this machine presents, by "host:port" ({"sha256": ...}); none answers elsewhere.
+    served: dict[str, dict] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)  # the log file of each command run with one
 
@@ -153,6 +155,8 @@ class FakeHost:
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self.actions.append(f"mkdir {path}")
         self.dirs.add(path)
+        if mode != 0o755:  # as LocalHost: the directory is root's with this mode
+            self.stats[path] = FileStatus(0, 0, mode, False, is_dir=True, is_regular=False)
 
     def exists(self, path: str) -> bool:
         path = self.realpath(path)  # as os.path.exists, a symlink is followed
@@ -221,6 +225,9 @@ class FakeHost:
             lock["probes"] -= 1
         self.actions.append(f"look at {path}: held by {lock['pid']}")
         return LockHolder(int(lock["pid"]), lock.get("command", ""))
+
+    def served_certificate(self, host: str, port: int) -> dict[str, str]:
+        return self.served.get(f"{host}:{port}", {"problem": f"no TLS answer at {host}:{port} (Connection refused)"})
 
     def validate_docker_config(self, content: str) -> str | None:
         self.actions.append("validate daemon.json")

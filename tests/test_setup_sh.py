@@ -425,6 +425,19 @@ def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_n
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
 
 
+def test_setup_sh_hub_runs_the_hub_command_instead_of_setup(tmp_path):
+    """`./setup.sh hub init --dry-run`: hub init's plan, from the temporary copy, nothing installed."""
+    result, prefix, bin_dir, tmp = untouched_run(tmp_path, "hub", "init", "--dry-run", "--json", "--config", os.devnull,
+                                                 "--set", "hub.name=hub.example.org")
+    assert result.returncode in (0, 1), result.stderr  # 1: this test machine runs no systemd, say
+    plan = json.loads(result.stdout)
+    from gpuswarm_node.hub_init import HUB_STEP_NAMES
+
+    assert [s["name"] for s in plan["steps"]] == list(HUB_STEP_NAMES)
+    assert plan["dry_run"] is True and "hub-name" in [p["name"] for p in plan["preflight"]]
+    assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
 def test_setup_sh_dry_run_leaves_an_install_open_to_others_as_it_is_and_says_it_would_fix_it(tmp_path):
     """The repair of an install made under umask 000 is a change: a dry run only notes it."""
     text = SETUP_SH.read_text()

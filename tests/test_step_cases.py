@@ -18,6 +18,7 @@ import pytest
 
 from gpuswarm_node import config
 from gpuswarm_node.engine import State, converge, flatten
+from gpuswarm_node.hub_init import hub_steps
 from gpuswarm_node.steps import ALL_STEPS, apt
 from gpuswarm_node.steps.docker_daemon import wrapper_bytecode, wrapper_program_text, wrapper_text
 from gpuswarm_node.steps.boot import unit_text as boot_unit
@@ -28,9 +29,57 @@ from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, cuda_from_case, inventory_from_case
 
+def hub_tls_placeholders() -> dict:
+    """The hub's CA, another CA and server certificates, made once per test run with the code
+    `hub init` makes them with: "<hub CA cert>", "<hub CA key>", "<other CA cert>", "<other CA
+    key>", "<hub cert NAMES by CA>" and "<hub key NAMES by CA>" (NAMES comma-separated, CA "hub" or
+    "other")."""
+    import functools
+
+    from gpuswarm_node import hub_tls
+
+    ca = functools.cache(lambda which: hub_tls.make_ca(f"test {which} CA"))
+    issued = functools.cache(lambda names, which: hub_tls.issue(ca(which)[0], ca(which)[1], names.split(",")))
+    out = {}
+    for which in ("hub", "other"):
+        out[f"<{which} CA cert>"] = functools.partial(lambda w: ca(w)[0], which)
+        out[f"<{which} CA key>"] = functools.partial(lambda w: ca(w)[1], which)
+        for names in ("hub.example.org", "hub.example.org,10.0.0.5"):
+            out[f"<hub cert {names} by {which}>"] = functools.partial(lambda n, w: issued(n, w)[0], names, which)
+            out[f"<hub key {names} by {which}>"] = functools.partial(lambda n, w: issued(n, w)[1], names, which)
+    from gpuswarm_node.hub_init import REGISTRY_CERT, REGISTRY_CONFIG, REGISTRY_DROPIN, REGISTRY_KEY
+    from gpuswarm_node.render import render
+
+    # As hub init writes them for hub.name = "hub.example.org" and the default port.
+    out["<rendered hub-registry.yml>"] = lambda: render("hub-registry.yml.j2", port=5000, dropin=REGISTRY_DROPIN)
+    out["<rendered hub-registry.conf>"] = lambda: render("hub-registry.conf.j2", address="hub.example.org:5000",
+                                                         config=REGISTRY_CONFIG, cert=REGISTRY_CERT, key=REGISTRY_KEY)
+    from gpuswarm_node.steps.hub_notebook import HOOK, build_files
+
+    notebook = {p.path.rsplit("/", 1)[1]: p.content
+                for p in build_files(Context(config=config.from_tables({}), host=FakeHost()))}
+    out["<rendered notebook Dockerfile>"] = lambda: notebook["Dockerfile"]
+    out["<the cuda-env hook>"] = lambda: notebook[HOOK]
+
+    def hub_config_text() -> str:
+        from gpuswarm_node.steps.hub_jupyterhub import config_text
+
+        return config_text(hub_case_context())
+
+    out["<rendered jupyterhub_config.py>"] = hub_config_text
+
+    def hub_dockerfile() -> str:
+        from gpuswarm_node.steps.hub_notebook import HubJupyterhubImageStep
+
+        return HubJupyterhubImageStep().build_files(hub_case_context())[0].content
+
+    out["<rendered jupyterhub Dockerfile>"] = hub_dockerfile
+    return out
+
+
 STEPS_DIR = Path(__file__).parent / "steps"
 CASES = sorted(STEPS_DIR.glob("*/*.json"))
-STEPS = {s.name: s for s in ALL_STEPS}
+STEPS = {s.name: s for s in (*ALL_STEPS, *hub_steps())}  # setup's and hub init's
 # A case names the rendered runtime wrapper (its sh front and its Python program) instead of
 # spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
 # Its bytecode likewise, and in paths `<cache tag>` is this Python's (cpython-311): the name under
@@ -41,11 +90,34 @@ PLACEHOLDERS = {"<rendered gpuswarm-runtime>": wrapper_text,
                 "<rendered metadata-guard>": guard_script, "<rendered metadata-guard.service>": guard_unit,
                 "<rendered gpuswarm-node-boot.service>": boot_unit,
                 "<rendered 51gpuswarm-node-nvidia-driver>": unattended_dropin_text,
-                "<rendered gpuswarm-node-watch.service>": watch_unit}
+                "<rendered gpuswarm-node-watch.service>": watch_unit, **hub_tls_placeholders()}
+
+
+def hub_case_context() -> Context:
+    """hub init's cases: hub.name = "hub.example.org", the registry's certificate's fingerprint "aa11"."""
+    facts = {"certificate_summary": {"/etc/gpuswarm-node/hub/registry.crt /etc/gpuswarm-node/hub/private/registry.key":
+                                     {"cert": True, "key": True, "sha256": "aa11"}}}
+    return Context(config=config.from_tables({"hub": {"name": "hub.example.org"}}), host=FakeHost(), given_facts=facts)
+
+
+def hub_values() -> dict[str, str]:
+    """The values hub init derives that cases name by placeholder: the images' tags (hashes of
+    their build contexts) and the hub service's spec label."""
+    from gpuswarm_node.steps.hub_jupyterhub import spec_label
+    from gpuswarm_node.steps.hub_notebook import HubJupyterhubImageStep, HubNotebookImageStep
+
+    ctx = hub_case_context()
+    return {"<notebook tag>": HubNotebookImageStep().tag(ctx), "<jupyterhub tag>": HubJupyterhubImageStep().tag(ctx),
+            "<hub spec label>": spec_label(ctx)}
 
 
 def tagged(text: str) -> str:
-    return text.replace("<cache tag>", sys.implementation.cache_tag)
+    """`<cache tag>`: this Python's; hub init's derived values (hub_values)."""
+    text = text.replace("<cache tag>", sys.implementation.cache_tag)
+    if "<notebook tag>" in text or "<jupyterhub tag>" in text or "<hub spec label>" in text:
+        for placeholder, value in hub_values().items():
+            text = text.replace(placeholder, value)
+    return text
 
 
 def expand(files: dict[str, str]) -> dict[str, str | bytes]:
@@ -58,7 +130,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
     if "SUDO_USER" not in case.get("env", {}):
         monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setattr(apt, "time", FakeClock())  # waiting for a lock takes no time here
-    host_spec = dict(case.get("host", {}))
+    host_spec = json.loads(tagged(json.dumps(case.get("host", {}))))  # tags in facts and effects too
     host_spec["files"] = expand(host_spec.get("files", {}))
     host_spec["stats"] = {tagged(path): st for path, st in host_spec.get("stats", {}).items()}
     host = FakeHost.from_case(host_spec)
@@ -78,7 +150,7 @@ def build(case: dict, monkeypatch) -> tuple[Context, FakeHost, FakeDocker, FakeM
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
 def test_step_case(path: Path, monkeypatch) -> None:
-    case = json.loads(path.read_text())
+    case = json.loads(tagged(path.read_text()))
     step = STEPS[path.parent.name]
     expect = case["expect"]
     ctx, host, docker, manager, ports = build(case, monkeypatch)

@@ -18,6 +18,7 @@ from gpuswarm_node import config, facts, trust
 from gpuswarm_node.cli import app
 from gpuswarm_node.errors import GpuswarmError
 from gpuswarm_node.host import LocalHost
+from gpuswarm_node.hub_init import open_hub_file
 from gpuswarm_node.manager import open_trust_file
 
 from .test_bundle import bundle_args, hub  # noqa: F401  (the fixture)
@@ -63,6 +64,10 @@ CONFIG_READERS = {
     "registry.ca_cert": _read_ca,
     "swarm.ssh_key": lambda path: os.close(open_trust_file(path, "swarm.ssh_key", secret=True)),
     "swarm.known_hosts": lambda path: os.close(open_trust_file(path, "swarm.known_hosts", secret=False)),
+    "hub.tls_cert": lambda path: os.close(open_hub_file(path, "hub.tls_cert", secret=False)),
+    "hub.tls_key": lambda path: os.close(open_hub_file(path, "hub.tls_key", secret=True)),
+    "hub.tls_ca": lambda path: os.close(open_hub_file(path, "hub.tls_ca", secret=False)),
+    "hub.secret_file": lambda path: os.close(open_hub_file(path, "hub.secret_file", secret=True)),
 }
 
 
@@ -122,7 +127,8 @@ def bad_variants(path: Path) -> dict[str, Path]:
 def test_each_trusted_config_file_is_refused_unless_it_follows_the_rule(key, tmp_path, ca_pem, as_root):
     key_text = subprocess.run(["sh", "-c", f"ssh-keygen -q -t ed25519 -N '' -f {tmp_path}/k && cat {tmp_path}/k"],
                               capture_output=True, text=True, check=True).stdout
-    text = {"registry.ca_cert": ca_pem, "swarm.ssh_key": key_text,
+    text = {"registry.ca_cert": ca_pem, "swarm.ssh_key": key_text, "hub.tls_cert": ca_pem, "hub.tls_ca": ca_pem,
+            "hub.tls_key": key_text, "hub.secret_file": "a shared password\n",
             "swarm.known_hosts": "hub ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorOperatorOperatorOperatorOperatorOp\n"}[key]
     secret = schema_keys()[key].metadata["trust"] == "secret"
     good = good_file(tmp_path, "file", text, 0o600 if secret else 0o644)
