@@ -61,6 +61,8 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON object instead o
 class State:
     config: Optional[Path] = None
     debug: bool = False
+    quiet: bool = False  # -q: errors, warnings and each command's verdict line only
+    verbose: bool = False  # -v: each step as it begins, and what it wrote or would run
 
 
 state = State()
@@ -138,7 +140,7 @@ class ConfigSource:
 
         cfg = load(self.path, overrides=self.overrides, warn=warn, remember=remember)
         note = remembered_note(cfg) if remember else None
-        if note:
+        if note and not state.quiet:
             err.print(f"note: {note}", markup=False)
         return cfg
 
@@ -180,8 +182,9 @@ def make_context(config, json_mode: bool, changes: bool = False, **options):
     from .context import Context, RunOptions
     from .ui import ConsoleReporter
 
-    reporter = ConsoleReporter(err, debug=state.debug)
-    if json_mode:
+    reporter = ConsoleReporter(err, debug=state.debug, verbose=state.verbose)
+    if json_mode or state.quiet:
+        # No live lines (--json keeps stderr for errors; -q prints the verdict only), but --debug's.
         reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
     journal = Journal() if changes else None
     return Context(config=config, host=LocalHost(journal=journal), reporter=reporter, journal=journal,
@@ -193,7 +196,7 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
     lock and appends to the run log. Prints the plan or the end-of-run summary (or JSON); returns
     the report (exit_code says what it means for the exit status)."""
     from .engine import run_plan
-    from .ui import print_plan, print_summary
+    from .ui import print_plan, print_plan_quietly, print_summary, print_summary_quietly
 
     if dry_run:
         report = run_plan(plan, ctx, dry_run=True)
@@ -208,10 +211,14 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
             log_run(report)
     if json_out:
         print_json(report.as_json())
+    elif dry_run and state.quiet:
+        print_plan_quietly(out, report)
     elif dry_run:
-        print_plan(out, report)
+        print_plan(out, report, verbose=state.verbose)
         if hint:
             out.print(hint)
+    elif state.quiet:
+        print_summary_quietly(out, report)
     else:
         print_summary(out, report, getattr(ctx.host, "backups", []), ctx.logs)
     return report
@@ -229,15 +236,67 @@ def print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+# The options every command takes, before its name or after it (`gpuswarm-node setup --debug`):
+# each sets the run's State, whichever of the two places gave it.
+GLOBAL_FLAGS = ("debug", "quiet", "verbose")
+
+
+def take_flag(name: str, value: bool) -> None:
+    """Record one of GLOBAL_FLAGS; -q with -v is a usage error."""
+    if value:
+        setattr(state, name, True)
+    if state.quiet and state.verbose:
+        raise click_errors.UsageError("-q/--quiet and -v/--verbose ask for opposite things: give one of them.")
+
+
 @app.callback()
 def main_options(
     config: Optional[Path] = ConfigOption,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debugging output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Print only errors, warnings and the command's verdict line (never changes "
+                                    "--json)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also print each step as it begins, the diff of each file written, and "
+                                      "what the steps that are not right would run."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version,
                                  help="Print the version and exit."),
 ) -> None:
     state.config = config
-    state.debug = debug
+    for name, value in zip(GLOBAL_FLAGS, (debug, quiet, verbose)):
+        take_flag(name, value)
+
+
+def with_global_flags(root) -> None:
+    """Give every command and group under `root` (the click command typer built from `app`) the
+    root's --debug, -q and -v, so they may come after the command's name as well as before it."""
+    import copy
+
+    flags = [param for param in root.params if param.name in GLOBAL_FLAGS]
+
+    def setter(ctx, param, value):
+        if not ctx.resilient_parsing:  # completion parses without acting
+            take_flag(param.name, value)
+        return value
+
+    def walk(group) -> None:
+        for command in getattr(group, "commands", {}).values():
+            have = {param.name for param in command.params}
+            for flag in flags:
+                if flag.name not in have:
+                    twin = copy.copy(flag)
+                    twin.callback, twin.expose_value = setter, False
+                    command.params.append(twin)
+            walk(command)
+
+    walk(root)
+
+
+def cli_command():
+    """The click command the program runs: typer's, with the global flags on every command."""
+    command = typer.main.get_command(app)
+    with_global_flags(command)
+    return command
 
 
 STEP_LIST = ", ".join(STEP_NAMES)
@@ -327,10 +386,18 @@ def status(
             write_metrics(report, str(prometheus))
         if json_out:
             print_json(report.as_json())
+        elif state.quiet:
+            from .ui import print_status_quietly
+
+            print_status_quietly(out, report)
         elif plain_wanted(sys.stdout):
             sys.stdout.write(status_text(report))
         else:
             out.print(status_table(report))
+        if state.verbose and not json_out:
+            from .ui import print_status_actions
+
+            print_status_actions(out, report)
         return 0 if report.ok else 1
 
     guarded(body)
@@ -571,8 +638,9 @@ def leave(
         if after is None or dry_run or not report.ok:
             return exit_code(report)
         status = run_then(after)
-        # In --json mode stdout holds only the report's JSON.
-        (err if json_out else out).print(f"then: `{' '.join(after)}` exited {status}", markup=False)
+        # In --json mode stdout holds only the report's JSON; -q: the error below says a failure.
+        if not state.quiet:
+            (err if json_out else out).print(f"then: `{' '.join(after)}` exited {status}", markup=False)
         if status != 0:
             err.print(f"[bold red]error:[/] the node is out of the swarm, but the --then command exited {status}.")
             return 3
@@ -609,7 +677,7 @@ def watch(
             raise GpuswarmError("watch needs root: it reads NVML and Docker's socket and writes /var/lib/gpuswarm-node.",
                                 "Run it with sudo, or let setup run it as a service.")
 
-        def say(line: str) -> None:
+        def say(line: str) -> None:  # each line an event (a drain, a failure): -q keeps them
             err.print(line, markup=False, highlight=False)
 
         watcher = serve(cfg, every, once=once, say=say)
@@ -771,6 +839,9 @@ def hub_status(
         if json_out:
             print_json(fleet.as_json())
             return 0 if fleet.can_take_a_user else 1
+        if state.quiet:
+            out.print(escape(fleet_mod.summary_line(fleet)))
+            return 0 if fleet.can_take_a_user else 1
         from rich.table import Table
 
         table = Table(title="fleet", title_justify="left")
@@ -892,7 +963,7 @@ def reset(
                 # second reset re-checks every change (what is undone already is ok).
                 journal.archive()
         if looking:
-            if purge:
+            if purge and not state.quiet:  # -q: the plan's verdict line above only
                 print_purge_plan(purging.plan(tree))
                 flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                               ("--purge", purge)) if on)
@@ -908,7 +979,7 @@ def reset(
             return code
         with run_lock(str(tree.lock), command="reset"):
             plan = purging.plan(tree)
-            for item in plan.kept:
+            for item in plan.kept if not state.quiet else ():
                 out.print(f"kept: {escape(item)}")
             # Nothing may be imported from here on: the environment may be gone.
             done = purging.execute(tree)
@@ -1023,7 +1094,7 @@ def main() -> NoReturn:  # exits with the command's status
     # Before anything is created: under umask 000 (some cloud-init setups) every file and directory
     # would otherwise start group- and world-writable. The tool sets explicit modes too.
     os.umask(0o022)
-    command = typer.main.get_command(app)
+    command = cli_command()
     if os.environ.get(COMPLETE_VAR):
         # The shell asks for completions (the script `completion` printed sets this variable).
         from typer.completion import completion_init
