@@ -412,6 +412,55 @@ def list_steps() -> None:
         out.print(f"{step.name:<16} {step.description}")
 
 
+@app.command(epilog=epilog(f"sudo {PROG} logs --runs 3 --apt",
+                           f"0 printed (also when no run has been logged yet: it says so); 1 a log is not the "
+                           f"tool's file (a symlink, not a regular file) or cannot be read; {USAGE_EXIT} (this "
+                           "user may not read a log: run it with sudo)", "none."))
+def logs(
+    runs: int = typer.Option(5, "--runs", metavar="N", min=1, help="How many of the last runs to show."),
+    apt: bool = typer.Option(False, "--apt", help="Also the whole output of every apt-get and dpkg run since the "
+                                                  "first of those runs began (apt.log)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Show the last runs of setup, leave, reset and watch from the run log (read-only)."""
+
+    def body() -> int:
+        from . import logs as logs_mod
+        from .ui import print_apt_runs, print_runs
+
+        found = logs_mod.last_runs(runs)
+        shown, skipped = found if found is not None else ([], 0)
+        apt_found = None
+        if apt:
+            began = [b for b in (run.began() for run in shown) if b is not None]
+            apt_found = logs_mod.apt_runs(min(began) if began else None, runs)
+        if json_out:
+            data: dict = {"run_log": logs_mod.RUN_LOG, "run_log_found": found is not None,
+                          "runs": [run.as_json() for run in shown], "skipped_lines": skipped}
+            if apt:
+                data.update(apt_log=logs_mod.APT_LOG, apt_log_found=apt_found is not None,
+                            apt=[r.as_json() for r in apt_found or []])
+            print_json(data)
+            return 0
+        if found is None:
+            out.print(f"no run log at {logs_mod.RUN_LOG}: no setup, leave, reset or watch has logged a run on "
+                      "this machine yet.", markup=False)
+        elif not shown:
+            out.print(f"the run log {logs_mod.RUN_LOG} holds no run yet.", markup=False)
+        print_runs(out, shown, skipped, logs_mod.RUN_LOG)
+        if apt:
+            if apt_found is None:
+                out.print(f"no apt log at {logs_mod.APT_LOG}: no step of this tool has run apt-get or dpkg here "
+                          "yet.", markup=False)
+            elif not apt_found:
+                out.print(f"no apt-get or dpkg run in {logs_mod.APT_LOG} since those runs began.", markup=False)
+            else:
+                print_apt_runs(out, apt_found)
+        return 0
+
+    guarded(body)
+
+
 @app.command(epilog=epilog(f"{PROG} gpus --json --set gpu.slice_memory=4GiB",
                            "0 the inventory was printed, also when the machine has no NVIDIA GPU (then an empty "
                            "list); 1 NVIDIA GPUs are on the PCI bus but NVML cannot read them (no driver, or not "

@@ -236,3 +236,37 @@ def inventory_table(inventory: Inventory, slices: list[str]) -> Table:
         table.add_row(str(gpu.index), gpu.uuid, escape(gpu.name), f"{gpu.memory_bytes / 2**30:.1f} GiB", mig,
                       str(count))
     return table
+
+
+def print_runs(console: Console, runs: Sequence, skipped: int, path: str) -> None:
+    """`logs`: each run of the run log (logs.Run) in one line, when it was logged, the command, what
+    changed, failed or was blocked, then a line for each error."""
+    for run in runs:
+        head = f"{run.time}  {run.command:<6} run {run.run}: "
+        if run.command == "watch":
+            record = run.records[-1]
+            head += (f"{record.get('before')} -> {record.get('after')} ({record.get('reason', '?')}): "
+                     f"{record.get('detail', '')}")
+        else:
+            took = f" in {run.seconds:.1f} s" if run.seconds is not None else ""
+            head += f"{len(run.records)} step(s){took}; changed: {', '.join(run.changed) or 'nothing'}"
+            for what, names in (("failed", run.failed), ("blocked", run.blocked)):
+                if names:
+                    head += f"; {what}: {', '.join(names)}"
+        console.print(head, markup=False, highlight=False)
+        for step, error in run.errors:
+            console.print(f"  error in {step}: {error}", markup=False, highlight=False)
+    if skipped:
+        console.print(f"note: {skipped} line(s) of {path} are not run records; skipped.", markup=False,
+                      highlight=False)
+
+
+def print_apt_runs(console: Console, runs: Sequence) -> None:
+    """`logs --apt`: each apt-get or dpkg run (logs.AptRun) as the apt log holds it."""
+    for run in runs:
+        console.print(f"=== {run.time} {run.command}", markup=False, highlight=False)
+        if run.output:
+            console.print(run.output, markup=False, highlight=False)
+        end = (f"=== exit {run.exit} after {run.seconds:.1f} s" if run.exit is not None
+               else "=== no end recorded (still running, or cut off)")
+        console.print(end, markup=False, highlight=False)
