@@ -52,9 +52,25 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                                 f"0 success; 1 a step failed or the node is not converged; {USAGE_EXIT} "
                                 f"Each command's -h says more."))
 
+def complete_steps(incomplete: str) -> List[str]:
+    """Shell completion of --only and --skip: the step names that begin with what was typed."""
+    return [name for name in STEP_NAMES if name.startswith(incomplete)]
+
+
+def complete_config_keys(incomplete: str) -> List[str]:
+    """Shell completion of --set: `SECTION.KEY=` for every config key that begins with what was
+    typed (config.reference, the keys `config` lists), less those only a config file can give (the
+    [[shared.mounts]] tables: a tuple default)."""
+    from .config import reference
+
+    keys = (f"{section}.{name}=" for section, name, default, _ in reference() if not isinstance(default, tuple))
+    return [key for key in keys if key.startswith(incomplete)]
+
+
 ConfigOption = typer.Option(None, "--config", "-c", metavar="FILE",
                             help="Config file (default: $GPUSWARM_CONFIG or /etc/gpuswarm-node/config.toml).")
-SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.")
+SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.",
+                         autocompletion=complete_config_keys)
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 
 
@@ -310,9 +326,9 @@ STEP_LIST = ", ".join(STEP_NAMES)
 @with_config
 def setup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
-    only: List[str] = typer.Option([], "--only", metavar="STEP",
+    only: List[str] = typer.Option([], "--only", metavar="STEP", autocompletion=complete_steps,
                                    help=f"Run only this step (repeatable): {STEP_LIST}."),
-    skip: List[str] = typer.Option([], "--skip", metavar="STEP",
+    skip: List[str] = typer.Option([], "--skip", metavar="STEP", autocompletion=complete_steps,
                                    help=f"Do not run this step (repeatable): {STEP_LIST}."),
     json_out: bool = JsonOption,
     source: ConfigSource = DEFAULT_SOURCE,
@@ -413,9 +429,9 @@ def list_steps() -> None:
 
 
 @app.command(epilog=epilog(f"sudo {PROG} logs --runs 3 --apt",
-                           f"0 printed (also when no run has been logged yet: it says so); 1 a log is not the "
-                           f"tool's file (a symlink, not a regular file) or cannot be read; {USAGE_EXIT} (this "
-                           "user may not read a log: run it with sudo)", "none."))
+                           "0 printed (also when no run has been logged yet: it says so); 1 a log is not the "
+                           "tool's file (a symlink, not a regular file) or cannot be read; 2 this user may not read "
+                           "a log (run it with sudo), or bad usage.", "none."))
 def logs(
     runs: int = typer.Option(5, "--runs", metavar="N", min=1, help="How many of the last runs to show."),
     apt: bool = typer.Option(False, "--apt", help="Also the whole output of every apt-get and dpkg run since the "
@@ -801,7 +817,7 @@ def hub_bundle(
     worker_config: Optional[Path] = typer.Option(None, "--worker-config", metavar="FILE",
                                                  help="The workers' config template (default: "
                                                       "/etc/gpuswarm-node/worker.toml when it exists)."),
-    overrides: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+    overrides: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", autocompletion=complete_config_keys,
                                         help="Set one key of the worker's config."),
     host_keys: List[Path] = typer.Option([], "--host-key", metavar="PUBFILE",
                                          help="This hub's public SSH host key (repeatable; default: "
@@ -1078,6 +1094,15 @@ def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) ->
     completion_init()  # typer's bash, zsh and fish scripts, which its own completion handler answers
     root = get_current_context().find_root().command
     raise typer.Exit(shell_complete(root, {}, PROG, COMPLETE_VAR, f"source_{shell.value}"))
+
+
+@app.command(epilog=epilog(f"{PROG} man | man -l -   (or: {PROG} man > docs/{PROG}.1)", f"0 printed; {USAGE_EXIT}",
+                           "none."))
+def man() -> None:
+    """Print this manual page (roff), written from every command's help."""
+    from .manpage import render_page
+
+    sys.stdout.write(render_page(get_current_context().find_root().command))
 
 
 @app.command("config", epilog=epilog(f"GPUSWARM_GPU_SLICES_PER_GPU=2 {PROG} config --config node.toml",

@@ -11,6 +11,7 @@ import json
 import pytest
 from rich.console import Console
 
+from .conftest import REPO
 from .test_cli import ALL_STEPS, safe_config, write_config
 
 SKIPPED_ONLY = ("--only", "registry-trust", "--only", "image")  # a real setup run that changes nothing
@@ -173,3 +174,87 @@ def test_the_verdict_of_a_run_that_did_not_converge():
     assert buffer.getvalue().splitlines() == [
         "swarm-join failed: the manager refused the token",
         "setup did not converge: stopped by swarm-join (failed); changed: docker."]
+
+
+# --- shell completion: step names and config keys -------------------------------------------------
+
+def complete(gsn, words: str, shell: str = "bash") -> list[str]:
+    """The candidates the program answers the shell with, as the script `completion SHELL` prints
+    asks for them (typer's protocol: _GPUSWARM_NODE_COMPLETE=complete_<shell>)."""
+    if shell == "bash":
+        env = {"_GPUSWARM_NODE_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    else:
+        env = {"_GPUSWARM_NODE_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_ARGS": words}
+    result = gsn(env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_completion_knows_the_step_names_for_only_and_skip(gsn):
+    assert complete(gsn, "gpuswarm-node setup --only dock") == ["docker-group", "docker", "docker-daemon"]
+    assert complete(gsn, "gpuswarm-node setup --dry-run --skip ") == ALL_STEPS
+    assert complete(gsn, "gpuswarm-node setup --skip swarm") == ["swarm-join"]
+    assert complete(gsn, "gpuswarm-node setup --only nothing-like-it") == []
+
+
+def test_completion_knows_the_config_keys_for_set(gsn):
+    from gpuswarm_node.config import reference
+
+    settable = [f"{s}.{k}=" for s, k, default, _ in reference() if not isinstance(default, tuple)]
+    assert "shared.mounts=" not in settable and "gpu.slices_per_gpu=" in settable  # tables only in the file
+    assert complete(gsn, "gpuswarm-node status --set ") == settable
+    assert complete(gsn, "gpuswarm-node setup --set gpu.sl") == ["gpu.slices_per_gpu=", "gpu.slice_memory="]
+    assert complete(gsn, "gpuswarm-node config --set tmpfs.") == ["tmpfs.enabled=", "tmpfs.path=", "tmpfs.fraction="]
+    assert complete(gsn, "gpuswarm-node hub bundle --node w1 --set image.") == ["image.name="]  # the worker's keys
+
+
+def test_zsh_completion_knows_them_too(gsn):
+    assert complete(gsn, "gpuswarm-node setup --only swarm", shell="zsh") == ["_arguments", "'*:", ':(("swarm-join"))\'']
+
+
+def test_completion_knows_the_new_commands_and_the_flags_after_a_command(gsn):
+    assert complete(gsn, "gpuswarm-node lo") == ["logs"]
+    assert complete(gsn, "gpuswarm-node ma") == ["man"]
+    assert complete(gsn, "gpuswarm-node logs --") == ["--runs", "--apt", "--json", "--debug", "--quiet", "--verbose",
+                                                      "--help"]
+
+
+# --- the manual page ------------------------------------------------------------------------------
+
+MAN_PAGE = REPO / "docs" / "gpuswarm-node.1"
+MACROS = {".TH", ".SH", ".SS", ".TP", ".PP"}
+
+
+def test_the_man_page_in_docs_is_what_the_program_prints(gsn):
+    result = gsn("man")
+    assert result.returncode == 0, result.stderr
+    assert MAN_PAGE.read_text() == result.stdout, \
+        "docs/gpuswarm-node.1 differs from the help: run `python -m gpuswarm_node.cli man > docs/gpuswarm-node.1`"
+
+
+def test_the_man_page_has_every_command_and_option_and_is_roff():
+    from gpuswarm_node.cli import cli_command
+    from gpuswarm_node.manpage import render_page
+
+    root = cli_command()
+    page = render_page(root)
+    lines = page.splitlines()
+    assert lines[0] == '.TH GPUSWARM-NODE 1 "" "gpuswarm-node" "User Commands"'
+    for line in lines:
+        assert not line.startswith("'"), line  # a control line roff would run
+        if line.startswith("."):
+            assert line.split(" ")[0] in MACROS, line
+    groups = [("gpuswarm-node", root)]
+    while groups:
+        path, group = groups.pop()
+        for name, command in group.commands.items():
+            assert f'.SS "{path} {name} [OPTIONS]'.replace("-", "\\-") in page, (path, name)
+            for param in command.params:
+                for opt in getattr(param, "opts", []):
+                    if param.param_type_name == "option" and param.name not in ("debug", "quiet", "verbose", "help"):
+                        assert f"\\fB{opt.replace('-', chr(92) + '-')}\\fR" in page, (path, name, opt)
+            if getattr(command, "commands", None):
+                groups.append((f"{path} {name}", command))
+    for flag in ("\\-\\-debug", "\\-q", "\\-\\-verbose", "\\-\\-version"):
+        assert f"\\fB{flag}\\fR" in page
