@@ -279,8 +279,10 @@ def main_options(
                                  help="Print the version and exit."),
 ) -> None:
     state.config = config
-    for name, value in zip(GLOBAL_FLAGS, (debug, quiet, verbose)):
-        take_flag(name, value)
+    # Set, not only raised: each run starts from what its own command line says (the flags after
+    # the command, parsed next, may raise them).
+    state.debug, state.quiet, state.verbose = debug, quiet, verbose
+    take_flag("quiet", quiet)  # refuses -q with -v
 
 
 def with_global_flags(root) -> None:
