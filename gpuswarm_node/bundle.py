@@ -49,6 +49,7 @@ from typing import Any
 from . import config as config_mod
 from . import trust
 from .errors import ConfigError, GpuswarmError
+from .steps.boot import UNIT as BOOT_UNIT
 
 ETC = "/etc/gpuswarm-node"
 KEY_NAME = "id_ed25519"
@@ -59,6 +60,12 @@ HOST_KEY_GLOB = "/etc/ssh/ssh_host_*_key.pub"
 DEFAULT_WORKER_CONFIG = Path(ETC) / "worker.toml"
 TOOL_ON_WORKER = "/usr/local/src/gpuswarm-node.tar.gz"
 SOURCE_ON_WORKER = "/usr/local/src/gpuswarm-node"
+# The first boot's script (fetch or unpack the tool, run setup.sh), and the unit that runs it again
+# at each later boot until setup has installed its own boot unit: runcmd runs once per instance,
+# so without it a first boot that failed before setup existed would stay failed for good.
+FIRSTBOOT_SCRIPT = "/usr/local/sbin/gpuswarm-node-firstboot"
+FIRSTBOOT_UNIT_NAME = "gpuswarm-node-firstboot.service"
+FIRSTBOOT_UNIT = f"/etc/systemd/system/{FIRSTBOOT_UNIT_NAME}"
 # EC2 refuses user-data over 16 KB (before base64): "Run commands when you launch an EC2 instance
 # with user data input", the user-data limits.
 EC2_USER_DATA_LIMIT = 16384
@@ -198,9 +205,9 @@ def hostname_keys(node: str) -> list[str]:
 def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, tool_url: str | None) -> str:
     """#cloud-config user-data: the instance's host name set to `node` (hostname_keys), `files`
     ({path on the worker: (content, mode)}) and the tool's tarball written by write_files (base64:
-    no YAML quoting of content), then runcmd installs the tool and runs setup. With `tool_url`
-    the tarball is fetched from there instead, and checked against the SHA-256 of `tool`."""
-    digest = hashlib.sha256(tool).hexdigest()
+    no YAML quoting of content), with FIRSTBOOT_SCRIPT (installs the tool and runs setup) and
+    FIRSTBOOT_UNIT; runcmd enables the unit, then runs the script. With `tool_url` the tarball is
+    fetched from there instead, and checked against the SHA-256 of `tool`."""
     lines = ["#cloud-config",
              f"# gpuswarm-node worker {node}, made by `gpuswarm-node hub bundle` on the hub.",
              "# It holds the worker's SSH key: the instance's metadata service serves it to anyone on the",
@@ -211,9 +218,40 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
     entries = dict(files)
     if tool_url is None:
         entries[TOOL_ON_WORKER] = (tool, 0o600)
+    entries[FIRSTBOOT_SCRIPT] = (firstboot_script(tool, tool_url).encode(), 0o700)
+    entries[FIRSTBOOT_UNIT] = (FIRSTBOOT_UNIT_TEXT.encode(), 0o644)
     for path, (content, mode) in entries.items():
         lines += [f"  - path: {path}", "    owner: root:root", f"    permissions: '0{mode:o}'",
                   "    encoding: b64", "    content: |", _b64(content, "      ")]
+    # Enabled first, so that whatever ends this run, the next boot tries again.
+    lines += ["runcmd:", f"  - [systemctl, enable, {FIRSTBOOT_UNIT_NAME}]", f"  - [{FIRSTBOOT_SCRIPT}]", ""]
+    return "\n".join(lines)
+
+
+# Ordered after cloud-final (where runcmd runs the script on the first boot: never both at once)
+# and wanted by cloud-init.target, which cloud-init reaches at every boot; multi-user.target would
+# make a cycle, since cloud-final is ordered after it.
+FIRSTBOOT_UNIT_TEXT = f"""\
+# Written by cloud-init from `gpuswarm-node hub bundle --cloud-init`'s user-data.
+[Unit]
+Description=gpuswarm-node: install the tool and run setup, until setup has installed its boot unit
+Wants=network-online.target
+After=network-online.target cloud-final.service
+ConditionPathExists=!{BOOT_UNIT}
+
+[Service]
+Type=oneshot
+ExecStart={FIRSTBOOT_SCRIPT}
+
+[Install]
+WantedBy=cloud-init.target
+"""
+
+
+def firstboot_script(tool: bytes, tool_url: str | None) -> str:
+    """FIRSTBOOT_SCRIPT's text (sh): fetch the tool from `tool_url` (checked against the SHA-256 of
+    `tool`) or use the tarball write_files put there, unpack it and run its setup.sh."""
+    digest = hashlib.sha256(tool).hexdigest()
     fetch = []
     if tool_url is not None:
         # First boot: the network (or the server) may answer a little later: tries for about two
@@ -227,20 +265,14 @@ def user_data_text(node: str, files: dict[str, tuple[bytes, int]], tool: bytes, 
                  f"{quoted} {TOOL_ON_WORKER} && break; echo \"gpuswarm-node: try $try of 20; trying again in 6 s\" >&2; "
                  "sleep 6; done",
                  f"{{ [ -s {TOOL_ON_WORKER} ] || {{ echo \"gpuswarm-node: could not fetch the tool for 2 minutes; "
-                 "check that the hub serves its URL, then run cloud-init's runcmd again or replace the instance\" "
+                 "check that the hub serves its URL, then reboot the instance (it tries again at each boot) or replace it\" "
                  ">&2; false; }; }",
                  f"echo '{digest}  {TOOL_ON_WORKER}' | sha256sum -c -"]
     install = [*fetch,
                f"rm -rf {SOURCE_ON_WORKER}", f"install -d -m 0755 {SOURCE_ON_WORKER}",
                f"tar -xzf {TOOL_ON_WORKER} -C {SOURCE_ON_WORKER} --no-same-owner",
                f"{SOURCE_ON_WORKER}/setup.sh --config {ETC}/config.toml"]
-    script = " && ".join(install)
-    lines += ["runcmd:", f"  - [sh, -c, {_yaml_single(script)}]", ""]
-    return "\n".join(lines)
-
-
-def _yaml_single(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return "#!/bin/sh\n# gpuswarm-node's first boot, from `hub bundle --cloud-init`.\n" + " && ".join(install) + "\n"
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -747,7 +747,9 @@ def watch(
         def say(line: str) -> None:  # each line an event (a drain, a failure): -q keeps them
             err.print(line, markup=False, highlight=False)
 
-        watcher = serve(cfg, every, once=once, say=say)
+        config_args = (("--config", str(source.path)) if source.path else ()) + tuple(
+            arg for override in source.overrides for arg in ("--set", override))
+        watcher = serve(cfg, every, once=once, say=say, config_args=config_args)
         verdict, seen = watcher.verdict, watcher.observed
         out.print(f"watch: verdict {verdict.health}" + (f" ({verdict.reason})" if verdict.health == "fault" else "")
                   + f"; this round: {seen.summary()}", markup=False, highlight=False)

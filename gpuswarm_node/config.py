@@ -86,6 +86,8 @@ MAX_LABELS_RECHECK = 7 * 24 * 3600
 # watch: a round every 1 s to 10 min; confirmations and the hold between transitions bounded so a
 # typo cannot leave a broken node in service for days.
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 1, 600
+# watch.metadata_url: plain HTTP (the metadata services are link-local HTTP), a host and a port.
+METADATA_URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:[0-9]{1,5})?")
 MAX_WATCH_ROUNDS = 100
 MAX_WATCH_HOLD = 24 * 3600
 
@@ -350,6 +352,11 @@ class WatchConfig:
                                                f"activate), so a node never flaps (0 to {MAX_WATCH_HOLD}).")
     min_free_disk: str = key("2GiB", "Free space Docker's image store (its data-root) must keep, e.g. \"2GiB\"; "
                                      "less is a fault; 0 turns the check off.")
+    notices: str = key("auto", "Spot and maintenance notices watch reads from the instance metadata service: "
+                               "\"auto\" (those of the cloud the machine is on, when it is aws, gce or azure), "
+                               "\"off\", or one of aws, gce, azure.")
+    metadata_url: str = key("", "Where watch reads the notices: http://HOST[:PORT], no path; empty means the "
+                                "cloud's own service (http://169.254.169.254).")
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -618,6 +625,11 @@ def _validate_watch(watch: WatchConfig, bad) -> None:
     if not 0 <= watch.min_transition_interval <= MAX_WATCH_HOLD:
         raise bad("watch", "min_transition_interval", f"must be from 0 to {MAX_WATCH_HOLD} seconds (a day), "
                   f"got {watch.min_transition_interval}")
+    if watch.notices not in ("auto", "off", "aws", "gce", "azure"):
+        raise bad("watch", "notices", f"must be auto, off, aws, gce or azure, got {watch.notices!r}")
+    if watch.metadata_url and not METADATA_URL.fullmatch(watch.metadata_url):
+        raise bad("watch", "metadata_url", "must be http://HOST or http://HOST:PORT (an IP address, [an IPv6 "
+                  f"address] or a host name; no path), got {watch.metadata_url!r}")
     try:
         watch.min_free_disk_bytes
     except ValueError:

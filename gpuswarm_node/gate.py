@@ -17,7 +17,7 @@ understands one small protocol, each request one line `gpuswarm-gate VERB [ARG..
 | `node-known NODE_ID` | `yes` or `no` |
 | `node NODE_ID` | the node's state, availability and `gpuswarm.*` labels, as JSON |
 | `tasks NODE_ID` | the ids of the tasks meant to run on the node, one a line |
-| `drain NODE_ID`, `activate NODE_ID` | sets the node's availability |
+| `drain NODE_ID`, `pause NODE_ID`, `activate NODE_ID` | sets the node's availability |
 | `remove NODE_ID` | removes the node (Docker refuses one that is not down) |
 | `labels NODE_ID KEY=VALUE...` | sets exactly these `gpuswarm.*` labels (others of that prefix removed) |
 
@@ -197,6 +197,11 @@ class Gate:
     def do_drain(self, node_id):
         self._own(node_id)
         return self._docker("node", "update", "--availability", "drain", node_id)
+
+    def do_pause(self, node_id):
+        # watch, on a cloud's notice that the instance may go soon: no new tasks, the running stay.
+        self._own(node_id)
+        return self._docker("node", "update", "--availability", "pause", node_id)
 
     def do_activate(self, node_id):
         self._own(node_id)

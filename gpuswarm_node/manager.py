@@ -233,7 +233,7 @@ class ManagerSession:
 
     def set_availability(self, node_id: str, availability: str) -> None:
         if self.gated:
-            self.gate({"drain": "drain", "active": "activate"}[availability], node_id)
+            self.gate({"drain": "drain", "pause": "pause", "active": "activate"}[availability], node_id)
         else:
             self.docker(f"docker node update --availability {shlex.quote(availability)} {shlex.quote(node_id)}")
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Iterable
 if TYPE_CHECKING:
     from .config import Config
     from .manager import ManagerSession
+    from .notices import Notice
     from .probes.gpu_health import NvmlReading
 
 HEALTH_LABEL = "gpuswarm.health"
@@ -243,15 +244,17 @@ def hold(prev: Verdict, obs: Observation) -> Verdict:
 # --- STATE ------------------------------------------------------------------------------------
 
 def state_text(verdict: Verdict, obs: Observation, checked_at: float, node_id: str = "",
-               last: dict | None = None, paused: str = "") -> str:
-    """STATE's content: the verdict, this round's observation (or why the round paused), and the
-    last transition."""
+               last: dict | None = None, paused: str = "", notice: dict | None = None) -> str:
+    """STATE's content: the verdict, this round's observation (or why the round paused), the
+    last transition, and the cloud's notice watch acts on (NoticeState.as_dict)."""
     data = {"verdict": asdict(verdict), "checked_at": round(checked_at, 3), "node_id": node_id,
             "observed": {"reason": obs.reason, "detail": obs.summary()}}
     if paused:
         data["observed"] = {"reason": "paused", "detail": f"{paused}: watch waits for it"}
     if last:
         data["last_transition"] = last
+    if notice:
+        data["notice"] = notice
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -318,6 +321,45 @@ class Seams:
     say: Callable[[str], None] = print
     clock: Callable[[], float] = time.time
     busy: Callable[[], str | None] = lambda: None  # who holds the run lock (setup, leave, reset), or None
+    # The cloud's spot and maintenance notices (notices.read_notices's answer); None: not read.
+    notices: Callable[[float], tuple[list[Notice], str | None]] | None = None
+    # Leave the swarm as `gpuswarm-node leave --timeout S` does: S -> (exit status, one line).
+    leave: Callable[[float], tuple[int, str]] | None = None
+
+
+@dataclass
+class NoticeState:
+    """What watch did about the cloud's notices, kept in STATE: `seen` the notice acted on (its
+    fields), `paused` whether watch set the node's availability to pause for it, `left` whether
+    the node left the swarm for it, `problem` why the last read failed."""
+
+    seen: dict = field(default_factory=dict)
+    paused: bool = False
+    left: bool = False
+    problem: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v}
+
+    @classmethod
+    def of(cls, data: object) -> "NoticeState":
+        d = data if isinstance(data, dict) else {}
+        seen = d.get("seen")
+        return cls(seen=seen if isinstance(seen, dict) else {}, paused=bool(d.get("paused")),
+                   left=bool(d.get("left")), problem=str(d.get("problem") or ""))
+
+
+# A leave must be over before the instance goes: the drain gets the time up to the deadline less
+# this (leaving and being forgotten by the manager take seconds), within these bounds.
+LEAVE_MARGIN, MIN_LEAVE_TIMEOUT, MAX_LEAVE_TIMEOUT = 20.0, 10.0, 600.0
+NOTICE_RETRY = 60.0  # seconds after a failed pause or activation for a notice before the next try
+
+
+def leave_timeout(deadline: float | None, now: float) -> float:
+    """Seconds the leave's drain may wait for the notebooks to move, for a notice due at `deadline`."""
+    if deadline is None:
+        return MAX_LEAVE_TIMEOUT
+    return max(MIN_LEAVE_TIMEOUT, min(MAX_LEAVE_TIMEOUT, deadline - now - LEAVE_MARGIN))
 
 
 @dataclass
@@ -329,11 +371,97 @@ class Watcher:
     node: str = ""  # the node id last asked for (on a transition), for STATE
     observed: Observation = field(default_factory=Observation)  # the last round's
     failing: str = ""  # why the last transition could not be carried out, until one is
+    notice: NoticeState = field(default_factory=NoticeState)
+    notice_retry_at: float = 0.0  # after a failed action on a notice, none before this (epoch seconds)
 
     def load(self) -> None:
         self.verdict, data = parse_state(self.seams.read_text(STATE))
         self.last = data.get("last_transition") or {}
         self.node = str(data.get("node_id") or "")
+        self.notice = NoticeState.of(data.get("notice"))
+
+    def act_on_notices(self, now: float) -> None:
+        """The cloud's notices: LEAVE makes the node leave the swarm (once, bounded by the deadline);
+        PAUSE sets its availability to pause while it is active and healthy, and back to active
+        once the notice is gone, if watch paused it. A failed read changes nothing."""
+        from . import notices as N
+
+        s, st = self.seams, self.notice
+        if s.notices is None:
+            return
+        found, problem = s.notices(now)
+        st.problem = problem or ""
+        if problem:
+            return
+        notice = N.first(found)
+        if now < self.notice_retry_at:
+            return
+        if notice is not None and notice.action == N.LEAVE:
+            if not st.left and self.node:
+                self._leave(notice, now)
+            return
+        if notice is not None and self.verdict.health == "ok" and self.node:
+            if st.seen.get("reason") != notice.reason:  # a new notice: pause once, not every round
+                self._through_manager(lambda session: self._pause(session, notice), now)
+        elif st.seen:  # gone, or the node was drained for a fault meanwhile
+            self._through_manager(self._unpause, now)
+
+    def _leave(self, notice: Notice, now: float) -> None:
+        s, st = self.seams, self.notice
+        timeout = leave_timeout(notice.deadline, now)
+        s.say(f"watch: {notice.detail}: leaving the swarm (the notebooks get {timeout:.0f} s to move)")
+        status, summary = s.leave(timeout) if s.leave is not None else (1, "no way to leave")
+        st.seen = {"action": notice.action, "reason": notice.reason, "detail": notice.detail,
+                   "deadline": utc(notice.deadline) if notice.deadline else ""}
+        st.left = status == 0
+        s.log(self._notice_record(notice, ["left the swarm (gpuswarm-node leave)"] if st.left else [],
+                                  None if st.left else f"leave exited {status}: {summary}"))
+        if st.left:
+            self.node = ""
+
+    def _pause(self, session, notice: Notice) -> None:
+        st, node = self.notice, self.node
+        availability = session.node_availability(node)
+        done = []
+        if availability == "active":
+            session.set_availability(node, "pause")
+            session.set_labels(node, {**session.node_labels(node), HEALTH_LABEL: notice.reason})
+            done = [f"paused node {node} (no new notebooks; the running ones stay)", f"set {HEALTH_LABEL}={notice.reason}"]
+        st.paused = bool(done)
+        st.seen = {"action": notice.action, "reason": notice.reason, "detail": notice.detail}
+        self.seams.say(f"watch: {notice.detail}: " + "; ".join(done or [f"node {node} is {availability}: left so"]))
+        self.seams.log(self._notice_record(notice, done or [f"node {node} is {availability}: left as it is"]))
+
+    def _unpause(self, session) -> None:
+        from .notices import PAUSE, Notice as NoticeOf
+
+        st, node = self.notice, self.node
+        done = []
+        if st.paused and node and session.node_availability(node) == "pause":
+            session.set_availability(node, "active")
+            session.set_labels(node, {**session.node_labels(node), HEALTH_LABEL: "ok"})
+            done = [f"made node {node} active again", f"set {HEALTH_LABEL}=ok"]
+        gone = NoticeOf(PAUSE, "ok", None, f"the notice ({st.seen.get('detail', '')}) no longer holds")
+        self.seams.log(self._notice_record(gone, done))
+        st.paused, st.seen = False, {}
+
+    def _through_manager(self, act: Callable[[ManagerSession], None], now: float) -> None:
+        try:
+            with self.seams.manager_session() as session:
+                act(session)
+        except Exception as exc:  # noqa: BLE001 - the service must outlive a failing manager
+            # Not every round: a manager that refuses (a hub's gate without `pause`) would otherwise
+            # get an SSH session every few seconds for as long as the notice holds.
+            self.notice_retry_at = now + NOTICE_RETRY
+            message = exc.message() if hasattr(exc, "message") else f"{type(exc).__name__}: {exc}"
+            self.seams.say(f"watch: acting on the cloud's notice failed, tried again in {NOTICE_RETRY:.0f} s: {message}")
+
+    def _notice_record(self, notice, done: list[str], error: str | None = None) -> dict:
+        now = self.seams.clock()
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)), "mode": "watch",
+                "step": "watch", "before": "ok", "after": notice.action if notice.reason != "ok" else "ok",
+                "actions": done, "changed": bool(done) and error is None, "reason": notice.reason,
+                "detail": notice.detail, "error": error}
 
     def observe(self, wait_ms: int) -> Observation:
         from .steps.docker_daemon import SLICE_MAP
@@ -396,7 +524,8 @@ class Watcher:
                 s.say(f"watch: {transition.kind} ({transition.reason}): {obs.summary()}; {'; '.join(done)}")
                 s.log(self._record(transition, obs, now, done))
         self.verdict = nxt
-        s.write_state(state_text(nxt, obs, now, node, self.last))
+        self.act_on_notices(now)
+        s.write_state(state_text(nxt, obs, now, self.node, self.last, notice=self.notice.as_dict()))
         return transition
 
     def _record(self, transition: Transition, obs: Observation, now: float, done: list[str],
@@ -408,9 +537,10 @@ class Watcher:
                 "detail": obs.summary(), "error": error}
 
 
-def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
+def local_seams(cfg, say: Callable[[str], None] = print, config_args: tuple[str, ...] = ()) -> Seams:
     """The real seams: NVML (opened once the node advertises slices), files, the Engine API's
-    socket, statvfs, the manager over SSH, the run lock, the run log."""
+    socket, statvfs, the manager over SSH, the run lock, the run log, the cloud's notices, and
+    `leave` run with `config_args` (the --config and --set watch itself was given)."""
     import os
 
     from .host import LocalHost
@@ -471,15 +601,59 @@ def local_seams(cfg, say: Callable[[str], None] = print) -> Seams:
 
     from .lock import running
 
+    cloud = notices_cloud(cfg.watch.notices, host.read_text)
+    read_cloud_notices = None
+    if cloud is not None:
+        from . import notices as N
+
+        fetch = N.http_fetch(cfg.watch.metadata_url or N.DEFAULT_BASE)
+
+        def read_cloud_notices(now: float):
+            return N.read_notices(cloud, fetch, now)
+
     return Seams(busy=running, nvml=nvml, read_text=host.read_text, write_state=write_state,
                  docker_problem=lambda: EngineSocket(socket_path, timeout=2).unreachable_reason(),
-                 free_bytes=free_bytes, node_id=node_id, manager_session=manager_session, log=log, say=say)
+                 free_bytes=free_bytes, node_id=node_id, manager_session=manager_session, log=log, say=say,
+                 notices=read_cloud_notices, leave=lambda timeout: run_leave(timeout, config_args))
+
+
+def notices_cloud(setting: str, read_text: Callable[[str], str | None]) -> str | None:
+    """The cloud whose notices watch reads (watch.notices): the one named, or with "auto" the one
+    the machine is on (clouds.detect) when notices.CLOUDS has it; None: none are read."""
+    from . import clouds
+    from .notices import CLOUDS
+
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting
+    dmi = {name: read_text(f"{clouds.DMI_DIR}/{name}") for name in clouds.DMI_FILES}
+    cloud, _how = clouds.detect(read_text(clouds.CLOUD_ID), read_text(clouds.INSTANCE_DATA), dmi)
+    return cloud if cloud in CLOUDS else None
+
+
+def run_leave(timeout: float, config_args: tuple[str, ...] = ()) -> tuple[int, str]:
+    """`gpuswarm-node leave --timeout S --json` by this interpreter, with watch's own configuration
+    (`config_args`; none: the last setup's): the same plan, lock, journal and run log as an
+    operator's leave. (exit status, its last line on stderr)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "gpuswarm_node.cli", "leave", "--timeout", f"{timeout:.0f}", "--json", *config_args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, f"gpuswarm-node leave could not run: {exc}"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return done.returncode, lines[-1][:300] if lines else ""
 
 
 def serve(cfg, interval: float, once: bool = False, seams: Seams | None = None,
-          sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print) -> Watcher:
-    """Run rounds every `interval` seconds until stopped (SIGTERM from systemd), or one round."""
-    watcher = Watcher(cfg, seams or local_seams(cfg, say))
+          sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print,
+          config_args: tuple[str, ...] = ()) -> Watcher:
+    """Run rounds every `interval` seconds until stopped (SIGTERM from systemd), or one round.
+    `config_args`: the --config and --set watch was given, for the `leave` a notice runs."""
+    watcher = Watcher(cfg, seams or local_seams(cfg, say, config_args))
     watcher.load()
     # Waiting for Xid events is part of the round: up to half the interval, at most a second.
     wait_ms = int(min(interval / 2, 1.0) * 1000)

@@ -96,6 +96,12 @@ def test_bundle_writes_the_workers_files_root_only_and_authorises_its_key(gsn, h
     assert "SHA256:" in result.stdout and str(out) in result.stdout
 
 
+def firstboot_script(user_data: str) -> str:
+    """The first boot's script, as write_files puts it on the worker."""
+    files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
+    return base64.b64decode(files["/usr/local/sbin/gpuswarm-node-firstboot"]["content"]).decode()
+
+
 def test_user_data_is_cloud_config_with_the_files_modes_and_the_tool(gsn, hub):
     out = hub["dir"] / "w7"
     result = gsn(*bundle_args(hub, out, "--cloud-init", "--tool", str(hub["tool"])))
@@ -107,7 +113,8 @@ def test_user_data_is_cloud_config_with_the_files_modes_and_the_tool(gsn, hub):
     assert {p: f["permissions"] for p, f in files.items()} == {
         "/etc/gpuswarm-node/config.toml": "0644", "/etc/gpuswarm-node/id_ed25519": "0600",
         "/etc/gpuswarm-node/known_hosts": "0644", "/etc/gpuswarm-node/registry-ca.crt": "0644",
-        "/usr/local/src/gpuswarm-node.tar.gz": "0600"}
+        "/usr/local/src/gpuswarm-node.tar.gz": "0600", "/usr/local/sbin/gpuswarm-node-firstboot": "0700",
+        "/etc/systemd/system/gpuswarm-node-firstboot.service": "0644"}
     decoded = {p: base64.b64decode(f["content"]) for p, f in files.items()}
     assert decoded["/etc/gpuswarm-node/id_ed25519"] == (out / "id_ed25519").read_bytes()
     assert decoded["/etc/gpuswarm-node/config.toml"] == (out / "config.toml").read_bytes()
@@ -115,9 +122,18 @@ def test_user_data_is_cloud_config_with_the_files_modes_and_the_tool(gsn, hub):
     assert all(f["owner"] == "root:root" and f["encoding"] == "b64" for f in files.values())
     # The instance's host name is the node name the key is authorised for (the gate's name for it).
     assert (data["hostname"], data["preserve_hostname"], data["prefer_fqdn_over_hostname"]) == ("worker-7", False, False)
-    (command,) = data["runcmd"]
-    assert command[:2] == ["sh", "-c"] and command[2].endswith(
-        "/usr/local/src/gpuswarm-node/setup.sh --config /etc/gpuswarm-node/config.toml")
+    # The unit is enabled before the script runs: whatever ends this first run, the next boot
+    # runs the script again, until setup has installed its own boot unit.
+    assert data["runcmd"] == [["systemctl", "enable", "gpuswarm-node-firstboot.service"],
+                              ["/usr/local/sbin/gpuswarm-node-firstboot"]]
+    script = decoded["/usr/local/sbin/gpuswarm-node-firstboot"].decode()
+    assert script.startswith("#!/bin/sh\n") and script.endswith(
+        "/usr/local/src/gpuswarm-node/setup.sh --config /etc/gpuswarm-node/config.toml\n")
+    unit = decoded["/etc/systemd/system/gpuswarm-node-firstboot.service"].decode()
+    assert "\nExecStart=/usr/local/sbin/gpuswarm-node-firstboot\n" in unit
+    assert "\nConditionPathExists=!/etc/systemd/system/gpuswarm-node-boot.service\n" in unit
+    # cloud-final (runcmd) is ordered after multi-user.target: wanted by it, the unit would make a cycle.
+    assert "\nAfter=network-online.target cloud-final.service\n" in unit and "\nWantedBy=cloud-init.target\n" in unit
     assert f"({len(text.encode())} bytes)" in result.stdout
 
 
@@ -128,9 +144,11 @@ def test_user_data_can_fetch_the_tool_by_url_checked_by_its_digest(hub):
     text = user_data_text("w", {"/etc/gpuswarm-node/config.toml": (b"[swarm]\n", 0o644)}, tool,
                           "https://example.org/gpuswarm-node.tar.gz")
     data = yaml.safe_load(text)
-    assert [f["path"] for f in data["write_files"]] == ["/etc/gpuswarm-node/config.toml"]
+    assert [f["path"] for f in data["write_files"]] == ["/etc/gpuswarm-node/config.toml",
+                                                        "/usr/local/sbin/gpuswarm-node-firstboot",
+                                                        "/etc/systemd/system/gpuswarm-node-firstboot.service"]
     assert f"echo '{hashlib.sha256(tool).hexdigest()}  /usr/local/src/gpuswarm-node.tar.gz' | sha256sum -c -" \
-        in data["runcmd"][0][2]
+        in firstboot_script(text)
     assert len(text) < 16384
 
 
@@ -223,7 +241,7 @@ def test_user_data_fetch_says_each_failed_try_in_one_line_and_the_fix_at_the_end
     spare.close()  # nobody answers there: every try fails
     text = user_data_text("w", {"/etc/gpuswarm-node/config.toml": (b"[swarm]\n", 0o644)}, hub["tool"].read_bytes(),
                           f"http://127.0.0.1:{port}/gpuswarm-node.tar.gz")
-    script = yaml.safe_load(text)["runcmd"][0][2]
+    script = firstboot_script(text)
     assert "$(seq 1 20)" in script and "sleep 6;" in script and "timeout=30" in script
     # Two tries without their waits, into a scratch path: the same commands, quickly.
     target = tmp_path / "tool.tar.gz"

@@ -27,6 +27,21 @@ def test_readme_is_a_short_front_door():
     assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move reference and internals to docs/"
 
 
+def test_the_quick_start_verifies_the_release_tarball_of_this_version():
+    """The worker's quick start copies and checks what tools/release.sh makes for this version
+    (gpuswarm-node-X.Y.Z.tar.gz and its .sha256), so a new version cannot leave it naming another."""
+    from gpuswarm_node import __version__
+
+    text = README.read_text()
+    name = f"gpuswarm-node-{__version__}.tar.gz"
+    start = text.index("<!-- quick-start:start -->")
+    assert f"scp dist/{name} dist/{name}.sha256 " in text[:start]
+    commands = text[start:text.index("<!-- quick-start:end -->")].splitlines()
+    assert commands[2] == f"sha256sum -c {name}.sha256", "the checksum is verified before anything is unpacked"
+    assert f"tar -xzf ~/{name} " in commands[3]
+    assert re.findall(r"gpuswarm-node-[0-9][0-9.]*\.tar\.gz", text) == [name] * 4
+
+
 def test_every_link_of_the_readme_reaches_a_file_and_a_heading():
     for target in LINK.findall(README.read_text()):
         if target.startswith(("http://", "https://")):

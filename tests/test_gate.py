@@ -53,6 +53,8 @@ def test_hello_and_the_worker_verbs(hub):
                                                "Labels": {"gpuswarm.gpu.count": "1"}}
     assert gate.serve(f"gpuswarm-gate drain {OWN}")[0] == 0
     assert hub.calls[-1] == ["node", "update", "--availability", "drain", OWN]
+    assert gate.serve(f"gpuswarm-gate pause {OWN}")[0] == 0
+    assert hub.calls[-1] == ["node", "update", "--availability", "pause", OWN]
     assert gate.serve(f"gpuswarm-gate remove {OWN}")[0] == 0
     assert hub.calls[-1] == ["node", "rm", OWN]
 
@@ -82,7 +84,8 @@ def test_the_health_label_is_allowed_for_the_own_node_only(hub):
 
 @pytest.mark.parametrize("request_", [
     None, "", "id", "docker ps", "sh -c id", "gpuswarm-gate", "gpuswarm-gate shell",
-    f"gpuswarm-gate drain {OTHER}", f"gpuswarm-gate remove {OTHER}", f"gpuswarm-gate tasks {OTHER}",
+    f"gpuswarm-gate drain {OTHER}", f"gpuswarm-gate pause {OTHER}", f"gpuswarm-gate remove {OTHER}",
+    f"gpuswarm-gate tasks {OTHER}",
     f"gpuswarm-gate labels {OTHER} gpuswarm.a=b", "gpuswarm-gate drain worker-2", f"gpuswarm-gate drain {OWN} x",
     f"gpuswarm-gate drain {OWN};id", "gpuswarm-gate join-token manager", "gpuswarm-gate hello\nid",
     f"gpuswarm-gate drain {'c' * 25}",

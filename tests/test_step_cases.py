@@ -28,7 +28,8 @@ from gpuswarm_node.context import Context, RunOptions
 
 from .fakes import FakeClock, FakeDocker, FakeHost, FakeManager, FakePorts, cuda_from_case, inventory_from_case
 
-CASES = sorted((Path(__file__).parent / "steps").glob("*/*.json"))
+STEPS_DIR = Path(__file__).parent / "steps"
+CASES = sorted(STEPS_DIR.glob("*/*.json"))
 STEPS = {s.name: s for s in ALL_STEPS}
 # A case names the rendered runtime wrapper (its sh front and its Python program) instead of
 # spelling out whole programs; their behaviour has tests of their own (test_runtime_wrapper.py).
@@ -110,8 +111,9 @@ def test_step_case(path: Path, monkeypatch) -> None:
         assert "host_actions" in want, "a converging case says what it does to the host"
         assert host.actions == [tagged(a) for a in want["host_actions"]]
         assert docker.calls == want.get("docker_calls", [])
-        assert manager.reads == want.get("manager_reads", manager.reads)
-        assert ports.probed == want.get("ports_probed", ports.probed)
+        # Omitted means none: a case whose run asks the manager or probes a port says which.
+        assert manager.reads == want.get("manager_reads", []), manager.reads
+        assert ports.probed == want.get("ports_probed", []), ports.probed
         if "detail" in want:
             assert want["detail"] in report.detail
         for file, content in expand(want.get("files", {})).items():
@@ -139,3 +141,19 @@ def test_every_needs_change_case_is_applied() -> None:
 def test_every_step_has_cases() -> None:
     covered = {p.parent.name for p in CASES}
     assert covered == set(STEPS), f"steps without cases: {set(STEPS) - covered}"
+
+
+@pytest.mark.parametrize("key, wrong", [("manager_reads", []), ("ports_probed", []), ("host_actions", ["write /etc/nowhere"]),
+                                        ("docker_calls", ["a call that was not made"])])
+def test_each_compared_record_of_a_converging_case_can_fail(tmp_path, monkeypatch, key, wrong):
+    """The assertions on what a run did are not vacuous: a case that states one of them wrongly
+    (here, for a join that asks the manager, probes two ports and fails) fails."""
+    source = STEPS_DIR / "swarm-join" / "swarm-port-unreachable.json"
+    case = json.loads(source.read_text())
+    assert case["converges"].get(key, []) != wrong
+    case["converges"][key] = wrong
+    mutated = tmp_path / "swarm-join" / "mutated.json"
+    mutated.parent.mkdir()
+    mutated.write_text(json.dumps(case))
+    with pytest.raises(AssertionError):
+        test_step_case(mutated, monkeypatch)

@@ -41,7 +41,18 @@ def verdict_line(text: str | None) -> tuple[str, dict]:
         line = f"last verdict ok at {checked}"
         if observed.get("reason") not in (None, "ok"):
             line += f" (seen: {observed.get('detail', '')})"
-    return line, {"watch_verdict": verdict.health, "watch_reason": verdict.reason, "watch_checked_at": checked}
+    out = {"watch_verdict": verdict.health, "watch_reason": verdict.reason, "watch_checked_at": checked}
+    # The cloud's notice watch acts on (watch.NoticeState), and why notices could not be read.
+    raw = data.get("notice")
+    notice: dict = raw if isinstance(raw, dict) else {}
+    seen: dict = notice["seen"] if isinstance(notice.get("seen"), dict) else {}
+    if seen:
+        done = "the node left the swarm" if notice.get("left") else "node paused" if notice.get("paused") else "noted"
+        line += f"; cloud notice: {seen.get('detail', '')} ({done})"
+        out["watch_notice"] = str(seen.get("reason", ""))
+    if notice.get("problem"):
+        line += f"; cloud notices not read: {notice['problem']}"
+    return line, out
 
 
 class WatchStep:

@@ -269,7 +269,9 @@ def test_the_user_data_fits_ec2_and_passes_cloud_inits_own_schema_check(machine,
     assert size < 16384, f"user-data is {size} bytes"  # EC2's limit
     assert f"cloud-init user-data: {out / 'user-data'} ({size} bytes)" in made.stdout
     assert "over EC2" not in made.stdout
-    assert tool_url[0] in (out / "user-data").read_text()
+    # The first boot's script (which fetches the tool from the URL) is on the machine as written.
+    script = machine.run(["cat", "/usr/local/sbin/gpuswarm-node-firstboot"]).stdout
+    assert tool_url[0] in script and script.startswith("#!/bin/sh\n")
     done = machine.run(["cloud-init", "schema", "--config-file", f"/{SEED}/user-data"], check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Valid" in done.stdout
@@ -350,6 +352,9 @@ def test_after_a_reboot_the_boot_unit_runs_setup_again(machine, manager):
     before = machine.run(["systemctl", "show", "-p", "InvocationID", "--value",
                           "gpuswarm-node-boot.service"]).stdout.strip()
     assert machine.run(["systemctl", "is-enabled", "gpuswarm-node-boot.service"]).stdout.strip() == "enabled"
+    # The user-data's own unit, which would run the first boot's script again had it ended before
+    # setup installed its boot unit, is enabled too (cloud-init's runcmd does that first).
+    assert machine.run(["systemctl", "is-enabled", "gpuswarm-node-firstboot.service"]).stdout.strip() == "enabled"
     machine.boot_timeout = lab_machine.BOOT_TIMEOUT
     machine.reboot()
 
@@ -369,3 +374,12 @@ def test_after_a_reboot_the_boot_unit_runs_setup_again(machine, manager):
     assert node["Status"]["State"] == "ready"
     # setup's own reboot was not needed: the driver (fake NVML) was there from the start.
     assert machine.run(["test", "-e", "/var/lib/gpuswarm-node/auto-reboot"], check=False).returncode == 1
+    # The boot unit exists, so the first boot's unit stood aside: systemd checked its condition
+    # at this boot (no ordering cycle kept it from being considered) and did not run it.
+    firstboot = machine.run(["systemctl", "show", "-p", "ConditionResult", "-p", "ConditionTimestampMonotonic",
+                             "-p", "ExecMainStartTimestampMonotonic", "gpuswarm-node-firstboot.service"]).stdout
+    props = dict(line.split("=", 1) for line in firstboot.splitlines() if "=" in line)
+    assert props["ConditionResult"] == "no" and props["ConditionTimestampMonotonic"] != "0", props
+    assert props["ExecMainStartTimestampMonotonic"] == "0", props
+    cycle = machine.run(["journalctl", "-b", "--no-pager", "-o", "cat", "--grep", "ordering cycle"], check=False)
+    assert "firstboot" not in cycle.stdout, cycle.stdout

@@ -288,3 +288,115 @@ def test_a_revoked_key_no_longer_logs_in_however_its_line_was_hardened(fleet, ma
     refused = worker.ssh(manager, "gpuswarm-gate hello")
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
     assert fleet("gsn-g1").ssh(manager, "gpuswarm-gate hello").returncode == 0  # the others stay
+
+
+# A stand-in EC2 instance metadata service (IMDSv2: a token first), run in a worker's own netns on
+# its loopback: what it answers is read from a JSON file {path: body} at every request, so the
+# test changes the notice while it runs.
+METADATA_STAND_IN = r"""
+import http.server, json, sys
+answers, port = sys.argv[1], int(sys.argv[2])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self):
+        ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        self.send(200 if ok else 400, "TOKEN-LAB" if ok else "")
+    def do_GET(self):
+        body = json.load(open(answers)).get(self.path)
+        if self.headers.get("X-aws-ec2-metadata-token") != "TOKEN-LAB":
+            self.send(401, "")
+        else:
+            self.send(404 if body is None else 200, body or "")
+    def send(self, status, body):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
+INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
+
+
+def test_spot_notices_pause_the_node_then_make_it_leave_before_the_deadline(fleet, manager, lab_tmp):
+    """`watch --once` rounds on a gated worker against a stand-in EC2 metadata service: a rebalance
+    recommendation pauses the node through the hub's gate (no new tasks, the running one stays), its
+    end makes it active again; a spot interruption two minutes out makes it leave: its task moves to
+    another worker, the node leaves the swarm and the manager forgets it, all before the deadline."""
+    import datetime
+    import time
+
+    import docker
+
+    worker, other = fleet("gsn-g2"), fleet("gsn-g3")
+    for w in (worker, other):
+        if w.swarm()["LocalNodeState"] != "active":
+            result = w.setup()
+            assert result.returncode == 0, result.stdout + result.stderr
+    node_id = worker.swarm()["NodeID"]
+    answers = lab_tmp / "gsn-g2-metadata.json"
+    answers.write_text("{}")
+    server = subprocess.Popen([*worker.host.nsenter_prefix(), sys.executable, "-c", METADATA_STAND_IN, str(answers),
+                               "8169"], stdout=subprocess.PIPE, text=True)
+    service = None
+    try:
+        assert server.stdout.readline() == "ready\n"
+        # Only what this test is about: the light worker has no tmpfs and no slice map to watch.
+        watch_args = ("watch", "--once", "--config", str(worker.config), "--set", "watch.notices=aws",
+                      "--set", "watch.metadata_url=http://127.0.0.1:8169", "--set", "tmpfs.enabled=false",
+                      "--set", "watch.min_free_disk=0")
+
+        def spec() -> dict:
+            return manager.docker.nodes.get(node_id).attrs["Spec"]
+
+        # A notebook on the node, which may run anywhere a T4 is (the other worker too).
+        service = manager.docker.services.create(
+            manager.image, command=["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"], name="gsn-spot",
+            constraints=["node.labels.gpuswarm.gpu.model==Tesla-T4", f"node.id!={other.swarm()['NodeID']}"],
+            restart_policy=docker.types.RestartPolicy(condition="any"))
+        wait_for("the notebook running on gsn-g2", lambda: [t for t in service.tasks()
+                                                             if t["Status"]["State"] == "running"], timeout=120)
+
+        answers.write_text(json.dumps({REBALANCE_PATH: '{"noticeTime": "2026-12-08T00:00:00Z"}'}))
+        first = worker.cli(*watch_args)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert spec()["Availability"] == "pause"
+        assert labels_of(manager, node_id)["gpuswarm.health"] == "rebalance-recommended"
+        assert [t for t in service.tasks() if t["Status"]["State"] == "running"], "the running notebook stays"
+        again = worker.cli(*watch_args)  # the same notice: nothing more is done
+        assert again.returncode == 0 and "paused node" not in again.stderr, again.stderr
+
+        answers.write_text("{}")
+        gone = worker.cli(*watch_args)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert spec()["Availability"] == "active"
+        assert labels_of(manager, node_id)["gpuswarm.health"] == "ok"
+
+        # The interruption: the notebook may now move to the other worker.
+        service.update(constraints=["node.labels.gpuswarm.gpu.model==Tesla-T4"])
+        wait_for("the notebook running again", lambda: [t for t in service.tasks()
+                                                        if t["Status"]["State"] == "running"], timeout=120)
+        deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=120)
+        answers.write_text(json.dumps({INSTANCE_ACTION_PATH: json.dumps(
+            {"action": "terminate", "time": deadline.strftime("%Y-%m-%dT%H:%M:%SZ")})}))
+        started = time.monotonic()
+        leave = worker.cli(*watch_args)
+        took = time.monotonic() - started
+        assert leave.returncode == 0, leave.stdout + leave.stderr
+        assert "leaving the swarm (the notebooks get" in leave.stderr
+        print(f"\nspot interruption: the node left {took:.1f} s after watch read the notice (deadline 120 s)")
+        assert worker.swarm()["LocalNodeState"] == "inactive"
+        assert node_id not in {n["ID"] for n in manager.nodes()}  # forgotten, through the gate
+        running = [t for t in service.tasks() if t["Status"]["State"] == "running"]
+        assert running and all(t["NodeID"] == other.swarm()["NodeID"] for t in running)
+        after = worker.cli(*watch_args)  # out of the swarm: nothing more to do
+        assert after.returncode == 0 and "leaving" not in after.stderr, after.stderr
+    finally:
+        if service is not None:
+            service.remove()
+        server.terminate()
+        server.wait(timeout=10)

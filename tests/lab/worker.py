@@ -12,12 +12,15 @@ the README's own commands. Nothing of the product runs here; that is the caller'
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shlex
 import subprocess
 from pathlib import Path
 from typing import Iterator
+
+from gpuswarm_node import __version__
 
 from . import driver_deb, fake_nvml
 from . import machine as lab_machine
@@ -195,13 +198,18 @@ def provisioned_worker(network: LabNetwork, manager: ManagerHost, work_dir: Path
         machine.run(["sh", "-c", "mkdir -p /etc/docker && cat > /etc/docker/daemon.json"],
                     input=json.dumps(PRESEEDED_DAEMON_JSON, indent=2))
         if readme:
-            # What the quick start's scp brought: the tool as `git archive` makes it (here from the
-            # working tree, uncommitted files included), the registry's CA, the SSH key.
+            # What the quick start's scp brought: the release tarball as tools/release.sh names it,
+            # with its .sha256 (here made from the working tree, uncommitted files included), the
+            # registry's CA, the SSH key.
             tree = project_tree(work_dir / f"project-{name}")
-            tarball = work_dir / f"gpuswarm-node-{name}.tar.gz"
+            release = work_dir / f"release-{name}"
+            release.mkdir(exist_ok=True)
+            tarball = release / f"gpuswarm-node-{__version__}.tar.gz"
             subprocess.run(["tar", "-czf", str(tarball), "-C", str(tree), "."], check=True)
-            for src, dest in ((tarball, "gpuswarm-node.tar.gz"), (manager.ca_cert_path, "registry-ca.crt"),
-                              (manager.client_key_path, "id_ed25519")):
+            digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+            (release / f"{tarball.name}.sha256").write_text(f"{digest}  {tarball.name}\n")  # as sha256sum writes it
+            for src, dest in ((tarball, tarball.name), (release / f"{tarball.name}.sha256", f"{tarball.name}.sha256"),
+                              (manager.ca_cert_path, "registry-ca.crt"), (manager.client_key_path, "id_ed25519")):
                 machine.copy_in(src, f"{HOME}/{dest}", owner=USER)
             machine.run(["chmod", "0600", f"{HOME}/id_ed25519"])
             exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in LAB_ENVIRONMENT.items())
