@@ -264,6 +264,33 @@ def test_hub_config_keeps_a_server_that_swarm_moves(tasks, polled):
     assert spawner.asked == [("tasks", {"filters": {"service": "jupyter-ann"}})]
 
 
+def _stamp(seconds_ago: float) -> str:
+    import datetime
+
+    when = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds_ago)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+
+
+@pytest.mark.parametrize("pending_for, removed", [(55, False), (65, True)])
+def test_hub_config_withdraws_a_moved_server_that_finds_no_slice_for_slice_wait(pending_for, removed):
+    """A server Swarm moved whose new task waits for a slice is kept for slice_wait seconds (60),
+    as a start would wait; then its service is removed and poll says why, so the hub marks it
+    stopped instead of showing it running while its proxy answers 503 (the hub stops a server only
+    when poll says it runs)."""
+    namespace = _exec_hub_config(hub.hub_config(config.from_tables({})))
+    spawner = namespace["c"].JupyterHub.spawner_class()
+    err = "no suitable node (insufficient resources on 2 nodes)"
+    spawner.tasks = [_task("01", "shutdown", "shutdown"),
+                     {"CreatedAt": _stamp(pending_for + 5), "DesiredState": "running",
+                      "Status": {"State": "pending", "Timestamp": _stamp(pending_for), "Err": err}}]
+    polled = asyncio.run(spawner.poll())
+    if removed:
+        assert polled.startswith("no GPU slice was free for 60 s after the server was moved") and err in polled
+        assert spawner.removed == 1 and "waited 60 s for a free gpu slice" in spawner.warned[0]
+    else:
+        assert polled is None and not spawner.removed and not spawner.warned
+
+
 def test_hub_config_polls_a_gone_service_as_dockerspawner_does():
     namespace = _exec_hub_config(hub.hub_config(config.from_tables({})))
     spawner = namespace["c"].JupyterHub.spawner_class()
@@ -285,6 +312,24 @@ class _SwarmSpawner:
 
     def __init__(self):
         self.asked = []
+        self.removed = 0
+        self.warned: list[str] = []
+        spawner = self
+
+        class Log:
+            def warning(self, message, *args):
+                spawner.warned.append(message % args)
+
+            def debug(self, message, *args):
+                pass
+
+        self.log = Log()
+
+    async def remove_object(self):
+        if self.service is None:
+            raise _NotFound()
+        self.removed += 1
+        self.service = None
 
     async def get_object(self):
         return self.service
@@ -295,6 +340,20 @@ class _SwarmSpawner:
 
     async def poll(self):
         return "super"
+
+
+class _NotFound(Exception):
+    """docker.errors.APIError for a service that is gone."""
+
+    status_code = 404
+
+
+def test_hub_config_removes_a_service_removed_already_without_error():
+    namespace = _exec_hub_config(hub.hub_config(config.from_tables({})))
+    spawner = namespace["c"].JupyterHub.spawner_class()
+    asyncio.run(spawner.remove_object())
+    asyncio.run(spawner.remove_object())  # a stop after poll withdrew it: gone, no error
+    assert spawner.removed == 1
 
 
 class _Config:

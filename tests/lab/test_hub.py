@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -328,6 +329,46 @@ def test_leave_moves_running_servers_to_another_worker(hub, workers, manager, la
     [seen] = [w for w in fleet["workers"] if w["role"] == "worker"]
     assert seen["hostname"] == staying and seen["servers"] == sorted(f"jupyter-{u}" for u in keep.values()), fleet
     assert code == 1 and seen["slices"] == {"total": 2, "used": 2, "free": 0} and fleet["down"] == [], fleet
+
+
+def test_a_moved_server_that_finds_no_slice_is_stopped_after_slice_wait(hub, workers, manager, lab_tmp):
+    """The last worker drained while it holds every server: Swarm moves their tasks, which wait
+    for a slice no worker has. The hub keeps each server as long as a start would wait (SLICE_WAIT,
+    hub-config's --slice-wait), then stops it, which removes its service (hub-config's poll says
+    it ended), instead of showing it running while the proxy answers 503; nothing is left pending."""
+    staying = "gsn-h1"
+    users = [u for u in USERS + [EXTRA] if server(hub, u)]
+    assert users, "the servers kept through the leave"
+    node = manager.docker.nodes.get(NODE_IDS[staying])
+    spec = dict(node.attrs["Spec"], Availability="drain")
+    node.update(spec)
+    drained = time.monotonic()
+    try:
+        # The operator's view meanwhile: the worker drained, each moved server waiting for a slice
+        # with Swarm's reason, and no room for a new user (exit 1).
+        def waiting() -> tuple[int, dict] | None:
+            code, fleet = hub_status(manager, lab_tmp)
+            pending = {p["service"] for p in fleet["pending"]}
+            return (code, fleet) if pending >= {f"jupyter-{u}" for u in users} else None
+
+        code, fleet = wait_for("hub status showing the moved servers waiting", waiting, timeout=SLICE_WAIT - 5)
+        [seen] = [w for w in fleet["workers"] if w["role"] == "worker"]
+        assert (seen["hostname"], seen["availability"], code) == (staying, "drain", 1), fleet
+        assert all("no suitable node" in p["reason"] for p in fleet["pending"]), fleet
+        for user in users:
+            wait_for(f"{user}'s server stopped by the hub", lambda: server(hub, user) is None,
+                     timeout=SLICE_WAIT + 60, interval=1)
+        took = time.monotonic() - drained
+        print(f"\nmoved servers with no slice were stopped {took:.1f} s after the drain (slice_wait {SLICE_WAIT} s)")
+        assert took >= SLICE_WAIT  # kept as long as a start waits, not given up at once
+        for user in users:  # the hub stopped it, which removed its service: nothing starts later without the user
+            assert manager.docker.services.list(filters={"name": f"jupyter-{user}"}) == []
+        log = hub.log_path.read_text()
+        for user in users:  # the hub's log names each server and why
+            assert f"jupyter-{user} waited {SLICE_WAIT} s for a free gpu slice (no suitable node" in log, hub.logs()
+    finally:
+        node.reload()
+        node.update(dict(node.attrs["Spec"], Availability="active"))
 
 
 def _status_or_none(hub: LabHub, user: str) -> dict | None:
