@@ -12,6 +12,7 @@ umask 022
 
 PREFIX=${GPUSWARM_PREFIX:-/opt/gpuswarm-node}
 BIN_LINK=/usr/local/bin/gpuswarm-node
+COMPLETION=/usr/share/bash-completion/completions/gpuswarm-node
 SRC=$(cd "$(dirname "$0")" && pwd)
 APT_LOCK_TIMEOUT=${GPUSWARM_APT_LOCK_TIMEOUT:-600}
 NETWORK_RETRY=${GPUSWARM_NODE_NETWORK_RETRY:-120}
@@ -189,7 +190,8 @@ switch_link() {
 # after the pid of the run that made it; kept while that run (or the tool it became) still runs.
 remove_leftovers() {
     in_use=$(current_venv)
-    for path in "$PREFIX"/venv-* "$PREFIX"/venv.new.* "$PREFIX"/source.sha256.new.* "$BIN_LINK".new.*; do
+    for path in "$PREFIX"/venv-* "$PREFIX"/venv.new.* "$PREFIX"/source.sha256.new.* "$BIN_LINK".new.* \
+                "$COMPLETION".new.*; do
         [ -e "$path" ] || [ -L "$path" ] || continue
         [ "$path" != "$in_use" ] || continue
         printf '%s\n' "${path##*/}" | grep -Eq \
@@ -346,6 +348,34 @@ fi
 # Through the venv link, so the command stays valid across every switch.
 [ "$(readlink "$BIN_LINK" 2>/dev/null || true)" = "$PREFIX/venv/bin/gpuswarm-node" ] \
     || switch_link "$PREFIX/venv/bin/gpuswarm-node" "$BIN_LINK"
+
+# bash's completion of the tool's commands, step names and config keys, from the tool just linked
+# (bash-completion loads it by the command's name): root's, 0644, written beside it and renamed over
+# it (never half-written; a link there is replaced, not followed), and only when it changed. Not
+# where the directory could be changed by someone other than root, nor a reason to stop setup.
+install_completion() {
+    completion_dir=${COMPLETION%/*}
+    mkdir -p "$completion_dir" || return 1
+    if [ -n "$(find "$completion_dir" -maxdepth 0 \( -perm /022 -o ! -user 0 \) -print)" ]; then
+        say "$completion_dir is not root's alone, so the bash completion is not installed there"
+        return 1
+    fi
+    completion_new=$COMPLETION.new.$$
+    rm -f "$completion_new"
+    # noclobber: the temporary name is created, never opened through something already there.
+    if ! ( set -C; "$BIN_LINK" completion bash > "$completion_new" ) \
+       || ! chown root:root "$completion_new" || ! chmod 0644 "$completion_new"; then
+        rm -f "$completion_new"
+        return 1
+    fi
+    if [ -f "$COMPLETION" ] && [ ! -L "$COMPLETION" ] && cmp -s "$completion_new" "$COMPLETION" \
+       && [ -z "$(find "$COMPLETION" -maxdepth 0 \( ! -perm 0644 -o ! -user 0 -o ! -group 0 \) -print)" ]; then
+        rm -f "$completion_new"
+        return 0
+    fi
+    mv -f "$completion_new" "$COMPLETION"
+}
+install_completion || say "the bash completion was not installed (see above); the tool works without it"
 
 if [ -n "$install_only" ]; then
     say "gpuswarm-node is installed: $BIN_LINK"

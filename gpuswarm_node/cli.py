@@ -52,15 +52,33 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                                 f"0 success; 1 a step failed or the node is not converged; {USAGE_EXIT} "
                                 f"Each command's -h says more."))
 
+def complete_steps(incomplete: str) -> List[str]:
+    """Shell completion of --only and --skip: the step names that begin with what was typed."""
+    return [name for name in STEP_NAMES if name.startswith(incomplete)]
+
+
+def complete_config_keys(incomplete: str) -> List[str]:
+    """Shell completion of --set: `SECTION.KEY=` for every config key that begins with what was
+    typed (config.reference, the keys `config` lists), less those only a config file can give (the
+    [[shared.mounts]] tables: a tuple default)."""
+    from .config import reference
+
+    keys = (f"{section}.{name}=" for section, name, default, _ in reference() if not isinstance(default, tuple))
+    return [key for key in keys if key.startswith(incomplete)]
+
+
 ConfigOption = typer.Option(None, "--config", "-c", metavar="FILE",
                             help="Config file (default: $GPUSWARM_CONFIG or /etc/gpuswarm-node/config.toml).")
-SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.")
+SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.",
+                         autocompletion=complete_config_keys)
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 
 
 class State:
     config: Optional[Path] = None
     debug: bool = False
+    quiet: bool = False  # -q: errors, warnings and each command's verdict line only
+    verbose: bool = False  # -v: each step as it begins, and what it wrote or would run
 
 
 state = State()
@@ -138,7 +156,7 @@ class ConfigSource:
 
         cfg = load(self.path, overrides=self.overrides, warn=warn, remember=remember)
         note = remembered_note(cfg) if remember else None
-        if note:
+        if note and not state.quiet:
             err.print(f"note: {note}", markup=False)
         return cfg
 
@@ -181,8 +199,9 @@ def make_context(config, json_mode: bool, changes: bool = False, journal_path: O
     from .context import Context, RunOptions
     from .ui import ConsoleReporter
 
-    reporter = ConsoleReporter(err, debug=state.debug)
-    if json_mode:
+    reporter = ConsoleReporter(err, debug=state.debug, verbose=state.verbose)
+    if json_mode or state.quiet:
+        # No live lines (--json keeps stderr for errors; -q prints the verdict only), but --debug's.
         reporter = ConsoleReporter(Console(stderr=True, quiet=not state.debug), debug=state.debug)
     journal = (Journal(journal_path) if journal_path else Journal()) if changes else None
     return Context(config=config, host=LocalHost(journal=journal), reporter=reporter, journal=journal,
@@ -194,7 +213,7 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
     lock and appends to the run log. Prints the plan or the end-of-run summary (or JSON); returns
     the report (exit_code says what it means for the exit status)."""
     from .engine import run_plan
-    from .ui import print_plan, print_summary
+    from .ui import print_plan, print_plan_quietly, print_summary, print_summary_quietly
 
     if dry_run:
         report = run_plan(plan, ctx, dry_run=True)
@@ -209,10 +228,14 @@ def apply_plan(plan, ctx, dry_run: bool, json_out: bool, hint: str = ""):
             log_run(report)
     if json_out:
         print_json(report.as_json())
+    elif dry_run and state.quiet:
+        print_plan_quietly(out, report)
     elif dry_run:
-        print_plan(out, report)
+        print_plan(out, report, verbose=state.verbose)
         if hint:
             out.print(hint)
+    elif state.quiet:
+        print_summary_quietly(out, report)
     else:
         print_summary(out, report, getattr(ctx.host, "backups", []), ctx.logs)
     return report
@@ -230,15 +253,69 @@ def print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+# The options every command takes, before its name or after it (`gpuswarm-node setup --debug`):
+# each sets the run's State, whichever of the two places gave it.
+GLOBAL_FLAGS = ("debug", "quiet", "verbose")
+
+
+def take_flag(name: str, value: bool) -> None:
+    """Record one of GLOBAL_FLAGS; -q with -v is a usage error."""
+    if value:
+        setattr(state, name, True)
+    if state.quiet and state.verbose:
+        raise click_errors.UsageError("-q/--quiet and -v/--verbose ask for opposite things: give one of them.")
+
+
 @app.callback()
 def main_options(
     config: Optional[Path] = ConfigOption,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debugging output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Print only errors, warnings and the command's verdict line (never changes "
+                                    "--json)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also print each step as it begins, the diff of each file written, and "
+                                      "what the steps that are not right would run."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version,
                                  help="Print the version and exit."),
 ) -> None:
     state.config = config
-    state.debug = debug
+    # Set, not only raised: each run starts from what its own command line says (the flags after
+    # the command, parsed next, may raise them).
+    state.debug, state.quiet, state.verbose = debug, quiet, verbose
+    take_flag("quiet", quiet)  # refuses -q with -v
+
+
+def with_global_flags(root) -> None:
+    """Give every command and group under `root` (the click command typer built from `app`) the
+    root's --debug, -q and -v, so they may come after the command's name as well as before it."""
+    import copy
+
+    flags = [param for param in root.params if param.name in GLOBAL_FLAGS]
+
+    def setter(ctx, param, value):
+        if not ctx.resilient_parsing:  # completion parses without acting
+            take_flag(param.name, value)
+        return value
+
+    def walk(group) -> None:
+        for command in getattr(group, "commands", {}).values():
+            have = {param.name for param in command.params}
+            for flag in flags:
+                if flag.name not in have:
+                    twin = copy.copy(flag)
+                    twin.callback, twin.expose_value = setter, False
+                    command.params.append(twin)
+            walk(command)
+
+    walk(root)
+
+
+def cli_command():
+    """The click command the program runs: typer's, with the global flags on every command."""
+    command = typer.main.get_command(app)
+    with_global_flags(command)
+    return command
 
 
 STEP_LIST = ", ".join(STEP_NAMES)
@@ -252,9 +329,9 @@ STEP_LIST = ", ".join(STEP_NAMES)
 @with_config
 def setup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
-    only: List[str] = typer.Option([], "--only", metavar="STEP",
+    only: List[str] = typer.Option([], "--only", metavar="STEP", autocompletion=complete_steps,
                                    help=f"Run only this step (repeatable): {STEP_LIST}."),
-    skip: List[str] = typer.Option([], "--skip", metavar="STEP",
+    skip: List[str] = typer.Option([], "--skip", metavar="STEP", autocompletion=complete_steps,
                                    help=f"Do not run this step (repeatable): {STEP_LIST}."),
     json_out: bool = JsonOption,
     source: ConfigSource = DEFAULT_SOURCE,
@@ -328,10 +405,18 @@ def status(
             write_metrics(report, str(prometheus))
         if json_out:
             print_json(report.as_json())
+        elif state.quiet:
+            from .ui import print_status_quietly
+
+            print_status_quietly(out, report)
         elif plain_wanted(sys.stdout):
             sys.stdout.write(status_text(report))
         else:
             out.print(status_table(report))
+        if state.verbose and not json_out:
+            from .ui import print_status_actions
+
+            print_status_actions(out, report)
         return 0 if report.ok else 1
 
     guarded(body)
@@ -344,6 +429,55 @@ def list_steps() -> None:
 
     for step in steps.ALL_STEPS:
         out.print(f"{step.name:<16} {step.description}")
+
+
+@app.command(epilog=epilog(f"sudo {PROG} logs --runs 3 --apt",
+                           "0 printed (also when no run has been logged yet: it says so); 1 a log is not the "
+                           "tool's file (a symlink, not a regular file) or cannot be read; 2 this user may not read "
+                           "a log (run it with sudo), or bad usage.", "none."))
+def logs(
+    runs: int = typer.Option(5, "--runs", metavar="N", min=1, help="How many of the last runs to show."),
+    apt: bool = typer.Option(False, "--apt", help="Also the whole output of every apt-get and dpkg run since the "
+                                                  "first of those runs began (apt.log)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Show the last runs of setup, leave, reset and watch from the run log (read-only)."""
+
+    def body() -> int:
+        from . import logs as logs_mod
+        from .ui import print_apt_runs, print_runs
+
+        found = logs_mod.last_runs(runs)
+        shown, skipped = found if found is not None else ([], 0)
+        apt_found = None
+        if apt:
+            began = [b for b in (run.began() for run in shown) if b is not None]
+            apt_found = logs_mod.apt_runs(min(began) if began else None, runs)
+        if json_out:
+            data: dict = {"run_log": logs_mod.RUN_LOG, "run_log_found": found is not None,
+                          "runs": [run.as_json() for run in shown], "skipped_lines": skipped}
+            if apt:
+                data.update(apt_log=logs_mod.APT_LOG, apt_log_found=apt_found is not None,
+                            apt=[r.as_json() for r in apt_found or []])
+            print_json(data)
+            return 0
+        if found is None:
+            out.print(f"no run log at {logs_mod.RUN_LOG}: no setup, leave, reset or watch has logged a run on "
+                      "this machine yet.", markup=False)
+        elif not shown:
+            out.print(f"the run log {logs_mod.RUN_LOG} holds no run yet.", markup=False)
+        print_runs(out, shown, skipped, logs_mod.RUN_LOG)
+        if apt:
+            if apt_found is None:
+                out.print(f"no apt log at {logs_mod.APT_LOG}: no step of this tool has run apt-get or dpkg here "
+                          "yet.", markup=False)
+            elif not apt_found:
+                out.print(f"no apt-get or dpkg run in {logs_mod.APT_LOG} since those runs began.", markup=False)
+            else:
+                print_apt_runs(out, apt_found)
+        return 0
+
+    guarded(body)
 
 
 @app.command(epilog=epilog(f"{PROG} gpus --json --set gpu.slice_memory=4GiB",
@@ -572,8 +706,9 @@ def leave(
         if after is None or dry_run or not report.ok:
             return exit_code(report)
         status = run_then(after)
-        # In --json mode stdout holds only the report's JSON.
-        (err if json_out else out).print(f"then: `{' '.join(after)}` exited {status}", markup=False)
+        # In --json mode stdout holds only the report's JSON; -q: the error below says a failure.
+        if not state.quiet:
+            (err if json_out else out).print(f"then: `{' '.join(after)}` exited {status}", markup=False)
         if status != 0:
             err.print(f"[bold red]error:[/] the node is out of the swarm, but the --then command exited {status}.")
             return 3
@@ -610,7 +745,7 @@ def watch(
             raise GpuswarmError("watch needs root: it reads NVML and Docker's socket and writes /var/lib/gpuswarm-node.",
                                 "Run it with sudo, or let setup run it as a service.")
 
-        def say(line: str) -> None:
+        def say(line: str) -> None:  # each line an event (a drain, a failure): -q keeps them
             err.print(line, markup=False, highlight=False)
 
         config_args = (("--config", str(source.path)) if source.path else ()) + tuple(
@@ -688,7 +823,7 @@ def hub_bundle(
     worker_config: Optional[Path] = typer.Option(None, "--worker-config", metavar="FILE",
                                                  help="The workers' config template (default: "
                                                       "/etc/gpuswarm-node/worker.toml when it exists)."),
-    overrides: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+    overrides: List[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", autocompletion=complete_config_keys,
                                         help="Set one key of the worker's config."),
     host_keys: List[Path] = typer.Option([], "--host-key", metavar="PUBFILE",
                                          help="This hub's public SSH host key (repeatable; default: "
@@ -775,6 +910,9 @@ def hub_status(
             atomic_write(prometheus, fleet_mod.prometheus(fleet), 0o644)
         if json_out:
             print_json(fleet.as_json())
+            return 0 if fleet.can_take_a_user else 1
+        if state.quiet:
+            out.print(escape(fleet_mod.summary_line(fleet)))
             return 0 if fleet.can_take_a_user else 1
         from rich.table import Table
 
@@ -979,7 +1117,7 @@ def reset(
                 # second reset re-checks every change (what is undone already is ok).
                 journal.archive()
         if looking:
-            if purge:
+            if purge and not state.quiet:  # -q: the plan's verdict line above only
                 print_purge_plan(purging.plan(tree))
                 flags = "".join(f" {flag}" for flag, on in (("--allow-restart", allow_restart), ("--drain", drain),
                                                               ("--purge", purge)) if on)
@@ -995,7 +1133,7 @@ def reset(
             return code
         with run_lock(str(tree.lock), command="reset"):
             plan = purging.plan(tree)
-            for item in plan.kept:
+            for item in plan.kept if not state.quiet else ():
                 out.print(f"kept: {escape(item)}")
             # Nothing may be imported from here on: the environment may be gone.
             done = purging.execute(tree)
@@ -1045,6 +1183,15 @@ def completion(shell: Shell = typer.Argument(..., help="bash, zsh or fish.")) ->
     completion_init()  # typer's bash, zsh and fish scripts, which its own completion handler answers
     root = get_current_context().find_root().command
     raise typer.Exit(shell_complete(root, {}, PROG, COMPLETE_VAR, f"source_{shell.value}"))
+
+
+@app.command(epilog=epilog(f"{PROG} man | man -l -   (or: {PROG} man > docs/{PROG}.1)", f"0 printed; {USAGE_EXIT}",
+                           "none."))
+def man() -> None:
+    """Print this manual page (roff), written from every command's help."""
+    from .manpage import render_page
+
+    sys.stdout.write(render_page(get_current_context().find_root().command))
 
 
 @app.command("config", epilog=epilog(f"GPUSWARM_GPU_SLICES_PER_GPU=2 {PROG} config --config node.toml",
@@ -1110,7 +1257,7 @@ def main() -> NoReturn:  # exits with the command's status
     # Before anything is created: under umask 000 (some cloud-init setups) every file and directory
     # would otherwise start group- and world-writable. The tool sets explicit modes too.
     os.umask(0o022)
-    command = typer.main.get_command(app)
+    command = cli_command()
     if os.environ.get(COMPLETE_VAR):
         # The shell asks for completions (the script `completion` printed sets this variable).
         from typer.completion import completion_init

@@ -1,5 +1,5 @@
 """`reset --purge`: after the journal's changes are reverted, remove what the tool installed for
-itself, as k3s's uninstall script does: setup.sh's environments and PATH link, the runtime wrapper,
+itself, as k3s's uninstall script does: setup.sh's environments, PATH link and bash completion, the runtime wrapper,
 the slice map, the journal and run log, and the run lock. Kept, and said so: the backups of the
 operator's original files, every file of the operator's (config, SSH key, known_hosts, a CA), and
 the packages setup installed.
@@ -28,6 +28,9 @@ from .steps import docker_daemon
 # setup.sh's PREFIX and BIN_LINK (tests/test_purge.py checks setup.sh agrees).
 PREFIX = "/opt/gpuswarm-node"
 BIN_LINK = "/usr/local/bin/gpuswarm-node"
+COMPLETION = "/usr/share/bash-completion/completions/gpuswarm-node"
+# What marks the completion script as the tool's (`gpuswarm-node completion bash`, cli.COMPLETE_VAR).
+COMPLETION_MARK = b"_GPUSWARM_NODE_COMPLETE"
 # What setup.sh puts in PREFIX (PREFIX may be shared: only these are its own).
 PREFIX_NAMES = re.compile(r"^(venv|source\.sha256|venv-([0-9a-f]{12}|old)-[0-9]+|venv\.new\.[0-9]+"
                           r"|source\.sha256\.new\.[0-9]+)$")
@@ -46,6 +49,7 @@ class Paths:
     log_dir: Path
     backup_dir: Path
     lock: Path
+    completion: Path
 
 
 def paths(root: str | Path = "/") -> Paths:
@@ -57,7 +61,7 @@ def paths(root: str | Path = "/") -> Paths:
                  wrapper_dir=under(Path(docker_daemon.WRAPPER).parent), slice_map=under(docker_daemon.SLICE_MAP),
                  config_dir=under(DEFAULT_CONFIG_PATH.parent), state_dir=under(Path(journal.JOURNAL).parent),
                  log_dir=under(Path(runlog.RUN_LOG).parent), backup_dir=under(host.BACKUP_DIR),
-                 lock=under(lock.LOCK_PATH))
+                 lock=under(lock.LOCK_PATH), completion=under(COMPLETION))
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,17 @@ def plan(p: Paths) -> Plan:
                 add(Removal(path, f"the command's link to {os.readlink(path)}"))
             else:
                 result.kept.append(f"{path} (not setup.sh's link into {p.prefix})")
+    # setup.sh's completion script and what a killed run left of it: regular files of the tool's.
+    completions = p.completion.parent
+    if _lstat(completions):
+        for name in sorted(os.listdir(completions)):
+            if name != p.completion.name and not re.fullmatch(re.escape(p.completion.name) + r"\.new\.[0-9]+", name):
+                continue
+            path = completions / name
+            if _is_completion_script(path):
+                add(Removal(path, "the bash completion setup.sh installed"))
+            else:
+                result.kept.append(f"{path} (not setup.sh's completion script)")
     prefix = _lstat(p.prefix)
     if prefix and stat.S_ISLNK(prefix.st_mode):
         result.kept.append(f"{p.prefix} (a symlink, not followed)")
@@ -149,6 +164,22 @@ def plan(p: Paths) -> Plan:
         add(Removal(p.lock, "the run lock"))
     result.kept.append(PACKAGES_NOTE)
     return result
+
+
+def _is_completion_script(path: Path) -> bool:
+    """Whether `path` is a regular file (not followed through a symlink) holding the tool's
+    completion script, or an empty one (a killed setup.sh's temporary file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    return COMPLETION_MARK in head or (not head and path.name != COMPLETION.rsplit("/", 1)[1])
 
 
 def _not_roots(path: Path, owner: int) -> str | None:

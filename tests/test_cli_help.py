@@ -15,7 +15,7 @@ from gpuswarm_node.steps import STEP_NAMES
 from .test_cli import ALL_STEPS, safe_config, write_config
 
 COMMANDS = ["setup", "status", "steps", "gpus", "render", "cuda-env", "hub-config", "leave", "reset", "version",
-            "completion", "config"]
+            "completion", "config", "logs", "man"]
 
 
 def one_error_line(result, code: int = 2) -> str:
@@ -58,7 +58,7 @@ def test_each_command_help_has_example_exit_codes_and_environment(gsn, command):
     assert "Example: " in text and "gpuswarm-node" in text.split("Example: ")[1]
     assert "Exit codes: 0" in text
     assert "Environment: " in text
-    if command not in ("steps", "version", "completion"):
+    if command not in ("steps", "version", "completion", "logs", "man"):
         assert "GPUSWARM_CONFIG" in text and "GPUSWARM_<SECTION>_<KEY>" in text
 
 

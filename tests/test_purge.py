@@ -51,6 +51,10 @@ def make_machine(root: Path) -> tuple[purge.Paths, Path]:
     (p.backup_dir / "etc" / "docker" / "daemon.json.20250101").write_text("{}\n")
     p.lock.parent.mkdir(parents=True)
     p.lock.write_text("1 reset\n")
+    p.completion.parent.mkdir(parents=True)
+    p.completion.write_text("complete ... _GPUSWARM_NODE_COMPLETE=complete_bash ...\n")  # setup.sh's
+    (p.completion.parent / "gpuswarm-node.new.77").write_text("")  # what a killed setup.sh left
+    (p.completion.parent / "git").write_text("")  # another package's
     return p, outside
 
 
@@ -64,6 +68,8 @@ def test_paths_default_to_the_machine_and_agree_with_setup_sh():
     setup_sh = (REPO / "setup.sh").read_text()
     assert re.search(r"^PREFIX=\$\{GPUSWARM_PREFIX:-" + re.escape(purge.PREFIX) + r"\}$", setup_sh, re.M)
     assert re.search(r"^BIN_LINK=" + re.escape(purge.BIN_LINK) + "$", setup_sh, re.M)
+    assert re.search(r"^COMPLETION=" + re.escape(purge.COMPLETION) + "$", setup_sh, re.M)
+    assert str(p.completion) == purge.COMPLETION
 
 
 def test_purge_removes_the_tools_own_files_and_keeps_the_rest(tmp_path):
@@ -81,8 +87,9 @@ def test_purge_removes_the_tools_own_files_and_keeps_the_rest(tmp_path):
     report = purge.execute(p, owner=ME)
 
     assert report.failed == []
-    for gone in (p.prefix, p.bin_link, p.wrapper_dir, p.slice_map, p.state_dir, p.log_dir, p.lock):
+    for gone in (p.prefix, p.bin_link, p.wrapper_dir, p.slice_map, p.state_dir, p.log_dir, p.lock, p.completion):
         assert not os.path.lexists(gone), gone
+    assert os.listdir(p.completion.parent) == ["git"]
     assert sorted(os.listdir(p.config_dir)) == ["config.toml", "id_ed25519", "known_hosts", "registry-ca.pem"]
     assert (p.backup_dir / "etc" / "docker" / "daemon.json.20250101").exists()
     assert (outside / "data" / "precious").read_text() == "the operator's\n"  # links removed, never followed
@@ -193,3 +200,16 @@ def test_the_reset_command_purges_importing_nothing_once_it_began_and_twice_is_a
     assert again.output.splitlines()[-2:] == [f"purged: removed {p.lock} (the run lock)",
                                               "nothing else to purge: the tool's own files were gone already"]
     assert sorted(os.listdir(p.config_dir)) == ["config.toml", "id_ed25519", "known_hosts", "registry-ca.pem"]
+
+
+def test_a_completion_script_that_is_not_setup_shs_is_kept(tmp_path):
+    p, outside = make_machine(tmp_path)
+    p.completion.unlink()
+    p.completion.symlink_to(outside / "data" / "precious")  # a link: never followed, never removed
+    plan = purge.plan(p)
+    assert f"{p.completion} (not setup.sh's completion script)" in plan.kept
+    p.completion.unlink()
+    p.completion.write_text("# the operator's own completion for a command of that name\n")
+    assert f"{p.completion} (not setup.sh's completion script)" in purge.plan(p).kept
+    purge.execute(p, owner=ME)
+    assert p.completion.exists() and (outside / "data" / "precious").exists()

@@ -33,6 +33,7 @@ from .test_apt_locks import FAKE_APT, hold, lock_file  # noqa: F401 - fixtures
 REPO = Path(__file__).resolve().parent.parent
 SETUP_SH = REPO / "setup.sh"
 BUILD = re.compile(r"venv-([0-9a-f]{12})-([0-9]+)")
+COMPLETIONS = "/usr/share/bash-completion/completions"  # setup.sh's COMPLETION is gpuswarm-node there
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -49,16 +50,21 @@ def source_hash() -> str:
 
 
 class Installs:
-    """Runs of `setup.sh --install-only` into one prefix, with /usr/local/bin replaced by `bin`."""
+    """Runs of `setup.sh --install-only` into one prefix, with /usr/local/bin replaced by `bin`
+    and bash-completion's directory by `completions`."""
 
     def __init__(self, root: Path) -> None:
         self.prefix = root / "opt" / "gpuswarm-node"
         self.bin = root / "usr-local-bin"
         self.bin.mkdir(parents=True)
         self.link = self.bin / "gpuswarm-node"
+        self.completions = root / "completions"
+        self.completions.mkdir()
+        self.completion = self.completions / "gpuswarm-node"
 
     def start(self) -> subprocess.Popen:
         script = (f"mount --bind {shlex.quote(str(self.bin))} /usr/local/bin && "
+                  f"mount --bind {shlex.quote(str(self.completions))} {COMPLETIONS} && "
                   f"exec sh {shlex.quote(str(SETUP_SH))} --install-only")
         env = {**os.environ, "GPUSWARM_PREFIX": str(self.prefix)}
         return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -167,6 +173,7 @@ def test_setup_sh_killed_anywhere_in_its_install_then_run_again_converges(tmp_pa
     assert (installs.prefix / "source.sha256").read_text() == source_hash() + "\n"
     assert os.readlink(installs.link) == str(installs.prefix / "venv" / "bin" / "gpuswarm-node")
     assert subprocess.run([str(installs.link), "version"], capture_output=True, text=True).returncode == 0
+    assert [p.name for p in installs.completions.iterdir()] == ["gpuswarm-node"], f"leftovers of killed runs: {log}"
     for path in [installs.prefix, *(installs.prefix / target).rglob("*")]:
         assert path.is_symlink() or not path.lstat().st_mode & 0o022, path  # umask 022 kept
 
@@ -393,8 +400,11 @@ def untouched_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProce
     prefix, bin_dir, tmp = tmp_path / "opt" / "gpuswarm-node", tmp_path / "usr-local-bin", tmp_path / "tmp"
     bin_dir.mkdir(parents=True)
     tmp.mkdir()
-    script = f"mount --bind {shlex.quote(str(bin_dir))} /usr/local/bin && exec sh {shlex.quote(str(SETUP_SH))} " \
-             + " ".join(map(shlex.quote, args))
+    completions = tmp_path / "completions"  # nothing may land there either: checked with bin_dir
+    completions.mkdir()
+    script = f"mount --bind {shlex.quote(str(bin_dir))} /usr/local/bin && " \
+             f"mount --bind {shlex.quote(str(completions))} {COMPLETIONS} && " \
+             f"exec sh {shlex.quote(str(SETUP_SH))} " + " ".join(map(shlex.quote, args))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPUSWARM_", "SUDO_"))},
            "GPUSWARM_PREFIX": str(prefix), "TMPDIR": str(tmp)}
     result = subprocess.run([*private_state(tmp_path / "host-state"), "sh", "-c", script], env=env,
@@ -408,6 +418,7 @@ def test_setup_sh_help_prints_its_usage_and_installs_nothing(tmp_path, flag):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: sudo ./setup.sh [SETUP OPTIONS]") and "--install-only" in result.stdout
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+    assert list((tmp_path / "completions").iterdir()) == []
 
 
 def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_nothing(tmp_path):
@@ -423,6 +434,7 @@ def test_setup_sh_dry_run_shows_setups_plan_from_a_temporary_copy_and_installs_n
     boot = next(s for s in plan["steps"] if s["name"] == "boot")
     assert boot["state"] == "needs-change" and "setup.sh links /usr/local/bin/gpuswarm-node" in boot["detail"]
     assert not prefix.exists() and list(bin_dir.iterdir()) == [] and list(tmp.iterdir()) == []
+    assert list((tmp_path / "completions").iterdir()) == []
 
 
 def test_setup_sh_hub_runs_the_hub_command_instead_of_setup(tmp_path):
@@ -451,3 +463,37 @@ def test_setup_sh_dry_run_leaves_an_install_open_to_others_as_it_is_and_says_it_
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "unsafe=1 rebuild=\n" and prefix.stat().st_mode & 0o777 == 0o777
+
+
+# --- the bash completion ---------------------------------------------------------------------------
+
+def test_setup_sh_installs_the_bash_completion_roots_and_only_when_it_changed(tmp_path):
+    installs = Installs(tmp_path)
+    # What a killed run left, and the operator's link where the script goes: neither followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("the operator's file\n")
+    installs.completion.symlink_to(elsewhere)
+    (installs.completions / "gpuswarm-node.new.999999").write_text("half")
+    proc = installs.start()
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    script = subprocess.run([str(installs.link), "completion", "bash"], capture_output=True, text=True,
+                            check=True).stdout
+    assert "complete -o default -F _gpuswarm_node_completion gpuswarm-node" in script
+    st = installs.completion.lstat()
+    assert installs.completion.read_text() == script and not installs.completion.is_symlink()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644)
+    assert elsewhere.read_text() == "the operator's file\n"
+    assert [p.name for p in installs.completions.iterdir()] == ["gpuswarm-node"]
+    # Current: left as it is (the same inode, not rewritten).
+    proc = installs.start()
+    again = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, again
+    assert installs.completion.lstat().st_ino == st.st_ino
+    # Changed (by hand, or an older tool's): put right.
+    installs.completion.write_text("stale\n")
+    installs.completion.chmod(0o666)
+    proc = installs.start()
+    third = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, third
+    assert installs.completion.read_text() == script and installs.completion.stat().st_mode & 0o7777 == 0o644

@@ -112,11 +112,11 @@ def test_nothing_created_under_umask_000_is_writable_by_others(worker, fresh_set
     modes = dict(line.split(" ", 1)[::-1] for line in worker.sh(
         "stat -c '%a %n' /usr/local/lib/gpuswarm-node /usr/local/lib/gpuswarm-node/gpuswarm-runtime "
         "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py /etc/gpuswarm-node/slices.json /etc/docker/daemon.json "
-        "/var/backups/gpuswarm-node").stdout.splitlines())
+        "/var/backups/gpuswarm-node /usr/share/bash-completion/completions/gpuswarm-node").stdout.splitlines())
     assert modes == {"/usr/local/lib/gpuswarm-node": "755", "/usr/local/lib/gpuswarm-node/gpuswarm-runtime": "755",
                      "/usr/local/lib/gpuswarm-node/gpuswarm-runtime.py": "644",
                      "/etc/gpuswarm-node/slices.json": "644", "/etc/docker/daemon.json": "644",
-                     "/var/backups/gpuswarm-node": "700"}
+                     "/var/backups/gpuswarm-node": "700", "/usr/share/bash-completion/completions/gpuswarm-node": "644"}
 
 
 # --- 2. scheduling through the real swarm ------------------------------------------------------
@@ -912,7 +912,7 @@ def test_reset_purge_uninstalls_the_tool_and_keeps_what_is_not_its_own(worker, f
     assert "/var/backups/gpuswarm-node" in result.stdout and "packages" in result.stdout
     for path in ("/opt/gpuswarm-node", "/usr/local/bin/gpuswarm-node", "/usr/local/lib/gpuswarm-node",
                  "/etc/gpuswarm-node/slices.json", "/var/lib/gpuswarm-node", "/var/log/gpuswarm-node",
-                 "/run/gpuswarm-node.lock"):
+                 "/run/gpuswarm-node.lock", "/usr/share/bash-completion/completions/gpuswarm-node"):
         assert worker.sh(f"test -e {path} || test -L {path}", check=False).returncode != 0, path
     assert worker.sh("command -v gpuswarm-node", check=False).returncode != 0
     assert worker.sh(f"sha256sum {kept}").stdout == sums
