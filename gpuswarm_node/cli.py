@@ -72,6 +72,9 @@ ConfigOption = typer.Option(None, "--config", "-c", metavar="FILE",
 SetOption = typer.Option([], "--set", metavar="SECTION.KEY=VALUE", help="Override one config key.",
                          autocompletion=complete_config_keys)
 JsonOption = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+# reset and hub reset: a revert runs only when asked for by name.
+RevertYesOption = typer.Option(False, "--yes", help="Really revert; without it, only print the plan.")
+RevertDryRunOption = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes.")
 
 
 class State:
@@ -976,8 +979,8 @@ def hub_init(
                                         f"not reverted; {USAGE_EXIT}"))
 @with_config
 def hub_reset(
-    yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
+    yes: bool = RevertYesOption,
+    dry_run: bool = RevertDryRunOption,
     json_out: bool = JsonOption,
     source: ConfigSource = DEFAULT_SOURCE,
 ) -> None:
@@ -1067,8 +1070,8 @@ def hub_gate(
                            f"check, or something was not reverted; {USAGE_EXIT}"))
 @with_config
 def reset(
-    yes: bool = typer.Option(False, "--yes", help="Really revert; without it, only print the plan."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (as without --yes), even with --yes."),
+    yes: bool = RevertYesOption,
+    dry_run: bool = RevertDryRunOption,
     json_out: bool = JsonOption,
     source: ConfigSource = DEFAULT_SOURCE,
     allow_restart: bool = typer.Option(False, "--allow-restart",
