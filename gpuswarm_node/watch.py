@@ -409,11 +409,15 @@ class Watcher:
         if problem:
             return
         notice = N.first(found)
-        if now < self.notice_retry_at:
-            return
         if notice is not None and notice.action == N.LEAVE:
             if not st.left and self.node:
                 self._leave(notice, now)
+            return
+        if st.left:
+            # The notice that made the node leave is gone (an instance stopped and started again
+            # keeps its disk): the next one is acted on.
+            st.left, st.seen = False, {}
+        if now < self.notice_retry_at:  # a pause or activation failed a moment ago; a leave never waits
             return
         if notice is not None and self.verdict.health == "ok" and self.node:
             if st.seen.get("reason") != notice.reason:  # a new notice: pause once, not every round

@@ -320,3 +320,22 @@ def test_status_shows_the_notice_watch_acts_on():
     rounds(w, node, 1)
     assert verdict_line(node.files[STATE])[0].endswith(
         "; cloud notices not read: the metadata service did not answer: timed out")
+
+
+def test_a_leave_is_not_held_back_by_a_failed_pause_and_a_later_notice_is_acted_on_again():
+    node, cloud = Node(), Cloud()
+    w = noticed(node, cloud)
+    node.manager.spec = {"labels": {}, "unreachable": "timed out"}
+    cloud.notices = [REBALANCE]
+    rounds(w, node, 1)  # the pause failed: the next try in a minute
+    cloud.notices = [N.Notice(N.LEAVE, "spot-interruption", node.now + 120, "EC2 will stop this spot instance")]
+    rounds(w, node, 1)
+    assert len(cloud.leaves) == 1  # at once, not a minute later
+    # Stopped and started again: the notice is gone, the node joined again (the boot unit's setup).
+    cloud.notices, node.node = [], "n2"
+    w.node = "n2"
+    rounds(w, node, 1)
+    assert "notice" not in json.loads(node.files[STATE])
+    cloud.notices = [N.Notice(N.LEAVE, "spot-interruption", node.now + 120, "EC2 will terminate this spot instance")]
+    rounds(w, node, 1)
+    assert len(cloud.leaves) == 2
