@@ -123,27 +123,17 @@ def plan(p: Paths) -> Plan:
     if _lstat(p.log_dir):
         add(Removal(p.log_dir, "the run log"))
     # The PATH link and its leftovers, only when they point into the prefix: otherwise not setup.sh's.
-    bin_dir = p.bin_link.parent
-    if _lstat(bin_dir):
-        for name in sorted(os.listdir(bin_dir)):
-            if name != p.bin_link.name and not re.fullmatch(re.escape(p.bin_link.name) + r"\.new\.[0-9]+", name):
-                continue
-            path = bin_dir / name
-            if os.path.islink(path) and _link_into(path, p.prefix):
-                add(Removal(path, f"the command's link to {os.readlink(path)}"))
-            else:
-                result.kept.append(f"{path} (not setup.sh's link into {p.prefix})")
+    for path in _with_leftovers(p.bin_link):
+        if os.path.islink(path) and _link_into(path, p.prefix):
+            add(Removal(path, f"the command's link to {os.readlink(path)}"))
+        else:
+            result.kept.append(f"{path} (not setup.sh's link into {p.prefix})")
     # setup.sh's completion script and what a killed run left of it: regular files of the tool's.
-    completions = p.completion.parent
-    if _lstat(completions):
-        for name in sorted(os.listdir(completions)):
-            if name != p.completion.name and not re.fullmatch(re.escape(p.completion.name) + r"\.new\.[0-9]+", name):
-                continue
-            path = completions / name
-            if _is_completion_script(path):
-                add(Removal(path, "the bash completion setup.sh installed"))
-            else:
-                result.kept.append(f"{path} (not setup.sh's completion script)")
+    for path in _with_leftovers(p.completion):
+        if _is_completion_script(path):
+            add(Removal(path, "the bash completion setup.sh installed"))
+        else:
+            result.kept.append(f"{path} (not setup.sh's completion script)")
     prefix = _lstat(p.prefix)
     if prefix and stat.S_ISLNK(prefix.st_mode):
         result.kept.append(f"{p.prefix} (a symlink, not followed)")
@@ -164,6 +154,16 @@ def plan(p: Paths) -> Plan:
         add(Removal(p.lock, "the run lock"))
     result.kept.append(PACKAGES_NOTE)
     return result
+
+
+def _with_leftovers(path: Path) -> list[Path]:
+    """`path` and the `NAME.new.PID` files a killed setup.sh left beside it (it writes each such
+    file under that name, then renames it into place), those that exist, in name order."""
+    if not _lstat(path.parent):
+        return []
+    leftover = re.compile(re.escape(path.name) + r"\.new\.[0-9]+")
+    return [path.parent / name for name in sorted(os.listdir(path.parent))
+            if name == path.name or leftover.fullmatch(name)]
 
 
 def _is_completion_script(path: Path) -> bool:
