@@ -145,7 +145,7 @@ HUB_STEP_NAMES = ("docker", "hub-swarm", "hub-network", "hub-ca", "hub-certifica
 def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, list[str], str | None]:
     """(actions, reasons, refusal) that make `path` a directory root alone may enter (0700): a
     directory of another owner or mode is repaired; a symlink or a file there is refused."""
-    from .engine import Call, run_command
+    from .engine import Call
 
     status = ctx.fact(F.FILE_STATUS, path)
     if status is None:
@@ -154,32 +154,32 @@ def private_dir_commands(ctx: Context, path: str = PRIVATE_DIR) -> tuple[list, l
     if status.is_symlink or not status.is_dir:
         return [], [], (f"{path} is {'a symlink' if status.is_symlink else 'not a directory'}, so the hub's private "
                         f"keys cannot be kept there safely; move it aside")
-    actions, reasons = [], []
+    return (*root_with_mode(path, status, 0o700), None)
+
+
+def root_with_mode(path: str, status, mode: int) -> tuple[list, list[str]]:
+    """(actions, reasons) that make an existing file or directory owned by root:root with exactly
+    `mode`: none when it is so already."""
+    from .engine import run_command
+
+    actions = []
     if status.uid != 0 or status.gid != 0:
         actions.append(run_command("chown", "root:root", path))
-    if status.mode & 0o7777 != 0o700:
-        actions.append(run_command("chmod", "0700", path))
-    if actions:
-        reasons.append(f"{path} is not root's with mode 0700 (owner uid {status.uid}, mode {status.mode:04o})")
-    return actions, reasons, None
+    if status.mode & 0o7777 != mode:
+        actions.append(run_command("chmod", f"{mode:04o}", path))
+    reasons = [f"{path} is not root's with mode {mode:04o} (owner uid {status.uid}, mode {status.mode:04o})"] \
+        if actions else []
+    return actions, reasons
 
 
 def key_file_commands(ctx: Context, path: str) -> tuple[list, list[str], str | None]:
     """(actions, reasons, refusal) that make a private key root's with mode 0600."""
-    from .engine import run_command
-
     status = ctx.fact(F.FILE_STATUS, path)
     if status is None:
         return [], [], None
     if status.is_symlink or not status.is_regular:
         return [], [], f"{path} is {'a symlink' if status.is_symlink else 'not a regular file'}; move it aside"
-    actions = []
-    if status.uid != 0 or status.gid != 0:
-        actions.append(run_command("chown", "root:root", path))
-    if status.mode & 0o7777 != 0o600:
-        actions.append(run_command("chmod", "0600", path))
-    reasons = [f"{path} is not root's with mode 0600 (owner uid {status.uid}, mode {status.mode:04o})"] if actions else []
-    return actions, reasons, None
+    return (*root_with_mode(path, status, 0o600), None)
 
 
 def public_file_commands(ctx: Context, path: str) -> tuple[list, list[str], str | None]:
