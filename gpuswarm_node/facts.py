@@ -270,6 +270,19 @@ UNIT_PROPERTIES = ("LoadState", "ActiveState", "UnitFileState", "MainPID", "Frag
                    "ExecStart", "Environment", "EnvironmentFiles")
 
 
+def command_json(result: CommandResult) -> Any:
+    """A command's stdout read as JSON when it exited 0 (`docker ... inspect`); None when it
+    failed or printed something else."""
+    import json
+
+    if not result.ok:
+        return None
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return None
+
+
 def _unit_show(result: CommandResult, _arg: str) -> str:
     return result.stdout if result.ok else ""
 

@@ -38,12 +38,7 @@ START_WAIT = 600.0  # a first start pulls JupyterHub's image from the registry
 
 
 def _service(result, _arg: str) -> dict | None:
-    if not result.ok:
-        return None
-    try:
-        found = json.loads(result.stdout)
-    except ValueError:
-        return None
+    found = F.command_json(result)
     return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
 
 

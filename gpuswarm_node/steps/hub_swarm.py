@@ -3,8 +3,6 @@ JupyterHub and the notebook servers share."""
 
 from __future__ import annotations
 
-import json
-
 from .. import facts as F
 from ..context import Context
 from ..engine import Call, Check, PlannedFile, blocked, needs_change, ok, run_command
@@ -73,12 +71,7 @@ class HubSwarmStep:
 
 
 def _network(result, _arg: str) -> dict | None:
-    if not result.ok:
-        return None
-    try:
-        found = json.loads(result.stdout)
-    except ValueError:
-        return None
+    found = F.command_json(result)
     return found if isinstance(found, dict) else None
 
 
